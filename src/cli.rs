@@ -1,0 +1,138 @@
+//! The command line: `napster server` and `napster peer`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::peer::{ApproveMode, PeerConfig};
+use crate::tracker::TrackerConfig;
+
+/// A Napster-style file sharing system: a tracker and peers.
+#[derive(Debug, Parser)]
+#[command(name = "napster", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Mode,
+}
+
+/// The two programs.
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Run the tracker (the original's "servidor").
+    Server(ServerArgs),
+    /// Run a peer.
+    Peer(PeerArgs),
+}
+
+/// `napster server` options.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:12346")]
+    pub listen: SocketAddr,
+    /// Largest message accepted, in bytes.
+    #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_MESSAGE)]
+    pub max_message: usize,
+    /// Most names one peer may share.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_names: usize,
+    /// Longest file name, in bytes.
+    #[arg(long, default_value_t = crate::share::MAX_NAME_BYTES)]
+    pub max_name_len: usize,
+    /// Most connections at once.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_connections: usize,
+    /// Seconds a started message may take to arrive whole.
+    #[arg(long, default_value_t = 10)]
+    pub message_timeout: u64,
+    /// Seconds a new connection has to JOIN.
+    #[arg(long, default_value_t = 30)]
+    pub join_timeout: u64,
+    /// Seconds after which a silent, vanished host is dropped.
+    #[arg(long, default_value_t = 30)]
+    pub liveness: u64,
+}
+
+impl ServerArgs {
+    /// The tracker configuration these options describe.
+    pub fn config(&self) -> TrackerConfig {
+        TrackerConfig {
+            max_message: self.max_message,
+            max_names: self.max_names,
+            max_name_len: self.max_name_len,
+            max_connections: self.max_connections,
+            message_timeout: Duration::from_secs(self.message_timeout.max(1)),
+            join_timeout: Duration::from_secs(self.join_timeout.max(1)),
+            liveness: Duration::from_secs(self.liveness.max(1)),
+            ..TrackerConfig::default()
+        }
+    }
+}
+
+/// `--approve` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Approve {
+    /// Ask the user (SIM/NAO).
+    Ask,
+    /// Accept every request.
+    Yes,
+    /// Refuse every request.
+    No,
+}
+
+/// `napster peer` options.
+#[derive(Debug, clap::Args)]
+pub struct PeerArgs {
+    /// The tracker's address.
+    #[arg(long, default_value = "127.0.0.1:12346")]
+    pub server: String,
+    /// Address to listen on for uploads (port 0: any free port).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub listen: SocketAddr,
+    /// The host this peer calls itself in its console lines (default: the local address of
+    /// its connection to the tracker).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// The shared folder (default p2p/<upload port>).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How upload requests are answered.
+    #[arg(long, value_enum, default_value = "ask")]
+    pub approve: Approve,
+    /// JOIN at start.
+    #[arg(long)]
+    pub join: bool,
+    /// Seconds an upload request waits for SIM/NAO before it is refused.
+    #[arg(long, default_value_t = 60)]
+    pub approval_timeout: u64,
+    /// History file of the interactive prompt (default ~/.local/share/napster/history).
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+    /// Read plain lines even when stdin is a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+impl PeerArgs {
+    /// The peer configuration these options describe.
+    pub fn config(&self, stdin_is_terminal: bool) -> PeerConfig {
+        PeerConfig {
+            server: self.server.clone(),
+            listen: self.listen,
+            advertise: self.advertise.clone(),
+            dir: self.dir.clone(),
+            approve: match self.approve {
+                Approve::Ask => ApproveMode::Ask,
+                Approve::Yes => ApproveMode::Yes,
+                Approve::No => ApproveMode::No,
+            },
+            join: self.join,
+            approval_timeout: Duration::from_secs(self.approval_timeout.max(1)),
+            interactive: stdin_is_terminal && !self.plain,
+            history: self.history.clone(),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! `napster`: a Rust port of a Napster-style peer-to-peer file-sharing system.
+//!
+//! A **tracker** ([`tracker`]) knows which peer shares which file names: peers JOIN with their
+//! list, SEARCH a name to get the addresses of the peers that have it, and UPDATE their list.
+//! A **peer** ([`peer`]) shares a folder, downloads files straight from other peers, and
+//! serves each upload only after its own user approves it (SIM/NAO).
+//!
+//! The layers point one way: `tracker` and `peer` speak [`protocol`] (messages and framing);
+//! [`transfer`] moves file bytes over a socket and [`share`] knows the shared folder; neither
+//! knows what the messages mean. The wire is described in `PROTOCOL.md`.
+
+pub mod cli;
+pub mod console_out;
+pub mod liveness;
+pub mod peer;
+pub mod protocol;
+pub mod share;
+pub mod tracker;
+pub mod transfer;

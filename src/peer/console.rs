@@ -1,0 +1,427 @@
+//! The console: the one thread that reads the user's commands and answers upload requests.
+//!
+//! Lines arrive from a line reader (plain stdin, or the interactive prompt) over a channel;
+//! upload requests arrive over another; tracker link events over a third. One `select!` loop
+//! handles them in order, so a `SIM` always answers the request the user saw first, and the
+//! questions never fight the menu for the keyboard as they did in the original.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, select};
+use parking_lot::Mutex;
+
+use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
+use crate::peer::commands::{self, Command, PeerSpec};
+use crate::peer::tracker_client::LinkEvent;
+use crate::peer::{ApproveMode, PeerContext, downloader};
+use crate::protocol::legacy::python_list;
+
+/// One thing the line reader saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A line, without its newline.
+    Line(String),
+    /// Ctrl-C at the prompt: the line was cancelled.
+    Interrupted,
+    /// End of input (Ctrl-D, or the end of a script).
+    Eof,
+}
+
+/// What the console is asking for, when a command was typed without its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Asking {
+    SearchName,
+    DownloadName,
+    DownloadPeer(String),
+}
+
+impl Asking {
+    /// The original's prompt for it.
+    fn prompt(&self) -> &'static str {
+        match self {
+            Asking::SearchName => "Insira o arquivo que deseja buscar:",
+            Asking::DownloadName => "Insira o nome do arquivo que deseja baixar:",
+            Asking::DownloadPeer(_) => {
+                "Insira a porta do peer a partir do qual deseja baixar o arquivo:"
+            }
+        }
+    }
+}
+
+/// What the line reader may show: the pending count in the prompt, and completions.
+#[derive(Default)]
+pub struct ConsoleState {
+    /// Upload requests waiting for SIM/NAO.
+    pub pending: AtomicUsize,
+    /// The file name and peers of the last search, for completion.
+    pub last_search: Mutex<Option<(String, Vec<String>)>>,
+}
+
+impl ConsoleState {
+    /// The prompt to show: `> `, or `[N pendente] > ` while requests wait.
+    pub fn prompt(&self) -> String {
+        match self.pending.load(Ordering::SeqCst) {
+            0 => "> ".to_string(),
+            n => format!("[{n} pendente] > "),
+        }
+    }
+}
+
+/// The accepted commands, printed after JOIN and for HELP.
+pub const MENU: &str = "Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] | SIM | NAO | QUIT";
+
+/// The console loop's inputs.
+pub struct ConsoleChannels {
+    /// Lines from the line reader.
+    pub inputs: Receiver<Input>,
+    /// Upload requests.
+    pub approvals: Receiver<ApprovalRequest>,
+    /// Tracker link events.
+    pub link: Receiver<LinkEvent>,
+    /// SIGINT/SIGTERM.
+    pub signals: Receiver<i32>,
+}
+
+struct Console {
+    ctx: Arc<PeerContext>,
+    state: Arc<ConsoleState>,
+    approve: ApproveMode,
+    queue: ApprovalQueue,
+    joined: bool,
+    asking: Option<Asking>,
+    input_done: bool,
+}
+
+/// Runs the console until QUIT, a signal, or (for an interactive console) end of input.
+/// Returns when the peer has shut down cleanly.
+pub fn run(
+    ctx: Arc<PeerContext>,
+    state: Arc<ConsoleState>,
+    channels: ConsoleChannels,
+    approve: ApproveMode,
+    approval_timeout: Duration,
+    join_at_start: bool,
+    quit_at_eof: bool,
+) {
+    let mut console = Console {
+        ctx,
+        state,
+        approve,
+        queue: ApprovalQueue::new(approval_timeout),
+        joined: false,
+        asking: None,
+        input_done: false,
+    };
+    if join_at_start {
+        console.join();
+    } else {
+        console.say("Digite 'JOIN' para iniciar.");
+    }
+    loop {
+        let wait = console
+            .queue
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        let inputs = if console.input_done {
+            crossbeam_channel::never()
+        } else {
+            channels.inputs.clone()
+        };
+        let keep_going = select! {
+            recv(inputs) -> input => match input {
+                Ok(Input::Line(line)) => console.line(&line),
+                Ok(Input::Interrupted) => {
+                    console.asking = None;
+                    true
+                }
+                Ok(Input::Eof) | Err(_) => {
+                    console.input_done = true;
+                    if quit_at_eof {
+                        false
+                    } else {
+                        log::info!("end of input: still serving uploads until QUIT, SIGINT or SIGTERM");
+                        true
+                    }
+                }
+            },
+            recv(channels.approvals) -> request => {
+                if let Ok(request) = request {
+                    console.approval(request);
+                }
+                true
+            },
+            recv(channels.link) -> event => {
+                if let Ok(event) = event {
+                    console.link_event(event);
+                }
+                true
+            },
+            recv(channels.signals) -> signal => {
+                log::info!("signal {signal:?}: shutting down");
+                false
+            },
+            default(wait) => true,
+        };
+        for expired in console.queue.expire(Instant::now()) {
+            console.say(&format!(
+                "Pedido de {} para {} expirou sem resposta: recusado",
+                expired.from, expired.filename
+            ));
+        }
+        console.sync_prompt();
+        if !keep_going {
+            break;
+        }
+    }
+    console.shutdown();
+}
+
+impl Console {
+    fn say(&self, text: &str) {
+        self.ctx.out.line(text);
+    }
+
+    fn sync_prompt(&self) {
+        self.state.pending.store(self.queue.len(), Ordering::SeqCst);
+    }
+
+    /// Handles one line; false means quit.
+    fn line(&mut self, line: &str) -> bool {
+        let command = commands::parse(line);
+        // SIM/NAO answer a waiting request even in the middle of a prompt.
+        if !self.queue.is_empty() && matches!(command, Command::Sim | Command::Nao) {
+            return self.command(command);
+        }
+        if let Some(asking) = self.asking.take() {
+            let text = line.trim().to_string();
+            if text.is_empty() {
+                self.say("Nada digitado; comando cancelado.");
+                return true;
+            }
+            match asking {
+                Asking::SearchName => self.search(text),
+                Asking::DownloadName => self.download(Some(text), None),
+                Asking::DownloadPeer(name) => match PeerSpec::parse(&text) {
+                    Some(peer) => self.download(Some(name), Some(peer)),
+                    None => self.say(&format!(
+                        "Erro ao processar download: peer inválido {text:?} (use PORTA ou IP:PORTA)"
+                    )),
+                },
+            }
+            return true;
+        }
+        self.command(command)
+    }
+
+    fn command(&mut self, command: Command) -> bool {
+        match command {
+            Command::Quit => return false,
+            Command::Empty => {}
+            Command::Sim => self.answer(Decision::Accept),
+            Command::Nao => self.answer(Decision::Reject),
+            Command::Help => self.say(MENU),
+            Command::Join => self.join(),
+            _ if !self.joined => self.say("Digite 'JOIN' para iniciar."),
+            Command::Search(None) => self.ask(Asking::SearchName),
+            Command::Search(Some(name)) => self.search(name),
+            Command::Download { name: None, .. } => self.ask(Asking::DownloadName),
+            Command::Download {
+                name: Some(name),
+                peer: None,
+            } => self.ask(Asking::DownloadPeer(name)),
+            Command::Download {
+                name: Some(name),
+                peer: Some(peer),
+            } => self.download(Some(name), Some(peer)),
+            Command::Unknown(word) => {
+                self.say(&format!("Comando desconhecido: {word}. {MENU}"));
+            }
+        }
+        true
+    }
+
+    fn ask(&mut self, asking: Asking) {
+        self.say(asking.prompt());
+        self.asking = Some(asking);
+    }
+
+    fn join(&mut self) {
+        if self.joined {
+            self.say("Já registrado no servidor.");
+            return;
+        }
+        let files = match self.ctx.shared.list() {
+            Ok(files) => files,
+            Err(e) => {
+                self.say(&format!(
+                    "Erro ao ler a pasta {}: {e}",
+                    self.ctx.shared.path().display()
+                ));
+                return;
+            }
+        };
+        match self.ctx.link.join(self.ctx.port, &files) {
+            Ok(()) => {
+                self.joined = true;
+                let host = self.advertised_host();
+                self.say(&format!(
+                    "Sou o Peer {}:{} com arquivos: {}",
+                    host,
+                    self.ctx.port,
+                    files.join(",")
+                ));
+                self.say(MENU);
+            }
+            Err(e) => self.say(&format!("Falha na Conexao! {e}")),
+        }
+    }
+
+    fn advertised_host(&self) -> String {
+        if let Some(host) = &self.ctx.advertise {
+            return host.clone();
+        }
+        match self.ctx.link.addresses() {
+            Some((_, local)) => local.to_string(),
+            None => "127.0.0.1".to_string(),
+        }
+    }
+
+    fn search(&mut self, name: String) {
+        match self.ctx.link.search(&name) {
+            Ok(peers) => {
+                self.say(&format!(
+                    "Peers com arquivo solicitado: {}",
+                    python_list(&peers)
+                ));
+                *self.state.last_search.lock() = Some((name, peers));
+            }
+            Err(e) => self.say(&format!("Erro ao buscar arquivo: {e}")),
+        }
+    }
+
+    fn download(&mut self, name: Option<String>, peer: Option<PeerSpec>) {
+        let (Some(name), Some(peer)) = (name, peer) else {
+            return;
+        };
+        match self.resolve(&name, &peer) {
+            Ok(addr) => downloader::spawn(&self.ctx, name, addr),
+            Err(why) => self.say(&format!("Erro ao processar download: {why}")),
+        }
+    }
+
+    /// Turns what the user typed into an address: a bare port takes its host from the last
+    /// search (a peer with that port), else from the tracker's address.
+    fn resolve(&self, name: &str, peer: &PeerSpec) -> Result<SocketAddr, String> {
+        match peer {
+            PeerSpec::Addr(text) => text
+                .to_socket_addrs()
+                .map_err(|e| format!("endereço {text}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("endereço {text} não encontrado")),
+            PeerSpec::Port(port) => {
+                let from_search = self
+                    .state
+                    .last_search
+                    .lock()
+                    .as_ref()
+                    .and_then(|(n, peers)| {
+                        let mut candidates: Vec<SocketAddr> =
+                            peers.iter().filter_map(|p| p.parse().ok()).collect();
+                        // Prefer a peer listed for this very name.
+                        if n != name {
+                            candidates.clear();
+                        }
+                        candidates.into_iter().find(|a| a.port() == *port)
+                    });
+                if let Some(addr) = from_search {
+                    return Ok(addr);
+                }
+                let ip: IpAddr = match self.ctx.link.addresses() {
+                    Some((tracker, _)) => tracker,
+                    None => return Err("sem conexão com o servidor para saber o IP".into()),
+                };
+                Ok(SocketAddr::new(ip, *port))
+            }
+        }
+    }
+
+    fn approval(&mut self, request: ApprovalRequest) {
+        self.say(&request.to_string());
+        match self.approve {
+            ApproveMode::Yes => {
+                self.say("Gostaria de Aprovar o download? (SIM/NAO) SIM (automático)");
+                let _ = request.reply.send(Decision::Accept);
+            }
+            ApproveMode::No => {
+                self.say("Gostaria de Aprovar o download? (SIM/NAO) NAO (automático)");
+                let _ = request.reply.send(Decision::Reject);
+            }
+            ApproveMode::Ask => {
+                self.say("Gostaria de Aprovar o download? (SIM/NAO)");
+                self.queue.push(request);
+            }
+        }
+    }
+
+    fn answer(&mut self, decision: Decision) {
+        match self.queue.answer_oldest(decision) {
+            Some(request) => {
+                let verdict = if decision == Decision::Accept {
+                    "aprovado"
+                } else {
+                    "recusado"
+                };
+                self.say(&format!(
+                    "Download de {} por {} {verdict}",
+                    request.filename, request.from
+                ));
+                if let Some(next) = self.queue_front_text() {
+                    self.say(&format!("Próximo pedido: {next}"));
+                }
+            }
+            None => self.say("Nenhum pedido de download pendente."),
+        }
+    }
+
+    fn queue_front_text(&self) -> Option<String> {
+        (!self.queue.is_empty()).then(|| format!("{} pendente(s)", self.queue.len()))
+    }
+
+    fn link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Lost { generation, why } => {
+                if self.joined && self.ctx.link.connection_lost(generation) {
+                    self.say(&format!(
+                        "Conexão com o servidor perdida ({why}); reconectando..."
+                    ));
+                    let shared = self.ctx.shared.clone();
+                    self.ctx
+                        .link
+                        .reconnect(self.ctx.port, move || shared.list().unwrap_or_default());
+                }
+            }
+            LinkEvent::Rejoined(count) => {
+                self.say(&format!(
+                    "Reconectado ao servidor {}; JOIN refeito com {count} arquivo(s)",
+                    self.ctx.link.server()
+                ));
+            }
+        }
+    }
+
+    /// Leaves cleanly: refuse what waits, stop transfers (partials are kept), leave the tracker.
+    fn shutdown(&mut self) {
+        let refused = self.queue.refuse_all(Decision::ShuttingDown);
+        if refused > 0 {
+            self.say(&format!("{refused} pedido(s) pendente(s) recusado(s)"));
+        }
+        self.sync_prompt();
+        self.ctx.transfers.stop_all(Duration::from_secs(5));
+        self.ctx.link.close();
+        self.say("Peer encerrado.");
+    }
+}

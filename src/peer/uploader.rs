@@ -1,0 +1,185 @@
+//! Serving other peers' downloads: one thread per request, each approved by this peer's user.
+//!
+//! The request is checked before anything is opened: only a plain name directly in the shared
+//! folder is served (no separators, no `..`, no links). The reply gives the size and the file's
+//! digest; the user's answer comes over the approval channel; the bytes go out with
+//! `sendfile`, streamed, from the requested offset when resuming.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::bounded;
+
+use crate::peer::PeerContext;
+use crate::peer::approval::{ApprovalRequest, Decision};
+use crate::peer::output::Progress;
+use crate::protocol::FrameReader;
+use crate::protocol::messages::{Reply, parse_download_request, status};
+use crate::transfer;
+
+/// The largest DOWNLOAD_REQUEST accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+/// How long a downloader may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts upload connections for ever, one thread each.
+pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
+    for incoming in listener.incoming() {
+        let stream = match incoming {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!("upload accept failed: {e}");
+                continue;
+            }
+        };
+        if ctx.transfers.stopping() {
+            break;
+        }
+        let ctx = Arc::clone(&ctx);
+        let spawned = thread::Builder::new()
+            .name("upload".into())
+            .spawn(move || serve_one(stream, &ctx));
+        if let Err(e) = spawned {
+            log::error!("cannot start an upload thread: {e}");
+        }
+    }
+}
+
+fn reply(stream: &TcpStream, reply: &Reply) -> std::io::Result<()> {
+    // Each reply in its own write: the original's downloader parses one `recv` as one reply.
+    (&*stream).write_all(&reply.to_line())
+}
+
+/// Serves one download request.
+fn serve_one(stream: TcpStream, ctx: &PeerContext) {
+    let Ok(remote) = stream.peer_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut reader = FrameReader::new(&stream, MAX_REQUEST);
+    reader.set_message_timeout(Some(REQUEST_TIMEOUT));
+    reader.set_idle_timeout(Some(REQUEST_TIMEOUT));
+    let request = match reader.next_frame() {
+        Ok(Some(frame)) => parse_download_request(frame),
+        Ok(None) => return,
+        Err(e) => Err(e.to_string()),
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(message) => {
+            log::debug!("upload request from {remote} refused: {message}");
+            let _ = reply(&stream, &Reply::error(message));
+            return;
+        }
+    };
+    let from = SocketAddr::new(
+        remote.ip().to_canonical(),
+        request.from_port.unwrap_or(remote.port()),
+    );
+    let found = match ctx.shared.shared_file(&request.filename) {
+        Ok(found) => found,
+        Err(e) => {
+            log::warn!(
+                "{from} asked for an unsafe name {:?}: {e}",
+                request.filename
+            );
+            let _ = reply(
+                &stream,
+                &Reply::error(format!("DOWNLOAD_REQUEST refused: {e}")),
+            );
+            return;
+        }
+    };
+    let opened = found.and_then(|(path, _)| File::open(&path).ok().map(|f| (path, f)));
+    let Some((path, file)) = opened else {
+        log::debug!(
+            "{from} asked for {:?}, which is not shared",
+            request.filename
+        );
+        let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
+        return;
+    };
+    let (size, digest) = match file
+        .metadata()
+        .and_then(|meta| Ok((meta.len(), ctx.digests.digest(&path, &file)?)))
+    {
+        Ok(found) => found,
+        Err(e) => {
+            log::warn!("cannot read {}: {e}", path.display());
+            let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
+            return;
+        }
+    };
+    // Resume only a download of this very file (same digest) and within it.
+    let offset = match (request.offset, &request.digest) {
+        (Some(offset), Some(wanted)) if *wanted == digest && offset <= size => offset,
+        _ => 0,
+    };
+    let ok = Reply {
+        status: status::OK.to_string(),
+        file_size: Some(size),
+        digest: Some(digest),
+        offset: Some(offset),
+        ..Reply::default()
+    };
+    if reply(&stream, &ok).is_err() {
+        return;
+    }
+    let (tx, rx) = bounded(1);
+    let asked = ApprovalRequest {
+        from,
+        filename: request.filename.clone(),
+        size,
+        offset,
+        reply: tx,
+    };
+    let decision = if ctx.approvals.send(asked).is_ok() {
+        rx.recv().unwrap_or(Decision::ShuttingDown)
+    } else {
+        Decision::ShuttingDown
+    };
+    if decision != Decision::Accept {
+        let rejected = Reply {
+            status: status::DOWNLOAD_REJECTED.to_string(),
+            reason: decision.reason().map(str::to_string),
+            ..Reply::default()
+        };
+        let _ = reply(&stream, &rejected);
+        return;
+    }
+    let guard = ctx.transfers.start_upload();
+    ctx.transfers.attach(&guard, &stream);
+    if reply(&stream, &Reply::status(status::DOWNLOAD_ACCEPTED)).is_err() {
+        return;
+    }
+    let label = format!("Upload de {} para {from}", request.filename);
+    let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
+    match transfer::send_range(
+        &file,
+        offset,
+        size - offset,
+        &stream,
+        ctx.transfers.stop_flag(),
+        &mut |sent| progress.update(offset + sent),
+    ) {
+        Ok(()) => {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            log::info!("sent {} ({size} bytes) to {from}", request.filename);
+            ctx.out.line(&format!(
+                "Upload do arquivo {} para {from} concluído",
+                request.filename
+            ));
+        }
+        Err(e) => {
+            log::debug!("upload of {} to {from} failed: {e}", request.filename);
+            ctx.out.line(&format!(
+                "Upload do arquivo {} para {from} interrompido: {e}",
+                request.filename
+            ));
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The messages of the wire protocol (see `PROTOCOL.md`), as typed values.
+//!
+//! Requests are decoded leniently into a flat shape first (unknown fields are ignored so later
+//! versions can add some), then checked, so that every mistake gets a sentence of its own
+//! ("JOIN needs data.port") instead of a serde variant name.
+
+use serde::{Deserialize, Serialize};
+
+/// A request from a peer to the tracker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackerRequest {
+    /// Register: the peer's upload port and the names it shares.
+    Join {
+        /// The peer's upload port.
+        port: u16,
+        /// The names of the files it shares.
+        files: Vec<String>,
+    },
+    /// A JOIN in the Python original's dialect: the tracker is asked to list a folder.
+    LegacyJoin {
+        /// The folder the original's peer shares, on the tracker's own disk.
+        folder: String,
+    },
+    /// Which peers share a file with exactly this name?
+    Search {
+        /// The exact file name.
+        query: String,
+    },
+    /// Replace the list of names this peer shares.
+    Update {
+        /// The new list of names.
+        files: Vec<String>,
+    },
+}
+
+/// A request from a peer to another peer's upload port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownloadRequest {
+    /// The file asked for: a plain name in the uploader's folder.
+    pub filename: String,
+    /// The uploader's port, as the downloader dialled it (the original's field).
+    pub port: u16,
+    /// Resume from this byte, if the uploader's file has `digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The digest of the whole file the partial download belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The downloader's own upload port, so the uploader's user sees who asks as the tracker
+    /// lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_port: Option<u16>,
+}
+
+/// The envelope every request travels in.
+#[derive(Serialize)]
+pub struct Envelope<'a, T> {
+    /// `JOIN`, `SEARCH`, `UPDATE` or `DOWNLOAD_REQUEST`.
+    pub method: &'a str,
+    /// The method's fields.
+    pub data: T,
+}
+
+/// The flat shape any request is first decoded into.
+#[derive(Deserialize)]
+struct RawRequest {
+    method: String,
+    data: Option<RawData>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawData {
+    port: Option<u16>,
+    files: Option<Vec<String>>,
+    query: Option<String>,
+    files_path: Option<String>,
+    file_path: Option<String>,
+    filename: Option<String>,
+    offset: Option<u64>,
+    digest: Option<String>,
+    from_port: Option<u16>,
+}
+
+/// Why a request could not be understood; the text is sent to the client as is.
+pub type RequestError = String;
+
+fn decode_raw(bytes: &[u8]) -> Result<(String, RawData), RequestError> {
+    let raw: RawRequest = serde_json::from_slice(bytes).map_err(|e| describe_json_error(&e))?;
+    let data = raw
+        .data
+        .ok_or_else(|| format!("{} needs a \"data\" object", raw.method))?;
+    Ok((raw.method, data))
+}
+
+/// Turns a serde error into a sentence for a person.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("the message is not valid JSON ({e})"),
+        Category::Data => format!("the message has a field of the wrong type ({e})"),
+        Category::Io => format!("the message could not be read ({e})"),
+    }
+}
+
+/// Decodes one frame sent to the tracker.
+pub fn parse_tracker_request(bytes: &[u8]) -> Result<TrackerRequest, RequestError> {
+    let (method, data) = decode_raw(bytes)?;
+    match method.as_str() {
+        "JOIN" => {
+            if let Some(port) = data.port {
+                let files = data.files.ok_or("JOIN needs data.files, a list of names")?;
+                if port == 0 {
+                    return Err("JOIN needs a non-zero data.port".into());
+                }
+                Ok(TrackerRequest::Join { port, files })
+            } else if let Some(folder) = data.files_path.or(data.file_path) {
+                Ok(TrackerRequest::LegacyJoin { folder })
+            } else {
+                Err("JOIN needs data.port (the upload port) and data.files".into())
+            }
+        }
+        "SEARCH" => {
+            let query = data.query.ok_or("SEARCH needs data.query, a file name")?;
+            Ok(TrackerRequest::Search { query })
+        }
+        "UPDATE" => {
+            let files = data
+                .files
+                .ok_or("UPDATE needs data.files, a list of names")?;
+            Ok(TrackerRequest::Update { files })
+        }
+        "DOWNLOAD_REQUEST" => {
+            Err("DOWNLOAD_REQUEST goes to a peer's upload port, not to the tracker".into())
+        }
+        other => Err(format!(
+            "unknown method {other:?}; the tracker knows JOIN, SEARCH and UPDATE"
+        )),
+    }
+}
+
+/// Decodes the one request a peer's upload port accepts.
+pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestError> {
+    let (method, data) = decode_raw(bytes)?;
+    if method != "DOWNLOAD_REQUEST" {
+        return Err(format!(
+            "unknown method {method:?}; a peer's upload port only knows DOWNLOAD_REQUEST"
+        ));
+    }
+    let filename = data
+        .filename
+        .ok_or("DOWNLOAD_REQUEST needs data.filename")?;
+    let port = data.port.ok_or("DOWNLOAD_REQUEST needs data.port")?;
+    Ok(DownloadRequest {
+        filename,
+        port,
+        offset: data.offset,
+        digest: data.digest,
+        from_port: data.from_port,
+    })
+}
+
+/// A reply, from the tracker or from an uploader. Only the fields of its status are present.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reply {
+    /// `JOIN_OK`, `OK`, `UPDATE_OK`, `ERROR`, `fileNotFound`, `downloadAccepted`,
+    /// `downloadRejected`.
+    pub status: String,
+    /// SEARCH: the peers sharing the name, as `IP:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<String>>,
+    /// ERROR: one sentence saying what was wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// DOWNLOAD_REQUEST → OK: the size of the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<u64>,
+    /// DOWNLOAD_REQUEST → OK: BLAKE3 digest (hex) of the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// DOWNLOAD_REQUEST → OK: the byte the data will start from (resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// downloadRejected: why, when it was not the user's plain NAO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Status names, spelled once.
+pub mod status {
+    /// JOIN accepted.
+    pub const JOIN_OK: &str = "JOIN_OK";
+    /// SEARCH result, or DOWNLOAD_REQUEST for a file that exists.
+    pub const OK: &str = "OK";
+    /// UPDATE accepted.
+    pub const UPDATE_OK: &str = "UPDATE_OK";
+    /// The request was refused; `message` says why.
+    pub const ERROR: &str = "ERROR";
+    /// DOWNLOAD_REQUEST for a name the uploader does not share.
+    pub const FILE_NOT_FOUND: &str = "fileNotFound";
+    /// The uploader's user said SIM; the file's bytes follow.
+    pub const DOWNLOAD_ACCEPTED: &str = "downloadAccepted";
+    /// The uploader's user said NAO (or did not answer in time).
+    pub const DOWNLOAD_REJECTED: &str = "downloadRejected";
+}
+
+impl Reply {
+    /// A reply with only a status.
+    pub fn status(status: &str) -> Reply {
+        Reply {
+            status: status.to_string(),
+            ..Reply::default()
+        }
+    }
+
+    /// An `ERROR` reply with its sentence.
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply {
+            status: status::ERROR.to_string(),
+            message: Some(message.into()),
+            ..Reply::default()
+        }
+    }
+
+    /// A SEARCH result.
+    pub fn peers(peers: Vec<String>) -> Reply {
+        Reply {
+            status: status::OK.to_string(),
+            peers: Some(peers),
+            ..Reply::default()
+        }
+    }
+
+    /// Encodes the reply as one line, `\n` included.
+    pub fn to_line(&self) -> Vec<u8> {
+        encode_line(self)
+    }
+}
+
+/// Encodes any message as one JSON line, `\n` included.
+pub fn encode_line<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serializing these plain structs cannot fail: no maps with non-string keys, no I/O.
+    let mut line = serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    line
+}
+
+/// Decodes a reply frame.
+pub fn parse_reply(bytes: &[u8]) -> Result<Reply, RequestError> {
+    serde_json::from_slice(bytes).map_err(|e| describe_json_error(&e))
+}
+
+/// The JOIN request a peer sends.
+pub fn join_line(port: u16, files: &[String]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Join<'a> {
+        port: u16,
+        files: &'a [String],
+    }
+    encode_line(&Envelope {
+        method: "JOIN",
+        data: Join { port, files },
+    })
+}
+
+/// The SEARCH request a peer sends.
+pub fn search_line(query: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Search<'a> {
+        query: &'a str,
+    }
+    encode_line(&Envelope {
+        method: "SEARCH",
+        data: Search { query },
+    })
+}
+
+/// The UPDATE request a peer sends.
+pub fn update_line(files: &[String]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Update<'a> {
+        files: &'a [String],
+    }
+    encode_line(&Envelope {
+        method: "UPDATE",
+        data: Update { files },
+    })
+}
+
+/// The DOWNLOAD_REQUEST a peer sends to an uploader.
+pub fn download_line(request: &DownloadRequest) -> Vec<u8> {
+    encode_line(&Envelope {
+        method: "DOWNLOAD_REQUEST",
+        data: request,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_round_trips() {
+        let line = join_line(4000, &["a.txt".to_string()]);
+        let parsed = parse_tracker_request(line.trim_ascii_end()).unwrap();
+        assert_eq!(
+            parsed,
+            TrackerRequest::Join {
+                port: 4000,
+                files: vec!["a.txt".to_string()]
+            }
+        );
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let e = parse_tracker_request(br#"{"method":"SEARCH","data":{}}"#).unwrap_err();
+        assert!(e.contains("data.query"), "{e}");
+        let e = parse_tracker_request(br#"{"method":"JOIN","data":{"port":5}}"#).unwrap_err();
+        assert!(e.contains("data.files"), "{e}");
+        let e = parse_tracker_request(br#"{"method":"FOO","data":{}}"#).unwrap_err();
+        assert!(e.contains("unknown method"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_reported() {
+        let e = parse_tracker_request(br#"{"method":"JOIN","data":{"port":"x","files":[]}}"#)
+            .unwrap_err();
+        assert!(e.contains("wrong type"), "{e}");
+    }
+
+    #[test]
+    fn legacy_join_accepts_both_spellings() {
+        for field in ["filesPath", "filePath"] {
+            let msg = format!(r#"{{"method": "JOIN", "data": {{"{field}": "/tmp/p"}}}}"#);
+            assert_eq!(
+                parse_tracker_request(msg.as_bytes()).unwrap(),
+                TrackerRequest::LegacyJoin {
+                    folder: "/tmp/p".into()
+                }
+            );
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The shared folder: which names are safe, and which files are shared.
+//!
+//! A peer shares the regular files directly inside its folder. Sub-folders (the peer keeps its
+//! partial downloads in one), symbolic links and anything else are never shared or served.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The longest name accepted, in bytes: the usual file-system limit.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Why a name is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    /// The empty string.
+    Empty,
+    /// Longer than the limit, in bytes.
+    TooLong(usize),
+    /// `.` or `..`.
+    Dots,
+    /// Holds `/` or `\`.
+    Separator,
+    /// Holds NUL, a newline or another control character.
+    Control,
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Empty => write!(f, "the file name is empty"),
+            NameError::TooLong(limit) => write!(f, "the file name is longer than {limit} bytes"),
+            NameError::Dots => write!(f, "the file name cannot be '.' or '..'"),
+            NameError::Separator => write!(f, "the file name cannot contain '/' or '\\'"),
+            NameError::Control => {
+                write!(f, "the file name cannot contain control characters")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// Checks that `name` is a plain name that stays inside a folder, at most `max_bytes` long.
+pub fn check_name_len(name: &str, max_bytes: usize) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > max_bytes {
+        return Err(NameError::TooLong(max_bytes));
+    }
+    if name == "." || name == ".." {
+        return Err(NameError::Dots);
+    }
+    if name.contains(['/', '\\']) {
+        return Err(NameError::Separator);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(NameError::Control);
+    }
+    Ok(())
+}
+
+/// [`check_name_len`] with the usual limit.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    check_name_len(name, MAX_NAME_BYTES)
+}
+
+/// A peer's shared folder.
+#[derive(Debug, Clone)]
+pub struct SharedDir {
+    root: PathBuf,
+}
+
+impl SharedDir {
+    /// Opens (creating it if needed) the folder.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<SharedDir> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create folder {}: {e}", root.display()),
+            )
+        })?;
+        Ok(SharedDir { root })
+    }
+
+    /// The folder's path.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The names of the shared files, sorted: regular files directly inside, with safe names.
+    pub fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.root)? {
+            let entry = entry?;
+            // file_type() does not follow symbolic links: a link is not a plain file.
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            if let Ok(name) = entry.file_name().into_string()
+                && check_name(&name).is_ok()
+            {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The path of a shared file, if `name` is safe and names a regular file (not a link).
+    pub fn shared_file(&self, name: &str) -> Result<Option<(PathBuf, u64)>, NameError> {
+        check_name(name)?;
+        let path = self.root.join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_file() => Ok(Some((path, meta.len()))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Where a download of `name` lands; `name` must be safe.
+    pub fn final_path(&self, name: &str) -> Result<PathBuf, NameError> {
+        check_name(name)?;
+        Ok(self.root.join(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        assert_eq!(check_name(""), Err(NameError::Empty));
+        assert_eq!(check_name(".."), Err(NameError::Dots));
+        assert_eq!(check_name("../x"), Err(NameError::Separator));
+        assert_eq!(check_name("a/b"), Err(NameError::Separator));
+        assert_eq!(check_name("a\\b"), Err(NameError::Separator));
+        assert_eq!(check_name("a\nb"), Err(NameError::Control));
+        assert_eq!(check_name("a\0b"), Err(NameError::Control));
+        assert!(check_name(&"x".repeat(256)).is_err());
+        assert!(check_name("vídeo final.mp4").is_ok());
+        assert!(check_name("..hidden").is_ok());
+    }
+}

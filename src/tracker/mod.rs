@@ -1,0 +1,11 @@
+//! The tracker (the original's "servidor"): who shares which names.
+//!
+//! Peers JOIN with the names they share, SEARCH a name to learn who has it, and UPDATE their
+//! list. The tracker never touches files, except for the original's dialect (see
+//! [`crate::protocol::legacy`]).
+
+pub mod server;
+pub mod table;
+
+pub use server::{Tracker, TrackerConfig, raise_open_file_limit};
+pub use table::PeerTable;

@@ -1,0 +1,354 @@
+//! The tracker's accept loop and its per-connection request loop.
+//!
+//! One OS thread per connection, as the original; the accepting thread only accepts, counts and
+//! hands off. Each connection is one request → one reply, in order. A connection's peer is
+//! forgotten the moment its connection ends, however it ends.
+
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use crate::console_out::ConsoleOut;
+use crate::liveness;
+use crate::protocol::legacy;
+use crate::protocol::messages::{Reply, TrackerRequest, parse_tracker_request, status};
+use crate::protocol::{CodecError, FrameReader};
+use crate::share;
+use crate::tracker::table::{ConnId, PeerTable};
+
+/// The tracker's limits; each has a command-line option.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Largest message accepted, in bytes.
+    pub max_message: usize,
+    /// Most names one peer may share.
+    pub max_names: usize,
+    /// Longest name, in bytes.
+    pub max_name_len: usize,
+    /// Most connections at once; more are answered with an error and closed.
+    pub max_connections: usize,
+    /// A started message must be complete within this time (slow senders are closed).
+    pub message_timeout: Duration,
+    /// A new connection must JOIN within this time.
+    pub join_timeout: Duration,
+    /// A host that stops answering is dropped within about this time.
+    pub liveness: Duration,
+    /// Stack size of connection threads.
+    pub thread_stack: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            max_message: crate::protocol::DEFAULT_MAX_MESSAGE,
+            max_names: 10_000,
+            max_name_len: share::MAX_NAME_BYTES,
+            max_connections: 16_384,
+            message_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(30),
+            liveness: liveness::DEFAULT_LIVENESS,
+            thread_stack: 128 * 1024,
+        }
+    }
+}
+
+/// A running tracker's shared state.
+pub struct Tracker {
+    table: PeerTable,
+    config: TrackerConfig,
+    connections: AtomicUsize,
+    next_conn: AtomicU64,
+    out: ConsoleOut,
+}
+
+impl Tracker {
+    /// A tracker with an empty table.
+    pub fn new(config: TrackerConfig) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            table: PeerTable::new(),
+            config,
+            connections: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            out: ConsoleOut::start(),
+        })
+    }
+
+    /// The peer table (for tests and benchmarks).
+    pub fn table(&self) -> &PeerTable {
+        &self.table
+    }
+
+    /// Accepts connections on `listener` for ever, one thread each.
+    pub fn run(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        for incoming in listener.incoming() {
+            let stream = match incoming {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep serving.
+                    log::warn!("accept failed: {e}");
+                    if e.raw_os_error() == Some(libc::EMFILE)
+                        || e.raw_os_error() == Some(libc::ENFILE)
+                    {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    continue;
+                }
+            };
+            self.hand_off(stream);
+        }
+        Ok(())
+    }
+
+    fn hand_off(self: &Arc<Self>, stream: TcpStream) {
+        let count = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        let guard = ConnectionSlot(Arc::clone(self));
+        if count > self.config.max_connections {
+            log::warn!("refusing a connection: {count} would exceed the limit");
+            let reply = Reply::error(format!(
+                "the tracker is full ({} connections); try again later",
+                self.config.max_connections
+            ));
+            let _ = (&stream).write_all(&reply.to_line());
+            return;
+        }
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let tracker = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{conn}"))
+            .stack_size(self.config.thread_stack)
+            .spawn(move || {
+                let _guard = guard;
+                tracker.serve(stream, conn);
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a connection thread: {e}");
+        }
+    }
+
+    /// Serves one connection until it closes or breaks a rule it cannot recover from.
+    fn serve(&self, stream: TcpStream, conn: ConnId) {
+        let Ok(remote) = stream.peer_addr() else {
+            return;
+        };
+        let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+        if let Err(e) = liveness::set_liveness(&stream, self.config.liveness) {
+            log::debug!("{remote}: cannot set keepalive: {e}");
+        }
+        let _ = stream.set_nodelay(true);
+        log::debug!("{remote}: connected");
+        let mut session = Session {
+            remote,
+            conn,
+            joined: None,
+            legacy: false,
+        };
+        let mut reader = FrameReader::new(&stream, self.config.max_message);
+        reader.set_message_timeout(Some(self.config.message_timeout));
+        reader.set_idle_timeout(Some(self.config.join_timeout));
+        loop {
+            let answer = match reader.next_frame() {
+                Ok(Some(frame)) => self.handle(&mut session, frame),
+                Ok(None) => break,
+                Err(e) => {
+                    log::debug!("{remote}: {e}");
+                    let fatal = !e.is_recoverable();
+                    if matches!(e, CodecError::Io(_) | CodecError::Truncated) {
+                        break;
+                    }
+                    let _ = (&stream).write_all(&Reply::error(e.to_string()).to_line());
+                    if fatal {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if session.joined.is_some() {
+                reader.set_idle_timeout(None);
+            }
+            if let Err(e) = (&stream).write_all(&answer) {
+                log::debug!("{remote}: cannot reply: {e}");
+                break;
+            }
+        }
+        if let Some(addr) = session.joined
+            && self.table.leave(conn, addr)
+        {
+            self.out.line(format!("Peer {addr} saiu"));
+        }
+        log::debug!("{remote}: closed");
+    }
+
+    /// Answers one frame; the bytes returned are written back as they are.
+    fn handle(&self, session: &mut Session, frame: &[u8]) -> Vec<u8> {
+        let request = match parse_tracker_request(frame) {
+            Ok(request) => request,
+            Err(message) => {
+                log::debug!("{}: {message}", session.remote);
+                return Reply::error(message).to_line();
+            }
+        };
+        match self.apply(session, request) {
+            Ok(bytes) => bytes,
+            Err(message) => {
+                log::debug!("{}: {message}", session.remote);
+                Reply::error(message).to_line()
+            }
+        }
+    }
+
+    fn apply(&self, session: &mut Session, request: TrackerRequest) -> Result<Vec<u8>, String> {
+        match request {
+            TrackerRequest::Join { port, files } => {
+                self.check_names(&files)?;
+                let addr = SocketAddr::new(session.remote.ip(), port);
+                self.join(session, addr, &files)?;
+                session.legacy = false;
+                Ok(Reply::status(status::JOIN_OK).to_line())
+            }
+            TrackerRequest::LegacyJoin { folder } => {
+                let files = self.list_legacy_folder(session.remote.ip(), &folder)?;
+                self.check_names(&files)?;
+                // The original keys a peer by the port of its tracker connection.
+                let addr = session.remote;
+                self.join(session, addr, &files)?;
+                session.legacy = true;
+                Ok(legacy::JOIN_OK.to_vec())
+            }
+            TrackerRequest::Search { query } => {
+                share::check_name_len(&query, self.config.max_name_len)
+                    .map_err(|e| format!("SEARCH refused: {e}"))?;
+                let who = session.joined.unwrap_or(session.remote);
+                self.out
+                    .line(format!("Peer {who} solicitou arquivo {query}"));
+                if session.legacy {
+                    let ports: Vec<u16> = self
+                        .table
+                        .search_addrs(&query)
+                        .iter()
+                        .map(SocketAddr::port)
+                        .collect();
+                    Ok(legacy::search_reply(&ports))
+                } else {
+                    Ok(Reply::peers(self.table.search(&query)).to_line())
+                }
+            }
+            TrackerRequest::Update { files } => {
+                self.check_names(&files)?;
+                let addr = session.joined.ok_or("send JOIN before UPDATE")?;
+                self.table
+                    .update(session.conn, addr, &files)
+                    .map_err(|e| e.to_string())?;
+                self.out.line(format!(
+                    "Peer {addr} atualizou os arquivos {}",
+                    legacy::python_list(&files)
+                ));
+                if session.legacy {
+                    Ok(legacy::UPDATE_OK.to_vec())
+                } else {
+                    Ok(Reply::status(status::UPDATE_OK).to_line())
+                }
+            }
+        }
+    }
+
+    fn join(
+        &self,
+        session: &mut Session,
+        addr: SocketAddr,
+        files: &[String],
+    ) -> Result<(), String> {
+        if let Some(old) = session.joined
+            && old != addr
+        {
+            self.table.leave(session.conn, old);
+        }
+        self.table
+            .join(session.conn, addr, files)
+            .map_err(|e| e.to_string())?;
+        session.joined = Some(addr);
+        self.out.line(format!(
+            "Peer {addr} adicionado com os arquivos {}",
+            legacy::python_list(files)
+        ));
+        Ok(())
+    }
+
+    fn check_names(&self, files: &[String]) -> Result<(), String> {
+        if files.len() > self.config.max_names {
+            return Err(format!(
+                "the list has {} names; the limit is {}",
+                files.len(),
+                self.config.max_names
+            ));
+        }
+        for name in files {
+            share::check_name_len(name, self.config.max_name_len)
+                .map_err(|e| format!("name {name:?} refused: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The original's JOIN names a folder for the tracker to list. Reading a folder named by a
+    /// client is a privilege: only for a client on this machine, and only for a directory.
+    fn list_legacy_folder(&self, ip: IpAddr, folder: &str) -> Result<Vec<String>, String> {
+        if !ip.is_loopback() {
+            log::warn!("{ip}: refused to list folder {folder:?} for a remote client");
+            return Err(
+                "JOIN with a folder is only accepted from this machine; send data.port and data.files"
+                    .into(),
+            );
+        }
+        let meta =
+            std::fs::metadata(folder).map_err(|e| format!("cannot read folder {folder:?}: {e}"))?;
+        if !meta.is_dir() {
+            return Err(format!("{folder:?} is not a folder"));
+        }
+        log::info!("{ip}: listing folder {folder:?} for an original-dialect JOIN");
+        crate::share::SharedDir::open(folder)
+            .and_then(|dir| dir.list())
+            .map_err(|e| format!("cannot read folder {folder:?}: {e}"))
+    }
+}
+
+/// What the tracker knows about one connection.
+struct Session {
+    remote: SocketAddr,
+    conn: ConnId,
+    /// The peer address this connection registered, once it has joined.
+    joined: Option<SocketAddr>,
+    /// The connection speaks the original's dialect.
+    legacy: bool,
+}
+
+/// Counts a connection until its thread ends.
+struct ConnectionSlot(Arc<Tracker>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, so that thousands of peers fit.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
+}

@@ -1,0 +1,407 @@
+//! Moving a file's bytes over a socket: streaming in bounded chunks, digests, partial files.
+//!
+//! - Sending uses `std::io::copy` from a `File` to a `TcpStream`, which Linux turns into
+//!   `sendfile`: the bytes never enter user space on the uploader. It is done in chunks so that
+//!   progress can be reported and a stop request honoured between them.
+//! - Receiving reads into one fixed buffer, hashes it (BLAKE3) and writes it out in large
+//!   writes. Memory does not grow with the file.
+//! - A download is written under a temporary name in `.napster/partial/` inside the shared
+//!   folder, beside a small record of the file's size and digest, and moved to its final name
+//!   (never replacing an existing file) only when all bytes arrived and the digest matched.
+//!   A cut-off download stays there and is resumed next time.
+//!
+//! This module knows nothing of the protocol's messages.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// Bytes handed to one `sendfile` call: small enough to report progress and notice a stop.
+const SEND_CHUNK: u64 = 8 << 20;
+/// The receiving buffer: large writes, fixed memory.
+pub const RECEIVE_BUFFER: usize = 1 << 20;
+
+/// A BLAKE3 digest as lower-case hex.
+pub type DigestHex = String;
+
+/// Hashes the whole of an open file from its start.
+pub fn hash_file(file: &File) -> io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hash_range(file, 0, u64::MAX, &mut hasher)?;
+    Ok(hasher.finalize())
+}
+
+/// Feeds up to `len` bytes of `file`, from `offset`, to `hasher`; returns how many were read.
+pub fn hash_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    hasher: &mut blake3::Hasher,
+) -> io::Result<u64> {
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut reader = reader.take(len);
+    let mut buf = vec![0u8; RECEIVE_BUFFER];
+    let mut total = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+/// Remembers the digest of each shared file while its size and modification time stay the
+/// same, so a file is hashed once, not on every request.
+#[derive(Default)]
+pub struct DigestCache {
+    known: Mutex<HashMap<PathBuf, CachedDigest>>,
+}
+
+/// A digest with the size and modification time of the file it was computed from.
+type CachedDigest = (u64, Option<SystemTime>, DigestHex);
+
+impl DigestCache {
+    /// An empty cache.
+    pub fn new() -> DigestCache {
+        DigestCache::default()
+    }
+
+    /// The digest of the open `file` found at `path`.
+    pub fn digest(&self, path: &Path, file: &File) -> io::Result<DigestHex> {
+        let meta = file.metadata()?;
+        let stamp = (meta.len(), meta.modified().ok());
+        if let Some((len, modified, digest)) = self.known.lock().get(path)
+            && (*len, *modified) == stamp
+        {
+            return Ok(digest.clone());
+        }
+        let digest = hash_file(file)?.to_hex().to_string();
+        self.known
+            .lock()
+            .insert(path.to_path_buf(), (stamp.0, stamp.1, digest.clone()));
+        Ok(digest)
+    }
+}
+
+/// Sends `len` bytes of `file` starting at `offset` to `stream` (via `sendfile` on Linux),
+/// calling `progress` with the total sent after each chunk. Stops with `Interrupted` when
+/// `stop` is set.
+pub fn send_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    stream: &TcpStream,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<()> {
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut sent = 0u64;
+    let mut writer = stream;
+    while sent < len {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the transfer was stopped",
+            ));
+        }
+        let chunk = (len - sent).min(SEND_CHUNK);
+        let n = io::copy(&mut reader.take(chunk), &mut writer)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file shrank while being sent ({sent} of {len} bytes)"),
+            ));
+        }
+        sent += n;
+        progress(sent);
+    }
+    Ok(())
+}
+
+/// Why receiving stopped early.
+#[derive(Debug)]
+pub enum ReceiveError {
+    /// The sender closed after this many bytes (of the expected count).
+    Short {
+        /// Bytes received in this transfer.
+        got: u64,
+        /// Bytes expected in this transfer.
+        expected: u64,
+    },
+    /// Writing to disk failed (disk full, file too large, ...) after this many bytes.
+    Disk {
+        /// Bytes received and written before the failure.
+        written: u64,
+        /// The write error.
+        error: io::Error,
+    },
+    /// Reading from the network failed.
+    Network {
+        /// Bytes received before the failure.
+        got: u64,
+        /// The read error.
+        error: io::Error,
+    },
+    /// A stop was requested.
+    Stopped {
+        /// Bytes received before the stop.
+        got: u64,
+    },
+}
+
+impl std::fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReceiveError::Short { got, expected } => {
+                write!(f, "o peer fechou a conexão após {got} de {expected} bytes")
+            }
+            ReceiveError::Disk { written, error } => {
+                if is_disk_full(error) {
+                    write!(f, "disco cheio ({written} bytes gravados)")
+                } else {
+                    write!(f, "não foi possível gravar após {written} bytes: {error}")
+                }
+            }
+            ReceiveError::Network { got, error } => {
+                write!(f, "a conexão falhou após {got} bytes: {error}")
+            }
+            ReceiveError::Stopped { got } => {
+                write!(f, "transferência interrompida após {got} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReceiveError {}
+
+/// True for "no space left" and "file too large" (`RLIMIT_FSIZE`, quota).
+pub fn is_disk_full(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT)
+    )
+}
+
+/// Receives exactly `expected` bytes: first `already` (bytes that arrived with the last
+/// message), then from `stream`. Each byte is hashed and written to `out`. Returns the bytes
+/// written; on error, the bytes written so far are whole on disk.
+pub fn receive_exact(
+    already: &[u8],
+    stream: &mut dyn Read,
+    expected: u64,
+    out: &mut File,
+    hasher: &mut blake3::Hasher,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, ReceiveError> {
+    let first = &already[..already.len().min(expected as usize)];
+    hasher.update(first);
+    out.write_all(first)
+        .map_err(|error| ReceiveError::Disk { written: 0, error })?;
+    let mut written = first.len() as u64;
+    let mut buf = vec![0u8; RECEIVE_BUFFER];
+    while written < expected {
+        let want = (expected - written).min(buf.len() as u64) as usize;
+        let mut filled = 0;
+        // Fill the buffer before writing: fewer, larger writes and hash calls.
+        while filled < want {
+            if stop.load(Ordering::Relaxed) {
+                return Err(ReceiveError::Stopped { got: written });
+            }
+            match stream.read(&mut buf[filled..want]) {
+                Ok(0) if stop.load(Ordering::Relaxed) => {
+                    flush_prefix(&buf[..filled], out, hasher, &mut written)?;
+                    return Err(ReceiveError::Stopped { got: written });
+                }
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    flush_prefix(&buf[..filled], out, hasher, &mut written)?;
+                    return Err(ReceiveError::Network {
+                        got: written,
+                        error,
+                    });
+                }
+            }
+        }
+        flush_prefix(&buf[..filled], out, hasher, &mut written)?;
+        if filled < want {
+            return Err(ReceiveError::Short {
+                got: written,
+                expected,
+            });
+        }
+        progress(written);
+    }
+    Ok(written)
+}
+
+/// Hashes and writes received bytes, keeping `written` exact even when the disk fills.
+fn flush_prefix(
+    bytes: &[u8],
+    out: &mut File,
+    hasher: &mut blake3::Hasher,
+    written: &mut u64,
+) -> Result<(), ReceiveError> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match out.write(rest) {
+            Ok(0) => {
+                return Err(ReceiveError::Disk {
+                    written: *written,
+                    error: io::Error::from(io::ErrorKind::WriteZero),
+                });
+            }
+            Ok(n) => {
+                hasher.update(&rest[..n]);
+                *written += n as u64;
+                rest = &rest[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                return Err(ReceiveError::Disk {
+                    written: *written,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a partial download belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialRecord {
+    /// The size of the whole file.
+    pub size: u64,
+    /// The digest of the whole file.
+    pub digest: DigestHex,
+}
+
+/// A partial download found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    /// What it belongs to.
+    pub record: PartialRecord,
+    /// How many bytes are already on disk.
+    pub have: u64,
+}
+
+/// The folder of partial downloads, `.napster/partial/` inside the shared folder: a
+/// sub-folder, so nothing in it is ever shared, and on the same file system as the final
+/// names, so the final move is atomic.
+#[derive(Debug, Clone)]
+pub struct PartialStore {
+    dir: PathBuf,
+}
+
+impl PartialStore {
+    /// The store for a shared folder (created when first used).
+    pub fn new(shared_root: &Path) -> PartialStore {
+        PartialStore {
+            dir: shared_root.join(".napster").join("partial"),
+        }
+    }
+
+    /// The temporary file of `name` (which must already be a checked, plain name).
+    pub fn part_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.part"))
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// The partial download of `name`, if a usable one exists.
+    pub fn find(&self, name: &str) -> Option<Partial> {
+        let text = fs::read(self.record_path(name)).ok()?;
+        let record: PartialRecord = serde_json::from_slice(&text).ok()?;
+        let have = fs::symlink_metadata(self.part_path(name))
+            .ok()
+            .filter(|m| m.file_type().is_file())?
+            .len();
+        (have <= record.size).then_some(Partial { record, have })
+    }
+
+    /// Opens the temporary file for writing: from `resume_at` if resuming (what lies beyond is
+    /// cut off), or empty with a new record.
+    pub fn open(
+        &self,
+        name: &str,
+        record: &PartialRecord,
+        resume_at: Option<u64>,
+    ) -> io::Result<File> {
+        fs::create_dir_all(&self.dir)?;
+        let part = self.part_path(name);
+        match resume_at {
+            Some(offset) => {
+                let mut file = OpenOptions::new().write(true).open(&part)?;
+                file.set_len(offset)?;
+                file.seek(SeekFrom::Start(offset))?;
+                Ok(file)
+            }
+            None => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&part)?;
+                let tmp = self.dir.join(format!("{name}.json.tmp"));
+                fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
+                fs::rename(&tmp, self.record_path(name))?;
+                Ok(file)
+            }
+        }
+    }
+
+    /// Keeps only the first `len` bytes (after a failed write, so the partial is exact).
+    pub fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .open(self.part_path(name))?
+            .set_len(len)
+    }
+
+    /// Moves the finished file to `final_path`, failing with `AlreadyExists` rather than
+    /// replacing a file there.
+    pub fn finish(&self, name: &str, final_path: &Path) -> io::Result<()> {
+        let part = self.part_path(name);
+        // A hard link never replaces its target: creating it is the atomic "move if absent".
+        match fs::hard_link(&part, final_path) {
+            Ok(()) => {
+                fs::remove_file(&part)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
+            Err(_) => {
+                // File systems without hard links: check, then rename.
+                if fs::symlink_metadata(final_path).is_ok() {
+                    return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+                }
+                fs::rename(&part, final_path)?;
+            }
+        }
+        let _ = fs::remove_file(self.record_path(name));
+        Ok(())
+    }
+
+    /// Deletes the partial download of `name`.
+    pub fn discard(&self, name: &str) {
+        let _ = fs::remove_file(self.part_path(name));
+        let _ = fs::remove_file(self.record_path(name));
+    }
+}
