@@ -46,7 +46,10 @@ impl Progress {
     /// Progress of `label` (e.g. "Download de video.bin"), `total` bytes, starting at
     /// `start_at` (resume).
     pub fn new(out: SharedOutput, label: String, total: u64, start_at: u64) -> Progress {
-        let next_quarter = start_at.saturating_mul(4).checked_div(total).map_or(5, |q| q + 1);
+        let next_quarter = start_at
+            .saturating_mul(4)
+            .checked_div(total)
+            .map_or(5, |q| q + 1);
         Progress {
             out,
             label,
