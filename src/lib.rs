@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod console_out;
+pub mod dial;
 pub mod liveness;
 pub mod peer;
 pub mod protocol;

@@ -252,3 +252,75 @@ fn a_rejected_request_gets_download_rejected() {
     a.send("NAO");
     assert_eq!(c.json(), serde_json::json!({"status":"downloadRejected"}));
 }
+
+/// Nothing assumes one host: the tracker and two peers on three different addresses
+/// (127.0.0.1, .2, .3). The tracker lists each peer under the address it really serves
+/// uploads on, and a download between them works.
+#[test]
+fn peers_on_different_addresses_find_and_download_from_each_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir(&da).unwrap();
+    fs::create_dir(&db).unwrap();
+    write_pattern(&da.join("f.bin"), 100_000, 3);
+    let t = start_tracker(&[]);
+    let mut a = common::start_peer_on("a", "127.0.0.2", t.addr, &da, &["--approve", "yes"]);
+    let mut b = common::start_peer_on("b", "127.0.0.3", t.addr, &db, &[]);
+    assert!(
+        a.join()
+            .contains(&format!("Sou o Peer 127.0.0.2:{}", a.port))
+    );
+    assert!(
+        b.join()
+            .contains(&format!("Sou o Peer 127.0.0.3:{}", b.port))
+    );
+    b.send("SEARCH f.bin");
+    b.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.2:{}']",
+        a.port
+    ));
+    // A bare port takes its host from the last search.
+    b.send(&format!("DOWNLOAD f.bin {}", a.port));
+    a.wait_for(&format!(
+        "Peer 127.0.0.3:{} solicitou o arquivo f.bin",
+        b.port
+    ));
+    b.wait_for("Arquivo f.bin baixado com sucesso");
+    assert!(same_file(&da.join("f.bin"), &db.join("f.bin")));
+    t.proc.wait_for(&format!(
+        "Peer 127.0.0.3:{} atualizou os arquivos ['f.bin']",
+        b.port
+    ));
+}
+
+/// With stdin at its end (a script that finished), the peer keeps serving uploads; SIGTERM
+/// then shuts it down cleanly and the tracker forgets it.
+#[test]
+fn at_end_of_input_the_peer_keeps_serving_until_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir(&da).unwrap();
+    fs::create_dir(&db).unwrap();
+    fs::write(da.join("f"), "still here").unwrap();
+    let t = start_tracker(&[]);
+    let mut a = start_peer("a", t.addr, &da, &["--join", "--approve", "yes"]);
+    a.wait_for("Sou o Peer");
+    a.proc.close_stdin();
+    let mut b = start_peer("b", t.addr, &db, &["--join"]);
+    b.wait_for("Sou o Peer");
+    b.send(&format!("DOWNLOAD f {}", a.port));
+    b.wait_for("Arquivo f baixado com sucesso");
+    assert_eq!(fs::read(db.join("f")).unwrap(), b"still here");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &a.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    a.wait_for("Peer encerrado.");
+    t.proc.wait_for(&format!("Peer {} saiu", a.addr()));
+    assert!(
+        a.proc
+            .wait_exit(std::time::Duration::from_secs(10))
+            .success()
+    );
+}

@@ -139,7 +139,7 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         .transfers
         .start_download(name)
         .ok_or(DownloadError::AlreadyRunning)?;
-    let stream = TcpStream::connect_timeout(&peer, CONNECT_TIMEOUT)
+    let stream = crate::dial::connect_from(ctx.bind_ip, &peer, CONNECT_TIMEOUT)
         .map_err(|e| DownloadError::Connect(peer, e))?;
     ctx.transfers.attach(&guard, &stream);
     let _ = stream.set_nodelay(true);
