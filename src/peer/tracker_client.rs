@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use parking_lot::Mutex;
 
 use crate::liveness;
+use crate::peer::output::printable;
 use crate::protocol::messages::{self, Reply, parse_reply, status};
 use crate::protocol::{CodecError, FrameReader};
 
@@ -51,8 +52,10 @@ impl fmt::Display for LinkError {
             LinkError::Connect(addr, e) => write!(f, "não foi possível conectar a {addr}: {e}"),
             LinkError::Lost(why) => write!(f, "conexão com o servidor perdida: {why}"),
             LinkError::Timeout => write!(f, "o servidor não respondeu a tempo"),
-            LinkError::Refused(why) => write!(f, "o servidor recusou: {why}"),
-            LinkError::Unexpected(what) => write!(f, "resposta inesperada do servidor: {what}"),
+            LinkError::Refused(why) => write!(f, "o servidor recusou: {}", printable(why)),
+            LinkError::Unexpected(what) => {
+                write!(f, "resposta inesperada do servidor: {}", printable(what))
+            }
         }
     }
 }
