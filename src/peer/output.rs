@@ -4,6 +4,7 @@
 //! that is stdout; the interactive console prints above its prompt instead, so that a line
 //! arriving while the user types never destroys what was typed.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +21,25 @@ pub struct PlainOutput;
 impl Output for PlainOutput {
     fn line(&self, text: &str) {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
+        let _ = writeln!(out, "{}", printable(text));
         let _ = out.flush();
+    }
+}
+
+/// `text` with every control character (newlines, escapes, ...) replaced by `?`.
+///
+/// Console lines quote what other peers sent (a refusal's reason, a file name): a newline
+/// there would forge a console line of its own, an escape sequence would move the cursor or
+/// recolour the terminal and corrupt the prompt.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        Cow::Owned(
+            text.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
@@ -89,5 +107,19 @@ impl Progress {
             rate / (1024.0 * 1024.0),
             left
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(printable("plain line"), "plain line");
+        assert_eq!(
+            printable("a\nArquivo x baixado\x1b[2J\u{9b}"),
+            "a?Arquivo x baixado?[2J?"
+        );
     }
 }
