@@ -213,7 +213,9 @@ pub fn run(
             break;
         }
         if handled_input {
-            // The prompt thread may draw the next prompt: it shows what this line changed.
+            // The prompt thread may draw the next prompt, under what this line printed and
+            // showing what it changed.
+            console.ctx.out.flush();
             let _ = channels.ready.send(());
         }
     }
@@ -366,19 +368,15 @@ impl Console {
                 .next()
                 .ok_or_else(|| format!("endereço {text} não encontrado")),
             PeerSpec::Port(port) => {
-                let from_search = self
-                    .state
-                    .last_search()
-                    .as_ref()
-                    .and_then(|(n, peers)| {
-                        let mut candidates: Vec<SocketAddr> =
-                            peers.iter().filter_map(|p| p.parse().ok()).collect();
-                        // Prefer a peer listed for this very name.
-                        if n.as_str() != name {
-                            candidates.clear();
-                        }
-                        candidates.into_iter().find(|a| a.port() == *port)
-                    });
+                let from_search = self.state.last_search().as_ref().and_then(|(n, peers)| {
+                    let mut candidates: Vec<SocketAddr> =
+                        peers.iter().filter_map(|p| p.parse().ok()).collect();
+                    // Prefer a peer listed for this very name.
+                    if n.as_str() != name {
+                        candidates.clear();
+                    }
+                    candidates.into_iter().find(|a| a.port() == *port)
+                });
                 if let Some(addr) = from_search {
                     return Ok(addr);
                 }

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 pub trait Output: Send + Sync {
     /// Prints one line (no newline needed).
     fn line(&self, text: &str);
+
+    /// Returns once every line printed before has reached the terminal (or a short bound has
+    /// passed). Plain output is written at once and needs nothing.
+    fn flush(&self) {}
 }
 
 /// Plain stdout.

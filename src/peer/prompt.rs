@@ -38,7 +38,7 @@ use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
-use rustyline::{Context, Editor, ExternalPrinter, Helper, Prompt};
+use rustyline::{CompletionType, Config, Context, Editor, ExternalPrinter, Helper, Prompt};
 
 use crate::peer::PeerConfig;
 use crate::peer::commands::COMMAND_NAMES;
@@ -96,6 +96,18 @@ impl Output for PromptOutput {
         {
             println!("{text}");
         }
+    }
+
+    fn flush(&self) {
+        flush_queue(&self.tx);
+    }
+}
+
+/// Waits until the printer thread has handed every line queued so far to the terminal.
+fn flush_queue(tx: &Sender<Printed>) {
+    let (done_tx, done_rx) = bounded(1);
+    if tx.send(Printed::Flush(done_tx)).is_ok() {
+        let _ = done_rx.recv_timeout(FLUSH_WAIT);
     }
 }
 
@@ -266,8 +278,14 @@ pub fn start(
     tx: Sender<Input>,
     ready: Receiver<()>,
 ) -> io::Result<LineReader> {
+    // List completion, as in a shell: Tab completes as far as the candidates agree, a second
+    // Tab lists them; the name's trailing space lets the next Tab go on to the peer.
+    let editor_config = Config::builder()
+        .completion_type(CompletionType::List)
+        .auto_add_history(false)
+        .build();
     let mut editor: Editor<ConsoleHelper, DefaultHistory> =
-        Editor::new().map_err(io::Error::other)?;
+        Editor::with_config(editor_config).map_err(io::Error::other)?;
     editor.set_helper(Some(ConsoleHelper {
         state: Arc::clone(&state),
     }));
@@ -289,40 +307,39 @@ pub fn start(
     let reading = Arc::new(AtomicBool::new(false));
     let (closing2, reading2) = (Arc::clone(&closing), Arc::clone(&reading));
     let prompt = LivePrompt::new(state);
-    thread::Builder::new().name("prompt".into()).spawn(move || {
-        loop {
-            reading2.store(true, Ordering::SeqCst);
-            if closing2.load(Ordering::SeqCst) {
+    thread::Builder::new()
+        .name("prompt".into())
+        .spawn(move || {
+            loop {
+                reading2.store(true, Ordering::SeqCst);
+                if closing2.load(Ordering::SeqCst) {
+                    reading2.store(false, Ordering::SeqCst);
+                    break;
+                }
+                let line = editor.readline(&prompt);
                 reading2.store(false, Ordering::SeqCst);
-                break;
-            }
-            let line = editor.readline(&prompt);
-            reading2.store(false, Ordering::SeqCst);
-            let input = match line {
-                Ok(line) => {
-                    remember(&mut editor, history.as_deref(), &line);
-                    Input::Line(line)
+                let input = match line {
+                    Ok(line) => {
+                        remember(&mut editor, history.as_deref(), &line);
+                        Input::Line(line)
+                    }
+                    Err(ReadlineError::Interrupted) => Input::Interrupted,
+                    Err(ReadlineError::Eof) => Input::Eof,
+                    Err(e) => {
+                        log::warn!("prompt failed: {e}");
+                        Input::Eof
+                    }
+                };
+                let last = input == Input::Eof;
+                if tx.send(input).is_err() || last || ready.recv().is_err() {
+                    break;
                 }
-                Err(ReadlineError::Interrupted) => Input::Interrupted,
-                Err(ReadlineError::Eof) => Input::Eof,
-                Err(e) => {
-                    log::warn!("prompt failed: {e}");
-                    Input::Eof
-                }
-            };
-            let last = input == Input::Eof;
-            if tx.send(input).is_err() || last || ready.recv().is_err() {
-                break;
             }
-        }
-    })?;
+        })?;
 
     let finish = move || {
         closing.store(true, Ordering::SeqCst);
-        let (done_tx, done_rx) = bounded(1);
-        if out_tx.send(Printed::Flush(done_tx)).is_ok() {
-            let _ = done_rx.recv_timeout(FLUSH_WAIT);
-        }
+        flush_queue(&out_tx);
         if reading.load(Ordering::SeqCst) {
             // Left by a signal while `readline` runs: end the prompt line and give the
             // terminal back its normal mode (and turn off bracketed paste, which rustyline
@@ -363,7 +380,10 @@ mod tests {
 
     fn helper_after_search(name: &str, peers: &[&str]) -> ConsoleHelper {
         let state = Arc::new(ConsoleState::default());
-        state.set_last_search(name.to_string(), peers.iter().map(|p| p.to_string()).collect());
+        state.set_last_search(
+            name.to_string(),
+            peers.iter().map(|p| p.to_string()).collect(),
+        );
         ConsoleHelper { state }
     }
 
