@@ -12,6 +12,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::num::NonZeroU16;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
@@ -179,6 +180,20 @@ impl Term {
     /// How many times `needle` stands on the screen.
     fn count(&self, needle: &str) -> usize {
         self.text().matches(needle).count()
+    }
+
+    /// True if the terminal is in its normal line-by-line mode (ICANON), false in raw mode.
+    fn canonical(&self) -> bool {
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: tcgetattr fills the termios when it returns 0, checked before reading it.
+        let termios = unsafe {
+            assert_eq!(
+                libc::tcgetattr(self.input.as_raw_fd(), termios.as_mut_ptr()),
+                0
+            );
+            termios.assume_init()
+        };
+        termios.c_lflag & libc::ICANON != 0
     }
 
     /// Waits for the process to exit (its pty closes) and returns its status.
@@ -536,4 +551,81 @@ fn without_a_terminal_questions_are_plain_lines() {
         "{}",
         alice.proc.transcript()
     );
+}
+
+/// A command typed without its arguments asks for them with the original's prompts, and the
+/// next lines answer them.
+#[test]
+fn commands_without_arguments_ask_with_the_originals_prompts() {
+    let tracker = start_tracker(&[]);
+    let alice_dir = tempfile::tempdir().unwrap();
+    std::fs::write(alice_dir.path().join("notes.txt"), b"asked").unwrap();
+    let mut alice = start_peer(
+        "alice",
+        tracker.addr,
+        alice_dir.path(),
+        &["--approve", "yes"],
+    );
+    alice.join();
+
+    let (tmp, share) = folder(&[]);
+    let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    bob.keys("SEARCH\r");
+    bob.wait_for("Digite 'JOIN' para iniciar.\n[sem pedido] > SEARCH\nDigite 'JOIN' para iniciar.");
+    bob.keys("JOIN\r");
+    bob.wait_for("Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] | SIM | NAO | QUIT");
+
+    bob.keys("search\r");
+    bob.wait_for("Insira o arquivo que deseja buscar:");
+    bob.wait_prompt(IDLE, "");
+    bob.keys("notes.txt\r");
+    bob.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
+        alice.port
+    ));
+
+    bob.keys("DOWNLOAD\r");
+    bob.wait_for("Insira o nome do arquivo que deseja baixar:");
+    bob.wait_prompt(IDLE, "");
+    bob.keys("notes.txt\r");
+    bob.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
+    bob.wait_prompt(IDLE, "");
+    bob.keys(&format!("{}\r", alice.port));
+    bob.wait_for("Arquivo notes.txt baixado com sucesso na pasta ");
+    assert_eq!(std::fs::read(share.join("notes.txt")).unwrap(), b"asked");
+}
+
+/// SIGINT at the interactive prompt (what Ctrl-C is) cancels the line, not the peer.
+#[test]
+fn sigint_at_the_prompt_cancels_the_line_and_the_peer_stays() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[]);
+    let (mut alice, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    alice.keys("SEARCH half");
+    alice.wait_prompt(IDLE, "SEARCH half");
+    alice.proc.signal(Signal::SIGINT).unwrap();
+    alice.wait_prompt(IDLE, "");
+    alice.keys("HELP\r");
+    alice.wait_for("Comandos: SEARCH");
+    alice.wait_prompt(IDLE, "");
+    alice.keys("QUIT\r");
+    alice.wait_for("Peer encerrado.");
+    assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
+}
+
+/// SIGTERM while the prompt is reading leaves cleanly and gives the terminal back its normal
+/// (line by line) mode, though the prompt thread never returns from rustyline.
+#[test]
+fn sigterm_at_the_prompt_gives_the_terminal_back() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[]);
+    let (mut alice, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    alice.keys("JOIN\r");
+    alice.wait_for("Sou o Peer ");
+    alice.wait_prompt(IDLE, "");
+    assert!(!alice.canonical(), "raw mode while reading");
+    alice.proc.signal(Signal::SIGTERM).unwrap();
+    alice.wait_for("Peer encerrado.");
+    assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
+    assert!(alice.canonical(), "line mode restored");
 }

@@ -126,8 +126,9 @@ struct Console {
     input_done: bool,
 }
 
-/// Runs the console until QUIT, a signal, or (for an interactive console) end of input.
-/// Returns when the peer has shut down cleanly.
+/// Runs the console until QUIT, a signal, or (for an interactive console, `quit_at_eof`) end
+/// of input. An interactive console takes SIGINT as Ctrl-C, which cancels the line being
+/// typed; SIGTERM always leaves. Returns when the peer has shut down cleanly.
 pub fn run(
     ctx: Arc<PeerContext>,
     state: Arc<ConsoleState>,
@@ -197,8 +198,15 @@ pub fn run(
                 true
             },
             recv(channels.signals) -> signal => {
-                log::info!("signal {signal:?}: shutting down");
-                false
+                if quit_at_eof && signal == Ok(signal_hook::consts::SIGINT) {
+                    // At an interactive prompt Ctrl-C cancels, whenever it is pressed (between
+                    // two lines the terminal turns it into SIGINT); Ctrl-D and QUIT leave.
+                    console.asking = None;
+                    true
+                } else {
+                    log::info!("signal {signal:?}: shutting down");
+                    false
+                }
             },
             default(wait) => true,
         };
@@ -249,7 +257,7 @@ impl Console {
             }
             match asking {
                 Asking::SearchName => self.search(text),
-                Asking::DownloadName => self.download(Some(text), None),
+                Asking::DownloadName => self.ask(Asking::DownloadPeer(text)),
                 Asking::DownloadPeer(name) => match PeerSpec::parse(&text) {
                     Some(peer) => self.download(Some(name), Some(peer)),
                     None => self.say(&format!(
