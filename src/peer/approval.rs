@@ -177,6 +177,7 @@ mod tests {
         (req, rx)
     }
 
+    /// SIM/NAO go to the oldest request; the newer one keeps waiting until answered.
     #[test]
     fn answers_go_to_the_oldest_request_first() {
         let mut q = ApprovalQueue::new(Duration::from_secs(60));
@@ -192,6 +193,7 @@ mod tests {
         assert!(q.answer_oldest(Decision::Accept).is_none());
     }
 
+    /// A request past its deadline is refused as timed out and leaves the queue.
     #[test]
     fn expired_requests_are_refused_as_timed_out() {
         let mut q = ApprovalQueue::new(Duration::from_secs(60));

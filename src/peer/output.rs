@@ -118,6 +118,7 @@ impl Progress {
 mod tests {
     use super::*;
 
+    /// Newlines, escapes and C1 controls in a console line become `?`; plain text is kept.
     #[test]
     fn control_characters_never_reach_the_terminal() {
         assert_eq!(printable("plain line"), "plain line");

@@ -387,6 +387,8 @@ mod tests {
         ConsoleHelper { state }
     }
 
+    /// rustyline places the cursor from the width measured when a line starts: every variant
+    /// the prompt may switch to mid-line must have that width.
     #[test]
     fn every_prompt_variant_has_the_same_width() {
         let prompt = LivePrompt::new(Arc::new(ConsoleState::default()));
@@ -397,6 +399,7 @@ mod tests {
         }
     }
 
+    /// Command names complete from a prefix typed in either case, after leading blanks.
     #[test]
     fn command_names_complete_in_any_case() {
         let h = helper_after_search("x", &[]);
@@ -404,6 +407,8 @@ mod tests {
         assert_eq!(h.candidates("  D", 3), (2, vec!["DOWNLOAD ".to_string()]));
     }
 
+    /// After a search, SEARCH and DOWNLOAD complete its name (spaces included) and DOWNLOAD
+    /// then completes its peers; another name gets nothing.
     #[test]
     fn names_with_spaces_and_peers_complete_after_a_search() {
         let h = helper_after_search("my video.mp4", &["10.0.0.2:5000", "10.0.0.3:6000"]);
