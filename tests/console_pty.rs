@@ -41,11 +41,19 @@ struct Term {
 impl Term {
     /// Starts `napster ARGS` on a fresh pty of ROWS x COLS.
     fn spawn(args: &[&str]) -> Term {
+        Term::spawn_with_env(args, &[])
+    }
+
+    /// [`Term::spawn`] with extra environment variables.
+    fn spawn_with_env(args: &[&str], env: &[(&str, &Path)]) -> Term {
         let mut cmd = Command::new(napster_bin());
         cmd.args(args)
             .env("TERM", "xterm-256color")
             .env("RUST_LOG", "warn")
             .env_remove("NO_COLOR");
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         let mut proc = UnixProcess::spawn_command(cmd).expect("napster starts on a pty");
         proc.set_window_size(COLS, ROWS).expect("window size set");
         let input = proc.open_stream().expect("pty stream");
@@ -628,4 +636,42 @@ fn sigterm_at_the_prompt_gives_the_terminal_back() {
     alice.wait_for("Peer encerrado.");
     assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
     assert!(alice.canonical(), "line mode restored");
+}
+
+/// Without `--history`, history goes to `$XDG_DATA_HOME/napster/history` (the user's data),
+/// and a `--history` file directly in the shared folder is refused, so JOIN never offers the
+/// user's commands to other peers.
+#[test]
+fn history_goes_to_the_users_data_folder_never_the_shared_one() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[]);
+    let data = tmp.path().join("xdg-data");
+    let server = tracker.addr.to_string();
+    let mut alice = Term::spawn_with_env(
+        &[
+            "peer",
+            "--server",
+            &server,
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            share.to_str().unwrap(),
+        ],
+        &[("XDG_DATA_HOME", &data), ("HOME", tmp.path())],
+    );
+    alice.wait_prompt(IDLE, "");
+    alice.keys("HELP\r");
+    alice.wait_for("Comandos: SEARCH");
+    alice.keys("QUIT\r");
+    alice.wait_exit();
+    let kept = std::fs::read_to_string(data.join("napster").join("history")).unwrap();
+    assert!(kept.contains("HELP"), "{kept}");
+
+    let in_share = share.join("history");
+    let (mut bob, _) = Term::peer(tracker.addr, &share, &in_share, &[]);
+    bob.keys("HELP\r");
+    bob.wait_for("Comandos: SEARCH");
+    bob.keys("QUIT\r");
+    bob.wait_exit();
+    assert!(!in_share.exists(), "no history file in the shared folder");
 }
