@@ -522,11 +522,16 @@ fn the_prompt_stays_usable_during_a_download_and_leaving_keeps_the_partial() {
     bob.wait_prompt(IDLE, "SEARCH oops");
     bob.keys("\x03");
     bob.wait_prompt(IDLE, "");
-    assert!(!bob.text().contains("Peers com arquivo solicitado: ['"));
 
     bob.keys("\x04");
     bob.wait_for("Peer encerrado.");
     bob.wait_exit();
+    assert_eq!(
+        bob.count("Peers com arquivo solicitado"),
+        1,
+        "the cancelled SEARCH never ran:\n{}",
+        bob.text()
+    );
     stall.join().unwrap();
     assert!(
         !share.join("big.bin").exists(),
@@ -619,6 +624,13 @@ fn sigint_at_the_prompt_cancels_the_line_and_the_peer_stays() {
     alice.keys("QUIT\r");
     alice.wait_for("Peer encerrado.");
     assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
+    // A SEARCH before JOIN would have printed this a second time.
+    assert_eq!(
+        alice.count("Digite 'JOIN' para iniciar."),
+        1,
+        "{}",
+        alice.text()
+    );
 }
 
 /// SIGTERM while the prompt is reading leaves cleanly and gives the terminal back its normal
