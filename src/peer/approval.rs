@@ -26,11 +26,13 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// Why the request was refused, for the downloader, when it was not a plain NAO.
+    /// Why the request was refused, for the downloader, when it was not a plain NAO. Sent in
+    /// `downloadRejected`'s `reason` and shown by the downloader after `Download Rejeitado: `,
+    /// so it is written for the downloader's user, in the console's language.
     pub fn reason(self) -> Option<&'static str> {
         match self {
-            Decision::TimedOut => Some("the uploader's user did not answer in time"),
-            Decision::ShuttingDown => Some("the uploader is shutting down"),
+            Decision::TimedOut => Some("o usuário do outro peer não respondeu a tempo"),
+            Decision::ShuttingDown => Some("o outro peer está encerrando"),
             Decision::Accept | Decision::Reject => None,
         }
     }
@@ -127,10 +129,101 @@ impl ApprovalQueue {
         self.items.front().map(|p| p.deadline)
     }
 
-    /// Refuses everything (on shutdown).
-    pub fn refuse_all(&mut self, decision: Decision) -> usize {
-        let n = self.items.len();
-        while self.answer_oldest(decision).is_some() {}
-        n
+    /// Refuses everything (on shutdown), then waits up to `wait` for the upload threads to
+    /// have told their downloaders, so that leaving does not cut them off before the refusal
+    /// and its reason are sent. Returns how many were refused.
+    pub fn refuse_all(&mut self, decision: Decision, wait: Duration) -> usize {
+        let deadline = Instant::now() + wait;
+        let refused: Vec<Pending> = self.items.drain(..).collect();
+        for pending in &refused {
+            let _ = pending.request.reply.send(decision);
+        }
+        for pending in &refused {
+            wait_until_answered(&pending.request.reply, decision, deadline);
+        }
+        refused.len()
+    }
+}
+
+/// Waits until the upload thread behind `reply` has dropped its end of the channel, which it
+/// does once it has written its answer and returned, or until `deadline`.
+///
+/// The upload thread's channel holds one decision. Each further send waits for room (the
+/// thread took the decision), then for a disconnection (the thread is gone). Three sends at
+/// most, so a channel with more room never makes this spin.
+fn wait_until_answered(reply: &Sender<Decision>, decision: Decision, deadline: Instant) {
+    for _ in 0..3 {
+        if reply.send_deadline(decision, deadline).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::bounded;
+    use std::thread;
+
+    fn request(name: &str) -> (ApprovalRequest, crossbeam_channel::Receiver<Decision>) {
+        let (tx, rx) = bounded(1);
+        let req = ApprovalRequest {
+            from: "127.0.0.1:5000".parse().unwrap(),
+            filename: name.to_string(),
+            size: 3,
+            offset: 0,
+            reply: tx,
+        };
+        (req, rx)
+    }
+
+    /// SIM/NAO go to the oldest request; the newer one keeps waiting until answered.
+    #[test]
+    fn answers_go_to_the_oldest_request_first() {
+        let mut q = ApprovalQueue::new(Duration::from_secs(60));
+        let (a, ra) = request("a");
+        let (b, rb) = request("b");
+        q.push(a);
+        q.push(b);
+        assert_eq!(q.answer_oldest(Decision::Reject).unwrap().filename, "a");
+        assert_eq!(ra.recv().unwrap(), Decision::Reject);
+        assert!(rb.try_recv().is_err());
+        assert_eq!(q.answer_oldest(Decision::Accept).unwrap().filename, "b");
+        assert_eq!(rb.recv().unwrap(), Decision::Accept);
+        assert!(q.answer_oldest(Decision::Accept).is_none());
+    }
+
+    /// A request past its deadline is refused as timed out and leaves the queue.
+    #[test]
+    fn expired_requests_are_refused_as_timed_out() {
+        let mut q = ApprovalQueue::new(Duration::from_secs(60));
+        let (a, ra) = request("a");
+        q.push(a);
+        assert!(q.expire(Instant::now()).is_empty());
+        let expired = q.expire(Instant::now() + Duration::from_secs(61));
+        assert_eq!(expired.len(), 1);
+        assert_eq!(ra.recv().unwrap(), Decision::TimedOut);
+        assert!(q.is_empty());
+    }
+
+    /// Leaving returns only after the upload thread has taken its refusal and finished.
+    #[test]
+    fn refuse_all_waits_for_the_upload_thread_to_finish_answering() {
+        let mut q = ApprovalQueue::new(Duration::from_secs(60));
+        let (a, ra) = request("a");
+        q.push(a);
+        let (written_tx, written_rx) = bounded(1);
+        let upload = thread::spawn(move || {
+            let decision = ra.recv().unwrap();
+            // What the upload thread does after the decision, before it lets go of `ra`.
+            written_tx.send(decision).unwrap();
+            drop(ra);
+        });
+        assert_eq!(
+            q.refuse_all(Decision::ShuttingDown, Duration::from_secs(30)),
+            1
+        );
+        assert_eq!(written_rx.try_recv().unwrap(), Decision::ShuttingDown);
+        upload.join().unwrap();
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::{Receiver, Sender, select};
 use parking_lot::Mutex;
 
 use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
@@ -55,20 +55,49 @@ impl Asking {
 #[derive(Default)]
 pub struct ConsoleState {
     /// Upload requests waiting for SIM/NAO.
-    pub pending: AtomicUsize,
+    pending: AtomicUsize,
     /// The file name and peers of the last search, for completion.
-    pub last_search: Mutex<Option<(String, Vec<String>)>>,
+    last_search: Mutex<Option<(String, Vec<String>)>>,
 }
 
 impl ConsoleState {
-    /// The prompt to show: `> `, or `[N pendente] > ` while requests wait.
+    /// How many upload requests wait for SIM/NAO.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// The prompt to show now (see [`prompt_text`]).
     pub fn prompt(&self) -> String {
-        match self.pending.load(Ordering::SeqCst) {
-            0 => "> ".to_string(),
-            n => format!("[{n} pendente] > "),
-        }
+        prompt_text(self.pending())
+    }
+
+    /// The name and peers of the last search that succeeded.
+    pub fn last_search(&self) -> Option<(String, Vec<String>)> {
+        self.last_search.lock().clone()
+    }
+
+    /// Records the last search.
+    pub fn set_last_search(&self, name: String, peers: Vec<String>) {
+        *self.last_search.lock() = Some((name, peers));
     }
 }
+
+/// The largest count the prompt spells out; more show as `[9+ pedidos]`.
+pub const PROMPT_MAX_COUNT: usize = 10;
+
+/// The interactive prompt for `pending` waiting requests: `[sem pedido] > `,
+/// `[1 pendente] > `, ... `[9+ pedidos] > `. Every variant has the same width, because
+/// rustyline measures the prompt only when a line starts (see [`crate::peer::prompt`]).
+pub fn prompt_text(pending: usize) -> String {
+    match pending {
+        0 => "[sem pedido] > ".to_string(),
+        n if n < PROMPT_MAX_COUNT => format!("[{n} pendente] > "),
+        _ => "[9+ pedidos] > ".to_string(),
+    }
+}
+
+/// How long leaving waits for the upload threads it refused to tell their downloaders.
+const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// The accepted commands, printed after JOIN and for HELP.
 pub const MENU: &str = "Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] | SIM | NAO | QUIT";
@@ -77,6 +106,8 @@ pub const MENU: &str = "Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] |
 pub struct ConsoleChannels {
     /// Lines from the line reader.
     pub inputs: Receiver<Input>,
+    /// Told after each handled line that the line reader may read the next one.
+    pub ready: Sender<()>,
     /// Upload requests.
     pub approvals: Receiver<ApprovalRequest>,
     /// Tracker link events.
@@ -95,8 +126,9 @@ struct Console {
     input_done: bool,
 }
 
-/// Runs the console until QUIT, a signal, or (for an interactive console) end of input.
-/// Returns when the peer has shut down cleanly.
+/// Runs the console until QUIT, a signal, or (for an interactive console, `quit_at_eof`) end
+/// of input. An interactive console takes SIGINT as Ctrl-C, which cancels the line being
+/// typed; SIGTERM always leaves. Returns when the peer has shut down cleanly.
 pub fn run(
     ctx: Arc<PeerContext>,
     state: Arc<ConsoleState>,
@@ -131,10 +163,15 @@ pub fn run(
         } else {
             channels.inputs.clone()
         };
+        let mut handled_input = false;
         let keep_going = select! {
             recv(inputs) -> input => match input {
-                Ok(Input::Line(line)) => console.line(&line),
+                Ok(Input::Line(line)) => {
+                    handled_input = true;
+                    console.line(&line)
+                }
                 Ok(Input::Interrupted) => {
+                    handled_input = true;
                     console.asking = None;
                     true
                 }
@@ -161,8 +198,15 @@ pub fn run(
                 true
             },
             recv(channels.signals) -> signal => {
-                log::info!("signal {signal:?}: shutting down");
-                false
+                if quit_at_eof && signal == Ok(signal_hook::consts::SIGINT) {
+                    // At an interactive prompt Ctrl-C cancels, whenever it is pressed (between
+                    // two lines the terminal turns it into SIGINT); Ctrl-D and QUIT leave.
+                    console.asking = None;
+                    true
+                } else {
+                    log::info!("signal {signal:?}: shutting down");
+                    false
+                }
             },
             default(wait) => true,
         };
@@ -176,12 +220,21 @@ pub fn run(
         if !keep_going {
             break;
         }
+        if handled_input {
+            // The prompt thread may draw the next prompt, under what this line printed and
+            // showing what it changed.
+            console.ctx.out.flush();
+            let _ = channels.ready.send(());
+        }
     }
     console.shutdown();
 }
 
 impl Console {
+    /// Prints a line. The pending count is published first, so the prompt redrawn under
+    /// this line already shows the change the line announces.
     fn say(&self, text: &str) {
+        self.sync_prompt();
         self.ctx.out.line(text);
     }
 
@@ -297,7 +350,7 @@ impl Console {
                     "Peers com arquivo solicitado: {}",
                     python_list(&peers)
                 ));
-                *self.state.last_search.lock() = Some((name, peers));
+                self.state.set_last_search(name, peers);
             }
             Err(e) => self.say(&format!("Erro ao buscar arquivo: {e}")),
         }
@@ -323,20 +376,15 @@ impl Console {
                 .next()
                 .ok_or_else(|| format!("endereço {text} não encontrado")),
             PeerSpec::Port(port) => {
-                let from_search = self
-                    .state
-                    .last_search
-                    .lock()
-                    .as_ref()
-                    .and_then(|(n, peers)| {
-                        let mut candidates: Vec<SocketAddr> =
-                            peers.iter().filter_map(|p| p.parse().ok()).collect();
-                        // Prefer a peer listed for this very name.
-                        if n != name {
-                            candidates.clear();
-                        }
-                        candidates.into_iter().find(|a| a.port() == *port)
-                    });
+                let from_search = self.state.last_search().as_ref().and_then(|(n, peers)| {
+                    let mut candidates: Vec<SocketAddr> =
+                        peers.iter().filter_map(|p| p.parse().ok()).collect();
+                    // Prefer a peer listed for this very name.
+                    if n.as_str() != name {
+                        candidates.clear();
+                    }
+                    candidates.into_iter().find(|a| a.port() == *port)
+                });
                 if let Some(addr) = from_search {
                     return Ok(addr);
                 }
@@ -350,19 +398,23 @@ impl Console {
     }
 
     fn approval(&mut self, request: ApprovalRequest) {
-        self.say(&request.to_string());
+        let asked = request.to_string();
         match self.approve {
             ApproveMode::Yes => {
+                self.say(&asked);
                 self.say("Gostaria de Aprovar o download? (SIM/NAO) SIM (automático)");
                 let _ = request.reply.send(Decision::Accept);
             }
             ApproveMode::No => {
+                self.say(&asked);
                 self.say("Gostaria de Aprovar o download? (SIM/NAO) NAO (automático)");
                 let _ = request.reply.send(Decision::Reject);
             }
             ApproveMode::Ask => {
-                self.say("Gostaria de Aprovar o download? (SIM/NAO)");
+                // Queued before it is printed, so the prompt under the question counts it.
                 self.queue.push(request);
+                self.say(&asked);
+                self.say("Gostaria de Aprovar o download? (SIM/NAO)");
             }
         }
     }
@@ -415,7 +467,9 @@ impl Console {
 
     /// Leaves cleanly: refuse what waits, stop transfers (partials are kept), leave the tracker.
     fn shutdown(&mut self) {
-        let refused = self.queue.refuse_all(Decision::ShuttingDown);
+        let refused = self
+            .queue
+            .refuse_all(Decision::ShuttingDown, SHUTDOWN_ANSWER_WAIT);
         if refused > 0 {
             self.say(&format!("{refused} pedido(s) pendente(s) recusado(s)"));
         }

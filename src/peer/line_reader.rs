@@ -4,10 +4,11 @@
 //! console prints through the [`Output`](crate::peer::output::Output) this module returns.
 
 use std::io::{self, BufRead};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::peer::PeerConfig;
 use crate::peer::console::{ConsoleState, Input};
@@ -26,14 +27,17 @@ pub struct LineReader {
     pub finish: Box<dyn FnOnce() + Send>,
 }
 
-/// Starts the reader that suits `config`.
+/// Starts the reader that suits `config`. The interactive prompt waits for a message on
+/// `ready` after each line it sends (the console has handled it); plain lines need no wait.
 pub fn start(
     config: &PeerConfig,
+    shared: &Path,
     state: Arc<ConsoleState>,
     tx: Sender<Input>,
+    ready: Receiver<()>,
 ) -> io::Result<LineReader> {
     if config.interactive {
-        match crate::peer::prompt::start(config, state, tx.clone()) {
+        match crate::peer::prompt::start(config, shared, state, tx.clone(), ready) {
             Ok(reader) => return Ok(reader),
             Err(e) => log::warn!("interactive prompt unavailable ({e}); reading plain lines"),
         }

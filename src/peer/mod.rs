@@ -138,9 +138,16 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
     let (link_tx, link_rx) = unbounded();
     let (approval_tx, approval_rx) = unbounded();
     let (input_tx, input_rx) = unbounded();
+    let (ready_tx, ready_rx) = unbounded();
     let state = Arc::new(ConsoleState::default());
-    let reader =
-        line_reader::start(&config, Arc::clone(&state), input_tx).map_err(PeerError::Thread)?;
+    let reader = line_reader::start(
+        &config,
+        shared.path(),
+        Arc::clone(&state),
+        input_tx,
+        ready_rx,
+    )
+    .map_err(PeerError::Thread)?;
     let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
     let ctx = Arc::new(PeerContext {
         port,
@@ -176,6 +183,7 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         state,
         ConsoleChannels {
             inputs: input_rx,
+            ready: ready_tx,
             approvals: approval_rx,
             link: link_rx,
             signals,

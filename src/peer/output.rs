@@ -4,6 +4,7 @@
 //! that is stdout; the interactive console prints above its prompt instead, so that a line
 //! arriving while the user types never destroys what was typed.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,10 @@ use std::time::{Duration, Instant};
 pub trait Output: Send + Sync {
     /// Prints one line (no newline needed).
     fn line(&self, text: &str);
+
+    /// Returns once every line printed before has reached the terminal (or a short bound has
+    /// passed). Plain output is written at once and needs nothing.
+    fn flush(&self) {}
 }
 
 /// Plain stdout.
@@ -20,23 +25,26 @@ pub struct PlainOutput;
 impl Output for PlainOutput {
     fn line(&self, text: &str) {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
+        let _ = writeln!(out, "{}", printable(text));
         let _ = out.flush();
     }
 }
 
-/// Text that came from another host, made safe to print: control characters (which could
-/// move the cursor or recolour the terminal) are shown as `\u{..}` escapes.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+/// `text` with every control character (newlines, escapes, ...) replaced by `?`.
+///
+/// Console lines quote what other peers sent (a refusal's reason, a file name): a newline
+/// there would forge a console line of its own, an escape sequence would move the cursor or
+/// recolour the terminal and corrupt the prompt.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        Cow::Owned(
+            text.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// Shared handle to the console output.
@@ -103,5 +111,20 @@ impl Progress {
             rate / (1024.0 * 1024.0),
             left
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Newlines, escapes and C1 controls in a console line become `?`; plain text is kept.
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(printable("plain line"), "plain line");
+        assert_eq!(
+            printable("a\nArquivo x baixado\x1b[2J\u{9b}"),
+            "a?Arquivo x baixado?[2J?"
+        );
     }
 }

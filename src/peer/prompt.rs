@@ -1,86 +1,178 @@
-//! The interactive console: a `rustyline` prompt with history and completion.
+//! The interactive console: a `rustyline` prompt with history, completion and a live count of
+//! the upload requests waiting for SIM/NAO.
 //!
-//! The prompt runs on its own thread and sends each line to the console thread. Everything the
-//! peer prints goes through rustyline's external printer, which draws it above the prompt and
-//! redraws the prompt with whatever the user had typed, so an upload request arriving half way
-//! through a command never destroys it.
+//! The prompt runs on its own thread and sends each line to the console thread, then waits
+//! for the console to say it has handled the line before it draws the next prompt. That way
+//! the next prompt already shows what the line changed (a `SIM` took a request off the
+//! count), QUIT never draws a prompt that nobody reads, and the terminal is back in its normal
+//! mode when the peer exits.
+//!
+//! Everything the peer prints goes through rustyline's external printer, which clears the
+//! prompt line, prints above it and redraws the prompt with whatever the user had typed, so a
+//! request arriving half way through a command never destroys it.
+//!
+//! ## Why the prompt has a fixed width
+//!
+//! rustyline 19 measures the prompt once, when `readline` starts, and places the cursor from
+//! that measure (`"\r" + "ESC[<col>C"`), but it asks the [`Prompt`] for its text again at every
+//! redraw, including the redraw after each external print. There is no public way to replace
+//! the prompt of a running `readline` or to make it return with the typed text kept (a known
+//! limitation: rustyline issues #417, #605, #881). So the prompt here is a [`Prompt`] whose
+//! text follows the pending count and whose every variant has the same width
+//! (`[sem pedido] > `, `[1 pendente] > `, ...): the count shown changes at the very redraw that
+//! prints the request above the prompt, and the cursor arithmetic stays right because the width
+//! never changes.
 
 use std::borrow::Cow;
-use std::io;
-use std::path::PathBuf;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
+use std::time::Duration;
 
-use crossbeam_channel::Sender;
-use parking_lot::Mutex;
+use crossbeam_channel::{Receiver, Sender, bounded};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
-use rustyline::{Context, Editor, ExternalPrinter, Helper};
+use rustyline::{CompletionType, Config, Context, Editor, ExternalPrinter, Helper, Prompt};
 
 use crate::peer::PeerConfig;
 use crate::peer::commands::COMMAND_NAMES;
-use crate::peer::console::{ConsoleState, Input};
+use crate::peer::console::{ConsoleState, Input, prompt_text};
 use crate::peer::line_reader::LineReader;
-use crate::peer::output::Output;
+use crate::peer::output::{Output, printable};
 
-/// Prints above the prompt through rustyline's external printer.
-struct PromptOutput {
-    printer: Mutex<Box<dyn ExternalPrinter + Send>>,
+/// How many lines may wait for the printer thread before printers wait in turn.
+const OUTPUT_QUEUE: usize = 4096;
+/// How long leaving waits for queued lines to be handed to the terminal.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// The prompt, redrawn with the current pending count at every refresh.
+struct LivePrompt {
+    state: Arc<ConsoleState>,
+    /// `prompt_text(n)` for every `n` it can show; all the same width.
+    variants: Vec<String>,
 }
 
-impl Output for PromptOutput {
-    fn line(&self, text: &str) {
-        let mut printer = self.printer.lock();
-        if printer.print(format!("{text}\n")).is_err() {
-            println!("{text}");
+impl LivePrompt {
+    fn new(state: Arc<ConsoleState>) -> LivePrompt {
+        LivePrompt {
+            state,
+            variants: (0..=crate::peer::console::PROMPT_MAX_COUNT)
+                .map(prompt_text)
+                .collect(),
         }
     }
 }
 
-/// Completion of command names, and of file names and peers from the last search.
+impl Prompt for LivePrompt {
+    fn raw(&self) -> &str {
+        let n = self.state.pending().min(self.variants.len() - 1);
+        &self.variants[n]
+    }
+}
+
+/// One thing for the printer thread.
+enum Printed {
+    Line(String),
+    /// Answered once every line queued before it was handed to the terminal.
+    Flush(Sender<()>),
+}
+
+/// Queues lines for the printer thread, so no thread ever waits on the terminal.
+struct PromptOutput {
+    tx: Sender<Printed>,
+}
+
+impl Output for PromptOutput {
+    fn line(&self, text: &str) {
+        let text = printable(text).into_owned();
+        if let Err(e) = self.tx.send(Printed::Line(text))
+            && let Printed::Line(text) = e.into_inner()
+        {
+            println!("{text}");
+        }
+    }
+
+    fn flush(&self) {
+        flush_queue(&self.tx);
+    }
+}
+
+/// Waits until the printer thread has handed every line queued so far to the terminal.
+fn flush_queue(tx: &Sender<Printed>) {
+    let (done_tx, done_rx) = bounded(1);
+    if tx.send(Printed::Flush(done_tx)).is_ok() {
+        let _ = done_rx.recv_timeout(FLUSH_WAIT);
+    }
+}
+
+/// Hands queued lines to rustyline's external printer (which prints them above the prompt
+/// while `readline` runs, and straight to the terminal between two `readline`s).
+fn print_lines(rx: Receiver<Printed>, mut printer: Box<dyn ExternalPrinter + Send>) {
+    for printed in rx {
+        match printed {
+            Printed::Line(text) => {
+                if printer.print(format!("{text}\n")).is_err() {
+                    let mut out = io::stdout().lock();
+                    let _ = writeln!(out, "{text}");
+                    let _ = out.flush();
+                }
+            }
+            Printed::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Completion of command names, of the file name of the last search and of the peers it
+/// found.
 struct ConsoleHelper {
     state: Arc<ConsoleState>,
 }
 
 impl ConsoleHelper {
+    /// Where the word to replace starts, and what may replace it.
     fn candidates(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
         let before = &line[..pos];
-        let word_start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
-        let word = &before[word_start..];
-        if word_start == 0 {
-            let upper = word.to_ascii_uppercase();
+        let start = before.len() - before.trim_start().len();
+        let typed = &before[start..];
+        let Some((command, args)) = typed.split_once(char::is_whitespace) else {
+            let upper = typed.to_uppercase();
             let names = COMMAND_NAMES
                 .iter()
                 .filter(|c| c.starts_with(&upper))
                 .map(|c| format!("{c} "))
                 .collect();
-            return (0, names);
+            return (start, names);
+        };
+        let Some((name, peers)) = self.state.last_search() else {
+            return (pos, Vec::new());
+        };
+        let args = args.trim_start();
+        let args_start = pos - args.len();
+        match command.to_uppercase().as_str() {
+            "SEARCH" if name.starts_with(args) => (args_start, vec![name]),
+            "DOWNLOAD" if name.starts_with(args) => (args_start, vec![format!("{name} ")]),
+            "DOWNLOAD" => {
+                // The name is typed whole: complete the peer after it.
+                let Some(rest) = args.strip_prefix(name.as_str()) else {
+                    return (pos, Vec::new());
+                };
+                if !rest.starts_with(char::is_whitespace) {
+                    return (pos, Vec::new());
+                }
+                let peer = rest.trim_start();
+                let found = peers.into_iter().filter(|p| p.starts_with(peer)).collect();
+                (pos - peer.len(), found)
+            }
+            _ => (pos, Vec::new()),
         }
-        let command = before
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_ascii_uppercase();
-        let last = self.state.last_search.lock().clone();
-        let Some((name, peers)) = last else {
-            return (word_start, Vec::new());
-        };
-        let args_before =
-            before[command.len()..].split_whitespace().count() - usize::from(!word.is_empty());
-        let options: Vec<String> = match (command.as_str(), args_before) {
-            ("SEARCH", 0) | ("DOWNLOAD", 0) => vec![name],
-            ("DOWNLOAD", _) => peers,
-            _ => Vec::new(),
-        };
-        let found = options
-            .into_iter()
-            .filter(|o| o.starts_with(word))
-            .collect();
-        (word_start, found)
     }
 }
 
@@ -125,49 +217,110 @@ impl Validator for ConsoleHelper {}
 
 impl Helper for ConsoleHelper {}
 
-/// Where history is kept when no file is given: the user's data folder, not the shared one.
+/// Where history is kept when no file is given: the user's data folder
+/// (`$XDG_DATA_HOME/napster/history`, else `~/.local/share/napster/history`), never the
+/// shared folder, whose every file is offered to other peers.
 fn default_history() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
     Some(base.join("napster").join("history"))
 }
 
-/// Starts the prompt thread.
+/// The history file to use, or `None` (with a warning) when it would sit directly in the
+/// shared folder, where JOIN would offer it to everyone.
+fn history_path(config: &PeerConfig, shared: &Path) -> Option<PathBuf> {
+    let path = config.history.clone().or_else(default_history)?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    let _ = std::fs::create_dir_all(parent);
+    let same = match (parent.canonicalize(), shared.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        log::warn!(
+            "not keeping history in {}: it is the shared folder",
+            path.display()
+        );
+        return None;
+    }
+    Some(path)
+}
+
+/// The terminal's settings before the prompt first changed them, to put back on leaving.
+struct SavedTerminal(Option<libc::termios>);
+
+impl SavedTerminal {
+    fn save() -> SavedTerminal {
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: tcgetattr writes a whole termios into the pointer when it returns 0.
+        let got = unsafe { libc::tcgetattr(libc::STDIN_FILENO, termios.as_mut_ptr()) };
+        // SAFETY: initialised by the successful tcgetattr above.
+        SavedTerminal((got == 0).then(|| unsafe { termios.assume_init() }))
+    }
+
+    fn restore(&self) {
+        if let Some(termios) = &self.0 {
+            // SAFETY: `termios` is a valid settings block read by tcgetattr.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, termios) };
+        }
+    }
+}
+
+/// Starts the prompt thread. `ready` carries the console's word that it has handled the last
+/// line sent.
 pub fn start(
     config: &PeerConfig,
+    shared: &Path,
     state: Arc<ConsoleState>,
     tx: Sender<Input>,
+    ready: Receiver<()>,
 ) -> io::Result<LineReader> {
+    // List completion, as in a shell: Tab completes as far as the candidates agree, a second
+    // Tab lists them; the name's trailing space lets the next Tab go on to the peer.
+    let editor_config = Config::builder()
+        .completion_type(CompletionType::List)
+        .auto_add_history(false)
+        .build();
     let mut editor: Editor<ConsoleHelper, DefaultHistory> =
-        Editor::new().map_err(io::Error::other)?;
+        Editor::with_config(editor_config).map_err(io::Error::other)?;
     editor.set_helper(Some(ConsoleHelper {
         state: Arc::clone(&state),
     }));
-    let history = config.history.clone().or_else(default_history);
-    if let Some(path) = &history {
-        if let Some(parent) = path.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        let _ = editor.load_history(path);
+    let history = history_path(config, shared);
+    if let Some(path) = &history
+        && let Err(e) = editor.load_history(path)
+    {
+        log::debug!("no history loaded from {}: {e}", path.display());
     }
     let printer = editor.create_external_printer().map_err(io::Error::other)?;
-    let output = Arc::new(PromptOutput {
-        printer: Mutex::new(Box::new(printer)),
-    });
-    let editor = Arc::new(Mutex::new(editor));
-    let reading = Arc::clone(&editor);
+    let (out_tx, out_rx) = bounded(OUTPUT_QUEUE);
+    thread::Builder::new()
+        .name("prompt-output".into())
+        .spawn(move || print_lines(out_rx, Box::new(printer)))?;
+    let output = Arc::new(PromptOutput { tx: out_tx.clone() });
+
+    let terminal = SavedTerminal::save();
+    let closing = Arc::new(AtomicBool::new(false));
+    let reading = Arc::new(AtomicBool::new(false));
+    let (closing2, reading2) = (Arc::clone(&closing), Arc::clone(&reading));
+    let prompt = LivePrompt::new(state);
     thread::Builder::new()
         .name("prompt".into())
         .spawn(move || {
             loop {
-                let prompt = state.prompt();
-                let line = reading.lock().readline(&prompt);
+                reading2.store(true, Ordering::SeqCst);
+                if closing2.load(Ordering::SeqCst) {
+                    reading2.store(false, Ordering::SeqCst);
+                    break;
+                }
+                let line = editor.readline(&prompt);
+                reading2.store(false, Ordering::SeqCst);
                 let input = match line {
                     Ok(line) => {
-                        if !line.trim().is_empty() {
-                            let _ = reading.lock().add_history_entry(line.as_str());
-                        }
+                        remember(&mut editor, history.as_deref(), &line);
                         Input::Line(line)
                     }
                     Err(ReadlineError::Interrupted) => Input::Interrupted,
@@ -178,16 +331,23 @@ pub fn start(
                     }
                 };
                 let last = input == Input::Eof;
-                if tx.send(input).is_err() || last {
+                if tx.send(input).is_err() || last || ready.recv().is_err() {
                     break;
                 }
             }
         })?;
+
     let finish = move || {
-        if let Some(path) = &history
-            && let Some(mut editor) = editor.try_lock()
-        {
-            let _ = editor.save_history(path);
+        closing.store(true, Ordering::SeqCst);
+        flush_queue(&out_tx);
+        if reading.load(Ordering::SeqCst) {
+            // Left by a signal while `readline` runs: end the prompt line and give the
+            // terminal back its normal mode (and turn off bracketed paste, which rustyline
+            // turned on), since that thread will never return to do it.
+            terminal.restore();
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(b"\x1b[?2004l\r\n");
+            let _ = out.flush();
         }
     };
     Ok(LineReader {
@@ -195,4 +355,81 @@ pub fn start(
         quit_at_eof: true,
         finish: Box::new(finish),
     })
+}
+
+/// Adds a line to the history and appends it to the file at once, so history survives even a
+/// peer that is killed, and several peers of one user share one file (rustyline locks it).
+fn remember(editor: &mut Editor<ConsoleHelper, DefaultHistory>, file: Option<&Path>, line: &str) {
+    if line.trim().is_empty() {
+        return;
+    }
+    if let Err(e) = editor.add_history_entry(line) {
+        log::debug!("history entry not added: {e}");
+        return;
+    }
+    if let Some(path) = file
+        && let Err(e) = editor.append_history(path)
+    {
+        log::warn!("cannot write history to {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn helper_after_search(name: &str, peers: &[&str]) -> ConsoleHelper {
+        let state = Arc::new(ConsoleState::default());
+        state.set_last_search(
+            name.to_string(),
+            peers.iter().map(|p| p.to_string()).collect(),
+        );
+        ConsoleHelper { state }
+    }
+
+    /// rustyline places the cursor from the width measured when a line starts: every variant
+    /// the prompt may switch to mid-line must have that width.
+    #[test]
+    fn every_prompt_variant_has_the_same_width() {
+        let prompt = LivePrompt::new(Arc::new(ConsoleState::default()));
+        let width = prompt.variants[0].chars().count();
+        for v in &prompt.variants {
+            assert_eq!(v.chars().count(), width, "{v:?}");
+            assert!(v.is_ascii(), "{v:?}");
+        }
+    }
+
+    /// Command names complete from a prefix typed in either case, after leading blanks.
+    #[test]
+    fn command_names_complete_in_any_case() {
+        let h = helper_after_search("x", &[]);
+        assert_eq!(h.candidates("se", 2), (0, vec!["SEARCH ".to_string()]));
+        assert_eq!(h.candidates("  D", 3), (2, vec!["DOWNLOAD ".to_string()]));
+    }
+
+    /// After a search, SEARCH and DOWNLOAD complete its name (spaces included) and DOWNLOAD
+    /// then completes its peers; another name gets nothing.
+    #[test]
+    fn names_with_spaces_and_peers_complete_after_a_search() {
+        let h = helper_after_search("my video.mp4", &["10.0.0.2:5000", "10.0.0.3:6000"]);
+        let line = "SEARCH my v";
+        assert_eq!(
+            h.candidates(line, line.len()),
+            (7, vec!["my video.mp4".to_string()])
+        );
+        let line = "download my";
+        assert_eq!(
+            h.candidates(line, line.len()),
+            (9, vec!["my video.mp4 ".to_string()])
+        );
+        let line = "DOWNLOAD my video.mp4 10.0.0.3";
+        assert_eq!(
+            h.candidates(line, line.len()),
+            (22, vec!["10.0.0.3:6000".to_string()])
+        );
+        let line = "DOWNLOAD my video.mp4 ";
+        assert_eq!(h.candidates(line, line.len()).1.len(), 2);
+        let line = "DOWNLOAD other ";
+        assert!(h.candidates(line, line.len()).1.is_empty());
+    }
 }

@@ -1,0 +1,689 @@
+//! The peer's interactive console, driven through a real pseudo-terminal.
+//!
+//! Each test starts the real `napster peer` binary on a pty (expectrl's process layer), feeds
+//! everything it writes to a terminal emulator (vt100), and asserts on the *screen* a person
+//! would see: which lines stand above the prompt, what the prompt line reads, where the
+//! cursor is. The other side of each upload request is a raw TCP client speaking the protocol,
+//! or a second real peer. Waits are for the screen to show something, with a deadline; nothing
+//! sleeps.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::num::NonZeroU16;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::Instant;
+
+use common::*;
+use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
+use expectrl::process::Process;
+use expectrl::process::unix::{PtyStream, Signal, UnixProcess, WaitStatus};
+
+const ROWS: u16 = 60;
+const COLS: u16 = 120;
+
+/// The idle prompt.
+const IDLE: &str = "[sem pedido] > ";
+
+/// A `napster` process on a pseudo-terminal, and the screen it has drawn so far.
+struct Term {
+    proc: UnixProcess,
+    input: PtyStream,
+    chunks: Receiver<Vec<u8>>,
+    parser: vt100::Parser,
+    exited: bool,
+}
+
+impl Term {
+    /// Starts `napster ARGS` on a fresh pty of ROWS x COLS.
+    fn spawn(args: &[&str]) -> Term {
+        Term::spawn_with_env(args, &[])
+    }
+
+    /// [`Term::spawn`] with extra environment variables.
+    fn spawn_with_env(args: &[&str], env: &[(&str, &Path)]) -> Term {
+        let mut cmd = Command::new(napster_bin());
+        cmd.args(args)
+            .env("TERM", "xterm-256color")
+            .env("RUST_LOG", "warn")
+            .env_remove("NO_COLOR");
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let mut proc = UnixProcess::spawn_command(cmd).expect("napster starts on a pty");
+        proc.set_window_size(COLS, ROWS).expect("window size set");
+        let input = proc.open_stream().expect("pty stream");
+        let mut output = proc.open_stream().expect("pty stream");
+        let (tx, rx) = unbounded();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match output.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Term {
+            proc,
+            input,
+            chunks: rx,
+            parser: vt100::Parser::new(
+                NonZeroU16::new(ROWS).unwrap(),
+                NonZeroU16::new(COLS).unwrap(),
+                0,
+            ),
+            exited: false,
+        }
+    }
+
+    /// Starts a peer on a pty, talking to `tracker`, sharing `dir`, keeping history in
+    /// `history`; returns it with its upload port.
+    fn peer(tracker: SocketAddr, dir: &Path, history: &Path, extra: &[&str]) -> (Term, u16) {
+        let server = tracker.to_string();
+        let mut args = vec![
+            "peer",
+            "--server",
+            &server,
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--history",
+            history.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut term = Term::spawn(&args);
+        term.wait_for("Digite 'JOIN' para iniciar.");
+        let text = term.text();
+        let port = text
+            .split("na porta ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("upload port on screen:\n{text}"));
+        term.wait_prompt(IDLE, "");
+        (term, port)
+    }
+
+    /// Types bytes, as keys.
+    fn keys(&mut self, keys: &str) {
+        self.input
+            .write_all(keys.as_bytes())
+            .expect("types on the pty");
+        self.input.flush().expect("flushes the pty");
+    }
+
+    /// The whole screen, rows joined by newlines, trailing blanks dropped.
+    fn text(&self) -> String {
+        let rows: Vec<String> = self
+            .parser
+            .screen()
+            .rows(0, COLS)
+            .map(|r| r.trim_end().to_string())
+            .collect();
+        rows.join("\n").trim_end().to_string()
+    }
+
+    /// The row the cursor is on, and the cursor's column.
+    fn cursor_row(&self) -> (String, u16) {
+        let (row, col) = self.parser.screen().cursor_position();
+        let text = self
+            .parser
+            .screen()
+            .rows(0, COLS)
+            .nth(row as usize)
+            .unwrap_or_default();
+        (text, col)
+    }
+
+    /// Reads output until `done` holds for the screen; fails after WAIT with the screen.
+    fn wait_until(&mut self, what: &str, done: impl Fn(&Term) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if done(self) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(bytes) => self.parser.process(&bytes),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("the screen never showed {what}:\n{}", self.text())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.exited = true;
+                    if done(self) {
+                        return;
+                    }
+                    panic!("napster exited before showing {what}:\n{}", self.text());
+                }
+            }
+        }
+    }
+
+    /// Waits for `needle` anywhere on the screen.
+    fn wait_for(&mut self, needle: &str) {
+        self.wait_until(&format!("{needle:?}"), |t| t.text().contains(needle));
+    }
+
+    /// Waits until the cursor's row reads `prompt` followed by `typed`, with the cursor
+    /// right after the typed text.
+    fn wait_prompt(&mut self, prompt: &str, typed: &str) {
+        let line = format!("{prompt}{typed}");
+        let col = line.chars().count() as u16;
+        self.wait_until(&format!("the prompt line {line:?}"), |t| {
+            let (row, at) = t.cursor_row();
+            row.trim_end() == line.trim_end() && at == col
+        });
+    }
+
+    /// How many times `needle` stands on the screen.
+    fn count(&self, needle: &str) -> usize {
+        self.text().matches(needle).count()
+    }
+
+    /// True if the terminal is in its normal line-by-line mode (ICANON), false in raw mode.
+    fn canonical(&self) -> bool {
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: tcgetattr fills the termios when it returns 0, checked before reading it.
+        let termios = unsafe {
+            assert_eq!(
+                libc::tcgetattr(self.input.as_raw_fd(), termios.as_mut_ptr()),
+                0
+            );
+            termios.assume_init()
+        };
+        termios.c_lflag & libc::ICANON != 0
+    }
+
+    /// Waits for the process to exit (its pty closes) and returns its status.
+    fn wait_exit(&mut self) -> WaitStatus {
+        self.wait_until("the process exiting", |t| t.exited);
+        self.proc.wait().expect("waitpid works")
+    }
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        if !self.exited {
+            let _ = self.proc.kill(Signal::SIGKILL);
+        }
+    }
+}
+
+/// A DOWNLOAD_REQUEST from a raw client that says its own upload port is `from_port`.
+fn download_request(name: &str, port: u16, from_port: u16) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&serde_json::json!({
+        "method": "DOWNLOAD_REQUEST",
+        "data": {"filename": name, "port": port, "fromPort": from_port}
+    }))
+    .unwrap();
+    v.push(b'\n');
+    v
+}
+
+/// A raw downloader that asked `port` for `name` and got its `OK`.
+fn ask(port: u16, name: &str, from_port: u16) -> RawClient {
+    let mut client = RawClient::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    let ok = client.ask(&download_request(name, port, from_port));
+    assert_eq!(ok["status"], "OK", "first reply {ok}");
+    client
+}
+
+/// A temporary folder with `files` (name, contents) in a `share` subfolder.
+fn folder(files: &[(&str, &[u8])]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(share.join(name), bytes).unwrap();
+    }
+    (tmp, share)
+}
+
+/// A request that arrives while the user sits at an empty prompt is printed above the prompt
+/// (who, which file, how big, the original's question), the prompt then shows the pending
+/// count, and SIM sends the file and brings the prompt back to idle.
+#[test]
+fn request_while_idle_appears_above_the_prompt_and_sim_sends_the_file() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[("notes.txt", b"hello, world\n")]);
+    let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    alice.keys("JOIN\r");
+    alice.wait_for("Sou o Peer 127.0.0.1:");
+    alice.wait_prompt(IDLE, "");
+
+    let mut bob = ask(port, "notes.txt", 4999);
+    alice.wait_for("Peer 127.0.0.1:4999 solicitou o arquivo notes.txt (13 bytes)");
+    alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    alice.wait_prompt("[1 pendente] > ", "");
+    let screen = alice.text();
+    let question = screen.find("Gostaria de Aprovar").unwrap();
+    let prompt = screen.rfind("[1 pendente] >").unwrap();
+    assert!(
+        question < prompt,
+        "the question stands above the prompt:\n{screen}"
+    );
+
+    alice.keys("SIM\r");
+    assert_eq!(bob.json()["status"], "downloadAccepted");
+    assert_eq!(bob.bytes(13), b"hello, world\n");
+    alice.wait_for("Download de notes.txt por 127.0.0.1:4999 aprovado");
+    alice.wait_prompt(IDLE, "");
+}
+
+/// A request arriving half way through typing a SEARCH leaves the typed text on the prompt
+/// line, cursor after it; finishing the line runs the search; NAO then refuses the request.
+#[test]
+fn request_arriving_while_typing_keeps_the_typed_text_and_the_command_runs() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[("notes.txt", b"some notes")]);
+    let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    alice.keys("JOIN\r");
+    alice.wait_for("Sou o Peer ");
+    alice.wait_prompt(IDLE, "");
+    alice.keys("SEARCH no");
+    alice.wait_prompt(IDLE, "SEARCH no");
+
+    let mut bob = ask(port, "notes.txt", 4998);
+    alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    alice.wait_prompt("[1 pendente] > ", "SEARCH no");
+    assert_eq!(
+        alice.count("SEARCH no"),
+        1,
+        "no stale copy:\n{}",
+        alice.text()
+    );
+
+    alice.keys("tes.txt\r");
+    alice.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.1:{port}']"
+    ));
+    alice.wait_prompt("[1 pendente] > ", "");
+
+    alice.keys("NAO\r");
+    let rejected = bob.json();
+    assert_eq!(rejected["status"], "downloadRejected");
+    assert!(rejected.get("reason").is_none(), "a plain NAO: {rejected}");
+    alice.wait_for("Download de notes.txt por 127.0.0.1:4998 recusado");
+    alice.wait_prompt(IDLE, "");
+}
+
+/// Two requests queue in arrival order: the prompt counts both, SIM answers the older, NAO
+/// the newer.
+#[test]
+fn two_requests_are_answered_oldest_first() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[("a.txt", b"AAAA"), ("b.txt", b"BB")]);
+    let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+
+    let mut first = ask(port, "a.txt", 4001);
+    alice.wait_for("Peer 127.0.0.1:4001 solicitou o arquivo a.txt (4 bytes)");
+    alice.wait_prompt("[1 pendente] > ", "");
+    let mut second = ask(port, "b.txt", 4002);
+    alice.wait_for("Peer 127.0.0.1:4002 solicitou o arquivo b.txt (2 bytes)");
+    alice.wait_prompt("[2 pendente] > ", "");
+
+    alice.keys("sim\r");
+    assert_eq!(first.json()["status"], "downloadAccepted");
+    assert_eq!(first.bytes(4), b"AAAA");
+    alice.wait_for("Download de a.txt por 127.0.0.1:4001 aprovado");
+    alice.wait_prompt("[1 pendente] > ", "");
+
+    alice.keys("nao\r");
+    assert_eq!(second.json()["status"], "downloadRejected");
+    alice.wait_for("Download de b.txt por 127.0.0.1:4002 recusado");
+    alice.wait_prompt(IDLE, "");
+}
+
+/// A request nobody answers is refused when the time limit passes: the uploader's screen says
+/// so and the prompt returns to idle; the downloader, a second real peer, prints the reason.
+#[test]
+fn an_unanswered_request_times_out_and_both_sides_are_told() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[("notes.txt", b"late")]);
+    let (mut alice, port) = Term::peer(
+        tracker.addr,
+        &share,
+        &tmp.path().join("hist"),
+        &["--approval-timeout", "1"],
+    );
+    alice.keys("JOIN\r");
+    alice.wait_for("Sou o Peer ");
+
+    let bob_dir = tempfile::tempdir().unwrap();
+    let mut bob = start_peer("bob", tracker.addr, bob_dir.path(), &[]);
+    bob.join();
+    bob.send(&format!("DOWNLOAD notes.txt 127.0.0.1:{port}"));
+    alice.wait_prompt("[1 pendente] > ", "");
+    alice.wait_for(&format!(
+        "Pedido de 127.0.0.1:{} para notes.txt expirou sem resposta: recusado",
+        bob.port
+    ));
+    alice.wait_prompt(IDLE, "");
+    bob.wait_for("Download Rejeitado: o usuário do outro peer não respondeu a tempo");
+    assert!(!bob_dir.path().join("notes.txt").exists());
+}
+
+/// Ctrl-D with a request pending leaves cleanly: the request is refused with a reason before
+/// the peer exits (status 0), and the tracker forgets the peer.
+#[test]
+fn ctrl_d_with_a_request_pending_refuses_it_and_leaves_the_tracker() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[("notes.txt", b"bye")]);
+    let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    alice.keys("JOIN\r");
+    alice.wait_for("Sou o Peer ");
+    let mut bob = ask(port, "notes.txt", 4003);
+    alice.wait_prompt("[1 pendente] > ", "");
+
+    alice.keys("\x04");
+    let rejected = bob.json();
+    assert_eq!(rejected["status"], "downloadRejected");
+    assert_eq!(rejected["reason"], "o outro peer está encerrando");
+    alice.wait_for("1 pedido(s) pendente(s) recusado(s)");
+    alice.wait_for("Peer encerrado.");
+    assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
+
+    tracker
+        .proc
+        .wait_for(&format!("Peer 127.0.0.1:{port} saiu"));
+    let mut carol = RawClient::connect(tracker.addr);
+    assert_eq!(carol.ask(&join_msg(4100, &[]))["status"], "JOIN_OK");
+    assert!(peers_of(&carol.ask(&search_msg("notes.txt"))).is_empty());
+}
+
+/// Tab completes command names, then the file name of the last search, then the peer that
+/// search found; the completed DOWNLOAD runs.
+#[test]
+fn tab_completes_the_searched_file_name_and_its_peer() {
+    let tracker = start_tracker(&[]);
+    let alice_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        alice_dir.path().join("relatorio-2024.pdf"),
+        b"%PDF-1.4 tiny",
+    )
+    .unwrap();
+    let mut alice = start_peer(
+        "alice",
+        tracker.addr,
+        alice_dir.path(),
+        &["--approve", "yes"],
+    );
+    alice.join();
+
+    let (tmp, share) = folder(&[]);
+    let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    bob.keys("jo\t");
+    bob.wait_prompt(IDLE, "JOIN ");
+    bob.keys("\r");
+    bob.wait_for("Sou o Peer ");
+    bob.keys("SEARCH relatorio-2024.pdf\r");
+    bob.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
+        alice.port
+    ));
+    bob.wait_prompt(IDLE, "");
+
+    bob.keys("DOWNLOAD rel\t");
+    bob.wait_prompt(IDLE, "DOWNLOAD relatorio-2024.pdf ");
+    bob.keys("\t");
+    let full = format!("DOWNLOAD relatorio-2024.pdf 127.0.0.1:{}", alice.port);
+    bob.wait_prompt(IDLE, &full);
+    bob.keys("\r");
+    bob.wait_for("Arquivo relatorio-2024.pdf baixado com sucesso na pasta ");
+    assert_eq!(
+        std::fs::read(share.join("relatorio-2024.pdf")).unwrap(),
+        b"%PDF-1.4 tiny"
+    );
+}
+
+/// History is kept in the given file (outside the shared folder) and comes back after a
+/// restart: Up recalls the last command of the previous run.
+#[test]
+fn history_survives_a_restart() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[]);
+    let history = tmp.path().join("data").join("history");
+    let (mut first, _) = Term::peer(tracker.addr, &share, &history, &[]);
+    first.keys("HELP\r");
+    first.wait_for("Comandos: SEARCH");
+    first.wait_prompt(IDLE, "");
+    first.keys("\x04");
+    first.wait_exit();
+    assert!(std::fs::read_to_string(&history).unwrap().contains("HELP"));
+    assert_eq!(std::fs::read_dir(&share).unwrap().count(), 0);
+
+    let (mut second, _) = Term::peer(tracker.addr, &share, &history, &[]);
+    second.keys("\x1b[A");
+    second.wait_prompt(IDLE, "HELP");
+}
+
+/// While a download runs its progress is printed above the prompt and the prompt stays
+/// usable (a SEARCH answers); Ctrl-C cancels a half-typed line; Ctrl-D then stops the
+/// download, keeping what arrived under the temporary name and nothing under the final one.
+#[test]
+fn the_prompt_stays_usable_during_a_download_and_leaving_keeps_the_partial() {
+    const MIB: usize = 1 << 20;
+    const SIZE: usize = 64 * MIB;
+    const SENT: usize = 40 * MIB;
+    let tracker = start_tracker(&[]);
+    // An uploader that accepts, sends SENT of SIZE bytes, and then stalls. SENT is far more
+    // than the sockets buffer, so its writes finish only once the downloader has written
+    // most of it to disk.
+    let uploader = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = uploader.local_addr().unwrap().port();
+    let (sent_tx, sent_rx) = unbounded();
+    let stall = thread::spawn(move || {
+        let (mut conn, _) = uploader.accept().unwrap();
+        let mut byte = [0u8; 1];
+        let mut request = Vec::new();
+        while !request.ends_with(b"\n") {
+            assert_eq!(conn.read(&mut byte).unwrap(), 1, "request cut short");
+            request.push(byte[0]);
+        }
+        conn.write_all(format!("{{\"status\":\"OK\",\"fileSize\":{SIZE}}}\n").as_bytes())
+            .unwrap();
+        conn.write_all(b"{\"status\":\"downloadAccepted\"}\n")
+            .unwrap();
+        let chunk = vec![7u8; MIB];
+        for _ in 0..SENT / MIB {
+            conn.write_all(&chunk).unwrap();
+        }
+        sent_tx.send(()).unwrap();
+        // Hold the connection open until the downloader hangs up.
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+    });
+
+    let (tmp, share) = folder(&[]);
+    let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    bob.keys("JOIN\r");
+    bob.wait_for("Sou o Peer ");
+    bob.keys(&format!("DOWNLOAD big.bin 127.0.0.1:{up_port}\r"));
+    bob.wait_for("Download de big.bin: 50% (32 de 64 MiB");
+    bob.wait_prompt(IDLE, "");
+    sent_rx
+        .recv_timeout(WAIT)
+        .expect("the uploader sent its part");
+
+    bob.keys("SEARCH big.bin\r");
+    bob.wait_for("Peers com arquivo solicitado: []");
+    bob.wait_prompt(IDLE, "");
+    bob.keys("SEARCH oops");
+    bob.wait_prompt(IDLE, "SEARCH oops");
+    bob.keys("\x03");
+    bob.wait_prompt(IDLE, "");
+
+    bob.keys("\x04");
+    bob.wait_for("Peer encerrado.");
+    bob.wait_exit();
+    assert_eq!(
+        bob.count("Peers com arquivo solicitado"),
+        1,
+        "the cancelled SEARCH never ran:\n{}",
+        bob.text()
+    );
+    stall.join().unwrap();
+    assert!(
+        !share.join("big.bin").exists(),
+        "nothing under the final name"
+    );
+    let part = napster::transfer::PartialStore::new(&share).part_path("big.bin");
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(
+        (SIZE / 2) as u64 <= kept && kept <= SENT as u64,
+        "kept {kept} bytes"
+    );
+}
+
+/// With stdin not a terminal the same questions come as plain lines, without escape codes.
+#[test]
+fn without_a_terminal_questions_are_plain_lines() {
+    let tracker = start_tracker(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"plain").unwrap();
+    let mut alice = start_peer("alice", tracker.addr, dir.path(), &[]);
+    alice.join();
+    let mut bob = ask(alice.port, "notes.txt", 4004);
+    alice.wait_for("Peer 127.0.0.1:4004 solicitou o arquivo notes.txt (5 bytes)");
+    alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    alice.send("SIM");
+    assert_eq!(bob.json()["status"], "downloadAccepted");
+    alice.wait_for("Download de notes.txt por 127.0.0.1:4004 aprovado");
+    assert!(
+        !alice.proc.transcript().contains('\x1b'),
+        "{}",
+        alice.proc.transcript()
+    );
+}
+
+/// A command typed without its arguments asks for them with the original's prompts, and the
+/// next lines answer them.
+#[test]
+fn commands_without_arguments_ask_with_the_originals_prompts() {
+    let tracker = start_tracker(&[]);
+    let alice_dir = tempfile::tempdir().unwrap();
+    std::fs::write(alice_dir.path().join("notes.txt"), b"asked").unwrap();
+    let mut alice = start_peer(
+        "alice",
+        tracker.addr,
+        alice_dir.path(),
+        &["--approve", "yes"],
+    );
+    alice.join();
+
+    let (tmp, share) = folder(&[]);
+    let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    bob.keys("SEARCH\r");
+    bob.wait_for("Digite 'JOIN' para iniciar.\n[sem pedido] > SEARCH\nDigite 'JOIN' para iniciar.");
+    bob.keys("JOIN\r");
+    bob.wait_for("Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] | SIM | NAO | QUIT");
+
+    bob.keys("search\r");
+    bob.wait_for("Insira o arquivo que deseja buscar:");
+    bob.wait_prompt(IDLE, "");
+    bob.keys("notes.txt\r");
+    bob.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
+        alice.port
+    ));
+
+    bob.keys("DOWNLOAD\r");
+    bob.wait_for("Insira o nome do arquivo que deseja baixar:");
+    bob.wait_prompt(IDLE, "");
+    bob.keys("notes.txt\r");
+    bob.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
+    bob.wait_prompt(IDLE, "");
+    bob.keys(&format!("{}\r", alice.port));
+    bob.wait_for("Arquivo notes.txt baixado com sucesso na pasta ");
+    assert_eq!(std::fs::read(share.join("notes.txt")).unwrap(), b"asked");
+}
+
+/// SIGINT at the interactive prompt (what Ctrl-C is) cancels the line, not the peer.
+#[test]
+fn sigint_at_the_prompt_cancels_the_line_and_the_peer_stays() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[]);
+    let (mut alice, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    alice.keys("SEARCH half");
+    alice.wait_prompt(IDLE, "SEARCH half");
+    alice.proc.signal(Signal::SIGINT).unwrap();
+    alice.wait_prompt(IDLE, "");
+    alice.keys("HELP\r");
+    alice.wait_for("Comandos: SEARCH");
+    alice.wait_prompt(IDLE, "");
+    alice.keys("QUIT\r");
+    alice.wait_for("Peer encerrado.");
+    assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
+    // A SEARCH before JOIN would have printed this a second time.
+    assert_eq!(
+        alice.count("Digite 'JOIN' para iniciar."),
+        1,
+        "{}",
+        alice.text()
+    );
+}
+
+/// SIGTERM while the prompt is reading leaves cleanly and gives the terminal back its normal
+/// (line by line) mode, though the prompt thread never returns from rustyline.
+#[test]
+fn sigterm_at_the_prompt_gives_the_terminal_back() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[]);
+    let (mut alice, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    alice.keys("JOIN\r");
+    alice.wait_for("Sou o Peer ");
+    alice.wait_prompt(IDLE, "");
+    assert!(!alice.canonical(), "raw mode while reading");
+    alice.proc.signal(Signal::SIGTERM).unwrap();
+    alice.wait_for("Peer encerrado.");
+    assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
+    assert!(alice.canonical(), "line mode restored");
+}
+
+/// Without `--history`, history goes to `$XDG_DATA_HOME/napster/history` (the user's data),
+/// and a `--history` file directly in the shared folder is refused, so JOIN never offers the
+/// user's commands to other peers.
+#[test]
+fn history_goes_to_the_users_data_folder_never_the_shared_one() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[]);
+    let data = tmp.path().join("xdg-data");
+    let server = tracker.addr.to_string();
+    let mut alice = Term::spawn_with_env(
+        &[
+            "peer",
+            "--server",
+            &server,
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            share.to_str().unwrap(),
+        ],
+        &[("XDG_DATA_HOME", &data), ("HOME", tmp.path())],
+    );
+    alice.wait_prompt(IDLE, "");
+    alice.keys("HELP\r");
+    alice.wait_for("Comandos: SEARCH");
+    alice.keys("QUIT\r");
+    alice.wait_exit();
+    let kept = std::fs::read_to_string(data.join("napster").join("history")).unwrap();
+    assert!(kept.contains("HELP"), "{kept}");
+
+    let in_share = share.join("history");
+    let (mut bob, _) = Term::peer(tracker.addr, &share, &in_share, &[]);
+    bob.keys("HELP\r");
+    bob.wait_for("Comandos: SEARCH");
+    bob.keys("QUIT\r");
+    bob.wait_exit();
+    assert!(!in_share.exists(), "no history file in the shared folder");
+}
