@@ -269,7 +269,8 @@ fn a_vanished_host_is_dropped_within_the_liveness_bound() {
 /// carol sees `Download Rejeitado`; carol downloads from alice. Then, half way through carol's
 /// download of a file that alice and bob both share, alice's cable is pulled: the tracker
 /// drops alice within the bound, carol's download fails with a clear line and keeps its
-/// part, and downloading from bob resumes from that byte and ends byte-exact.
+/// part, alice's upload thread gives up too, and downloading from bob resumes from that byte
+/// and ends byte-exact.
 #[test]
 fn demo_scenario_across_hosts_survives_a_pulled_cable() {
     let lab = lab_or_skip!(&["tracker", "alice", "bob", "carol"]);
@@ -341,6 +342,13 @@ fn demo_scenario_across_hosts_survives_a_pulled_cable() {
     assert!(failed.contains("guardada para retomar"), "{failed}");
     println!(
         "carol's download failed after {:?}: {failed}",
+        cut.elapsed()
+    );
+    // Alice's uploader, writing into a dead link, gives up within her bound as well.
+    let stopped = alice.wait_for("Upload do arquivo big.bin para");
+    assert!(stopped.contains("interrompido"), "{stopped}");
+    println!(
+        "alice's upload stopped after {:?}: {stopped}",
         cut.elapsed()
     );
     assert!(
