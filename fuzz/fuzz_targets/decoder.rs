@@ -44,13 +44,20 @@ fuzz_target!(|input: &[u8]| {
         0 => usize::MAX,
         n => usize::from(n & 0x0f) + 1,
     };
-    let limit = if control & 0x80 != 0 { 64 } else { napster::protocol::DEFAULT_MAX_MESSAGE };
+    let limit = if control & 0x80 != 0 {
+        64
+    } else {
+        napster::protocol::DEFAULT_MAX_MESSAGE
+    };
     let mut reader = FrameReader::new(Chunked { data, step }, limit);
     // Each call consumes at least one byte or ends the stream.
     for _ in 0..=data.len() + 1 {
         match reader.next_frame() {
             Ok(Some(frame)) => {
-                assert!(frame.len() <= limit, "a frame over the limit was handed out");
+                assert!(
+                    frame.len() <= limit,
+                    "a frame over the limit was handed out"
+                );
                 assert_eq!(frame.first(), Some(&b'{'), "a frame must be an object");
                 let _ = parse_tracker_request(frame);
             }
