@@ -70,7 +70,7 @@ impl Lab {
             .map_err(|e| format!("cannot set up a bridge: {e}"))?;
         for (i, role) in roles.iter().enumerate() {
             let host = lab.ns(role);
-            ip(&["netns", "add", &host]).expect("namespace created");
+            ip(&["netns", "add", &host])?;
             lab.created.push(host.clone());
             let port = format!("v-{role}");
             let addr = format!("{}/24", lab.ip_of(i));
@@ -85,7 +85,7 @@ impl Lab {
                 vec!["-n", &host, "link", "set", "eth0", "up"],
                 vec!["-n", &host, "link", "set", "lo", "up"],
             ] {
-                ip(&args).unwrap_or_else(|e| panic!("{e}"));
+                ip(&args).map_err(|e| format!("cannot plug a host into the bridge: {e}"))?;
             }
         }
         Ok(lab)
