@@ -111,7 +111,7 @@ fn without_newline(mut line: Vec<u8>) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Any bytes, split anywhere, never panic the decoder; every frame it hands out is an
     /// object within the size limit, and it always reaches the end of the stream.
@@ -215,7 +215,7 @@ fn op() -> impl Strategy<Value = Op> {
 type Model = HashMap<SocketAddr, (ConnId, BTreeSet<&'static str>)>;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Under any sequence of JOIN, UPDATE and leave from a few connections over a few
     /// addresses, the peer table and its name index never disagree, every SEARCH answers what
