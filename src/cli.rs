@@ -114,6 +114,9 @@ pub struct PeerArgs {
     /// Read plain lines even when stdin is a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Seconds after which a silent, vanished tracker or transfer partner is given up.
+    #[arg(long, default_value_t = 30)]
+    pub liveness: u64,
 }
 
 impl PeerArgs {
@@ -133,6 +136,7 @@ impl PeerArgs {
             approval_timeout: Duration::from_secs(self.approval_timeout.max(1)),
             interactive: stdin_is_terminal && !self.plain,
             history: self.history.clone(),
+            liveness: Duration::from_secs(self.liveness.max(1)),
         }
     }
 }

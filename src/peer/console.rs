@@ -447,9 +447,12 @@ impl Console {
         match event {
             LinkEvent::Lost { generation, why } => {
                 if self.joined && self.ctx.link.connection_lost(generation) {
-                    self.say(&format!(
-                        "Conexão com o servidor perdida ({why}); reconectando..."
-                    ));
+                    // A retry that reached a tracker and was cut again is the same outage.
+                    if !self.ctx.link.is_reconnecting() {
+                        self.say(&format!(
+                            "Conexão com o servidor perdida ({why}); reconectando..."
+                        ));
+                    }
                     let shared = self.ctx.shared.clone();
                     self.ctx
                         .link

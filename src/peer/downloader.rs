@@ -147,7 +147,7 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         .map_err(|e| DownloadError::Connect(peer, e))?;
     ctx.transfers.attach(&guard, &stream);
     let _ = stream.set_nodelay(true);
-    let _ = crate::liveness::set_liveness(&stream, crate::liveness::DEFAULT_LIVENESS);
+    let _ = crate::liveness::set_liveness(&stream, ctx.liveness);
 
     let partial = ctx.partials.find(name);
     let request = DownloadRequest {

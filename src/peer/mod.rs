@@ -66,6 +66,8 @@ pub struct PeerConfig {
     pub interactive: bool,
     /// Where the interactive prompt keeps its history.
     pub history: Option<PathBuf>,
+    /// A tracker or transfer partner that stops answering is given up after about this long.
+    pub liveness: Duration,
 }
 
 /// Why the peer could not start.
@@ -113,6 +115,8 @@ pub struct PeerContext {
     pub transfers: Transfers,
     /// Where upload threads send their approval requests.
     pub approvals: Sender<ApprovalRequest>,
+    /// The bound for detecting a vanished tracker or transfer partner.
+    pub liveness: Duration,
 }
 
 /// Runs a peer until QUIT or a signal.
@@ -159,12 +163,13 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         link: Arc::new(TrackerLink::new(
             config.server.clone(),
             link_tx,
-            crate::liveness::DEFAULT_LIVENESS,
+            config.liveness,
             bind_ip,
         )),
         out: reader.output,
         transfers: Transfers::new(),
         approvals: approval_tx,
+        liveness: config.liveness,
     });
     ctx.out.line(&format!(
         "Aguardando pedidos de download na porta {port}; pasta {}",

@@ -123,6 +123,11 @@ impl TrackerLink {
         &self.server
     }
 
+    /// True while [`TrackerLink::reconnect`] is trying to get the connection back.
+    pub fn is_reconnecting(&self) -> bool {
+        self.reconnecting.load(Ordering::SeqCst)
+    }
+
     /// True while a connection is up.
     pub fn is_connected(&self) -> bool {
         self.conn.lock().is_some()

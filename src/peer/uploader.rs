@@ -60,6 +60,11 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         return;
     };
     let _ = stream.set_nodelay(true);
+    // Without it, a downloader that vanishes mid-file blocks this thread in a write until
+    // the kernel gives up retransmitting (about 15 minutes).
+    if let Err(e) = crate::liveness::set_liveness(&stream, ctx.liveness) {
+        log::debug!("{remote}: cannot set keepalive: {e}");
+    }
     let mut reader = FrameReader::new(&stream, MAX_REQUEST);
     reader.set_message_timeout(Some(REQUEST_TIMEOUT));
     reader.set_idle_timeout(Some(REQUEST_TIMEOUT));

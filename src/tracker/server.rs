@@ -260,14 +260,15 @@ impl Tracker {
         addr: SocketAddr,
         files: &[String],
     ) -> Result<(), String> {
+        self.table
+            .join(session.conn, addr, files)
+            .map_err(|e| e.to_string())?;
+        // Only once the new address is ours: a refused re-JOIN keeps the old entry.
         if let Some(old) = session.joined
             && old != addr
         {
             self.table.leave(session.conn, old);
         }
-        self.table
-            .join(session.conn, addr, files)
-            .map_err(|e| e.to_string())?;
         session.joined = Some(addr);
         self.out.line(format!(
             "Peer {addr} adicionado com os arquivos {}",

@@ -414,3 +414,48 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         }
     }
 }
+
+impl Proc {
+    /// Starts an arbitrary command (for example `ip netns exec NS napster ...`) with piped
+    /// stdin/stdout/stderr, read line by line like [`Proc::spawn`].
+    pub fn from_command(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        let mut child = cmd.spawn().expect("the command starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = unbounded();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                seen2.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let errs = Arc::new(Mutex::new(Vec::new()));
+        let errs2 = Arc::clone(&errs);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                errs2.lock().unwrap().push(line);
+            }
+        });
+        Proc {
+            name: name.to_string(),
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            seen,
+            stderr: errs,
+        }
+    }
+}

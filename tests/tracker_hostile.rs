@@ -1,0 +1,470 @@
+//! Hostile input against a live tracker. Each test does something a broken or malicious client
+//! might do, checks the tracker's answer, and then checks that a well-behaved peer on another
+//! connection still JOINs and SEARCHes normally: bad input never wins.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A well-behaved peer on a fresh connection JOINs with `port` and finds itself by SEARCH.
+fn assert_well_behaved_peer_is_served(tracker: SocketAddr, port: u16) {
+    let name = format!("still-served-{port}");
+    let mut c = RawClient::connect(tracker);
+    assert_eq!(c.ask(&join_msg(port, &[&name]))["status"], "JOIN_OK");
+    assert_eq!(
+        peers_of(&c.ask(&search_msg(&name))),
+        vec![format!("127.0.0.1:{port}")]
+    );
+}
+
+/// Writes `bytes`, treating a connection the tracker already closed as expected.
+fn send_ignoring_reset(stream: &mut TcpStream, bytes: &[u8]) {
+    match stream.write_all(bytes) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) => {}
+        Err(e) => panic!("unexpected write error: {e}"),
+    }
+}
+
+/// Asserts `reply` is an ERROR whose message contains `expected`.
+fn assert_error(reply: &serde_json::Value, expected: &str, what: &str) {
+    assert_eq!(reply["status"], "ERROR", "{what} → {reply}");
+    let message = reply["message"].as_str().unwrap_or_default();
+    assert!(message.contains(expected), "{what} → {message:?}");
+}
+
+/// The peak resident memory of a process, in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("VmHWM in {status}"))
+}
+
+/// Lines that are not JSON, JSON values that are not objects, wrong types, unknown methods,
+/// missing fields and UPDATE before JOIN each get an ERROR with a sentence on the same
+/// connection, which stays usable; another peer is served throughout.
+#[test]
+fn every_malformed_request_is_answered_with_an_error_and_others_are_served() {
+    let t = start_tracker(&[]);
+    let mut c = RawClient::connect(t.addr);
+    let cases: &[(&[u8], &str)] = &[
+        // Not JSON.
+        (b"hello tracker\n", "not a JSON object"),
+        (b"{hello}\n", "not valid JSON"),
+        (b"{\"method\":\"JOIN\",}\n", "not valid JSON"),
+        (
+            b"{\"method\":\"JOIN\",\"data\":{\"port\":1,\"files\":[\"a\"]]}\n",
+            "not valid JSON",
+        ),
+        (b"{]\n", "not valid JSON"),
+        // JSON that is not an object.
+        (b"[{\"method\":\"JOIN\"}]\n", "not a JSON object"),
+        (b"\"JOIN\"\n", "not a JSON object"),
+        (b"42\n", "not a JSON object"),
+        (b"null\n", "not a JSON object"),
+        (b"true\n", "not a JSON object"),
+        // Wrong types.
+        (b"{\"method\":5,\"data\":{}}\n", "wrong type"),
+        (b"{\"method\":null,\"data\":{}}\n", "wrong type"),
+        (b"{\"method\":\"SEARCH\",\"data\":\"x\"}\n", "wrong type"),
+        (
+            b"{\"method\":\"SEARCH\",\"data\":{\"query\":5}}\n",
+            "wrong type",
+        ),
+        (
+            b"{\"method\":\"SEARCH\",\"data\":{\"query\":{\"a\":1}}}\n",
+            "wrong type",
+        ),
+        (
+            b"{\"method\":\"JOIN\",\"data\":{\"port\":-1,\"files\":[]}}\n",
+            "wrong type",
+        ),
+        (
+            b"{\"method\":\"JOIN\",\"data\":{\"port\":1.5,\"files\":[]}}\n",
+            "wrong type",
+        ),
+        (
+            b"{\"method\":\"JOIN\",\"data\":{\"port\":1,\"files\":\"a.txt\"}}\n",
+            "wrong type",
+        ),
+        (
+            b"{\"method\":\"JOIN\",\"data\":{\"port\":1,\"files\":[1,2]}}\n",
+            "wrong type",
+        ),
+        // Unknown methods.
+        (b"{\"method\":\"DELETE\",\"data\":{}}\n", "unknown method"),
+        (b"{\"method\":\"\",\"data\":{}}\n", "unknown method"),
+        (
+            b"{\"method\":\"DOWNLOAD_REQUEST\",\"data\":{\"filename\":\"x\",\"port\":1}}\n",
+            "upload port, not to the tracker",
+        ),
+        // Missing fields.
+        (b"{}\n", "wrong type"),
+        (b"{\"data\":{}}\n", "wrong type"),
+        (b"{\"method\":\"JOIN\"}\n", "needs a \"data\" object"),
+        (
+            b"{\"method\":\"JOIN\",\"data\":null}\n",
+            "needs a \"data\" object",
+        ),
+        (
+            b"{\"method\":\"JOIN\",\"data\":{\"port\":1}}\n",
+            "data.files",
+        ),
+        (b"{\"method\":\"UPDATE\",\"data\":{}}\n", "data.files"),
+        // UPDATE before JOIN.
+        (
+            b"{\"method\":\"UPDATE\",\"data\":{\"files\":[\"x\"]}}\n",
+            "JOIN before UPDATE",
+        ),
+        // Nesting far deeper than any message needs.
+        (
+            &[
+                b"{\"deep\":".as_slice(),
+                &[b'['; 5000],
+                &[b']'; 5000],
+                b"}\n",
+            ]
+            .concat(),
+            "missing field `method`",
+        ),
+        (
+            &[
+                b"{\"method\":\"JOIN\",\"data\":{\"port\":1,\"files\":".as_slice(),
+                &[b'['; 5000],
+                &[b']'; 5000],
+                b"}}\n",
+            ]
+            .concat(),
+            "wrong type",
+        ),
+    ];
+    for (i, (bytes, expected)) in cases.iter().enumerate() {
+        let what = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).into_owned();
+        assert_error(&c.ask(bytes), expected, &what);
+        assert_well_behaved_peer_is_served(t.addr, 6000 + i as u16);
+    }
+    // The same connection is still in sync and can JOIN after all of that.
+    assert_eq!(c.ask(&join_msg(5001, &["mine"]))["status"], "JOIN_OK");
+    assert_eq!(
+        peers_of(&c.ask(&search_msg("mine"))),
+        vec!["127.0.0.1:5001"]
+    );
+}
+
+/// Invalid UTF-8 and NUL bytes, inside strings or as whole lines, get an ERROR and leave the
+/// connection usable; nothing is registered from them.
+#[test]
+fn invalid_utf8_and_nul_bytes_are_refused() {
+    let t = start_tracker(&[]);
+    let mut c = RawClient::connect(t.addr);
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"{\"method\":\"SEARCH\",\"data\":{\"query\":\"\xff\xfe\"}}\n",
+            "not valid JSON",
+        ),
+        (
+            b"{\"method\":\"JOIN\",\"data\":{\"port\":5100,\"files\":[\"caf\xc3\"]}}\n",
+            "not valid JSON",
+        ),
+        (
+            b"{\"method\":\"JOIN\",\"data\":{\"port\":5100,\"files\":[\"a\x00b\"]}}\n",
+            "not valid JSON",
+        ),
+        (
+            b"{\"method\":\"JOIN\",\"data\":{\"port\":5100,\"files\":[\"a\\u0000b\"]}}\n",
+            "control",
+        ),
+        (
+            b"{\"method\":\"SEARCH\",\"data\":{\"query\":\"\\udc00\"}}\n",
+            "not valid JSON",
+        ),
+        (b"\x00\x00\x00\x00\n", "not a JSON object"),
+        (b"\xff\xfe\xfd\n", "not a JSON object"),
+        (
+            b"\x00{\"method\":\"JOIN\",\"data\":{\"port\":5100,\"files\":[\"x\"]}}\n",
+            "not a JSON object",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        let what = String::from_utf8_lossy(bytes).into_owned();
+        assert_error(&c.ask(bytes), expected, &what);
+    }
+    assert!(peers_of(&c.ask(&search_msg("x"))).is_empty());
+    assert_well_behaved_peer_is_served(t.addr, 5101);
+    assert_eq!(c.ask(&join_msg(5102, &["fine"]))["status"], "JOIN_OK");
+}
+
+/// A 100 MiB line (an object that never closes, and a line of junk) is refused with an ERROR
+/// once it passes the size limit, the connection is closed, and the tracker never holds more
+/// than about the limit in memory.
+#[test]
+fn a_100_mib_line_is_refused_without_buffering_it() {
+    let t = start_tracker(&[]);
+    let before = peak_rss_kib(t.proc.pid());
+    let hundred_mib = 100usize << 20;
+    for prefix in [
+        br#"{"method":"SEARCH","data":{"query":""#.as_slice(),
+        b"junk that never ends ".as_slice(),
+    ] {
+        let mut c = RawClient::connect(t.addr);
+        let mut writer = c.stream.try_clone().unwrap();
+        let prefix_len = prefix.len();
+        let prefix = prefix.to_vec();
+        let sender = thread::spawn(move || {
+            send_ignoring_reset(&mut writer, &prefix);
+            let block = vec![b'x'; 1 << 20];
+            let mut sent = 0;
+            while sent < hundred_mib {
+                if writer.write_all(&block).is_err() {
+                    break;
+                }
+                sent += block.len();
+            }
+            if sent >= hundred_mib {
+                send_ignoring_reset(&mut writer, b"\"}}\n");
+            }
+        });
+        assert_error(&c.json(), "larger than the limit", "100 MiB line");
+        assert!(c.closed_within(WAIT), "the oversized connection is closed");
+        sender.join().unwrap();
+        assert_well_behaved_peer_is_served(t.addr, 5200 + prefix_len as u16);
+    }
+    let after = peak_rss_kib(t.proc.pid());
+    assert!(
+        after < before + 32 * 1024,
+        "tracker peak RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+/// Half a message and then a disconnect registers nothing and leaves nothing behind; a peer
+/// that had joined and then disconnects half way through a message is forgotten at once.
+#[test]
+fn half_a_message_then_disconnect_is_forgotten() {
+    let t = start_tracker(&[]);
+    let mut half = TcpStream::connect(t.addr).unwrap();
+    half.write_all(br#"{"method":"JOIN","data":{"port":5300,"files":["ha"#)
+        .unwrap();
+    drop(half);
+
+    let mut joined = RawClient::connect(t.addr);
+    assert_eq!(joined.ask(&join_msg(5301, &["half"]))["status"], "JOIN_OK");
+    joined.send(br#"{"method":"UPDATE","data":{"files":["#);
+    joined.stream.shutdown(Shutdown::Both).unwrap();
+    t.proc.wait_for("Peer 127.0.0.1:5301 saiu");
+
+    let mut c = RawClient::connect(t.addr);
+    assert!(peers_of(&c.ask(&search_msg("half"))).is_empty());
+    assert!(peers_of(&c.ask(&search_msg("ha"))).is_empty());
+    assert_well_behaved_peer_is_served(t.addr, 5302);
+}
+
+/// A client sending one byte per second is closed once the message timeout passes, long
+/// before its message would be complete, while other peers are served during the drip.
+#[test]
+fn one_byte_per_second_is_closed_after_the_message_timeout() {
+    let t = start_tracker(&["--message-timeout", "2"]);
+    let mut slow = RawClient::connect(t.addr);
+    slow.stream.set_nodelay(true).unwrap();
+    let mut writer = slow.stream.try_clone().unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sent2 = Arc::clone(&sent);
+    let message = join_msg(5400, &["drip"]);
+    let total = message.len();
+    let started = Instant::now();
+    let dripper = thread::spawn(move || {
+        for byte in message {
+            if writer.write_all(&[byte]).is_err() {
+                return;
+            }
+            sent2.fetch_add(1, Ordering::SeqCst);
+            // The pacing is the behaviour under test, not a synchronisation.
+            thread::sleep(Duration::from_secs(1));
+        }
+    });
+    assert_well_behaved_peer_is_served(t.addr, 5401);
+    assert_error(&slow.json(), "not completed in time", "one byte per second");
+    assert!(slow.closed_within(WAIT));
+    let elapsed = started.elapsed();
+    let got = sent.load(Ordering::SeqCst);
+    assert!(
+        got < total / 2,
+        "closed only after {got} of {total} bytes ({elapsed:?})"
+    );
+    dripper.join().unwrap();
+    let mut c = RawClient::connect(t.addr);
+    assert!(peers_of(&c.ask(&search_msg("drip"))).is_empty());
+    assert_well_behaved_peer_is_served(t.addr, 5402);
+}
+
+/// Two thousand connections that send nothing do not stop a well-behaved peer from being
+/// served while they are open, and the join timeout closes every one of them.
+#[test]
+fn thousands_of_silent_connections_are_closed_by_the_join_timeout() {
+    let t = start_tracker(&["--join-timeout", "3"]);
+    let silent: Vec<TcpStream> = (0..2000)
+        .map(|_| TcpStream::connect(t.addr).unwrap())
+        .collect();
+    assert_well_behaved_peer_is_served(t.addr, 5500);
+    let deadline = Instant::now() + WAIT;
+    for mut stream in silent {
+        let left = deadline.saturating_duration_since(Instant::now());
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut rest = Vec::new();
+        match stream.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a silent connection was not closed within {WAIT:?}: {e}"),
+        }
+    }
+    assert_well_behaved_peer_is_served(t.addr, 5501);
+}
+
+/// Over the connection limit, a new connection is answered "full" and closed; once the join
+/// timeout has closed the silent ones, a well-behaved peer is served again.
+#[test]
+fn over_the_connection_limit_new_connections_are_told_the_tracker_is_full() {
+    let t = start_tracker(&["--max-connections", "100", "--join-timeout", "10"]);
+    let held: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(t.addr).unwrap())
+        .collect();
+    for _ in 0..50 {
+        let mut extra = RawClient::connect(t.addr);
+        assert_error(&extra.json(), "full", "connection over the limit");
+        assert!(extra.closed_within(WAIT));
+    }
+    for mut stream in held {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("full"),
+            "a connection within the limit was refused"
+        );
+    }
+    // The tracker counts a connection out just after closing it: wait for a free slot.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = RawClient::connect(t.addr);
+        let reply = c.ask(&join_msg(5600, &["after-full"]));
+        if reply["status"] == "JOIN_OK" {
+            assert_eq!(
+                peers_of(&c.ask(&search_msg("after-full"))),
+                vec!["127.0.0.1:5600"]
+            );
+            break;
+        }
+        assert_error(&reply, "full", "JOIN after the flood");
+        assert!(Instant::now() < deadline, "the tracker stayed full");
+        thread::yield_now();
+    }
+}
+
+/// Names with newlines, carriage returns, escapes, NUL, DEL or C1 control characters are
+/// refused in JOIN, UPDATE and SEARCH; the peer's earlier list stays; nothing of them reaches
+/// the tracker's console.
+#[test]
+fn names_with_newlines_or_control_characters_are_refused() {
+    let t = start_tracker(&[]);
+    let mut c = RawClient::connect(t.addr);
+    assert_eq!(c.ask(&join_msg(5700, &["clean"]))["status"], "JOIN_OK");
+    let bad = [
+        "two\nlines",
+        "carriage\rreturn",
+        "tab\there",
+        "\u{1b}[2Jclear",
+        "nul\u{0}byte",
+        "del\u{7f}",
+        "c1\u{85}next-line",
+        "\n",
+    ];
+    for name in bad {
+        let what = format!("{name:?}");
+        assert_error(&c.ask(&join_msg(5700, &[name])), "control", &what);
+        assert_error(&c.ask(&update_msg(&["ok", name])), "control", &what);
+        assert_error(&c.ask(&search_msg(name)), "control", &what);
+    }
+    assert_eq!(
+        peers_of(&c.ask(&search_msg("clean"))),
+        vec!["127.0.0.1:5700"]
+    );
+    assert!(peers_of(&c.ask(&search_msg("ok"))).is_empty());
+    assert_well_behaved_peer_is_served(t.addr, 5701);
+    t.proc
+        .wait_for("Peer 127.0.0.1:5701 solicitou arquivo still-served-5701");
+    let transcript = t.proc.transcript();
+    for needle in ["lines", "return", "\u{1b}", "nul", "\u{85}"] {
+        assert!(
+            !transcript.contains(needle),
+            "{needle:?} reached the tracker's output:\n{transcript}"
+        );
+    }
+}
+
+/// A connection that joined cannot move onto an address another live connection holds: the
+/// re-JOIN is refused, and its own earlier entry stays registered and updatable.
+#[test]
+fn a_refused_rejoin_onto_a_taken_address_keeps_the_old_entry() {
+    let t = start_tracker(&[]);
+    let mut owner = RawClient::connect(t.addr);
+    assert_eq!(owner.ask(&join_msg(5800, &["owned"]))["status"], "JOIN_OK");
+    let mut other = RawClient::connect(t.addr);
+    assert_eq!(other.ask(&join_msg(5801, &["theirs"]))["status"], "JOIN_OK");
+    assert_error(
+        &other.ask(&join_msg(5800, &["stolen"])),
+        "already registered",
+        "JOIN onto a taken address",
+    );
+    assert_eq!(
+        peers_of(&other.ask(&search_msg("owned"))),
+        vec!["127.0.0.1:5800"]
+    );
+    assert!(peers_of(&other.ask(&search_msg("stolen"))).is_empty());
+    assert_eq!(
+        peers_of(&other.ask(&search_msg("theirs"))),
+        vec!["127.0.0.1:5801"]
+    );
+    assert_eq!(other.ask(&update_msg(&["renewed"]))["status"], "UPDATE_OK");
+    assert_eq!(
+        peers_of(&owner.ask(&search_msg("renewed"))),
+        vec!["127.0.0.1:5801"]
+    );
+}
+
+/// An address becomes free for another connection only once its owner's connection ended.
+#[test]
+fn an_address_is_free_again_only_after_its_owner_left() {
+    let t = start_tracker(&[]);
+    let mut owner = RawClient::connect(t.addr);
+    assert_eq!(owner.ask(&join_msg(5900, &["first"]))["status"], "JOIN_OK");
+    let mut next = RawClient::connect(t.addr);
+    assert_error(
+        &next.ask(&join_msg(5900, &["second"])),
+        "already registered",
+        "JOIN while the owner is live",
+    );
+    drop(owner);
+    t.proc.wait_for("Peer 127.0.0.1:5900 saiu");
+    assert_eq!(next.ask(&join_msg(5900, &["second"]))["status"], "JOIN_OK");
+    assert!(peers_of(&next.ask(&search_msg("first"))).is_empty());
+    assert_eq!(
+        peers_of(&next.ask(&search_msg("second"))),
+        vec!["127.0.0.1:5900"]
+    );
+}
