@@ -470,6 +470,7 @@ impl Console {
 
     /// Leaves cleanly: refuse what waits, stop transfers (partials are kept), leave the tracker.
     fn shutdown(&mut self) {
+        self.ctx.out.leaving();
         let refused = self
             .queue
             .refuse_all(Decision::ShuttingDown, SHUTDOWN_ANSWER_WAIT);

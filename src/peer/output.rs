@@ -17,6 +17,11 @@ pub trait Output: Send + Sync {
     /// Returns once every line printed before has reached the terminal (or a short bound has
     /// passed). Plain output is written at once and needs nothing.
     fn flush(&self) {}
+
+    /// The peer is leaving: from now on lines must reach the terminal before the process
+    /// ends, so an interactive console stops printing through the prompt (which only draws
+    /// them when its own thread next wakes up) and writes them directly.
+    fn leaving(&self) {}
 }
 
 /// Plain stdout.

@@ -81,6 +81,8 @@ enum Printed {
     Line(String),
     /// Answered once every line queued before it was handed to the terminal.
     Flush(Sender<()>),
+    /// Write the following lines straight to the terminal.
+    Direct,
 }
 
 /// Queues lines for the printer thread, so no thread ever waits on the terminal.
@@ -101,6 +103,11 @@ impl Output for PromptOutput {
     fn flush(&self) {
         flush_queue(&self.tx);
     }
+
+    fn leaving(&self) {
+        flush_queue(&self.tx);
+        let _ = self.tx.send(Printed::Direct);
+    }
 }
 
 /// Waits until the printer thread has handed every line queued so far to the terminal.
@@ -114,8 +121,22 @@ fn flush_queue(tx: &Sender<Printed>) {
 /// Hands queued lines to rustyline's external printer (which prints them above the prompt
 /// while `readline` runs, and straight to the terminal between two `readline`s).
 fn print_lines(rx: Receiver<Printed>, mut printer: Box<dyn ExternalPrinter + Send>) {
+    let mut direct = false;
     for printed in rx {
         match printed {
+            Printed::Direct => {
+                // Clear the prompt row; "\r\n" because a terminal left in raw mode (a signal
+                // arrived while `readline` ran) does not return the carriage on "\n".
+                let mut out = io::stdout().lock();
+                let _ = out.write_all(b"\r\x1b[2K");
+                let _ = out.flush();
+                direct = true;
+            }
+            Printed::Line(text) if direct => {
+                let mut out = io::stdout().lock();
+                let _ = write!(out, "{text}\r\n");
+                let _ = out.flush();
+            }
             Printed::Line(text) => {
                 if printer.print(format!("{text}\n")).is_err() {
                     let mut out = io::stdout().lock();
