@@ -4,6 +4,7 @@
 //! list. The tracker never touches files, except for the original's dialect (see
 //! [`crate::protocol::legacy`]).
 
+pub mod legacy;
 pub mod server;
 pub mod table;
 
