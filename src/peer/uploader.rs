@@ -18,6 +18,7 @@ use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
 use crate::peer::output::Progress;
 use crate::protocol::FrameReader;
+use crate::protocol::legacy::ReplyPacer;
 use crate::protocol::messages::{Reply, parse_download_request, status};
 use crate::transfer;
 
@@ -126,9 +127,12 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         offset: Some(offset),
         ..Reply::default()
     };
+    // The original's downloader parses each `recv` as one reply: space the writes for it.
+    let mut pacer = ReplyPacer::new(request.from_port.is_some());
     if reply(&stream, &ok).is_err() {
         return;
     }
+    pacer.wrote();
     let (tx, rx) = bounded(1);
     let asked = ApprovalRequest {
         from,
@@ -148,14 +152,18 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             reason: decision.reason().map(str::to_string),
             ..Reply::default()
         };
+        pacer.before_write();
         let _ = reply(&stream, &rejected);
         return;
     }
     let guard = ctx.transfers.start_upload();
     ctx.transfers.attach(&guard, &stream);
+    pacer.before_write();
     if reply(&stream, &Reply::status(status::DOWNLOAD_ACCEPTED)).is_err() {
         return;
     }
+    pacer.wrote();
+    pacer.before_write();
     let label = format!("Upload de {} para {from}", request.filename);
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
     match transfer::send_range(
