@@ -485,3 +485,26 @@ impl LoopbackAddr for TrackerProc {
         SocketAddr::from(([127, 0, 0, 1], self.addr.port()))
     }
 }
+
+/// The original's keystrokes for a download work unchanged on `napster peer`: `DOWNLOAD`,
+/// then the name at the first prompt, then the bare port at the second.
+#[test]
+fn the_originals_download_keystrokes_work_on_a_napster_peer() {
+    let t = start_tracker(&[]);
+    let up_dir = folder_with(&["song.txt"]);
+    let mut up = start_peer("uploader", t.addr, up_dir.path(), &["--approve", "yes"]);
+    up.join();
+    let down_dir = tempfile::tempdir().unwrap();
+    let mut down = start_peer("downloader", t.addr, down_dir.path(), &[]);
+    down.join();
+    down.send("DOWNLOAD");
+    down.wait_for("Insira o nome do arquivo que deseja baixar:");
+    down.send("song.txt");
+    down.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
+    down.send(&up.port.to_string());
+    down.wait_for("Arquivo song.txt baixado com sucesso na pasta");
+    assert_eq!(
+        std::fs::read(down_dir.path().join("song.txt")).unwrap(),
+        b"song.txt"
+    );
+}
