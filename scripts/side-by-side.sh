@@ -23,6 +23,8 @@
 #   ISOLATE=1      run in a private network namespace (unshare -rn), so port 12346 (which the
 #                  original hard-codes) cannot collide with anything else on the machine
 #   KEEP=1         keep the temporary folder with the raw transcripts
+#   MIXED=1        also run the original's peers against napster's tracker and print that
+#                  transcript beside the original's
 #
 # Exit status: 0 when napster met every expectation (the original's failures are reported,
 # they are what is being compared), 1 when napster missed one, 2 on a usage or set-up error.
@@ -233,7 +235,8 @@ upload_port() {
   printf '%s' "$port"
 }
 
-# run IMPL: the whole scenario with IMPL (original or napster); leaves $run/transcript.
+# run_scenario IMPL: the whole scenario; leaves $run/transcript. IMPL is `original` (its server
+# and peers), `napster` (ours), or `mixed` (our tracker with the original's peers).
 run_scenario() {
   local impl="$1"
   run="$tmp/$impl"
@@ -264,7 +267,7 @@ run_scenario() {
   declare -gA ports=()
   for who in A B; do
     step "2$who. peer $who starts"
-    if [ "$impl" = original ]; then
+    if [ "$impl" != napster ]; then
       start "$who" python3 -u "$peer_py"
     else
       start "$who" env RUST_LOG="${RUST_LOG:-warn}" "$napster" peer --server "127.0.0.1:$PORT" --listen 127.0.0.1:0
@@ -345,14 +348,20 @@ normalise() {
 }
 
 : >"$tmp/ports"
-for impl in original napster; do
-  echo "side-by-side: running the scenario with the $impl..." >&2
+runs=(original napster)
+[ "${MIXED:-0}" = 1 ] && runs+=(mixed)
+for impl in "${runs[@]}"; do
+  echo "side-by-side: running the scenario: $impl..." >&2
   run_scenario "$impl"
   for who in A B; do
     printf '%s %s=%s\n' "$impl" "$who" "${ports[$who]:-}" >>"$tmp/ports"
   done
   for who in "${procs[@]}"; do stop "$who"; done
-  if [ "$impl" = original ]; then original_misses=$misses; else napster_misses=$misses; fi
+  case "$impl" in
+    original) original_misses=$misses ;;
+    napster) napster_misses=$misses ;;
+    mixed) mixed_misses=$misses ;;
+  esac
 done
 
 normalise original >"$tmp/original.txt"
@@ -363,6 +372,13 @@ echo "Ports: original A=$(sed -n 's/^original A=//p' "$tmp/ports") B=$(sed -n 's
   "napster A=$(sed -n 's/^napster A=//p' "$tmp/ports") B=$(sed -n 's/^napster B=//p' "$tmp/ports") (shown as <A>, <B>)"
 echo
 diff -y -W "$width" "$tmp/original.txt" "$tmp/napster.txt"
+if [ "${MIXED:-0}" = 1 ]; then
+  normalise mixed >"$tmp/mixed.txt"
+  echo
+  echo "The original's peers: with the original's server (left)  |  with napster's tracker (right)"
+  echo
+  diff -y -W "$width" "$tmp/original.txt" "$tmp/mixed.txt"
+fi
 echo
-echo "original: $original_misses expectation(s) not met; napster: $napster_misses"
+echo "original: $original_misses expectation(s) not met; napster: $napster_misses${mixed_misses:+; mixed: $mixed_misses}"
 [ "$napster_misses" -eq 0 ]
