@@ -383,8 +383,11 @@ fn original_downloader_gets_each_reply_in_its_own_recv_then_the_file() {
 }
 
 /// With `--approve yes` the uploader answers at once, yet the original's downloader still
-/// reads the OK and the downloadAccepted each in one recv: replies to a request without
-/// `fromPort` are spaced (see `protocol::legacy::ReplyPacer`).
+/// reads the OK and the downloadAccepted each in one recv, five times over: replies to a
+/// request without `fromPort` are spaced (see `protocol::legacy::ReplyPacer`). This reader
+/// wakes too fast to lose the race even without the spacing (tried: it passed with a zero
+/// gap); `python_reading_like_the_original_downloads_from_a_napster_peer` is the one that
+/// fails without it.
 #[test]
 fn original_downloader_parses_each_reply_alone_even_when_approval_is_automatic() {
     let t = start_tracker(&[]);
@@ -392,13 +395,16 @@ fn original_downloader_parses_each_reply_alone_even_when_approval_is_automatic()
     write_pattern(&dir.path().join("clip.bin"), 3000, 9);
     let mut up = start_peer("uploader", t.addr, dir.path(), &["--approve", "yes"]);
     up.join();
-    let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
-    d.send(&original_download_request("clip.bin", up.port));
-    assert_eq!(d.recv_json()["fileSize"], 3000);
-    assert_eq!(d.recv_json()["status"], "downloadAccepted");
-    let mut data = vec![0u8; 3000];
-    d.stream.read_exact(&mut data).unwrap();
-    assert_eq!(data, std::fs::read(dir.path().join("clip.bin")).unwrap());
+    let want = std::fs::read(dir.path().join("clip.bin")).unwrap();
+    for _ in 0..5 {
+        let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
+        d.send(&original_download_request("clip.bin", up.port));
+        assert_eq!(d.recv_json()["fileSize"], 3000);
+        assert_eq!(d.recv_json()["status"], "downloadAccepted");
+        let mut data = vec![0u8; 3000];
+        d.stream.read_exact(&mut data).unwrap();
+        assert_eq!(data, want);
+    }
 }
 
 /// NAO reaches the original's downloader as one bare `downloadRejected`; a name the peer does
@@ -507,4 +513,45 @@ fn the_originals_download_keystrokes_work_on_a_napster_peer() {
         std::fs::read(down_dir.path().join("song.txt")).unwrap(),
         b"song.txt"
     );
+}
+
+/// Real Python reading as the original's downloader does (`tests/legacy/original_downloader.py`:
+/// one `recv(1024)` + `json.loads` per reply, one `recv(fileSize)` for the data), five times
+/// against an uploader that approves at once: every reply parses alone and the file arrives
+/// whole. Without `python3` on the machine the test says so and checks nothing.
+#[test]
+fn python_reading_like_the_original_downloads_from_a_napster_peer() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    }
+    let t = start_tracker(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("clip.bin"), 3000, 11);
+    let mut up = start_peer("uploader", t.addr, dir.path(), &["--approve", "yes"]);
+    up.join();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/original_downloader.py");
+    let out_dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let out = out_dir.path().join(format!("copy-{round}"));
+        let run = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(up.port.to_string())
+            .arg("clip.bin")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&run.stdout);
+        assert_eq!(
+            printed.lines().collect::<Vec<_>>(),
+            vec!["reply OK 3000", "reply downloadAccepted", "data 3000"],
+            "round {round}; stderr: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(same_file(&out, &dir.path().join("clip.bin")));
+    }
 }
