@@ -517,8 +517,11 @@ fn the_originals_download_keystrokes_work_on_a_napster_peer() {
 
 /// Real Python reading as the original's downloader does (`tests/legacy/original_downloader.py`:
 /// one `recv(1024)` + `json.loads` per reply, one `recv(fileSize)` for the data), five times
-/// against an uploader that approves at once: every reply parses alone and the file arrives
-/// whole. Without `python3` on the machine the test says so and checks nothing.
+/// for a small file and ten for a 60,000-byte one, against an uploader that approves at once:
+/// every reply parses alone and the file arrives whole in the one recv. Without `python3` on
+/// the machine the test says so and checks nothing. Tried with each aid removed: with no
+/// reply gap it failed in round 1; streaming the 60,000 bytes instead of one write cut 3 of 20
+/// copies short by hand, so these ten rounds catch that about four times in five.
 #[test]
 fn python_reading_like_the_original_downloads_from_a_napster_peer() {
     if std::process::Command::new("python3")
@@ -532,26 +535,33 @@ fn python_reading_like_the_original_downloads_from_a_napster_peer() {
     let t = start_tracker(&[]);
     let dir = tempfile::tempdir().unwrap();
     write_pattern(&dir.path().join("clip.bin"), 3000, 11);
+    write_pattern(&dir.path().join("song.bin"), 60_000, 12);
     let mut up = start_peer("uploader", t.addr, dir.path(), &["--approve", "yes"]);
     up.join();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/original_downloader.py");
     let out_dir = tempfile::tempdir().unwrap();
-    for round in 0..5 {
-        let out = out_dir.path().join(format!("copy-{round}"));
-        let run = std::process::Command::new("python3")
-            .arg(&script)
-            .arg(up.port.to_string())
-            .arg("clip.bin")
-            .arg(&out)
-            .output()
-            .unwrap();
-        let printed = String::from_utf8_lossy(&run.stdout);
-        assert_eq!(
-            printed.lines().collect::<Vec<_>>(),
-            vec!["reply OK 3000", "reply downloadAccepted", "data 3000"],
-            "round {round}; stderr: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        assert!(same_file(&out, &dir.path().join("clip.bin")));
+    for (name, size, rounds) in [("clip.bin", 3000, 5), ("song.bin", 60_000, 10)] {
+        for round in 0..rounds {
+            let out = out_dir.path().join(format!("{name}-{round}"));
+            let run = std::process::Command::new("python3")
+                .arg(&script)
+                .arg(up.port.to_string())
+                .arg(name)
+                .arg(&out)
+                .output()
+                .unwrap();
+            let printed = String::from_utf8_lossy(&run.stdout);
+            assert_eq!(
+                printed.lines().collect::<Vec<_>>(),
+                vec![
+                    format!("reply OK {size}"),
+                    "reply downloadAccepted".to_string(),
+                    format!("data {size}")
+                ],
+                "{name} round {round}; stderr: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            assert!(same_file(&out, &dir.path().join(name)));
+        }
     }
 }

@@ -61,6 +61,11 @@ fn python_str(s: &str) -> String {
 /// reply out of the socket on its own, even on a busy machine.
 pub const REPLY_GAP: Duration = Duration::from_millis(300);
 
+/// The largest file an uploader sends the original's downloader in a single write, so that it
+/// leaves as one loopback segment (the loopback MTU is 64 KiB) and the downloader's single
+/// `recv(fileSize)` gets all of it. Larger files reach it cut short, whatever the uploader does.
+pub const ONE_WRITE_MAX: u64 = 60 * 1024;
+
 /// Spaces an uploader's writes by [`REPLY_GAP`] when the downloader is the original's.
 ///
 /// The original's downloader is recognised by its DOWNLOAD_REQUEST, which has no `fromPort`
