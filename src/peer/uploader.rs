@@ -4,6 +4,10 @@
 //! folder is served (no separators, no `..`, no links). The reply gives the size and the file's
 //! digest; the user's answer comes over the approval channel; the bytes go out with
 //! `sendfile`, streamed, from the requested offset when resuming.
+//!
+//! A request without `fromPort` comes from the Python original's downloader, which reads each
+//! reply with one `recv` and the file with one more: its replies are spaced and a small file
+//! goes in one write (see [`crate::protocol::legacy`]).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -200,8 +204,8 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
 /// Sends a small file to the original's downloader in one write. It takes the file with a
 /// single `recv(fileSize)`, which returns what the first segment brought: one write of at most
 /// [`legacy::ONE_WRITE_MAX`] bytes leaves loopback as one segment, so the file arrives whole
-/// (streamed with `sendfile`, a 60,000-byte file arrived whole in 2 of 10 tries; in one write,
-/// 10 of 10).
+/// (measured with a Python reader on loopback: streamed, a 60,000-byte file arrived whole in 17
+/// of 20 tries, 2 of 10 under heavier load; in one write, 20 of 20).
 fn send_in_one_write(file: &File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(len as usize);
     let mut reader = file;
