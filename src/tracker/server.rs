@@ -5,7 +5,7 @@
 //! forgotten the moment its connection ends, however it ends.
 
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
@@ -17,6 +17,7 @@ use crate::protocol::legacy;
 use crate::protocol::messages::{Reply, TrackerRequest, parse_tracker_request, status};
 use crate::protocol::{CodecError, FrameReader};
 use crate::share;
+use crate::tracker::legacy as legacy_join;
 use crate::tracker::table::{ConnId, PeerTable};
 
 /// The tracker's limits; each has a command-line option.
@@ -209,7 +210,9 @@ impl Tracker {
                 Ok(Reply::status(status::JOIN_OK).to_line())
             }
             TrackerRequest::LegacyJoin { folder } => {
-                let files = self.list_legacy_folder(session.remote.ip(), &folder)?;
+                let files =
+                    legacy_join::list_client_folder(session.remote, &folder, self.config.max_names)
+                        .map_err(|e| e.to_string())?;
                 self.check_names(&files)?;
                 // The original keys a peer by the port of its tracker connection.
                 let addr = session.remote;
@@ -228,6 +231,7 @@ impl Tracker {
                         .table
                         .search_addrs(&query)
                         .iter()
+                        .filter(|addr| legacy_join::dialable_on_loopback(addr))
                         .map(SocketAddr::port)
                         .collect();
                     Ok(legacy::search_reply(&ports))
@@ -290,27 +294,6 @@ impl Tracker {
                 .map_err(|e| format!("name {name:?} refused: {e}"))?;
         }
         Ok(())
-    }
-
-    /// The original's JOIN names a folder for the tracker to list. Reading a folder named by a
-    /// client is a privilege: only for a client on this machine, and only for a directory.
-    fn list_legacy_folder(&self, ip: IpAddr, folder: &str) -> Result<Vec<String>, String> {
-        if !ip.is_loopback() {
-            log::warn!("{ip}: refused to list folder {folder:?} for a remote client");
-            return Err(
-                "JOIN with a folder is only accepted from this machine; send data.port and data.files"
-                    .into(),
-            );
-        }
-        let meta =
-            std::fs::metadata(folder).map_err(|e| format!("cannot read folder {folder:?}: {e}"))?;
-        if !meta.is_dir() {
-            return Err(format!("{folder:?} is not a folder"));
-        }
-        log::info!("{ip}: listing folder {folder:?} for an original-dialect JOIN");
-        crate::share::SharedDir::open(folder)
-            .and_then(|dir| dir.list())
-            .map_err(|e| format!("cannot read folder {folder:?}: {e}"))
     }
 }
 

@@ -1,0 +1,567 @@
+//! The Python original's peer against our tracker and our peers, byte for byte.
+//!
+//! [`OriginalPeer`] sends exactly the bytes the original's peer sends, as the seed documents
+//! them: `json.dumps` of the JOIN (`", "` and `": "` separators, no newline), the SEARCH built
+//! with `%` (the name pasted in unescaped), and the DOWNLOAD_REQUEST in the form its code meant
+//! (as written, its `str.format` raises before sending anything: see
+//! `the_seeds_download_as_written_connects_sends_nothing_and_the_uploader_keeps_serving`). It
+//! reads as the original does: one `recv(1024)` per reply, parsed alone.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::Path;
+
+use common::*;
+
+/// A client that speaks and reads exactly as the original's peer.
+struct OriginalPeer {
+    stream: TcpStream,
+}
+
+impl OriginalPeer {
+    /// Connects as the original's peer does at start (its folder is named after this port).
+    fn connect(addr: SocketAddr) -> OriginalPeer {
+        let stream = TcpStream::connect(addr).expect("connects");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout set");
+        OriginalPeer { stream }
+    }
+
+    /// The port of this connection: the original's key for the peer.
+    fn port(&self) -> u16 {
+        self.stream.local_addr().unwrap().port()
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("sends");
+    }
+
+    /// One `recv(1024)`: whatever one read returns (empty at end of stream).
+    fn recv(&mut self) -> Vec<u8> {
+        let mut buf = [0u8; 1024];
+        let n = self.stream.read(&mut buf).expect("a reply arrives");
+        buf[..n].to_vec()
+    }
+
+    /// `recv(1024).decode()` then `json.loads` of exactly that.
+    fn recv_json(&mut self) -> serde_json::Value {
+        let got = self.recv();
+        serde_json::from_slice(&got).unwrap_or_else(|e| {
+            panic!(
+                "one recv did not hold exactly one reply ({e}): {:?}",
+                String::from_utf8_lossy(&got)
+            )
+        })
+    }
+
+    /// `json.dumps({"method": "JOIN", "data": {FIELD: folder}})`, sent bare.
+    fn send_join(&mut self, field: &str, folder: &Path) {
+        let folder = py_json_str(folder.to_str().expect("UTF-8 test path"));
+        let msg = format!(r#"{{"method": "JOIN", "data": {{"{field}": {folder}}}}}"#);
+        self.send(msg.as_bytes());
+    }
+
+    /// JOIN as the seed spells it (`filePath`); returns the bytes of one recv.
+    fn join(&mut self, folder: &Path) -> Vec<u8> {
+        self.send_join("filePath", folder);
+        self.recv()
+    }
+
+    /// `'{"method":"SEARCH","data":{"query":"%s"}}' % name`, sent bare; the reply as printed.
+    fn search(&mut self, name: &str) -> String {
+        let msg = format!(r#"{{"method":"SEARCH","data":{{"query":"{name}"}}}}"#);
+        self.send(msg.as_bytes());
+        String::from_utf8(self.recv()).expect("the reply is text")
+    }
+}
+
+/// Python's `json.dumps` of a string (ASCII only, as its default `ensure_ascii`).
+fn py_json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// What the original's downloader meant to send:
+/// `{"method": "DOWNLOAD_REQUEST", "data": {"filename": "NAME", "port": PORT}}`, bare.
+fn original_download_request(name: &str, port: u16) -> Vec<u8> {
+    format!(r#"{{"method": "DOWNLOAD_REQUEST", "data": {{"filename": "{name}", "port": {port}}}}}"#)
+        .into_bytes()
+}
+
+/// A folder holding `files`, each with its name as content.
+fn folder_with(files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in files {
+        std::fs::write(dir.path().join(name), name.as_bytes()).unwrap();
+    }
+    dir
+}
+
+/// The original's JOIN (`filePath`, no newline) is answered with exactly the bytes `JOIN_OK`;
+/// the tracker lists the folder's plain files and keys the peer by its connection's port.
+#[test]
+fn original_join_gets_bare_join_ok_and_its_folder_is_listed() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["b.txt", "a.txt"]);
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let mut p = OriginalPeer::connect(t.addr);
+    assert_eq!(p.join(dir.path()), b"JOIN_OK");
+    t.proc.wait_for(&format!(
+        "Peer 127.0.0.1:{} adicionado com os arquivos ['a.txt', 'b.txt']",
+        p.port()
+    ));
+}
+
+/// The issue's spelling `filesPath` is accepted as well as the seed's `filePath`.
+#[test]
+fn original_join_with_files_path_spelling_is_accepted() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["x.bin"]);
+    let mut p = OriginalPeer::connect(t.addr);
+    p.send_join("filesPath", dir.path());
+    assert_eq!(p.recv(), b"JOIN_OK");
+    assert_eq!(p.search("x.bin"), format!("[{}]", p.port()));
+}
+
+/// SEARCH on an original-dialect connection is answered with the Python `str()` of a list of
+/// ports, in join order, with our own peers' upload ports among them; nothing found is `[]`.
+#[test]
+fn original_search_gets_a_list_of_ports_including_our_peers() {
+    let t = start_tracker(&[]);
+    let dir_a = folder_with(&["song.mp3"]);
+    let dir_b = folder_with(&["song.mp3", "other.txt"]);
+    let mut a = OriginalPeer::connect(t.addr);
+    assert_eq!(a.join(dir_a.path()), b"JOIN_OK");
+    let mut ours = RawClient::connect(t.addr);
+    assert_eq!(
+        ours.ask(&join_msg(4001, &["song.mp3"]))["status"],
+        "JOIN_OK"
+    );
+    let mut b = OriginalPeer::connect(t.addr);
+    assert_eq!(b.join(dir_b.path()), b"JOIN_OK");
+
+    assert_eq!(
+        b.search("song.mp3"),
+        format!("[{}, 4001, {}]", a.port(), b.port())
+    );
+    assert_eq!(a.search("other.txt"), format!("[{}]", b.port()));
+    assert_eq!(a.search("nothing.here"), "[]");
+    t.proc.wait_for(&format!(
+        "Peer 127.0.0.1:{} solicitou arquivo song.mp3",
+        b.port()
+    ));
+}
+
+/// Our own dialect on the same tracker sees an original peer as `127.0.0.1:PORT`.
+#[test]
+fn our_clients_see_an_original_peer_as_loopback_and_its_port() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["song.mp3"]);
+    let mut a = OriginalPeer::connect(t.addr);
+    assert_eq!(a.join(dir.path()), b"JOIN_OK");
+    let mut ours = RawClient::connect(t.addr);
+    assert_eq!(ours.ask(&join_msg(4002, &["x"]))["status"], "JOIN_OK");
+    assert_eq!(
+        peers_of(&ours.ask(&search_msg("song.mp3"))),
+        vec![format!("127.0.0.1:{}", a.port())]
+    );
+}
+
+/// UPDATE from an original peer (valid JSON, no newline) is answered with exactly
+/// `UPDATE_OK` and changes what SEARCH finds.
+#[test]
+fn original_update_gets_bare_update_ok_and_changes_search() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["a.txt"]);
+    let mut p = OriginalPeer::connect(t.addr);
+    assert_eq!(p.join(dir.path()), b"JOIN_OK");
+    p.send(br#"{"method": "UPDATE", "data": {"files": ["a.txt", "new.txt"]}}"#);
+    assert_eq!(p.recv(), b"UPDATE_OK");
+    assert_eq!(p.search("new.txt"), format!("[{}]", p.port()));
+}
+
+/// The UPDATE text the seed's code builds, once its brace escaping is repaired, pastes the
+/// names unquoted (`[a.txt,b.txt]`): it is not JSON, so it gets a clear ERROR, the list is
+/// left as it was, and the connection keeps working.
+#[test]
+fn the_seeds_unquoted_update_list_is_refused_clearly_and_the_connection_goes_on() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["a.txt"]);
+    let mut p = OriginalPeer::connect(t.addr);
+    assert_eq!(p.join(dir.path()), b"JOIN_OK");
+    p.send(br#"{"method": "UPDATE", "data": {"files": [a.txt,b.txt]}}"#);
+    let reply = p.recv_json();
+    assert_eq!(reply["status"], "ERROR", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{reply}"
+    );
+    assert_eq!(p.search("a.txt"), format!("[{}]", p.port()));
+    assert_eq!(p.search("b.txt"), "[]");
+}
+
+/// A JOIN naming a file, or a path that does not exist, gets an ERROR naming it; nothing is
+/// registered and the connection stays usable for a correct JOIN.
+#[test]
+fn original_join_of_a_file_or_a_missing_path_is_refused_clearly() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["a.txt"]);
+    let mut p = OriginalPeer::connect(t.addr);
+
+    p.send_join("filePath", &dir.path().join("a.txt"));
+    let reply = p.recv_json();
+    assert_eq!(reply["status"], "ERROR");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a folder"),
+        "{reply}"
+    );
+    p.send_join("filePath", &dir.path().join("missing"));
+    let reply = p.recv_json();
+    assert_eq!(reply["status"], "ERROR");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read folder"),
+        "{reply}"
+    );
+    let mut ours = RawClient::connect(t.addr);
+    assert_eq!(ours.ask(&join_msg(4003, &["x"]))["status"], "JOIN_OK");
+    assert!(peers_of(&ours.ask(&search_msg("a.txt"))).is_empty());
+
+    assert_eq!(p.join(dir.path()), b"JOIN_OK");
+}
+
+/// An address of this machine that is not loopback, if it has one.
+fn non_loopback_ipv4() -> Option<IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we only read and then free.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return None;
+        }
+        let mut found = None;
+        let mut cur = list;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !ip.is_unspecified() {
+                    found = Some(IpAddr::V4(ip));
+                    break;
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(list);
+        found
+    }
+}
+
+/// A JOIN with a folder from a client that is not on loopback is refused before the folder
+/// is read: the tracker listens on all addresses and the client connects to (and so from)
+/// this machine's non-loopback address. Without such an address this test cannot build a
+/// remote client and says so; the decision itself is also unit-tested in
+/// `tracker::legacy::tests`.
+#[test]
+fn original_join_from_a_non_loopback_address_is_refused_and_nothing_is_listed() {
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!("SKIPPED: this machine has no non-loopback IPv4 address to connect from");
+        return;
+    };
+    let t = start_tracker_on("0.0.0.0:0", &[]);
+    let dir = folder_with(&["secret.txt"]);
+    let mut remote = OriginalPeer::connect(SocketAddr::new(ip, t.addr.port()));
+    assert_eq!(remote.stream.local_addr().unwrap().ip(), ip);
+    remote.send_join("filePath", dir.path());
+    let reply = remote.recv_json();
+    assert_eq!(reply["status"], "ERROR", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("only accepted from this machine"),
+        "{reply}"
+    );
+    assert!(
+        !t.proc.printed("adicionado"),
+        "nothing may be registered\n{}",
+        t.proc.transcript()
+    );
+    // Its SEARCH is answered in our dialect: it never became an original-dialect peer.
+    let mut local = OriginalPeer::connect(t.addr_on_loopback());
+    assert_eq!(local.join(dir.path()), b"JOIN_OK");
+    assert_eq!(local.search("secret.txt"), format!("[{}]", local.port()));
+}
+
+/// An original peer that disconnects is gone from every search at once, and the tracker says
+/// so (the original kept it for ever).
+#[test]
+fn an_original_peer_that_leaves_is_forgotten() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["a.txt"]);
+    let mut gone = OriginalPeer::connect(t.addr);
+    assert_eq!(gone.join(dir.path()), b"JOIN_OK");
+    let port = gone.port();
+    drop(gone);
+    t.proc.wait_for(&format!("Peer 127.0.0.1:{port} saiu"));
+    let mut p = OriginalPeer::connect(t.addr);
+    assert_eq!(p.join(folder_with(&["b.txt"]).path()), b"JOIN_OK");
+    assert_eq!(p.search("a.txt"), "[]");
+}
+
+/// A `napster peer` sees an original peer in its search results as `127.0.0.1:PORT`, and the
+/// original peer's SEARCH sees the napster peer's upload port.
+#[test]
+fn napster_peers_and_original_peers_find_each_other() {
+    let t = start_tracker(&[]);
+    let legacy_dir = folder_with(&["from-original.txt"]);
+    let mut original = OriginalPeer::connect(t.addr);
+    assert_eq!(original.join(legacy_dir.path()), b"JOIN_OK");
+
+    let ours_dir = folder_with(&["from-napster.txt"]);
+    let mut ours = start_peer("ours", t.addr, ours_dir.path(), &[]);
+    ours.join();
+    ours.send("SEARCH from-original.txt");
+    ours.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
+        original.port()
+    ));
+    assert_eq!(
+        original.search("from-napster.txt"),
+        format!("[{}]", ours.port)
+    );
+}
+
+/// The original's downloader against a `napster peer`: its bare DOWNLOAD_REQUEST is
+/// understood; the OK (with fileSize), then after SIM the downloadAccepted, each arrive in a
+/// recv of their own and parse alone, and the file's bytes follow.
+#[test]
+fn original_downloader_gets_each_reply_in_its_own_recv_then_the_file() {
+    let t = start_tracker(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("video.bin"), 5000, 7);
+    let mut up = start_peer("uploader", t.addr, dir.path(), &[]);
+    up.join();
+
+    let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
+    d.send(&original_download_request("video.bin", up.port));
+    let first = d.recv_json();
+    assert_eq!(first["status"], "OK", "{first}");
+    assert_eq!(first["fileSize"], 5000);
+    up.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    up.send("SIM");
+    let second = d.recv_json();
+    assert_eq!(second, serde_json::json!({"status": "downloadAccepted"}));
+    let mut data = vec![0u8; 5000];
+    d.stream.read_exact(&mut data).unwrap();
+    assert_eq!(data, std::fs::read(dir.path().join("video.bin")).unwrap());
+    up.wait_for("Upload do arquivo video.bin");
+}
+
+/// With `--approve yes` the uploader answers at once, yet the original's downloader still
+/// reads the OK and the downloadAccepted each in one recv, five times over: replies to a
+/// request without `fromPort` are spaced (see `protocol::legacy::ReplyPacer`). This reader
+/// wakes too fast to lose the race even without the spacing (tried: it passed with a zero
+/// gap); `python_reading_like_the_original_downloads_from_a_napster_peer` is the one that
+/// fails without it.
+#[test]
+fn original_downloader_parses_each_reply_alone_even_when_approval_is_automatic() {
+    let t = start_tracker(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("clip.bin"), 3000, 9);
+    let mut up = start_peer("uploader", t.addr, dir.path(), &["--approve", "yes"]);
+    up.join();
+    let want = std::fs::read(dir.path().join("clip.bin")).unwrap();
+    for _ in 0..5 {
+        let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
+        d.send(&original_download_request("clip.bin", up.port));
+        assert_eq!(d.recv_json()["fileSize"], 3000);
+        assert_eq!(d.recv_json()["status"], "downloadAccepted");
+        let mut data = vec![0u8; 3000];
+        d.stream.read_exact(&mut data).unwrap();
+        assert_eq!(data, want);
+    }
+}
+
+/// NAO reaches the original's downloader as one bare `downloadRejected`; a name the peer does
+/// not share as `fileNotFound`, which the original prints as "Arquivo não encontrado.".
+#[test]
+fn original_downloader_sees_rejection_and_file_not_found() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["a.txt"]);
+    let mut up = start_peer("uploader", t.addr, dir.path(), &[]);
+    up.join();
+    let at = SocketAddr::from(([127, 0, 0, 1], up.port));
+
+    let mut d = OriginalPeer::connect(at);
+    d.send(&original_download_request("a.txt", up.port));
+    assert_eq!(d.recv_json()["status"], "OK");
+    up.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    up.send("NAO");
+    assert_eq!(
+        d.recv_json(),
+        serde_json::json!({"status": "downloadRejected"})
+    );
+
+    let mut d = OriginalPeer::connect(at);
+    d.send(&original_download_request("missing.txt", up.port));
+    assert_eq!(d.recv_json(), serde_json::json!({"status": "fileNotFound"}));
+}
+
+/// What the seed's downloader really does: its `str.format` raises before anything is sent,
+/// so the uploader sees a connection that closes without a request. The uploader says nothing
+/// to its user and keeps serving.
+#[test]
+fn the_seeds_download_as_written_connects_sends_nothing_and_the_uploader_keeps_serving() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["a.txt"]);
+    let mut up = start_peer("uploader", t.addr, dir.path(), &["--approve", "yes"]);
+    up.join();
+    let at = SocketAddr::from(([127, 0, 0, 1], up.port));
+    drop(TcpStream::connect(at).unwrap());
+
+    let mut d = OriginalPeer::connect(at);
+    d.send(&original_download_request("a.txt", up.port));
+    assert_eq!(d.recv_json()["status"], "OK");
+    assert_eq!(d.recv_json()["status"], "downloadAccepted");
+    let mut data = Vec::new();
+    d.stream.read_to_end(&mut data).unwrap();
+    assert_eq!(data, b"a.txt");
+    assert!(
+        !up.proc.printed("Erro"),
+        "the empty connection is not an error for the user\n{}",
+        up.proc.transcript()
+    );
+}
+
+/// A name with a path in the original's request is refused (the original would have served
+/// it from outside its folder), and the uploader's user is never asked.
+#[test]
+fn original_downloader_asking_for_a_path_is_refused_without_asking_the_user() {
+    let t = start_tracker(&[]);
+    let dir = folder_with(&["a.txt"]);
+    let mut up = start_peer("uploader", t.addr, dir.path(), &[]);
+    up.join();
+    let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
+    d.send(&original_download_request("../a.txt", up.port));
+    let reply = d.recv_json();
+    assert_eq!(reply["status"], "ERROR", "{reply}");
+    assert!(!up.proc.printed("Gostaria"), "{}", up.proc.transcript());
+}
+
+/// The Python `json.dumps` imitation escapes as Python does.
+#[test]
+fn py_json_str_escapes_like_python() {
+    assert_eq!(py_json_str("/tmp/a b"), r#""/tmp/a b""#);
+    assert_eq!(py_json_str("v\u{ed}deo\"\\"), r#""v\u00eddeo\"\\""#);
+    assert_eq!(py_json_str("\u{1f600}"), r#""\ud83d\ude00""#);
+}
+
+trait LoopbackAddr {
+    fn addr_on_loopback(&self) -> SocketAddr;
+}
+
+impl LoopbackAddr for TrackerProc {
+    /// The tracker's port on 127.0.0.1 (it may listen on all addresses).
+    fn addr_on_loopback(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.addr.port()))
+    }
+}
+
+/// The original's keystrokes for a download work unchanged on `napster peer`: `DOWNLOAD`,
+/// then the name at the first prompt, then the bare port at the second.
+#[test]
+fn the_originals_download_keystrokes_work_on_a_napster_peer() {
+    let t = start_tracker(&[]);
+    let up_dir = folder_with(&["song.txt"]);
+    let mut up = start_peer("uploader", t.addr, up_dir.path(), &["--approve", "yes"]);
+    up.join();
+    let down_dir = tempfile::tempdir().unwrap();
+    let mut down = start_peer("downloader", t.addr, down_dir.path(), &[]);
+    down.join();
+    down.send("DOWNLOAD");
+    down.wait_for("Insira o nome do arquivo que deseja baixar:");
+    down.send("song.txt");
+    down.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
+    down.send(&up.port.to_string());
+    down.wait_for("Arquivo song.txt baixado com sucesso na pasta");
+    assert_eq!(
+        std::fs::read(down_dir.path().join("song.txt")).unwrap(),
+        b"song.txt"
+    );
+}
+
+/// Real Python reading as the original's downloader does (`tests/legacy/original_downloader.py`:
+/// one `recv(1024)` + `json.loads` per reply, one `recv(fileSize)` for the data), five times
+/// for a small file and ten for a 60,000-byte one, against an uploader that approves at once:
+/// every reply parses alone and the file arrives whole in the one recv. Without `python3` on
+/// the machine the test says so and checks nothing. Tried with each aid removed: with no
+/// reply gap it failed in round 1; streaming the 60,000 bytes instead of one write cut 3 of 20
+/// copies short by hand, so these ten rounds catch that about four times in five.
+#[test]
+fn python_reading_like_the_original_downloads_from_a_napster_peer() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    }
+    let t = start_tracker(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("clip.bin"), 3000, 11);
+    write_pattern(&dir.path().join("song.bin"), 60_000, 12);
+    let mut up = start_peer("uploader", t.addr, dir.path(), &["--approve", "yes"]);
+    up.join();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/original_downloader.py");
+    let out_dir = tempfile::tempdir().unwrap();
+    for (name, size, rounds) in [("clip.bin", 3000, 5), ("song.bin", 60_000, 10)] {
+        for round in 0..rounds {
+            let out = out_dir.path().join(format!("{name}-{round}"));
+            let run = std::process::Command::new("python3")
+                .arg(&script)
+                .arg(up.port.to_string())
+                .arg(name)
+                .arg(&out)
+                .output()
+                .unwrap();
+            let printed = String::from_utf8_lossy(&run.stdout);
+            assert_eq!(
+                printed.lines().collect::<Vec<_>>(),
+                vec![
+                    format!("reply OK {size}"),
+                    "reply downloadAccepted".to_string(),
+                    format!("data {size}")
+                ],
+                "{name} round {round}; stderr: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            assert!(same_file(&out, &dir.path().join(name)));
+        }
+    }
+}
