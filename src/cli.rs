@@ -48,8 +48,10 @@ pub struct ServerArgs {
     /// Seconds a started message may take to arrive whole.
     #[arg(long, default_value_t = 10)]
     pub message_timeout: u64,
-    /// Seconds a new connection has to JOIN.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds a new connection has to JOIN. Generous by default: the original's peers
+    /// connect at start and JOIN only when their user types it; silent connections are
+    /// bounded by --max-connections anyway.
+    #[arg(long, default_value_t = 300)]
     pub join_timeout: u64,
     /// Seconds after which a silent, vanished host is dropped.
     #[arg(long, default_value_t = 30)]

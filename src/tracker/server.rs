@@ -49,7 +49,7 @@ impl Default for TrackerConfig {
             max_name_len: share::MAX_NAME_BYTES,
             max_connections: 16_384,
             message_timeout: Duration::from_secs(10),
-            join_timeout: Duration::from_secs(30),
+            join_timeout: Duration::from_secs(300),
             liveness: liveness::DEFAULT_LIVENESS,
             thread_stack: 128 * 1024,
         }
