@@ -114,7 +114,7 @@ fn every_malformed_request_is_answered_with_an_error_and_others_are_served() {
             "upload port, not to the tracker",
         ),
         // Missing fields.
-        (b"{}\n", "wrong type"),
+        (b"{}\n", "lacks a required field"),
         (b"{\"data\":{}}\n", "wrong type"),
         (b"{\"method\":\"JOIN\"}\n", "needs a \"data\" object"),
         (
@@ -328,7 +328,11 @@ fn thousands_of_silent_connections_are_closed_by_the_join_timeout() {
             .unwrap();
         let mut rest = Vec::new();
         match stream.read_to_end(&mut rest) {
-            Ok(_) => {}
+            Ok(_) => assert!(
+                String::from_utf8_lossy(&rest).contains("no JOIN within 3 s"),
+                "a silent connection was closed without saying why: {:?}",
+                String::from_utf8_lossy(&rest)
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Err(e) => panic!("a silent connection was not closed within {WAIT:?}: {e}"),
         }

@@ -35,6 +35,8 @@ pub enum CodecError {
     },
     /// A frame was started but not finished within the time allowed (slow sender).
     Timeout,
+    /// Nothing arrived between frames within the idle limit.
+    Idle,
     /// The other side closed the connection half way through a frame.
     Truncated,
     /// The socket failed.
@@ -56,6 +58,7 @@ impl fmt::Display for CodecError {
                 write!(f, "the message is larger than the limit of {limit} bytes")
             }
             CodecError::Timeout => write!(f, "the message was not completed in time"),
+            CodecError::Idle => write!(f, "nothing was sent for too long"),
             CodecError::Truncated => write!(f, "the connection closed in the middle of a message"),
             CodecError::Io(e) => write!(f, "connection error: {e}"),
         }
@@ -162,7 +165,7 @@ impl<R: TimedRead> FrameReader<R> {
     }
 
     /// Limits how long the stream may stay silent between frames (`None`: for ever).
-    /// An expired limit is reported as [`CodecError::Timeout`].
+    /// An expired limit is reported as [`CodecError::Idle`].
     pub fn set_idle_timeout(&mut self, limit: Option<Duration>) {
         self.idle_timeout = limit;
     }
@@ -354,7 +357,11 @@ impl<R: TimedRead> FrameReader<R> {
                         || e.kind() == io::ErrorKind::TimedOut =>
                 {
                     self.buf.truncate(len);
-                    return Err(CodecError::Timeout);
+                    return Err(if mid_frame {
+                        CodecError::Timeout
+                    } else {
+                        CodecError::Idle
+                    });
                 }
                 Err(e) => {
                     self.buf.truncate(len);

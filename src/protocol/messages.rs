@@ -99,6 +99,9 @@ fn describe_json_error(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
     match e.classify() {
         Category::Syntax | Category::Eof => format!("the message is not valid JSON ({e})"),
+        Category::Data if e.to_string().starts_with("missing field") => {
+            format!("the message lacks a required field ({e})")
+        }
         Category::Data => format!("the message has a field of the wrong type ({e})"),
         Category::Io => format!("the message could not be read ({e})"),
     }

@@ -159,7 +159,14 @@ impl Tracker {
                     if matches!(e, CodecError::Io(_) | CodecError::Truncated) {
                         break;
                     }
-                    let _ = (&stream).write_all(&Reply::error(e.to_string()).to_line());
+                    let message = match e {
+                        CodecError::Idle => format!(
+                            "no JOIN within {} s; closing the connection",
+                            self.config.join_timeout.as_secs()
+                        ),
+                        other => other.to_string(),
+                    };
+                    let _ = (&stream).write_all(&Reply::error(message).to_line());
                     if fatal {
                         break;
                     }
