@@ -115,7 +115,7 @@ fn every_malformed_request_is_answered_with_an_error_and_others_are_served() {
         ),
         // Missing fields.
         (b"{}\n", "lacks a required field"),
-        (b"{\"data\":{}}\n", "wrong type"),
+        (b"{\"data\":{}}\n", "lacks a required field"),
         (b"{\"method\":\"JOIN\"}\n", "needs a \"data\" object"),
         (
             b"{\"method\":\"JOIN\",\"data\":null}\n",
