@@ -54,6 +54,9 @@ pub struct ServerArgs {
     /// Seconds after which a silent, vanished host is dropped.
     #[arg(long, default_value_t = 30)]
     pub liveness: u64,
+    /// Stack size of each connection thread, in KiB (small, so 10,000 peers fit; see README).
+    #[arg(long, default_value_t = 128)]
+    pub thread_stack_kib: usize,
 }
 
 impl ServerArgs {
@@ -67,7 +70,7 @@ impl ServerArgs {
             message_timeout: Duration::from_secs(self.message_timeout.max(1)),
             join_timeout: Duration::from_secs(self.join_timeout.max(1)),
             liveness: Duration::from_secs(self.liveness.max(1)),
-            ..TrackerConfig::default()
+            thread_stack: self.thread_stack_kib.max(32) * 1024,
         }
     }
 }

@@ -1,0 +1,81 @@
+//! The tracker's scale limits, against a live tracker: the connection limit refuses clearly
+//! and never hurts the peers already connected. (Throughput and memory are measured by
+//! `scripts/bench.sh tracker`, not here.)
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+
+use common::*;
+
+/// JOINs on a new connection; `None` if the tracker refused it (an ERROR, or a reset from a
+/// tracker that closed the refused connection before reading the JOIN).
+fn try_join(t: &TrackerProc, port: u16, files: &[&str]) -> Option<RawClient> {
+    let mut c = RawClient::connect(t.addr);
+    c.stream.write_all(&join_msg(port, files)).ok()?;
+    let mut line = String::new();
+    let mut reader = BufReader::new(c.stream.try_clone().ok()?);
+    match reader.read_line(&mut line) {
+        Ok(n) if n > 0 => {}
+        _ => return None,
+    }
+    let reply: serde_json::Value = serde_json::from_str(line.trim_end()).ok()?;
+    match reply["status"].as_str() {
+        Some("JOIN_OK") => Some(c),
+        Some("ERROR") => None,
+        other => panic!("unexpected reply status {other:?}"),
+    }
+}
+
+/// With `--max-connections 2`, a third connection gets an ERROR saying the tracker is full and
+/// is closed; the two peers already connected keep JOINing, SEARCHing and UPDATEing; and once
+/// one of them leaves, a new connection is served again.
+#[test]
+fn connection_over_the_limit_is_refused_clearly_and_others_keep_working() {
+    let t = start_tracker(&["--max-connections", "2"]);
+    let mut a = RawClient::connect(t.addr);
+    assert_eq!(a.ask(&join_msg(5001, &["a.txt"]))["status"], "JOIN_OK");
+    let mut b = RawClient::connect(t.addr);
+    assert_eq!(b.ask(&join_msg(5002, &["b.txt"]))["status"], "JOIN_OK");
+
+    let mut refused = RawClient::connect(t.addr);
+    let reply = refused.json();
+    assert_eq!(reply["status"], "ERROR");
+    let message = reply["message"].as_str().expect("the error has a message");
+    assert!(
+        message.contains("full") && message.contains('2'),
+        "the message names the limit: {message:?}"
+    );
+    assert!(
+        refused.closed_within(WAIT),
+        "the refused connection is closed"
+    );
+
+    // The connected peers are untouched.
+    assert_eq!(
+        peers_of(&a.ask(&search_msg("b.txt"))),
+        vec!["127.0.0.1:5002"]
+    );
+    assert_eq!(b.ask(&update_msg(&["c.txt"]))["status"], "UPDATE_OK");
+    assert_eq!(
+        peers_of(&a.ask(&search_msg("c.txt"))),
+        vec!["127.0.0.1:5002"]
+    );
+
+    // A slot frees when a peer leaves. The slot is released just after the leave line is
+    // printed, so a connection made in between may still be refused: retry a bounded number
+    // of times (each attempt is answered at once; nothing sleeps).
+    drop(b);
+    t.proc.wait_for("Peer 127.0.0.1:5002 saiu");
+    let served = (0..1000).find_map(|_| try_join(&t, 5003, &["d.txt"]));
+    let mut c = served.expect("a new connection is served once a slot is free");
+    assert_eq!(
+        peers_of(&c.ask(&search_msg("d.txt"))),
+        vec!["127.0.0.1:5003"]
+    );
+    assert_eq!(
+        peers_of(&a.ask(&search_msg("a.txt"))),
+        vec!["127.0.0.1:5001"]
+    );
+    assert!(!t.proc.printed("panicked"), "{}", t.proc.transcript());
+}
