@@ -9,8 +9,11 @@
 //! [`transfer`] moves file bytes over a socket and [`share`] knows the shared folder; neither
 //! knows what the messages mean. The wire is described in `PROTOCOL.md`.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod console_out;
+pub mod dial;
 pub mod liveness;
 pub mod peer;
 pub mod protocol;

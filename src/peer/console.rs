@@ -204,7 +204,7 @@ impl Console {
             }
             match asking {
                 Asking::SearchName => self.search(text),
-                Asking::DownloadName => self.download(Some(text), None),
+                Asking::DownloadName => self.ask(Asking::DownloadPeer(text)),
                 Asking::DownloadPeer(name) => match PeerSpec::parse(&text) {
                     Some(peer) => self.download(Some(name), Some(peer)),
                     None => self.say(&format!(

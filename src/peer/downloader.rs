@@ -14,7 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::peer::PeerContext;
-use crate::peer::output::Progress;
+use crate::peer::output::{Progress, printable};
 use crate::protocol::messages::{DownloadRequest, Reply, download_line, parse_reply, status};
 use crate::protocol::{CodecError, FrameReader};
 use crate::share::NameError;
@@ -73,9 +73,13 @@ impl fmt::Display for DownloadError {
             DownloadError::Connect(addr, e) => write!(f, "não foi possível conectar a {addr}: {e}"),
             DownloadError::NotFound => write!(f, "Arquivo não encontrado."),
             DownloadError::Rejected(None) => write!(f, "Download Rejeitado"),
-            DownloadError::Rejected(Some(why)) => write!(f, "Download Rejeitado: {why}"),
-            DownloadError::Refused(why) => write!(f, "o peer recusou o pedido: {why}"),
-            DownloadError::Protocol(why) => write!(f, "resposta inválida do peer: {why}"),
+            DownloadError::Rejected(Some(why)) => {
+                write!(f, "Download Rejeitado: {}", printable(why))
+            }
+            DownloadError::Refused(why) => write!(f, "o peer recusou o pedido: {}", printable(why)),
+            DownloadError::Protocol(why) => {
+                write!(f, "resposta inválida do peer: {}", printable(why))
+            }
             DownloadError::Receive(e) => {
                 write!(f, "{e}; a parte recebida foi guardada para retomar depois")
             }
@@ -139,7 +143,7 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         .transfers
         .start_download(name)
         .ok_or(DownloadError::AlreadyRunning)?;
-    let stream = TcpStream::connect_timeout(&peer, CONNECT_TIMEOUT)
+    let stream = crate::dial::connect_from(ctx.bind_ip, &peer, CONNECT_TIMEOUT)
         .map_err(|e| DownloadError::Connect(peer, e))?;
     ctx.transfers.attach(&guard, &stream);
     let _ = stream.set_nodelay(true);

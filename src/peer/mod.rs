@@ -97,6 +97,8 @@ pub struct PeerContext {
     pub port: u16,
     /// The host to call itself, if given.
     pub advertise: Option<String>,
+    /// The specific address uploads are served on, if any: outgoing connections leave from it.
+    pub bind_ip: Option<std::net::IpAddr>,
     /// The shared folder.
     pub shared: SharedDir,
     /// Partial downloads.
@@ -139,8 +141,10 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
     let state = Arc::new(ConsoleState::default());
     let reader =
         line_reader::start(&config, Arc::clone(&state), input_tx).map_err(PeerError::Thread)?;
+    let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
     let ctx = Arc::new(PeerContext {
         port,
+        bind_ip,
         advertise: config.advertise.clone(),
         partials: PartialStore::new(shared.path()),
         shared,
@@ -149,6 +153,7 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
             config.server.clone(),
             link_tx,
             crate::liveness::DEFAULT_LIVENESS,
+            bind_ip,
         )),
         out: reader.output,
         transfers: Transfers::new(),

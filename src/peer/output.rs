@@ -25,6 +25,20 @@ impl Output for PlainOutput {
     }
 }
 
+/// Text that came from another host, made safe to print: control characters (which could
+/// move the cursor or recolour the terminal) are shown as `\u{..}` escapes.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Shared handle to the console output.
 pub type SharedOutput = Arc<dyn Output>;
 

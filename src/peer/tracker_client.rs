@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use parking_lot::Mutex;
 
 use crate::liveness;
+use crate::peer::output::printable;
 use crate::protocol::messages::{self, Reply, parse_reply, status};
 use crate::protocol::{CodecError, FrameReader};
 
@@ -51,8 +52,10 @@ impl fmt::Display for LinkError {
             LinkError::Connect(addr, e) => write!(f, "não foi possível conectar a {addr}: {e}"),
             LinkError::Lost(why) => write!(f, "conexão com o servidor perdida: {why}"),
             LinkError::Timeout => write!(f, "o servidor não respondeu a tempo"),
-            LinkError::Refused(why) => write!(f, "o servidor recusou: {why}"),
-            LinkError::Unexpected(what) => write!(f, "resposta inesperada do servidor: {what}"),
+            LinkError::Refused(why) => write!(f, "o servidor recusou: {}", printable(why)),
+            LinkError::Unexpected(what) => {
+                write!(f, "resposta inesperada do servidor: {}", printable(what))
+            }
         }
     }
 }
@@ -88,12 +91,23 @@ pub struct TrackerLink {
     reconnecting: AtomicBool,
     events: Sender<LinkEvent>,
     liveness: Duration,
+    local_ip: Option<IpAddr>,
 }
 
 impl TrackerLink {
     /// A link to `server` (`HOST:PORT`), not yet connected. Events go to `events`.
-    pub fn new(server: String, events: Sender<LinkEvent>, liveness: Duration) -> TrackerLink {
+    ///
+    /// `local_ip`: the address the peer's upload port listens on, when it is a specific one.
+    /// The tracker lists a peer under the IP it sees on this connection, so on a host with
+    /// several addresses the connection must leave from the address uploads are served on.
+    pub fn new(
+        server: String,
+        events: Sender<LinkEvent>,
+        liveness: Duration,
+        local_ip: Option<IpAddr>,
+    ) -> TrackerLink {
         TrackerLink {
+            local_ip,
             server,
             conn: Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -233,13 +247,15 @@ impl TrackerLink {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         let stream = addrs
             .iter()
-            .find_map(|a| match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    last = e;
-                    None
-                }
-            })
+            .find_map(
+                |a| match crate::dial::connect_from(self.local_ip, a, CONNECT_TIMEOUT) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        last = e;
+                        None
+                    }
+                },
+            )
             .ok_or_else(|| LinkError::Connect(self.server.clone(), last))?;
         let _ = stream.set_nodelay(true);
         if let Err(e) = liveness::set_liveness(&stream, self.liveness) {

@@ -391,3 +391,99 @@ impl<R: TimedRead> FrameReader<R> {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads every frame (or error) from `bytes`, delivered in pieces of `piece` bytes.
+    fn frames(bytes: &[u8], piece: usize, max: usize) -> Vec<Result<String, String>> {
+        struct Pieces<'a>(&'a [u8], usize);
+        impl Read for Pieces<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.len().min(self.1).min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        impl TimedRead for Pieces<'_> {
+            fn set_read_limit(&mut self, _: Option<Duration>) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut reader = FrameReader::new(Pieces(bytes, piece), max);
+        let mut out = Vec::new();
+        loop {
+            match reader.next_frame() {
+                Ok(Some(f)) => out.push(Ok(String::from_utf8_lossy(f).into_owned())),
+                Ok(None) => break,
+                Err(e) => {
+                    let fatal = !e.is_recoverable();
+                    out.push(Err(e.to_string()));
+                    if fatal {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn any_split_gives_the_same_frames() {
+        let input = br#"{"a":"}{"}{"b":[1,{"c":"\"}"}]}
+  {"d":"\\"}"#;
+        let expected = vec![
+            Ok(r#"{"a":"}{"}"#.to_string()),
+            Ok(r#"{"b":[1,{"c":"\"}"}]}"#.to_string()),
+            Ok(r#"{"d":"\\"}"#.to_string()),
+        ];
+        for piece in 1..input.len() {
+            assert_eq!(frames(input, piece, 1024), expected, "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn junk_lines_and_broken_objects_are_skipped_in_sync() {
+        let out = frames(b"hello\n{\"a\":\n{\"ok\":1}\n", 3, 1024);
+        assert!(out[0].as_ref().unwrap_err().contains("not a JSON object"));
+        assert!(out[1].as_ref().unwrap_err().contains("line ended"));
+        assert_eq!(out[2], Ok("{\"ok\":1}".to_string()));
+    }
+
+    #[test]
+    fn oversized_frames_are_fatal() {
+        let mut big = b"{\"q\":\"".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 100));
+        big.extend_from_slice(b"\"}\n{\"never\":1}\n");
+        let out = frames(&big, 7, 50);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].as_ref().unwrap_err().contains("limit of 50 bytes"));
+    }
+
+    #[test]
+    fn a_frame_cut_by_the_end_of_stream_is_truncated() {
+        let out = frames(b"{\"a\":1}{\"b\"", 4, 1024);
+        assert_eq!(out[0], Ok("{\"a\":1}".to_string()));
+        assert!(
+            out[1]
+                .as_ref()
+                .unwrap_err()
+                .contains("closed in the middle")
+        );
+    }
+
+    #[test]
+    fn payload_after_a_frame_skips_exactly_one_newline() {
+        let data: &[u8] = b"{\"status\":\"downloadAccepted\"}\n\nraw";
+        let mut reader = FrameReader::new(data, 1024);
+        assert!(reader.next_frame().unwrap().is_some());
+        assert_eq!(reader.take_payload().unwrap(), b"\nraw");
+        // The original sends no newline: the payload starts right after the object.
+        let data: &[u8] = b"{\"status\":\"downloadAccepted\"}raw";
+        let mut reader = FrameReader::new(data, 1024);
+        assert!(reader.next_frame().unwrap().is_some());
+        assert_eq!(reader.take_payload().unwrap(), b"raw");
+    }
+}

@@ -230,16 +230,22 @@ impl PeerProc {
 
 /// Starts a peer named `name` sharing `dir`, talking to `tracker`, plus `extra` options.
 pub fn start_peer(name: &str, tracker: SocketAddr, dir: &Path, extra: &[&str]) -> PeerProc {
+    start_peer_on(name, "127.0.0.1", tracker, dir, extra)
+}
+
+/// [`start_peer`] with the upload port on the address `ip` (any port).
+pub fn start_peer_on(
+    name: &str,
+    ip: &str,
+    tracker: SocketAddr,
+    dir: &Path,
+    extra: &[&str],
+) -> PeerProc {
+    let listen = format!("{ip}:0");
     let server = tracker.to_string();
     let dir_text = dir.to_str().expect("test folders have UTF-8 paths");
     let mut args = vec![
-        "peer",
-        "--server",
-        &server,
-        "--listen",
-        "127.0.0.1:0",
-        "--dir",
-        dir_text,
+        "peer", "--server", &server, "--listen", &listen, "--dir", dir_text,
     ];
     args.extend_from_slice(extra);
     let proc = Proc::spawn(name, &args, None);

@@ -1,0 +1,326 @@
+//! The whole system, end to end: a real tracker and real peers, driven through their stdin
+//! as a script would, over real sockets on port 0.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+/// Three peers: JOIN, SEARCH, DOWNLOAD with SIM (a file larger than the transfer buffer,
+/// byte-exact), UPDATE after the download, a NAO rejection, and a second download.
+#[test]
+fn three_peers_join_search_download_update_and_reject() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db, dc) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    for d in [&da, &db, &dc] {
+        fs::create_dir(d).unwrap();
+    }
+    fs::write(da.join("notes.txt"), "olá\n").unwrap();
+    write_pattern(&da.join("video.bin"), 3 * 1024 * 1024 + 17, 1);
+
+    let t = start_tracker(&[]);
+    let mut alice = start_peer("alice", t.addr, &da, &[]);
+    let mut bob = start_peer("bob", t.addr, &db, &[]);
+    let mut carol = start_peer("carol", t.addr, &dc, &[]);
+    assert!(alice.join().ends_with(&format!(
+        ":{} com arquivos: notes.txt,video.bin",
+        alice.port
+    )));
+    bob.join();
+    carol.join();
+    t.proc.wait_for(&format!(
+        "Peer {} adicionado com os arquivos ['notes.txt', 'video.bin']",
+        alice.addr()
+    ));
+
+    bob.send("SEARCH video.bin");
+    bob.wait_for(&format!(
+        "Peers com arquivo solicitado: ['{}']",
+        alice.addr()
+    ));
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.port));
+    alice.wait_for(&format!(
+        "Peer 127.0.0.1:{} solicitou o arquivo video.bin ({} bytes)",
+        bob.port,
+        3 * 1024 * 1024 + 17
+    ));
+    alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    alice.send("SIM");
+    bob.wait_for(&format!(
+        "Arquivo video.bin baixado com sucesso na pasta {}",
+        db.display()
+    ));
+    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+    t.proc.wait_for(&format!(
+        "Peer {} atualizou os arquivos ['video.bin']",
+        bob.addr()
+    ));
+
+    carol.send("SEARCH video.bin");
+    carol.wait_for(&format!(
+        "Peers com arquivo solicitado: ['{}', '{}']",
+        alice.addr(),
+        bob.addr()
+    ));
+    carol.send(&format!("DOWNLOAD video.bin {}", bob.port));
+    bob.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    bob.send("nao");
+    carol.wait_for("Download Rejeitado");
+    assert!(!dc.join("video.bin").exists());
+
+    carol.send(&format!("DOWNLOAD video.bin 127.0.0.1:{}", alice.port));
+    alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    alice.send("sim");
+    carol.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(same_file(&da.join("video.bin"), &dc.join("video.bin")));
+    // Nothing is left in the temporary folder after a verified download.
+    assert_eq!(
+        fs::read_dir(dc.join(".napster/partial")).unwrap().count(),
+        0
+    );
+}
+
+/// A command typed without its arguments asks for them with the original's prompts.
+#[test]
+fn commands_without_arguments_ask_with_the_original_prompts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir(&da).unwrap();
+    fs::create_dir(&db).unwrap();
+    fs::write(da.join("f.txt"), "x").unwrap();
+    let t = start_tracker(&[]);
+    let mut a = start_peer("a", t.addr, &da, &["--approve", "yes"]);
+    let mut b = start_peer("b", t.addr, &db, &[]);
+    b.wait_for("Digite 'JOIN' para iniciar.");
+    b.send("SEARCH f.txt");
+    b.wait_for("Digite 'JOIN' para iniciar.");
+    a.join();
+    b.join();
+    b.send("search");
+    b.wait_for("Insira o arquivo que deseja buscar:");
+    b.send("f.txt");
+    b.wait_for(&format!("Peers com arquivo solicitado: ['{}']", a.addr()));
+    b.send("download");
+    b.wait_for("Insira o nome do arquivo que deseja baixar:");
+    b.send("f.txt");
+    b.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
+    b.send(&a.port.to_string());
+    b.wait_for("Arquivo f.txt baixado com sucesso");
+    assert_eq!(fs::read(db.join("f.txt")).unwrap(), b"x");
+}
+
+/// A name the uploader does not share gives the original's "Arquivo não encontrado.".
+#[test]
+fn a_missing_file_is_reported_as_not_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir(&da).unwrap();
+    fs::create_dir(&db).unwrap();
+    let t = start_tracker(&[]);
+    let a = start_peer("a", t.addr, &da, &["--join"]);
+    let mut b = start_peer("b", t.addr, &db, &["--join"]);
+    a.wait_for("Sou o Peer");
+    b.wait_for("Sou o Peer");
+    b.send(&format!("DOWNLOAD ghost.txt {}", a.port));
+    b.wait_for("Arquivo não encontrado.");
+    assert!(!db.join("ghost.txt").exists());
+}
+
+/// A peer that QUITs is gone from SEARCH at once; the other peers keep working.
+#[test]
+fn a_peer_that_leaves_disappears_from_search() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir(&da).unwrap();
+    fs::create_dir(&db).unwrap();
+    fs::write(da.join("f"), "1").unwrap();
+    let t = start_tracker(&[]);
+    let mut a = start_peer("a", t.addr, &da, &["--join"]);
+    let mut b = start_peer("b", t.addr, &db, &["--join"]);
+    a.wait_for("Sou o Peer");
+    b.wait_for("Sou o Peer");
+    b.send("SEARCH f");
+    b.wait_for(&format!("['{}']", a.addr()));
+    a.send("QUIT");
+    a.wait_for("Peer encerrado.");
+    t.proc.wait_for(&format!("Peer {} saiu", a.addr()));
+    b.send("SEARCH f");
+    b.wait_for("Peers com arquivo solicitado: []");
+}
+
+/// A download never replaces a file already in the folder.
+#[test]
+fn an_existing_file_is_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir(&da).unwrap();
+    fs::create_dir(&db).unwrap();
+    fs::write(da.join("f"), "theirs").unwrap();
+    fs::write(db.join("f"), "mine").unwrap();
+    let t = start_tracker(&[]);
+    let a = start_peer("a", t.addr, &da, &["--join", "--approve", "yes"]);
+    let mut b = start_peer("b", t.addr, &db, &["--join"]);
+    a.wait_for("Sou o Peer");
+    b.wait_for("Sou o Peer");
+    b.send(&format!("DOWNLOAD f {}", a.port));
+    b.wait_for("não será sobrescrito");
+    assert_eq!(fs::read(db.join("f")).unwrap(), b"mine");
+}
+
+/// The uploader refuses names with separators or `..` with an ERROR, and only serves plain
+/// files directly in its folder (not links, not sub-folders); it keeps serving afterwards.
+#[test]
+fn the_uploader_refuses_unsafe_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let da = tmp.path().join("a");
+    fs::create_dir(&da).unwrap();
+    fs::create_dir(da.join("sub")).unwrap();
+    fs::write(tmp.path().join("secret"), "s").unwrap();
+    fs::write(da.join("ok"), "fine").unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("secret"), da.join("link")).unwrap();
+    let t = start_tracker(&[]);
+    let a = start_peer("a", t.addr, &da, &["--approve", "yes"]);
+    let upload: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
+    for name in ["../secret", "sub/x", "..", "a\\b"] {
+        let mut c = RawClient::connect(upload);
+        let msg =
+            serde_json::json!({"method":"DOWNLOAD_REQUEST","data":{"filename":name,"port":a.port}});
+        let reply = c.ask(format!("{msg}\n").as_bytes());
+        assert_eq!(reply["status"], "ERROR", "{name}: {reply}");
+    }
+    for name in ["link", "sub", "missing"] {
+        let mut c = RawClient::connect(upload);
+        let msg =
+            serde_json::json!({"method":"DOWNLOAD_REQUEST","data":{"filename":name,"port":a.port}});
+        assert_eq!(
+            c.ask(format!("{msg}\n").as_bytes())["status"],
+            "fileNotFound",
+            "{name}"
+        );
+    }
+    let mut c = RawClient::connect(upload);
+    let msg =
+        serde_json::json!({"method":"DOWNLOAD_REQUEST","data":{"filename":"ok","port":a.port}});
+    let reply = c.ask(format!("{msg}\n").as_bytes());
+    assert_eq!(reply["status"], "OK");
+    assert_eq!(reply["fileSize"], 4);
+    assert_eq!(reply["digest"], blake3::hash(b"fine").to_hex().as_str());
+    assert_eq!(c.json()["status"], "downloadAccepted");
+    assert_eq!(c.bytes(4), b"fine");
+}
+
+/// The downloader refuses unsafe names before connecting anywhere.
+#[test]
+fn the_downloader_refuses_unsafe_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("b");
+    fs::create_dir(&db).unwrap();
+    let t = start_tracker(&[]);
+    let mut b = start_peer("b", t.addr, &db, &["--join"]);
+    b.wait_for("Sou o Peer");
+    b.send("DOWNLOAD ../evil 9");
+    b.wait_for("nome inválido");
+    assert!(!tmp.path().join("evil").exists());
+}
+
+/// Upload request protocol by hand: OK with size and digest, then downloadRejected on NAO.
+#[test]
+fn a_rejected_request_gets_download_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let da = tmp.path().join("a");
+    fs::create_dir(&da).unwrap();
+    fs::write(da.join("x"), "data").unwrap();
+    let t = start_tracker(&[]);
+    let mut a = start_peer("a", t.addr, &da, &[]);
+    let upload: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
+    let mut c = RawClient::connect(upload);
+    // No newline: the original sends its request bare.
+    let reply = c.ask(
+        format!(
+            "{{\"method\": \"DOWNLOAD_REQUEST\", \"data\": {{\"filename\": \"x\", \"port\": {}}}}}",
+            a.port
+        )
+        .as_bytes(),
+    );
+    assert_eq!(reply["status"], "OK");
+    a.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    a.send("NAO");
+    assert_eq!(c.json(), serde_json::json!({"status":"downloadRejected"}));
+}
+
+/// Nothing assumes one host: the tracker and two peers on three different addresses
+/// (127.0.0.1, .2, .3). The tracker lists each peer under the address it really serves
+/// uploads on, and a download between them works.
+#[test]
+fn peers_on_different_addresses_find_and_download_from_each_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir(&da).unwrap();
+    fs::create_dir(&db).unwrap();
+    write_pattern(&da.join("f.bin"), 100_000, 3);
+    let t = start_tracker(&[]);
+    let mut a = common::start_peer_on("a", "127.0.0.2", t.addr, &da, &["--approve", "yes"]);
+    let mut b = common::start_peer_on("b", "127.0.0.3", t.addr, &db, &[]);
+    assert!(
+        a.join()
+            .contains(&format!("Sou o Peer 127.0.0.2:{}", a.port))
+    );
+    assert!(
+        b.join()
+            .contains(&format!("Sou o Peer 127.0.0.3:{}", b.port))
+    );
+    b.send("SEARCH f.bin");
+    b.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.2:{}']",
+        a.port
+    ));
+    // A bare port takes its host from the last search.
+    b.send(&format!("DOWNLOAD f.bin {}", a.port));
+    a.wait_for(&format!(
+        "Peer 127.0.0.3:{} solicitou o arquivo f.bin",
+        b.port
+    ));
+    b.wait_for("Arquivo f.bin baixado com sucesso");
+    assert!(same_file(&da.join("f.bin"), &db.join("f.bin")));
+    t.proc.wait_for(&format!(
+        "Peer 127.0.0.3:{} atualizou os arquivos ['f.bin']",
+        b.port
+    ));
+}
+
+/// With stdin at its end (a script that finished), the peer keeps serving uploads; SIGTERM
+/// then shuts it down cleanly and the tracker forgets it.
+#[test]
+fn at_end_of_input_the_peer_keeps_serving_until_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir(&da).unwrap();
+    fs::create_dir(&db).unwrap();
+    fs::write(da.join("f"), "still here").unwrap();
+    let t = start_tracker(&[]);
+    let mut a = start_peer("a", t.addr, &da, &["--join", "--approve", "yes"]);
+    a.wait_for("Sou o Peer");
+    a.proc.close_stdin();
+    let mut b = start_peer("b", t.addr, &db, &["--join"]);
+    b.wait_for("Sou o Peer");
+    b.send(&format!("DOWNLOAD f {}", a.port));
+    b.wait_for("Arquivo f baixado com sucesso");
+    assert_eq!(fs::read(db.join("f")).unwrap(), b"still here");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &a.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    a.wait_for("Peer encerrado.");
+    t.proc.wait_for(&format!("Peer {} saiu", a.addr()));
+    assert!(
+        a.proc
+            .wait_exit(std::time::Duration::from_secs(10))
+            .success()
+    );
+}
