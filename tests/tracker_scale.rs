@@ -79,3 +79,108 @@ fn connection_over_the_limit_is_refused_clearly_and_others_keep_working() {
     );
     assert!(!t.proc.printed("panicked"), "{}", t.proc.transcript());
 }
+
+/// A tracker started through `sh` with its open-file limit set to `nofile`; killed on drop.
+struct LimitedTracker {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl LimitedTracker {
+    fn start(nofile: u32) -> LimitedTracker {
+        use std::process::{Command, Stdio};
+        let script = format!("ulimit -n {nofile} && exec \"$0\" server --listen 127.0.0.1:0");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(napster_bin())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("sh starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the tracker prints its address");
+        let addr = line
+            .trim_end()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("tracker address in {line:?}"));
+        LimitedTracker { child, addr }
+    }
+
+    /// Everything the tracker wrote on stderr, after stopping it.
+    fn stop_and_stderr(mut self) -> String {
+        use std::io::Read;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut text = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for LimitedTracker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With only 80 open files allowed, the tracker lowers its connection limit to fit (80 minus
+/// 64 spare = 16) and says so on stderr; the 17th connection is told the tracker is full
+/// instead of stalling on "too many open files", and the 16 connected peers keep working.
+#[test]
+fn connection_limit_is_lowered_to_fit_the_open_file_limit() {
+    let t = LimitedTracker::start(80);
+    let mut peers: Vec<RawClient> = (0..16)
+        .map(|i| {
+            let mut c = RawClient::connect(t.addr);
+            assert_eq!(c.ask(&join_msg(6000 + i, &["f"]))["status"], "JOIN_OK");
+            c
+        })
+        .collect();
+    let mut refused = RawClient::connect(t.addr);
+    let reply = refused.json();
+    assert_eq!(reply["status"], "ERROR", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("full (16 connections)")),
+        "{reply}"
+    );
+    assert_eq!(peers_of(&peers[0].ask(&search_msg("f"))).len(), 16);
+    assert_eq!(peers[15].ask(&update_msg(&["g"]))["status"], "UPDATE_OK");
+    drop(peers);
+    let stderr = t.stop_and_stderr();
+    assert!(
+        stderr.contains("--max-connections 16384 lowered to 16: the open-file limit is 80"),
+        "stderr: {stderr}"
+    );
+}
+
+/// When the thread for a new connection cannot start (here: a stack larger than the address
+/// space), the client is told why with an ERROR instead of being dropped silently, and the
+/// tracker keeps accepting.
+#[test]
+fn a_connection_whose_thread_cannot_start_is_told_why() {
+    let t = start_tracker(&["--thread-stack-kib", "1099511627776"]);
+    for _ in 0..2 {
+        let mut c = RawClient::connect(t.addr);
+        let reply = c.json();
+        assert_eq!(reply["status"], "ERROR", "{reply}");
+        assert!(
+            reply["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot serve another connection now")),
+            "{reply}"
+        );
+        assert!(c.closed_within(WAIT), "the connection is closed");
+    }
+}

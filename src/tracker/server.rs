@@ -116,15 +116,28 @@ impl Tracker {
         }
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let tracker = Arc::clone(self);
+        // The stream is handed over through a cell so that, if the thread cannot start (out of
+        // memory or of tasks), it is still here to be told why.
+        let handed = Arc::new(parking_lot::Mutex::new(Some(stream)));
+        let theirs = Arc::clone(&handed);
         let spawned = thread::Builder::new()
             .name(format!("conn-{conn}"))
             .stack_size(self.config.thread_stack)
             .spawn(move || {
                 let _guard = guard;
-                tracker.serve(stream, conn);
+                let stream = theirs.lock().take();
+                if let Some(stream) = stream {
+                    tracker.serve(stream, conn);
+                }
             });
         if let Err(e) = spawned {
             log::error!("cannot start a connection thread: {e}");
+            if let Some(stream) = handed.lock().take() {
+                let reply = Reply::error(format!(
+                    "the tracker cannot serve another connection now ({e}); try again later"
+                ));
+                let _ = (&stream).write_all(&reply.to_line());
+            }
         }
     }
 
@@ -329,6 +342,26 @@ struct ConnectionSlot(Arc<Tracker>);
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Descriptors kept for the listener, stdio, logs and the odd file, beside one per connection.
+pub const SPARE_DESCRIPTORS: usize = 64;
+
+impl TrackerConfig {
+    /// Lowers `max_connections` to what `open_file_limit` descriptors can serve (one per
+    /// connection plus [`SPARE_DESCRIPTORS`]), so that a full tracker answers "full" instead of
+    /// stalling in `accept` on "too many open files". Returns the asked value if it was lowered.
+    pub fn fit_open_file_limit(&mut self, open_file_limit: u64) -> Option<usize> {
+        let room = usize::try_from(open_file_limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(SPARE_DESCRIPTORS)
+            .max(1);
+        let asked = self.max_connections;
+        (asked > room).then(|| {
+            self.max_connections = room;
+            asked
+        })
     }
 }
 
