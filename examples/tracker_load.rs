@@ -257,9 +257,9 @@ fn search_loop(
     Ok((lat, errors, first_error))
 }
 
-/// `(VmRSS in KiB, Threads)` of process `pid`.
-fn proc_status(pid: Option<u32>) -> (u64, u64) {
-    let Some(pid) = pid else { return (0, 0) };
+/// `(VmRSS in KiB, Threads, VmSize in KiB)` of process `pid`.
+fn proc_status(pid: Option<u32>) -> (u64, u64, u64) {
+    let Some(pid) = pid else { return (0, 0, 0) };
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |key: &str| {
         text.lines()
@@ -268,7 +268,7 @@ fn proc_status(pid: Option<u32>) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("Threads:"))
+    (field("VmRSS:"), field("Threads:"), field("VmSize:"))
 }
 
 fn report(label: &str, run: &Run) {
@@ -334,10 +334,11 @@ fn run() -> Result<(), String> {
         held.len(),
         t.elapsed().as_secs_f64()
     );
-    let (rss, threads) = proc_status(args.pid);
+    let (rss, threads, virt) = proc_status(args.pid);
     println!(
-        "tracker after JOINs: RSS {} MiB, {threads} threads",
-        rss / 1024
+        "tracker after JOINs: RSS {} MiB, {threads} threads, virtual {} MiB",
+        rss / 1024,
+        virt / 1024
     );
     println!("RESULT rss_joined_kib {rss}");
     println!("RESULT threads_joined {threads}");
@@ -347,13 +348,15 @@ fn run() -> Result<(), String> {
     let all_big = measure(&clients, &args, args.peers, Duration::from_secs(args.secs))
         .map_err(e("search"))?;
     report("clients_big", &all_big);
-    let (rss, threads) = proc_status(args.pid);
+    let (rss, threads, virt) = proc_status(args.pid);
     println!(
-        "tracker after SEARCHes: RSS {} MiB, {threads} threads",
-        rss / 1024
+        "tracker after SEARCHes: RSS {} MiB, {threads} threads, virtual {} MiB",
+        rss / 1024,
+        virt / 1024
     );
     println!("RESULT rss_kib {rss}");
     println!("RESULT threads {threads}");
+    println!("RESULT virtual_kib {virt}");
     drop(held);
     Ok(())
 }

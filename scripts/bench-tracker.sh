@@ -53,9 +53,10 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 run_one baseline "$@" -- "$bin/examples/naive_tracker" 127.0.0.1:0
 run_one ours "$@" -- "$bin/napster" server --listen 127.0.0.1:0
 
+stacks=()
 for kib in ${STACKS:-}; do
   run_one "stack$kib" "$@" -- "$bin/napster" server --listen 127.0.0.1:0 --thread-stack-kib "$kib"
-  echo "stack $kib KiB: RSS $(( $(get "stack$kib" rss_kib) / 1024 )) MiB, $(get "stack$kib" clients_big_per_sec) SEARCH/s"
+  stacks+=("stack $kib KiB: RSS $(( $(get "stack$kib" rss_kib) / 1024 )) MiB, virtual $(( $(get "stack$kib" virtual_kib) / 1024 )) MiB, $(get "stack$kib" clients_big_per_sec) SEARCH/s")
 done
 
 echo
@@ -68,6 +69,7 @@ row "p99 latency (µs)" clients_big_p99_us
 row "RSS after SEARCHes (KiB)" rss_kib
 row "RSS after JOINs (KiB)" rss_joined_kib
 row "threads" threads
+row "virtual memory (KiB)" virtual_kib
 row "wrong replies" clients_big_errors
 echo
 echo "latency, big/small peer count (target <= 1.5):"
@@ -75,5 +77,6 @@ for who in ours baseline; do
   echo "  $who: one client p50 $(get $who one_client_big_p50_us) / $(get $who one_client_small_p50_us) µs = $(ratio "$(get $who one_client_big_p50_us)" "$(get $who one_client_small_p50_us)");" \
     "32 clients p50 $(get $who clients_big_p50_us) / $(get $who clients_small_p50_us) µs = $(ratio "$(get $who clients_big_p50_us)" "$(get $who clients_small_p50_us)")"
 done
+for line in "${stacks[@]}"; do echo "$line"; done
 echo "targets: >= 60000 SEARCH/s, p99 < 2000 µs, RSS <= 524288 KiB (512 MiB)"
 echo "load after: $(uptime)"
