@@ -189,14 +189,14 @@ fn measure(clients: &[TcpStream], args: &Args, peers: usize, dur: Duration) -> i
     Ok(run)
 }
 
-/// One client alone, in 6 windows of 0.5 s; returns the window with the lowest median.
+/// One client alone, in 10 windows of 0.3 s; returns the window with the lowest median.
 ///
 /// A lone client's latency is mostly wake-up time, so it swings with whatever else runs on
 /// the machine; the quietest window is the fairest figure of what a SEARCH costs.
 fn quietest(client: &TcpStream, args: &Args, peers: usize) -> io::Result<Run> {
     let mut best: Option<Run> = None;
     let mut medians = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..10 {
         let run = measure(
             std::slice::from_ref(client),
             args,
@@ -212,7 +212,7 @@ fn quietest(client: &TcpStream, args: &Args, peers: usize) -> io::Result<Run> {
         }
     }
     println!(
-        "one client, {peers} peers: p50 per 0.5 s window (µs): {}",
+        "one client, {peers} peers: p50 per 0.3 s window (µs): {}",
         medians.join(" ")
     );
     best.ok_or_else(|| io::Error::other("no window measured"))

@@ -78,5 +78,18 @@ for who in ours baseline; do
     "32 clients p50 $(get $who clients_big_p50_us) / $(get $who clients_small_p50_us) µs = $(ratio "$(get $who clients_big_p50_us)" "$(get $who clients_small_p50_us)")"
 done
 for line in "${stacks[@]}"; do echo "$line"; done
-echo "targets: >= 60000 SEARCH/s, p99 < 2000 µs, RSS <= 524288 KiB (512 MiB)"
+echo
+echo "== targets (ours)"
+check() { # NAME VALUE OP LIMIT
+  if awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN { exit !((op == ">=" && v >= l) || (op == "<" && v < l) || (op == "<=" && v <= l)) }'; then
+    echo "  met:    $1 = $2 (target $3 $4)"
+  else
+    echo "  MISSED: $1 = $2 (target $3 $4)"
+  fi
+}
+check "SEARCH/s, 32 clients" "$(get ours clients_big_per_sec)" ">=" 60000
+check "p99 latency µs, 32 clients" "$(get ours clients_big_p99_us)" "<" 2000
+check "one-client p50 latency ratio big/small" "$(ratio "$(get ours one_client_big_p50_us)" "$(get ours one_client_small_p50_us)")" "<=" 1.5
+check "RSS MiB" "$(( $(get ours rss_kib) / 1024 ))" "<=" 512
+check "wrong replies" "$(get ours clients_big_errors)" "<=" 0
 echo "load after: $(uptime)"
