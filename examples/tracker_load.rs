@@ -201,7 +201,7 @@ fn quietest(client: &TcpStream, args: &Args, peers: usize) -> io::Result<Run> {
             std::slice::from_ref(client),
             args,
             peers,
-            Duration::from_millis(500),
+            Duration::from_millis(300),
         )?;
         medians.push(format!("{:.1}", run.percentile_us(0.5)));
         if best
