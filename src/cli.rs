@@ -39,6 +39,10 @@ pub struct ServerArgs {
     /// Most names one peer may share.
     #[arg(long, default_value_t = 10_000)]
     pub max_names: usize,
+    /// Most names all peers together may list (a name listed by two peers counts twice);
+    /// bounds the index's memory: about 100 bytes a name, at most about 350.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub max_listed_names: usize,
     /// Longest file name, in bytes.
     #[arg(long, default_value_t = crate::share::MAX_NAME_BYTES)]
     pub max_name_len: usize,
@@ -65,6 +69,7 @@ impl ServerArgs {
         TrackerConfig {
             max_message: self.max_message,
             max_names: self.max_names,
+            max_listed_names: self.max_listed_names,
             max_name_len: self.max_name_len,
             max_connections: self.max_connections,
             message_timeout: Duration::from_secs(self.message_timeout.max(1)),

@@ -184,3 +184,41 @@ fn a_connection_whose_thread_cannot_start_is_told_why() {
         assert!(c.closed_within(WAIT), "the connection is closed");
     }
 }
+
+/// With `--max-listed-names 5`, a JOIN or UPDATE that would take the names listed by all peers
+/// over 5 is refused with an ERROR saying the index is full; the refused peer's connection
+/// stays usable, the old list stays in force, and room freed by a leaving peer can be used.
+#[test]
+fn the_index_limit_refuses_clearly_and_frees_room_when_peers_leave() {
+    let t = start_tracker(&["--max-listed-names", "5"]);
+    let mut a = RawClient::connect(t.addr);
+    assert_eq!(
+        a.ask(&join_msg(7001, &["a1", "a2", "a3"]))["status"],
+        "JOIN_OK"
+    );
+    let mut b = RawClient::connect(t.addr);
+    let reply = b.ask(&join_msg(7002, &["b1", "b2", "b3"]));
+    assert_eq!(reply["status"], "ERROR", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("index is full (5 names")),
+        "{reply}"
+    );
+    assert!(peers_of(&b.ask(&search_msg("b1"))).is_empty());
+    assert_eq!(peers_of(&b.ask(&search_msg("a1"))), vec!["127.0.0.1:7001"]);
+    assert_eq!(b.ask(&join_msg(7002, &["b1", "b2"]))["status"], "JOIN_OK");
+
+    let reply = a.ask(&update_msg(&["a1", "a2", "a3", "a4"]));
+    assert_eq!(reply["status"], "ERROR", "{reply}");
+    assert_eq!(peers_of(&b.ask(&search_msg("a3"))), vec!["127.0.0.1:7001"]);
+    assert!(peers_of(&b.ask(&search_msg("a4"))).is_empty());
+
+    drop(a);
+    t.proc.wait_for("Peer 127.0.0.1:7001 saiu");
+    assert_eq!(
+        b.ask(&update_msg(&["b1", "b2", "b3", "b4", "b5"]))["status"],
+        "UPDATE_OK"
+    );
+    assert_eq!(peers_of(&b.ask(&search_msg("b5"))), vec!["127.0.0.1:7002"]);
+}

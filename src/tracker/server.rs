@@ -26,6 +26,9 @@ pub struct TrackerConfig {
     pub max_message: usize,
     /// Most names one peer may share.
     pub max_names: usize,
+    /// Most names all peers together may list (a name listed by two peers counts twice):
+    /// bounds the index's memory.
+    pub max_listed_names: usize,
     /// Longest name, in bytes.
     pub max_name_len: usize,
     /// Most connections at once; more are answered with an error and closed.
@@ -45,6 +48,7 @@ impl Default for TrackerConfig {
         TrackerConfig {
             max_message: crate::protocol::DEFAULT_MAX_MESSAGE,
             max_names: 10_000,
+            max_listed_names: 5_000_000,
             max_name_len: share::MAX_NAME_BYTES,
             max_connections: 16_384,
             message_timeout: Duration::from_secs(10),
@@ -68,7 +72,7 @@ impl Tracker {
     /// A tracker with an empty table.
     pub fn new(config: TrackerConfig) -> Arc<Tracker> {
         Arc::new(Tracker {
-            table: PeerTable::new(),
+            table: PeerTable::with_limit(config.max_listed_names),
             config,
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),

@@ -29,6 +29,11 @@ pub enum TableError {
     AddressTaken(SocketAddr),
     /// UPDATE from a connection that has not joined.
     NotJoined,
+    /// The change would take the names listed by all peers together over the limit.
+    IndexFull {
+        /// The limit, in names (a name listed by two peers counts twice).
+        limit: usize,
+    },
 }
 
 impl fmt::Display for TableError {
@@ -39,6 +44,11 @@ impl fmt::Display for TableError {
                 "peer {addr} is already registered by another connection; choose another port"
             ),
             TableError::NotJoined => write!(f, "send JOIN before UPDATE"),
+            TableError::IndexFull { limit } => write!(
+                f,
+                "the tracker's index is full ({limit} names listed by all peers together); \
+                 share fewer names or try again later"
+            ),
         }
     }
 }
@@ -188,38 +198,66 @@ struct Slot {
     files: Box<[u32]>,
 }
 
-#[derive(Default)]
 struct Inner {
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     by_addr: HashMap<SocketAddr, u32>,
     names: Names,
+    /// Names listed by all peers together (a name listed by two peers counts twice).
+    listed: usize,
+    /// The most `listed` may reach: what bounds the table's memory.
+    max_listed: usize,
 }
 
 /// The peer table and name index; cheap to share between connection threads.
-#[derive(Default)]
 pub struct PeerTable {
     inner: RwLock<Inner>,
 }
 
+impl Default for PeerTable {
+    fn default() -> Self {
+        PeerTable::new()
+    }
+}
+
 impl PeerTable {
-    /// An empty table.
+    /// An empty table with no limit on the names listed.
     pub fn new() -> PeerTable {
-        PeerTable::default()
+        PeerTable::with_limit(usize::MAX)
+    }
+
+    /// An empty table that refuses a JOIN or UPDATE taking the names listed by all peers
+    /// together over `max_listed` ([`TableError::IndexFull`]). Each listed name costs at most
+    /// about 350 bytes (a distinct 255-byte name), typically about 100, so this bounds the
+    /// table's memory whatever peers send.
+    pub fn with_limit(max_listed: usize) -> PeerTable {
+        PeerTable {
+            inner: RwLock::new(Inner {
+                slots: Vec::new(),
+                free: Vec::new(),
+                by_addr: HashMap::new(),
+                names: Names::default(),
+                listed: 0,
+                max_listed,
+            }),
+        }
     }
 
     /// Registers (or re-registers) the peer at `addr` for connection `conn` with `files`.
     /// Duplicate names count once.
     pub fn join(&self, conn: ConnId, addr: SocketAddr, files: &[String]) -> Result<(), TableError> {
+        let names = unique(files);
         let mut inner = self.inner.write();
         if let Some(&id) = inner.by_addr.get(&addr) {
             let slot = inner.slots[id as usize].as_ref();
             if slot.is_some_and(|s| s.owner != conn) {
                 return Err(TableError::AddressTaken(addr));
             }
-            inner.set_files(id, files);
+            inner.check_room(Some(id), names.len())?;
+            inner.set_names(id, names);
             return Ok(());
         }
+        inner.check_room(None, names.len())?;
         let slot = Slot {
             addr,
             text: addr.to_string().into_boxed_str(),
@@ -237,7 +275,7 @@ impl PeerTable {
             }
         };
         inner.by_addr.insert(addr, id);
-        inner.set_files(id, files);
+        inner.set_names(id, names);
         Ok(())
     }
 
@@ -248,9 +286,11 @@ impl PeerTable {
         addr: SocketAddr,
         files: &[String],
     ) -> Result<(), TableError> {
+        let names = unique(files);
         let mut inner = self.inner.write();
         let id = inner.owned(conn, addr).ok_or(TableError::NotJoined)?;
-        inner.set_files(id, files);
+        inner.check_room(Some(id), names.len())?;
+        inner.set_names(id, names);
         Ok(())
     }
 
@@ -260,7 +300,7 @@ impl PeerTable {
         let Some(id) = inner.owned(conn, addr) else {
             return false;
         };
-        inner.set_files(id, &[]);
+        inner.set_names(id, Vec::new());
         inner.by_addr.remove(&addr);
         inner.slots[id as usize] = None;
         inner.free.push(id);
@@ -318,6 +358,10 @@ impl PeerTable {
         if inner.by_addr.len() != inner.slots.iter().flatten().count() {
             return Err("address map holds addresses with no peer".into());
         }
+        let listed: usize = inner.slots.iter().flatten().map(|s| s.files.len()).sum();
+        if listed != inner.listed {
+            return Err(format!("{listed} names listed, {} counted", inner.listed));
+        }
         let live = names
             .entries
             .iter()
@@ -362,21 +406,33 @@ impl Inner {
         (slot.owner == conn).then_some(id)
     }
 
-    /// Replaces slot `id`'s names, keeping the index in step.
-    fn set_files(&mut self, id: u32, files: &[String]) {
+    /// Refuses to give slot `id` (or a new slot) `count` names if that would list too many.
+    fn check_room(&self, id: Option<u32>, count: usize) -> Result<(), TableError> {
+        let current = id
+            .and_then(|id| self.slots[id as usize].as_ref())
+            .map_or(0, |slot| slot.files.len());
+        if self.listed - current + count > self.max_listed {
+            return Err(TableError::IndexFull {
+                limit: self.max_listed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces slot `id`'s names with `names` (each once), keeping the index in step.
+    fn set_names(&mut self, id: u32, names: Vec<&str>) {
         let Some(slot) = self.slots[id as usize].as_mut() else {
             return;
         };
         let old = std::mem::take(&mut slot.files);
+        self.listed -= old.len();
         for &n in old.iter() {
             if self.names.entries[n as usize].holders.remove(id) {
                 self.names.release(n);
             }
         }
-        let mut sorted: Vec<&str> = files.iter().map(String::as_str).collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let numbers: Box<[u32]> = sorted
+        self.listed += names.len();
+        let numbers: Box<[u32]> = names
             .into_iter()
             .map(|name| {
                 let n = self.names.intern(name);
@@ -388,6 +444,14 @@ impl Inner {
             slot.files = numbers;
         }
     }
+}
+
+/// `files` sorted, each name once.
+fn unique(files: &[String]) -> Vec<&str> {
+    let mut names: Vec<&str> = files.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 #[cfg(test)]
@@ -449,7 +513,7 @@ mod properties {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        let names = prop::collection::vec(0u8..12, 0..6);
+        let names = prop::collection::vec(0u8..12, 0..7);
         prop_oneof![
             (1u64..4, 1u16..5, names.clone()).prop_map(|(c, p, n)| Op::Join(c, p, n)),
             (1u64..4, 1u16..5, names).prop_map(|(c, p, n)| Op::Update(c, p, n)),
@@ -468,26 +532,49 @@ mod properties {
     proptest! {
         /// After any sequence of JOIN, UPDATE and leave from a few connections, the name index
         /// agrees with the peer entries, and SEARCH answers exactly what a plain model of
-        /// "who registered which names" says (owner rules included).
+        /// "who registered which names" says (owner rules and the listed-names limit included).
         #[test]
         fn index_and_peers_never_disagree(ops in prop::collection::vec(op(), 1..60)) {
-            let table = PeerTable::new();
+            const LIMIT: usize = 12;
+            let table = PeerTable::with_limit(LIMIT);
             let mut model: HashMap<u16, (ConnId, BTreeSet<String>)> = HashMap::new();
+            // Would giving `port` the names `ids` list more than LIMIT names in all?
+            let too_many = |model: &HashMap<u16, (ConnId, BTreeSet<String>)>, port, ids: &[u8]| {
+                let others: usize = model
+                    .iter()
+                    .filter(|(p, _)| **p != port)
+                    .map(|(_, (_, files))| files.len())
+                    .sum();
+                let mine: BTreeSet<String> = names(ids).into_iter().collect();
+                others + mine.len() > LIMIT
+            };
             for op in ops {
                 match op {
                     Op::Join(conn, port, ids) => {
                         let result = table.join(conn, addr(port), &names(&ids));
                         let taken = model.get(&port).is_some_and(|(owner, _)| *owner != conn);
-                        prop_assert_eq!(result.is_err(), taken);
-                        if !taken {
-                            model.insert(port, (conn, names(&ids).into_iter().collect()));
+                        let full = !taken && too_many(&model, port, &ids);
+                        match result {
+                            Err(TableError::AddressTaken(_)) => prop_assert!(taken),
+                            Err(TableError::IndexFull { limit }) => {
+                                prop_assert!(full);
+                                prop_assert_eq!(limit, LIMIT);
+                            }
+                            Err(TableError::NotJoined) => prop_assert!(false, "JOIN said NotJoined"),
+                            Ok(()) => {
+                                prop_assert!(!taken && !full);
+                                model.insert(port, (conn, names(&ids).into_iter().collect()));
+                            }
                         }
                     }
                     Op::Update(conn, port, ids) => {
                         let result = table.update(conn, addr(port), &names(&ids));
                         let owned = model.get(&port).is_some_and(|(owner, _)| *owner == conn);
-                        prop_assert_eq!(result.is_ok(), owned);
-                        if owned {
+                        let full = owned && too_many(&model, port, &ids);
+                        prop_assert_eq!(result.is_ok(), owned && !full);
+                        if full {
+                            prop_assert_eq!(result, Err(TableError::IndexFull { limit: LIMIT }));
+                        } else if owned {
                             model.insert(port, (conn, names(&ids).into_iter().collect()));
                         }
                     }
