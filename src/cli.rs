@@ -46,7 +46,8 @@ pub struct ServerArgs {
     /// Longest file name, in bytes.
     #[arg(long, default_value_t = crate::share::MAX_NAME_BYTES)]
     pub max_name_len: usize,
-    /// Most connections at once.
+    /// Most connections at once; more are told the tracker is full. Lowered at start to fit
+    /// the open-file limit (one descriptor per connection, 64 spare).
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
     /// Seconds a started message may take to arrive whole.
