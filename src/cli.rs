@@ -39,10 +39,15 @@ pub struct ServerArgs {
     /// Most names one peer may share.
     #[arg(long, default_value_t = 10_000)]
     pub max_names: usize,
+    /// Most names all peers together may list (a name listed by two peers counts twice);
+    /// bounds the index's memory: about 100 bytes a name, at most about 350.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub max_listed_names: usize,
     /// Longest file name, in bytes.
     #[arg(long, default_value_t = crate::share::MAX_NAME_BYTES)]
     pub max_name_len: usize,
-    /// Most connections at once.
+    /// Most connections at once; more are told the tracker is full. Lowered at start to fit
+    /// the open-file limit (one descriptor per connection, 64 spare).
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
     /// Seconds a started message may take to arrive whole.
@@ -56,6 +61,9 @@ pub struct ServerArgs {
     /// Seconds after which a silent, vanished host is dropped.
     #[arg(long, default_value_t = 30)]
     pub liveness: u64,
+    /// Stack size of each connection thread, in KiB (small, so 10,000 peers fit; see README).
+    #[arg(long, default_value_t = 128)]
+    pub thread_stack_kib: usize,
 }
 
 impl ServerArgs {
@@ -64,12 +72,13 @@ impl ServerArgs {
         TrackerConfig {
             max_message: self.max_message,
             max_names: self.max_names,
+            max_listed_names: self.max_listed_names,
             max_name_len: self.max_name_len,
             max_connections: self.max_connections,
             message_timeout: Duration::from_secs(self.message_timeout.max(1)),
             join_timeout: Duration::from_secs(self.join_timeout.max(1)),
             liveness: Duration::from_secs(self.liveness.max(1)),
-            ..TrackerConfig::default()
+            thread_stack: self.thread_stack_kib.max(32) * 1024,
         }
     }
 }

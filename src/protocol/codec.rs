@@ -20,8 +20,11 @@ use std::time::{Duration, Instant};
 /// The default largest message, in bytes (1 MiB): room for 10,000 names of about 100 bytes.
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 
-/// Smallest read issued into the buffer; the buffer never holds more than the limit plus this.
+/// Read issued while a frame is in progress; the buffer never holds more than the limit plus this.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Read issued when no frame is in progress: enough for any small request in one read.
+const IDLE_CHUNK: usize = 2 * 1024;
 
 /// What went wrong while reading a frame.
 #[derive(Debug)]
@@ -346,8 +349,19 @@ impl<R: TimedRead> FrameReader<R> {
             self.inner.set_read_limit(limit).map_err(CodecError::Io)?;
             self.current_limit = Some(limit);
         }
+        // Between frames, read into a small buffer: an idle connection (thousands of them on a
+        // tracker) then holds about IDLE_CHUNK bytes rather than a large buffer, and a small
+        // request costs no large zeroing. A frame that does not fit grows the buffer.
         let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
+        let chunk = if len == 0 {
+            if self.buf.capacity() > 4 * IDLE_CHUNK {
+                self.buf = Vec::new();
+            }
+            IDLE_CHUNK
+        } else {
+            READ_CHUNK
+        };
+        self.buf.resize(len + chunk, 0);
         let got = loop {
             match self.inner.read(&mut self.buf[len..]) {
                 Ok(n) => break n,

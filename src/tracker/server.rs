@@ -27,6 +27,9 @@ pub struct TrackerConfig {
     pub max_message: usize,
     /// Most names one peer may share.
     pub max_names: usize,
+    /// Most names all peers together may list (a name listed by two peers counts twice):
+    /// bounds the index's memory.
+    pub max_listed_names: usize,
     /// Longest name, in bytes.
     pub max_name_len: usize,
     /// Most connections at once; more are answered with an error and closed.
@@ -46,6 +49,7 @@ impl Default for TrackerConfig {
         TrackerConfig {
             max_message: crate::protocol::DEFAULT_MAX_MESSAGE,
             max_names: 10_000,
+            max_listed_names: 5_000_000,
             max_name_len: share::MAX_NAME_BYTES,
             max_connections: 16_384,
             message_timeout: Duration::from_secs(10),
@@ -69,7 +73,7 @@ impl Tracker {
     /// A tracker with an empty table.
     pub fn new(config: TrackerConfig) -> Arc<Tracker> {
         Arc::new(Tracker {
-            table: PeerTable::new(),
+            table: PeerTable::with_limit(config.max_listed_names),
             config,
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
@@ -117,15 +121,28 @@ impl Tracker {
         }
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let tracker = Arc::clone(self);
+        // The stream is handed over through a cell so that, if the thread cannot start (out of
+        // memory or of tasks), it is still here to be told why.
+        let handed = Arc::new(parking_lot::Mutex::new(Some(stream)));
+        let theirs = Arc::clone(&handed);
         let spawned = thread::Builder::new()
             .name(format!("conn-{conn}"))
             .stack_size(self.config.thread_stack)
             .spawn(move || {
                 let _guard = guard;
-                tracker.serve(stream, conn);
+                let stream = theirs.lock().take();
+                if let Some(stream) = stream {
+                    tracker.serve(stream, conn);
+                }
             });
         if let Err(e) = spawned {
             log::error!("cannot start a connection thread: {e}");
+            if let Some(stream) = handed.lock().take() {
+                let reply = Reply::error(format!(
+                    "the tracker cannot serve another connection now ({e}); try again later"
+                ));
+                let _ = (&stream).write_all(&reply.to_line());
+            }
         }
     }
 
@@ -320,6 +337,26 @@ struct ConnectionSlot(Arc<Tracker>);
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Descriptors kept for the listener, stdio, logs and the odd file, beside one per connection.
+pub const SPARE_DESCRIPTORS: usize = 64;
+
+impl TrackerConfig {
+    /// Lowers `max_connections` to what `open_file_limit` descriptors can serve (one per
+    /// connection plus [`SPARE_DESCRIPTORS`]), so that a full tracker answers "full" instead of
+    /// stalling in `accept` on "too many open files". Returns the asked value if it was lowered.
+    pub fn fit_open_file_limit(&mut self, open_file_limit: u64) -> Option<usize> {
+        let room = usize::try_from(open_file_limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(SPARE_DESCRIPTORS)
+            .max(1);
+        let asked = self.max_connections;
+        (asked > room).then(|| {
+            self.max_connections = room;
+            asked
+        })
     }
 }
 

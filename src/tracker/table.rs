@@ -5,15 +5,18 @@
 //! disagree ([`PeerTable::check_consistency`] proves it in the property tests). The lock is held
 //! only for the in-memory change, never across socket I/O.
 //!
-//! Compactness matters at 10,000 peers × 100 names: each distinct name is stored once (an
-//! `Arc<str>` shared by the index key and every peer that has it), and the index maps it to
-//! small peer numbers rather than to address strings.
+//! Compactness matters at 10,000 peers × 100 names (a million names if all differ): each
+//! distinct name's text is stored once and known by a 4-byte number; a peer lists its names as
+//! numbers, the hash table holds only numbers, and a name's holders are peer numbers, not
+//! address strings. About 95 bytes per distinct name in all, text included (see `Names`).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use parking_lot::RwLock;
 
 /// Identifies one tracker connection, so that only it can change its own entry.
@@ -26,6 +29,11 @@ pub enum TableError {
     AddressTaken(SocketAddr),
     /// UPDATE from a connection that has not joined.
     NotJoined,
+    /// The change would take the names listed by all peers together over the limit.
+    IndexFull {
+        /// The limit, in names (a name listed by two peers counts twice).
+        limit: usize,
+    },
 }
 
 impl fmt::Display for TableError {
@@ -36,52 +44,148 @@ impl fmt::Display for TableError {
                 "peer {addr} is already registered by another connection; choose another port"
             ),
             TableError::NotJoined => write!(f, "send JOIN before UPDATE"),
+            TableError::IndexFull { limit } => write!(
+                f,
+                "the tracker's index is full ({limit} names listed by all peers together); \
+                 share fewer names or try again later"
+            ),
         }
     }
 }
 
 impl std::error::Error for TableError {}
 
-/// The peers that share one name: almost always few, often one.
-#[derive(Debug, Clone)]
+/// The peers that share one name: almost always few, often one. 16 bytes.
+#[derive(Debug, Default)]
 enum Holders {
+    /// A forgotten name's number, waiting to be reused.
+    #[default]
+    None,
     One(u32),
-    Many(Vec<u32>),
+    // Boxed so that the enum stays 16 bytes: a million names mostly have one holder.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<u32>>),
 }
+
+// What the memory figures in the module documentation rely on.
+const _: () = assert!(std::mem::size_of::<Holders>() == 16);
+const _: () = assert!(std::mem::size_of::<NameEntry>() == 32);
 
 impl Holders {
     fn push(&mut self, id: u32) {
         match self {
-            Holders::One(first) => *self = Holders::Many(vec![*first, id]),
+            Holders::None => *self = Holders::One(id),
+            Holders::One(first) => *self = Holders::Many(Box::new(vec![*first, id])),
             Holders::Many(ids) => ids.push(id),
         }
     }
 
-    /// Removes `id`; true when no holder is left.
+    /// Removes `id`, keeping the others in the order they came; true when none is left.
     fn remove(&mut self, id: u32) -> bool {
         match self {
-            Holders::One(only) => *only == id,
+            Holders::None => true,
+            Holders::One(only) => {
+                if *only == id {
+                    *self = Holders::None;
+                }
+                matches!(self, Holders::None)
+            }
             Holders::Many(ids) => {
                 if let Some(pos) = ids.iter().position(|&x| x == id) {
-                    ids.swap_remove(pos);
+                    ids.remove(pos);
                 }
-                match ids.as_slice() {
-                    [] => true,
-                    [only] => {
-                        *self = Holders::One(*only);
-                        false
-                    }
-                    _ => false,
+                if let [only] = ids.as_slice() {
+                    *self = Holders::One(*only);
                 }
+                false
             }
         }
     }
 
     fn ids(&self) -> &[u32] {
         match self {
+            Holders::None => &[],
             Holders::One(id) => std::slice::from_ref(id),
             Holders::Many(ids) => ids,
         }
+    }
+}
+
+/// One distinct name: its text, stored once, and who shares it. 32 bytes plus the text.
+#[derive(Debug, Default)]
+struct NameEntry {
+    text: Box<str>,
+    holders: Holders,
+}
+
+/// The name index: every distinct name is known by a small number.
+///
+/// Peers list their names as numbers (4 bytes each) and the hash table holds only numbers,
+/// hashed by the text they stand for. That is what `hashbrown::HashTable` offers and std's
+/// `HashMap` does not: with `HashMap<Arc<str>, _>` every entry costs a 16-byte key plus the
+/// value, twice over once the table has grown; here the table costs 5 bytes a slot.
+#[derive(Default)]
+struct Names {
+    /// Name number → entry; numbers of forgotten names are reused.
+    entries: Vec<NameEntry>,
+    free: Vec<u32>,
+    /// Numbers of the live names, found by their text.
+    lookup: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl Names {
+    fn find(&self, text: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(text);
+        self.lookup
+            .find(hash, |&n| &*self.entries[n as usize].text == text)
+            .copied()
+    }
+
+    /// The number of `text`, creating its entry if it is new.
+    fn intern(&mut self, text: &str) -> u32 {
+        let Names {
+            entries,
+            free,
+            lookup,
+            hasher,
+        } = self;
+        let hash = hasher.hash_one(text);
+        match lookup.entry(
+            hash,
+            |&n| &*entries[n as usize].text == text,
+            |&n| hasher.hash_one(&*entries[n as usize].text),
+        ) {
+            Entry::Occupied(found) => *found.get(),
+            Entry::Vacant(slot) => {
+                let entry = NameEntry {
+                    text: text.into(),
+                    holders: Holders::None,
+                };
+                let n = match free.pop() {
+                    Some(n) => {
+                        entries[n as usize] = entry;
+                        n
+                    }
+                    None => {
+                        entries.push(entry);
+                        (entries.len() - 1) as u32
+                    }
+                };
+                slot.insert(n);
+                n
+            }
+        }
+    }
+
+    /// Forgets name `n`, which nobody shares any more.
+    fn release(&mut self, n: u32) {
+        let hash = self.hasher.hash_one(&*self.entries[n as usize].text);
+        if let Ok(found) = self.lookup.find_entry(hash, |&x| x == n) {
+            found.remove();
+        }
+        self.entries[n as usize] = NameEntry::default();
+        self.free.push(n);
     }
 }
 
@@ -90,41 +194,70 @@ struct Slot {
     /// `IP:PORT`, formatted once for every SEARCH that returns this peer.
     text: Box<str>,
     owner: ConnId,
-    files: Box<[Arc<str>]>,
+    /// The numbers of the names it shares, each once.
+    files: Box<[u32]>,
 }
 
-#[derive(Default)]
 struct Inner {
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     by_addr: HashMap<SocketAddr, u32>,
-    index: HashMap<Arc<str>, Holders>,
+    names: Names,
+    /// Names listed by all peers together (a name listed by two peers counts twice).
+    listed: usize,
+    /// The most `listed` may reach: what bounds the table's memory.
+    max_listed: usize,
 }
 
 /// The peer table and name index; cheap to share between connection threads.
-#[derive(Default)]
 pub struct PeerTable {
     inner: RwLock<Inner>,
 }
 
+impl Default for PeerTable {
+    fn default() -> Self {
+        PeerTable::new()
+    }
+}
+
 impl PeerTable {
-    /// An empty table.
+    /// An empty table with no limit on the names listed.
     pub fn new() -> PeerTable {
-        PeerTable::default()
+        PeerTable::with_limit(usize::MAX)
+    }
+
+    /// An empty table that refuses a JOIN or UPDATE taking the names listed by all peers
+    /// together over `max_listed` ([`TableError::IndexFull`]). Each listed name costs at most
+    /// about 350 bytes (a distinct 255-byte name), typically about 100, so this bounds the
+    /// table's memory whatever peers send.
+    pub fn with_limit(max_listed: usize) -> PeerTable {
+        PeerTable {
+            inner: RwLock::new(Inner {
+                slots: Vec::new(),
+                free: Vec::new(),
+                by_addr: HashMap::new(),
+                names: Names::default(),
+                listed: 0,
+                max_listed,
+            }),
+        }
     }
 
     /// Registers (or re-registers) the peer at `addr` for connection `conn` with `files`.
     /// Duplicate names count once.
     pub fn join(&self, conn: ConnId, addr: SocketAddr, files: &[String]) -> Result<(), TableError> {
+        let names = unique(files);
         let mut inner = self.inner.write();
         if let Some(&id) = inner.by_addr.get(&addr) {
             let slot = inner.slots[id as usize].as_ref();
             if slot.is_some_and(|s| s.owner != conn) {
                 return Err(TableError::AddressTaken(addr));
             }
-            inner.set_files(id, files);
+            inner.check_room(Some(id), names.len())?;
+            inner.set_names(id, names);
             return Ok(());
         }
+        inner.check_room(None, names.len())?;
         let slot = Slot {
             addr,
             text: addr.to_string().into_boxed_str(),
@@ -142,7 +275,7 @@ impl PeerTable {
             }
         };
         inner.by_addr.insert(addr, id);
-        inner.set_files(id, files);
+        inner.set_names(id, names);
         Ok(())
     }
 
@@ -153,9 +286,11 @@ impl PeerTable {
         addr: SocketAddr,
         files: &[String],
     ) -> Result<(), TableError> {
+        let names = unique(files);
         let mut inner = self.inner.write();
         let id = inner.owned(conn, addr).ok_or(TableError::NotJoined)?;
-        inner.set_files(id, files);
+        inner.check_room(Some(id), names.len())?;
+        inner.set_names(id, names);
         Ok(())
     }
 
@@ -165,7 +300,7 @@ impl PeerTable {
         let Some(id) = inner.owned(conn, addr) else {
             return false;
         };
-        inner.set_files(id, &[]);
+        inner.set_names(id, Vec::new());
         inner.by_addr.remove(&addr);
         inner.slots[id as usize] = None;
         inner.free.push(id);
@@ -184,10 +319,11 @@ impl PeerTable {
 
     fn search_with<T>(&self, name: &str, f: impl Fn(&Slot) -> T) -> Vec<T> {
         let inner = self.inner.read();
-        let Some(holders) = inner.index.get(name) else {
+        let Some(n) = inner.names.find(name) else {
             return Vec::new();
         };
-        holders
+        inner.names.entries[n as usize]
+            .holders
             .ids()
             .iter()
             .filter_map(|&id| inner.slots[id as usize].as_ref().map(&f))
@@ -207,38 +343,56 @@ impl PeerTable {
     /// Checks that the index says exactly what the peer entries say. For tests.
     pub fn check_consistency(&self) -> Result<(), String> {
         let inner = self.inner.read();
-        let mut expected: HashMap<&str, Vec<u32>> = HashMap::new();
+        let names = &inner.names;
+        let mut expected: HashMap<u32, Vec<u32>> = HashMap::new();
         for (id, slot) in inner.slots.iter().enumerate() {
             if let Some(slot) = slot {
                 if inner.by_addr.get(&slot.addr) != Some(&(id as u32)) {
                     return Err(format!("peer {} missing from the address map", slot.addr));
                 }
-                for name in slot.files.iter() {
-                    expected.entry(name).or_default().push(id as u32);
+                for &n in slot.files.iter() {
+                    expected.entry(n).or_default().push(id as u32);
                 }
             }
         }
         if inner.by_addr.len() != inner.slots.iter().flatten().count() {
             return Err("address map holds addresses with no peer".into());
         }
-        if expected.len() != inner.index.len() {
+        let listed: usize = inner.slots.iter().flatten().map(|s| s.files.len()).sum();
+        if listed != inner.listed {
+            return Err(format!("{listed} names listed, {} counted", inner.listed));
+        }
+        let live = names
+            .entries
+            .iter()
+            .filter(|e| !matches!(e.holders, Holders::None))
+            .count();
+        if live != expected.len() || names.lookup.len() != live {
             return Err(format!(
-                "index has {} names, peers have {}",
-                inner.index.len(),
+                "index has {live} names ({} findable), peers have {}",
+                names.lookup.len(),
                 expected.len()
             ));
         }
-        for (name, mut ids) in expected {
-            let mut got = inner
-                .index
-                .get(name)
-                .ok_or_else(|| format!("name {name:?} missing from the index"))?
-                .ids()
-                .to_vec();
+        if names.free.len() + live != names.entries.len() {
+            return Err("a forgotten name number is neither free nor in use".into());
+        }
+        for (n, mut ids) in expected {
+            let entry = names
+                .entries
+                .get(n as usize)
+                .ok_or_else(|| format!("name number {n} out of range"))?;
+            if names.find(&entry.text) != Some(n) {
+                return Err(format!("name {:?} cannot be found by its text", entry.text));
+            }
+            let mut got = entry.holders.ids().to_vec();
             ids.sort_unstable();
             got.sort_unstable();
             if ids != got {
-                return Err(format!("name {name:?}: index {got:?}, peers {ids:?}"));
+                return Err(format!(
+                    "name {:?}: index {got:?}, peers {ids:?}",
+                    entry.text
+                ));
             }
         }
         Ok(())
@@ -252,39 +406,52 @@ impl Inner {
         (slot.owner == conn).then_some(id)
     }
 
-    /// Replaces slot `id`'s names, keeping the index in step.
-    fn set_files(&mut self, id: u32, files: &[String]) {
+    /// Refuses to give slot `id` (or a new slot) `count` names if that would list too many.
+    fn check_room(&self, id: Option<u32>, count: usize) -> Result<(), TableError> {
+        let current = id
+            .and_then(|id| self.slots[id as usize].as_ref())
+            .map_or(0, |slot| slot.files.len());
+        if self.listed - current + count > self.max_listed {
+            return Err(TableError::IndexFull {
+                limit: self.max_listed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces slot `id`'s names with `names` (each once), keeping the index in step.
+    fn set_names(&mut self, id: u32, names: Vec<&str>) {
         let Some(slot) = self.slots[id as usize].as_mut() else {
             return;
         };
         let old = std::mem::take(&mut slot.files);
-        for name in old.iter() {
-            if let Some(holders) = self.index.get_mut(name)
-                && holders.remove(id)
-            {
-                self.index.remove(name);
+        self.listed -= old.len();
+        for &n in old.iter() {
+            if self.names.entries[n as usize].holders.remove(id) {
+                self.names.release(n);
             }
         }
-        let mut sorted: Vec<&str> = files.iter().map(String::as_str).collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let mut names = Vec::with_capacity(sorted.len());
-        for name in sorted {
-            if let Some(key) = self.index.get_key_value(name).map(|(k, _)| Arc::clone(k)) {
-                if let Some(holders) = self.index.get_mut(&key) {
-                    holders.push(id);
-                }
-                names.push(key);
-            } else {
-                let key: Arc<str> = Arc::from(name);
-                self.index.insert(Arc::clone(&key), Holders::One(id));
-                names.push(key);
-            }
-        }
+        self.listed += names.len();
+        let numbers: Box<[u32]> = names
+            .into_iter()
+            .map(|name| {
+                let n = self.names.intern(name);
+                self.names.entries[n as usize].holders.push(id);
+                n
+            })
+            .collect();
         if let Some(slot) = self.slots[id as usize].as_mut() {
-            slot.files = names.into_boxed_slice();
+            slot.files = numbers;
         }
     }
+}
+
+/// `files` sorted, each name once.
+fn unique(files: &[String]) -> Vec<&str> {
+    let mut names: Vec<&str> = files.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 #[cfg(test)]
@@ -327,5 +494,113 @@ mod tests {
         );
         assert!(!t.leave(2, addr(1)));
         assert_eq!(t.search("a"), vec!["10.0.0.1:1"]);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use std::collections::{BTreeSet, HashMap};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Join(ConnId, u16, Vec<u8>),
+        Update(ConnId, u16, Vec<u8>),
+        Leave(ConnId, u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let names = prop::collection::vec(0u8..12, 0..7);
+        prop_oneof![
+            (1u64..4, 1u16..5, names.clone()).prop_map(|(c, p, n)| Op::Join(c, p, n)),
+            (1u64..4, 1u16..5, names).prop_map(|(c, p, n)| Op::Update(c, p, n)),
+            (1u64..4, 1u16..5).prop_map(|(c, p)| Op::Leave(c, p)),
+        ]
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    fn names(ids: &[u8]) -> Vec<String> {
+        ids.iter().map(|i| format!("file-{i}")).collect()
+    }
+
+    proptest! {
+        /// After any sequence of JOIN, UPDATE and leave from a few connections, the name index
+        /// agrees with the peer entries, and SEARCH answers exactly what a plain model of
+        /// "who registered which names" says (owner rules and the listed-names limit included).
+        #[test]
+        fn index_and_peers_never_disagree(ops in prop::collection::vec(op(), 1..60)) {
+            const LIMIT: usize = 12;
+            let table = PeerTable::with_limit(LIMIT);
+            let mut model: HashMap<u16, (ConnId, BTreeSet<String>)> = HashMap::new();
+            // Would giving `port` the names `ids` list more than LIMIT names in all?
+            let too_many = |model: &HashMap<u16, (ConnId, BTreeSet<String>)>, port, ids: &[u8]| {
+                let others: usize = model
+                    .iter()
+                    .filter(|(p, _)| **p != port)
+                    .map(|(_, (_, files))| files.len())
+                    .sum();
+                let mine: BTreeSet<String> = names(ids).into_iter().collect();
+                others + mine.len() > LIMIT
+            };
+            for op in ops {
+                match op {
+                    Op::Join(conn, port, ids) => {
+                        let result = table.join(conn, addr(port), &names(&ids));
+                        let taken = model.get(&port).is_some_and(|(owner, _)| *owner != conn);
+                        let full = !taken && too_many(&model, port, &ids);
+                        match result {
+                            Err(TableError::AddressTaken(_)) => prop_assert!(taken),
+                            Err(TableError::IndexFull { limit }) => {
+                                prop_assert!(full);
+                                prop_assert_eq!(limit, LIMIT);
+                            }
+                            Err(TableError::NotJoined) => prop_assert!(false, "JOIN said NotJoined"),
+                            Ok(()) => {
+                                prop_assert!(!taken && !full);
+                                model.insert(port, (conn, names(&ids).into_iter().collect()));
+                            }
+                        }
+                    }
+                    Op::Update(conn, port, ids) => {
+                        let result = table.update(conn, addr(port), &names(&ids));
+                        let owned = model.get(&port).is_some_and(|(owner, _)| *owner == conn);
+                        let full = owned && too_many(&model, port, &ids);
+                        prop_assert_eq!(result.is_ok(), owned && !full);
+                        if full {
+                            prop_assert_eq!(result, Err(TableError::IndexFull { limit: LIMIT }));
+                        } else if owned {
+                            model.insert(port, (conn, names(&ids).into_iter().collect()));
+                        }
+                    }
+                    Op::Leave(conn, port) => {
+                        let owned = model.get(&port).is_some_and(|(owner, _)| *owner == conn);
+                        prop_assert_eq!(table.leave(conn, addr(port)), owned);
+                        if owned {
+                            model.remove(&port);
+                        }
+                    }
+                }
+                prop_assert_eq!(table.check_consistency(), Ok(()));
+                prop_assert_eq!(table.len(), model.len());
+                for i in 0u8..12 {
+                    let name = format!("file-{i}");
+                    let mut got = table.search_addrs(&name);
+                    got.sort();
+                    let mut want: Vec<SocketAddr> = model
+                        .iter()
+                        .filter(|(_, (_, files))| files.contains(&name))
+                        .map(|(&port, _)| addr(port))
+                        .collect();
+                    want.sort();
+                    prop_assert_eq!(got, want);
+                }
+            }
+        }
     }
 }

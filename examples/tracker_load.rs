@@ -1,0 +1,362 @@
+//! The load generator of `scripts/bench.sh tracker`: many peers JOINed, then clients SEARCHing.
+//!
+//! Against a tracker at `--addr` (ours or the naive baseline; both speak JOIN/SEARCH lines):
+//! 1. JOINs `--small` peers (default 1,000), each with `--files` names (default 100) and holds
+//!    their connections open;
+//! 2. JOINs `--clients` searching peers (default 32) and measures SEARCH latency: one client
+//!    alone, then all of them at once;
+//! 3. JOINs more peers up to `--peers` (default 10,000) and measures again, the all-clients run
+//!    lasting `--secs` seconds (default 10);
+//! 4. reads the tracker's RSS and thread count from `/proc/--pid/status`.
+//!
+//! Each client is in lockstep with the tracker: it sends one SEARCH, waits for the whole reply,
+//! then sends the next, so SEARCH/s is replies received and latency is send → reply.
+//! Each name is shared by `--replicas` peers (default 1: every peer's names are its own, the
+//! largest index; with 4, peers 4k..4k+3 share the same names), so a SEARCH answer has the same
+//! size whatever the number of peers: only the index grows. Every reply is
+//! checked (status OK and the expected number of peers); a wrong one is counted and reported.
+//!
+//! Results are printed as `RESULT key value` lines for the script, after a readable summary.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+struct Args {
+    addr: SocketAddr,
+    pid: Option<u32>,
+    peers: usize,
+    small: usize,
+    files: usize,
+    clients: usize,
+    secs: u64,
+    replicas: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        addr: "127.0.0.1:12346".parse().map_err(|e| format!("{e}"))?,
+        pid: None,
+        peers: 10_000,
+        small: 1_000,
+        files: 100,
+        clients: 32,
+        secs: 10,
+        replicas: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--addr" => args.addr = value.parse().map_err(|e| bad(&e))?,
+            "--pid" => args.pid = Some(value.parse().map_err(|e| bad(&e))?),
+            "--peers" => args.peers = value.parse().map_err(|e| bad(&e))?,
+            "--small" => args.small = value.parse().map_err(|e| bad(&e))?,
+            "--files" => args.files = value.parse().map_err(|e| bad(&e))?,
+            "--clients" => args.clients = value.parse().map_err(|e| bad(&e))?,
+            "--secs" => args.secs = value.parse().map_err(|e| bad(&e))?,
+            "--replicas" => args.replicas = value.parse().map_err(|e| bad(&e))?,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if args.small > args.peers || args.peers > 40_000 || args.clients == 0 || args.replicas == 0 {
+        return Err("need --small <= --peers <= 40000, --clients >= 1 and --replicas >= 1".into());
+    }
+    Ok(args)
+}
+
+/// The `j`-th name of peer `i`: peers `r*k .. r*k + r - 1` share the same names.
+fn name(i: usize, j: usize, files: usize, replicas: usize) -> String {
+    format!("track-{:07}-artist-title.mp3", (i / replicas) * files + j)
+}
+
+/// Reads one reply line (without the newline).
+fn read_line(reader: &mut impl BufRead, line: &mut String) -> io::Result<()> {
+    line.clear();
+    if reader.read_line(line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the tracker closed the connection",
+        ));
+    }
+    Ok(())
+}
+
+/// Connects and JOINs as peer `i` (upload port `port`) sharing `names`.
+fn join(addr: SocketAddr, port: u16, names: &[String]) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let files = serde_json::to_string(names).map_err(io::Error::other)?;
+    let msg = format!("{{\"method\":\"JOIN\",\"data\":{{\"port\":{port},\"files\":{files}}}}}\n");
+    (&stream).write_all(msg.as_bytes())?;
+    let mut line = String::new();
+    read_line(&mut BufReader::new(&stream), &mut line)?;
+    if !line.contains("JOIN_OK") {
+        return Err(io::Error::other(format!("JOIN refused: {}", line.trim())));
+    }
+    Ok(stream)
+}
+
+/// JOINs peers `from..to` with a few threads; returns their open connections.
+fn join_peers(args: &Args, from: usize, to: usize) -> io::Result<Vec<TcpStream>> {
+    let threads = 4;
+    let per = (to - from).div_ceil(threads).max(1);
+    let mut handles = Vec::new();
+    for start in (from..to).step_by(per) {
+        let end = (start + per).min(to);
+        let (addr, files, replicas) = (args.addr, args.files, args.replicas);
+        handles.push(thread::spawn(move || -> io::Result<Vec<TcpStream>> {
+            (start..end)
+                .map(|i| {
+                    let names: Vec<String> =
+                        (0..files).map(|j| name(i, j, files, replicas)).collect();
+                    join(addr, 10_000 + i as u16, &names)
+                })
+                .collect()
+        }));
+    }
+    let mut all = Vec::with_capacity(to - from);
+    for h in handles {
+        all.extend(
+            h.join()
+                .map_err(|_| io::Error::other("a joiner panicked"))??,
+        );
+    }
+    Ok(all)
+}
+
+/// What one measurement saw.
+struct Run {
+    searches: usize,
+    errors: usize,
+    first_error: Option<String>,
+    elapsed: Duration,
+    latencies: Vec<u64>,
+}
+
+impl Run {
+    fn per_sec(&self) -> f64 {
+        self.searches as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_us(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        self.latencies[i] as f64 / 1000.0
+    }
+}
+
+/// `clients` searchers SEARCH in lockstep for `dur`, over names of the first `peers` peers.
+fn measure(clients: &[TcpStream], args: &Args, peers: usize, dur: Duration) -> io::Result<Run> {
+    let barrier = Arc::new(Barrier::new(clients.len() + 1));
+    let universe = (peers / args.replicas) * args.files;
+    let expect_peers = args.replicas.min(peers);
+    let results = thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(k, stream)| {
+                let barrier = Arc::clone(&barrier);
+                s.spawn(move || search_loop(stream, k, universe, expect_peers, dur, &barrier))
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        (results, start.elapsed())
+    });
+    let (results, elapsed) = results;
+    let mut run = Run {
+        searches: 0,
+        errors: 0,
+        first_error: None,
+        elapsed,
+        latencies: Vec::new(),
+    };
+    for r in results {
+        let (lat, errors, first) = r.map_err(|_| io::Error::other("a searcher panicked"))??;
+        run.searches += lat.len();
+        run.errors += errors;
+        run.first_error = run.first_error.or(first);
+        run.latencies.extend(lat);
+    }
+    run.latencies.sort_unstable();
+    Ok(run)
+}
+
+/// One client alone, in 10 windows of 0.3 s; returns the window with the lowest median.
+///
+/// A lone client's latency is mostly wake-up time, so it swings with whatever else runs on
+/// the machine; the quietest window is the fairest figure of what a SEARCH costs.
+fn quietest(client: &TcpStream, args: &Args, peers: usize) -> io::Result<Run> {
+    let mut best: Option<Run> = None;
+    let mut medians = Vec::new();
+    for _ in 0..10 {
+        let run = measure(
+            std::slice::from_ref(client),
+            args,
+            peers,
+            Duration::from_millis(300),
+        )?;
+        medians.push(format!("{:.1}", run.percentile_us(0.5)));
+        if best
+            .as_ref()
+            .is_none_or(|b| run.percentile_us(0.5) < b.percentile_us(0.5))
+        {
+            best = Some(run);
+        }
+    }
+    println!(
+        "one client, {peers} peers: p50 per 0.3 s window (µs): {}",
+        medians.join(" ")
+    );
+    best.ok_or_else(|| io::Error::other("no window measured"))
+}
+
+type SearchResult = (Vec<u64>, usize, Option<String>);
+
+fn search_loop(
+    stream: &TcpStream,
+    k: usize,
+    universe: usize,
+    expect_peers: usize,
+    dur: Duration,
+    barrier: &Barrier,
+) -> io::Result<SearchResult> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (k as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut lat = Vec::with_capacity(1 << 16);
+    let (mut errors, mut first_error) = (0, None);
+    let expected = "\"peers\":[\"127.0.0.1:";
+    barrier.wait();
+    let end = Instant::now() + dur;
+    while Instant::now() < end {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = (x % universe.max(1) as u64) as usize;
+        let msg = format!(
+            "{{\"method\":\"SEARCH\",\"data\":{{\"query\":\"track-{id:07}-artist-title.mp3\"}}}}\n"
+        );
+        let t0 = Instant::now();
+        (&*stream).write_all(msg.as_bytes())?;
+        read_line(&mut reader, &mut line)?;
+        lat.push(t0.elapsed().as_nanos() as u64);
+        let found = line.matches("127.0.0.1:").count();
+        if !line.contains("\"OK\"") || !line.contains(expected) || found != expect_peers {
+            errors += 1;
+            first_error.get_or_insert_with(|| line.trim().to_string());
+        }
+    }
+    Ok((lat, errors, first_error))
+}
+
+/// `(VmRSS in KiB, Threads, VmSize in KiB)` of process `pid`.
+fn proc_status(pid: Option<u32>) -> (u64, u64, u64) {
+    let Some(pid) = pid else { return (0, 0, 0) };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("Threads:"), field("VmSize:"))
+}
+
+fn report(label: &str, run: &Run) {
+    println!(
+        "{label}: {} SEARCH in {:.2} s = {:.0}/s, p50 {:.1} µs, p99 {:.1} µs, {} wrong replies",
+        run.searches,
+        run.elapsed.as_secs_f64(),
+        run.per_sec(),
+        run.percentile_us(0.50),
+        run.percentile_us(0.99),
+        run.errors
+    );
+    if let Some(e) = &run.first_error {
+        println!("{label}: first wrong reply: {e}");
+    }
+    println!("RESULT {label}_per_sec {:.0}", run.per_sec());
+    println!("RESULT {label}_p50_us {:.1}", run.percentile_us(0.50));
+    println!("RESULT {label}_p99_us {:.1}", run.percentile_us(0.99));
+    println!("RESULT {label}_errors {}", run.errors);
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("tracker_load: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = parse_args()?;
+    let fds = napster::tracker::raise_open_file_limit().map_err(|e| e.to_string())?;
+    let needed = (args.peers + args.clients + 64) as u64;
+    if fds < needed {
+        return Err(format!(
+            "the open-file limit is {fds}; {needed} are needed (raise the hard limit)"
+        ));
+    }
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: io::Error| format!("{what}: {err}")
+    };
+    let t = Instant::now();
+    let mut held = join_peers(&args, 0, args.small).map_err(e("joining peers"))?;
+    println!(
+        "{} peers joined in {:.1} s",
+        held.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let clients: Vec<TcpStream> = (0..args.clients)
+        .map(|k| join(args.addr, 30_000 + k as u16, &[format!("client-{k}.txt")]))
+        .collect::<io::Result<_>>()
+        .map_err(e("joining clients"))?;
+    let short = Duration::from_secs(3);
+    let one_small = quietest(&clients[0], &args, args.small).map_err(e("search"))?;
+    report("one_client_small", &one_small);
+    let all_small = measure(&clients, &args, args.small, short).map_err(e("search"))?;
+    report("clients_small", &all_small);
+
+    let t = Instant::now();
+    held.extend(join_peers(&args, args.small, args.peers).map_err(e("joining peers"))?);
+    println!(
+        "{} peers joined in {:.1} s",
+        held.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let (rss, threads, virt) = proc_status(args.pid);
+    println!(
+        "tracker after JOINs: RSS {} MiB, {threads} threads, virtual {} MiB",
+        rss / 1024,
+        virt / 1024
+    );
+    println!("RESULT rss_joined_kib {rss}");
+    println!("RESULT threads_joined {threads}");
+
+    let one_big = quietest(&clients[0], &args, args.peers).map_err(e("search"))?;
+    report("one_client_big", &one_big);
+    let all_big = measure(&clients, &args, args.peers, Duration::from_secs(args.secs))
+        .map_err(e("search"))?;
+    report("clients_big", &all_big);
+    let (rss, threads, virt) = proc_status(args.pid);
+    println!(
+        "tracker after SEARCHes: RSS {} MiB, {threads} threads, virtual {} MiB",
+        rss / 1024,
+        virt / 1024
+    );
+    println!("RESULT rss_kib {rss}");
+    println!("RESULT threads {threads}");
+    println!("RESULT virtual_kib {virt}");
+    drop(held);
+    Ok(())
+}
