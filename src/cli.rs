@@ -36,6 +36,10 @@ pub struct ServerArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_MESSAGE)]
     pub max_message: usize,
+    /// MiB all connections together may use to buffer large messages; a connection that would
+    /// need more is told to try later and closed.
+    #[arg(long, default_value_t = 256)]
+    pub max_buffered_mib: usize,
     /// Most names one peer may share.
     #[arg(long, default_value_t = 10_000)]
     pub max_names: usize,
@@ -73,6 +77,7 @@ impl ServerArgs {
             max_message: self.max_message,
             max_names: self.max_names,
             max_listed_names: self.max_listed_names,
+            max_buffered: self.max_buffered_mib.saturating_mul(1 << 20),
             max_name_len: self.max_name_len,
             max_connections: self.max_connections,
             message_timeout: Duration::from_secs(self.message_timeout.max(1)),

@@ -472,3 +472,67 @@ fn an_address_is_free_again_only_after_its_owner_left() {
         vec!["127.0.0.1:5900"]
     );
 }
+
+/// Large messages share one memory budget (`--max-buffered-mib`): while one connection holds
+/// a half-sent message of 1.5 MiB, another connection's 1.5 MiB message does not fit in a
+/// 3 MiB budget and is refused with a clear error (the connection is closed); the first
+/// message is then read whole, the budget is given back, and a later large message is read
+/// whole too. A well-behaved peer is served throughout.
+#[test]
+fn large_messages_share_one_memory_budget() {
+    let t = start_tracker(&["--max-buffered-mib", "3", "--max-message", "4000000"]);
+    let head = br#"{"method":"SEARCH","data":{"query":""#;
+    let body = vec![b'q'; 1536 * 1024];
+    let whole = |c: &mut RawClient| {
+        c.send(head);
+        let _ = c.stream.write_all(&body);
+        // A refused connection may be closed before it is all sent.
+        let _ = c.stream.write_all(b"\"}}\n");
+        c.json()["message"].as_str().unwrap_or_default().to_string()
+    };
+    let hold = || {
+        let mut holder = RawClient::connect(t.addr);
+        holder.send(head);
+        holder.send(&body);
+        holder
+    };
+    // True once the tracker has answered the holder: its half message was refused because
+    // a probe was growing at the same moment.
+    let answered = |holder: &RawClient| {
+        holder.stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let got = holder.stream.peek(&mut byte);
+        holder.stream.set_nonblocking(false).unwrap();
+        matches!(got, Ok(n) if n > 0)
+    };
+    let mut holder = hold();
+    // Until the tracker has buffered the holder's half message, a probe still fits: wait
+    // (bounded) for the moment it no longer does.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = whole(&mut RawClient::connect(t.addr));
+        if reply.contains("receiving too much data") && !answered(&holder) {
+            break;
+        }
+        assert!(
+            reply.contains("longer than 255 bytes") || reply.contains("receiving too much data"),
+            "unexpected reply {reply:?}"
+        );
+        if answered(&holder) {
+            holder = hold();
+        }
+        assert!(Instant::now() < deadline, "the budget never filled up");
+    }
+    assert_well_behaved_peer_is_served(t.addr, 5900);
+    holder.send(b"\"}}\n");
+    assert_error(
+        &holder.json(),
+        "longer than 255 bytes",
+        "the held message, completed",
+    );
+    let reply = whole(&mut RawClient::connect(t.addr));
+    assert!(
+        reply.contains("longer than 255 bytes"),
+        "budget not given back: {reply:?}"
+    );
+}

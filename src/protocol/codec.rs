@@ -15,6 +15,8 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The default largest message, in bytes (1 MiB): room for 10,000 names of about 100 bytes.
@@ -40,6 +42,8 @@ pub enum CodecError {
     Timeout,
     /// Nothing arrived between frames within the idle limit.
     Idle,
+    /// Buffering this frame would exceed the memory shared by all connections.
+    Busy,
     /// The other side closed the connection half way through a frame.
     Truncated,
     /// The socket failed.
@@ -62,6 +66,10 @@ impl fmt::Display for CodecError {
             }
             CodecError::Timeout => write!(f, "the message was not completed in time"),
             CodecError::Idle => write!(f, "nothing was sent for too long"),
+            CodecError::Busy => write!(
+                f,
+                "the server is receiving too much data at once; send the message again later"
+            ),
             CodecError::Truncated => write!(f, "the connection closed in the middle of a message"),
             CodecError::Io(e) => write!(f, "connection error: {e}"),
         }
@@ -109,6 +117,79 @@ impl TimedRead for io::Chain<&[u8], &[u8]> {
     }
 }
 
+/// Memory for large frames, shared by every connection of a server.
+///
+/// Each connection may hold a frame of up to the size limit, so thousands of slow senders
+/// could together hold gigabytes. Bytes a reader buffers beyond a small free allowance are
+/// taken from this budget; a reader that cannot get them fails with [`CodecError::Busy`]
+/// instead of growing.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes currently taken.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// What one reader has taken from a [`MemoryBudget`]; given back when dropped.
+#[derive(Debug, Default)]
+struct Charge {
+    budget: Option<Arc<MemoryBudget>>,
+    taken: usize,
+}
+
+impl Charge {
+    /// Adjusts the charge to `wanted` bytes; false if the budget cannot cover an increase.
+    fn set(&mut self, wanted: usize) -> bool {
+        let Some(budget) = &self.budget else {
+            return true;
+        };
+        if wanted > self.taken {
+            if !budget.take(wanted - self.taken) {
+                return false;
+            }
+        } else {
+            budget.give(self.taken - wanted);
+        }
+        self.taken = wanted;
+        true
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
+/// Bytes of buffer a reader may hold without charging the shared budget.
+const FREE_BUFFER: usize = 4 * READ_CHUNK;
+
 /// Where the scanner is within the current frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scan {
@@ -142,6 +223,8 @@ pub struct FrameReader<R> {
     partial_since: Option<Instant>,
     /// The limit last given to the socket, to avoid a system call per read.
     current_limit: Option<Option<Duration>>,
+    /// Buffer memory taken from a shared budget.
+    charge: Charge,
 }
 
 impl<R: TimedRead> FrameReader<R> {
@@ -158,7 +241,16 @@ impl<R: TimedRead> FrameReader<R> {
             idle_timeout: None,
             partial_since: None,
             current_limit: None,
+            charge: Charge::default(),
         }
+    }
+
+    /// Takes buffer memory beyond a small allowance from `budget`, shared with other readers.
+    pub fn set_budget(&mut self, budget: Arc<MemoryBudget>) {
+        self.charge = Charge {
+            budget: Some(budget),
+            taken: 0,
+        };
     }
 
     /// Closes the stream (with [`CodecError::Timeout`]) when a frame is started but not
@@ -206,12 +298,6 @@ impl<R: TimedRead> FrameReader<R> {
             self.start += 1;
         }
         Ok(self.take_buffered())
-    }
-
-    /// Consumes the reader, giving back the stream and the buffered, unconsumed bytes.
-    pub fn into_parts(mut self) -> (R, Vec<u8>) {
-        let rest = self.take_buffered();
-        (self.inner, rest)
     }
 
     /// Reads the next complete frame. `Ok(None)` is a clean end of stream between frames.
@@ -362,6 +448,14 @@ impl<R: TimedRead> FrameReader<R> {
             READ_CHUNK
         };
         self.buf.resize(len + chunk, 0);
+        if !self
+            .charge
+            .set(self.buf.capacity().saturating_sub(FREE_BUFFER))
+        {
+            self.buf = Vec::new();
+            self.charge.set(0);
+            return Err(CodecError::Busy);
+        }
         let got = loop {
             match self.inner.read(&mut self.buf[len..]) {
                 Ok(n) => break n,
@@ -395,6 +489,8 @@ impl<R: TimedRead> FrameReader<R> {
         if self.buf.capacity() > 4 * READ_CHUNK && self.buf.len() < READ_CHUNK {
             self.buf.shrink_to(2 * READ_CHUNK);
         }
+        self.charge
+            .set(self.buf.capacity().saturating_sub(FREE_BUFFER));
         Ok(true)
     }
 }

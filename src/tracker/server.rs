@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::console_out::ConsoleOut;
 use crate::liveness;
+use crate::protocol::codec::MemoryBudget;
 use crate::protocol::legacy;
 use crate::protocol::messages::{Reply, TrackerRequest, parse_tracker_request, status};
 use crate::protocol::{CodecError, FrameReader};
@@ -42,6 +43,8 @@ pub struct TrackerConfig {
     pub liveness: Duration,
     /// Stack size of connection threads.
     pub thread_stack: usize,
+    /// Memory all connections together may use to buffer large messages, in bytes.
+    pub max_buffered: usize,
 }
 
 impl Default for TrackerConfig {
@@ -56,6 +59,7 @@ impl Default for TrackerConfig {
             join_timeout: Duration::from_secs(300),
             liveness: liveness::DEFAULT_LIVENESS,
             thread_stack: 128 * 1024,
+            max_buffered: 256 << 20,
         }
     }
 }
@@ -67,6 +71,7 @@ pub struct Tracker {
     connections: AtomicUsize,
     next_conn: AtomicU64,
     out: ConsoleOut,
+    buffers: Arc<MemoryBudget>,
 }
 
 impl Tracker {
@@ -74,6 +79,7 @@ impl Tracker {
     pub fn new(config: TrackerConfig) -> Arc<Tracker> {
         Arc::new(Tracker {
             table: PeerTable::with_limit(config.max_listed_names),
+            buffers: MemoryBudget::new(config.max_buffered),
             config,
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
@@ -164,6 +170,7 @@ impl Tracker {
             legacy: false,
         };
         let mut reader = FrameReader::new(&stream, self.config.max_message);
+        reader.set_budget(Arc::clone(&self.buffers));
         reader.set_message_timeout(Some(self.config.message_timeout));
         reader.set_idle_timeout(Some(self.config.join_timeout));
         loop {
