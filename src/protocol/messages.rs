@@ -66,7 +66,31 @@ pub struct Envelope<'a, T> {
 #[derive(Deserialize)]
 struct RawRequest {
     method: String,
-    data: Option<RawData>,
+    data: Option<ObjectData>,
+}
+
+/// `data` as a JSON object only: serde would otherwise also fill a struct from an array
+/// (`"data":[1234,["a"]]`), which the protocol does not allow.
+struct ObjectData(RawData);
+
+impl<'de> Deserialize<'de> for ObjectData {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = ObjectData;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ObjectData, A::Error> {
+                RawData::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ObjectData)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -91,7 +115,7 @@ fn decode_raw(bytes: &[u8]) -> Result<(String, RawData), RequestError> {
     let data = raw
         .data
         .ok_or_else(|| format!("{} needs a \"data\" object", raw.method))?;
-    Ok((raw.method, data))
+    Ok((raw.method, data.0))
 }
 
 /// Turns a serde error into a sentence for a person.
@@ -325,6 +349,12 @@ mod tests {
         assert!(e.contains("data.files"), "{e}");
         let e = parse_tracker_request(br#"{"method":"FOO","data":{}}"#).unwrap_err();
         assert!(e.contains("unknown method"), "{e}");
+    }
+
+    #[test]
+    fn data_must_be_an_object() {
+        let e = parse_tracker_request(br#"{"method":"JOIN","data":[1234,["a"]]}"#).unwrap_err();
+        assert!(e.contains("expected an object"), "{e}");
     }
 
     #[test]
