@@ -25,6 +25,8 @@ use crate::transfer;
 const MAX_REQUEST: usize = 64 * 1024;
 /// How long a downloader may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A downloader that accepts no data for this long is given up (it can resume later).
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts upload connections for ever, one thread each.
 pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
@@ -60,6 +62,9 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         return;
     };
     let _ = stream.set_nodelay(true);
+    // A downloader whose host vanishes, or that stops reading, must not hold this thread.
+    let _ = crate::liveness::set_liveness(&stream, crate::liveness::DEFAULT_LIVENESS);
+    let _ = stream.set_write_timeout(Some(STALL_TIMEOUT));
     let mut reader = FrameReader::new(&stream, MAX_REQUEST);
     reader.set_message_timeout(Some(REQUEST_TIMEOUT));
     reader.set_idle_timeout(Some(REQUEST_TIMEOUT));
