@@ -260,6 +260,38 @@ impl std::fmt::Display for ReceiveError {
 
 impl std::error::Error for ReceiveError {}
 
+impl ReceiveError {
+    /// The same error counted from byte `start` of the whole file instead of from the start of
+    /// this transfer (a resumed download), so that the user sees positions in the file.
+    pub fn offset_by(self, start: u64) -> ReceiveError {
+        match self {
+            ReceiveError::Short { got, expected } => ReceiveError::Short {
+                got: got + start,
+                expected: expected + start,
+            },
+            ReceiveError::Disk { written, error } => ReceiveError::Disk {
+                written: written + start,
+                error,
+            },
+            ReceiveError::Network { got, error } => ReceiveError::Network {
+                got: got + start,
+                error,
+            },
+            ReceiveError::Stopped { got } => ReceiveError::Stopped { got: got + start },
+        }
+    }
+
+    /// Bytes of this transfer that are whole on disk.
+    pub fn kept(&self) -> u64 {
+        match self {
+            ReceiveError::Short { got, .. }
+            | ReceiveError::Network { got, .. }
+            | ReceiveError::Stopped { got } => *got,
+            ReceiveError::Disk { written, .. } => *written,
+        }
+    }
+}
+
 /// True for "no space left" and "file too large" (`RLIMIT_FSIZE`, quota).
 pub fn is_disk_full(error: &io::Error) -> bool {
     matches!(

@@ -25,21 +25,7 @@ use crate::peer::PeerConfig;
 use crate::peer::commands::COMMAND_NAMES;
 use crate::peer::console::{ConsoleState, Input};
 use crate::peer::line_reader::LineReader;
-use crate::peer::output::Output;
-
-/// Prints above the prompt through rustyline's external printer.
-struct PromptOutput {
-    printer: Mutex<Box<dyn ExternalPrinter + Send>>,
-}
-
-impl Output for PromptOutput {
-    fn line(&self, text: &str) {
-        let mut printer = self.printer.lock();
-        if printer.print(format!("{text}\n")).is_err() {
-            println!("{text}");
-        }
-    }
-}
+use crate::peer::output::{LiveOutput, Output, terminal_columns};
 
 /// Completion of command names, and of file names and peers from the last search.
 struct ConsoleHelper {
@@ -151,10 +137,17 @@ pub fn start(
         }
         let _ = editor.load_history(path);
     }
-    let printer = editor.create_external_printer().map_err(io::Error::other)?;
-    let output = Arc::new(PromptOutput {
-        printer: Mutex::new(Box::new(printer)),
-    });
+    let mut printer = editor.create_external_printer().map_err(io::Error::other)?;
+    // Lines and transfer progress bars are drawn above the prompt (see LiveOutput).
+    let output = Arc::new(LiveOutput::new(
+        Box::new(move |text: String| {
+            if printer.print(text.clone()).is_err() {
+                print!("{text}");
+            }
+        }),
+        terminal_columns,
+    ));
+    let typed = Arc::clone(&output);
     let editor = Arc::new(Mutex::new(editor));
     let reading = Arc::clone(&editor);
     thread::Builder::new()
@@ -163,6 +156,7 @@ pub fn start(
             loop {
                 let prompt = state.prompt();
                 let line = reading.lock().readline(&prompt);
+                typed.input_accepted();
                 let input = match line {
                     Ok(line) => {
                         if !line.trim().is_empty() {

@@ -163,14 +163,17 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     }
     let label = format!("Upload de {} para {from}", request.filename);
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
-    match transfer::send_range(
+    let sent = transfer::send_range(
         &file,
         offset,
         size - offset,
         &stream,
         ctx.transfers.stop_flag(),
         &mut |sent| progress.update(offset + sent),
-    ) {
+    );
+    // The line below takes the place of the bar.
+    drop(progress);
+    match sent {
         Ok(()) => {
             let _ = stream.shutdown(std::net::Shutdown::Write);
             log::info!("sent {} ({size} bytes) to {from}", request.filename);
