@@ -514,3 +514,67 @@ fn a_file_across_the_4_gib_boundary_arrives_byte_exact() {
     assert_eq!(fs::metadata(db.join("huge.bin")).unwrap().len(), size);
     assert!(same_file(&source, &db.join("huge.bin")));
 }
+
+/// On a terminal (a real pseudo-terminal running the interactive prompt) a download shows a
+/// progress bar with bytes, rate and time left, and the bar and the lines that follow it never
+/// destroy what the user is typing: text typed while the bar is shown survives the download's
+/// end message and is run as typed. The cut download then resumes to a verified copy.
+#[test]
+fn a_terminal_shows_a_progress_bar_without_breaking_the_prompt() {
+    use expectrl::{Expect, Regex, Session};
+
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    fs::create_dir_all(&da).unwrap();
+    fs::create_dir_all(&db).unwrap();
+    write_pattern(&da.join("video.bin"), 48 << 20, 21);
+    let alice = joined_peer("alice", &t, &da);
+
+    let mut cmd = std::process::Command::new(napster_bin());
+    cmd.args([
+        "peer",
+        "--server",
+        &t.addr.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--dir")
+    .arg(&db)
+    .arg("--history")
+    .arg(tmp.path().join("history"))
+    .args(["--approve", "yes", "--join"])
+    .env("RUST_LOG", "warn");
+    let mut bob = Session::spawn(cmd).unwrap();
+    bob.set_expect_timeout(Some(WAIT));
+    bob.expect("Sou o Peer ").unwrap();
+
+    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 24 << 20);
+    bob.send_line(format!("DOWNLOAD video.bin {}", proxy.addr))
+        .unwrap();
+    bob.expect(Regex(
+        r"Download de video\.bin \[#*>?-*\] +\d+% [0-9.]+/48\.0 MiB [0-9.]+ [KMG]iB/s faltam \d+s",
+    ))
+    .unwrap();
+    proxy.wait_paused();
+    bob.send("SEARCH vid").unwrap();
+    bob.expect("SEARCH vid").unwrap();
+    proxy.cut();
+    bob.expect("guardada para retomar depois").unwrap();
+    // The prompt is drawn again below the message, with what was typed.
+    bob.expect("SEARCH vid").unwrap();
+    bob.send_line("eo.bin").unwrap();
+    bob.expect(format!(
+        "Peers com arquivo solicitado: ['{}']",
+        alice.addr()
+    ))
+    .unwrap();
+
+    bob.send_line(format!("DOWNLOAD video.bin {}", alice.addr()))
+        .unwrap();
+    bob.expect("Retomando o download de video.bin").unwrap();
+    bob.expect("Arquivo video.bin baixado com sucesso").unwrap();
+    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+    bob.send_line("QUIT").unwrap();
+    bob.expect(expectrl::Eof).unwrap();
+}

@@ -27,9 +27,10 @@ pub trait Output: Send + Sync {
         false
     }
 
-    /// Shows or replaces the bar of transfer `id`; `None` removes it (the line that reports the
-    /// transfer's end then takes its place).
-    fn bar(&self, _id: u64, _text: Option<&str>) {}
+    /// Shows or replaces the bar of transfer `id`, given as its label and its figures (the
+    /// label is shortened if the line would not fit); `None` removes it (the line that reports
+    /// the transfer's end then takes its place).
+    fn bar(&self, _id: u64, _bar: Option<(&str, &str)>) {}
 
     /// Tells the output that the user's typed line was accepted (Enter): it now stands between
     /// the bars and the prompt, so the bars are left where they are and drawn anew below it.
@@ -65,7 +66,8 @@ pub struct LiveOutput {
 
 struct LiveState {
     print: Box<dyn FnMut(String) + Send>,
-    bars: BTreeMap<u64, String>,
+    /// Label and figures of each bar.
+    bars: BTreeMap<u64, (String, String)>,
     /// Rows of bars on screen directly above the prompt.
     drawn: usize,
 }
@@ -95,8 +97,8 @@ impl LiveOutput {
             out.push_str(text);
             out.push('\n');
         }
-        for bar in state.bars.values() {
-            out.extend(bar.chars().take(width));
+        for (label, figures) in state.bars.values() {
+            out.push_str(&fit(label, figures, width));
             out.push('\n');
         }
         state.drawn = state.bars.len();
@@ -116,11 +118,13 @@ impl Output for LiveOutput {
         true
     }
 
-    fn bar(&self, id: u64, text: Option<&str>) {
+    fn bar(&self, id: u64, bar: Option<(&str, &str)>) {
         let mut state = self.inner.lock();
-        match text {
-            Some(text) => {
-                state.bars.insert(id, text.to_string());
+        match bar {
+            Some((label, figures)) => {
+                state
+                    .bars
+                    .insert(id, (label.to_string(), figures.to_string()));
                 self.redraw(&mut state, None);
             }
             // Erased by the next line, which reports how the transfer ended.
@@ -133,6 +137,26 @@ impl Output for LiveOutput {
     fn input_accepted(&self) {
         self.inner.lock().drawn = 0;
     }
+}
+
+/// `label figures` in at most `width` characters: the label is shortened (with `…`) first,
+/// then, on a very narrow terminal, the figures are cut.
+fn fit(label: &str, figures: &str, width: usize) -> String {
+    let room = width.saturating_sub(figures.chars().count() + 1);
+    let label_len = label.chars().count();
+    let label: String = if label_len <= room {
+        label.to_string()
+    } else if room >= 2 {
+        label.chars().take(room - 1).chain(['…']).collect()
+    } else {
+        String::new()
+    };
+    let line = if label.is_empty() {
+        figures.to_string()
+    } else {
+        format!("{label} {figures}")
+    };
+    line.chars().take(width).collect()
 }
 
 /// The width of the terminal on stdout, or 80 if it cannot be known.
@@ -153,7 +177,7 @@ const PROGRESS_MIN_BYTES: u64 = 8 << 20;
 /// The shortest time between two redraws of a bar.
 const BAR_INTERVAL: Duration = Duration::from_millis(250);
 /// Characters in a bar.
-const BAR_WIDTH: usize = 24;
+const BAR_WIDTH: usize = 12;
 
 /// Distinguishes the bars of transfers running at once.
 static NEXT_BAR: AtomicU64 = AtomicU64::new(0);
@@ -221,8 +245,8 @@ impl Progress {
             }
             self.last_draw = Some(now);
             let (rate, left) = self.rate_and_left(done);
-            let text = bar_text(&self.label, done, self.total, rate, left);
-            self.out.bar(id, Some(&text));
+            let figures = bar_figures(done, self.total, rate, left);
+            self.out.bar(id, Some((&self.label, &figures)));
             return;
         }
         if !self.enabled || self.next_quarter > 4 {
@@ -255,8 +279,9 @@ impl Drop for Progress {
     }
 }
 
-/// One bar: `label [#####>------] 45% 1.8 GiB/4.0 GiB 310.2 MiB/s faltam 7s`.
-pub fn bar_text(label: &str, done: u64, total: u64, rate: f64, left: f64) -> String {
+/// A bar's figures, short enough to leave room for a label on an 80-column terminal:
+/// `[#####>------]  45% 1.8/4.0 GiB 310.2 MiB/s faltam 7s`.
+pub fn bar_figures(done: u64, total: u64, rate: f64, left: f64) -> String {
     let fraction = if total == 0 {
         1.0
     } else {
@@ -269,13 +294,25 @@ pub fn bar_text(label: &str, done: u64, total: u64, rate: f64, left: f64) -> Str
         bar.push_str(&"-".repeat(BAR_WIDTH - filled - 1));
     }
     format!(
-        "{label} [{bar}] {:>3}% {}/{} {}/s faltam {}",
+        "[{bar}] {:>3}% {} {}/s faltam {}",
         (fraction * 100.0) as u32,
-        human_bytes(done as f64),
-        human_bytes(total as f64),
+        done_of_total(done, total),
         human_bytes(rate),
         human_duration(left)
     )
+}
+
+/// `1.8/4.0 GiB`: both in the unit of the total.
+fn done_of_total(done: u64, total: u64) -> String {
+    let unit = human_bytes(total as f64);
+    match unit.split_once(' ') {
+        Some((figure, "B")) => format!("{done}/{figure} B"),
+        Some((figure, name)) => {
+            let scale = total as f64 / figure.parse::<f64>().unwrap_or(1.0).max(f64::MIN_POSITIVE);
+            format!("{:.1}/{figure} {name}", done as f64 / scale)
+        }
+        None => format!("{done}/{total}"),
+    }
 }
 
 /// `1023 B`, `12.0 KiB`, `1.8 GiB`.
@@ -318,37 +355,26 @@ mod tests {
     #[test]
     fn bars_are_redrawn_in_place_and_lines_go_above_them() {
         let (out, printed) = recording();
-        out.bar(1, Some("download a"));
-        out.bar(2, Some("upload b"));
-        out.bar(1, Some("download a 50%"));
+        out.bar(1, Some(("down a", "1%")));
+        out.bar(2, Some(("up b", "2%")));
+        out.bar(1, Some(("down a", "50%")));
         out.line("Peer x solicitou o arquivo y");
         out.bar(1, None);
         out.line("Arquivo a baixado com sucesso");
         let printed = printed.lock();
-        assert_eq!(printed[0], "download a\n");
+        let up = ERASE_ROW_ABOVE;
+        assert_eq!(printed[0], "down a 1%\n");
         // The second bar erases the one row drawn, then draws both.
-        assert_eq!(
-            printed[1],
-            format!("{ERASE_ROW_ABOVE}download a\nupload b\n")
-        );
-        assert_eq!(
-            printed[2],
-            format!("{0}{0}download a 50%\nupload b\n", ERASE_ROW_ABOVE)
-        );
+        assert_eq!(printed[1], format!("{up}down a 1%\nup b 2%\n"));
+        assert_eq!(printed[2], format!("{up}{up}down a 50%\nup b 2%\n"));
         assert_eq!(
             printed[3],
-            format!(
-                "{0}{0}Peer x solicitou o arquivo y\ndownload a 50%\nupload b\n",
-                ERASE_ROW_ABOVE
-            )
+            format!("{up}{up}Peer x solicitou o arquivo y\ndown a 50%\nup b 2%\n")
         );
         // Removing a bar prints nothing; the next line replaces the finished bar.
         assert_eq!(
             printed[4],
-            format!(
-                "{0}{0}Arquivo a baixado com sucesso\nupload b\n",
-                ERASE_ROW_ABOVE
-            )
+            format!("{up}{up}Arquivo a baixado com sucesso\nup b 2%\n")
         );
         assert_eq!(printed.len(), 5);
     }
@@ -356,31 +382,29 @@ mod tests {
     #[test]
     fn a_typed_line_is_never_erased() {
         let (out, printed) = recording();
-        out.bar(1, Some("download a"));
+        out.bar(1, Some(("down a", "1%")));
         out.input_accepted();
-        out.bar(1, Some("download a 60%"));
-        assert_eq!(printed.lock()[1], "download a 60%\n");
+        out.bar(1, Some(("down a", "60%")));
+        assert_eq!(printed.lock()[1], "down a 60%\n");
     }
 
     #[test]
-    fn bars_never_wrap() {
+    fn a_long_label_is_shortened_so_the_bar_never_wraps() {
         let (out, printed) = recording();
-        out.bar(1, Some(&"x".repeat(100)));
-        assert_eq!(printed.lock()[0], format!("{}\n", "x".repeat(39)));
+        out.bar(1, Some((&"x".repeat(100), "[##>-]  50% 1.0 MiB/s")));
+        assert_eq!(
+            printed.lock()[0],
+            format!("{}… [##>-]  50% 1.0 MiB/s\n", "x".repeat(16))
+        );
+        assert_eq!(fit("label", &"9".repeat(50), 39), "9".repeat(39));
     }
 
     #[test]
     fn a_bar_shows_bytes_rate_and_time_left() {
-        let text = bar_text(
-            "Download de v.bin",
-            1 << 30,
-            4 << 30,
-            100.0 * 1048576.0,
-            30.5,
-        );
+        let text = bar_figures(1 << 30, 4 << 30, 100.0 * 1048576.0, 30.5);
         assert_eq!(
             text,
-            "Download de v.bin [######>-----------------]  25% 1.0 GiB/4.0 GiB 100.0 MiB/s faltam 31s"
+            "[###>--------]  25% 1.0/4.0 GiB 100.0 MiB/s faltam 31s"
         );
         assert_eq!(human_duration(125.0), "2m05s");
         assert_eq!(human_bytes(512.0), "512 B");
