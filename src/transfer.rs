@@ -12,7 +12,7 @@
 //!
 //! This module knows nothing of the protocol's messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 /// Bytes handed to one `sendfile` call: small enough to report progress and notice a stop.
@@ -64,10 +64,14 @@ pub fn hash_range(
 }
 
 /// Remembers the digest of each shared file while its size and modification time stay the
-/// same, so a file is hashed once, not on every request.
+/// same, so a file is hashed once, not on every request. A file being hashed is hashed by one
+/// thread only: others asking for it wait for that result.
 #[derive(Default)]
 pub struct DigestCache {
     known: Mutex<HashMap<PathBuf, CachedDigest>>,
+    /// Paths being hashed right now.
+    busy: Mutex<HashSet<PathBuf>>,
+    done: Condvar,
 }
 
 /// A digest with the size and modification time of the file it was computed from.
@@ -83,12 +87,24 @@ impl DigestCache {
     pub fn digest(&self, path: &Path, file: &File) -> io::Result<DigestHex> {
         let meta = file.metadata()?;
         let stamp = (meta.len(), meta.modified().ok());
-        if let Some((len, modified, digest)) = self.known.lock().get(path)
-            && (*len, *modified) == stamp
         {
-            return Ok(digest.clone());
+            let mut busy = self.busy.lock();
+            loop {
+                if let Some((len, modified, digest)) = self.known.lock().get(path)
+                    && (*len, *modified) == stamp
+                {
+                    return Ok(digest.clone());
+                }
+                if busy.insert(path.to_path_buf()) {
+                    break;
+                }
+                self.done.wait(&mut busy);
+            }
         }
-        let digest = hash_file(file)?.to_hex().to_string();
+        let hashed = hash_file(file);
+        self.busy.lock().remove(path);
+        self.done.notify_all();
+        let digest = hashed?.to_hex().to_string();
         self.known
             .lock()
             .insert(path.to_path_buf(), (stamp.0, stamp.1, digest.clone()));
@@ -507,5 +523,49 @@ impl PartialStore {
     pub fn discard(&self, name: &str) {
         let _ = fs::remove_file(self.part_path(name));
         let _ = fs::remove_file(self.record_path(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest_at(cache: &DigestCache, path: &Path) -> DigestHex {
+        cache.digest(path, &File::open(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_changed_file_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let cache = DigestCache::new();
+        fs::write(&path, b"first").unwrap();
+        assert_eq!(
+            digest_at(&cache, &path),
+            blake3::hash(b"first").to_hex().to_string()
+        );
+        fs::write(&path, b"second, longer").unwrap();
+        assert_eq!(
+            digest_at(&cache, &path),
+            blake3::hash(b"second, longer").to_hex().to_string()
+        );
+    }
+
+    #[test]
+    fn threads_asking_at_once_get_the_same_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, vec![7u8; 3 << 20]).unwrap();
+        let expected = blake3::hash(&vec![7u8; 3 << 20]).to_hex().to_string();
+        let cache = DigestCache::new();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| digest_at(&cache, &path)))
+                .collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), expected);
+            }
+        });
+        assert!(cache.busy.lock().is_empty());
     }
 }

@@ -51,6 +51,29 @@ pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
     }
 }
 
+/// Computes the digest of every shared file into the cache (at start, in the background).
+pub fn hash_shared_files(ctx: &PeerContext) {
+    let names = match ctx.shared.list() {
+        Ok(names) => names,
+        Err(e) => {
+            log::warn!("cannot list the shared folder: {e}");
+            return;
+        }
+    };
+    for name in names {
+        if ctx.transfers.stopping() {
+            return;
+        }
+        let Ok(Some((path, _))) = ctx.shared.shared_file(&name) else {
+            continue;
+        };
+        match File::open(&path).and_then(|file| ctx.digests.digest(&path, &file)) {
+            Ok(digest) => log::debug!("{name}: BLAKE3 {digest}"),
+            Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
+        }
+    }
+}
+
 fn reply(stream: &TcpStream, reply: &Reply) -> std::io::Result<()> {
     // Each reply in its own write: the original's downloader parses one `recv` as one reply.
     (&*stream).write_all(&reply.to_line())
