@@ -578,3 +578,34 @@ fn a_terminal_shows_a_progress_bar_without_breaking_the_prompt() {
     bob.send_line("QUIT").unwrap();
     bob.expect(expectrl::Eof).unwrap();
 }
+
+/// An uploader that answers OK with an offset the downloader never asked for (it has no
+/// partial) is refused as a protocol error before any byte is written.
+#[test]
+fn an_offset_that_was_not_asked_for_is_refused() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let db = tmp.path().join("bob");
+    let mut bob = joined_peer("bob", &t, &db);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let uploader = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let request = read_request(&mut reader);
+        assert!(request["data"].get("offset").is_none(), "{request}");
+        let digest = blake3::hash(b"whatever").to_hex().to_string();
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"OK","fileSize":1000,"digest":digest,"offset":100}),
+        );
+    });
+    bob.send(&format!("DOWNLOAD video.bin {addr}"));
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(line.contains("resposta inválida do peer"), "{line}");
+    assert!(line.contains("byte 100"), "{line}");
+    uploader.join().unwrap();
+    assert!(!db.join("video.bin").exists());
+    assert!(!part_path(&db, "video.bin").exists());
+}
