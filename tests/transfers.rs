@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::thread;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use tempfile::TempDir;
@@ -50,7 +51,8 @@ fn joined_peer(name: &str, tracker: &TrackerProc, dir: &Path) -> PeerProc {
 struct PausingProxy {
     addr: SocketAddr,
     paused: Receiver<()>,
-    release: Sender<()>,
+    /// `true`: reset the downloader's connection instead of closing it.
+    release: Sender<bool>,
 }
 
 impl PausingProxy {
@@ -58,20 +60,30 @@ impl PausingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (paused_tx, paused) = bounded(1);
-        let (release, release_rx) = bounded::<()>(1);
+        let (release, release_rx) = bounded::<bool>(1);
         thread::spawn(move || {
             let (client, _) = listener.accept().unwrap();
             let server = TcpStream::connect(target).unwrap();
             let (mut up_from, mut up_to) =
                 (client.try_clone().unwrap(), server.try_clone().unwrap());
-            thread::spawn(move || {
+            let upward = thread::spawn(move || {
                 let _ = std::io::copy(&mut up_from, &mut up_to);
             });
             let mut from_server = (&server).take(limit);
             let mut to_client = &client;
             let _ = std::io::copy(&mut from_server, &mut to_client);
             let _ = paused_tx.send(());
-            let _ = release_rx.recv();
+            if release_rx.recv() == Ok(true) {
+                // Linger 0: closing sends RST, as a broken network path eventually does. The
+                // upward copy holds a clone of the socket: wake it and let it end first, so
+                // that dropping `client` really closes the socket.
+                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                let _ = client.shutdown(Shutdown::Read);
+                let _ = upward.join();
+                drop(client);
+                let _ = server.shutdown(Shutdown::Both);
+                return;
+            }
             let _ = client.shutdown(Shutdown::Both);
             let _ = server.shutdown(Shutdown::Both);
         });
@@ -91,7 +103,12 @@ impl PausingProxy {
 
     /// Closes both connections.
     fn cut(&self) {
-        self.release.send(()).unwrap();
+        self.release.send(false).unwrap();
+    }
+
+    /// Resets the downloader's connection (it reads an error, not an end).
+    fn reset(&self) {
+        self.release.send(true).unwrap();
     }
 }
 
@@ -218,8 +235,9 @@ fn a_killed_uploader_is_resumed_from_the_bytes_on_disk() {
     assert!(!part_path(&db, "video.bin").exists());
 }
 
-/// The network is cut mid-transfer; the download then resumes from a *different* peer that
-/// has the same file (same size and digest), and the result is verified whole.
+/// The network fails mid-transfer (the connection is reset); the downloader reports the
+/// failure with the position reached and keeps the partial; the download then resumes from a
+/// *different* peer that has the same file (same size and digest), verified whole.
 #[test]
 fn a_cut_download_resumes_from_another_peer_with_the_same_file() {
     let tmp = TempDir::new().unwrap();
@@ -240,10 +258,15 @@ fn a_cut_download_resumes_from_another_peer_with_the_same_file() {
     let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 5 << 20);
     bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
     proxy.wait_paused();
-    proxy.cut();
-    bob.wait_for("Erro ao processar download de video.bin");
+    proxy.reset();
+    let line = bob.wait_for("Erro ao processar download de video.bin");
     let kept = fs::metadata(part_path(&db, "video.bin")).unwrap().len();
     assert!(kept > 0 && kept < BIG, "kept {kept} bytes");
+    assert!(
+        line.contains(&format!("a conexão falhou após {kept} bytes")),
+        "{line}"
+    );
+    assert!(line.contains("guardada para retomar"), "{line}");
 
     bob.send(&format!("DOWNLOAD video.bin {}", carol.addr()));
     carol.wait_for(&format!("retomando do byte {kept}"));
