@@ -1,8 +1,8 @@
 //! Moving a file's bytes over a socket: streaming in bounded chunks, digests, partial files.
 //!
-//! - Sending uses `std::io::copy` from a `File` to a `TcpStream`, which Linux turns into
-//!   `sendfile`: the bytes never enter user space on the uploader. It is done in chunks so that
-//!   progress can be reported and a stop request honoured between them.
+//! - Sending uses `sendfile(2)` on Linux: the bytes never enter user space on the uploader.
+//!   It is done in chunks so that progress can be reported and a stop request honoured
+//!   between them.
 //! - Receiving reads into one fixed buffer, hashes it (BLAKE3) and writes it out in large
 //!   writes. Memory does not grow with the file.
 //! - A download is written under a temporary name in `.napster/partial/` inside the shared
@@ -12,7 +12,7 @@
 //!
 //! This module knows nothing of the protocol's messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 /// Bytes handed to one `sendfile` call: small enough to report progress and notice a stop.
@@ -64,10 +64,14 @@ pub fn hash_range(
 }
 
 /// Remembers the digest of each shared file while its size and modification time stay the
-/// same, so a file is hashed once, not on every request.
+/// same, so a file is hashed once, not on every request. A file being hashed is hashed by one
+/// thread only: others asking for it wait for that result.
 #[derive(Default)]
 pub struct DigestCache {
     known: Mutex<HashMap<PathBuf, CachedDigest>>,
+    /// Paths being hashed right now.
+    busy: Mutex<HashSet<PathBuf>>,
+    done: Condvar,
 }
 
 /// A digest with the size and modification time of the file it was computed from.
@@ -83,12 +87,24 @@ impl DigestCache {
     pub fn digest(&self, path: &Path, file: &File) -> io::Result<DigestHex> {
         let meta = file.metadata()?;
         let stamp = (meta.len(), meta.modified().ok());
-        if let Some((len, modified, digest)) = self.known.lock().get(path)
-            && (*len, *modified) == stamp
         {
-            return Ok(digest.clone());
+            let mut busy = self.busy.lock();
+            loop {
+                if let Some((len, modified, digest)) = self.known.lock().get(path)
+                    && (*len, *modified) == stamp
+                {
+                    return Ok(digest.clone());
+                }
+                if busy.insert(path.to_path_buf()) {
+                    break;
+                }
+                self.done.wait(&mut busy);
+            }
         }
-        let digest = hash_file(file)?.to_hex().to_string();
+        let hashed = hash_file(file);
+        self.busy.lock().remove(path);
+        self.done.notify_all();
+        let digest = hashed?.to_hex().to_string();
         self.known
             .lock()
             .insert(path.to_path_buf(), (stamp.0, stamp.1, digest.clone()));
@@ -96,9 +112,14 @@ impl DigestCache {
     }
 }
 
-/// Sends `len` bytes of `file` starting at `offset` to `stream` (via `sendfile` on Linux),
-/// calling `progress` with the total sent after each chunk. Stops with `Interrupted` when
-/// `stop` is set.
+/// Sends `len` bytes of `file` starting at `offset` to `stream`, calling `progress` with the
+/// total sent after each chunk. Stops with `Interrupted` when `stop` is set, and with
+/// `UnexpectedEof` if the file ends early (it shrank while being sent).
+///
+/// On Linux the bytes go with `sendfile(2)` straight from the page cache to the socket: they
+/// never enter user space. (`std::io::copy` does not do this for a `TcpStream`: traced, it
+/// moves 8 KiB at a time through `read` and `sendto`.) Elsewhere, or on a file system that
+/// refuses `sendfile`, a buffered copy does the same job.
 pub fn send_range(
     file: &File,
     offset: u64,
@@ -107,10 +128,8 @@ pub fn send_range(
     stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
-    let mut reader = file;
-    reader.seek(SeekFrom::Start(offset))?;
     let mut sent = 0u64;
-    let mut writer = stream;
+    let mut zero_copy = cfg!(target_os = "linux");
     while sent < len {
         if stop.load(Ordering::Relaxed) {
             return Err(io::Error::new(
@@ -119,7 +138,20 @@ pub fn send_range(
             ));
         }
         let chunk = (len - sent).min(SEND_CHUNK);
-        let n = io::copy(&mut reader.take(chunk), &mut writer)?;
+        let n = if zero_copy {
+            match sendfile_chunk(file, offset + sent, chunk, stream) {
+                Ok(n) => n,
+                // Only before the first byte: then nothing is lost by switching.
+                Err(e) if sent == 0 && sendfile_unsupported(&e) => {
+                    log::debug!("sendfile unavailable ({e}); copying through a buffer");
+                    zero_copy = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            copy_chunk(file, offset + sent, chunk, stream)?
+        };
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -130,6 +162,62 @@ pub fn send_range(
         progress(sent);
     }
     Ok(())
+}
+
+/// True when `sendfile` cannot be used for this file or socket at all.
+fn sendfile_unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+/// Sends up to `len` bytes of `file` from `offset` with `sendfile`; returns how many were sent
+/// (0 only at the end of the file). The file's own position is neither used nor moved.
+#[cfg(target_os = "linux")]
+fn sendfile_chunk(file: &File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0u64;
+    while done < len {
+        let mut at = libc::off64_t::try_from(offset + done)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let want = usize::try_from(len - done).unwrap_or(usize::MAX);
+        // SAFETY: both descriptors are open for the duration of the call (borrowed from live
+        // `File` and `TcpStream`), and `at` is a valid, exclusively borrowed offset.
+        let n = unsafe { libc::sendfile64(stream.as_raw_fd(), file.as_raw_fd(), &mut at, want) };
+        match n {
+            0 => break,
+            n if n > 0 => done += n as u64,
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    // SO_SNDTIMEO expired: the downloader stopped reading.
+                    io::ErrorKind::WouldBlock => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the downloader stopped receiving",
+                        ));
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sendfile_chunk(_: &File, _: u64, _: u64, _: &TcpStream) -> io::Result<u64> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Sends up to `len` bytes of `file` from `offset` through a buffer.
+fn copy_chunk(file: &File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<u64> {
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut writer = stream;
+    io::copy(&mut reader.take(len), &mut writer)
 }
 
 /// Why receiving stopped early.
@@ -187,6 +275,38 @@ impl std::fmt::Display for ReceiveError {
 }
 
 impl std::error::Error for ReceiveError {}
+
+impl ReceiveError {
+    /// The same error counted from byte `start` of the whole file instead of from the start of
+    /// this transfer (a resumed download), so that the user sees positions in the file.
+    pub fn offset_by(self, start: u64) -> ReceiveError {
+        match self {
+            ReceiveError::Short { got, expected } => ReceiveError::Short {
+                got: got + start,
+                expected: expected + start,
+            },
+            ReceiveError::Disk { written, error } => ReceiveError::Disk {
+                written: written + start,
+                error,
+            },
+            ReceiveError::Network { got, error } => ReceiveError::Network {
+                got: got + start,
+                error,
+            },
+            ReceiveError::Stopped { got } => ReceiveError::Stopped { got: got + start },
+        }
+    }
+
+    /// Bytes of this transfer that are whole on disk.
+    pub fn kept(&self) -> u64 {
+        match self {
+            ReceiveError::Short { got, .. }
+            | ReceiveError::Network { got, .. }
+            | ReceiveError::Stopped { got } => *got,
+            ReceiveError::Disk { written, .. } => *written,
+        }
+    }
+}
 
 /// True for "no space left" and "file too large" (`RLIMIT_FSIZE`, quota).
 pub fn is_disk_full(error: &io::Error) -> bool {
@@ -403,5 +523,49 @@ impl PartialStore {
     pub fn discard(&self, name: &str) {
         let _ = fs::remove_file(self.part_path(name));
         let _ = fs::remove_file(self.record_path(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest_at(cache: &DigestCache, path: &Path) -> DigestHex {
+        cache.digest(path, &File::open(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_changed_file_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let cache = DigestCache::new();
+        fs::write(&path, b"first").unwrap();
+        assert_eq!(
+            digest_at(&cache, &path),
+            blake3::hash(b"first").to_hex().to_string()
+        );
+        fs::write(&path, b"second, longer").unwrap();
+        assert_eq!(
+            digest_at(&cache, &path),
+            blake3::hash(b"second, longer").to_hex().to_string()
+        );
+    }
+
+    #[test]
+    fn threads_asking_at_once_get_the_same_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, vec![7u8; 3 << 20]).unwrap();
+        let expected = blake3::hash(&vec![7u8; 3 << 20]).to_hex().to_string();
+        let cache = DigestCache::new();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| digest_at(&cache, &path)))
+                .collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), expected);
+            }
+        });
+        assert!(cache.busy.lock().is_empty());
     }
 }

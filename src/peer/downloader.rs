@@ -246,14 +246,8 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         &mut |got| progress.update(start + got),
     );
     if let Err(e) = received {
-        let kept = start
-            + match &e {
-                ReceiveError::Short { got, .. }
-                | ReceiveError::Network { got, .. }
-                | ReceiveError::Stopped { got } => *got,
-                ReceiveError::Disk { written, .. } => *written,
-            };
-        if let Err(te) = ctx.partials.truncate(name, kept) {
+        let e = e.offset_by(start);
+        if let Err(te) = ctx.partials.truncate(name, e.kept()) {
             log::warn!("cannot trim the partial download of {name}: {te}");
         }
         return Err(DownloadError::Receive(e));

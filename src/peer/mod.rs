@@ -176,6 +176,13 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         ctx.shared.path().display()
     ));
 
+    // Hash the shared files now, so the first request for a large one is answered at once.
+    let digest_ctx = Arc::clone(&ctx);
+    thread::Builder::new()
+        .name("digests".into())
+        .spawn(move || uploader::hash_shared_files(&digest_ctx))
+        .map_err(PeerError::Thread)?;
+
     let upload_ctx = Arc::clone(&ctx);
     thread::Builder::new()
         .name("upload-listener".into())

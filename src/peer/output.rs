@@ -3,13 +3,21 @@
 //! Any thread may print a whole line through [`Output`]. In plain mode (stdin not a terminal)
 //! that is stdout; the interactive console prints above its prompt instead, so that a line
 //! arriving while the user types never destroys what was typed.
+//!
+//! Transfers report progress through [`Progress`]: on a terminal ([`LiveOutput`]) as one bar
+//! per transfer with bytes, rate and time left, redrawn in place just above the prompt;
+//! elsewhere as a few plain percentage lines.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A sink for whole console lines.
+use parking_lot::Mutex;
+
+/// A sink for whole console lines, and optionally for live progress bars.
 pub trait Output: Send + Sync {
     /// Prints one line (no newline needed).
     fn line(&self, text: &str);
@@ -22,6 +30,21 @@ pub trait Output: Send + Sync {
     /// ends, so an interactive console stops printing through the prompt (which only draws
     /// them when its own thread next wakes up) and writes them directly.
     fn leaving(&self) {}
+
+    /// True if this output can redraw progress bars in place (a terminal); otherwise transfers
+    /// print a few plain percentage lines through [`Output::line`].
+    fn live_bars(&self) -> bool {
+        false
+    }
+
+    /// Shows or replaces the bar of transfer `id`, given as its label and its figures (the
+    /// label is shortened if the line would not fit); `None` removes it (the line that reports
+    /// the transfer's end then takes its place).
+    fn bar(&self, _id: u64, _bar: Option<(&str, &str)>) {}
+
+    /// Tells the output that the user's typed line was accepted (Enter): it now stands between
+    /// the bars and the prompt, so the bars are left where they are and drawn anew below it.
+    fn input_accepted(&self) {}
 }
 
 /// Plain stdout.
@@ -55,10 +78,139 @@ pub fn printable(text: &str) -> Cow<'_, str> {
 /// Shared handle to the console output.
 pub type SharedOutput = Arc<dyn Output>;
 
+/// Draws lines and live progress bars above an interactive prompt.
+///
+/// Everything goes through one `print` function that writes text just above the prompt (for
+/// rustyline, its external printer: it clears the prompt, writes the text, and redraws the
+/// prompt with what the user had typed). The bars form a block directly above the prompt; to
+/// redraw them the text starts by moving up over the old block and erasing it, and a line
+/// printed meanwhile goes above the new block. So the prompt and the user's typing are never
+/// touched, and lines never interleave with bars.
+pub struct LiveOutput {
+    inner: Mutex<LiveState>,
+    columns: fn() -> usize,
+}
+
+struct LiveState {
+    print: Box<dyn FnMut(String) + Send>,
+    /// Label and figures of each bar.
+    bars: BTreeMap<u64, (String, String)>,
+    /// Rows of bars on screen directly above the prompt.
+    drawn: usize,
+}
+
+/// Moves up one row and erases it.
+const ERASE_ROW_ABOVE: &str = "\x1b[A\x1b[2K\r";
+
+impl LiveOutput {
+    /// An output printing through `print` (which writes above the prompt); `columns` gives the
+    /// terminal's width, so that a bar never wraps onto a second row.
+    pub fn new(print: Box<dyn FnMut(String) + Send>, columns: fn() -> usize) -> LiveOutput {
+        LiveOutput {
+            inner: Mutex::new(LiveState {
+                print,
+                bars: BTreeMap::new(),
+                drawn: 0,
+            }),
+            columns,
+        }
+    }
+
+    /// Erases the drawn bars, writes `text` (whole lines, or nothing), draws the bars again.
+    fn redraw(&self, state: &mut LiveState, text: Option<&str>) {
+        let width = (self.columns)().saturating_sub(1).max(20);
+        let mut out = ERASE_ROW_ABOVE.repeat(state.drawn);
+        if let Some(text) = text {
+            out.push_str(text);
+            out.push('\n');
+        }
+        for (label, figures) in state.bars.values() {
+            out.push_str(&fit(label, figures, width));
+            out.push('\n');
+        }
+        state.drawn = state.bars.len();
+        if !out.is_empty() {
+            (state.print)(out);
+        }
+    }
+}
+
+impl Output for LiveOutput {
+    fn line(&self, text: &str) {
+        let mut state = self.inner.lock();
+        self.redraw(&mut state, Some(text));
+    }
+
+    fn live_bars(&self) -> bool {
+        true
+    }
+
+    fn bar(&self, id: u64, bar: Option<(&str, &str)>) {
+        let mut state = self.inner.lock();
+        match bar {
+            Some((label, figures)) => {
+                state
+                    .bars
+                    .insert(id, (label.to_string(), figures.to_string()));
+                self.redraw(&mut state, None);
+            }
+            // Erased by the next line, which reports how the transfer ended.
+            None => {
+                state.bars.remove(&id);
+            }
+        }
+    }
+
+    fn input_accepted(&self) {
+        self.inner.lock().drawn = 0;
+    }
+}
+
+/// `label figures` in at most `width` characters: the label is shortened (with `…`) first,
+/// then, on a very narrow terminal, the figures are cut.
+fn fit(label: &str, figures: &str, width: usize) -> String {
+    let room = width.saturating_sub(figures.chars().count() + 1);
+    let label_len = label.chars().count();
+    let label: String = if label_len <= room {
+        label.to_string()
+    } else if room >= 2 {
+        label.chars().take(room - 1).chain(['…']).collect()
+    } else {
+        String::new()
+    };
+    let line = if label.is_empty() {
+        figures.to_string()
+    } else {
+        format!("{label} {figures}")
+    };
+    line.chars().take(width).collect()
+}
+
+/// The width of the terminal on stdout, or 80 if it cannot be known.
+pub fn terminal_columns() -> usize {
+    // SAFETY: TIOCGWINSZ only writes a `winsize` into the struct it is given.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_col > 0 {
+            usize::from(size.ws_col)
+        } else {
+            80
+        }
+    }
+}
+
 /// Files smaller than this get no progress lines: they finish at once.
 const PROGRESS_MIN_BYTES: u64 = 8 << 20;
+/// The shortest time between two redraws of a bar.
+const BAR_INTERVAL: Duration = Duration::from_millis(250);
+/// Characters in a bar.
+const BAR_WIDTH: usize = 12;
 
-/// Reports a transfer's progress as a few lines: at each quarter, with rate and time left.
+/// Distinguishes the bars of transfers running at once.
+static NEXT_BAR: AtomicU64 = AtomicU64::new(0);
+
+/// Reports a transfer's progress: a live bar on a terminal, else a line at each quarter, each
+/// with rate and time left.
 pub struct Progress {
     out: SharedOutput,
     label: String,
@@ -67,6 +219,9 @@ pub struct Progress {
     started: Instant,
     next_quarter: u64,
     enabled: bool,
+    /// The bar's id, when drawing bars.
+    bar: Option<u64>,
+    last_draw: Option<Instant>,
 }
 
 impl Progress {
@@ -77,6 +232,8 @@ impl Progress {
             .saturating_mul(4)
             .checked_div(total)
             .map_or(5, |q| q + 1);
+        let enabled = total >= PROGRESS_MIN_BYTES;
+        let bar = (enabled && out.live_bars()).then(|| NEXT_BAR.fetch_add(1, Ordering::Relaxed));
         Progress {
             out,
             label,
@@ -84,12 +241,41 @@ impl Progress {
             start_at,
             started: Instant::now(),
             next_quarter,
-            enabled: total >= PROGRESS_MIN_BYTES,
+            enabled,
+            bar,
+            last_draw: None,
         }
+    }
+
+    /// Bytes per second since the start, and seconds left at that rate.
+    fn rate_and_left(&self, done: u64) -> (f64, f64) {
+        let elapsed = self.started.elapsed().max(Duration::from_millis(1));
+        let rate = done.saturating_sub(self.start_at) as f64 / elapsed.as_secs_f64();
+        let left = if rate > 0.0 {
+            self.total.saturating_sub(done) as f64 / rate
+        } else {
+            0.0
+        };
+        (rate, left)
     }
 
     /// Records that `done` bytes of the whole file are now transferred.
     pub fn update(&mut self, done: u64) {
+        if let Some(id) = self.bar {
+            let now = Instant::now();
+            if done < self.total
+                && self
+                    .last_draw
+                    .is_some_and(|t| now.duration_since(t) < BAR_INTERVAL)
+            {
+                return;
+            }
+            self.last_draw = Some(now);
+            let (rate, left) = self.rate_and_left(done);
+            let figures = bar_figures(done, self.total, rate, left);
+            self.out.bar(id, Some((&self.label, &figures)));
+            return;
+        }
         if !self.enabled || self.next_quarter > 4 {
             return;
         }
@@ -99,14 +285,7 @@ impl Progress {
         while self.next_quarter <= 4 && done * 4 >= self.next_quarter * self.total {
             self.next_quarter += 1;
         }
-        let elapsed = self.started.elapsed().max(Duration::from_millis(1));
-        let moved = done.saturating_sub(self.start_at);
-        let rate = moved as f64 / elapsed.as_secs_f64();
-        let left = if rate > 0.0 {
-            (self.total.saturating_sub(done)) as f64 / rate
-        } else {
-            0.0
-        };
+        let (rate, left) = self.rate_and_left(done);
         self.out.line(&format!(
             "{}: {}% ({} de {} MiB, {:.1} MiB/s, faltam {:.0} s)",
             self.label,
@@ -116,6 +295,75 @@ impl Progress {
             rate / (1024.0 * 1024.0),
             left
         ));
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(id) = self.bar {
+            self.out.bar(id, None);
+        }
+    }
+}
+
+/// A bar's figures, short enough to leave room for a label on an 80-column terminal:
+/// `[#####>------]  45% 1.8/4.0 GiB 310.2 MiB/s faltam 7s`.
+pub fn bar_figures(done: u64, total: u64, rate: f64, left: f64) -> String {
+    let fraction = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).clamp(0.0, 1.0)
+    };
+    let filled = (fraction * BAR_WIDTH as f64) as usize;
+    let mut bar = "#".repeat(filled);
+    if filled < BAR_WIDTH {
+        bar.push('>');
+        bar.push_str(&"-".repeat(BAR_WIDTH - filled - 1));
+    }
+    format!(
+        "[{bar}] {:>3}% {} {}/s faltam {}",
+        (fraction * 100.0) as u32,
+        done_of_total(done, total),
+        human_bytes(rate),
+        human_duration(left)
+    )
+}
+
+/// `1.8/4.0 GiB`: both in the unit of the total.
+fn done_of_total(done: u64, total: u64) -> String {
+    let unit = human_bytes(total as f64);
+    match unit.split_once(' ') {
+        Some((figure, "B")) => format!("{done}/{figure} B"),
+        Some((figure, name)) => {
+            let scale = total as f64 / figure.parse::<f64>().unwrap_or(1.0).max(f64::MIN_POSITIVE);
+            format!("{:.1}/{figure} {name}", done as f64 / scale)
+        }
+        None => format!("{done}/{total}"),
+    }
+}
+
+/// `1023 B`, `12.0 KiB`, `1.8 GiB`.
+pub fn human_bytes(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024.0 {
+        return format!("{} B", bytes.max(0.0) as u64);
+    }
+    let mut value = bytes / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `7s`, `2m05s`, `1h02m`.
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).ceil() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -131,5 +379,71 @@ mod tests {
             printable("a\nArquivo x baixado\x1b[2J\u{9b}"),
             "a?Arquivo x baixado?[2J?"
         );
+    }
+
+    /// Collects what a [`LiveOutput`] prints.
+    fn recording() -> (LiveOutput, Arc<Mutex<Vec<String>>>) {
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&printed);
+        let out = LiveOutput::new(Box::new(move |text| sink.lock().push(text)), || 40);
+        (out, printed)
+    }
+
+    #[test]
+    fn bars_are_redrawn_in_place_and_lines_go_above_them() {
+        let (out, printed) = recording();
+        out.bar(1, Some(("down a", "1%")));
+        out.bar(2, Some(("up b", "2%")));
+        out.bar(1, Some(("down a", "50%")));
+        out.line("Peer x solicitou o arquivo y");
+        out.bar(1, None);
+        out.line("Arquivo a baixado com sucesso");
+        let printed = printed.lock();
+        let up = ERASE_ROW_ABOVE;
+        assert_eq!(printed[0], "down a 1%\n");
+        // The second bar erases the one row drawn, then draws both.
+        assert_eq!(printed[1], format!("{up}down a 1%\nup b 2%\n"));
+        assert_eq!(printed[2], format!("{up}{up}down a 50%\nup b 2%\n"));
+        assert_eq!(
+            printed[3],
+            format!("{up}{up}Peer x solicitou o arquivo y\ndown a 50%\nup b 2%\n")
+        );
+        // Removing a bar prints nothing; the next line replaces the finished bar.
+        assert_eq!(
+            printed[4],
+            format!("{up}{up}Arquivo a baixado com sucesso\nup b 2%\n")
+        );
+        assert_eq!(printed.len(), 5);
+    }
+
+    #[test]
+    fn a_typed_line_is_never_erased() {
+        let (out, printed) = recording();
+        out.bar(1, Some(("down a", "1%")));
+        out.input_accepted();
+        out.bar(1, Some(("down a", "60%")));
+        assert_eq!(printed.lock()[1], "down a 60%\n");
+    }
+
+    #[test]
+    fn a_long_label_is_shortened_so_the_bar_never_wraps() {
+        let (out, printed) = recording();
+        out.bar(1, Some((&"x".repeat(100), "[##>-]  50% 1.0 MiB/s")));
+        assert_eq!(
+            printed.lock()[0],
+            format!("{}… [##>-]  50% 1.0 MiB/s\n", "x".repeat(16))
+        );
+        assert_eq!(fit("label", &"9".repeat(50), 39), "9".repeat(39));
+    }
+
+    #[test]
+    fn a_bar_shows_bytes_rate_and_time_left() {
+        let text = bar_figures(1 << 30, 4 << 30, 100.0 * 1048576.0, 30.5);
+        assert_eq!(
+            text,
+            "[###>--------]  25% 1.0/4.0 GiB 100.0 MiB/s faltam 31s"
+        );
+        assert_eq!(human_duration(125.0), "2m05s");
+        assert_eq!(human_bytes(512.0), "512 B");
     }
 }

@@ -44,7 +44,7 @@ use crate::peer::PeerConfig;
 use crate::peer::commands::COMMAND_NAMES;
 use crate::peer::console::{ConsoleState, Input, prompt_text};
 use crate::peer::line_reader::LineReader;
-use crate::peer::output::{Output, printable};
+use crate::peer::output::{LiveOutput, Output, printable, terminal_columns};
 
 /// How many lines may wait for the printer thread before printers wait in turn.
 const OUTPUT_QUEUE: usize = 4096;
@@ -78,26 +78,39 @@ impl Prompt for LivePrompt {
 
 /// One thing for the printer thread.
 enum Printed {
-    Line(String),
+    /// Text as the terminal should get it, newlines included.
+    Raw(String),
     /// Answered once every line queued before it was handed to the terminal.
     Flush(Sender<()>),
     /// Write the following lines straight to the terminal.
     Direct,
 }
 
-/// Queues lines for the printer thread, so no thread ever waits on the terminal.
+/// Lines and progress bars drawn above the prompt ([`LiveOutput`]), queued for the printer
+/// thread so no thread ever waits on the terminal.
 struct PromptOutput {
+    live: LiveOutput,
     tx: Sender<Printed>,
 }
 
 impl Output for PromptOutput {
     fn line(&self, text: &str) {
-        let text = printable(text).into_owned();
-        if let Err(e) = self.tx.send(Printed::Line(text))
-            && let Printed::Line(text) = e.into_inner()
-        {
-            println!("{text}");
+        self.live.line(&printable(text));
+    }
+
+    fn live_bars(&self) -> bool {
+        true
+    }
+
+    fn bar(&self, id: u64, bar: Option<(&str, &str)>) {
+        match bar {
+            Some((label, figures)) => self.live.bar(id, Some((&printable(label), figures))),
+            None => self.live.bar(id, None),
         }
+    }
+
+    fn input_accepted(&self) {
+        self.live.input_accepted();
     }
 
     fn flush(&self) {
@@ -132,15 +145,15 @@ fn print_lines(rx: Receiver<Printed>, mut printer: Box<dyn ExternalPrinter + Sen
                 let _ = out.flush();
                 direct = true;
             }
-            Printed::Line(text) if direct => {
+            Printed::Raw(text) if direct => {
                 let mut out = io::stdout().lock();
-                let _ = write!(out, "{text}\r\n");
+                let _ = out.write_all(text.replace('\n', "\r\n").as_bytes());
                 let _ = out.flush();
             }
-            Printed::Line(text) => {
-                if printer.print(format!("{text}\n")).is_err() {
+            Printed::Raw(text) => {
+                if printer.print(text.clone()).is_err() {
                     let mut out = io::stdout().lock();
-                    let _ = writeln!(out, "{text}");
+                    let _ = out.write_all(text.as_bytes());
                     let _ = out.flush();
                 }
             }
@@ -321,7 +334,24 @@ pub fn start(
     thread::Builder::new()
         .name("prompt-output".into())
         .spawn(move || print_lines(out_rx, Box::new(printer)))?;
-    let output = Arc::new(PromptOutput { tx: out_tx.clone() });
+    // Lines and transfer progress bars are drawn above the prompt (see LiveOutput), through
+    // the printer thread.
+    let sink = out_tx.clone();
+    let live = LiveOutput::new(
+        Box::new(move |text: String| {
+            if let Err(e) = sink.send(Printed::Raw(text))
+                && let Printed::Raw(text) = e.into_inner()
+            {
+                print!("{text}");
+            }
+        }),
+        terminal_columns,
+    );
+    let output = Arc::new(PromptOutput {
+        live,
+        tx: out_tx.clone(),
+    });
+    let typed = Arc::clone(&output);
 
     let terminal = SavedTerminal::save();
     let closing = Arc::new(AtomicBool::new(false));
@@ -339,6 +369,7 @@ pub fn start(
                 }
                 let line = editor.readline(&prompt);
                 reading2.store(false, Ordering::SeqCst);
+                typed.input_accepted();
                 let input = match line {
                     Ok(line) => {
                         remember(&mut editor, history.as_deref(), &line);

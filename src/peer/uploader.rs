@@ -30,6 +30,8 @@ use crate::transfer;
 const MAX_REQUEST: usize = 64 * 1024;
 /// How long a downloader may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A downloader that accepts no data for this long is given up (it can resume later).
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts upload connections for ever, one thread each.
 pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
@@ -54,6 +56,29 @@ pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
     }
 }
 
+/// Computes the digest of every shared file into the cache (at start, in the background).
+pub fn hash_shared_files(ctx: &PeerContext) {
+    let names = match ctx.shared.list() {
+        Ok(names) => names,
+        Err(e) => {
+            log::warn!("cannot list the shared folder: {e}");
+            return;
+        }
+    };
+    for name in names {
+        if ctx.transfers.stopping() {
+            return;
+        }
+        let Ok(Some((path, _))) = ctx.shared.shared_file(&name) else {
+            continue;
+        };
+        match File::open(&path).and_then(|file| ctx.digests.digest(&path, &file)) {
+            Ok(digest) => log::debug!("{name}: BLAKE3 {digest}"),
+            Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
+        }
+    }
+}
+
 fn reply(stream: &TcpStream, reply: &Reply) -> std::io::Result<()> {
     // Each reply in its own write: the original's downloader parses one `recv` as one reply.
     (&*stream).write_all(&reply.to_line())
@@ -65,11 +90,12 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         return;
     };
     let _ = stream.set_nodelay(true);
-    // Without it, a downloader that vanishes mid-file blocks this thread in a write until
-    // the kernel gives up retransmitting (about 15 minutes).
+    // A downloader whose host vanishes, or that stops reading, must not hold this thread
+    // (without it a write blocks until the kernel gives up retransmitting, ~15 minutes).
     if let Err(e) = crate::liveness::set_liveness(&stream, ctx.liveness) {
         log::debug!("{remote}: cannot set keepalive: {e}");
     }
+    let _ = stream.set_write_timeout(Some(STALL_TIMEOUT));
     let mut reader = FrameReader::new(&stream, MAX_REQUEST);
     reader.set_message_timeout(Some(REQUEST_TIMEOUT));
     reader.set_idle_timeout(Some(REQUEST_TIMEOUT));
@@ -187,6 +213,8 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             &mut |sent| progress.update(offset + sent),
         )
     };
+    // The line below takes the place of the bar.
+    drop(progress);
     match sent {
         Ok(()) => {
             let _ = stream.shutdown(std::net::Shutdown::Write);

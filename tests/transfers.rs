@@ -1,0 +1,634 @@
+//! Large, verified, resumable transfers between real peers over real sockets (issue 5).
+//!
+//! Mid-transfer failures are made deterministic without sleeping: either a raw uploader in the
+//! test speaks the protocol and stops where the test says, or a [`PausingProxy`] between the
+//! peers forwards a fixed number of bytes and then holds the rest back until the test has
+//! killed the uploader (or quit the downloader), so the transfer cannot finish first.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use tempfile::TempDir;
+
+use common::*;
+
+/// Bigger than every buffer on the way: the 8 MiB send chunk, the 1 MiB receive buffer and the
+/// 64 KiB message buffer, and not a multiple of any of them.
+const BIG: u64 = (20 << 20) + 12_345;
+
+/// The partial download of `name` in a peer's folder.
+fn part_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(".napster")
+        .join("partial")
+        .join(format!("{name}.part"))
+}
+
+/// The BLAKE3 digest, as hex, of a file.
+fn digest_of(path: &Path) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&fs::read(path).unwrap());
+    hasher.finalize().to_hex().to_string()
+}
+
+/// A tracker and a joined peer started with `--approve yes`, sharing `dir`.
+fn joined_peer(name: &str, tracker: &TrackerProc, dir: &Path) -> PeerProc {
+    fs::create_dir_all(dir).unwrap();
+    let mut peer = start_peer(name, tracker.addr, dir, &["--approve", "yes"]);
+    peer.join();
+    peer
+}
+
+/// A proxy between a downloader and an uploader that forwards the first `limit` bytes coming
+/// from the uploader, then stops reading from it, reports "paused", and on "release" closes
+/// both sides (what a killed uploader or a cut network looks like to the downloader).
+struct PausingProxy {
+    addr: SocketAddr,
+    paused: Receiver<()>,
+    /// `true`: reset the downloader's connection instead of closing it.
+    release: Sender<bool>,
+}
+
+impl PausingProxy {
+    fn start(target: SocketAddr, limit: u64) -> PausingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (paused_tx, paused) = bounded(1);
+        let (release, release_rx) = bounded::<bool>(1);
+        thread::spawn(move || {
+            let (client, _) = listener.accept().unwrap();
+            let server = TcpStream::connect(target).unwrap();
+            let (mut up_from, mut up_to) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let upward = thread::spawn(move || {
+                let _ = std::io::copy(&mut up_from, &mut up_to);
+            });
+            let mut from_server = (&server).take(limit);
+            let mut to_client = &client;
+            let _ = std::io::copy(&mut from_server, &mut to_client);
+            let _ = paused_tx.send(());
+            if release_rx.recv() == Ok(true) {
+                // Linger 0: closing sends RST, as a broken network path eventually does. The
+                // upward copy holds a clone of the socket: wake it and let it end first, so
+                // that dropping `client` really closes the socket.
+                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                let _ = client.shutdown(Shutdown::Read);
+                let _ = upward.join();
+                drop(client);
+                let _ = server.shutdown(Shutdown::Both);
+                return;
+            }
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+        });
+        PausingProxy {
+            addr,
+            paused,
+            release,
+        }
+    }
+
+    /// Waits until the proxy has forwarded its bytes and holds the rest back.
+    fn wait_paused(&self) {
+        self.paused
+            .recv_timeout(WAIT)
+            .expect("the proxy forwarded its bytes");
+    }
+
+    /// Closes both connections.
+    fn cut(&self) {
+        self.release.send(false).unwrap();
+    }
+
+    /// Resets the downloader's connection (it reads an error, not an end).
+    fn reset(&self) {
+        self.release.send(true).unwrap();
+    }
+}
+
+/// Reads a DOWNLOAD_REQUEST line from a raw connection.
+fn read_request(reader: &mut BufReader<TcpStream>) -> serde_json::Value {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let request: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(request["method"], "DOWNLOAD_REQUEST", "{request}");
+    request
+}
+
+/// Sends one JSON reply line.
+fn send_json(stream: &mut TcpStream, value: serde_json::Value) {
+    let mut line = serde_json::to_vec(&value).unwrap();
+    line.push(b'\n');
+    stream.write_all(&line).unwrap();
+}
+
+/// A file larger than every buffer arrives byte for byte, the partial folder is left empty,
+/// progress is reported as plain percentage lines without a terminal, and the downloader
+/// UPDATEs the tracker so that it is found as a source too.
+#[test]
+fn a_file_larger_than_every_buffer_arrives_byte_exact() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    fs::create_dir_all(&da).unwrap();
+    write_pattern(&da.join("video.bin"), BIG, 7);
+    let alice = joined_peer("alice", &t, &da);
+    let mut bob = joined_peer("bob", &t, &db);
+
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
+    let first = bob.wait_for("Download de video.bin: ");
+    assert!(!first.contains("100%"), "{first}");
+    bob.wait_for("Download de video.bin: 100% (20 de 20 MiB");
+    bob.wait_for(&format!(
+        "Arquivo video.bin baixado com sucesso na pasta {}",
+        db.display()
+    ));
+    alice.wait_for("Upload do arquivo video.bin para");
+    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+    assert!(!part_path(&db, "video.bin").exists());
+    t.proc.wait_for(&format!(
+        "Peer {} atualizou os arquivos ['video.bin']",
+        bob.addr()
+    ));
+}
+
+/// An uploader that announces the right digest but flips one byte of the data is caught: the
+/// user is told the digests differ, and neither the final name nor a partial file is left.
+#[test]
+fn a_flipped_byte_is_detected_and_nothing_is_kept() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let db = tmp.path().join("bob");
+    let source = tmp.path().join("source.bin");
+    write_pattern(&source, BIG, 11);
+    let digest = digest_of(&source);
+    let mut bob = joined_peer("bob", &t, &db);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let uploader = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let request = read_request(&mut reader);
+        assert_eq!(request["data"]["filename"], "video.bin");
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"OK","fileSize":BIG,"digest":digest,"offset":0}),
+        );
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"downloadAccepted"}),
+        );
+        let mut bytes = fs::read(&source).unwrap();
+        bytes[(BIG / 2) as usize] ^= 0x01;
+        stream.write_all(&bytes).unwrap();
+    });
+
+    bob.send(&format!("DOWNLOAD video.bin {addr}"));
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(line.contains("não confere"), "{line}");
+    assert!(line.contains("descartado"), "{line}");
+    uploader.join().unwrap();
+    assert!(!db.join("video.bin").exists());
+    assert!(!part_path(&db, "video.bin").exists());
+}
+
+/// The uploader process is killed (SIGKILL) in the middle of a transfer: the downloader says
+/// the connection ended early and keeps what arrived; the next DOWNLOAD of the same file from
+/// the restarted uploader (same folder, new port) is approved as a resume from exactly the
+/// bytes on disk, and the result is verified whole.
+#[test]
+fn a_killed_uploader_is_resumed_from_the_bytes_on_disk() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    fs::create_dir_all(&da).unwrap();
+    write_pattern(&da.join("video.bin"), 48 << 20, 3);
+    let mut alice = joined_peer("alice", &t, &da);
+    let mut bob = joined_peer("bob", &t, &db);
+
+    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 12 << 20);
+    bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
+    proxy.wait_paused();
+    alice.proc.kill();
+    proxy.cut();
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(line.contains("guardada para retomar"), "{line}");
+    assert!(!db.join("video.bin").exists());
+    let kept = fs::metadata(part_path(&db, "video.bin")).unwrap().len();
+    assert!(kept > 0 && kept < 48 << 20, "kept {kept} bytes");
+
+    let alice = joined_peer("alice-again", &t, &da);
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
+    alice.wait_for(&format!("retomando do byte {kept}"));
+    bob.wait_for(&format!(
+        "Retomando o download de video.bin a partir do byte {kept}"
+    ));
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+    assert!(!part_path(&db, "video.bin").exists());
+}
+
+/// The network fails mid-transfer (the connection is reset); the downloader reports the
+/// failure with the position reached and keeps the partial; the download then resumes from a
+/// *different* peer that has the same file (same size and digest), verified whole.
+#[test]
+fn a_cut_download_resumes_from_another_peer_with_the_same_file() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db, dc) = (
+        tmp.path().join("alice"),
+        tmp.path().join("bob"),
+        tmp.path().join("carol"),
+    );
+    fs::create_dir_all(&da).unwrap();
+    fs::create_dir_all(&dc).unwrap();
+    write_pattern(&da.join("video.bin"), BIG, 5);
+    fs::copy(da.join("video.bin"), dc.join("video.bin")).unwrap();
+    let alice = joined_peer("alice", &t, &da);
+    let carol = joined_peer("carol", &t, &dc);
+    let mut bob = joined_peer("bob", &t, &db);
+
+    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 5 << 20);
+    bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
+    proxy.wait_paused();
+    proxy.reset();
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    let kept = fs::metadata(part_path(&db, "video.bin")).unwrap().len();
+    assert!(kept > 0 && kept < BIG, "kept {kept} bytes");
+    assert!(
+        line.contains(&format!("a conexão falhou após {kept} bytes")),
+        "{line}"
+    );
+    assert!(line.contains("guardada para retomar"), "{line}");
+
+    bob.send(&format!("DOWNLOAD video.bin {}", carol.addr()));
+    carol.wait_for(&format!("retomando do byte {kept}"));
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(same_file(&dc.join("video.bin"), &db.join("video.bin")));
+}
+
+/// A partial download is never glued to a different file of the same name: when the new
+/// uploader's file has another digest, the download starts again from byte 0 and the result
+/// is that file, verified.
+#[test]
+fn a_partial_of_another_file_with_the_same_name_is_not_resumed() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db, dc) = (
+        tmp.path().join("alice"),
+        tmp.path().join("bob"),
+        tmp.path().join("carol"),
+    );
+    fs::create_dir_all(&da).unwrap();
+    fs::create_dir_all(&dc).unwrap();
+    write_pattern(&da.join("video.bin"), BIG, 5);
+    write_pattern(&dc.join("video.bin"), BIG, 6);
+    let alice = joined_peer("alice", &t, &da);
+    let carol = joined_peer("carol", &t, &dc);
+    let mut bob = joined_peer("bob", &t, &db);
+
+    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 5 << 20);
+    bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
+    proxy.wait_paused();
+    proxy.cut();
+    bob.wait_for("Erro ao processar download de video.bin");
+    assert!(part_path(&db, "video.bin").exists());
+
+    bob.send(&format!("DOWNLOAD video.bin {}", carol.addr()));
+    let asked = carol.wait_for("solicitou o arquivo video.bin");
+    assert!(!asked.contains("retomando"), "{asked}");
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(!bob.proc.printed("Retomando o download"));
+    assert!(same_file(&dc.join("video.bin"), &db.join("video.bin")));
+}
+
+/// The downloader QUITs in the middle of a transfer: it exits cleanly, keeps the partial, and
+/// a new downloader process on the same folder resumes it and verifies the whole file.
+#[test]
+fn a_download_stopped_by_quit_resumes_in_the_next_run() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    fs::create_dir_all(&da).unwrap();
+    write_pattern(&da.join("video.bin"), BIG, 9);
+    let alice = joined_peer("alice", &t, &da);
+    let mut bob = joined_peer("bob", &t, &db);
+
+    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 5 << 20);
+    bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
+    proxy.wait_paused();
+    bob.send("QUIT");
+    bob.wait_for("Peer encerrado.");
+    assert!(bob.proc.wait_exit(WAIT).success());
+    proxy.cut();
+    let kept = fs::metadata(part_path(&db, "video.bin")).unwrap().len();
+    assert!(kept > 0 && kept < BIG, "kept {kept} bytes");
+
+    let mut bob = joined_peer("bob-again", &t, &db);
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
+    bob.wait_for(&format!("a partir do byte {kept}"));
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+}
+
+/// Limits the size of files the process `pid` may write (`RLIMIT_FSIZE`, soft limit only, so
+/// it can be raised again): writes past it fail with EFBIG, as on a full disk.
+fn limit_file_size(pid: u32, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit only reads `limit`; the old limit is not asked for.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// A full disk (here `RLIMIT_FSIZE`, which gives EFBIG) is reported as a full disk with the
+/// number of bytes written; the partial file keeps exactly those bytes, nothing appears under
+/// the final name, and once there is room again the download resumes and verifies.
+#[test]
+fn a_full_disk_is_reported_and_the_partial_is_kept_for_resume() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    fs::create_dir_all(&da).unwrap();
+    write_pattern(&da.join("video.bin"), BIG, 13);
+    let alice = joined_peer("alice", &t, &da);
+    let mut bob = joined_peer("bob", &t, &db);
+    let room = 5 << 20;
+    limit_file_size(bob.proc.pid(), room);
+
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(
+        line.contains(&format!("disco cheio ({room} bytes gravados)")),
+        "{line}"
+    );
+    assert!(line.contains("guardada para retomar"), "{line}");
+    assert!(!db.join("video.bin").exists());
+    assert_eq!(
+        fs::metadata(part_path(&db, "video.bin")).unwrap().len(),
+        room
+    );
+
+    limit_file_size(bob.proc.pid(), libc::RLIM_INFINITY);
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
+    bob.wait_for(&format!("a partir do byte {room}"));
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+}
+
+/// A file already in the folder is never overwritten: asked for before the download, the
+/// downloader refuses at once; appearing while the download runs, the verified copy is not
+/// moved over it. Either way the user is told and the existing file is untouched.
+#[test]
+fn an_existing_file_is_never_overwritten() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    fs::create_dir_all(&da).unwrap();
+    fs::create_dir_all(&db).unwrap();
+    write_pattern(&da.join("video.bin"), BIG, 1);
+    fs::write(db.join("video.bin"), b"mine").unwrap();
+    let alice = joined_peer("alice", &t, &da);
+    let mut bob = joined_peer("bob", &t, &db);
+
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(line.contains("já existe; não será sobrescrito"), "{line}");
+    assert!(!alice.proc.printed("solicitou o arquivo"));
+    assert_eq!(fs::read(db.join("video.bin")).unwrap(), b"mine");
+
+    // The name is taken while the transfer runs.
+    fs::remove_file(db.join("video.bin")).unwrap();
+    let source = da.join("video.bin");
+    let digest = digest_of(&source);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (half_sent, half_rx) = bounded::<()>(1);
+    let (go_on, go_rx) = bounded::<()>(1);
+    let uploader = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"OK","fileSize":BIG,"digest":digest,"offset":0}),
+        );
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"downloadAccepted"}),
+        );
+        let bytes = fs::read(&source).unwrap();
+        let half = bytes.len() / 2;
+        stream.write_all(&bytes[..half]).unwrap();
+        half_sent.send(()).unwrap();
+        go_rx.recv().unwrap();
+        stream.write_all(&bytes[half..]).unwrap();
+    });
+    bob.send(&format!("DOWNLOAD video.bin {addr}"));
+    half_rx.recv_timeout(WAIT).unwrap();
+    fs::write(db.join("video.bin"), b"arrived meanwhile").unwrap();
+    go_on.send(()).unwrap();
+    uploader.join().unwrap();
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(line.contains("já existe; não será sobrescrito"), "{line}");
+    assert_eq!(
+        fs::read(db.join("video.bin")).unwrap(),
+        b"arrived meanwhile"
+    );
+}
+
+/// Names that leave the folder are refused on both sides: the downloader refuses to ask for
+/// them (and writes nothing outside its folder), and the uploader answers ERROR to a raw
+/// request for them, and fileNotFound for a link that points outside, while still serving a
+/// plain name on the next connection.
+#[test]
+fn names_with_separators_or_dots_are_refused_on_both_sides() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    fs::create_dir_all(&da).unwrap();
+    fs::write(tmp.path().join("secret.txt"), b"outside").unwrap();
+    fs::write(da.join("ok.txt"), b"inside").unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("secret.txt"), da.join("link.txt")).unwrap();
+    let alice = joined_peer("alice", &t, &da);
+    let mut bob = joined_peer("bob", &t, &db);
+
+    for name in ["../secret.txt", "sub/ok.txt", "..", "a\\b"] {
+        bob.send(&format!("DOWNLOAD {name} {}", alice.addr()));
+        let line = bob.wait_for(&format!("Erro ao processar download de {name}"));
+        assert!(line.contains("nome inválido"), "{line}");
+    }
+    assert!(!alice.proc.printed("solicitou o arquivo"));
+    assert_eq!(fs::read(tmp.path().join("secret.txt")).unwrap(), b"outside");
+
+    let port = alice.port;
+    for name in ["../secret.txt", "sub/ok.txt", "..", "/etc/passwd", "a\\b"] {
+        let mut c = RawClient::connect(alice.addr().parse().unwrap());
+        let request = serde_json::json!({
+            "method": "DOWNLOAD_REQUEST", "data": {"filename": name, "port": port}
+        });
+        let reply = c.ask(format!("{request}\n").as_bytes());
+        assert_eq!(reply["status"], "ERROR", "{name}: {reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains("refused"),
+            "{reply}"
+        );
+    }
+    let mut c = RawClient::connect(alice.addr().parse().unwrap());
+    let request = serde_json::json!({
+        "method": "DOWNLOAD_REQUEST", "data": {"filename": "link.txt", "port": port}
+    });
+    assert_eq!(
+        c.ask(format!("{request}\n").as_bytes())["status"],
+        "fileNotFound"
+    );
+    let mut c = RawClient::connect(alice.addr().parse().unwrap());
+    let request = serde_json::json!({
+        "method": "DOWNLOAD_REQUEST", "data": {"filename": "ok.txt", "port": port}
+    });
+    let reply = c.ask(format!("{request}\n").as_bytes());
+    assert_eq!(reply["status"], "OK");
+    assert_eq!(reply["fileSize"], 6);
+}
+
+/// A file of more than 4 GiB (sizes are u64 end to end) arrives byte for byte, including the
+/// bytes on both sides of the 4 GiB boundary. The source is sparse to save disk; the copy is
+/// not. Slow (it writes 4 GiB), so run it with `cargo test --test transfers -- --ignored`.
+#[test]
+#[ignore]
+fn a_file_across_the_4_gib_boundary_arrives_byte_exact() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    fs::create_dir_all(&da).unwrap();
+    let size: u64 = (4 << 30) + (3 << 20) + 17;
+    let source = da.join("huge.bin");
+    {
+        let mut f = fs::File::create(&source).unwrap();
+        f.set_len(size).unwrap();
+        for at in [0u64, (2 << 30) + 5, (4 << 30) - 4096, 4 << 30, size - 4096] {
+            use std::io::{Seek, SeekFrom};
+            f.seek(SeekFrom::Start(at)).unwrap();
+            let marker: Vec<u8> = (0..4096u32).map(|i| (i as u64 ^ at) as u8 | 1).collect();
+            f.write_all(&marker).unwrap();
+        }
+    }
+    let alice = joined_peer("alice", &t, &da);
+    let mut bob = joined_peer("bob", &t, &db);
+    bob.send(&format!("DOWNLOAD huge.bin {}", alice.addr()));
+    bob.proc
+        .wait_for_within("Arquivo huge.bin baixado com sucesso", WAIT * 20);
+    assert_eq!(fs::metadata(db.join("huge.bin")).unwrap().len(), size);
+    assert!(same_file(&source, &db.join("huge.bin")));
+}
+
+/// On a terminal (a real pseudo-terminal running the interactive prompt) a download shows a
+/// progress bar with bytes, rate and time left, and the bar and the lines that follow it never
+/// destroy what the user is typing: text typed while the bar is shown survives the download's
+/// end message and is run as typed. The cut download then resumes to a verified copy.
+#[test]
+fn a_terminal_shows_a_progress_bar_without_breaking_the_prompt() {
+    use expectrl::{Expect, Regex, Session};
+
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    fs::create_dir_all(&da).unwrap();
+    fs::create_dir_all(&db).unwrap();
+    write_pattern(&da.join("video.bin"), 48 << 20, 21);
+    let alice = joined_peer("alice", &t, &da);
+
+    let mut cmd = std::process::Command::new(napster_bin());
+    cmd.args([
+        "peer",
+        "--server",
+        &t.addr.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--dir")
+    .arg(&db)
+    .arg("--history")
+    .arg(tmp.path().join("history"))
+    .args(["--approve", "yes", "--join"])
+    .env("RUST_LOG", "warn");
+    let mut bob = Session::spawn(cmd).unwrap();
+    bob.set_expect_timeout(Some(WAIT));
+    bob.expect("Sou o Peer ").unwrap();
+
+    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 24 << 20);
+    bob.send_line(format!("DOWNLOAD video.bin {}", proxy.addr))
+        .unwrap();
+    bob.expect(Regex(
+        r"Download de video\.bin \[#*>?-*\] +\d+% [0-9.]+/48\.0 MiB [0-9.]+ [KMG]iB/s faltam \d+s",
+    ))
+    .unwrap();
+    proxy.wait_paused();
+    bob.send("SEARCH vid").unwrap();
+    bob.expect("SEARCH vid").unwrap();
+    proxy.cut();
+    bob.expect("guardada para retomar depois").unwrap();
+    // The prompt is drawn again below the message, with what was typed.
+    bob.expect("SEARCH vid").unwrap();
+    bob.send_line("eo.bin").unwrap();
+    bob.expect(format!(
+        "Peers com arquivo solicitado: ['{}']",
+        alice.addr()
+    ))
+    .unwrap();
+
+    bob.send_line(format!("DOWNLOAD video.bin {}", alice.addr()))
+        .unwrap();
+    bob.expect("Retomando o download de video.bin").unwrap();
+    bob.expect("Arquivo video.bin baixado com sucesso").unwrap();
+    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+    bob.send_line("QUIT").unwrap();
+    bob.expect(expectrl::Eof).unwrap();
+}
+
+/// An uploader that answers OK with an offset the downloader never asked for (it has no
+/// partial) is refused as a protocol error before any byte is written.
+#[test]
+fn an_offset_that_was_not_asked_for_is_refused() {
+    let tmp = TempDir::new().unwrap();
+    let t = start_tracker(&[]);
+    let db = tmp.path().join("bob");
+    let mut bob = joined_peer("bob", &t, &db);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let uploader = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let request = read_request(&mut reader);
+        assert!(request["data"].get("offset").is_none(), "{request}");
+        let digest = blake3::hash(b"whatever").to_hex().to_string();
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"OK","fileSize":1000,"digest":digest,"offset":100}),
+        );
+    });
+    bob.send(&format!("DOWNLOAD video.bin {addr}"));
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(line.contains("resposta inválida do peer"), "{line}");
+    assert!(line.contains("byte 100"), "{line}");
+    uploader.join().unwrap();
+    assert!(!db.join("video.bin").exists());
+    assert!(!part_path(&db, "video.bin").exists());
+}
