@@ -112,7 +112,7 @@ pub struct PeerArgs {
     /// its connection to the tracker).
     #[arg(long)]
     pub advertise: Option<String>,
-    /// The shared folder (default p2p/<upload port>).
+    /// The shared folder (default p2p/UPLOAD_PORT).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// How upload requests are answered.
