@@ -189,11 +189,46 @@ fn measure(clients: &[TcpStream], args: &Args, peers: usize, dur: Duration) -> i
     Ok(run)
 }
 
+/// Restricts every thread of process `pid` (`None`: this process) to the CPUs in `cpus`.
+fn set_affinity(pid: Option<u32>, cpus: &[usize]) -> io::Result<()> {
+    let dir = match pid {
+        Some(pid) => format!("/proc/{pid}/task"),
+        None => "/proc/self/task".to_string(),
+    };
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let Ok(tid) = entry?.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        // SAFETY: sched_setaffinity reads the set we pass; a thread that has exited meanwhile
+        // gives ESRCH, which is fine to ignore.
+        unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    }
+    Ok(())
+}
+
 /// One client alone, in 10 windows of 0.3 s; returns the window with the lowest median.
 ///
-/// A lone client's latency is mostly wake-up time, so it swings with whatever else runs on
-/// the machine; the quietest window is the fairest figure of what a SEARCH costs.
+/// A lone request-reply is mostly wake-up time, and on an otherwise idle machine that swings
+/// between two modes (about 13 µs when the tracker's thread wakes on the client's core, 40–60 µs
+/// when it wakes on the other, idle one), whatever the peer count. To compare the peer counts
+/// and not the scheduler's placement, both processes are held on CPU 0 while the lone client
+/// runs, and let go afterwards; the quietest window is then taken.
 fn quietest(client: &TcpStream, args: &Args, peers: usize) -> io::Result<Run> {
+    let all: Vec<usize> = (0..thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    set_affinity(args.pid, &[0])?;
+    set_affinity(None, &[0])?;
+    let run = quietest_windows(client, args, peers);
+    set_affinity(args.pid, &all)?;
+    set_affinity(None, &all)?;
+    run
+}
+
+fn quietest_windows(client: &TcpStream, args: &Args, peers: usize) -> io::Result<Run> {
     let mut best: Option<Run> = None;
     let mut medians = Vec::new();
     for _ in 0..10 {
@@ -212,7 +247,7 @@ fn quietest(client: &TcpStream, args: &Args, peers: usize) -> io::Result<Run> {
         }
     }
     println!(
-        "one client, {peers} peers: p50 per 0.3 s window (µs): {}",
+        "one client (both processes on CPU 0), {peers} peers: p50 per 0.3 s window (µs): {}",
         medians.join(" ")
     );
     best.ok_or_else(|| io::Error::other("no window measured"))
