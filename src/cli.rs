@@ -80,10 +80,10 @@ impl ServerArgs {
             max_buffered: self.max_buffered_mib.saturating_mul(1 << 20),
             max_name_len: self.max_name_len,
             max_connections: self.max_connections,
-            message_timeout: Duration::from_secs(self.message_timeout.max(1)),
-            join_timeout: Duration::from_secs(self.join_timeout.max(1)),
-            liveness: Duration::from_secs(self.liveness.max(1)),
-            thread_stack: self.thread_stack_kib.max(32) * 1024,
+            message_timeout: seconds(self.message_timeout),
+            join_timeout: seconds(self.join_timeout),
+            liveness: seconds(self.liveness),
+            thread_stack: self.thread_stack_kib.max(32).saturating_mul(1024),
         }
     }
 }
@@ -149,10 +149,19 @@ impl PeerArgs {
                 Approve::No => ApproveMode::No,
             },
             join: self.join,
-            approval_timeout: Duration::from_secs(self.approval_timeout.max(1)),
+            approval_timeout: seconds(self.approval_timeout),
             interactive: stdin_is_terminal && !self.plain,
             history: self.history.clone(),
-            liveness: Duration::from_secs(self.liveness.max(1)),
+            liveness: seconds(self.liveness),
         }
     }
+}
+
+/// The longest time any option may give: a day. Longer values are taken as a day, so that
+/// deadlines computed from them (`now + limit`) can never overflow.
+const LONGEST: u64 = 24 * 60 * 60;
+
+/// `secs` as a duration of at least one second and at most [`LONGEST`].
+fn seconds(secs: u64) -> Duration {
+    Duration::from_secs(secs.clamp(1, LONGEST))
 }

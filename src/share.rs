@@ -34,13 +34,24 @@ impl fmt::Display for NameError {
             NameError::Dots => write!(f, "the file name cannot be '.' or '..'"),
             NameError::Separator => write!(f, "the file name cannot contain '/' or '\\'"),
             NameError::Control => {
-                write!(f, "the file name cannot contain control characters")
+                write!(
+                    f,
+                    "the file name cannot contain control or invisible formatting characters"
+                )
             }
         }
     }
 }
 
 impl std::error::Error for NameError {}
+
+/// Unicode characters that change how text around them is shown (bidirectional overrides and
+/// isolates, line and paragraph separators, zero-width marks): a name holding one could be
+/// printed to look like another name.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
 
 /// Checks that `name` is a plain name that stays inside a folder, at most `max_bytes` long.
 pub fn check_name_len(name: &str, max_bytes: usize) -> Result<(), NameError> {
@@ -56,7 +67,10 @@ pub fn check_name_len(name: &str, max_bytes: usize) -> Result<(), NameError> {
     if name.contains(['/', '\\']) {
         return Err(NameError::Separator);
     }
-    if name.chars().any(char::is_control) {
+    if name
+        .chars()
+        .any(|c| c.is_control() || is_invisible_format(c))
+    {
         return Err(NameError::Control);
     }
     Ok(())
@@ -140,6 +154,7 @@ mod tests {
         assert_eq!(check_name("a\\b"), Err(NameError::Separator));
         assert_eq!(check_name("a\nb"), Err(NameError::Control));
         assert_eq!(check_name("a\0b"), Err(NameError::Control));
+        assert_eq!(check_name("evil\u{202E}txt.exe"), Err(NameError::Control));
         assert!(check_name(&"x".repeat(256)).is_err());
         assert!(check_name("vídeo final.mp4").is_ok());
         assert!(check_name("..hidden").is_ok());

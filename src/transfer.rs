@@ -101,14 +101,16 @@ impl DigestCache {
                 self.done.wait(&mut busy);
             }
         }
-        let hashed = hash_file(file);
+        let hashed = hash_file(file).map(|h| h.to_hex().to_string());
+        if let Ok(digest) = &hashed {
+            // Known before the waiters wake, so none of them hashes the file again.
+            self.known
+                .lock()
+                .insert(path.to_path_buf(), (stamp.0, stamp.1, digest.clone()));
+        }
         self.busy.lock().remove(path);
         self.done.notify_all();
-        let digest = hashed?.to_hex().to_string();
-        self.known
-            .lock()
-            .insert(path.to_path_buf(), (stamp.0, stamp.1, digest.clone()));
-        Ok(digest)
+        hashed
     }
 }
 
@@ -404,6 +406,9 @@ fn flush_prefix(
     Ok(())
 }
 
+/// Names up to this many bytes name their partial files as they are (room for `.json.tmp`).
+const LONGEST_PLAIN_STEM: usize = 200;
+
 /// What a partial download belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartialRecord {
@@ -411,6 +416,9 @@ pub struct PartialRecord {
     pub size: u64,
     /// The digest of the whole file.
     pub digest: DigestHex,
+    /// The file's name (partials of very long names are stored under a digest of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A partial download found on disk.
@@ -440,17 +448,30 @@ impl PartialStore {
 
     /// The temporary file of `name` (which must already be a checked, plain name).
     pub fn part_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.part"))
+        self.dir.join(format!("{}.part", Self::stem(name)))
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
+        self.dir.join(format!("{}.json", Self::stem(name)))
+    }
+
+    /// The file name used for `name`'s partial: the name itself, or for a name too long to
+    /// take a suffix (file names stop at 255 bytes), a digest of it.
+    fn stem(name: &str) -> String {
+        if name.len() <= LONGEST_PLAIN_STEM {
+            name.to_string()
+        } else {
+            format!("long-{}", &blake3::hash(name.as_bytes()).to_hex()[..32])
+        }
     }
 
     /// The partial download of `name`, if a usable one exists.
     pub fn find(&self, name: &str) -> Option<Partial> {
         let text = fs::read(self.record_path(name)).ok()?;
         let record: PartialRecord = serde_json::from_slice(&text).ok()?;
+        if record.name.as_deref().is_some_and(|n| n != name) {
+            return None;
+        }
         let have = fs::symlink_metadata(self.part_path(name))
             .ok()
             .filter(|m| m.file_type().is_file())?
@@ -481,7 +502,7 @@ impl PartialStore {
                     .create(true)
                     .truncate(true)
                     .open(&part)?;
-                let tmp = self.dir.join(format!("{name}.json.tmp"));
+                let tmp = self.dir.join(format!("{}.json.tmp", Self::stem(name)));
                 fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
                 fs::rename(&tmp, self.record_path(name))?;
                 Ok(file)

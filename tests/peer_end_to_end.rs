@@ -324,3 +324,134 @@ fn at_end_of_input_the_peer_keeps_serving_until_sigterm() {
             .success()
     );
 }
+
+/// Sends a DOWNLOAD_REQUEST for `name` to the peer listening on `port`.
+fn ask_for(port: u16, name: &str) -> RawClient {
+    let mut c = RawClient::connect(format!("127.0.0.1:{port}").parse().unwrap());
+    let msg = serde_json::json!({"method":"DOWNLOAD_REQUEST","data":{"filename":name,"port":port}});
+    c.send(format!("{msg}\n").as_bytes());
+    c
+}
+
+/// A flood of requests from one host cannot fill the console's queue: four may wait at once,
+/// the fifth is refused at once with a reason (and not printed), and the first ones are still
+/// answered normally.
+#[test]
+fn requests_waiting_for_an_answer_are_capped_per_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let da = tmp.path().join("a");
+    fs::create_dir(&da).unwrap();
+    fs::write(da.join("f"), "data").unwrap();
+    let t = start_tracker(&[]);
+    let mut a = start_peer("a", t.addr, &da, &[]);
+    let mut waiting: Vec<RawClient> = Vec::new();
+    for _ in 0..4 {
+        let mut c = ask_for(a.port, "f");
+        assert_eq!(c.json()["status"], "OK");
+        a.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+        waiting.push(c);
+    }
+    let mut fifth = ask_for(a.port, "f");
+    assert_eq!(fifth.json()["status"], "OK");
+    let refused = fifth.json();
+    assert_eq!(refused["status"], "downloadRejected", "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pedidos demais"),
+        "{refused}"
+    );
+    a.send("SIM");
+    assert_eq!(waiting[0].json()["status"], "downloadAccepted");
+    assert_eq!(waiting[0].bytes(4), b"data");
+}
+
+/// An uploader announcing a file larger than the free space is refused before anything is
+/// written, with a clear line.
+#[test]
+fn a_file_larger_than_the_free_space_is_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("b");
+    fs::create_dir(&db).unwrap();
+    let uploader = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = uploader.local_addr().unwrap().port();
+    let serving = std::thread::spawn(move || {
+        let (conn, _) = uploader.accept().unwrap();
+        let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+        let mut request = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut request).unwrap();
+        let huge =
+            serde_json::json!({"status":"OK","fileSize": 1u64 << 62,"digest":"00","offset":0});
+        std::io::Write::write_all(&mut &conn, format!("{huge}\n").as_bytes()).unwrap();
+        // The downloader hangs up instead of waiting for an answer.
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
+    });
+    let t = start_tracker(&[]);
+    let mut b = start_peer("b", t.addr, &db, &["--join"]);
+    b.wait_for("Sou o Peer");
+    b.send(&format!("DOWNLOAD huge.bin 127.0.0.1:{up_port}"));
+    b.wait_for("espaço insuficiente");
+    serving.join().unwrap();
+    assert!(!db.join("huge.bin").exists());
+}
+
+/// An absurdly large `--approval-timeout` is taken as a day instead of crashing the peer when
+/// the first request arrives.
+#[test]
+fn a_huge_approval_timeout_does_not_crash_the_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let da = tmp.path().join("a");
+    fs::create_dir(&da).unwrap();
+    fs::write(da.join("f"), "x").unwrap();
+    let t = start_tracker(&[]);
+    let mut a = start_peer(
+        "a",
+        t.addr,
+        &da,
+        &["--approval-timeout", "18446744073709551615"],
+    );
+    let mut c = ask_for(a.port, "f");
+    assert_eq!(c.json()["status"], "OK");
+    a.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    a.send("NAO");
+    assert_eq!(c.json()["status"], "downloadRejected");
+}
+
+/// At most 64 upload connections are served at once: the next one is told the peer is busy
+/// and closed, without a thread of its own; once the others leave, requests are served again.
+#[test]
+fn upload_connections_are_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let da = tmp.path().join("a");
+    fs::create_dir(&da).unwrap();
+    fs::write(da.join("f"), "x").unwrap();
+    let t = start_tracker(&[]);
+    let a = start_peer("a", t.addr, &da, &["--approve", "yes"]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
+    let silent: Vec<RawClient> = (0..64).map(|_| RawClient::connect(addr)).collect();
+    let mut extra = RawClient::connect(addr);
+    let reply = extra.json();
+    assert_eq!(reply["status"], "ERROR", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many requests"),
+        "{reply}"
+    );
+    drop(silent);
+    // The slots come back as the silent connections' threads end.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let mut c = ask_for(a.port, "f");
+        if c.json()["status"] == "OK" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upload slots never came back"
+        );
+    }
+}

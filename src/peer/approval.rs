@@ -23,6 +23,8 @@ pub enum Decision {
     TimedOut,
     /// The peer is shutting down.
     ShuttingDown,
+    /// Too many requests already wait for an answer.
+    Busy,
 }
 
 impl Decision {
@@ -33,10 +35,16 @@ impl Decision {
         match self {
             Decision::TimedOut => Some("o usuário do outro peer não respondeu a tempo"),
             Decision::ShuttingDown => Some("o outro peer está encerrando"),
+            Decision::Busy => Some("o outro peer tem pedidos demais aguardando resposta"),
             Decision::Accept | Decision::Reject => None,
         }
     }
 }
+
+/// Requests that may wait for an answer at once; more are refused at once.
+pub const MAX_PENDING: usize = 16;
+/// Requests from one host that may wait at once.
+pub const MAX_PENDING_PER_HOST: usize = 4;
 
 /// An upload waiting for its user's answer.
 #[derive(Debug)]
@@ -87,12 +95,27 @@ impl ApprovalQueue {
         }
     }
 
-    /// Queues a request.
-    pub fn push(&mut self, request: ApprovalRequest) {
+    /// Queues a request, or refuses it at once ([`Decision::Busy`], returning false) when
+    /// [`MAX_PENDING`] requests already wait, or [`MAX_PENDING_PER_HOST`] from its host.
+    pub fn push(&mut self, request: ApprovalRequest) -> bool {
+        let from_host = self
+            .items
+            .iter()
+            .filter(|p| p.request.from.ip() == request.from.ip())
+            .count();
+        if self.items.len() >= MAX_PENDING || from_host >= MAX_PENDING_PER_HOST {
+            let _ = request.reply.send(Decision::Busy);
+            return false;
+        }
+        let now = Instant::now();
         self.items.push_back(Pending {
             request,
-            deadline: Instant::now() + self.timeout,
+            // A timeout too large to add (from a huge option) means "no deadline".
+            deadline: now
+                .checked_add(self.timeout)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
         });
+        true
     }
 
     /// How many requests wait.

@@ -76,7 +76,7 @@ pub fn parse(line: &str) -> Command {
         None => (line, ""),
     };
     let rest = (!rest.is_empty()).then(|| rest.to_string());
-    match word.to_ascii_uppercase().as_str() {
+    match word.to_uppercase().as_str() {
         "JOIN" => Command::Join,
         "SEARCH" => Command::Search(rest),
         "DOWNLOAD" => parse_download(rest),
@@ -119,6 +119,7 @@ mod tests {
         assert_eq!(parse("  Quit "), Command::Quit);
         assert_eq!(parse("sim"), Command::Sim);
         assert_eq!(parse("nao"), Command::Nao);
+        assert_eq!(parse("não"), Command::Nao);
         assert_eq!(parse(""), Command::Empty);
         assert_eq!(parse("foo bar"), Command::Unknown("foo".into()));
     }

@@ -412,9 +412,14 @@ impl Console {
             }
             ApproveMode::Ask => {
                 // Queued before it is printed, so the prompt under the question counts it.
-                self.queue.push(request);
-                self.say(&asked);
-                self.say("Gostaria de Aprovar o download? (SIM/NAO)");
+                let from = request.from;
+                if self.queue.push(request) {
+                    self.say(&asked);
+                    self.say("Gostaria de Aprovar o download? (SIM/NAO)");
+                } else {
+                    // Not printed: a flood of requests must not flood the console.
+                    log::warn!("request from {from} refused: too many requests wait");
+                }
             }
         }
     }

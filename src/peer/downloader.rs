@@ -28,6 +28,21 @@ const DECISION_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A transfer that receives nothing for this long is abandoned (and kept for resume).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a reply that has started to arrive may take to arrive whole.
+const REPLY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes free for this user in the file system holding `dir`, if it can be known.
+fn free_space(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the struct it is given; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// Why a download did not complete.
 #[derive(Debug)]
 pub enum DownloadError {
@@ -58,12 +73,23 @@ pub enum DownloadError {
     },
     /// A local file operation failed.
     Disk(io::Error),
+    /// The file is larger than the free space in the folder.
+    NoSpace {
+        /// Bytes still to receive.
+        need: u64,
+        /// Bytes free.
+        free: u64,
+    },
 }
 
 impl fmt::Display for DownloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DownloadError::Name(e) => write!(f, "nome inválido: {e}"),
+            DownloadError::NoSpace { need, free } => write!(
+                f,
+                "espaço insuficiente: faltam {need} bytes e há {free} livres na pasta"
+            ),
             DownloadError::Exists(path) => write!(
                 f,
                 "o arquivo {} já existe; não será sobrescrito",
@@ -163,6 +189,9 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
 
     let mut reader = FrameReader::new(&stream, 64 * 1024);
     reader.set_idle_timeout(Some(FIRST_REPLY_TIMEOUT));
+    // An uploader that starts a reply and never finishes it must not hold this download (and
+    // its name) for ever.
+    reader.set_message_timeout(Some(REPLY_COMPLETION_TIMEOUT));
     let first = next_reply(&mut reader)?;
     match first.status.as_str() {
         status::OK => {}
@@ -190,6 +219,13 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         }
     };
 
+    let need = size.saturating_sub(resume_at.unwrap_or(0));
+    if let Some(free) = free_space(ctx.shared.path())
+        && need > free
+    {
+        return Err(DownloadError::NoSpace { need, free });
+    }
+
     reader.set_idle_timeout(Some(DECISION_TIMEOUT));
     let decision = next_reply(&mut reader)?;
     match decision.status.as_str() {
@@ -201,6 +237,7 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
     let record = PartialRecord {
         size,
         digest: digest.clone().unwrap_or_default(),
+        name: Some(name.to_string()),
     };
     let mut file = ctx
         .partials

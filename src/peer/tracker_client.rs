@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::Mutex;
 
 use crate::liveness;
@@ -21,6 +21,8 @@ use crate::peer::output::printable;
 use crate::protocol::messages::{self, Reply, parse_reply, status};
 use crate::protocol::{CodecError, FrameReader};
 
+/// Replies received and not yet read that are tolerated.
+const UNREAD_REPLIES: usize = 8;
 /// How long a request waits for its reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long dialling the tracker may take.
@@ -267,7 +269,10 @@ impl TrackerLink {
             log::debug!("cannot set keepalive on the tracker connection: {e}");
         }
         let reading = stream.try_clone().map_err(connect_err)?;
-        let (tx, rx) = unbounded();
+        // Requests are answered one at a time; a tracker that sends more than a few replies
+        // nobody asked for is broken, and the reader drops it rather than queue them.
+        let (tx, rx) = bounded(UNREAD_REPLIES);
+        let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let events = self.events.clone();
         thread::Builder::new()
@@ -297,7 +302,9 @@ impl TrackerLink {
                     Err(LinkError::Lost("connection closed".into()))
                 }
             });
-        if let Err(LinkError::Lost(_)) = &result {
+        // A tracker that does not answer in time is as good as gone: drop the connection, so
+        // the reader reports it and the peer reconnects, instead of timing out for ever.
+        if let Err(LinkError::Lost(_) | LinkError::Timeout) = &result {
             log::debug!("tracker connection {} dropped", conn.generation);
             let _ = conn.stream.shutdown(std::net::Shutdown::Both);
             *guard = None;
@@ -314,22 +321,24 @@ fn read_replies(
     events: Sender<LinkEvent>,
 ) {
     let mut reader = FrameReader::new(&stream, crate::protocol::DEFAULT_MAX_MESSAGE * 16);
+    reader.set_message_timeout(Some(REPLY_TIMEOUT));
     let why = loop {
-        match reader.next_frame() {
-            Ok(Some(frame)) => {
-                let reply = parse_reply(frame);
-                if tx.send(reply).is_err() {
-                    return;
-                }
-            }
+        let reply = match reader.next_frame() {
+            Ok(Some(frame)) => parse_reply(frame),
             Ok(None) => break "o servidor fechou a conexão".to_string(),
-            Err(CodecError::Malformed(why)) => {
-                let _ = tx.send(Err(why));
-            }
+            Err(CodecError::Malformed(why)) => Err(why),
             Err(e) => break e.to_string(),
+        };
+        match tx.try_send(reply) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                break "o servidor enviou respostas que ninguém pediu".to_string();
+            }
+            Err(TrySendError::Disconnected(_)) => return,
         }
     };
-    let _ = tx.send(Err(why.clone()));
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = tx.try_send(Err(why.clone()));
     let _ = events.send(LinkEvent::Lost { generation, why });
 }
 

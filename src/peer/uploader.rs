@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts upload connections for ever, one thread each.
 pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
+    let active = Arc::new(AtomicUsize::new(0));
     for incoming in listener.incoming() {
         let stream = match incoming {
             Ok(stream) => stream,
@@ -46,13 +48,57 @@ pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
         if ctx.transfers.stopping() {
             break;
         }
+        // Bounded: a flood of requests must not cost a thread (and a console line) each.
+        if active.fetch_add(1, Ordering::AcqRel) >= MAX_UPLOAD_CONNECTIONS {
+            active.fetch_sub(1, Ordering::AcqRel);
+            log::warn!("refusing an upload connection: {MAX_UPLOAD_CONNECTIONS} already open");
+            let _ = reply(
+                &stream,
+                &Reply::error("this peer is serving too many requests; try again later"),
+            );
+            continue;
+        }
+        let slot = UploadSlot(Arc::clone(&active));
         let ctx = Arc::clone(&ctx);
         let spawned = thread::Builder::new()
             .name("upload".into())
-            .spawn(move || serve_one(stream, &ctx));
+            .stack_size(UPLOAD_THREAD_STACK)
+            .spawn(move || {
+                let _slot = slot;
+                serve_one(stream, &ctx);
+            });
         if let Err(e) = spawned {
             log::error!("cannot start an upload thread: {e}");
         }
+    }
+}
+
+/// Upload connections served at once; more are answered with an ERROR and closed.
+pub const MAX_UPLOAD_CONNECTIONS: usize = 64;
+/// Stack of an upload thread: it parses one small request and streams with `sendfile`.
+const UPLOAD_THREAD_STACK: usize = 256 * 1024;
+
+/// Counts an upload connection until its thread ends.
+struct UploadSlot(Arc<AtomicUsize>);
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Opens a shared file for reading without following a link and without blocking on a FIFO
+/// (the name was checked to be a regular file, but it may have been swapped since).
+fn open_regular(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(std::io::Error::other("not a regular file"))
     }
 }
 
@@ -130,7 +176,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
-    let opened = found.and_then(|(path, _)| File::open(&path).ok().map(|f| (path, f)));
+    let opened = found.and_then(|(path, _)| open_regular(&path).ok().map(|f| (path, f)));
     let Some((path, file)) = opened else {
         log::debug!(
             "{from} asked for {:?}, which is not shared",
