@@ -205,14 +205,13 @@ impl Drop for Lab {
     }
 }
 
-/// Builds the lab or prints why this test is skipped.
+/// Builds the lab, or skips the test (see [`skip`]) saying why.
 macro_rules! lab_or_skip {
     ($roles:expr) => {
         match Lab::new($roles) {
             Ok(lab) => lab,
             Err(why) => {
-                println!("SKIPPED: {why}");
-                eprintln!("SKIPPED: {why}");
+                skip(&why);
                 return;
             }
         }

@@ -425,3 +425,25 @@ impl Proc {
         }
     }
 }
+
+/// Skips the calling test for the reason `why`: prints it and appends
+/// `<test binary>/<test name>: <why>` to `$CARGO_TARGET_TMPDIR/skipped.txt`, because libtest
+/// hides what a passing test prints and a skip must not pass unseen (CI lists that file).
+/// The caller returns right after.
+pub fn skip(why: &str) {
+    let test = format!(
+        "{}/{}",
+        env!("CARGO_CRATE_NAME"),
+        thread::current().name().unwrap_or("?")
+    );
+    println!("SKIPPED: {why}");
+    eprintln!("SKIPPED: {why}");
+    let list = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
+    // One write of one short line in append mode: lines from parallel tests do not interleave.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&list)
+        .and_then(|mut f| f.write_all(format!("{test}: {why}\n").as_bytes()))
+        .unwrap_or_else(|e| panic!("cannot record the skip in {}: {e}", list.display()));
+}
