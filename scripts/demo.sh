@@ -19,6 +19,19 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 video_mib="${DEMO_VIDEO_MIB:-256}"
 step_timeout="${DEMO_TIMEOUT:-120}"
 
+[[ "$video_mib" =~ ^[0-9]+$ ]] || { echo "DEMO FAILED: DEMO_VIDEO_MIB must be a whole number of MiB, not '$video_mib'" >&2; exit 1; }
+
+# alice's video and bob's and carol's copies all sit in the work folder at the end; check
+# first, rather than fail half way through a copy with a full disk.
+tmp_root="${TMPDIR:-/tmp}"
+need_kib=$(( (3 * video_mib + 64) * 1024 ))  # three copies plus 64 MiB for logs and slack
+free_kib="$(df -Pk "$tmp_root" 2>/dev/null | awk 'NR == 2 {print $4}')" || true
+[[ "$free_kib" =~ ^[0-9]+$ ]] || { echo "DEMO FAILED: cannot read the free space of $tmp_root (df -Pk)" >&2; exit 1; }
+if (( free_kib < need_kib )); then
+  echo "DEMO FAILED: $tmp_root has $((free_kib / 1024)) MiB free; the demo needs $((need_kib / 1024)) MiB (3 copies of the ${video_mib} MiB video + 64 MiB). Set TMPDIR to a roomier folder or DEMO_VIDEO_MIB to a smaller size." >&2
+  exit 1
+fi
+
 if [[ -n "${NAPSTER_BIN:-}" ]]; then
   bin="$NAPSTER_BIN"
 else
@@ -27,12 +40,12 @@ else
   bin="$root/target/release/napster"
 fi
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/napster-demo.XXXXXX")"
+work="$(mktemp -d "$tmp_root/napster-demo.XXXXXX")"
 pids=()
 ok=0
 
 cleanup() {
-  for fd in 5 6 7; do eval "exec $fd>&-" 2>/dev/null || true; done
+  for fd in 4 5 6 7; do eval "exec $fd>&-" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [[ "$ok" == 1 ]]; then

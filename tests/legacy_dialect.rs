@@ -289,7 +289,7 @@ fn non_loopback_ipv4() -> Option<IpAddr> {
 #[test]
 fn original_join_from_a_non_loopback_address_is_refused_and_nothing_is_listed() {
     let Some(ip) = non_loopback_ipv4() else {
-        eprintln!("SKIPPED: this machine has no non-loopback IPv4 address to connect from");
+        skip("this machine has no non-loopback IPv4 address to connect from");
         return;
     };
     let t = start_tracker_on("0.0.0.0:0", &[]);
@@ -529,7 +529,7 @@ fn python_reading_like_the_original_downloads_from_a_napster_peer() {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED: python3 is not installed");
+        skip("python3 is not installed");
         return;
     }
     let t = start_tracker(&[]);

@@ -243,7 +243,8 @@ fn a_message_never_finished_is_closed_after_the_timeout() {
     assert!(slow.closed_within(Duration::from_secs(10)));
 }
 
-/// Extra fields are ignored, so later versions can add some.
+/// Extra fields are ignored, so later versions can add some: a JOIN carrying them is
+/// accepted and takes effect (its file is found by SEARCH).
 #[test]
 fn unknown_fields_are_ignored() {
     let t = start_tracker(&[]);
@@ -252,6 +253,7 @@ fn unknown_fields_are_ignored() {
         b"{\"method\":\"JOIN\",\"version\":2,\"data\":{\"port\":4900,\"files\":[\"z\"],\"extra\":true}}\n",
     );
     assert_eq!(reply["status"], "JOIN_OK");
+    assert_eq!(peers_of(&c.ask(&search_msg("z"))), vec!["127.0.0.1:4900"]);
 }
 
 trait WriteIgnoringReset {

@@ -5,16 +5,47 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A loopback address with a port that was free a moment ago, for a tracker that must come
-/// back on the same address.
-fn free_loopback_addr() -> String {
-    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().to_string()
+/// Below Linux's default ephemeral range (32768-60999): no `connect` and no bind to port 0
+/// is handed a port from here.
+const FIRST_PORT: u16 = 20_000;
+/// Ports tried per test before giving up.
+const PORTS_PER_TEST: u16 = 100;
+static NEXT_TEST: AtomicU16 = AtomicU16::new(0);
+
+/// An address for a tracker that must come back on the same address after being killed.
+///
+/// A port on 127.0.0.1 read from a probe bound to port 0 is an ephemeral port: once the probe
+/// (or the killed tracker) lets it go, any test's outgoing connection may take it, and the
+/// tracker's start fails with "address in use". So the address is one of loopback's other
+/// addresses, 127.N.N.N, unique to this process (from its pid) and used by no other test, on a
+/// port below the ephemeral range, unique to the calling test within this process: nothing
+/// takes such a port implicitly, and the peers' own sockets are on 127.0.0.1 (Linux picks
+/// 127.0.0.1 as the source when dialling any 127/8 address, so peers are still listed as
+/// 127.0.0.1:PORT). A port someone bound on purpose is passed over.
+fn private_loopback_addr() -> String {
+    let pid = std::process::id();
+    // pid_max is at most 2^22, so the three octets keep every pid apart; the second octet is
+    // never 0, so this is never 127.0.0.1.
+    let ip = Ipv4Addr::new(
+        127,
+        1 + ((pid >> 16) % 254) as u8,
+        (pid >> 8) as u8,
+        pid as u8,
+    );
+    let first = FIRST_PORT + NEXT_TEST.fetch_add(1, Ordering::SeqCst) * PORTS_PER_TEST;
+    (first..first + PORTS_PER_TEST)
+        .map(|port| SocketAddrV4::new(ip, port))
+        .find(|addr| TcpListener::bind(addr).is_ok())
+        .unwrap_or_else(|| panic!("no free port on {ip} from {first}"))
+        .to_string()
 }
 
 /// Kill the tracker under two joined peers: both print the loss, a SEARCH typed during the
@@ -24,7 +55,7 @@ fn free_loopback_addr() -> String {
 /// downloaded while the tracker was away).
 #[test]
 fn peers_rejoin_a_restarted_tracker_with_their_current_files() {
-    let listen = free_loopback_addr();
+    let listen = private_loopback_addr();
     let mut tracker = start_tracker_on(&listen, &[]);
     let addr = tracker.addr;
     let dir = tempfile::tempdir().unwrap();
@@ -94,13 +125,16 @@ fn peers_rejoin_a_restarted_tracker_with_their_current_files() {
     alice.wait_for(&format!("Peers com arquivo solicitado: ['{}']", bob.addr()));
 }
 
+/// Dial attempts the stand-in tracker takes and turns away.
+const ATTEMPTS: usize = 6;
+
 /// While the tracker is away the peer keeps dialling with growing pauses, each attempt a
-/// JOIN with its current files: a stand-in listener on the tracker's address accepts four
+/// JOIN with its current files: a stand-in listener on the tracker's address accepts six
 /// attempts and closes each without answering. When the real tracker returns the peer
 /// rejoins by itself and says so.
 #[test]
 fn a_peer_retries_with_growing_pauses_until_the_tracker_returns() {
-    let listen = free_loopback_addr();
+    let listen = private_loopback_addr();
     let mut tracker = start_tracker_on(&listen, &[]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("kept.txt"), b"x").unwrap();
@@ -110,24 +144,51 @@ fn a_peer_retries_with_growing_pauses_until_the_tracker_returns() {
     // Listen at once, so that the first retry already reaches the stand-in.
     let stand_in = TcpListener::bind(&listen).unwrap();
     peer.wait_for("Conexão com o servidor perdida");
-    let mut attempts = Vec::new();
-    for _ in 0..5 {
-        let (stream, _) = stand_in.accept().unwrap();
-        attempts.push(Instant::now());
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line).unwrap();
+    // Accepted on a helper thread, so that a peer that stops dialling fails the test after
+    // WAIT instead of hanging it in accept.
+    let (tx, attempts) = mpsc::channel();
+    let acceptor = thread::spawn(move || {
+        for _ in 0..ATTEMPTS {
+            let (stream, _) = stand_in.accept().unwrap();
+            let accepted = Instant::now();
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            // Taken before the close, so that the peer's next dial comes at least its pause
+            // after this instant.
+            let closed = Instant::now();
+            drop(stream);
+            if tx.send((accepted, closed, line)).is_err() {
+                return;
+            }
+        }
+        // The stand-in stops listening here, freeing the address for the real tracker.
+    });
+    let mut times = Vec::new();
+    for n in 1..=ATTEMPTS {
+        let (accepted, closed, line) = attempts.recv_timeout(WAIT).unwrap_or_else(|e| {
+            panic!(
+                "dial attempt {n} of {ATTEMPTS} did not reach the stand-in: {e}\n{}",
+                peer.proc.transcript()
+            )
+        });
         assert!(
             line.contains("\"JOIN\"") && line.contains("kept.txt"),
             "each attempt JOINs with the current files: {line:?}"
         );
+        times.push((accepted, closed));
     }
-    drop(stand_in);
-    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
-    println!("pauses between attempts: {gaps:?}");
+    acceptor.join().unwrap();
+    // Each pause runs from the stand-in closing one attempt to it accepting the next, so it
+    // is never shorter than the pause the peer slept (200 ms, doubling up to 5 s).
+    let pauses: Vec<Duration> = times.windows(2).map(|w| w[1].0 - w[0].1).collect();
+    println!("pauses between attempts: {pauses:?}");
+    // The fifth pause is at least 3.2 s (sleep never ends early); the first is nominally
+    // 200 ms. This fails only if the first measures over 2.2 s, a 2-second stall of the peer
+    // or of this test between two lines; a fixed pause, or none, fails it.
     assert!(
-        gaps[3] > gaps[0] * 2,
-        "the pause between attempts grows: {gaps:?}"
+        pauses[4] > pauses[0] + Duration::from_secs(1),
+        "the pause between attempts grows: {pauses:?}"
     );
 
     let tracker = start_tracker_on(&listen, &[]);

@@ -36,48 +36,11 @@ impl Proc {
     /// Starts `napster ARGS` with piped stdin/stdout/stderr.
     pub fn spawn(name: &str, args: &[&str], cwd: Option<&Path>) -> Proc {
         let mut cmd = Command::new(napster_bin());
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+        cmd.args(args);
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
-        let mut child = cmd.spawn().expect("the napster binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, rx) = unbounded();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let seen2 = Arc::clone(&seen);
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                seen2.lock().unwrap().push(line.clone());
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let errs = Arc::new(Mutex::new(Vec::new()));
-        let errs2 = Arc::clone(&errs);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                errs2.lock().unwrap().push(line);
-            }
-        });
-        Proc {
-            name: name.to_string(),
-            stdin: child.stdin.take(),
-            child,
-            lines: rx,
-            seen,
-            stderr: errs,
-        }
+        Proc::from_command(name, cmd)
     }
 
     /// Everything printed so far, stdout then stderr, for failure messages.
@@ -417,7 +380,8 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 
 impl Proc {
     /// Starts an arbitrary command (for example `ip netns exec NS napster ...`) with piped
-    /// stdin/stdout/stderr, read line by line like [`Proc::spawn`].
+    /// stdin/stdout/stderr; stdout is read line by line for [`Proc::wait_for`], both are kept
+    /// for [`Proc::transcript`]. `RUST_LOG` comes from `TEST_RUST_LOG` (default `warn`).
     pub fn from_command(name: &str, mut cmd: Command) -> Proc {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -426,7 +390,9 @@ impl Proc {
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
             );
-        let mut child = cmd.spawn().expect("the command starts");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {cmd:?} does not start: {e}"));
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = unbounded();
@@ -458,4 +424,26 @@ impl Proc {
             stderr: errs,
         }
     }
+}
+
+/// Skips the calling test for the reason `why`: prints it and appends
+/// `<test binary>/<test name>: <why>` to `$CARGO_TARGET_TMPDIR/skipped.txt`, because libtest
+/// hides what a passing test prints and a skip must not pass unseen (CI lists that file).
+/// The caller returns right after.
+pub fn skip(why: &str) {
+    let test = format!(
+        "{}/{}",
+        env!("CARGO_CRATE_NAME"),
+        thread::current().name().unwrap_or("?")
+    );
+    println!("SKIPPED: {why}");
+    eprintln!("SKIPPED: {why}");
+    let list = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
+    // One write of one short line in append mode: lines from parallel tests do not interleave.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&list)
+        .and_then(|mut f| f.write_all(format!("{test}: {why}\n").as_bytes()))
+        .unwrap_or_else(|e| panic!("cannot record the skip in {}: {e}", list.display()));
 }
