@@ -14,7 +14,8 @@ use std::thread;
 use std::time::Duration;
 
 use crate::peer::PeerContext;
-use crate::peer::output::{Progress, printable};
+use crate::peer::output::printable;
+use crate::peer::progress::Progress;
 use crate::protocol::messages::{DownloadRequest, Reply, download_line, parse_reply, status};
 use crate::protocol::{CodecError, FrameReader};
 use crate::share::NameError;

@@ -11,6 +11,7 @@ pub mod console;
 pub mod downloader;
 pub mod line_reader;
 pub mod output;
+pub mod progress;
 pub mod prompt;
 pub mod tracker_client;
 pub mod transfers;

@@ -21,7 +21,7 @@ use crossbeam_channel::bounded;
 
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
-use crate::peer::output::Progress;
+use crate::peer::progress::Progress;
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{Reply, parse_download_request, status};
