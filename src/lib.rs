@@ -8,6 +8,11 @@
 //! The layers point one way: `tracker` and `peer` speak [`protocol`] (messages and framing);
 //! [`transfer`] moves file bytes over a socket and [`share`] knows the shared folder; neither
 //! knows what the messages mean. The wire is described in `PROTOCOL.md`.
+//!
+//! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
+//! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
+//! [`console_out`] (the tracker's console lines, written by one thread), [`cli`] (the command
+//! line). Threads, not async: one per connection, as the original, with small stacks.
 
 #![warn(missing_docs)]
 
