@@ -459,3 +459,16 @@ pub fn folders<const N: usize>(parent: &Path, names: [&str; N]) -> [PathBuf; N] 
         dir
     })
 }
+
+impl PeerProc {
+    /// Types `SEARCH name` and waits for the original's answer listing exactly `peers`
+    /// (`IP:PORT` each, in the tracker's order; none for `[]`); returns that line.
+    pub fn search_finds(&mut self, name: &str, peers: &[&str]) -> String {
+        self.send(&format!("SEARCH {name}"));
+        let list: Vec<String> = peers.iter().map(|p| format!("'{p}'")).collect();
+        self.wait_for(&format!(
+            "Peers com arquivo solicitado: [{}]",
+            list.join(", ")
+        ))
+    }
+}
