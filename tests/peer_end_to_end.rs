@@ -18,6 +18,20 @@ fn joined_at_start(name: &str, t: &TrackerProc, dir: &Path, extra: &[&str]) -> P
     peer
 }
 
+/// A tracker and the peer `a` (not joined) with the options `extra`, sharing a new folder that
+/// holds the file `name` with `contents`. Keep all three as long as the test runs.
+fn lone_uploader(
+    (name, contents): (&str, &str),
+    extra: &[&str],
+) -> (tempfile::TempDir, TrackerProc, PeerProc) {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da] = folders(tmp.path(), ["a"]);
+    fs::write(da.join(name), contents).unwrap();
+    let t = start_tracker(&[]);
+    let a = start_peer("a", t.addr, &da, extra);
+    (tmp, t, a)
+}
+
 /// Three peers: JOIN, SEARCH, DOWNLOAD with SIM (a file larger than the transfer buffer,
 /// byte-exact), UPDATE after the download, a NAO rejection, and a second download.
 #[test]
@@ -198,13 +212,8 @@ fn the_downloader_refuses_unsafe_names() {
 /// Upload request protocol by hand: OK with size and digest, then downloadRejected on NAO.
 #[test]
 fn a_rejected_request_gets_download_rejected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [da] = folders(tmp.path(), ["a"]);
-    fs::write(da.join("x"), "data").unwrap();
-    let t = start_tracker(&[]);
-    let mut a = start_peer("a", t.addr, &da, &[]);
-    let upload: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
-    let mut c = RawClient::connect(upload);
+    let (_tmp, _t, mut a) = lone_uploader(("x", "data"), &[]);
+    let mut c = RawClient::connect(a.addr().parse().unwrap());
     // No newline: the original sends its request bare.
     let reply = c.ask(
         format!(
@@ -294,11 +303,7 @@ fn ask_for(port: u16, name: &str) -> RawClient {
 /// answered normally.
 #[test]
 fn requests_waiting_for_an_answer_are_capped_per_host() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [da] = folders(tmp.path(), ["a"]);
-    fs::write(da.join("f"), "data").unwrap();
-    let t = start_tracker(&[]);
-    let mut a = start_peer("a", t.addr, &da, &[]);
+    let (_tmp, _t, mut a) = lone_uploader(("f", "data"), &[]);
     let mut waiting: Vec<RawClient> = Vec::new();
     for _ in 0..4 {
         let mut c = ask_for(a.port, "f");
@@ -354,16 +359,8 @@ fn a_file_larger_than_the_free_space_is_refused_up_front() {
 /// the first request arrives.
 #[test]
 fn a_huge_approval_timeout_does_not_crash_the_peer() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [da] = folders(tmp.path(), ["a"]);
-    fs::write(da.join("f"), "x").unwrap();
-    let t = start_tracker(&[]);
-    let mut a = start_peer(
-        "a",
-        t.addr,
-        &da,
-        &["--approval-timeout", "18446744073709551615"],
-    );
+    let (_tmp, _t, mut a) =
+        lone_uploader(("f", "x"), &["--approval-timeout", "18446744073709551615"]);
     let mut c = ask_for(a.port, "f");
     assert_eq!(c.json()["status"], "OK");
     a.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
@@ -375,12 +372,8 @@ fn a_huge_approval_timeout_does_not_crash_the_peer() {
 /// and closed, without a thread of its own; once the others leave, requests are served again.
 #[test]
 fn upload_connections_are_capped() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [da] = folders(tmp.path(), ["a"]);
-    fs::write(da.join("f"), "x").unwrap();
-    let t = start_tracker(&[]);
-    let a = start_peer("a", t.addr, &da, &["--approve", "yes"]);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
+    let (_tmp, _t, a) = lone_uploader(("f", "x"), &["--approve", "yes"]);
+    let addr: std::net::SocketAddr = a.addr().parse().unwrap();
     let silent: Vec<RawClient> = (0..64).map(|_| RawClient::connect(addr)).collect();
     let mut extra = RawClient::connect(addr);
     let reply = extra.json();
