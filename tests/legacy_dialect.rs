@@ -341,11 +341,10 @@ fn napster_peers_and_original_peers_find_each_other() {
     let ours_dir = folder_with(&["from-napster.txt"]);
     let mut ours = start_peer("ours", t.addr, ours_dir.path(), &[]);
     ours.join();
-    ours.send("SEARCH from-original.txt");
-    ours.wait_for(&format!(
-        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
-        original.port()
-    ));
+    ours.search_finds(
+        "from-original.txt",
+        &[&format!("127.0.0.1:{}", original.port())],
+    );
     assert_eq!(
         original.search("from-napster.txt"),
         format!("[{}]", ours.port)
