@@ -257,9 +257,7 @@ macro_rules! lab_or_skip {
 fn a_vanished_host_is_dropped_within_the_liveness_bound() {
     let lab = lab_or_skip!(Lab::new(&["tracker", "p1", "p2"]));
     let dir = tempfile::tempdir().unwrap();
-    let (d1, d2) = (dir.path().join("p1"), dir.path().join("p2"));
-    std::fs::create_dir_all(&d1).unwrap();
-    std::fs::create_dir_all(&d2).unwrap();
+    let [d1, d2] = folders(dir.path(), ["p1", "p2"]);
     std::fs::write(d1.join("one.txt"), b"1").unwrap();
     std::fs::write(d2.join("two.txt"), b"2").unwrap();
     let (tracker, taddr) = lab.tracker("tracker");
@@ -308,10 +306,7 @@ fn a_vanished_host_is_dropped_within_the_liveness_bound() {
 fn demo_scenario_across_hosts_survives_a_pulled_cable() {
     let lab = lab_or_skip!(Lab::with_shaping(&["tracker", "alice", "bob", "carol"]));
     let dir = tempfile::tempdir().unwrap();
-    let [alice_dir, bob_dir, carol_dir] = ["alice", "bob", "carol"].map(|who| dir.path().join(who));
-    for d in [&alice_dir, &bob_dir, &carol_dir] {
-        std::fs::create_dir_all(d).unwrap();
-    }
+    let [alice_dir, bob_dir, carol_dir] = folders(dir.path(), ["alice", "bob", "carol"]);
     std::fs::write(alice_dir.join("notes.txt"), b"alice's notes\n").unwrap();
     write_pattern(&alice_dir.join("video.bin"), 8 << 20, 1);
     write_pattern(&alice_dir.join("big.bin"), 32 << 20, 2);

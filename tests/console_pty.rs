@@ -89,17 +89,8 @@ impl Term {
     /// `history`; returns it with its upload port.
     fn peer(tracker: SocketAddr, dir: &Path, history: &Path, extra: &[&str]) -> (Term, u16) {
         let server = tracker.to_string();
-        let mut args = vec![
-            "peer",
-            "--server",
-            &server,
-            "--listen",
-            "127.0.0.1:0",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--history",
-            history.to_str().unwrap(),
-        ];
+        let mut args = peer_args(&server, dir);
+        args.extend(["--history", history.to_str().unwrap()]);
         args.extend_from_slice(extra);
         let mut term = Term::spawn(&args);
         term.wait_for("Digite 'JOIN' para iniciar.");
@@ -112,6 +103,13 @@ impl Term {
             .unwrap_or_else(|| panic!("upload port on screen:\n{text}"));
         term.wait_prompt(IDLE, "");
         (term, port)
+    }
+
+    /// Types JOIN and waits for the confirmation and the idle prompt after it.
+    fn join(&mut self) {
+        self.keys("JOIN\r");
+        self.wait_for("Sou o Peer 127.0.0.1:");
+        self.wait_prompt(IDLE, "");
     }
 
     /// Types bytes, as keys.
@@ -219,6 +217,35 @@ impl Drop for Term {
     }
 }
 
+/// The arguments of `napster peer` talking to the tracker at `server`, sharing `dir`, its
+/// upload port on any free loopback port.
+fn peer_args<'a>(server: &'a str, dir: &'a Path) -> Vec<&'a str> {
+    vec![
+        "peer",
+        "--server",
+        server,
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]
+}
+
+/// A line-mode peer `alice` (stdin a pipe, not a pty) with the options `extra`, sharing a new
+/// folder holding the file `name` with `bytes`, JOINed to `tracker`. The folder is returned:
+/// keep it as long as the peer runs.
+fn joined_alice(
+    tracker: &TrackerProc,
+    (name, bytes): (&str, &[u8]),
+    extra: &[&str],
+) -> (PeerProc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), bytes).unwrap();
+    let mut alice = start_peer("alice", tracker.addr, dir.path(), extra);
+    alice.join();
+    (alice, dir)
+}
+
 /// A DOWNLOAD_REQUEST from a raw client that says its own upload port is `from_port`.
 fn download_request(name: &str, port: u16, from_port: u16) -> Vec<u8> {
     let mut v = serde_json::to_vec(&serde_json::json!({
@@ -257,9 +284,7 @@ fn request_while_idle_appears_above_the_prompt_and_sim_sends_the_file() {
     let tracker = start_tracker(&[]);
     let (tmp, share) = folder(&[("notes.txt", b"hello, world\n")]);
     let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
-    alice.keys("JOIN\r");
-    alice.wait_for("Sou o Peer 127.0.0.1:");
-    alice.wait_prompt(IDLE, "");
+    alice.join();
 
     let mut bob = ask(port, "notes.txt", 4999);
     alice.wait_for("Peer 127.0.0.1:4999 solicitou o arquivo notes.txt (13 bytes)");
@@ -287,9 +312,7 @@ fn request_arriving_while_typing_keeps_the_typed_text_and_the_command_runs() {
     let tracker = start_tracker(&[]);
     let (tmp, share) = folder(&[("notes.txt", b"some notes")]);
     let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
-    alice.keys("JOIN\r");
-    alice.wait_for("Sou o Peer ");
-    alice.wait_prompt(IDLE, "");
+    alice.join();
     alice.keys("SEARCH no");
     alice.wait_prompt(IDLE, "SEARCH no");
 
@@ -356,8 +379,7 @@ fn an_unanswered_request_times_out_and_both_sides_are_told() {
         &tmp.path().join("hist"),
         &["--approval-timeout", "1"],
     );
-    alice.keys("JOIN\r");
-    alice.wait_for("Sou o Peer ");
+    alice.join();
 
     let bob_dir = tempfile::tempdir().unwrap();
     let mut bob = start_peer("bob", tracker.addr, bob_dir.path(), &[]);
@@ -380,8 +402,7 @@ fn ctrl_d_with_a_request_pending_refuses_it_and_leaves_the_tracker() {
     let tracker = start_tracker(&[]);
     let (tmp, share) = folder(&[("notes.txt", b"bye")]);
     let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
-    alice.keys("JOIN\r");
-    alice.wait_for("Sou o Peer ");
+    alice.join();
     let mut bob = ask(port, "notes.txt", 4003);
     alice.wait_prompt("[1 pendente] > ", "");
 
@@ -406,19 +427,11 @@ fn ctrl_d_with_a_request_pending_refuses_it_and_leaves_the_tracker() {
 #[test]
 fn tab_completes_the_searched_file_name_and_its_peer() {
     let tracker = start_tracker(&[]);
-    let alice_dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        alice_dir.path().join("relatorio-2024.pdf"),
-        b"%PDF-1.4 tiny",
-    )
-    .unwrap();
-    let mut alice = start_peer(
-        "alice",
-        tracker.addr,
-        alice_dir.path(),
+    let (alice, _alice_dir) = joined_alice(
+        &tracker,
+        ("relatorio-2024.pdf", b"%PDF-1.4 tiny"),
         &["--approve", "yes"],
     );
-    alice.join();
 
     let (tmp, share) = folder(&[]);
     let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
@@ -506,8 +519,7 @@ fn the_prompt_stays_usable_during_a_download_and_leaving_keeps_the_partial() {
 
     let (tmp, share) = folder(&[]);
     let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
-    bob.keys("JOIN\r");
-    bob.wait_for("Sou o Peer ");
+    bob.join();
     bob.keys(&format!("DOWNLOAD big.bin 127.0.0.1:{up_port}\r"));
     // On a terminal, progress is a bar (bytes, rate, time left) drawn above the prompt.
     bob.wait_for("/64.0 MiB");
@@ -551,10 +563,7 @@ fn the_prompt_stays_usable_during_a_download_and_leaving_keeps_the_partial() {
 #[test]
 fn without_a_terminal_questions_are_plain_lines() {
     let tracker = start_tracker(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("notes.txt"), b"plain").unwrap();
-    let mut alice = start_peer("alice", tracker.addr, dir.path(), &[]);
-    alice.join();
+    let (mut alice, _dir) = joined_alice(&tracker, ("notes.txt", b"plain"), &[]);
     let mut bob = ask(alice.port, "notes.txt", 4004);
     alice.wait_for("Peer 127.0.0.1:4004 solicitou o arquivo notes.txt (5 bytes)");
     alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
@@ -573,15 +582,8 @@ fn without_a_terminal_questions_are_plain_lines() {
 #[test]
 fn commands_without_arguments_ask_with_the_originals_prompts() {
     let tracker = start_tracker(&[]);
-    let alice_dir = tempfile::tempdir().unwrap();
-    std::fs::write(alice_dir.path().join("notes.txt"), b"asked").unwrap();
-    let mut alice = start_peer(
-        "alice",
-        tracker.addr,
-        alice_dir.path(),
-        &["--approve", "yes"],
-    );
-    alice.join();
+    let (alice, _alice_dir) =
+        joined_alice(&tracker, ("notes.txt", b"asked"), &["--approve", "yes"]);
 
     let (tmp, share) = folder(&[]);
     let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
@@ -642,9 +644,7 @@ fn sigterm_at_the_prompt_gives_the_terminal_back() {
     let tracker = start_tracker(&[]);
     let (tmp, share) = folder(&[]);
     let (mut alice, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
-    alice.keys("JOIN\r");
-    alice.wait_for("Sou o Peer ");
-    alice.wait_prompt(IDLE, "");
+    alice.join();
     assert!(!alice.canonical(), "raw mode while reading");
     alice.proc.signal(Signal::SIGTERM).unwrap();
     alice.wait_for("Peer encerrado.");
@@ -662,15 +662,7 @@ fn history_goes_to_the_users_data_folder_never_the_shared_one() {
     let data = tmp.path().join("xdg-data");
     let server = tracker.addr.to_string();
     let mut alice = Term::spawn_with_env(
-        &[
-            "peer",
-            "--server",
-            &server,
-            "--listen",
-            "127.0.0.1:0",
-            "--dir",
-            share.to_str().unwrap(),
-        ],
+        &peer_args(&server, &share),
         &[("XDG_DATA_HOME", &data), ("HOME", tmp.path())],
     );
     alice.wait_prompt(IDLE, "");

@@ -113,6 +113,38 @@ fn folder_with(files: &[&str]) -> tempfile::TempDir {
     dir
 }
 
+/// An original peer that JOINed `t` with a new folder holding `files`. The folder is returned
+/// too: it must live as long as the tracker may read it.
+fn joined_original(t: &TrackerProc, files: &[&str]) -> (OriginalPeer, tempfile::TempDir) {
+    let dir = folder_with(files);
+    let mut p = OriginalPeer::connect(t.addr);
+    assert_eq!(p.join(dir.path()), b"JOIN_OK");
+    (p, dir)
+}
+
+/// The message of an ERROR reply; fails the test if `reply` is not an ERROR with a message.
+fn error_message(reply: &serde_json::Value) -> &str {
+    assert_eq!(reply["status"], "ERROR", "{reply}");
+    reply["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a message in {reply}"))
+}
+
+/// A `napster peer` named `uploader`, sharing `dir` with the options `extra`, JOINed to `t`.
+fn joined_uploader(t: &TrackerProc, dir: &Path, extra: &[&str]) -> PeerProc {
+    let mut up = start_peer("uploader", t.addr, dir, extra);
+    up.join();
+    up
+}
+
+/// The original's downloader asking `up` for `name`: it connects to the upload port and sends
+/// its bare DOWNLOAD_REQUEST.
+fn original_download(up: &PeerProc, name: &str) -> OriginalPeer {
+    let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
+    d.send(&original_download_request(name, up.port));
+    d
+}
+
 /// The original's JOIN (`filePath`, no newline) is answered with exactly the bytes `JOIN_OK`;
 /// the tracker lists the folder's plain files and keys the peer by its connection's port.
 #[test]
@@ -144,17 +176,13 @@ fn original_join_with_files_path_spelling_is_accepted() {
 #[test]
 fn original_search_gets_a_list_of_ports_including_our_peers() {
     let t = start_tracker(&[]);
-    let dir_a = folder_with(&["song.mp3"]);
-    let dir_b = folder_with(&["song.mp3", "other.txt"]);
-    let mut a = OriginalPeer::connect(t.addr);
-    assert_eq!(a.join(dir_a.path()), b"JOIN_OK");
+    let (mut a, _dir_a) = joined_original(&t, &["song.mp3"]);
     let mut ours = RawClient::connect(t.addr);
     assert_eq!(
         ours.ask(&join_msg(4001, &["song.mp3"]))["status"],
         "JOIN_OK"
     );
-    let mut b = OriginalPeer::connect(t.addr);
-    assert_eq!(b.join(dir_b.path()), b"JOIN_OK");
+    let (mut b, _dir_b) = joined_original(&t, &["song.mp3", "other.txt"]);
 
     assert_eq!(
         b.search("song.mp3"),
@@ -172,9 +200,7 @@ fn original_search_gets_a_list_of_ports_including_our_peers() {
 #[test]
 fn our_clients_see_an_original_peer_as_loopback_and_its_port() {
     let t = start_tracker(&[]);
-    let dir = folder_with(&["song.mp3"]);
-    let mut a = OriginalPeer::connect(t.addr);
-    assert_eq!(a.join(dir.path()), b"JOIN_OK");
+    let (a, _dir) = joined_original(&t, &["song.mp3"]);
     let mut ours = RawClient::connect(t.addr);
     assert_eq!(ours.ask(&join_msg(4002, &["x"]))["status"], "JOIN_OK");
     assert_eq!(
@@ -188,9 +214,7 @@ fn our_clients_see_an_original_peer_as_loopback_and_its_port() {
 #[test]
 fn original_update_gets_bare_update_ok_and_changes_search() {
     let t = start_tracker(&[]);
-    let dir = folder_with(&["a.txt"]);
-    let mut p = OriginalPeer::connect(t.addr);
-    assert_eq!(p.join(dir.path()), b"JOIN_OK");
+    let (mut p, _dir) = joined_original(&t, &["a.txt"]);
     p.send(br#"{"method": "UPDATE", "data": {"files": ["a.txt", "new.txt"]}}"#);
     assert_eq!(p.recv(), b"UPDATE_OK");
     assert_eq!(p.search("new.txt"), format!("[{}]", p.port()));
@@ -202,19 +226,10 @@ fn original_update_gets_bare_update_ok_and_changes_search() {
 #[test]
 fn the_seeds_unquoted_update_list_is_refused_clearly_and_the_connection_goes_on() {
     let t = start_tracker(&[]);
-    let dir = folder_with(&["a.txt"]);
-    let mut p = OriginalPeer::connect(t.addr);
-    assert_eq!(p.join(dir.path()), b"JOIN_OK");
+    let (mut p, _dir) = joined_original(&t, &["a.txt"]);
     p.send(br#"{"method": "UPDATE", "data": {"files": [a.txt,b.txt]}}"#);
     let reply = p.recv_json();
-    assert_eq!(reply["status"], "ERROR", "{reply}");
-    assert!(
-        reply["message"]
-            .as_str()
-            .unwrap()
-            .contains("not valid JSON"),
-        "{reply}"
-    );
+    assert!(error_message(&reply).contains("not valid JSON"), "{reply}");
     assert_eq!(p.search("a.txt"), format!("[{}]", p.port()));
     assert_eq!(p.search("b.txt"), "[]");
 }
@@ -229,22 +244,11 @@ fn original_join_of_a_file_or_a_missing_path_is_refused_clearly() {
 
     p.send_join("filePath", &dir.path().join("a.txt"));
     let reply = p.recv_json();
-    assert_eq!(reply["status"], "ERROR");
-    assert!(
-        reply["message"]
-            .as_str()
-            .unwrap()
-            .contains("is not a folder"),
-        "{reply}"
-    );
+    assert!(error_message(&reply).contains("is not a folder"), "{reply}");
     p.send_join("filePath", &dir.path().join("missing"));
     let reply = p.recv_json();
-    assert_eq!(reply["status"], "ERROR");
     assert!(
-        reply["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("cannot read folder"),
+        error_message(&reply).starts_with("cannot read folder"),
         "{reply}"
     );
     let mut ours = RawClient::connect(t.addr);
@@ -298,12 +302,8 @@ fn original_join_from_a_non_loopback_address_is_refused_and_nothing_is_listed() 
     assert_eq!(remote.stream.local_addr().unwrap().ip(), ip);
     remote.send_join("filePath", dir.path());
     let reply = remote.recv_json();
-    assert_eq!(reply["status"], "ERROR", "{reply}");
     assert!(
-        reply["message"]
-            .as_str()
-            .unwrap()
-            .contains("only accepted from this machine"),
+        error_message(&reply).contains("only accepted from this machine"),
         "{reply}"
     );
     assert!(
@@ -322,9 +322,7 @@ fn original_join_from_a_non_loopback_address_is_refused_and_nothing_is_listed() 
 #[test]
 fn an_original_peer_that_leaves_is_forgotten() {
     let t = start_tracker(&[]);
-    let dir = folder_with(&["a.txt"]);
-    let mut gone = OriginalPeer::connect(t.addr);
-    assert_eq!(gone.join(dir.path()), b"JOIN_OK");
+    let (gone, _dir) = joined_original(&t, &["a.txt"]);
     let port = gone.port();
     drop(gone);
     t.proc.wait_for(&format!("Peer 127.0.0.1:{port} saiu"));
@@ -338,18 +336,15 @@ fn an_original_peer_that_leaves_is_forgotten() {
 #[test]
 fn napster_peers_and_original_peers_find_each_other() {
     let t = start_tracker(&[]);
-    let legacy_dir = folder_with(&["from-original.txt"]);
-    let mut original = OriginalPeer::connect(t.addr);
-    assert_eq!(original.join(legacy_dir.path()), b"JOIN_OK");
+    let (mut original, _legacy_dir) = joined_original(&t, &["from-original.txt"]);
 
     let ours_dir = folder_with(&["from-napster.txt"]);
     let mut ours = start_peer("ours", t.addr, ours_dir.path(), &[]);
     ours.join();
-    ours.send("SEARCH from-original.txt");
-    ours.wait_for(&format!(
-        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
-        original.port()
-    ));
+    ours.search_finds(
+        "from-original.txt",
+        &[&format!("127.0.0.1:{}", original.port())],
+    );
     assert_eq!(
         original.search("from-napster.txt"),
         format!("[{}]", ours.port)
@@ -364,11 +359,9 @@ fn original_downloader_gets_each_reply_in_its_own_recv_then_the_file() {
     let t = start_tracker(&[]);
     let dir = tempfile::tempdir().unwrap();
     write_pattern(&dir.path().join("video.bin"), 5000, 7);
-    let mut up = start_peer("uploader", t.addr, dir.path(), &[]);
-    up.join();
+    let mut up = joined_uploader(&t, dir.path(), &[]);
 
-    let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
-    d.send(&original_download_request("video.bin", up.port));
+    let mut d = original_download(&up, "video.bin");
     let first = d.recv_json();
     assert_eq!(first["status"], "OK", "{first}");
     assert_eq!(first["fileSize"], 5000);
@@ -393,12 +386,10 @@ fn original_downloader_parses_each_reply_alone_even_when_approval_is_automatic()
     let t = start_tracker(&[]);
     let dir = tempfile::tempdir().unwrap();
     write_pattern(&dir.path().join("clip.bin"), 3000, 9);
-    let mut up = start_peer("uploader", t.addr, dir.path(), &["--approve", "yes"]);
-    up.join();
+    let up = joined_uploader(&t, dir.path(), &["--approve", "yes"]);
     let want = std::fs::read(dir.path().join("clip.bin")).unwrap();
     for _ in 0..5 {
-        let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
-        d.send(&original_download_request("clip.bin", up.port));
+        let mut d = original_download(&up, "clip.bin");
         assert_eq!(d.recv_json()["fileSize"], 3000);
         assert_eq!(d.recv_json()["status"], "downloadAccepted");
         let mut data = vec![0u8; 3000];
@@ -413,12 +404,9 @@ fn original_downloader_parses_each_reply_alone_even_when_approval_is_automatic()
 fn original_downloader_sees_rejection_and_file_not_found() {
     let t = start_tracker(&[]);
     let dir = folder_with(&["a.txt"]);
-    let mut up = start_peer("uploader", t.addr, dir.path(), &[]);
-    up.join();
-    let at = SocketAddr::from(([127, 0, 0, 1], up.port));
+    let mut up = joined_uploader(&t, dir.path(), &[]);
 
-    let mut d = OriginalPeer::connect(at);
-    d.send(&original_download_request("a.txt", up.port));
+    let mut d = original_download(&up, "a.txt");
     assert_eq!(d.recv_json()["status"], "OK");
     up.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     up.send("NAO");
@@ -427,8 +415,7 @@ fn original_downloader_sees_rejection_and_file_not_found() {
         serde_json::json!({"status": "downloadRejected"})
     );
 
-    let mut d = OriginalPeer::connect(at);
-    d.send(&original_download_request("missing.txt", up.port));
+    let mut d = original_download(&up, "missing.txt");
     assert_eq!(d.recv_json(), serde_json::json!({"status": "fileNotFound"}));
 }
 
@@ -439,13 +426,10 @@ fn original_downloader_sees_rejection_and_file_not_found() {
 fn the_seeds_download_as_written_connects_sends_nothing_and_the_uploader_keeps_serving() {
     let t = start_tracker(&[]);
     let dir = folder_with(&["a.txt"]);
-    let mut up = start_peer("uploader", t.addr, dir.path(), &["--approve", "yes"]);
-    up.join();
-    let at = SocketAddr::from(([127, 0, 0, 1], up.port));
-    drop(TcpStream::connect(at).unwrap());
+    let up = joined_uploader(&t, dir.path(), &["--approve", "yes"]);
+    drop(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], up.port))).unwrap());
 
-    let mut d = OriginalPeer::connect(at);
-    d.send(&original_download_request("a.txt", up.port));
+    let mut d = original_download(&up, "a.txt");
     assert_eq!(d.recv_json()["status"], "OK");
     assert_eq!(d.recv_json()["status"], "downloadAccepted");
     let mut data = Vec::new();
@@ -464,10 +448,8 @@ fn the_seeds_download_as_written_connects_sends_nothing_and_the_uploader_keeps_s
 fn original_downloader_asking_for_a_path_is_refused_without_asking_the_user() {
     let t = start_tracker(&[]);
     let dir = folder_with(&["a.txt"]);
-    let mut up = start_peer("uploader", t.addr, dir.path(), &[]);
-    up.join();
-    let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
-    d.send(&original_download_request("../a.txt", up.port));
+    let up = joined_uploader(&t, dir.path(), &[]);
+    let mut d = original_download(&up, "../a.txt");
     let reply = d.recv_json();
     assert_eq!(reply["status"], "ERROR", "{reply}");
     assert!(!up.proc.printed("Gostaria"), "{}", up.proc.transcript());
@@ -498,8 +480,7 @@ impl LoopbackAddr for TrackerProc {
 fn the_originals_download_keystrokes_work_on_a_napster_peer() {
     let t = start_tracker(&[]);
     let up_dir = folder_with(&["song.txt"]);
-    let mut up = start_peer("uploader", t.addr, up_dir.path(), &["--approve", "yes"]);
-    up.join();
+    let up = joined_uploader(&t, up_dir.path(), &["--approve", "yes"]);
     let down_dir = tempfile::tempdir().unwrap();
     let mut down = start_peer("downloader", t.addr, down_dir.path(), &[]);
     down.join();
@@ -536,8 +517,7 @@ fn python_reading_like_the_original_downloads_from_a_napster_peer() {
     let dir = tempfile::tempdir().unwrap();
     write_pattern(&dir.path().join("clip.bin"), 3000, 11);
     write_pattern(&dir.path().join("song.bin"), 60_000, 12);
-    let mut up = start_peer("uploader", t.addr, dir.path(), &["--approve", "yes"]);
-    up.join();
+    let up = joined_uploader(&t, dir.path(), &["--approve", "yes"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/original_downloader.py");
     let out_dir = tempfile::tempdir().unwrap();
     for (name, size, rounds) in [("clip.bin", 3000, 5), ("song.bin", 60_000, 10)] {

@@ -4,22 +4,40 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 
 use common::*;
+
+/// Starts the peer `name` sharing `dir` with `--join` and the options `extra`, and waits
+/// until it has joined `t`.
+fn joined_at_start(name: &str, t: &TrackerProc, dir: &Path, extra: &[&str]) -> PeerProc {
+    let mut args = vec!["--join"];
+    args.extend_from_slice(extra);
+    let peer = start_peer(name, t.addr, dir, &args);
+    peer.wait_for("Sou o Peer");
+    peer
+}
+
+/// A tracker and the peer `a` (not joined) with the options `extra`, sharing a new folder that
+/// holds the file `name` with `contents`. Keep all three as long as the test runs.
+fn lone_uploader(
+    (name, contents): (&str, &str),
+    extra: &[&str],
+) -> (tempfile::TempDir, TrackerProc, PeerProc) {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da] = folders(tmp.path(), ["a"]);
+    fs::write(da.join(name), contents).unwrap();
+    let t = start_tracker(&[]);
+    let a = start_peer("a", t.addr, &da, extra);
+    (tmp, t, a)
+}
 
 /// Three peers: JOIN, SEARCH, DOWNLOAD with SIM (a file larger than the transfer buffer,
 /// byte-exact), UPDATE after the download, a NAO rejection, and a second download.
 #[test]
 fn three_peers_join_search_download_update_and_reject() {
     let tmp = tempfile::tempdir().unwrap();
-    let (da, db, dc) = (
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("c"),
-    );
-    for d in [&da, &db, &dc] {
-        fs::create_dir(d).unwrap();
-    }
+    let [da, db, dc] = folders(tmp.path(), ["a", "b", "c"]);
     fs::write(da.join("notes.txt"), "olá\n").unwrap();
     write_pattern(&da.join("video.bin"), 3 * 1024 * 1024 + 17, 1);
 
@@ -38,11 +56,7 @@ fn three_peers_join_search_download_update_and_reject() {
         alice.addr()
     ));
 
-    bob.send("SEARCH video.bin");
-    bob.wait_for(&format!(
-        "Peers com arquivo solicitado: ['{}']",
-        alice.addr()
-    ));
+    bob.search_finds("video.bin", &[&alice.addr()]);
     bob.send(&format!("DOWNLOAD video.bin {}", alice.port));
     alice.wait_for(&format!(
         "Peer 127.0.0.1:{} solicitou o arquivo video.bin ({} bytes)",
@@ -61,12 +75,7 @@ fn three_peers_join_search_download_update_and_reject() {
         bob.addr()
     ));
 
-    carol.send("SEARCH video.bin");
-    carol.wait_for(&format!(
-        "Peers com arquivo solicitado: ['{}', '{}']",
-        alice.addr(),
-        bob.addr()
-    ));
+    carol.search_finds("video.bin", &[&alice.addr(), &bob.addr()]);
     carol.send(&format!("DOWNLOAD video.bin {}", bob.port));
     bob.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     bob.send("nao");
@@ -89,9 +98,7 @@ fn three_peers_join_search_download_update_and_reject() {
 #[test]
 fn commands_without_arguments_ask_with_the_original_prompts() {
     let tmp = tempfile::tempdir().unwrap();
-    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
-    fs::create_dir(&da).unwrap();
-    fs::create_dir(&db).unwrap();
+    let [da, db] = folders(tmp.path(), ["a", "b"]);
     fs::write(da.join("f.txt"), "x").unwrap();
     let t = start_tracker(&[]);
     let mut a = start_peer("a", t.addr, &da, &["--approve", "yes"]);
@@ -118,14 +125,10 @@ fn commands_without_arguments_ask_with_the_original_prompts() {
 #[test]
 fn a_missing_file_is_reported_as_not_found() {
     let tmp = tempfile::tempdir().unwrap();
-    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
-    fs::create_dir(&da).unwrap();
-    fs::create_dir(&db).unwrap();
+    let [da, db] = folders(tmp.path(), ["a", "b"]);
     let t = start_tracker(&[]);
-    let a = start_peer("a", t.addr, &da, &["--join"]);
-    let mut b = start_peer("b", t.addr, &db, &["--join"]);
-    a.wait_for("Sou o Peer");
-    b.wait_for("Sou o Peer");
+    let a = joined_at_start("a", &t, &da, &[]);
+    let mut b = joined_at_start("b", &t, &db, &[]);
     b.send(&format!("DOWNLOAD ghost.txt {}", a.port));
     b.wait_for("Arquivo não encontrado.");
     assert!(!db.join("ghost.txt").exists());
@@ -135,38 +138,28 @@ fn a_missing_file_is_reported_as_not_found() {
 #[test]
 fn a_peer_that_leaves_disappears_from_search() {
     let tmp = tempfile::tempdir().unwrap();
-    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
-    fs::create_dir(&da).unwrap();
-    fs::create_dir(&db).unwrap();
+    let [da, db] = folders(tmp.path(), ["a", "b"]);
     fs::write(da.join("f"), "1").unwrap();
     let t = start_tracker(&[]);
-    let mut a = start_peer("a", t.addr, &da, &["--join"]);
-    let mut b = start_peer("b", t.addr, &db, &["--join"]);
-    a.wait_for("Sou o Peer");
-    b.wait_for("Sou o Peer");
-    b.send("SEARCH f");
-    b.wait_for(&format!("['{}']", a.addr()));
+    let mut a = joined_at_start("a", &t, &da, &[]);
+    let mut b = joined_at_start("b", &t, &db, &[]);
+    b.search_finds("f", &[&a.addr()]);
     a.send("QUIT");
     a.wait_for("Peer encerrado.");
     t.proc.wait_for(&format!("Peer {} saiu", a.addr()));
-    b.send("SEARCH f");
-    b.wait_for("Peers com arquivo solicitado: []");
+    b.search_finds("f", &[]);
 }
 
 /// A download never replaces a file already in the folder.
 #[test]
 fn an_existing_file_is_never_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
-    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
-    fs::create_dir(&da).unwrap();
-    fs::create_dir(&db).unwrap();
+    let [da, db] = folders(tmp.path(), ["a", "b"]);
     fs::write(da.join("f"), "theirs").unwrap();
     fs::write(db.join("f"), "mine").unwrap();
     let t = start_tracker(&[]);
-    let a = start_peer("a", t.addr, &da, &["--join", "--approve", "yes"]);
-    let mut b = start_peer("b", t.addr, &db, &["--join"]);
-    a.wait_for("Sou o Peer");
-    b.wait_for("Sou o Peer");
+    let a = joined_at_start("a", &t, &da, &["--approve", "yes"]);
+    let mut b = joined_at_start("b", &t, &db, &[]);
     b.send(&format!("DOWNLOAD f {}", a.port));
     b.wait_for("não será sobrescrito");
     assert_eq!(fs::read(db.join("f")).unwrap(), b"mine");
@@ -177,36 +170,26 @@ fn an_existing_file_is_never_overwritten() {
 #[test]
 fn the_uploader_refuses_unsafe_names() {
     let tmp = tempfile::tempdir().unwrap();
-    let da = tmp.path().join("a");
-    fs::create_dir(&da).unwrap();
+    let [da] = folders(tmp.path(), ["a"]);
     fs::create_dir(da.join("sub")).unwrap();
     fs::write(tmp.path().join("secret"), "s").unwrap();
     fs::write(da.join("ok"), "fine").unwrap();
     std::os::unix::fs::symlink(tmp.path().join("secret"), da.join("link")).unwrap();
     let t = start_tracker(&[]);
     let a = start_peer("a", t.addr, &da, &["--approve", "yes"]);
-    let upload: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
     for name in ["../secret", "sub/x", "..", "a\\b"] {
-        let mut c = RawClient::connect(upload);
-        let msg =
-            serde_json::json!({"method":"DOWNLOAD_REQUEST","data":{"filename":name,"port":a.port}});
-        let reply = c.ask(format!("{msg}\n").as_bytes());
+        let reply = ask_for(a.port, name).json();
         assert_eq!(reply["status"], "ERROR", "{name}: {reply}");
     }
     for name in ["link", "sub", "missing"] {
-        let mut c = RawClient::connect(upload);
-        let msg =
-            serde_json::json!({"method":"DOWNLOAD_REQUEST","data":{"filename":name,"port":a.port}});
         assert_eq!(
-            c.ask(format!("{msg}\n").as_bytes())["status"],
+            ask_for(a.port, name).json()["status"],
             "fileNotFound",
             "{name}"
         );
     }
-    let mut c = RawClient::connect(upload);
-    let msg =
-        serde_json::json!({"method":"DOWNLOAD_REQUEST","data":{"filename":"ok","port":a.port}});
-    let reply = c.ask(format!("{msg}\n").as_bytes());
+    let mut c = ask_for(a.port, "ok");
+    let reply = c.json();
     assert_eq!(reply["status"], "OK");
     assert_eq!(reply["fileSize"], 4);
     assert_eq!(reply["digest"], blake3::hash(b"fine").to_hex().as_str());
@@ -218,11 +201,9 @@ fn the_uploader_refuses_unsafe_names() {
 #[test]
 fn the_downloader_refuses_unsafe_names() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("b");
-    fs::create_dir(&db).unwrap();
+    let [db] = folders(tmp.path(), ["b"]);
     let t = start_tracker(&[]);
-    let mut b = start_peer("b", t.addr, &db, &["--join"]);
-    b.wait_for("Sou o Peer");
+    let mut b = joined_at_start("b", &t, &db, &[]);
     b.send("DOWNLOAD ../evil 9");
     b.wait_for("nome inválido");
     assert!(!tmp.path().join("evil").exists());
@@ -231,14 +212,8 @@ fn the_downloader_refuses_unsafe_names() {
 /// Upload request protocol by hand: OK with size and digest, then downloadRejected on NAO.
 #[test]
 fn a_rejected_request_gets_download_rejected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let da = tmp.path().join("a");
-    fs::create_dir(&da).unwrap();
-    fs::write(da.join("x"), "data").unwrap();
-    let t = start_tracker(&[]);
-    let mut a = start_peer("a", t.addr, &da, &[]);
-    let upload: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
-    let mut c = RawClient::connect(upload);
+    let (_tmp, _t, mut a) = lone_uploader(("x", "data"), &[]);
+    let mut c = RawClient::connect(a.addr().parse().unwrap());
     // No newline: the original sends its request bare.
     let reply = c.ask(
         format!(
@@ -259,9 +234,7 @@ fn a_rejected_request_gets_download_rejected() {
 #[test]
 fn peers_on_different_addresses_find_and_download_from_each_other() {
     let tmp = tempfile::tempdir().unwrap();
-    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
-    fs::create_dir(&da).unwrap();
-    fs::create_dir(&db).unwrap();
+    let [da, db] = folders(tmp.path(), ["a", "b"]);
     write_pattern(&da.join("f.bin"), 100_000, 3);
     let t = start_tracker(&[]);
     let mut a = common::start_peer_on("a", "127.0.0.2", t.addr, &da, &["--approve", "yes"]);
@@ -274,11 +247,7 @@ fn peers_on_different_addresses_find_and_download_from_each_other() {
         b.join()
             .contains(&format!("Sou o Peer 127.0.0.3:{}", b.port))
     );
-    b.send("SEARCH f.bin");
-    b.wait_for(&format!(
-        "Peers com arquivo solicitado: ['127.0.0.2:{}']",
-        a.port
-    ));
+    b.search_finds("f.bin", &[&format!("127.0.0.2:{}", a.port)]);
     // A bare port takes its host from the last search.
     b.send(&format!("DOWNLOAD f.bin {}", a.port));
     a.wait_for(&format!(
@@ -298,16 +267,12 @@ fn peers_on_different_addresses_find_and_download_from_each_other() {
 #[test]
 fn at_end_of_input_the_peer_keeps_serving_until_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
-    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
-    fs::create_dir(&da).unwrap();
-    fs::create_dir(&db).unwrap();
+    let [da, db] = folders(tmp.path(), ["a", "b"]);
     fs::write(da.join("f"), "still here").unwrap();
     let t = start_tracker(&[]);
-    let mut a = start_peer("a", t.addr, &da, &["--join", "--approve", "yes"]);
-    a.wait_for("Sou o Peer");
+    let mut a = joined_at_start("a", &t, &da, &["--approve", "yes"]);
     a.proc.close_stdin();
-    let mut b = start_peer("b", t.addr, &db, &["--join"]);
-    b.wait_for("Sou o Peer");
+    let mut b = joined_at_start("b", &t, &db, &[]);
     b.send(&format!("DOWNLOAD f {}", a.port));
     b.wait_for("Arquivo f baixado com sucesso");
     assert_eq!(fs::read(db.join("f")).unwrap(), b"still here");
@@ -338,12 +303,7 @@ fn ask_for(port: u16, name: &str) -> RawClient {
 /// answered normally.
 #[test]
 fn requests_waiting_for_an_answer_are_capped_per_host() {
-    let tmp = tempfile::tempdir().unwrap();
-    let da = tmp.path().join("a");
-    fs::create_dir(&da).unwrap();
-    fs::write(da.join("f"), "data").unwrap();
-    let t = start_tracker(&[]);
-    let mut a = start_peer("a", t.addr, &da, &[]);
+    let (_tmp, _t, mut a) = lone_uploader(("f", "data"), &[]);
     let mut waiting: Vec<RawClient> = Vec::new();
     for _ in 0..4 {
         let mut c = ask_for(a.port, "f");
@@ -372,8 +332,7 @@ fn requests_waiting_for_an_answer_are_capped_per_host() {
 #[test]
 fn a_file_larger_than_the_free_space_is_refused_up_front() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("b");
-    fs::create_dir(&db).unwrap();
+    let [db] = folders(tmp.path(), ["b"]);
     let uploader = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let up_port = uploader.local_addr().unwrap().port();
     let serving = std::thread::spawn(move || {
@@ -389,8 +348,7 @@ fn a_file_larger_than_the_free_space_is_refused_up_front() {
         std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
     });
     let t = start_tracker(&[]);
-    let mut b = start_peer("b", t.addr, &db, &["--join"]);
-    b.wait_for("Sou o Peer");
+    let mut b = joined_at_start("b", &t, &db, &[]);
     b.send(&format!("DOWNLOAD huge.bin 127.0.0.1:{up_port}"));
     b.wait_for("espaço insuficiente");
     serving.join().unwrap();
@@ -401,17 +359,8 @@ fn a_file_larger_than_the_free_space_is_refused_up_front() {
 /// the first request arrives.
 #[test]
 fn a_huge_approval_timeout_does_not_crash_the_peer() {
-    let tmp = tempfile::tempdir().unwrap();
-    let da = tmp.path().join("a");
-    fs::create_dir(&da).unwrap();
-    fs::write(da.join("f"), "x").unwrap();
-    let t = start_tracker(&[]);
-    let mut a = start_peer(
-        "a",
-        t.addr,
-        &da,
-        &["--approval-timeout", "18446744073709551615"],
-    );
+    let (_tmp, _t, mut a) =
+        lone_uploader(("f", "x"), &["--approval-timeout", "18446744073709551615"]);
     let mut c = ask_for(a.port, "f");
     assert_eq!(c.json()["status"], "OK");
     a.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
@@ -423,13 +372,8 @@ fn a_huge_approval_timeout_does_not_crash_the_peer() {
 /// and closed, without a thread of its own; once the others leave, requests are served again.
 #[test]
 fn upload_connections_are_capped() {
-    let tmp = tempfile::tempdir().unwrap();
-    let da = tmp.path().join("a");
-    fs::create_dir(&da).unwrap();
-    fs::write(da.join("f"), "x").unwrap();
-    let t = start_tracker(&[]);
-    let a = start_peer("a", t.addr, &da, &["--approve", "yes"]);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
+    let (_tmp, _t, a) = lone_uploader(("f", "x"), &["--approve", "yes"]);
+    let addr: std::net::SocketAddr = a.addr().parse().unwrap();
     let silent: Vec<RawClient> = (0..64).map(|_| RawClient::connect(addr)).collect();
     let mut extra = RawClient::connect(addr);
     let reply = extra.json();

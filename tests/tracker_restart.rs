@@ -59,20 +59,14 @@ fn peers_rejoin_a_restarted_tracker_with_their_current_files() {
     let mut tracker = start_tracker_on(&listen, &[]);
     let addr = tracker.addr;
     let dir = tempfile::tempdir().unwrap();
-    let (alice_dir, bob_dir) = (dir.path().join("alice"), dir.path().join("bob"));
-    std::fs::create_dir_all(&alice_dir).unwrap();
-    std::fs::create_dir_all(&bob_dir).unwrap();
+    let [alice_dir, bob_dir] = folders(dir.path(), ["alice", "bob"]);
     std::fs::write(alice_dir.join("a.txt"), b"alice's text\n").unwrap();
     std::fs::write(bob_dir.join("b.txt"), b"bob's text\n").unwrap();
     let mut alice = start_peer("alice", addr, &alice_dir, &["--approve", "yes"]);
     let mut bob = start_peer("bob", addr, &bob_dir, &[]);
     alice.join();
     bob.join();
-    bob.send("SEARCH a.txt");
-    bob.wait_for(&format!(
-        "Peers com arquivo solicitado: ['{}']",
-        alice.addr()
-    ));
+    bob.search_finds("a.txt", &[&alice.addr()]);
 
     tracker.proc.kill();
     alice.wait_for("Conexão com o servidor perdida");
@@ -116,13 +110,8 @@ fn peers_rejoin_a_restarted_tracker_with_their_current_files() {
         line.contains(&alice.addr()) && line.contains(&bob.addr()),
         "both copies of a.txt are found again: {line}"
     );
-    bob.send("SEARCH new.txt");
-    bob.wait_for(&format!(
-        "Peers com arquivo solicitado: ['{}']",
-        alice.addr()
-    ));
-    alice.send("SEARCH b.txt");
-    alice.wait_for(&format!("Peers com arquivo solicitado: ['{}']", bob.addr()));
+    bob.search_finds("new.txt", &[&alice.addr()]);
+    alice.search_finds("b.txt", &[&bob.addr()]);
 }
 
 /// Dial attempts the stand-in tracker takes and turns away.
@@ -197,11 +186,7 @@ fn a_peer_retries_with_growing_pauses_until_the_tracker_returns() {
         "Peer {} adicionado com os arquivos ['kept.txt']",
         peer.addr()
     ));
-    peer.send("SEARCH kept.txt");
-    peer.wait_for(&format!(
-        "Peers com arquivo solicitado: ['{}']",
-        peer.addr()
-    ));
+    peer.search_finds("kept.txt", &[&peer.addr()]);
     let transcript = peer.proc.transcript();
     assert_eq!(
         transcript.matches("Conexão com o servidor perdida").count(),

@@ -37,12 +37,83 @@ fn digest_of(path: &Path) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
-/// A tracker and a joined peer started with `--approve yes`, sharing `dir`.
-fn joined_peer(name: &str, tracker: &TrackerProc, dir: &Path) -> PeerProc {
-    fs::create_dir_all(dir).unwrap();
-    let mut peer = start_peer(name, tracker.addr, dir, &["--approve", "yes"]);
-    peer.join();
-    peer
+/// True if the two folders hold the same `video.bin`, byte for byte.
+fn same_video(a: &Path, b: &Path) -> bool {
+    same_file(&a.join("video.bin"), &b.join("video.bin"))
+}
+
+/// One test's world: a tracker, and a temporary folder in which each peer gets a shared folder
+/// of its own.
+struct Lab {
+    tmp: TempDir,
+    t: TrackerProc,
+}
+
+impl Lab {
+    /// A fresh temporary folder and a tracker on a free port.
+    fn new() -> Lab {
+        let tmp = TempDir::new().unwrap();
+        let t = start_tracker(&[]);
+        Lab { tmp, t }
+    }
+
+    /// Creates the empty shared folder `name` and returns its path.
+    fn folder(&self, name: &str) -> PathBuf {
+        let [dir] = folders(self.tmp.path(), [name]);
+        dir
+    }
+
+    /// Creates the shared folder `name` holding `video.bin`: `len` pattern bytes from `seed`.
+    fn folder_with_video(&self, name: &str, len: u64, seed: u64) -> PathBuf {
+        let dir = self.folder(name);
+        write_pattern(&dir.join("video.bin"), len, seed);
+        dir
+    }
+
+    /// Starts a peer named `name` with `--approve yes` sharing `dir` (which exists), and JOINs.
+    fn peer(&self, name: &str, dir: &Path) -> PeerProc {
+        let mut peer = start_peer(name, self.t.addr, dir, &["--approve", "yes"]);
+        peer.join();
+        peer
+    }
+
+    /// The usual pair, both joined: alice shares `video.bin` (`len` pattern bytes from
+    /// `seed`), bob starts with an empty folder.
+    fn alice_and_bob(&self, len: u64, seed: u64) -> (PeerProc, PeerProc) {
+        let alice = self.peer("alice", &self.folder_with_video("alice", len, seed));
+        let bob = self.peer("bob", &self.folder("bob"));
+        (alice, bob)
+    }
+}
+
+/// Starts `bob` downloading `video.bin` from `from` through a [`PausingProxy`] that forwards
+/// `limit` bytes, and returns the proxy once it holds the rest back.
+fn download_until_paused(bob: &mut PeerProc, from: &PeerProc, limit: u64) -> PausingProxy {
+    let proxy = PausingProxy::start(from.addr().parse().unwrap(), limit);
+    bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
+    proxy.wait_paused();
+    proxy
+}
+
+/// The size of the partial `video.bin` kept in `dir`, checked to be some but not all of the
+/// `total` bytes.
+fn kept_partial(dir: &Path, total: u64) -> u64 {
+    let kept = fs::metadata(part_path(dir, "video.bin")).unwrap().len();
+    assert!(kept > 0 && kept < total, "kept {kept} bytes");
+    kept
+}
+
+/// `bob` asks `from` (which has the same `video.bin`) for the file again: both sides say the
+/// transfer resumes at byte `kept`, the copy is verified whole and no partial is left.
+fn resume_from(bob: &mut PeerProc, from: &PeerProc, kept: u64) {
+    bob.send(&format!("DOWNLOAD video.bin {}", from.addr()));
+    from.wait_for(&format!("retomando do byte {kept}"));
+    bob.wait_for(&format!(
+        "Retomando o download de video.bin a partir do byte {kept}"
+    ));
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(same_video(&from.dir, &bob.dir));
+    assert!(!part_path(&bob.dir, "video.bin").exists());
 }
 
 /// A proxy between a downloader and an uploader that forwards the first `limit` bytes coming
@@ -128,18 +199,48 @@ fn send_json(stream: &mut TcpStream, value: serde_json::Value) {
     stream.write_all(&line).unwrap();
 }
 
+/// A stand-in uploader on a free port: it takes one connection, reads its DOWNLOAD_REQUEST
+/// and hands the stream and the request to `serve`. Join the handle to see `serve`'s checks.
+fn raw_uploader(
+    serve: impl FnOnce(TcpStream, serde_json::Value) + Send + 'static,
+) -> (SocketAddr, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let request = read_request(&mut reader);
+        serve(stream, request);
+    });
+    (addr, handle)
+}
+
+/// Answers as an uploader that approves at once: OK with `size` and `digest` from byte 0,
+/// then downloadAccepted.
+fn accept_download(stream: &mut TcpStream, size: u64, digest: &str) {
+    send_json(
+        stream,
+        serde_json::json!({"status":"OK","fileSize":size,"digest":digest,"offset":0}),
+    );
+    send_json(stream, serde_json::json!({"status":"downloadAccepted"}));
+}
+
+/// Asks `peer`'s upload port for `name` on a new raw connection; returns the first reply.
+fn raw_request(peer: &PeerProc, name: &str) -> serde_json::Value {
+    let mut c = RawClient::connect(peer.addr().parse().unwrap());
+    let request = serde_json::json!({
+        "method": "DOWNLOAD_REQUEST", "data": {"filename": name, "port": peer.port}
+    });
+    c.ask(format!("{request}\n").as_bytes())
+}
+
 /// A file larger than every buffer arrives byte for byte, the partial folder is left empty,
 /// progress is reported as plain percentage lines without a terminal, and the downloader
 /// UPDATEs the tracker so that it is found as a source too.
 #[test]
 fn a_file_larger_than_every_buffer_arrives_byte_exact() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    fs::create_dir_all(&da).unwrap();
-    write_pattern(&da.join("video.bin"), BIG, 7);
-    let alice = joined_peer("alice", &t, &da);
-    let mut bob = joined_peer("bob", &t, &db);
+    let lab = Lab::new();
+    let (alice, mut bob) = lab.alice_and_bob(BIG, 7);
 
     bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
     let first = bob.wait_for("Download de video.bin: ");
@@ -147,12 +248,12 @@ fn a_file_larger_than_every_buffer_arrives_byte_exact() {
     bob.wait_for("Download de video.bin: 100% (20 de 20 MiB");
     bob.wait_for(&format!(
         "Arquivo video.bin baixado com sucesso na pasta {}",
-        db.display()
+        bob.dir.display()
     ));
     alice.wait_for("Upload do arquivo video.bin para");
-    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
-    assert!(!part_path(&db, "video.bin").exists());
-    t.proc.wait_for(&format!(
+    assert!(same_video(&alice.dir, &bob.dir));
+    assert!(!part_path(&bob.dir, "video.bin").exists());
+    lab.t.proc.wait_for(&format!(
         "Peer {} atualizou os arquivos ['video.bin']",
         bob.addr()
     ));
@@ -162,29 +263,16 @@ fn a_file_larger_than_every_buffer_arrives_byte_exact() {
 /// user is told the digests differ, and neither the final name nor a partial file is left.
 #[test]
 fn a_flipped_byte_is_detected_and_nothing_is_kept() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let db = tmp.path().join("bob");
-    let source = tmp.path().join("source.bin");
+    let lab = Lab::new();
+    let source = lab.tmp.path().join("source.bin");
     write_pattern(&source, BIG, 11);
     let digest = digest_of(&source);
-    let mut bob = joined_peer("bob", &t, &db);
+    let db = lab.folder("bob");
+    let mut bob = lab.peer("bob", &db);
 
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let uploader = thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let request = read_request(&mut reader);
+    let (addr, uploader) = raw_uploader(move |mut stream, request| {
         assert_eq!(request["data"]["filename"], "video.bin");
-        send_json(
-            &mut stream,
-            serde_json::json!({"status":"OK","fileSize":BIG,"digest":digest,"offset":0}),
-        );
-        send_json(
-            &mut stream,
-            serde_json::json!({"status":"downloadAccepted"}),
-        );
+        accept_download(&mut stream, BIG, &digest);
         let mut bytes = fs::read(&source).unwrap();
         bytes[(BIG / 2) as usize] ^= 0x01;
         stream.write_all(&bytes).unwrap();
@@ -205,34 +293,19 @@ fn a_flipped_byte_is_detected_and_nothing_is_kept() {
 /// bytes on disk, and the result is verified whole.
 #[test]
 fn a_killed_uploader_is_resumed_from_the_bytes_on_disk() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    fs::create_dir_all(&da).unwrap();
-    write_pattern(&da.join("video.bin"), 48 << 20, 3);
-    let mut alice = joined_peer("alice", &t, &da);
-    let mut bob = joined_peer("bob", &t, &db);
+    let lab = Lab::new();
+    let (mut alice, mut bob) = lab.alice_and_bob(48 << 20, 3);
 
-    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 12 << 20);
-    bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
-    proxy.wait_paused();
+    let proxy = download_until_paused(&mut bob, &alice, 12 << 20);
     alice.proc.kill();
     proxy.cut();
     let line = bob.wait_for("Erro ao processar download de video.bin");
     assert!(line.contains("guardada para retomar"), "{line}");
-    assert!(!db.join("video.bin").exists());
-    let kept = fs::metadata(part_path(&db, "video.bin")).unwrap().len();
-    assert!(kept > 0 && kept < 48 << 20, "kept {kept} bytes");
+    assert!(!bob.dir.join("video.bin").exists());
+    let kept = kept_partial(&bob.dir, 48 << 20);
 
-    let alice = joined_peer("alice-again", &t, &da);
-    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
-    alice.wait_for(&format!("retomando do byte {kept}"));
-    bob.wait_for(&format!(
-        "Retomando o download de video.bin a partir do byte {kept}"
-    ));
-    bob.wait_for("Arquivo video.bin baixado com sucesso");
-    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
-    assert!(!part_path(&db, "video.bin").exists());
+    let alice = lab.peer("alice-again", &alice.dir);
+    resume_from(&mut bob, &alice, kept);
 }
 
 /// The network fails mid-transfer (the connection is reset); the downloader reports the
@@ -240,38 +313,25 @@ fn a_killed_uploader_is_resumed_from_the_bytes_on_disk() {
 /// *different* peer that has the same file (same size and digest), verified whole.
 #[test]
 fn a_cut_download_resumes_from_another_peer_with_the_same_file() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db, dc) = (
-        tmp.path().join("alice"),
-        tmp.path().join("bob"),
-        tmp.path().join("carol"),
-    );
-    fs::create_dir_all(&da).unwrap();
-    fs::create_dir_all(&dc).unwrap();
-    write_pattern(&da.join("video.bin"), BIG, 5);
+    let lab = Lab::new();
+    let da = lab.folder_with_video("alice", BIG, 5);
+    let dc = lab.folder("carol");
     fs::copy(da.join("video.bin"), dc.join("video.bin")).unwrap();
-    let alice = joined_peer("alice", &t, &da);
-    let carol = joined_peer("carol", &t, &dc);
-    let mut bob = joined_peer("bob", &t, &db);
+    let alice = lab.peer("alice", &da);
+    let carol = lab.peer("carol", &dc);
+    let mut bob = lab.peer("bob", &lab.folder("bob"));
 
-    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 5 << 20);
-    bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
-    proxy.wait_paused();
+    let proxy = download_until_paused(&mut bob, &alice, 5 << 20);
     proxy.reset();
     let line = bob.wait_for("Erro ao processar download de video.bin");
-    let kept = fs::metadata(part_path(&db, "video.bin")).unwrap().len();
-    assert!(kept > 0 && kept < BIG, "kept {kept} bytes");
+    let kept = kept_partial(&bob.dir, BIG);
     assert!(
         line.contains(&format!("a conexão falhou após {kept} bytes")),
         "{line}"
     );
     assert!(line.contains("guardada para retomar"), "{line}");
 
-    bob.send(&format!("DOWNLOAD video.bin {}", carol.addr()));
-    carol.wait_for(&format!("retomando do byte {kept}"));
-    bob.wait_for("Arquivo video.bin baixado com sucesso");
-    assert!(same_file(&dc.join("video.bin"), &db.join("video.bin")));
+    resume_from(&mut bob, &carol, kept);
 }
 
 /// A partial download is never glued to a different file of the same name: when the new
@@ -279,63 +339,40 @@ fn a_cut_download_resumes_from_another_peer_with_the_same_file() {
 /// is that file, verified.
 #[test]
 fn a_partial_of_another_file_with_the_same_name_is_not_resumed() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db, dc) = (
-        tmp.path().join("alice"),
-        tmp.path().join("bob"),
-        tmp.path().join("carol"),
-    );
-    fs::create_dir_all(&da).unwrap();
-    fs::create_dir_all(&dc).unwrap();
-    write_pattern(&da.join("video.bin"), BIG, 5);
-    write_pattern(&dc.join("video.bin"), BIG, 6);
-    let alice = joined_peer("alice", &t, &da);
-    let carol = joined_peer("carol", &t, &dc);
-    let mut bob = joined_peer("bob", &t, &db);
+    let lab = Lab::new();
+    let alice = lab.peer("alice", &lab.folder_with_video("alice", BIG, 5));
+    let carol = lab.peer("carol", &lab.folder_with_video("carol", BIG, 6));
+    let mut bob = lab.peer("bob", &lab.folder("bob"));
 
-    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 5 << 20);
-    bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
-    proxy.wait_paused();
+    let proxy = download_until_paused(&mut bob, &alice, 5 << 20);
     proxy.cut();
     bob.wait_for("Erro ao processar download de video.bin");
-    assert!(part_path(&db, "video.bin").exists());
+    assert!(part_path(&bob.dir, "video.bin").exists());
 
     bob.send(&format!("DOWNLOAD video.bin {}", carol.addr()));
     let asked = carol.wait_for("solicitou o arquivo video.bin");
     assert!(!asked.contains("retomando"), "{asked}");
     bob.wait_for("Arquivo video.bin baixado com sucesso");
     assert!(!bob.proc.printed("Retomando o download"));
-    assert!(same_file(&dc.join("video.bin"), &db.join("video.bin")));
+    assert!(same_video(&carol.dir, &bob.dir));
 }
 
 /// The downloader QUITs in the middle of a transfer: it exits cleanly, keeps the partial, and
 /// a new downloader process on the same folder resumes it and verifies the whole file.
 #[test]
 fn a_download_stopped_by_quit_resumes_in_the_next_run() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    fs::create_dir_all(&da).unwrap();
-    write_pattern(&da.join("video.bin"), BIG, 9);
-    let alice = joined_peer("alice", &t, &da);
-    let mut bob = joined_peer("bob", &t, &db);
+    let lab = Lab::new();
+    let (alice, mut bob) = lab.alice_and_bob(BIG, 9);
 
-    let proxy = PausingProxy::start(alice.addr().parse().unwrap(), 5 << 20);
-    bob.send(&format!("DOWNLOAD video.bin {}", proxy.addr));
-    proxy.wait_paused();
+    let proxy = download_until_paused(&mut bob, &alice, 5 << 20);
     bob.send("QUIT");
     bob.wait_for("Peer encerrado.");
     assert!(bob.proc.wait_exit(WAIT).success());
     proxy.cut();
-    let kept = fs::metadata(part_path(&db, "video.bin")).unwrap().len();
-    assert!(kept > 0 && kept < BIG, "kept {kept} bytes");
+    let kept = kept_partial(&bob.dir, BIG);
 
-    let mut bob = joined_peer("bob-again", &t, &db);
-    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
-    bob.wait_for(&format!("a partir do byte {kept}"));
-    bob.wait_for("Arquivo video.bin baixado com sucesso");
-    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+    let mut bob = lab.peer("bob-again", &bob.dir);
+    resume_from(&mut bob, &alice, kept);
 }
 
 /// Limits the size of files the process `pid` may write (`RLIMIT_FSIZE`, soft limit only, so
@@ -362,13 +399,8 @@ fn limit_file_size(pid: u32, bytes: u64) {
 /// the final name, and once there is room again the download resumes and verifies.
 #[test]
 fn a_full_disk_is_reported_and_the_partial_is_kept_for_resume() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    fs::create_dir_all(&da).unwrap();
-    write_pattern(&da.join("video.bin"), BIG, 13);
-    let alice = joined_peer("alice", &t, &da);
-    let mut bob = joined_peer("bob", &t, &db);
+    let lab = Lab::new();
+    let (alice, mut bob) = lab.alice_and_bob(BIG, 13);
     let room = 5 << 20;
     limit_file_size(bob.proc.pid(), room);
 
@@ -379,17 +411,16 @@ fn a_full_disk_is_reported_and_the_partial_is_kept_for_resume() {
         "{line}"
     );
     assert!(line.contains("guardada para retomar"), "{line}");
-    assert!(!db.join("video.bin").exists());
+    assert!(!bob.dir.join("video.bin").exists());
     assert_eq!(
-        fs::metadata(part_path(&db, "video.bin")).unwrap().len(),
+        fs::metadata(part_path(&bob.dir, "video.bin"))
+            .unwrap()
+            .len(),
         room
     );
 
     limit_file_size(bob.proc.pid(), libc::RLIM_INFINITY);
-    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
-    bob.wait_for(&format!("a partir do byte {room}"));
-    bob.wait_for("Arquivo video.bin baixado com sucesso");
-    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+    resume_from(&mut bob, &alice, room);
 }
 
 /// A file already in the folder is never overwritten: asked for before the download, the
@@ -397,15 +428,12 @@ fn a_full_disk_is_reported_and_the_partial_is_kept_for_resume() {
 /// moved over it. Either way the user is told and the existing file is untouched.
 #[test]
 fn an_existing_file_is_never_overwritten() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    fs::create_dir_all(&da).unwrap();
-    fs::create_dir_all(&db).unwrap();
-    write_pattern(&da.join("video.bin"), BIG, 1);
+    let lab = Lab::new();
+    let da = lab.folder_with_video("alice", BIG, 1);
+    let db = lab.folder("bob");
     fs::write(db.join("video.bin"), b"mine").unwrap();
-    let alice = joined_peer("alice", &t, &da);
-    let mut bob = joined_peer("bob", &t, &db);
+    let alice = lab.peer("alice", &da);
+    let mut bob = lab.peer("bob", &db);
 
     bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
     let line = bob.wait_for("Erro ao processar download de video.bin");
@@ -417,22 +445,10 @@ fn an_existing_file_is_never_overwritten() {
     fs::remove_file(db.join("video.bin")).unwrap();
     let source = da.join("video.bin");
     let digest = digest_of(&source);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let (half_sent, half_rx) = bounded::<()>(1);
     let (go_on, go_rx) = bounded::<()>(1);
-    let uploader = thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        read_request(&mut reader);
-        send_json(
-            &mut stream,
-            serde_json::json!({"status":"OK","fileSize":BIG,"digest":digest,"offset":0}),
-        );
-        send_json(
-            &mut stream,
-            serde_json::json!({"status":"downloadAccepted"}),
-        );
+    let (addr, uploader) = raw_uploader(move |mut stream, _| {
+        accept_download(&mut stream, BIG, &digest);
         let bytes = fs::read(&source).unwrap();
         let half = bytes.len() / 2;
         stream.write_all(&bytes[..half]).unwrap();
@@ -459,15 +475,14 @@ fn an_existing_file_is_never_overwritten() {
 /// plain name on the next connection.
 #[test]
 fn names_with_separators_or_dots_are_refused_on_both_sides() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    fs::create_dir_all(&da).unwrap();
+    let lab = Lab::new();
+    let tmp = &lab.tmp;
+    let da = lab.folder("alice");
     fs::write(tmp.path().join("secret.txt"), b"outside").unwrap();
     fs::write(da.join("ok.txt"), b"inside").unwrap();
     std::os::unix::fs::symlink(tmp.path().join("secret.txt"), da.join("link.txt")).unwrap();
-    let alice = joined_peer("alice", &t, &da);
-    let mut bob = joined_peer("bob", &t, &db);
+    let alice = lab.peer("alice", &da);
+    let mut bob = lab.peer("bob", &lab.folder("bob"));
 
     for name in ["../secret.txt", "sub/ok.txt", "..", "a\\b"] {
         bob.send(&format!("DOWNLOAD {name} {}", alice.addr()));
@@ -477,32 +492,16 @@ fn names_with_separators_or_dots_are_refused_on_both_sides() {
     assert!(!alice.proc.printed("solicitou o arquivo"));
     assert_eq!(fs::read(tmp.path().join("secret.txt")).unwrap(), b"outside");
 
-    let port = alice.port;
     for name in ["../secret.txt", "sub/ok.txt", "..", "/etc/passwd", "a\\b"] {
-        let mut c = RawClient::connect(alice.addr().parse().unwrap());
-        let request = serde_json::json!({
-            "method": "DOWNLOAD_REQUEST", "data": {"filename": name, "port": port}
-        });
-        let reply = c.ask(format!("{request}\n").as_bytes());
+        let reply = raw_request(&alice, name);
         assert_eq!(reply["status"], "ERROR", "{name}: {reply}");
         assert!(
             reply["message"].as_str().unwrap().contains("refused"),
             "{reply}"
         );
     }
-    let mut c = RawClient::connect(alice.addr().parse().unwrap());
-    let request = serde_json::json!({
-        "method": "DOWNLOAD_REQUEST", "data": {"filename": "link.txt", "port": port}
-    });
-    assert_eq!(
-        c.ask(format!("{request}\n").as_bytes())["status"],
-        "fileNotFound"
-    );
-    let mut c = RawClient::connect(alice.addr().parse().unwrap());
-    let request = serde_json::json!({
-        "method": "DOWNLOAD_REQUEST", "data": {"filename": "ok.txt", "port": port}
-    });
-    let reply = c.ask(format!("{request}\n").as_bytes());
+    assert_eq!(raw_request(&alice, "link.txt")["status"], "fileNotFound");
+    let reply = raw_request(&alice, "ok.txt");
     assert_eq!(reply["status"], "OK");
     assert_eq!(reply["fileSize"], 6);
 }
@@ -513,10 +512,8 @@ fn names_with_separators_or_dots_are_refused_on_both_sides() {
 #[test]
 #[ignore]
 fn a_file_across_the_4_gib_boundary_arrives_byte_exact() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    fs::create_dir_all(&da).unwrap();
+    let lab = Lab::new();
+    let da = lab.folder("alice");
     let size: u64 = (4 << 30) + (3 << 20) + 17;
     let source = da.join("huge.bin");
     {
@@ -529,13 +526,13 @@ fn a_file_across_the_4_gib_boundary_arrives_byte_exact() {
             f.write_all(&marker).unwrap();
         }
     }
-    let alice = joined_peer("alice", &t, &da);
-    let mut bob = joined_peer("bob", &t, &db);
+    let alice = lab.peer("alice", &da);
+    let mut bob = lab.peer("bob", &lab.folder("bob"));
     bob.send(&format!("DOWNLOAD huge.bin {}", alice.addr()));
     bob.proc
         .wait_for_within("Arquivo huge.bin baixado com sucesso", WAIT * 20);
-    assert_eq!(fs::metadata(db.join("huge.bin")).unwrap().len(), size);
-    assert!(same_file(&source, &db.join("huge.bin")));
+    assert_eq!(fs::metadata(bob.dir.join("huge.bin")).unwrap().len(), size);
+    assert!(same_file(&source, &bob.dir.join("huge.bin")));
 }
 
 /// On a terminal (a real pseudo-terminal running the interactive prompt) a download shows a
@@ -546,26 +543,22 @@ fn a_file_across_the_4_gib_boundary_arrives_byte_exact() {
 fn a_terminal_shows_a_progress_bar_without_breaking_the_prompt() {
     use expectrl::{Expect, Regex, Session};
 
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let (da, db) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    fs::create_dir_all(&da).unwrap();
-    fs::create_dir_all(&db).unwrap();
-    write_pattern(&da.join("video.bin"), 48 << 20, 21);
-    let alice = joined_peer("alice", &t, &da);
+    let lab = Lab::new();
+    let alice = lab.peer("alice", &lab.folder_with_video("alice", 48 << 20, 21));
+    let db = lab.folder("bob");
 
     let mut cmd = std::process::Command::new(napster_bin());
     cmd.args([
         "peer",
         "--server",
-        &t.addr.to_string(),
+        &lab.t.addr.to_string(),
         "--listen",
         "127.0.0.1:0",
     ])
     .arg("--dir")
     .arg(&db)
     .arg("--history")
-    .arg(tmp.path().join("history"))
+    .arg(lab.tmp.path().join("history"))
     .args(["--approve", "yes", "--join"])
     .env("RUST_LOG", "warn");
     let mut bob = Session::spawn(cmd).unwrap();
@@ -597,7 +590,7 @@ fn a_terminal_shows_a_progress_bar_without_breaking_the_prompt() {
         .unwrap();
     bob.expect("Retomando o download de video.bin").unwrap();
     bob.expect("Arquivo video.bin baixado com sucesso").unwrap();
-    assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
+    assert!(same_video(&alice.dir, &db));
     bob.send_line("QUIT").unwrap();
     bob.expect(expectrl::Eof).unwrap();
 }
@@ -606,17 +599,11 @@ fn a_terminal_shows_a_progress_bar_without_breaking_the_prompt() {
 /// partial) is refused as a protocol error before any byte is written.
 #[test]
 fn an_offset_that_was_not_asked_for_is_refused() {
-    let tmp = TempDir::new().unwrap();
-    let t = start_tracker(&[]);
-    let db = tmp.path().join("bob");
-    let mut bob = joined_peer("bob", &t, &db);
+    let lab = Lab::new();
+    let db = lab.folder("bob");
+    let mut bob = lab.peer("bob", &db);
 
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let uploader = thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let request = read_request(&mut reader);
+    let (addr, uploader) = raw_uploader(move |mut stream, request| {
         assert!(request["data"].get("offset").is_none(), "{request}");
         let digest = blake3::hash(b"whatever").to_hex().to_string();
         send_json(

@@ -447,3 +447,28 @@ pub fn skip(why: &str) {
         .and_then(|mut f| f.write_all(format!("{test}: {why}\n").as_bytes()))
         .unwrap_or_else(|e| panic!("cannot record the skip in {}: {e}", list.display()));
 }
+
+/// Creates the folders `names` (new and empty) inside `parent`, one per peer, and returns their
+/// paths in the same order, so a test names its peers' shared folders in one line:
+/// `let [da, db] = folders(tmp.path(), ["alice", "bob"]);`.
+pub fn folders<const N: usize>(parent: &Path, names: [&str; N]) -> [PathBuf; N] {
+    names.map(|name| {
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        dir
+    })
+}
+
+impl PeerProc {
+    /// Types `SEARCH name` and waits for the original's answer listing exactly `peers`
+    /// (`IP:PORT` each, in the tracker's order; none for `[]`); returns that line.
+    pub fn search_finds(&mut self, name: &str, peers: &[&str]) -> String {
+        self.send(&format!("SEARCH {name}"));
+        let list: Vec<String> = peers.iter().map(|p| format!("'{p}'")).collect();
+        self.wait_for(&format!(
+            "Peers com arquivo solicitado: [{}]",
+            list.join(", ")
+        ))
+    }
+}
