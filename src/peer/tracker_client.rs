@@ -130,11 +130,6 @@ impl TrackerLink {
         self.reconnecting.load(Ordering::SeqCst)
     }
 
-    /// True while a connection is up.
-    pub fn is_connected(&self) -> bool {
-        self.conn.lock().is_some()
-    }
-
     /// The tracker's IP and this host's IP on the connection, when connected.
     pub fn addresses(&self) -> Option<(IpAddr, IpAddr)> {
         let guard = self.conn.lock();

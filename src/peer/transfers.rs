@@ -86,11 +86,6 @@ impl Transfers {
         }
     }
 
-    /// How many transfers run.
-    pub fn running(&self) -> usize {
-        self.sockets.lock().len() + self.downloads.lock().len()
-    }
-
     /// Stops every transfer and waits up to `wait` for them to wind down.
     pub fn stop_all(&self, wait: Duration) {
         self.stop.store(true, Ordering::SeqCst);

@@ -138,11 +138,6 @@ impl MemoryBudget {
         })
     }
 
-    /// Bytes currently taken.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
     fn take(&self, n: usize) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
