@@ -65,7 +65,7 @@ pub struct ServerArgs {
     /// Seconds after which a silent, vanished host is dropped.
     #[arg(long, default_value_t = 30)]
     pub liveness: u64,
-    /// Stack size of each connection thread, in KiB (small, so 10,000 peers fit; see README).
+    /// Stack size of each connection thread, in KiB (small, so 10,000 peers fit; see docs/tracker.md).
     #[arg(long, default_value_t = 128)]
     pub thread_stack_kib: usize,
 }
