@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod console_out;
 pub mod dial;
+pub mod digests;
 pub mod liveness;
 pub mod peer;
 pub mod protocol;

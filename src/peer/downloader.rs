@@ -6,7 +6,7 @@
 //! next time the same file (same size and digest) is asked for, from any peer.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +16,10 @@ use std::time::Duration;
 use crate::peer::PeerContext;
 use crate::peer::output::printable;
 use crate::peer::progress::Progress;
-use crate::protocol::messages::{DownloadRequest, Reply, download_line, parse_reply, status};
+use crate::protocol::messages::{
+    DigestMismatch, DownloadRequest, Reply, digest_mismatch_line, download_line, parse_reply,
+    status,
+};
 use crate::protocol::{CodecError, FrameReader};
 use crate::share::NameError;
 use crate::transfer::{self, PartialRecord, ReceiveError};
@@ -170,19 +173,41 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         .transfers
         .start_download(name)
         .ok_or(DownloadError::AlreadyRunning)?;
+    let partial = ctx.partials.find(name);
+    // The bytes on disk are hashed now: a partial whose file's digest is not known (its
+    // download took the digest after the data and was cut) proves what it holds by the digest
+    // of its prefix, and a resumed download goes on from this state.
+    let prefix = match &partial {
+        Some(p) if p.have > 0 => Some(hash_partial(ctx, name, p.have)?),
+        _ => None,
+    };
     let stream = crate::dial::connect_from(ctx.bind_ip, &peer, CONNECT_TIMEOUT)
         .map_err(|e| DownloadError::Connect(peer, e))?;
     ctx.transfers.attach(&guard, &stream);
     let _ = stream.set_nodelay(true);
     let _ = crate::liveness::set_liveness(&stream, ctx.liveness);
 
-    let partial = ctx.partials.find(name);
+    let digest_known = partial
+        .as_ref()
+        .is_some_and(|p| !p.record.digest.is_empty());
     let request = DownloadRequest {
         filename: name.to_string(),
         port: peer.port(),
         offset: partial.as_ref().map(|p| p.have),
-        digest: partial.as_ref().map(|p| p.record.digest.clone()),
+        digest: partial
+            .as_ref()
+            .filter(|_| digest_known)
+            .map(|p| p.record.digest.clone()),
         from_port: Some(ctx.port),
+        digest_after_data: true,
+        file_size: partial
+            .as_ref()
+            .filter(|_| !digest_known)
+            .map(|p| p.record.size),
+        prefix_digest: prefix
+            .as_ref()
+            .filter(|_| !digest_known)
+            .map(|h| h.finalize().to_hex().to_string()),
     };
     (&stream)
         .write_all(&download_line(&request))
@@ -204,12 +229,16 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         .file_size
         .ok_or_else(|| DownloadError::Protocol("OK without fileSize".into()))?;
     let digest = first.digest.clone();
+    let digest_after_data = digest.is_none() && first.digest_after_data == Some(true);
     let offset = first.offset.unwrap_or(0);
     // Resume only when the uploader agreed to the offset of a partial of this same file.
-    let resume_at = match (&partial, &digest) {
-        (Some(p), Some(d))
-            if offset > 0 && offset == p.have && p.record.digest == *d && p.record.size == size =>
-        {
+    let same_file = |p: &transfer::Partial| match &digest {
+        _ if p.record.digest.is_empty() => true,
+        Some(d) => p.record.digest == *d,
+        None => false,
+    };
+    let resume_at = match &partial {
+        Some(p) if offset > 0 && offset == p.have && p.record.size == size && same_file(p) => {
             Some(offset)
         }
         _ if offset == 0 => None,
@@ -240,24 +269,14 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         digest: digest.clone().unwrap_or_default(),
         name: Some(name.to_string()),
     };
-    let mut file = ctx
+    let file = ctx
         .partials
         .open(name, &record, resume_at)
         .map_err(DownloadError::Disk)?;
+    let stop = ctx.transfers.stop_flag();
     let mut hasher = blake3::Hasher::new();
     if let Some(offset) = resume_at {
-        let have = transfer::hash_range(
-            &std::fs::File::open(ctx.partials.part_path(name)).map_err(DownloadError::Disk)?,
-            0,
-            offset,
-            &mut hasher,
-        )
-        .map_err(DownloadError::Disk)?;
-        if have != offset {
-            return Err(DownloadError::Disk(io::Error::other(
-                "the partial file shrank",
-            )));
-        }
+        hasher = prefix.unwrap_or_default();
         ctx.out.line(&format!(
             "Retomando o download de {name} a partir do byte {offset} de {size}"
         ));
@@ -273,40 +292,122 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         size,
         start,
     );
-    let mut source = &stream;
     let received = transfer::receive_exact(
         &already,
-        &mut source,
+        &stream,
         size - start,
-        &mut file,
-        &mut hasher,
-        ctx.transfers.stop_flag(),
+        &file,
+        start,
+        hasher,
+        stop,
         &mut |got| progress.update(start + got),
     );
-    if let Err(e) = received {
-        let e = e.offset_by(start);
-        if let Err(te) = ctx.partials.truncate(name, e.kept()) {
-            log::warn!("cannot trim the partial download of {name}: {te}");
+    let got = match received {
+        Ok(hash) => hash.to_hex().to_string(),
+        Err(e) => {
+            let e = e.offset_by(start);
+            if let Err(te) = ctx.partials.truncate(name, e.kept()) {
+                log::warn!("cannot trim the partial download of {name}: {te}");
+            }
+            return Err(DownloadError::Receive(e));
         }
-        return Err(DownloadError::Receive(e));
-    }
-    file.sync_all().map_err(DownloadError::Disk)?;
-    drop(file);
-    let got = hasher.finalize().to_hex().to_string();
+    };
+    let digest = if digest_after_data {
+        let rest = already
+            .get(usize::try_from(size - start).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
+        Some(read_trailing_digest(rest, &stream)?)
+    } else {
+        digest
+    };
     match digest {
         Some(expected) if expected != got => {
+            report_mismatch(&stream, name, &got);
+            drop(stream);
             ctx.partials.discard(name);
             return Err(DownloadError::Corrupt { expected, got });
         }
         Some(_) => {}
         None => log::warn!("{peer} sent no digest for {name}; the copy is not verified"),
     }
+    // The uploader waits for this end (or a mismatch report) before it lets go.
+    drop(stream);
+    file.sync_all().map_err(DownloadError::Disk)?;
+    drop(file);
     match ctx.partials.finish(name, &final_path) {
         Ok(()) => Ok(final_path),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             Err(DownloadError::Exists(final_path))
         }
         Err(e) => Err(DownloadError::Disk(e)),
+    }
+}
+
+/// The BLAKE3 state after the first `have` bytes of `name`'s partial download.
+fn hash_partial(ctx: &PeerContext, name: &str, have: u64) -> Result<blake3::Hasher, DownloadError> {
+    let file = std::fs::File::open(ctx.partials.part_path(name)).map_err(DownloadError::Disk)?;
+    let mut hasher = blake3::Hasher::new();
+    let read = transfer::hash_range(&file, 0, have, &mut hasher, ctx.transfers.stop_flag())
+        .map_err(DownloadError::Disk)?;
+    if read != have {
+        return Err(DownloadError::Disk(io::Error::other(
+            "the partial file shrank",
+        )));
+    }
+    Ok(hasher)
+}
+
+/// The largest line accepted after the data (a DIGEST reply is about 90 bytes).
+const MAX_TRAILER: usize = 4096;
+
+/// Reads the `DIGEST` reply that follows the data (D11): first from `rest` (bytes that came
+/// with the last message, beyond the data), then from the stream.
+fn read_trailing_digest(rest: &[u8], stream: &TcpStream) -> Result<String, DownloadError> {
+    let _ = stream.set_read_timeout(Some(REPLY_COMPLETION_TIMEOUT));
+    let mut line = rest.to_vec();
+    let mut buf = [0u8; 512];
+    let mut source = stream;
+    while !line.contains(&b'\n') && line.len() <= MAX_TRAILER {
+        match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(DownloadError::Protocol(format!(
+                    "no digest after the data: {e}"
+                )));
+            }
+        }
+    }
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    if end > MAX_TRAILER {
+        return Err(DownloadError::Protocol(
+            "the line after the data is too long".into(),
+        ));
+    }
+    let trailer = parse_reply(line[..end].trim_ascii()).map_err(DownloadError::Protocol)?;
+    match (trailer.status.as_str(), trailer.digest) {
+        (status::DIGEST, Some(digest)) if is_digest_hex(&digest) => Ok(digest),
+        _ => Err(DownloadError::Protocol(
+            "expected the file's digest after the data".into(),
+        )),
+    }
+}
+
+/// True for 64 hex digits.
+fn is_digest_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Tells the uploader that what arrived does not match its digest (D12), so that it hashes
+/// its file again. Best effort: the download has failed either way.
+fn report_mismatch(stream: &TcpStream, name: &str, got: &str) {
+    let report = DigestMismatch {
+        filename: name.to_string(),
+        digest: got.to_string(),
+    };
+    if let Err(e) = (&*stream).write_all(&digest_mismatch_line(&report)) {
+        log::debug!("cannot report the mismatch to the uploader: {e}");
     }
 }
 

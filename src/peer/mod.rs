@@ -27,13 +27,14 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, unbounded};
 
+use crate::digests::DigestCache;
 use crate::peer::approval::ApprovalRequest;
 use crate::peer::console::{ConsoleChannels, ConsoleState};
 use crate::peer::output::SharedOutput;
 use crate::peer::tracker_client::TrackerLink;
 use crate::peer::transfers::Transfers;
 use crate::share::SharedDir;
-use crate::transfer::{DigestCache, PartialStore};
+use crate::transfer::PartialStore;
 
 /// How upload requests are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,8 +160,8 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         bind_ip,
         advertise: config.advertise.clone(),
         partials: PartialStore::new(shared.path()),
+        digests: DigestCache::persistent(shared.path().join(".napster").join("digests")),
         shared,
-        digests: DigestCache::new(),
         link: Arc::new(TrackerLink::new(
             config.server.clone(),
             link_tx,

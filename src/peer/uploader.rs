@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -24,8 +25,10 @@ use crate::peer::approval::{ApprovalRequest, Decision};
 use crate::peer::progress::Progress;
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
-use crate::protocol::messages::{Reply, parse_download_request, status};
-use crate::transfer;
+use crate::protocol::messages::{
+    DownloadRequest, Reply, parse_digest_mismatch, parse_download_request, status,
+};
+use crate::transfer::{self, DigestHex};
 
 /// The largest DOWNLOAD_REQUEST accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -111,6 +114,7 @@ pub fn hash_shared_files(ctx: &PeerContext) {
             return;
         }
     };
+    ctx.digests.prune(&names);
     for name in names {
         if ctx.transfers.stopping() {
             return;
@@ -118,7 +122,9 @@ pub fn hash_shared_files(ctx: &PeerContext) {
         let Ok(Some((path, _))) = ctx.shared.shared_file(&name) else {
             continue;
         };
-        match File::open(&path).and_then(|file| ctx.digests.digest(&path, &file)) {
+        let hashed = File::open(&path)
+            .and_then(|file| ctx.digests.digest(&path, &file, ctx.transfers.stop_flag()));
+        match hashed {
             Ok(digest) => log::debug!("{name}: BLAKE3 {digest}"),
             Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
         }
@@ -185,10 +191,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
         return;
     };
-    let (size, digest) = match file
-        .metadata()
-        .and_then(|meta| Ok((meta.len(), ctx.digests.digest(&path, &file)?)))
-    {
+    let (size, digest) = match answer_digest(ctx, &path, &file, &request) {
         Ok(found) => found,
         Err(e) => {
             log::warn!("cannot read {}: {e}", path.display());
@@ -196,16 +199,21 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
-    // Resume only a download of this very file (same digest) and within it.
-    let offset = match (request.offset, &request.digest) {
-        (Some(offset), Some(wanted)) if *wanted == digest && offset <= size => offset,
-        _ => 0,
+    let offset = match resume_offset(ctx, &file, &request, size, digest.as_deref()) {
+        Ok(offset) => offset,
+        Err(e) => {
+            log::warn!("cannot read {}: {e}", path.display());
+            let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
+            return;
+        }
     };
+    let digest_after_data = digest.is_none();
     let ok = Reply {
         status: status::OK.to_string(),
         file_size: Some(size),
-        digest: Some(digest),
+        digest,
         offset: Some(offset),
+        digest_after_data: digest_after_data.then_some(true),
         ..Reply::default()
     };
     // The original's downloader parses each `recv` as one reply: space the writes for it.
@@ -249,6 +257,8 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
     let sent = if pacer.is_pacing() && size - offset <= legacy::ONE_WRITE_MAX {
         send_in_one_write(&file, offset, size - offset, &stream)
+    } else if digest_after_data {
+        send_then_digest(ctx, &path, &file, size, &stream, &mut progress)
     } else {
         transfer::send_range(
             &file,
@@ -269,6 +279,9 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
                 "Upload do arquivo {} para {from} concluído",
                 request.filename
             ));
+            if request.from_port.is_some() {
+                await_mismatch_report(ctx, &mut reader, &path, &request.filename, from);
+            }
         }
         Err(e) => {
             log::debug!("upload of {} to {from} failed: {e}", request.filename);
@@ -277,6 +290,144 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
                 request.filename
             ));
         }
+    }
+}
+
+/// The file's size, and its digest if the OK reply must carry it: always, unless the
+/// downloader takes the digest after the data (D11), the digest is not known yet, and the
+/// request is not a resume (whose digest must be compared before the first byte).
+fn answer_digest(
+    ctx: &PeerContext,
+    path: &Path,
+    file: &File,
+    request: &DownloadRequest,
+) -> io::Result<(u64, Option<DigestHex>)> {
+    let size = file.metadata()?.len();
+    if let Some(digest) = ctx.digests.known(path, file)? {
+        return Ok((size, Some(digest)));
+    }
+    let resuming = request.offset.is_some_and(|offset| offset > 0)
+        && (request.digest.is_some() || request.prefix_digest.is_some());
+    if request.digest_after_data && !resuming {
+        return Ok((size, None));
+    }
+    let digest = ctx.digests.digest(path, file, ctx.transfers.stop_flag())?;
+    Ok((size, Some(digest)))
+}
+
+/// Where the data starts (D6): resume only a download of this very file and within it — the
+/// same digest, or, for a partial whose digest is not known, the same size and the same first
+/// `offset` bytes (BLAKE3 of the prefix).
+fn resume_offset(
+    ctx: &PeerContext,
+    file: &File,
+    request: &DownloadRequest,
+    size: u64,
+    digest: Option<&str>,
+) -> io::Result<u64> {
+    let Some(offset) = request
+        .offset
+        .filter(|&offset| offset > 0 && offset <= size)
+    else {
+        return Ok(0);
+    };
+    if let Some(wanted) = &request.digest {
+        return Ok(if Some(wanted.as_str()) == digest {
+            offset
+        } else {
+            0
+        });
+    }
+    let (Some(prefix), Some(file_size)) = (&request.prefix_digest, request.file_size) else {
+        return Ok(0);
+    };
+    if file_size != size {
+        return Ok(0);
+    }
+    let mut hasher = blake3::Hasher::new();
+    transfer::hash_range(file, 0, offset, &mut hasher, ctx.transfers.stop_flag())?;
+    let same = hasher.finalize().to_hex().as_str() == prefix.as_str();
+    Ok(if same { offset } else { 0 })
+}
+
+/// Sends the whole file while another thread hashes it, then the digest (D11). Hashing reads
+/// the file from the page cache beside `sendfile`, on the other core; the digest is kept for
+/// the next request even if this transfer fails.
+fn send_then_digest(
+    ctx: &PeerContext,
+    path: &Path,
+    file: &File,
+    size: u64,
+    stream: &TcpStream,
+    progress: &mut Progress,
+) -> io::Result<()> {
+    let stop = ctx.transfers.stop_flag();
+    let (sent, hashed) = thread::scope(|scope| {
+        let hashing = thread::Builder::new()
+            .name("upload-hash".into())
+            .spawn_scoped(scope, || ctx.digests.digest(path, file, stop));
+        let sent = transfer::send_range(file, 0, size, stream, stop, &mut |sent| {
+            progress.update(sent)
+        });
+        let hashed = match hashing {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked"))),
+            Err(e) => Err(e),
+        };
+        (sent, hashed)
+    });
+    sent?;
+    let trailer = Reply {
+        status: status::DIGEST.to_string(),
+        digest: Some(hashed?),
+        ..Reply::default()
+    };
+    reply(stream, &trailer)
+}
+
+/// How long an uploader waits, after the data, for a downloader's DIGEST_MISMATCH report.
+const MISMATCH_REPORT_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (briefly) for the downloader to close or to report that the bytes did not match
+/// (D12); a report makes this peer forget the file's digest and hash it again.
+fn await_mismatch_report(
+    ctx: &PeerContext,
+    reader: &mut FrameReader<&TcpStream>,
+    path: &Path,
+    name: &str,
+    from: SocketAddr,
+) {
+    reader.set_idle_timeout(Some(MISMATCH_REPORT_WAIT));
+    let report = match reader.next_frame() {
+        Ok(Some(frame)) => parse_digest_mismatch(frame),
+        Ok(None) | Err(_) => return,
+    };
+    match report {
+        Ok(report) if report.filename == name => {
+            log::warn!("{from} reports that {name} arrived with another digest; hashing it again");
+            ctx.out.line(&format!(
+                "O peer {from} informou que {name} chegou diferente do BLAKE3 anunciado; o arquivo será verificado de novo"
+            ));
+            ctx.digests.forget(path);
+            rehash(ctx, path);
+        }
+        Ok(report) => log::debug!(
+            "{from} reported a mismatch for {:?} after downloading {name}; ignored",
+            report.filename
+        ),
+        Err(e) => log::debug!("{from} sent something else after the data: {e}"),
+    }
+}
+
+/// Hashes `path` again now (on the upload thread, which has nothing left to do), so that the
+/// next request finds the new digest.
+fn rehash(ctx: &PeerContext, path: &Path) {
+    let hashed = open_regular(path)
+        .and_then(|file| ctx.digests.digest(path, &file, ctx.transfers.stop_flag()));
+    match hashed {
+        Ok(digest) => log::info!("{}: BLAKE3 {digest}", path.display()),
+        Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
     }
 }
 

@@ -51,6 +51,16 @@ pub struct DownloadRequest {
     /// lists it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_port: Option<u16>,
+    /// The downloader takes the digest after the data (PROTOCOL.md D11): an uploader that does
+    /// not know it yet may start sending at once and hash while it sends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub digest_after_data: bool,
+    /// Resume without a digest (D6): the size of the file the partial download belongs to...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<u64>,
+    /// ...and the BLAKE3 (hex) of its first `offset` bytes, which the uploader's file must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_digest: Option<String>,
 }
 
 /// The envelope every request travels in.
@@ -105,6 +115,9 @@ struct RawData {
     offset: Option<u64>,
     digest: Option<String>,
     from_port: Option<u16>,
+    digest_after_data: Option<bool>,
+    file_size: Option<u64>,
+    prefix_digest: Option<String>,
 }
 
 /// Why a request could not be understood; the text is sent to the client as is.
@@ -185,6 +198,33 @@ pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestEr
         offset: data.offset,
         digest: data.digest,
         from_port: data.from_port,
+        digest_after_data: data.digest_after_data.unwrap_or(false),
+        file_size: data.file_size,
+        prefix_digest: data.prefix_digest,
+    })
+}
+
+/// A downloader's report, sent after the data, that what arrived does not match the digest
+/// the uploader announced (PROTOCOL.md D12).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DigestMismatch {
+    /// The file asked for.
+    pub filename: String,
+    /// The BLAKE3 (hex) of what arrived.
+    pub digest: String,
+}
+
+/// Parses a `DIGEST_MISMATCH` report.
+pub fn parse_digest_mismatch(bytes: &[u8]) -> Result<DigestMismatch, RequestError> {
+    let (method, data) = decode_raw(bytes)?;
+    if method != "DIGEST_MISMATCH" {
+        return Err(format!(
+            "unknown method {method:?}; only DIGEST_MISMATCH may follow a download"
+        ));
+    }
+    Ok(DigestMismatch {
+        filename: data.filename.ok_or("DIGEST_MISMATCH needs data.filename")?,
+        digest: data.digest.ok_or("DIGEST_MISMATCH needs data.digest")?,
     })
 }
 
@@ -213,6 +253,9 @@ pub struct Reply {
     /// downloadRejected: why, when it was not the user's plain NAO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// DOWNLOAD_REQUEST → OK: the digest is not known yet and follows the data (D11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_after_data: Option<bool>,
 }
 
 /// Status names, spelled once.
@@ -231,6 +274,8 @@ pub mod status {
     pub const DOWNLOAD_ACCEPTED: &str = "downloadAccepted";
     /// The uploader's user said NAO (or did not answer in time).
     pub const DOWNLOAD_REJECTED: &str = "downloadRejected";
+    /// After the data: the digest of the whole file, when the OK said it would follow.
+    pub const DIGEST: &str = "DIGEST";
 }
 
 impl Reply {
@@ -313,6 +358,14 @@ pub fn update_line(files: &[String]) -> Vec<u8> {
     encode_line(&Envelope {
         method: "UPDATE",
         data: Update { files },
+    })
+}
+
+/// The DIGEST_MISMATCH report a downloader sends after the data.
+pub fn digest_mismatch_line(report: &DigestMismatch) -> Vec<u8> {
+    encode_line(&Envelope {
+        method: "DIGEST_MISMATCH",
+        data: report,
     })
 }
 
