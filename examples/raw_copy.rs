@@ -7,7 +7,7 @@
 //! - `raw_copy recv LISTEN DST STRATEGY` listens on `LISTEN` (e.g. `127.0.0.1:0`), prints
 //!   `listening PORT`, takes one connection, writes everything it receives to `DST` (created,
 //!   never replaced), `fsync`s it, and prints
-//!   `bytes=N end=UNIX_SECONDS cpu=SECONDS rss_kib=K`.
+//!   `bytes=N end=UNIX_SECONDS fsync=SECONDS cpu=SECONDS rss_kib=K`.
 //! - `raw_copy send ADDR SRC` sends `SRC` with `sendfile(2)` in 8 MiB calls (what the uploader
 //!   does) and prints `bytes=N cpu=SECONDS rss_kib=K`.
 //!
@@ -111,14 +111,16 @@ fn receive(listen: &str, dst: &str, strategy: Strategy) -> io::Result<()> {
         Some(size) => receive_read(&stream, &mut out, size, &mut behind)?,
         None => receive_splice(&stream, &out, &mut behind)?,
     };
+    let syncing = std::time::Instant::now();
     out.sync_all()?;
+    let fsync = syncing.elapsed().as_secs_f64();
     drop(out);
     let end = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(io::Error::other)?
         .as_secs_f64();
     let (cpu, rss) = usage();
-    println!("bytes={bytes} end={end:.6} cpu={cpu:.6} rss_kib={rss}");
+    println!("bytes={bytes} end={end:.6} fsync={fsync:.6} cpu={cpu:.6} rss_kib={rss}");
     Ok(())
 }
 

@@ -20,6 +20,7 @@
 #   --no-link           skip (d)
 #   --link-mib "A B"    file size for the 100 Mbit/s and the 1 Gbit/s link (default "64 256")
 #   --keep              keep the temporary folder
+#   env BENCH_FILE=PATH use this file (of the given size, on the same file system as $TMPDIR)
 # Targets: (b) median >= 0.90 of the baseline, no round below 0.70, CPU per GiB (both sides)
 # <= 1.2x the baseline's, peak RSS <= 32 MiB each side; (c) >= 0.70; (d) ~1.0.
 set -euo pipefail
@@ -50,7 +51,7 @@ echo "building (release)..."
 napster="$root/target/release/napster"
 raw_copy="$root/target/release/examples/raw_copy"
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/napster-bench.XXXXXX")"
+work="$(mktemp -d "${TMPDIR:-/tmp}/napster-speed-bench.XXXXXX")"
 ns_prefix="napster-speed-$$"
 pids=()
 namespaces=()
@@ -126,11 +127,12 @@ start_peer() {
   local name="$1" dir="$2" ip="$3" in_ns=()
   [ $# -ge 4 ] && in_ns=(ip netns exec "$4")
   mkfifo "$work/$name.in"
-  "${in_ns[@]}" "$napster" peer --server "$tracker" --listen "$ip:0" --dir "$dir" --approve yes \
+  "${in_ns[@]}" "$napster" peer --server "$tracker" --listen "$ip:0" --dir "$dir" --approve yes --join \
     < "$work/$name.in" > >(stamp > "$work/$name.log") 2> "$work/$name.err" &
   peer_pid=$!; pids+=("$peer_pid")
   exec {peer_fd}> "$work/$name.in"
   peer_port="$(wait_line "$work/$name.log" "Aguardando pedidos de download na porta " 1 | sed 's/.*porta \([0-9]*\);.*/\1/')"
+  wait_line "$work/$name.log" "Sou o Peer " 1 > /dev/null
 }
 # stop_peer PID FD NAME: QUIT, then wait for it to end.
 stop_peer() {
@@ -163,8 +165,13 @@ echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); load (1 min) at start: $(load)"
 echo "(the machine may be shared: compare ratios within a round and CPU time, not MiB/s across runs)"
 
 mkdir -p "$work/a" "$work/b"
-echo "creating a ${size_mib} MiB file of random bytes..."
-head -c "$((size_mib * 1024 * 1024))" /dev/urandom > "$work/a/big.bin"
+if [ -n "${BENCH_FILE:-}" ]; then
+  # A file made earlier (it must be $size_mib MiB, on the same file system as $work).
+  ln "$BENCH_FILE" "$work/a/big.bin"
+else
+  echo "creating a ${size_mib} MiB file of random bytes..."
+  head -c "$((size_mib * 1024 * 1024))" /dev/urandom > "$work/a/big.bin"
+fi
 
 "$napster" server --listen 127.0.0.1:0 > >(stamp > "$work/tracker.log") 2> "$work/tracker.err" &
 pids+=($!)

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::peer::PeerContext;
 use crate::peer::output::printable;
@@ -292,6 +292,7 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         size,
         start,
     );
+    let receiving = Instant::now();
     let received = transfer::receive_exact(
         &already,
         &stream,
@@ -303,7 +304,14 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         &mut |got| progress.update(start + got),
     );
     let got = match received {
-        Ok(hash) => hash.to_hex().to_string(),
+        Ok(hash) => {
+            log::debug!(
+                "{name}: {} bytes received and hashed in {:.3} s",
+                size - start,
+                receiving.elapsed().as_secs_f64()
+            );
+            hash.to_hex().to_string()
+        }
         Err(e) => {
             let e = e.offset_by(start);
             if let Err(te) = ctx.partials.truncate(name, e.kept()) {
@@ -332,7 +340,12 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
     }
     // The uploader waits for this end (or a mismatch report) before it lets go.
     drop(stream);
+    let syncing = Instant::now();
     file.sync_all().map_err(DownloadError::Disk)?;
+    log::debug!(
+        "{name}: on disk after {:.3} s of fsync",
+        syncing.elapsed().as_secs_f64()
+    );
     drop(file);
     match ctx.partials.finish(name, &final_path) {
         Ok(()) => Ok(final_path),
