@@ -96,6 +96,8 @@ struct LiveState {
     bars: BTreeMap<u64, (String, String)>,
     /// Rows of bars on screen directly above the prompt.
     drawn: usize,
+    /// Set when the peer leaves: bars are erased and no longer drawn.
+    closed: bool,
 }
 
 /// Moves up one row and erases it.
@@ -110,6 +112,7 @@ impl LiveOutput {
                 print,
                 bars: BTreeMap::new(),
                 drawn: 0,
+                closed: false,
             }),
             columns,
         }
@@ -147,6 +150,7 @@ impl Output for LiveOutput {
     fn bar(&self, id: u64, bar: Option<(&str, &str)>) {
         let mut state = self.inner.lock();
         match bar {
+            Some(_) if state.closed => {}
             Some((label, figures)) => {
                 state
                     .bars
@@ -162,6 +166,17 @@ impl Output for LiveOutput {
 
     fn input_accepted(&self) {
         self.inner.lock().drawn = 0;
+    }
+}
+
+impl LiveOutput {
+    /// Erases the bars on screen and draws no more: the peer is leaving, and a frozen bar
+    /// left above the shell's prompt would say a transfer still runs.
+    pub fn clear_bars(&self) {
+        let mut state = self.inner.lock();
+        state.bars.clear();
+        state.closed = true;
+        self.redraw(&mut state, None);
     }
 }
 
@@ -245,6 +260,18 @@ mod tests {
             format!("{up}{up}Arquivo a baixado com sucesso\nup b 2%\n")
         );
         assert_eq!(printed.len(), 5);
+    }
+
+    #[test]
+    fn leaving_erases_the_bars_and_draws_no_more() {
+        let (out, printed) = recording();
+        out.bar(1, Some(("down a", "1%")));
+        out.bar(2, Some(("up b", "2%")));
+        out.clear_bars();
+        out.bar(1, Some(("down a", "3%")));
+        let printed = printed.lock();
+        assert_eq!(printed.last().unwrap(), &ERASE_ROW_ABOVE.repeat(2));
+        assert_eq!(printed.len(), 3);
     }
 
     #[test]

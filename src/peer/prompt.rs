@@ -38,7 +38,10 @@ use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
-use rustyline::{CompletionType, Config, Context, Editor, ExternalPrinter, Helper, Prompt};
+use rustyline::{
+    Cmd, CompletionType, ConditionalEventHandler, Config, Context, Editor, Event, EventContext,
+    EventHandler, ExternalPrinter, Helper, KeyEvent, Prompt, RepeatCount,
+};
 
 use crate::peer::PeerConfig;
 use crate::peer::commands::COMMAND_NAMES;
@@ -118,6 +121,7 @@ impl Output for PromptOutput {
     }
 
     fn leaving(&self) {
+        self.live.clear_bars();
         flush_queue(&self.tx);
         let _ = self.tx.send(Printed::Direct);
     }
@@ -161,6 +165,17 @@ fn print_lines(rx: Receiver<Printed>, mut printer: Box<dyn ExternalPrinter + Sen
                 let _ = done.send(());
             }
         }
+    }
+}
+
+/// Notes, when Ctrl-C is pressed, whether the line was empty (then the console says how to
+/// leave), and lets rustyline cancel the line as usual.
+struct NoteEmptyLine(Arc<AtomicBool>);
+
+impl ConditionalEventHandler for NoteEmptyLine {
+    fn handle(&self, _: &Event, _: RepeatCount, _: bool, ctx: &EventContext) -> Option<Cmd> {
+        self.0.store(ctx.line().trim().is_empty(), Ordering::SeqCst);
+        None
     }
 }
 
@@ -329,6 +344,11 @@ pub fn start(
     {
         log::debug!("no history loaded from {}: {e}", path.display());
     }
+    let empty_at_ctrl_c = Arc::new(AtomicBool::new(false));
+    editor.bind_sequence(
+        KeyEvent::ctrl('C'),
+        EventHandler::Conditional(Box::new(NoteEmptyLine(Arc::clone(&empty_at_ctrl_c)))),
+    );
     let printer = editor.create_external_printer().map_err(io::Error::other)?;
     let (out_tx, out_rx) = bounded(OUTPUT_QUEUE);
     thread::Builder::new()
@@ -375,15 +395,18 @@ pub fn start(
                         remember(&mut editor, history.as_deref(), &line);
                         Input::Line(line)
                     }
-                    Err(ReadlineError::Interrupted) => Input::Interrupted,
+                    Err(ReadlineError::Interrupted) => Input::Interrupted {
+                        empty_line: empty_at_ctrl_c.load(Ordering::SeqCst),
+                    },
                     Err(ReadlineError::Eof) => Input::Eof,
                     Err(e) => {
                         log::warn!("prompt failed: {e}");
                         Input::Eof
                     }
                 };
-                let last = input == Input::Eof;
-                if tx.send(input).is_err() || last || ready.recv().is_err() {
+                // After Ctrl-D too the console may go on (it asks before stopping transfers):
+                // read again only when it says so.
+                if tx.send(input).is_err() || ready.recv().is_err() {
                     break;
                 }
             }
@@ -404,7 +427,7 @@ pub fn start(
     };
     Ok(LineReader {
         output,
-        quit_at_eof: true,
+        reading: crate::peer::Reading::Terminal,
         finish: Box::new(finish),
     })
 }
