@@ -61,7 +61,10 @@ impl Failure {
             Failure::Start,
             "could not start: upload port taken, folder unusable or used by another napster",
         ),
-        (Failure::Tracker, "the tracker could not be reached, or refused"),
+        (
+            Failure::Tracker,
+            "the tracker could not be reached, or refused",
+        ),
         (
             Failure::NotFound,
             "nobody shares the file, or the other peer does not have it",

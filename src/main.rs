@@ -91,7 +91,10 @@ fn run_server(args: &napster::cli::ServerArgs) -> Result<(), (Failure, String)> 
         .map_err(|e| (Failure::Other, describe(&e)))?;
     println!("Servidor ouvindo em {addr}");
     let tracker = tracker::Tracker::new(config);
-    tracker
-        .run(listener)
-        .map_err(|e| (Failure::Other, format!("o servidor parou: {}", describe(&e))))
+    tracker.run(listener).map_err(|e| {
+        (
+            Failure::Other,
+            format!("o servidor parou: {}", describe(&e)),
+        )
+    })
 }

@@ -71,11 +71,7 @@ impl fmt::Display for ApprovalRequest {
             crate::peer::progress::human_size(self.size)
         )?;
         if self.offset > 0 {
-            write!(
-                f,
-                ", retomando de {}",
-                crate::peer::progress::human_size(self.offset)
-            )?;
+            write!(f, ", retomando do byte {}", self.offset)?;
         }
         Ok(())
     }

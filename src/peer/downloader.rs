@@ -170,7 +170,14 @@ fn receive_problem(e: &ReceiveError) -> String {
             )
         }
         ReceiveError::Network { got, error } => {
-            format!("a conexão falhou após {}: {}", of(*got, None), describe(error))
+            format!(
+                "a conexão falhou após {}: {}",
+                of(*got, None),
+                describe(error)
+            )
+        }
+        ReceiveError::Disk { written, error } if transfer::is_disk_full(error) => {
+            format!("disco cheio após {} gravados", of(*written, None))
         }
         ReceiveError::Disk { written, error } => {
             format!(
@@ -221,7 +228,10 @@ impl fmt::Display for DownloadError {
                 write!(f, "tempo esgotado: {what} em {}", elapsed_text(*waited))
             }
             DownloadError::ClosedEarly => {
-                write!(f, "o outro peer encerrou a conexão antes de enviar o arquivo")
+                write!(
+                    f,
+                    "o outro peer encerrou a conexão antes de enviar o arquivo"
+                )
             }
             DownloadError::Receive(e, partial) => write!(
                 f,
@@ -363,7 +373,11 @@ fn summary(received: &Received) -> String {
 }
 
 /// Downloads `name` from `peer` into the shared folder.
-pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<Received, DownloadError> {
+pub fn download(
+    ctx: &PeerContext,
+    name: &str,
+    peer: SocketAddr,
+) -> Result<Received, DownloadError> {
     let started = Instant::now();
     let final_path = check_target(ctx, name)?;
     let guard = ctx

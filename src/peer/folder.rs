@@ -10,8 +10,8 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
-use crate::peer::{DEFAULT_DIR, PeerError};
 use crate::peer::console::count;
+use crate::peer::{DEFAULT_DIR, PeerError};
 use crate::share::SharedDir;
 
 /// The lock file, inside the folder's `.napster/` (never shared: a sub-folder).
@@ -123,7 +123,11 @@ mod tests {
         let dir = tmp.path().join("alice");
         let first = PeerFolder::open(Some(dir.clone())).unwrap();
         assert!(first.created && !first.default);
-        assert!(first.describe().contains("criada agora"), "{}", first.describe());
+        assert!(
+            first.describe().contains("criada agora"),
+            "{}",
+            first.describe()
+        );
         match PeerFolder::open(Some(dir.clone())) {
             Err(PeerError::FolderInUse(_, pid)) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("expected FolderInUse, got {:?}", other.err()),
@@ -132,7 +136,11 @@ mod tests {
         fs::write(dir.join("a.txt"), "a").unwrap();
         let again = PeerFolder::open(Some(dir)).unwrap();
         assert!(!again.created);
-        assert!(again.describe().contains("(1 arquivo; para outra: --dir PASTA)"));
+        assert!(
+            again
+                .describe()
+                .contains("(1 arquivo; para outra: --dir PASTA)")
+        );
         assert!(again.shared.list().unwrap() == ["a.txt"]);
     }
 }

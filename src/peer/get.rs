@@ -31,7 +31,11 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// Downloads `name` (from `from`, or from the peer the tracker lists) into the configured
 /// folder; returns the failure, if any.
-pub fn get(config: PeerConfig, name: &str, from: Option<&str>) -> Result<Option<Failure>, PeerError> {
+pub fn get(
+    config: PeerConfig,
+    name: &str,
+    from: Option<&str>,
+) -> Result<Option<Failure>, PeerError> {
     // The upload port is only this peer's name in the uploader's question ("Peer IP:PORT
     // solicitou ..."); nothing is served on it.
     let opened = open(&config)?;

@@ -10,9 +10,9 @@ use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::peer::{PeerConfig, Reading};
 use crate::peer::console::{ConsoleState, Input};
 use crate::peer::output::{PlainOutput, SharedOutput};
+use crate::peer::{PeerConfig, Reading};
 
 /// The longest line accepted from stdin; the rest of a longer line is dropped.
 pub const MAX_LINE: usize = 64 * 1024;

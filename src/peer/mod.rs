@@ -152,7 +152,9 @@ impl fmt::Display for PeerError {
                     None => Ok(()),
                 }
             }
-            PeerError::Thread(e) => write!(f, "não foi possível iniciar uma thread: {}", describe(e)),
+            PeerError::Thread(e) => {
+                write!(f, "não foi possível iniciar uma thread: {}", describe(e))
+            }
         }
     }
 }

@@ -92,7 +92,7 @@ impl Progress {
     fn figures(&self, done: u64) -> Figures {
         let elapsed = self.started.elapsed();
         let moved = done.saturating_sub(self.start_at);
-        // Under a second (or a few KiB) in, a rate is noise: `faltam 0s` at 50 % came from it.
+        // Right at the start a rate is noise: `faltam 0 s` at 50 % came from one.
         let rate = (elapsed >= MIN_ESTIMATE_TIME && moved > 0)
             .then(|| moved as f64 / elapsed.as_secs_f64());
         let left = rate
@@ -116,7 +116,7 @@ impl Drop for Progress {
 }
 
 /// How long a transfer must have run before its rate and time left are shown.
-const MIN_ESTIMATE_TIME: Duration = Duration::from_secs(1);
+const MIN_ESTIMATE_TIME: Duration = Duration::from_millis(250);
 
 /// A transfer's figures at one moment.
 #[derive(Debug, Clone, Copy)]
@@ -160,7 +160,12 @@ impl Figures {
         let rate = self.rate.map(|r| format!("{}/s", human_bytes(r)));
         let left = self.left.map(|l| format!("faltam {}", human_duration(l)));
         let join = |parts: &[Option<&str>]| -> String {
-            parts.iter().flatten().copied().collect::<Vec<_>>().join(" ")
+            parts
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         let (wide, narrow) = (self.graphic(BAR_WIDTH), self.graphic(BAR_WIDTH / 2));
         let (wide, narrow) = (Some(wide.as_str()), Some(narrow.as_str()));
@@ -298,8 +303,8 @@ mod tests {
         );
     }
 
-    /// Before a second has passed there is no rate and no time left to show (no `faltam 0s`
-    /// at 50 %); at the end, no time left.
+    /// Right at the start there is no rate and no time left to show (no `faltam 0 s` at
+    /// 50 %); at the end, no time left.
     #[test]
     fn early_and_final_lines_have_no_meaningless_estimate() {
         let early = figures(128 << 20, 256 << 20, None, None);

@@ -127,6 +127,15 @@ impl Output for PromptOutput {
     }
 }
 
+impl PromptOutput {
+    /// The prompt and the user's line `shown` stand on screen: move the bars below them.
+    fn line_accepted(&self, shown: &str) {
+        let columns = terminal_columns().max(1);
+        let rows = shown.chars().count().div_ceil(columns).max(1);
+        self.live.line_accepted(rows);
+    }
+}
+
 /// Waits until the printer thread has handed every line queued so far to the terminal.
 fn flush_queue(tx: &Sender<Printed>) {
     let (done_tx, done_rx) = bounded(1);
@@ -168,13 +177,13 @@ fn print_lines(rx: Receiver<Printed>, mut printer: Box<dyn ExternalPrinter + Sen
     }
 }
 
-/// Notes, when Ctrl-C is pressed, whether the line was empty (then the console says how to
-/// leave), and lets rustyline cancel the line as usual.
-struct NoteEmptyLine(Arc<AtomicBool>);
+/// Notes the line as it stood when Ctrl-C was pressed (empty: the console says how to leave;
+/// its length: how many rows it fills), and lets rustyline cancel the line as usual.
+struct NoteLineAtCtrlC(Arc<parking_lot::Mutex<String>>);
 
-impl ConditionalEventHandler for NoteEmptyLine {
+impl ConditionalEventHandler for NoteLineAtCtrlC {
     fn handle(&self, _: &Event, _: RepeatCount, _: bool, ctx: &EventContext) -> Option<Cmd> {
-        self.0.store(ctx.line().trim().is_empty(), Ordering::SeqCst);
+        *self.0.lock() = ctx.line().to_string();
         None
     }
 }
@@ -344,10 +353,10 @@ pub fn start(
     {
         log::debug!("no history loaded from {}: {e}", path.display());
     }
-    let empty_at_ctrl_c = Arc::new(AtomicBool::new(false));
+    let at_ctrl_c = Arc::new(parking_lot::Mutex::new(String::new()));
     editor.bind_sequence(
         KeyEvent::ctrl('C'),
-        EventHandler::Conditional(Box::new(NoteEmptyLine(Arc::clone(&empty_at_ctrl_c)))),
+        EventHandler::Conditional(Box::new(NoteLineAtCtrlC(Arc::clone(&at_ctrl_c)))),
     );
     let printer = editor.create_external_printer().map_err(io::Error::other)?;
     let (out_tx, out_rx) = bounded(OUTPUT_QUEUE);
@@ -387,23 +396,26 @@ pub fn start(
                     reading2.store(false, Ordering::SeqCst);
                     break;
                 }
+                let shown_prompt = prompt.raw().to_string();
                 let line = editor.readline(&prompt);
                 reading2.store(false, Ordering::SeqCst);
-                typed.input_accepted();
-                let input = match line {
+                let (input, typed_text) = match line {
                     Ok(line) => {
                         remember(&mut editor, history.as_deref(), &line);
-                        Input::Line(line)
+                        (Input::Line(line.clone()), line)
                     }
-                    Err(ReadlineError::Interrupted) => Input::Interrupted {
-                        empty_line: empty_at_ctrl_c.load(Ordering::SeqCst),
-                    },
-                    Err(ReadlineError::Eof) => Input::Eof,
+                    Err(ReadlineError::Interrupted) => {
+                        let text = std::mem::take(&mut *at_ctrl_c.lock());
+                        let empty_line = text.trim().is_empty();
+                        (Input::Interrupted { empty_line }, text)
+                    }
+                    Err(ReadlineError::Eof) => (Input::Eof, String::new()),
                     Err(e) => {
                         log::warn!("prompt failed: {e}");
-                        Input::Eof
+                        (Input::Eof, String::new())
                     }
                 };
+                typed.line_accepted(&format!("{shown_prompt}{typed_text}"));
                 // After Ctrl-D too the console may go on (it asks before stopping transfers):
                 // read again only when it says so.
                 if tx.send(input).is_err() || ready.recv().is_err() {
