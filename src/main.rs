@@ -13,8 +13,17 @@ use napster::os_error::describe;
 use napster::{peer, tracker};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = match Cli::try_parse() {
+    let cli = Cli::try_parse();
+    // A peer's user reads its console lines, in Portuguese; diagnostics (English, with the
+    // detail) only when asked for with RUST_LOG. The tracker's operator sees warnings.
+    let default_log = match &cli {
+        Ok(Cli {
+            command: Mode::Server(_),
+        }) => "warn",
+        _ => "error",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
+    let cli = match cli {
         Ok(cli) => cli,
         Err(e) => {
             // clap's own messages (and --help) stay English; a usage error exits with our code.

@@ -371,8 +371,8 @@ fn request_arriving_while_typing_keeps_the_typed_text_and_the_command_runs() {
     alice.wait_prompt(&idle(), "");
 }
 
-/// Two requests queue in arrival order: the prompt counts both, SIM answers the older, NAO
-/// the newer.
+/// Two requests queue in arrival order: the prompt counts both (`[2 pendentes]`), SIM answers
+/// the older and says who asks next and for what, NAO answers the newer.
 #[test]
 fn two_requests_are_answered_oldest_first() {
     let tracker = start_tracker(&[]);
@@ -390,6 +390,7 @@ fn two_requests_are_answered_oldest_first() {
     assert_eq!(first.json()["status"], "downloadAccepted");
     assert_eq!(first.bytes(4), b"AAAA");
     alice.wait_for("Download de a.txt por 127.0.0.1:4001 aprovado");
+    alice.wait_for("Próximo pedido: Peer 127.0.0.1:4002 solicitou o arquivo b.txt (2 B)");
     alice.wait_prompt(&prompt(1), "");
 
     alice.keys("nao\r");
@@ -892,6 +893,7 @@ fn history_goes_to_the_users_data_folder_never_the_shared_one() {
 
     let in_share = share.join("history");
     let (mut bob, _) = Term::peer(tracker.addr, &share, &in_share, &[]);
+    bob.wait_for("Histórico não guardado em ");
     bob.keys("HELP\r");
     bob.wait_for("Comandos: JOIN");
     bob.keys("QUIT\r");

@@ -619,3 +619,52 @@ fn codec_problem(e: &CodecError) -> String {
         CodecError::Io(e) => describe(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cut transfer says who ended it and how far it got, in one unit style; a full disk is
+    /// a full disk.
+    #[test]
+    fn a_cut_transfer_is_told_in_portuguese() {
+        let short = ReceiveError::Short {
+            got: 12 << 20,
+            expected: 48 << 20,
+        };
+        assert_eq!(
+            receive_problem(&short),
+            "o outro peer encerrou após 12.0 MiB de 48.0 MiB"
+        );
+        let reset = ReceiveError::Network {
+            got: 1 << 20,
+            error: io::Error::from(io::ErrorKind::ConnectionReset),
+        };
+        assert_eq!(
+            receive_problem(&reset),
+            "o outro peer encerrou após 1.0 MiB"
+        );
+        let silent = ReceiveError::Network {
+            got: 0,
+            error: io::Error::from_raw_os_error(libc::ETIMEDOUT),
+        };
+        assert_eq!(
+            receive_problem(&silent),
+            "tempo esgotado: o outro peer parou de responder após 0 B"
+        );
+        let full = ReceiveError::Disk {
+            written: 5 << 20,
+            error: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(receive_problem(&full), "disco cheio após 5.0 MiB gravados");
+        let timeout = DownloadError::Timeout {
+            stage: Stage::Reply,
+            waited: FIRST_REPLY_TIMEOUT,
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "tempo esgotado: o outro peer não respondeu em 15.0s"
+        );
+        assert_eq!(timeout.failure(), Failure::Unreachable);
+    }
+}

@@ -286,10 +286,13 @@ fn default_history() -> Option<PathBuf> {
     Some(base.join("napster").join("history"))
 }
 
-/// The history file to use, or `None` (with a warning) when it would sit directly in the
-/// shared folder, where JOIN would offer it to everyone.
-fn history_path(config: &PeerConfig, shared: &Path) -> Option<PathBuf> {
-    let path = config.history.clone().or_else(default_history)?;
+/// Where history is kept: the file to use (`None`: no place for it), or `Err` with the file
+/// asked for when it would sit directly in the shared folder, where JOIN would offer it to
+/// everyone.
+fn history_path(config: &PeerConfig, shared: &Path) -> Result<Option<PathBuf>, PathBuf> {
+    let Some(path) = config.history.clone().or_else(default_history) else {
+        return Ok(None);
+    };
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     let parent = parent.unwrap_or(Path::new("."));
     let _ = std::fs::create_dir_all(parent);
@@ -297,14 +300,7 @@ fn history_path(config: &PeerConfig, shared: &Path) -> Option<PathBuf> {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
-    if same {
-        log::warn!(
-            "not keeping history in {}: it is the shared folder",
-            path.display()
-        );
-        return None;
-    }
-    Some(path)
+    if same { Err(path) } else { Ok(Some(path)) }
 }
 
 /// The terminal's settings before the prompt first changed them, to put back on leaving.
@@ -347,7 +343,10 @@ pub fn start(
     editor.set_helper(Some(ConsoleHelper {
         state: Arc::clone(&state),
     }));
-    let history = history_path(config, shared);
+    let (history, refused_history) = match history_path(config, shared) {
+        Ok(history) => (history, None),
+        Err(refused) => (None, Some(refused)),
+    };
     if let Some(path) = &history
         && let Err(e) = editor.load_history(path)
     {
@@ -380,6 +379,12 @@ pub fn start(
         live,
         tx: out_tx.clone(),
     });
+    if let Some(path) = refused_history {
+        output.line(&format!(
+            "Histórico não guardado em {}: é a pasta compartilhada, que o JOIN ofereceria a todos",
+            path.display()
+        ));
+    }
     let typed = Arc::clone(&output);
 
     let terminal = SavedTerminal::save();

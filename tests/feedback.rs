@@ -1,7 +1,8 @@
-//! Feedback while a download waits (PROTOCOL.md D11): the uploader tells a downloader that
-//! accepts it what it is doing (`waiting` replies: hashing, asking its user) and for how long;
-//! older downloaders get the replies they always got. The downloader says what it waits for,
-//! times out within seconds when the other side is silent, and calls a timeout a timeout.
+//! Feedback at every step of a download. While it waits (PROTOCOL.md D11) the uploader tells a
+//! downloader that accepts it what it is doing (`waiting` replies: hashing, asking its user)
+//! and for how long; older downloaders get the replies they always got. The downloader says
+//! what it waits for, times out within seconds when the other side is silent, and calls a
+//! timeout a timeout. A transfer cut by the other side says so.
 
 mod common;
 
@@ -142,4 +143,24 @@ fn the_decision_is_awaited_as_long_as_the_uploader_said() {
     );
     assert_eq!(bob.proc.wait_exit(WAIT).code(), Some(8));
     uploader.join().unwrap();
+}
+
+/// A downloader that hangs up half way (its user quit): the uploader says `o outro peer
+/// encerrou`, not the OS error (`Broken pipe (os error 32)`) it used to print.
+#[test]
+fn an_upload_cut_by_the_downloader_says_the_other_peer_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da] = folders(tmp.path(), ["alice"]);
+    write_pattern(&da.join("big.bin"), 64 << 20, 3);
+    let t = start_tracker(&[]);
+    let alice = start_peer("alice", t.addr, &da, &["--approve", "yes"]);
+    let mut bob = RawClient::connect(SocketAddr::from(([127, 0, 0, 1], alice.port)));
+    bob.send(&request("big.bin", alice.port, false));
+    assert_eq!(bob.json()["status"], "OK");
+    assert_eq!(bob.json()["status"], "downloadAccepted");
+    assert_eq!(bob.bytes(1 << 20).len(), 1 << 20);
+    drop(bob);
+    alice.wait_for(
+        "Upload do arquivo big.bin para 127.0.0.1:4500 interrompido: o outro peer encerrou",
+    );
 }
