@@ -296,9 +296,15 @@ pub fn start(ctx: &Arc<PeerContext>, name: String, peer: SocketAddr) -> Result<(
     let spawned = thread::Builder::new()
         .name("download".into())
         .spawn(move || {
-            let outcome = download(&thread_ctx, &name, peer);
-            let result = outcome.as_ref().map(|_| ()).map_err(DownloadError::failure);
-            report(&thread_ctx, &name, outcome);
+            // Whatever happens here, the console must hear that this download ended: a piped
+            // QUIT waits for it.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let outcome = download(&thread_ctx, &name, peer);
+                let result = outcome.as_ref().map(|_| ()).map_err(DownloadError::failure);
+                report(&thread_ctx, &name, outcome);
+                result
+            }));
+            let result = run.unwrap_or(Err(Failure::Other));
             let _ = thread_ctx.finished.send(Finished { name, result });
         });
     spawned.map(|_| ()).map_err(|e| {
