@@ -124,11 +124,6 @@ impl Outcome {
     pub fn failure(&self) -> Option<Failure> {
         *self.first.lock()
     }
-
-    /// The exit code this outcome calls for.
-    pub fn exit_code(&self) -> ExitCode {
-        self.failure().map_or(ExitCode::SUCCESS, ExitCode::from)
-    }
 }
 
 #[cfg(test)]

@@ -575,6 +575,7 @@ impl Console {
     /// A download ended (its outcome is already printed); false means leave now.
     fn download_finished(&mut self, finished: Finished) -> bool {
         self.downloads = self.downloads.saturating_sub(1);
+        log::debug!("download of {} ended: {:?}", finished.name, finished.result);
         if let Err(failure) = finished.result {
             self.outcome.fail(failure);
         }

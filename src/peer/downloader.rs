@@ -270,8 +270,6 @@ pub struct Finished {
 
 /// A completed download.
 pub struct Received {
-    /// Where it is.
-    pub path: PathBuf,
     /// Bytes received in this run (less than `size` when resumed).
     pub bytes: u64,
     /// The file's size.
@@ -553,7 +551,6 @@ pub fn download(
     }
     match ctx.partials.finish(name, &final_path) {
         Ok(()) => Ok(Received {
-            path: final_path,
             bytes: size - start,
             size,
             took: started.elapsed(),
