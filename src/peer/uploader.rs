@@ -26,7 +26,7 @@ use crate::peer::progress::Progress;
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{
-    DownloadRequest, Reply, parse_digest_mismatch, parse_download_request, status,
+    DownloadRequest, Reply, parse_digest_mismatch, parse_download_request, status, waiting_for,
 };
 use crate::transfer::{self, DigestHex};
 
@@ -74,6 +74,18 @@ pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
             log::error!("cannot start an upload thread: {e}");
         }
     }
+}
+
+/// Added to the user's time to answer in the `waiting` reply: the answer still has to reach
+/// this thread and be written.
+const DECISION_MARGIN: Duration = Duration::from_secs(10);
+/// The slowest hashing rate assumed when telling a downloader how long hashing may take (a
+/// slow disk; BLAKE3 itself is far faster), in bytes per second.
+const SLOWEST_HASHING: u64 = 50 << 20;
+
+/// How long hashing `size` bytes may take, at most (see [`SLOWEST_HASHING`]).
+fn hashing_bound(size: u64) -> Duration {
+    Duration::from_secs(10 + size / SLOWEST_HASHING)
 }
 
 /// Upload connections served at once; more are answered with an ERROR and closed.
@@ -191,7 +203,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
         return;
     };
-    let (size, digest) = match answer_digest(ctx, &path, &file, &request) {
+    let (size, digest) = match answer_digest(ctx, &stream, &path, &file, &request) {
         Ok(found) => found,
         Err(e) => {
             log::warn!("cannot read {}: {e}", path.display());
@@ -199,7 +211,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
-    let offset = match resume_offset(ctx, &file, &request, size, digest.as_deref()) {
+    let offset = match resume_offset(ctx, &stream, &file, &request, size, digest.as_deref()) {
         Ok(offset) => offset,
         Err(e) => {
             log::warn!("cannot read {}: {e}", path.display());
@@ -222,6 +234,14 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         return;
     }
     pacer.wrote();
+    if request.accepts_waiting
+        && let Some(within) = ctx.asks_within
+    {
+        let _ = reply(
+            &stream,
+            &Reply::waiting(waiting_for::APPROVAL, within + DECISION_MARGIN),
+        );
+    }
     let (tx, rx) = bounded(1);
     let asked = ApprovalRequest {
         from,
@@ -285,8 +305,15 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         }
         Err(e) => {
             log::debug!("upload of {} to {from} failed: {e}", request.filename);
+            let why = if ctx.transfers.stopping() {
+                "este peer está encerrando".to_string()
+            } else if crate::os_error::closed_by_other_side(&e) {
+                "o outro peer encerrou".to_string()
+            } else {
+                crate::os_error::describe(&e)
+            };
             ctx.out.line(&format!(
-                "Upload do arquivo {} para {from} interrompido: {e}",
+                "Upload do arquivo {} para {from} interrompido: {why}",
                 request.filename
             ));
         }
@@ -294,10 +321,11 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
 }
 
 /// The file's size, and its digest if the OK reply must carry it: always, unless the
-/// downloader takes the digest after the data (D11), the digest is not known yet, and the
+/// downloader takes the digest after the data (D12), the digest is not known yet, and the
 /// request is not a resume (whose digest must be compared before the first byte).
 fn answer_digest(
     ctx: &PeerContext,
+    stream: &TcpStream,
     path: &Path,
     file: &File,
     request: &DownloadRequest,
@@ -311,6 +339,14 @@ fn answer_digest(
     if request.digest_after_data && !resuming {
         return Ok((size, None));
     }
+    if request.accepts_waiting {
+        // Hashing a large file not hashed yet takes a while: say so, so the downloader's
+        // first-reply timeout can stay short.
+        let _ = reply(
+            stream,
+            &Reply::waiting(waiting_for::DIGEST, hashing_bound(size)),
+        );
+    }
     let digest = ctx.digests.digest(path, file, ctx.transfers.stop_flag())?;
     Ok((size, Some(digest)))
 }
@@ -320,6 +356,7 @@ fn answer_digest(
 /// `offset` bytes (BLAKE3 of the prefix).
 fn resume_offset(
     ctx: &PeerContext,
+    stream: &TcpStream,
     file: &File,
     request: &DownloadRequest,
     size: u64,
@@ -344,13 +381,19 @@ fn resume_offset(
     if file_size != size {
         return Ok(0);
     }
+    if request.accepts_waiting {
+        let _ = reply(
+            stream,
+            &Reply::waiting(waiting_for::DIGEST, hashing_bound(offset)),
+        );
+    }
     let mut hasher = blake3::Hasher::new();
     transfer::hash_range(file, 0, offset, &mut hasher, ctx.transfers.stop_flag())?;
     let same = hasher.finalize().to_hex().as_str() == prefix.as_str();
     Ok(if same { offset } else { 0 })
 }
 
-/// Sends the whole file while another thread hashes it, then the digest (D11). Hashing reads
+/// Sends the whole file while another thread hashes it, then the digest (D12). Hashing reads
 /// the file from the page cache beside `sendfile`, on the other core; the digest is kept for
 /// the next request even if this transfer fails.
 fn send_then_digest(
@@ -390,7 +433,7 @@ fn send_then_digest(
 const MISMATCH_REPORT_WAIT: Duration = Duration::from_secs(30);
 
 /// Waits (briefly) for the downloader to close or to report that the bytes did not match
-/// (D12); a report makes this peer forget the file's digest and hash it again.
+/// (D13); a report makes this peer forget the file's digest and hash it again.
 fn await_mismatch_report(
     ctx: &PeerContext,
     reader: &mut FrameReader<&TcpStream>,

@@ -51,7 +51,11 @@ pub struct DownloadRequest {
     /// lists it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_port: Option<u16>,
-    /// The downloader takes the digest after the data (PROTOCOL.md D11): an uploader that does
+    /// The downloader understands `waiting` replies (PROTOCOL.md D11): the uploader may say
+    /// what it is doing before the file, and how long it may take.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accepts_waiting: bool,
+    /// The downloader takes the digest after the data (PROTOCOL.md D12): an uploader that does
     /// not know it yet may start sending at once and hash while it sends.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub digest_after_data: bool,
@@ -115,6 +119,7 @@ struct RawData {
     offset: Option<u64>,
     digest: Option<String>,
     from_port: Option<u16>,
+    accepts_waiting: Option<bool>,
     digest_after_data: Option<bool>,
     file_size: Option<u64>,
     prefix_digest: Option<String>,
@@ -198,6 +203,7 @@ pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestEr
         offset: data.offset,
         digest: data.digest,
         from_port: data.from_port,
+        accepts_waiting: data.accepts_waiting.unwrap_or(false),
         digest_after_data: data.digest_after_data.unwrap_or(false),
         file_size: data.file_size,
         prefix_digest: data.prefix_digest,
@@ -205,7 +211,7 @@ pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestEr
 }
 
 /// A downloader's report, sent after the data, that what arrived does not match the digest
-/// the uploader announced (PROTOCOL.md D12).
+/// the uploader announced (PROTOCOL.md D13).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DigestMismatch {
     /// The file asked for.
@@ -253,7 +259,14 @@ pub struct Reply {
     /// downloadRejected: why, when it was not the user's plain NAO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// DOWNLOAD_REQUEST → OK: the digest is not known yet and follows the data (D11).
+    /// waiting: what the uploader is doing (`digest`: hashing the file; `approval`: asking
+    /// its user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// waiting: seconds within which the uploader's next reply will come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// DOWNLOAD_REQUEST → OK: the digest is not known yet and follows the data (D12).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest_after_data: Option<bool>,
 }
@@ -274,8 +287,19 @@ pub mod status {
     pub const DOWNLOAD_ACCEPTED: &str = "downloadAccepted";
     /// The uploader's user said NAO (or did not answer in time).
     pub const DOWNLOAD_REJECTED: &str = "downloadRejected";
+    /// Sent only to a downloader that `acceptsWaiting`: the next reply is coming, within
+    /// `timeout` seconds; `waitingFor` says what it waits for.
+    pub const WAITING: &str = "waiting";
     /// After the data: the digest of the whole file, when the OK said it would follow.
     pub const DIGEST: &str = "DIGEST";
+}
+
+/// What a `waiting` reply waits for.
+pub mod waiting_for {
+    /// The uploader is hashing the file before its `OK`.
+    pub const DIGEST: &str = "digest";
+    /// The uploader's user is being asked SIM/NAO.
+    pub const APPROVAL: &str = "approval";
 }
 
 impl Reply {
@@ -301,6 +325,16 @@ impl Reply {
         Reply {
             status: status::OK.to_string(),
             peers: Some(peers),
+            ..Reply::default()
+        }
+    }
+
+    /// A `waiting` reply: the next one comes within `timeout`.
+    pub fn waiting(what: &str, timeout: std::time::Duration) -> Reply {
+        Reply {
+            status: status::WAITING.to_string(),
+            waiting_for: Some(what.to_string()),
+            timeout: Some(timeout.as_secs().max(1)),
             ..Reply::default()
         }
     }
