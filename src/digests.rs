@@ -13,8 +13,9 @@
 //! BLAKE3), holding the name, the identity and the digest; it is replaced atomically (written
 //! beside, then renamed). Data derived from the same version of the file can sit beside it
 //! under the same key with another extension ([`DigestCache::sidecar_path`], e.g. a BLAKE3
-//! outboard `<key>.obao`): it is valid exactly while the record is, and [`DigestCache::forget`]
-//! removes it with the record. `.napster/` is never shared (only regular files directly in the
+//! outboard `<key>.obao`): it is valid exactly while the record is. Writing it is the caller's
+//! job, after the record exists ([`DigestCache::known`] says so); a record written for a new
+//! version of the file, [`DigestCache::forget`] and pruning remove it. `.napster/` is never shared (only regular files directly in the
 //! folder are).
 
 use std::collections::{HashMap, HashSet};
@@ -194,19 +195,24 @@ impl DigestCache {
     /// digest): the record and everything beside it go, and the next request hashes again.
     pub fn forget(&self, path: &Path) {
         self.known.lock().remove(path);
-        let Some(key) = self.key_of(path) else {
-            return;
-        };
+        if let Some(key) = self.key_of(path) {
+            self.remove_stored(&key, None);
+        }
+    }
+
+    /// Deletes the stored files of `key` (its record and what is beside it), except `keep`.
+    fn remove_stored(&self, key: &str, keep: Option<&Path>) {
         let Some(dir) = &self.dir else {
             return;
         };
-        if let Ok(entries) = fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.split('.').next() == Some(key.as_str()) {
-                    let _ = fs::remove_file(entry.path());
-                }
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.split('.').next() == Some(key) && keep != Some(entry.path().as_path()) {
+                let _ = fs::remove_file(entry.path());
             }
         }
     }
@@ -264,8 +270,14 @@ impl DigestCache {
             identity,
             digest: digest.to_string(),
         };
-        if let Err(e) = self.store(&record) {
-            log::debug!("cannot keep the digest of {name} on disk: {e}");
+        let replaces = self
+            .sidecar_path(name, "json")
+            .is_some_and(|old| old.exists());
+        match self.store(&record) {
+            // What sat beside an older record belongs to another version of the file.
+            Ok(Some(stored)) if replaces => self.remove_stored(&record_key(name), Some(&stored)),
+            Ok(_) => {}
+            Err(e) => log::debug!("cannot keep the digest of {name} on disk: {e}"),
         }
         self.known.lock().insert(path.to_path_buf(), record);
     }
@@ -289,13 +301,11 @@ impl DigestCache {
     }
 
     /// Writes `record` under a temporary name, then renames it over the old one: a reader
-    /// sees the old record or the new, never half of one.
-    fn store(&self, record: &FileRecord) -> io::Result<()> {
-        let Some(final_path) = self.sidecar_path(&record.name, "json") else {
-            return Ok(());
-        };
-        let Some(dir) = &self.dir else {
-            return Ok(());
+    /// sees the old record or the new, never half of one. Returns where it is stored.
+    fn store(&self, record: &FileRecord) -> io::Result<Option<PathBuf>> {
+        let (Some(final_path), Some(dir)) = (self.sidecar_path(&record.name, "json"), &self.dir)
+        else {
+            return Ok(None);
         };
         fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(
@@ -309,7 +319,7 @@ impl DigestCache {
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        written
+        written.map(|()| Some(final_path))
     }
 }
 
@@ -453,6 +463,23 @@ mod tests {
         assert!(!cache.sidecar_path("f", "json").unwrap().exists());
         let file = File::open(&path).unwrap();
         assert_eq!(cache.known(&path, &file).unwrap(), None);
+    }
+
+    /// Data kept beside a record (an outboard) belongs to one version of the file: when a new
+    /// version is hashed, it goes.
+    #[test]
+    fn a_new_version_removes_what_was_beside_the_old_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let cache = DigestCache::persistent(dir.path().join("store"));
+        fs::write(&path, b"one").unwrap();
+        digest_at(&cache, &path);
+        let outboard = cache.sidecar_path("f", "obao").unwrap();
+        fs::write(&outboard, b"tree of one").unwrap();
+        fs::write(&path, b"two, longer").unwrap();
+        assert_eq!(digest_at(&cache, &path), hex(b"two, longer"));
+        assert!(!outboard.exists());
+        assert!(cache.sidecar_path("f", "json").unwrap().exists());
     }
 
     #[test]
