@@ -234,10 +234,21 @@ pub fn is_disk_full(error: &io::Error) -> bool {
     )
 }
 
-/// Receives exactly `expected` bytes into `out` at its current position `start`: first
-/// `already` (bytes that arrived with the last message), then from `stream`. Returns the BLAKE3
-/// of the whole file as it now is on disk: `hasher` holds the first `start` bytes (a resumed
-/// download), the rest is read back from `out` (which must be open for reading too).
+/// Where received bytes land: a file open for writing and reading, positioned at `start`, and
+/// the BLAKE3 state of its first `start` bytes (a resumed download; empty otherwise).
+pub struct Landing<'a> {
+    /// The partial file.
+    pub file: &'a File,
+    /// The byte the received bytes start at.
+    pub start: u64,
+    /// The digest state of the bytes before `start`.
+    pub hasher: blake3::Hasher,
+}
+
+/// Receives exactly `expected` bytes into the landing file: first `already` (bytes that
+/// arrived with the last message), then from `stream`. Returns the BLAKE3 of the whole file as
+/// it now is on disk: the landing's hasher holds the bytes before, the rest is read back from
+/// the file.
 ///
 /// On Linux the bytes go socket → pipe → file with `splice(2)`: they never enter user space,
 /// which halves the copying a `read` and `write` cost. A second thread hashes each piece from
@@ -247,30 +258,46 @@ pub fn is_disk_full(error: &io::Error) -> bool {
 /// final `fsync`. Elsewhere, or where `splice` is refused, a buffer does the same job.
 ///
 /// On error, the bytes counted in the error are whole in the file.
-#[allow(clippy::too_many_arguments)]
 pub fn receive_exact(
     already: &[u8],
     stream: &TcpStream,
     expected: u64,
-    out: &File,
-    start: u64,
-    hasher: blake3::Hasher,
+    landing: Landing<'_>,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<blake3::Hash, ReceiveError> {
+    let Landing {
+        file: out,
+        start,
+        hasher,
+    } = landing;
     let (landed_tx, landed_rx) = crossbeam_channel::bounded::<u64>(HASH_QUEUE);
     let abandon = AtomicBool::new(false);
+    let stop_hashing = &abandon;
     std::thread::scope(|scope| {
+        // The receiver end moves into the thread: if hashing fails, the channel closes and the
+        // receiving side's notices stop blocking.
         let hashing = std::thread::Builder::new()
             .name("download-hash".into())
-            .spawn_scoped(scope, || {
-                hash_as_it_lands(out, start, hasher, &landed_rx, &abandon)
+            .spawn_scoped(scope, move || {
+                hash_as_it_lands(out, start, hasher, landed_rx, stop_hashing)
             })
             .map_err(|error| ReceiveError::Disk { written: 0, error })?;
+        let mut on_landed = move |end| {
+            let _ = landed_tx.send(end);
+        };
+        let target = (out, start);
         let received = land_all(
-            already, stream, expected, out, start, stop, progress, &landed_tx,
+            already,
+            stream,
+            expected,
+            target,
+            stop,
+            progress,
+            &mut on_landed,
         );
-        drop(landed_tx);
+        // The hashing thread ends when the last sender is gone.
+        drop(on_landed);
         if received.is_err() {
             abandon.store(true, Ordering::Relaxed);
         }
@@ -295,7 +322,7 @@ fn hash_as_it_lands(
     out: &File,
     start: u64,
     mut hasher: blake3::Hasher,
-    landed: &crossbeam_channel::Receiver<u64>,
+    landed: crossbeam_channel::Receiver<u64>,
     abandon: &AtomicBool,
 ) -> io::Result<blake3::Hash> {
     let mut hashed = start;
@@ -311,17 +338,16 @@ fn hash_as_it_lands(
     Ok(hasher.finalize())
 }
 
-/// Moves the bytes into the file, telling the hashing thread of each piece.
-#[allow(clippy::too_many_arguments)]
+/// Moves the bytes into the file (`target`: the file and the byte it starts at), telling
+/// `landed` the file offset up to which bytes are in it after each piece.
 fn land_all(
     already: &[u8],
     stream: &TcpStream,
     expected: u64,
-    out: &File,
-    start: u64,
+    (out, start): (&File, u64),
     stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
-    landed: &crossbeam_channel::Sender<u64>,
+    landed: &mut dyn FnMut(u64),
 ) -> Result<u64, ReceiveError> {
     let first = &already[..already
         .len()
@@ -330,7 +356,7 @@ fn land_all(
     if !first.is_empty() {
         write_counting(first, out, &mut written)
             .map_err(|error| ReceiveError::Disk { written, error })?;
-        let _ = landed.send(start + written);
+        landed(start + written);
     }
     let mut mover = Mover::new();
     let mut behind = WriteBehind::new(start);
@@ -342,7 +368,7 @@ fn land_all(
         let moved = mover.land(stream, out, want);
         written += moved.written;
         if moved.written > 0 {
-            let _ = landed.send(start + written);
+            landed(start + written);
             behind.landed(out, start + written);
         }
         match moved.outcome {

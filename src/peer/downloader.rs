@@ -535,9 +535,11 @@ pub fn download(
         &already,
         &stream,
         size - start,
-        &file,
-        start,
-        hasher,
+        transfer::Landing {
+            file: &file,
+            start,
+            hasher,
+        },
         stop,
         &mut |got| progress.update(start + got),
     );
