@@ -74,7 +74,7 @@ stamp() { while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line";
 wait_line() {
   local file="$1" pattern="$2" nth="$3" deadline=$((SECONDS + 600)) found
   while :; do
-    found="$(grep -F -- "$pattern" "$file" 2>/dev/null | sed -n "${nth}p")"
+    found="$(grep -F -- "$pattern" "$file" 2>/dev/null | sed -n "${nth}p")" || true
     [ -n "$found" ] && { printf '%s\n' "$found"; return 0; }
     [ $SECONDS -lt $deadline ] || fail "no line '$pattern' (#$nth) in $file within 600 s"
     sleep 0.02
@@ -122,17 +122,19 @@ raw_round() {
 }
 
 # A napster peer: start_peer NAME DIR LISTEN_IP [NETNS]; sets peer_pid, peer_port; its console
-# input is the FIFO $work/NAME.in (opened on the next free descriptor, kept in peer_fd).
+# input is the FIFO $work/NAME.in (opened on the next free descriptor, kept in peer_fd). It JOINs
+# at start, and this waits for that, unless NO_JOIN=1 (then only for its upload port).
 start_peer() {
-  local name="$1" dir="$2" ip="$3" in_ns=()
-  [ $# -ge 4 ] && in_ns=(ip netns exec "$4")
+  local name="$1" dir="$2" ip="$3" in_ns=() join=(--join)
+  [ $# -ge 4 ] && [ -n "$4" ] && in_ns=(ip netns exec "$4")
+  [ "${NO_JOIN:-0}" = 1 ] && join=()
   mkfifo "$work/$name.in"
-  "${in_ns[@]}" "$napster" peer --server "$tracker" --listen "$ip:0" --dir "$dir" --approve yes --join \
+  "${in_ns[@]}" "$napster" peer --server "$tracker" --listen "$ip:0" --dir "$dir" --approve yes "${join[@]}" \
     < "$work/$name.in" > >(stamp > "$work/$name.log") 2> "$work/$name.err" &
   peer_pid=$!; pids+=("$peer_pid")
   exec {peer_fd}> "$work/$name.in"
   peer_port="$(wait_line "$work/$name.log" "Aguardando pedidos de download na porta " 1 | sed 's/.*porta \([0-9]*\);.*/\1/')"
-  wait_line "$work/$name.log" "Sou o Peer " 1 > /dev/null
+  [ "${NO_JOIN:-0}" = 1 ] || wait_line "$work/$name.log" "Sou o Peer " 1 > /dev/null
 }
 # stop_peer PID FD NAME: QUIT, then wait for it to end.
 stop_peer() {
@@ -145,13 +147,14 @@ stop_peer() {
 
 # napster_round FD LOG COUNT ADDR MIB DOWN_PID UP_PID DEST: one DOWNLOAD of big.bin from ADDR
 # by the peer whose console is FD; COUNT is its number of downloads so far plus this one; sets
-# nap_rate, nap_cpu_down, nap_cpu_up (s/GiB).
+# nap_rate, nap_cpu_down, nap_cpu_up (s/GiB). With ROUND_T0 set, the time counts from then, and
+# the uploader's CPU from its start (a round that starts the uploader).
 napster_round() {
   local fd="$1" log="$2" count="$3" addr="$4" mib="$5" down="$6" up="$7" dest="$8"
-  rm -f "$dest"
   local c_down c_up t0 line
   c_down="$(cpu_of "$down")"; c_up="$(cpu_of "$up")"
   t0="$EPOCHREALTIME"
+  if [ -n "${ROUND_T0:-}" ]; then t0="$ROUND_T0"; c_up=0; fi
   echo "DOWNLOAD big.bin $addr" >&"$fd"
   line="$(wait_line "$log" "baixado com sucesso" "$count")"
   if grep -q "Erro ao processar download" "$log"; then fail "a download failed"; fi
@@ -185,6 +188,7 @@ echo
 echo "== steady: ${size_mib} MiB over loopback, $rounds rounds (MiB/s; CPU s/GiB receiver+sender) =="
 echo "warm-up DOWNLOAD (the uploader learns the file's digest)..."
 downloads_b=$((downloads_b + 1))
+rm -f "$work/b/big.bin"
 napster_round "$fd_b" "$work/b.log" "$downloads_b" "127.0.0.1:$port_a" "$size_mib" "$pid_b" "$pid_a" "$work/b/big.bin"
 echo "  warm-up: $nap_rate MiB/s"
 cmp "$work/a/big.bin" "$work/b/big.bin" || fail "the downloaded copy differs"
@@ -202,6 +206,7 @@ for i in $(seq 1 "$rounds"); do
     line+=" $s $raw_rate ($raw_cpu_recv+$raw_cpu_send)"
   done
   downloads_b=$((downloads_b + 1))
+  rm -f "$work/b/big.bin"
   napster_round "$fd_b" "$work/b.log" "$downloads_b" "127.0.0.1:$port_a" "$size_mib" "$pid_b" "$pid_a" "$work/b/big.bin"
   nap_rates+=("$nap_rate"); nap_downs+=("$nap_cpu_down"); nap_ups+=("$nap_cpu_up")
   nap_cpus+=("$(awk -v a="$nap_cpu_down" -v b="$nap_cpu_up" 'BEGIN{printf "%.3f", a+b}')")
@@ -236,9 +241,13 @@ if [ "$first" = 1 ]; then
     # A new file (new inode, new times): nothing can know its digest.
     cp "$work/a/big.bin" "$fresh/big.bin"
     raw_round "$size_mib" "$fresh/big.bin" "$best"
-    start_peer "fresh$i" "$fresh" 127.0.0.1
+    rm -f "$work/b/big.bin"
+    # Timed from the uploader's start: its start-up and any hashing before the data count.
+    ROUND_T0="$EPOCHREALTIME"
+    NO_JOIN=1 start_peer "fresh$i" "$fresh" 127.0.0.1
     downloads_b=$((downloads_b + 1))
-    napster_round "$fd_b" "$work/b.log" "$downloads_b" "127.0.0.1:$peer_port" "$size_mib" "$pid_b" "$peer_pid" "$work/b/big.bin"
+    ROUND_T0="$ROUND_T0" napster_round "$fd_b" "$work/b.log" "$downloads_b" "127.0.0.1:$peer_port" "$size_mib" "$pid_b" "$peer_pid" "$work/b/big.bin"
+    unset ROUND_T0
     stop_peer "$peer_pid" "$peer_fd" "fresh$i"
     first_rates+=("$nap_rate"); first_ratios+=("$(ratio "$nap_rate" "$raw_rate")")
     echo "  round $i (load $(load)): baseline $raw_rate, napster first $nap_rate ($nap_cpu_down+$nap_cpu_up s/GiB), ratio ${first_ratios[-1]}"
@@ -284,12 +293,12 @@ if [ "$link" = 1 ]; then
     ip netns exec "$up" tc qdisc replace dev eth0 root tbf rate "$rate_name" burst "$burst" latency 50ms
     head -c "$((mib * 1024 * 1024))" "$work/a/big.bin" > "$work/lu/big.bin"
     downloads_ld=$((downloads_ld + 1))
-    napster_round "$fd_ld" "$work/ld.log" "$downloads_ld" "10.213.0.1:$port_lu" "$mib" "$pid_ld" "$pid_lu" "$work/ld/big.bin"
+    rm -f "$work/ld/big.bin"; napster_round "$fd_ld" "$work/ld.log" "$downloads_ld" "10.213.0.1:$port_lu" "$mib" "$pid_ld" "$pid_lu" "$work/ld/big.bin"
     link_raw=(); link_nap=(); link_ratios=()
     for i in $(seq 1 "$rounds"); do
       raw_round "$down" "$up" 10.213.0.2 "$mib" "$work/lu/big.bin" "$best"
       downloads_ld=$((downloads_ld + 1))
-      napster_round "$fd_ld" "$work/ld.log" "$downloads_ld" "10.213.0.1:$port_lu" "$mib" "$pid_ld" "$pid_lu" "$work/ld/big.bin"
+      rm -f "$work/ld/big.bin"; napster_round "$fd_ld" "$work/ld.log" "$downloads_ld" "10.213.0.1:$port_lu" "$mib" "$pid_ld" "$pid_lu" "$work/ld/big.bin"
       link_raw+=("$raw_rate"); link_nap+=("$nap_rate"); link_ratios+=("$(ratio "$nap_rate" "$raw_rate")")
       echo "  $rate_name, $mib MiB, round $i (load $(load)): plain $raw_rate, napster $nap_rate MiB/s, ratio ${link_ratios[-1]}"
     done
