@@ -25,3 +25,4 @@ pub mod protocol;
 pub mod share;
 pub mod tracker;
 pub mod transfer;
+pub mod verified;
