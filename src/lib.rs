@@ -20,6 +20,7 @@ pub mod cli;
 pub mod console_out;
 pub mod dial;
 pub mod liveness;
+pub mod outboard_store;
 pub mod peer;
 pub mod protocol;
 pub mod share;

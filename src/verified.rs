@@ -19,9 +19,9 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 
+use bao_tree::io::EncodeError;
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{ReadAt, encode_ranges_validated, outboard_post_order};
-use bao_tree::io::EncodeError;
 use bao_tree::iter::BaoChunk;
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 
@@ -61,7 +61,9 @@ impl fmt::Display for OutboardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OutboardError::Read(e) => write!(f, "a árvore de hashes não chegou inteira: {e}"),
-            OutboardError::Write(e) => write!(f, "não foi possível guardar a árvore de hashes: {e}"),
+            OutboardError::Write(e) => {
+                write!(f, "não foi possível guardar a árvore de hashes: {e}")
+            }
             OutboardError::Mismatch => write!(f, "a árvore de hashes não confere com o digest"),
         }
     }
@@ -98,7 +100,8 @@ pub fn receive_outboard(
                 let (left, right) = split_pair(&pair);
                 let claimed_right = known.pop().flatten();
                 let claimed_left = known.pop().flatten();
-                if claimed_left.is_some_and(|h| h != left) || claimed_right.is_some_and(|h| h != right)
+                if claimed_left.is_some_and(|h| h != left)
+                    || claimed_right.is_some_and(|h| h != right)
                 {
                     return Err(OutboardError::Mismatch);
                 }
@@ -115,7 +118,11 @@ pub fn receive_outboard(
 }
 
 /// Checks a whole stored outboard of a file of `size` bytes against `root`.
-pub fn check_outboard(outboard: &File, size: u64, root: &blake3::Hash) -> Result<(), OutboardError> {
+pub fn check_outboard(
+    outboard: &File,
+    size: u64,
+    root: &blake3::Hash,
+) -> Result<(), OutboardError> {
     if outboard.metadata().map_err(OutboardError::Read)?.len() != outboard_len(size) {
         return Err(OutboardError::Mismatch);
     }
@@ -246,7 +253,6 @@ impl ReadAt for PieceAt<'_> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,9 +297,17 @@ mod tests {
             let mut bad = ob.clone();
             bad[at] ^= 1;
             let got = receive_outboard(&mut &bad[..], data.len() as u64, &root, &mut io::sink());
-            assert!(matches!(got, Err(OutboardError::Mismatch)), "byte {at}: {got:?}");
+            assert!(
+                matches!(got, Err(OutboardError::Mismatch)),
+                "byte {at}: {got:?}"
+            );
         }
-        let short = receive_outboard(&mut &ob[..ob.len() - 1], data.len() as u64, &root, &mut io::sink());
+        let short = receive_outboard(
+            &mut &ob[..ob.len() - 1],
+            data.len() as u64,
+            &root,
+            &mut io::sink(),
+        );
         assert!(matches!(short, Err(OutboardError::Read(_))));
     }
 

@@ -183,6 +183,7 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         offset: partial.as_ref().map(|p| p.have),
         digest: partial.as_ref().map(|p| p.record.digest.clone()),
         from_port: Some(ctx.port),
+        ranges: None,
     };
     (&stream)
         .write_all(&download_line(&request))

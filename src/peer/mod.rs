@@ -13,6 +13,7 @@ pub mod line_reader;
 pub mod output;
 pub mod progress;
 pub mod prompt;
+pub mod range_server;
 pub mod tracker_client;
 pub mod transfers;
 pub mod uploader;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, unbounded};
 
+use crate::outboard_store::OutboardStore;
 use crate::peer::approval::ApprovalRequest;
 use crate::peer::console::{ConsoleChannels, ConsoleState};
 use crate::peer::output::SharedOutput;
@@ -108,6 +110,8 @@ pub struct PeerContext {
     pub partials: PartialStore,
     /// Digests of shared files.
     pub digests: DigestCache,
+    /// Outboards of shared files, for range sessions.
+    pub outboards: OutboardStore,
     /// The tracker connection.
     pub link: Arc<TrackerLink>,
     /// Console output.
@@ -159,6 +163,7 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         bind_ip,
         advertise: config.advertise.clone(),
         partials: PartialStore::new(shared.path()),
+        outboards: OutboardStore::new(shared.path()),
         shared,
         digests: DigestCache::new(),
         link: Arc::new(TrackerLink::new(

@@ -51,6 +51,10 @@ pub struct DownloadRequest {
     /// lists it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_port: Option<u16>,
+    /// `true`: the downloader asks for a range session (pieces from several peers, see
+    /// [`crate::protocol::ranges`]) instead of the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<bool>,
 }
 
 /// The envelope every request travels in.
@@ -105,6 +109,7 @@ struct RawData {
     offset: Option<u64>,
     digest: Option<String>,
     from_port: Option<u16>,
+    ranges: Option<bool>,
 }
 
 /// Why a request could not be understood; the text is sent to the client as is.
@@ -185,6 +190,7 @@ pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestEr
         offset: data.offset,
         digest: data.digest,
         from_port: data.from_port,
+        ranges: data.ranges,
     })
 }
 
@@ -213,6 +219,16 @@ pub struct Reply {
     /// downloadRejected: why, when it was not the user's plain NAO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// DOWNLOAD_REQUEST with `ranges` → OK: the chunk group in bytes; present only when the
+    /// uploader serves ranges (see [`crate::protocol::ranges`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_group: Option<u64>,
+    /// DOWNLOAD_REQUEST with `ranges` → OK: the longest range one RANGE may ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_range: Option<u64>,
+    /// RANGE or OUTBOARD → OK: how many raw bytes follow the reply's line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
 }
 
 /// Status names, spelled once.
