@@ -22,6 +22,7 @@ pub mod dial;
 pub mod liveness;
 pub mod outboard_store;
 pub mod peer;
+pub mod piece_map;
 pub mod protocol;
 pub mod share;
 pub mod tracker;
