@@ -133,6 +133,10 @@ pub struct PeerArgs {
     /// Seconds after which a silent, vanished tracker or transfer partner is given up.
     #[arg(long, default_value_t = 30)]
     pub liveness: u64,
+    /// Peers a download fetches from at once when several hold the file (DOWNLOAD name).
+    #[arg(long, default_value_t = crate::peer::swarm::DEFAULT_SOURCES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub sources: usize,
 }
 
 impl PeerArgs {
@@ -153,6 +157,7 @@ impl PeerArgs {
             interactive: stdin_is_terminal && !self.plain,
             history: self.history.clone(),
             liveness: seconds(self.liveness),
+            sources: self.sources,
         }
     }
 }

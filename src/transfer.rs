@@ -481,8 +481,7 @@ impl PartialStore {
             .len();
         // A download from several peers writes pieces out of order: only its verified prefix
         // is whole.
-        if let Some(prefix) = piece_map::verified_prefix(&piece_map::path_for(&part), record.size)
-        {
+        if let Some(prefix) = piece_map::verified_prefix(&piece_map::path_for(&part), record.size) {
             have = have.min(prefix);
         }
         (have <= record.size).then_some(Partial { record, have })

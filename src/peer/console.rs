@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
 use crate::peer::commands::{self, Command, PeerSpec};
 use crate::peer::tracker_client::LinkEvent;
-use crate::peer::{ApproveMode, PeerContext, downloader};
+use crate::peer::{ApproveMode, PeerContext, downloader, swarm};
 use crate::protocol::legacy::python_list;
 
 /// One thing the line reader saw.
@@ -285,7 +285,7 @@ impl Console {
             Command::Download {
                 name: Some(name),
                 peer: None,
-            } => self.ask(Asking::DownloadPeer(name)),
+            } => self.download_from_holders(name),
             Command::Download {
                 name: Some(name),
                 peer: Some(peer),
@@ -363,6 +363,44 @@ impl Console {
         match self.resolve(&name, &peer) {
             Ok(addr) => downloader::spawn(&self.ctx, name, addr),
             Err(why) => self.say(&format!("Erro ao processar download: {why}")),
+        }
+    }
+
+    /// `DOWNLOAD name` with no peer named: from every holder at once when several hold the
+    /// same content, from the one holder otherwise.
+    fn download_from_holders(&mut self, name: String) {
+        let reply = match self.ctx.link.search_reply(&name) {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.say(&format!("Erro ao processar download: {e}"));
+                return;
+            }
+        };
+        let me: Vec<SocketAddr> = self
+            .ctx
+            .link
+            .addresses()
+            .map(|(_, local)| SocketAddr::new(local, self.ctx.port))
+            .into_iter()
+            .chain(
+                self.ctx
+                    .bind_ip
+                    .map(|ip| SocketAddr::new(ip, self.ctx.port)),
+            )
+            .collect();
+        let (holders, expected) = swarm::holders_from_search(&name, &reply, &me);
+        match holders.as_slice() {
+            [] => self.say("Arquivo não encontrado."),
+            [only] => downloader::spawn(&self.ctx, name, *only),
+            _ => swarm::spawn(
+                &self.ctx,
+                swarm::SwarmRequest {
+                    name,
+                    holders,
+                    expected,
+                    max_sources: self.ctx.sources,
+                },
+            ),
         }
     }
 

@@ -33,7 +33,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const REPLY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes free for this user in the file system holding `dir`, if it can be known.
-fn free_space(dir: &std::path::Path) -> Option<u64> {
+pub(crate) fn free_space(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs only writes into the struct it is given; the path is NUL-terminated.

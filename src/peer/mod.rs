@@ -14,6 +14,7 @@ pub mod output;
 pub mod progress;
 pub mod prompt;
 pub mod range_server;
+pub mod swarm;
 pub mod tracker_client;
 pub mod transfers;
 pub mod uploader;
@@ -71,6 +72,8 @@ pub struct PeerConfig {
     pub history: Option<PathBuf>,
     /// A tracker or transfer partner that stops answering is given up after about this long.
     pub liveness: Duration,
+    /// Sources a download from several peers uses at once.
+    pub sources: usize,
 }
 
 /// Why the peer could not start.
@@ -122,6 +125,8 @@ pub struct PeerContext {
     pub approvals: Sender<ApprovalRequest>,
     /// The bound for detecting a vanished tracker or transfer partner.
     pub liveness: Duration,
+    /// Sources a download from several peers uses at once.
+    pub sources: usize,
 }
 
 /// Runs a peer until QUIT or a signal.
@@ -176,6 +181,7 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         transfers: Transfers::new(),
         approvals: approval_tx,
         liveness: config.liveness,
+        sources: config.sources.max(1),
     });
     ctx.out.line(&format!(
         "Aguardando pedidos de download na porta {port}; pasta {}",

@@ -57,6 +57,12 @@ impl Progress {
         }
     }
 
+    /// Changes what the bar is called (a swarm download shows its number of sources).
+    pub fn set_label(&mut self, label: String) {
+        self.label = label;
+        self.last_draw = None;
+    }
+
     /// Bytes per second since the start, and seconds left at that rate.
     fn rate_and_left(&self, done: u64) -> (f64, f64) {
         let elapsed = self.started.elapsed().max(Duration::from_millis(1));

@@ -229,6 +229,25 @@ pub struct Reply {
     /// RANGE or OUTBOARD → OK: how many raw bytes follow the reply's line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
+    /// SEARCH: one entry per distinct content (name, size, digest) with its holders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<FileResult>>,
+}
+
+/// One SEARCH result: a content and the peers holding it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileResult {
+    /// The file's name.
+    pub name: String,
+    /// Its size, when its holders said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// BLAKE3 of its content, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Its holders, `IP:PORT`.
+    #[serde(default, alias = "holders")]
+    pub peers: Vec<String>,
 }
 
 /// Status names, spelled once.
