@@ -204,7 +204,9 @@ impl std::error::Error for PieceError {}
 /// the end of the file.
 pub fn verify_piece(outboard: &Outboard, offset: u64, data: &[u8]) -> Result<(), PieceError> {
     let end = offset + data.len() as u64;
-    if offset % CHUNK_GROUP != 0 || (end % CHUNK_GROUP != 0 && end != outboard.size()) {
+    if !offset.is_multiple_of(CHUNK_GROUP)
+        || (!end.is_multiple_of(CHUNK_GROUP) && end != outboard.size())
+    {
         return Err(PieceError::Io(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("piece {offset}..{end} is not whole chunk groups"),

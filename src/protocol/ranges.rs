@@ -88,7 +88,7 @@ pub fn check_range(offset: u64, length: u64, size: u64, group: u64) -> Result<()
             "the range ends at {end}, past the file's {size} bytes"
         ));
     }
-    if group == 0 || offset % group != 0 || (end % group != 0 && end != size) {
+    if group == 0 || !offset.is_multiple_of(group) || (!end.is_multiple_of(group) && end != size) {
         return Err(format!(
             "a range starts and ends on a chunk group of {group} bytes (or at the end of the file)"
         ));

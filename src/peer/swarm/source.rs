@@ -101,7 +101,12 @@ pub(crate) fn run(swarm: &Swarm, id: SourceId, addr: SocketAddr) -> SourceReport
         bytes: 0,
         accepted: None,
     };
-    let outcome = source.session();
+    let mut outcome = source.session();
+    // Cut by the end of the download (complete, or another source's fatal error): not its
+    // failure.
+    if matches!(outcome, Outcome::Failed(_)) && swarm.state.lock().over {
+        outcome = Outcome::Done;
+    }
     SourceReport {
         id,
         addr,
@@ -121,6 +126,10 @@ struct Source<'a> {
 
 /// A failure that ends this source.
 type Ended = Outcome;
+
+/// The connection's receiving side once the session starts: bytes already buffered, then the
+/// socket.
+type SessionInput<'s> = BufReader<io::Chain<Cursor<Vec<u8>>, &'s TcpStream>>;
 
 impl Source<'_> {
     fn session(&mut self) -> Outcome {
@@ -146,13 +155,7 @@ impl Source<'_> {
     fn approved<'s>(
         &mut self,
         stream: &'s TcpStream,
-    ) -> Result<
-        (
-            Identity,
-            BufReader<io::Chain<Cursor<Vec<u8>>, &'s TcpStream>>,
-        ),
-        Ended,
-    > {
+    ) -> Result<(Identity, SessionInput<'s>), Ended> {
         let ctx = &self.swarm.ctx;
         let expected = self.swarm.state.lock().identity.clone();
         let request = DownloadRequest {

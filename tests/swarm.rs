@@ -1,0 +1,551 @@
+//! Downloads from several peers at once (`DOWNLOAD name` with no peer named), every piece
+//! verified: byte-exact from three sources, a lying source detected and its pieces fetched
+//! elsewhere, a source killed half way, a source answering NAO, and a cut download resumed
+//! from its verified pieces with other holders.
+//!
+//! The scenarios run twice where they can: on loopback (anywhere), and across hosts in network
+//! namespaces with each uploader behind a shaped link (`tc tbf`), where every source really
+//! sends its share and a source can be killed half way. Without root, `ip netns` or `tc` the
+//! namespace tests are skipped with the reason ([`skip`]). The lying source is a stand-in of
+//! our own ([`Liar`]): it speaks the range protocol and flips one byte of what it sends.
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+
+use common::*;
+use napster::verified;
+
+/// Where the file lives in every folder.
+const NAME: &str = "video.bin";
+
+// ---------------------------------------------------------------------------------------------
+// The lying stand-in.
+
+/// An uploader that answers the range protocol correctly except for one byte in each range:
+/// the byte `flip` bytes into every range is sent inverted (so whichever pieces it is given,
+/// it lies). It JOINs the tracker with the file so that SEARCH lists it.
+struct Liar {
+    addr: SocketAddr,
+    _tracker: TcpStream,
+}
+
+impl Liar {
+    /// Starts the liar listening on `ip` (created by `bind`, so a namespace can own its
+    /// sockets), sharing `file` under [`NAME`].
+    fn start(
+        ip: &str,
+        tracker: SocketAddr,
+        file: &Path,
+        flip: u64,
+        sockets: impl Fn(&mut (dyn FnMut() + Send)),
+    ) -> Liar {
+        let mut made = None;
+        sockets(&mut || {
+            let listener = TcpListener::bind(format!("{ip}:0")).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let mut link = TcpStream::connect(tracker).unwrap();
+            link.write_all(&join_msg(port, &[NAME])).unwrap();
+            let mut line = String::new();
+            BufReader::new(link.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert!(line.contains("JOIN_OK"), "{line}");
+            made = Some((listener, link));
+        });
+        let (listener, link) = made.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data = std::fs::read(file).unwrap();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let data = data.clone();
+                thread::spawn(move || {
+                    let _ = serve_lies(stream, &data, flip);
+                });
+            }
+        });
+        Liar {
+            addr,
+            _tracker: link,
+        }
+    }
+}
+
+fn serve_lies(stream: TcpStream, data: &[u8], flip: u64) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut input = BufReader::new(stream);
+    let mut line = String::new();
+    input.read_line(&mut line)?;
+    let mut outboard = Vec::new();
+    let root = verified::create_outboard(data, data.len() as u64, &mut outboard)?;
+    let ok = serde_json::json!({
+        "status": "OK", "fileSize": data.len(), "digest": root.to_hex().to_string(),
+        "offset": 0, "chunkGroup": verified::CHUNK_GROUP, "maxRange": 16 << 20,
+    });
+    out.write_all(format!("{ok}\n").as_bytes())?;
+    out.write_all(b"{\"status\":\"downloadAccepted\"}\n")?;
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let request: serde_json::Value = serde_json::from_str(&line)?;
+        if request["method"] == "OUTBOARD" {
+            let head = serde_json::json!({"status": "OK", "length": outboard.len()});
+            out.write_all(format!("{head}\n").as_bytes())?;
+            out.write_all(&outboard)?;
+            continue;
+        }
+        let offset = request["data"]["offset"].as_u64().unwrap();
+        let length = request["data"]["length"].as_u64().unwrap();
+        let head = serde_json::json!({"status": "OK", "offset": offset, "length": length});
+        out.write_all(format!("{head}\n").as_bytes())?;
+        let mut piece = data[offset as usize..(offset + length) as usize].to_vec();
+        if let Some(byte) = piece.get_mut(flip as usize) {
+            *byte ^= 0xff;
+        }
+        out.write_all(&piece)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loopback.
+
+fn holder(name: &str, tracker: &TrackerProc, dir: &Path, approve: &str) -> PeerProc {
+    let mut peer = start_peer(name, tracker.addr, dir, &["--approve", approve]);
+    peer.join();
+    tracker
+        .proc
+        .wait_for(&format!("Peer {} adicionado com os arquivos", peer.addr()));
+    peer
+}
+
+/// Three peers hold the file; `DOWNLOAD name` fetches it from them and it is byte-exact, with
+/// one line per source at the end.
+#[test]
+fn three_sources_on_loopback_give_the_exact_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db, dc, dd] = folders(tmp.path(), ["a", "b", "c", "d"]);
+    write_pattern(&da.join(NAME), 12 << 20, 7);
+    for d in [&db, &dc] {
+        std::fs::copy(da.join(NAME), d.join(NAME)).unwrap();
+    }
+    let t = start_tracker(&[]);
+    let holders: Vec<PeerProc> = [("a", &da), ("b", &db), ("c", &dc)]
+        .into_iter()
+        .map(|(n, d)| holder(n, &t, d, "yes"))
+        .collect();
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for("em partes: 3 fonte(s)");
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    let addrs: Vec<String> = holders.iter().map(PeerProc::addr).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    source_lines(&down.proc, &addrs);
+    assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+    assert!(
+        !dd.join(".napster/partial")
+            .join(format!("{NAME}.part"))
+            .exists()
+    );
+}
+
+/// A source that sends one wrong byte is named (`peer X enviou dados inválidos`) and dropped;
+/// its pieces come from the others and the file is byte-exact.
+#[test]
+fn a_lying_source_on_loopback_is_detected_and_the_file_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, dd] = folders(tmp.path(), ["a", "d"]);
+    write_pattern(&da.join(NAME), 16 << 20, 8);
+    let t = start_tracker(&[]);
+    // Joined first, so its holder is asked first and gets the first pieces.
+    let liar = Liar::start("127.0.0.1", t.addr, &da.join(NAME), 100_000, |f| f());
+    let _a = holder("a", &t, &da, "yes");
+    let mut down = start_peer("d", t.addr, &dd, &["--sources", "2"]);
+    down.join();
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for(&format!("peer {} enviou dados inválidos", liar.addr));
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+}
+
+/// A holder whose user says NAO only removes that source: the others complete the file.
+#[test]
+fn a_source_answering_nao_on_loopback_is_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db, dd] = folders(tmp.path(), ["a", "b", "d"]);
+    write_pattern(&da.join(NAME), 3 << 20, 9);
+    std::fs::copy(da.join(NAME), db.join(NAME)).unwrap();
+    let t = start_tracker(&[]);
+    let refuser = holder("a", &t, &da, "no");
+    let _b = holder("b", &t, &db, "yes");
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for(&format!("peer {} recusou o pedido", refuser.addr()));
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across hosts.
+
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Hosts in network namespaces on one bridge (in a namespace of its own); host `i` is
+/// `10.78.0.<i+1>`. Dropping it deletes every namespace it made.
+struct Lab {
+    prefix: String,
+    roles: Vec<String>,
+    created: Vec<String>,
+}
+
+impl Lab {
+    /// The hosts `roles`, each uploader's sending side limited to `rate` (`tc tbf`). `Err` says
+    /// why that cannot be done here.
+    fn new(roles: &[&str], shaped: &[&str], rate: &str) -> Result<Lab, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root, so `ip netns` is not allowed".into());
+        }
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        let mut lab = Lab {
+            prefix: format!("napster-swarm-{}-{n}", std::process::id()),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            created: Vec::new(),
+        };
+        let switch = lab.ns("switch");
+        run("ip", &["netns", "add", &switch])
+            .map_err(|e| format!("cannot create a network namespace: {e}"))?;
+        lab.created.push(switch.clone());
+        run("ip", &["netns", "exec", &switch, "true"])
+            .map_err(|e| format!("cannot run a program in a network namespace: {e}"))?;
+        run(
+            "ip",
+            &["-n", &switch, "link", "add", "br0", "type", "bridge"],
+        )
+        .and_then(|()| run("ip", &["-n", &switch, "link", "set", "br0", "up"]))
+        .map_err(|e| format!("cannot set up a bridge: {e}"))?;
+        for (i, role) in roles.iter().enumerate() {
+            let host = lab.ns(role);
+            run("ip", &["netns", "add", &host])?;
+            lab.created.push(host.clone());
+            let port = format!("v-{role}");
+            let addr = format!("10.78.0.{}/24", i + 1);
+            for args in [
+                vec![
+                    "link", "add", "eth0", "netns", &host, "type", "veth", "peer", "name", &port,
+                    "netns", &switch,
+                ],
+                vec!["-n", &switch, "link", "set", &port, "master", "br0"],
+                vec!["-n", &switch, "link", "set", &port, "up"],
+                vec!["-n", &host, "addr", "add", &addr, "dev", "eth0"],
+                vec!["-n", &host, "link", "set", "eth0", "up"],
+                vec!["-n", &host, "link", "set", "lo", "up"],
+            ] {
+                run("ip", &args).map_err(|e| format!("cannot plug a host into the bridge: {e}"))?;
+            }
+        }
+        for role in shaped {
+            let ns = lab.ns(role);
+            run(
+                "ip",
+                &[
+                    "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
+                    "rate", rate, "burst", "64kb", "latency", "400ms",
+                ],
+            )
+            .map_err(|e| format!("cannot limit a link's rate with tc tbf: {e}"))?;
+        }
+        Ok(lab)
+    }
+
+    fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    fn ip(&self, role: &str) -> String {
+        let i = self.roles.iter().position(|r| r == role).unwrap();
+        format!("10.78.0.{}", i + 1)
+    }
+
+    fn napster(&self, role: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(role)])
+            .arg(napster_bin())
+            .args(args);
+        Proc::from_command(role, cmd)
+    }
+
+    fn tracker(&self) -> (Proc, SocketAddr) {
+        let listen = format!("{}:0", self.ip("tracker"));
+        let proc = self.napster("tracker", &["server", "--listen", &listen]);
+        let line = proc.wait_for("Servidor ouvindo em ");
+        let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
+        (proc, addr)
+    }
+
+    /// A joined peer on `role`'s host; returns it with its `IP:PORT`.
+    fn peer(&self, role: &str, tracker: SocketAddr, dir: &Path, extra: &[&str]) -> (Proc, String) {
+        let listen = format!("{}:0", self.ip(role));
+        let server = tracker.to_string();
+        let mut args = vec![
+            "peer",
+            "--server",
+            &server,
+            "--listen",
+            &listen,
+            "--dir",
+            dir.to_str().unwrap(),
+            "--join",
+        ];
+        args.extend_from_slice(extra);
+        let proc = self.napster(role, &args);
+        let line = proc.wait_for("Aguardando pedidos de download na porta ");
+        let port: u16 = line
+            .split("porta ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        let addr = format!("{}:{port}", self.ip(role));
+        proc.wait_for(&format!("Sou o Peer {addr}"));
+        (proc, addr)
+    }
+
+    /// Runs `f` on a thread inside `role`'s network namespace: sockets it creates live there.
+    fn inside(&self, role: &str, f: &mut (dyn FnMut() + Send)) {
+        let path = format!("/var/run/netns/{}", self.ns(role));
+        thread::scope(|s| {
+            s.spawn(|| {
+                let ns = File::open(&path).unwrap();
+                // SAFETY: setns on this thread only, with a namespace file kept open.
+                let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+                f();
+            })
+            .join()
+            .unwrap();
+        });
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in self.created.iter().rev() {
+            if let Err(e) = run("ip", &["netns", "del", ns]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+macro_rules! lab_or_skip {
+    ($lab:expr) => {
+        match $lab {
+            Ok(lab) => lab,
+            Err(why) => {
+                skip(&why);
+                return;
+            }
+        }
+    };
+}
+
+/// A file in `holders`' folders (new, under `parent`), and an empty folder for the downloader.
+fn shared_file(parent: &Path, holders: &[&str], size: u64) -> (Vec<PathBuf>, PathBuf) {
+    let dirs: Vec<PathBuf> = holders
+        .iter()
+        .map(|h| {
+            let d = parent.join(h);
+            std::fs::create_dir(&d).unwrap();
+            d
+        })
+        .collect();
+    write_pattern(&dirs[0].join(NAME), size, 11);
+    for d in &dirs[1..] {
+        std::fs::copy(dirs[0].join(NAME), d.join(NAME)).unwrap();
+    }
+    let down = parent.join("down");
+    std::fs::create_dir(&down).unwrap();
+    (dirs, down)
+}
+
+/// The lines at the end of a download for the sources `addrs` (`fonte X: 12.0 MiB em ...`),
+/// in that order, whatever order they were printed in.
+fn source_lines(down: &Proc, addrs: &[&str]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let line_of = |seen: &[String], addr: &str| {
+        seen.iter()
+            .find(|l| l.contains(&format!("fonte {addr}:")))
+            .cloned()
+    };
+    while addrs.iter().any(|a| line_of(&seen, a).is_none()) {
+        seen.push(down.wait_for("  fonte "));
+    }
+    addrs.iter().map(|a| line_of(&seen, a).unwrap()).collect()
+}
+
+/// Three uploaders behind 50 Mbit/s links: each sends part of the file and the copy is
+/// byte-exact.
+#[test]
+fn three_sources_across_hosts_each_send_part_and_the_file_is_exact() {
+    let lab = lab_or_skip!(Lab::new(
+        &["tracker", "a", "b", "c", "down"],
+        &["a", "b", "c"],
+        "50mbit"
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let (dirs, down_dir) = shared_file(tmp.path(), &["a", "b", "c"], 24 << 20);
+    let (_t, taddr) = lab.tracker();
+    let sources: Vec<(Proc, String)> = ["a", "b", "c"]
+        .iter()
+        .zip(&dirs)
+        .map(|(role, dir)| lab.peer(role, taddr, dir, &["--approve", "yes"]))
+        .collect();
+    let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    let addrs: Vec<&str> = sources.iter().map(|(_, a)| a.as_str()).collect();
+    for line in source_lines(&down, &addrs) {
+        assert!(!line.contains(": 0 B em"), "a source sent nothing: {line}");
+    }
+    assert!(same_file(&dirs[0].join(NAME), &down_dir.join(NAME)));
+}
+
+/// A lying source among two honest ones, across hosts: named, dropped, the file exact.
+#[test]
+fn a_lying_source_across_hosts_is_detected_and_the_file_is_exact() {
+    let lab = lab_or_skip!(Lab::new(
+        &["tracker", "liar", "a", "b", "down"],
+        &["a", "b"],
+        "50mbit"
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let (dirs, down_dir) = shared_file(tmp.path(), &["a", "b"], 16 << 20);
+    let (_t, taddr) = lab.tracker();
+    let ip = lab.ip("liar");
+    let liar = Liar::start(&ip, taddr, &dirs[0].join(NAME), 70_000, |f| {
+        lab.inside("liar", f)
+    });
+    let _a = lab.peer("a", taddr, &dirs[0], &["--approve", "yes"]);
+    let _b = lab.peer("b", taddr, &dirs[1], &["--approve", "yes"]);
+    let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for(&format!("peer {} enviou dados inválidos", liar.addr));
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    assert!(same_file(&dirs[0].join(NAME), &down_dir.join(NAME)));
+}
+
+/// One of three uploaders is killed half way: its pieces are fetched from the other two and
+/// the file is exact.
+#[test]
+fn a_source_killed_half_way_across_hosts_is_replaced() {
+    let lab = lab_or_skip!(Lab::new(
+        &["tracker", "a", "b", "c", "down"],
+        &["a", "b", "c"],
+        "20mbit"
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let (dirs, down_dir) = shared_file(tmp.path(), &["a", "b", "c"], 24 << 20);
+    let (_t, taddr) = lab.tracker();
+    let mut sources: Vec<(Proc, String)> = ["a", "b", "c"]
+        .iter()
+        .zip(&dirs)
+        .map(|(role, dir)| lab.peer(role, taddr, dir, &["--approve", "yes"]))
+        .collect();
+    let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for(&format!("Download de {NAME} (3 fontes): 50%"));
+    let killed = sources[1].1.clone();
+    sources[1].0.kill();
+    down.wait_for(&format!("peer {killed} falhou"));
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    assert!(same_file(&dirs[0].join(NAME), &down_dir.join(NAME)));
+}
+
+/// One of three uploaders answers NAO: the download goes on with the other two.
+#[test]
+fn a_source_answering_nao_across_hosts_is_left_out() {
+    let lab = lab_or_skip!(Lab::new(
+        &["tracker", "a", "b", "c", "down"],
+        &["a", "b", "c"],
+        "50mbit"
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let (dirs, down_dir) = shared_file(tmp.path(), &["a", "b", "c"], 16 << 20);
+    let (_t, taddr) = lab.tracker();
+    let (_a, _) = lab.peer("a", taddr, &dirs[0], &["--approve", "yes"]);
+    let (mut b, baddr) = lab.peer("b", taddr, &dirs[1], &[]);
+    let (_c, _) = lab.peer("c", taddr, &dirs[2], &["--approve", "yes"]);
+    let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
+    down.send(&format!("DOWNLOAD {NAME}"));
+    b.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    b.send("NAO");
+    down.wait_for(&format!("peer {baddr} recusou o pedido"));
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    assert!(same_file(&dirs[0].join(NAME), &down_dir.join(NAME)));
+}
+
+/// A swarm download cut when both its sources are killed keeps its verified pieces; the next
+/// `DOWNLOAD` resumes from them with the holder that is there then, and the file is exact.
+#[test]
+fn a_cut_swarm_download_resumes_from_its_pieces_with_other_holders() {
+    let lab = lab_or_skip!(Lab::new(
+        &["tracker", "a", "b", "c", "down"],
+        &["a", "b", "c"],
+        "20mbit"
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let (dirs, down_dir) = shared_file(tmp.path(), &["a", "b", "c"], 16 << 20);
+    let (_t, taddr) = lab.tracker();
+    let (mut a, _) = lab.peer("a", taddr, &dirs[0], &["--approve", "yes"]);
+    let (mut b, _) = lab.peer("b", taddr, &dirs[1], &["--approve", "yes"]);
+    let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for(&format!("Download de {NAME} (2 fontes): 25%"));
+    a.kill();
+    b.kill();
+    down.wait_for("as fontes acabaram antes do fim");
+    assert!(!down_dir.join(NAME).exists());
+
+    let (_c, caddr) = lab.peer("c", taddr, &dirs[2], &["--approve", "yes"]);
+    let _d = lab.peer("a", taddr, &dirs[0], &["--approve", "yes"]);
+    down.send(&format!("DOWNLOAD {NAME}"));
+    let line = down.wait_for(&format!("Retomando o download de {NAME} com "));
+    let kept: u64 = line
+        .split(" com ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(kept >= 4 << 20, "{line}");
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    source_lines(&down, &[&caddr]);
+    assert!(same_file(&dirs[0].join(NAME), &down_dir.join(NAME)));
+}
