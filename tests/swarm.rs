@@ -549,3 +549,123 @@ fn a_cut_swarm_download_resumes_from_its_pieces_with_other_holders() {
     source_lines(&down, &[&caddr]);
     assert!(same_file(&dirs[0].join(NAME), &down_dir.join(NAME)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The range protocol, byte for byte, against a real uploader.
+
+/// A range request is answered with the chunk group and range limit, then (after SIM)
+/// OUTBOARD and RANGE requests, pipelined, on the one connection: the outboard checks against
+/// the digest, each range is the file's bytes; a range that is not whole groups, too long, or
+/// past the end, and an unknown method, get ERROR with no bytes and the session goes on; when
+/// the downloader closes, the uploader says what it served.
+#[test]
+fn a_range_session_answers_outboard_and_ranges_and_refuses_bad_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da] = folders(tmp.path(), ["a"]);
+    let size: u64 = 3 * 65536 + 1000;
+    write_pattern(&da.join(NAME), size, 5);
+    let data = std::fs::read(da.join(NAME)).unwrap();
+    let digest = blake3::hash(&data);
+    let t = start_tracker(&[]);
+    let up = holder("a", &t, &da, "yes");
+    let mut c = RawClient::connect(format!("127.0.0.1:{}", up.port).parse().unwrap());
+    let request = serde_json::json!({"method": "DOWNLOAD_REQUEST", "data": {
+        "filename": NAME, "port": up.port, "fromPort": 1, "ranges": true}});
+    let ok = c.ask(format!("{request}\n").as_bytes());
+    assert_eq!(ok["status"], "OK", "{ok}");
+    assert_eq!(ok["fileSize"], size);
+    assert_eq!(ok["digest"], digest.to_hex().as_str());
+    assert_eq!(ok["chunkGroup"], 65536);
+    assert_eq!(ok["maxRange"], 16 << 20);
+    assert_eq!(c.json()["status"], "downloadAccepted");
+
+    c.send(b"{\"method\":\"OUTBOARD\",\"data\":{}}\n");
+    let head = c.json();
+    let len = head["length"].as_u64().unwrap();
+    assert_eq!(len, verified::outboard_len(size));
+    let outboard = c.bytes(len as usize);
+    verified::receive_outboard(&mut &outboard[..], size, &digest, &mut std::io::sink()).unwrap();
+
+    // Two ranges sent before reading either answer.
+    c.send(b"{\"method\":\"RANGE\",\"data\":{\"offset\":65536,\"length\":65536}}\n{\"method\":\"RANGE\",\"data\":{\"offset\":196608,\"length\":1000}}\n");
+    for (offset, length) in [(65536usize, 65536usize), (196608, 1000)] {
+        let head = c.json();
+        assert_eq!(
+            (head["offset"].clone(), head["length"].clone()),
+            (offset.into(), length.into())
+        );
+        assert_eq!(c.bytes(length), &data[offset..offset + length]);
+    }
+    for bad in [
+        r#"{"method":"RANGE","data":{"offset":1,"length":65536}}"#,
+        r#"{"method":"RANGE","data":{"offset":0,"length":65537}}"#,
+        r#"{"method":"RANGE","data":{"offset":0,"length":33554432}}"#,
+        r#"{"method":"RANGE","data":{"offset":262144,"length":65536}}"#,
+        r#"{"method":"GET","data":{}}"#,
+    ] {
+        let reply = c.ask(format!("{bad}\n").as_bytes());
+        assert_eq!(reply["status"], "ERROR", "{bad} → {reply}");
+    }
+    c.send(b"{\"method\":\"RANGE\",\"data\":{\"offset\":0,\"length\":65536}}\n");
+    assert_eq!(c.json()["length"], 65536);
+    assert_eq!(c.bytes(65536), &data[..65536]);
+    drop(c);
+    up.wait_for(&format!(
+        "Upload do arquivo {NAME} para 127.0.0.1:1 concluído ({} de {size} bytes, em partes)",
+        65536 + 1000 + 65536
+    ));
+}
+
+/// An uploader that knows only whole-file downloads (it ignores `ranges` and offers no chunk
+/// group) is not used for pieces; when no holder serves ranges, the download is the whole file
+/// from one of them, verified end to end as before.
+#[test]
+fn without_range_holders_the_file_comes_whole_from_an_older_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, dd] = folders(tmp.path(), ["a", "d"]);
+    write_pattern(&da.join(NAME), 1 << 20, 6);
+    let data = std::fs::read(da.join(NAME)).unwrap();
+    let t = start_tracker(&[]);
+    let old: Vec<SocketAddr> = (0..2)
+        .map(|_| older_uploader(t.addr, data.clone()))
+        .collect();
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    down.send(&format!("DOWNLOAD {NAME}"));
+    let line = down.wait_for("Nenhum peer aceita download em partes; baixando");
+    assert!(old.iter().any(|a| line.contains(&a.to_string())), "{line}");
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+}
+
+/// A stand-in for an uploader of an earlier version, JOINed with [`NAME`]: every request gets
+/// OK with size and digest (no chunk group), then the file from the asked offset.
+fn older_uploader(tracker: SocketAddr, data: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut link = TcpStream::connect(tracker).unwrap();
+    link.write_all(&join_msg(addr.port(), &[NAME])).unwrap();
+    let mut line = String::new();
+    BufReader::new(link.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("JOIN_OK"), "{line}");
+    thread::spawn(move || {
+        let _link = link;
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let data = data.clone();
+            thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut line = String::new();
+                let _ = BufReader::new(stream).read_line(&mut line);
+                let ok = serde_json::json!({"status": "OK", "fileSize": data.len(),
+                    "digest": blake3::hash(&data).to_hex().to_string(), "offset": 0});
+                let _ = out.write_all(format!("{ok}\n").as_bytes());
+                let _ = out.write_all(b"{\"status\":\"downloadAccepted\"}\n");
+                let _ = out.write_all(&data);
+            });
+        }
+    });
+    addr
+}
