@@ -463,7 +463,7 @@ fn a_lying_source_across_hosts_is_detected_and_the_file_is_exact() {
 }
 
 /// One of three uploaders is killed half way: its pieces are fetched from the other two and
-/// the file is exact.
+/// the file is exact. Before that, `FONTES` shows the three sources and their rates.
 #[test]
 fn a_source_killed_half_way_across_hosts_is_replaced() {
     let lab = lab_or_skip!(Lab::new(
@@ -482,6 +482,13 @@ fn a_source_killed_half_way_across_hosts_is_replaced() {
     let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
     down.send(&format!("DOWNLOAD {NAME}"));
     down.wait_for(&format!("Download de {NAME} (3 fontes): 50%"));
+    // On request, the sources at work and the rate of each.
+    down.send("FONTES");
+    down.wait_for(&format!("Download de {NAME}: "));
+    for _ in 0..3 {
+        let line = down.wait_for("  fonte 10.78.0.");
+        assert!(line.ends_with("/s)"), "{line}");
+    }
     let killed = sources[1].1.clone();
     sources[1].0.kill();
     down.wait_for(&format!("peer {killed} falhou"));

@@ -277,6 +277,15 @@ impl Console {
             Command::Sim => self.answer(Decision::Accept),
             Command::Nao => self.answer(Decision::Reject),
             Command::Help => self.say(MENU),
+            Command::Sources => {
+                let lines = swarm::status_lines(&self.ctx);
+                if lines.is_empty() {
+                    self.say("Nenhum download de várias fontes em andamento.");
+                }
+                for line in lines {
+                    self.say(&line);
+                }
+            }
             Command::Join => self.join(),
             _ if !self.joined => self.say("Digite 'JOIN' para iniciar."),
             Command::Search(None) => self.ask(Asking::SearchName),

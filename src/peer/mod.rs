@@ -127,6 +127,8 @@ pub struct PeerContext {
     pub liveness: Duration,
     /// Sources a download from several peers uses at once.
     pub sources: usize,
+    /// Downloads from several peers running now.
+    pub swarms: swarm::Running,
 }
 
 /// Runs a peer until QUIT or a signal.
@@ -182,6 +184,7 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         approvals: approval_tx,
         liveness: config.liveness,
         sources: config.sources.max(1),
+        swarms: Default::default(),
     });
     ctx.out.line(&format!(
         "Aguardando pedidos de download na porta {port}; pasta {}",

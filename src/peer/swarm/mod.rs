@@ -160,10 +160,12 @@ struct State {
     fatal: Option<SwarmError>,
     /// Sources' sockets, to cut them when the download ends.
     sockets: Vec<(SourceId, TcpStream)>,
+    /// Sources approved and sending, for `FONTES`: address, verified bytes, since when.
+    live: Vec<(SourceId, SocketAddr, u64, Instant)>,
 }
 
 /// What the sources of one download share.
-pub(crate) struct Swarm {
+pub struct Swarm {
     ctx: Arc<PeerContext>,
     name: String,
     state: Mutex<State>,
@@ -204,6 +206,7 @@ impl Swarm {
                 over: false,
                 fatal: None,
                 sockets: Vec::new(),
+                live: Vec::new(),
             }),
             changed: Condvar::new(),
             verified: AtomicU64::new(0),
@@ -235,7 +238,17 @@ impl Swarm {
     }
 
     fn forget(&self, id: SourceId) {
-        self.state.lock().sockets.retain(|(s, _)| *s != id);
+        let mut state = self.state.lock();
+        state.sockets.retain(|(s, _)| *s != id);
+        state.live.retain(|(s, ..)| *s != id);
+    }
+
+    /// `source` (at `addr`) was approved and starts sending.
+    pub(crate) fn went_live(&self, source: SourceId, addr: SocketAddr) {
+        self.state
+            .lock()
+            .live
+            .push((source, addr, 0, Instant::now()));
     }
 
     /// Who fetches the outboard: the first source to ask while nobody does.
@@ -328,10 +341,14 @@ impl Swarm {
             return false;
         };
         let first = planner.complete(index, source);
+        let complete = planner.is_complete();
         if first {
             self.verified.fetch_add(len, Ordering::Relaxed);
+            if let Some(live) = state.live.iter_mut().find(|(s, ..)| *s == source) {
+                live.2 += len;
+            }
         }
-        if planner.is_complete() {
+        if complete {
             self.changed.notify_all();
         }
         first
@@ -407,6 +424,50 @@ impl fmt::Display for SourceSummary {
     }
 }
 
+/// The downloads from several peers running in this peer, by name (for `FONTES`).
+pub type Running = Mutex<Vec<Arc<Swarm>>>;
+
+/// What `FONTES` prints: for each running download, its progress and sources, then one line
+/// per source with its verified bytes and rate.
+pub fn status_lines(ctx: &PeerContext) -> Vec<String> {
+    let mut lines = Vec::new();
+    for swarm in ctx.swarms.lock().iter() {
+        let state = swarm.state.lock();
+        let size = state.identity.as_ref().map_or(0, |i| i.size);
+        lines.push(format!(
+            "Download de {}: {} de {} verificados, {} fonte(s) ativa(s)",
+            swarm.name,
+            human_bytes(swarm.verified.load(Ordering::Relaxed) as f64),
+            human_bytes(size as f64),
+            state.live.len()
+        ));
+        for (_, addr, bytes, since) in &state.live {
+            let secs = since.elapsed().as_secs_f64().max(0.001);
+            lines.push(format!(
+                "  fonte {addr}: {} ({}/s)",
+                human_bytes(*bytes as f64),
+                human_bytes(*bytes as f64 / secs)
+            ));
+        }
+    }
+    lines
+}
+
+/// Keeps a swarm listed for `FONTES` while it runs.
+struct Listed<'a> {
+    ctx: &'a PeerContext,
+    swarm: Arc<Swarm>,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .swarms
+            .lock()
+            .retain(|s| !Arc::ptr_eq(s, &self.swarm));
+    }
+}
+
 /// Starts a swarm download on its own thread; the outcome is printed.
 pub fn spawn(ctx: &Arc<PeerContext>, request: SwarmRequest) {
     let ctx = Arc::clone(ctx);
@@ -465,7 +526,7 @@ fn report(
 }
 
 /// A running source thread.
-struct Running {
+struct Started {
     id: SourceId,
 }
 
@@ -499,6 +560,11 @@ fn run(
         name.clone(),
         request.expected.clone(),
     ));
+    ctx.swarms.lock().push(Arc::clone(&swarm));
+    let _listed = Listed {
+        ctx,
+        swarm: Arc::clone(&swarm),
+    };
     // A partial of this content with its outboard: ready before any source answers.
     if let Some(identity) = request.expected.clone() {
         match prepare::resume_local(&swarm, &identity) {
@@ -510,7 +576,7 @@ fn run(
 
     let mut candidates: VecDeque<SocketAddr> = request.holders.iter().copied().collect();
     let (reports_tx, reports_rx) = unbounded();
-    let mut running: Vec<Running> = Vec::new();
+    let mut running: Vec<Started> = Vec::new();
     let mut next_id: SourceId = 0;
     let max_sources = request.max_sources.max(1);
     let mut legacy: Option<SocketAddr> = None;
@@ -529,7 +595,7 @@ fn run(
             let id = next_id;
             next_id += 1;
             start_source(&swarm, id, addr, reports_tx.clone());
-            running.push(Running { id });
+            running.push(Started { id });
         }
         if running.is_empty() {
             break;
@@ -618,7 +684,7 @@ fn start_source(swarm: &Arc<Swarm>, id: SourceId, addr: SocketAddr, reports: Sen
 /// Waits for the sources still running after the end (their connections were cut).
 fn wind_down(
     reports: &Receiver<SourceReport>,
-    running: &mut Vec<Running>,
+    running: &mut Vec<Started>,
     summaries: &mut Vec<SourceSummary>,
 ) {
     let deadline = Instant::now() + WIND_DOWN;

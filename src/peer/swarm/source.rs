@@ -206,6 +206,7 @@ impl Source<'_> {
             other => return Err(Outcome::Failed(format!("status {other:?}"))),
         }
         self.accepted = Some(Instant::now());
+        self.swarm.went_live(self.id, self.addr);
         let early = reader
             .take_payload()
             .map_err(|e| Outcome::Failed(e.to_string()))?;
