@@ -174,6 +174,15 @@ fn run() -> Result<(), String> {
         ms / mw,
         min(&single) / max(&swarm)
     );
+    if let Some(bits) = rate_bits(&o.rate) {
+        // TCP payload in a full Ethernet frame: 1448 of 1514 bytes (timestamps on).
+        let link = bits / 8.0 * 1448.0 / 1514.0 / 1048576.0;
+        println!(
+            "one link carries at most {link:.2} MiB/s of TCP payload: single-source at {:.0} % of it, swarm at {:.0} % of three",
+            o.size_mib as f64 / ms / link * 100.0,
+            o.size_mib as f64 / mw / (3.0 * link) * 100.0
+        );
+    }
     for (role, p) in ["a", "b", "c", "down"].iter().zip(&peers) {
         println!(
             "peak RSS {role}: {:.1} MiB",
@@ -187,6 +196,23 @@ fn run() -> Result<(), String> {
     drop(tracker);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// `50mbit`, `1gbit`, `800kbit` in bits per second.
+fn rate_bits(rate: &str) -> Option<f64> {
+    let digits: String = rate
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let value: f64 = digits.parse().ok()?;
+    let scale = match &rate[digits.len()..] {
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "bit" => 1.0,
+        _ => return None,
+    };
+    Some(value * scale)
 }
 
 fn remove_copy(dir: &Path) -> Result<(), String> {

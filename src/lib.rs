@@ -9,6 +9,10 @@
 //! [`transfer`] moves file bytes over a socket and [`share`] knows the shared folder; neither
 //! knows what the messages mean. The wire is described in `PROTOCOL.md`.
 //!
+//! A download from several peers at once ([`peer::swarm`]) checks every piece against the
+//! file's digest with [`verified`] (BLAKE3 verified streaming), whose outboards the uploader
+//! keeps in [`outboard_store`] and whose progress a partial download keeps in [`piece_map`].
+//!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
 //! [`console_out`] (the tracker's console lines, written by one thread), [`cli`] (the command

@@ -625,7 +625,7 @@ fn run(
                     swarm.verified.load(Ordering::Relaxed),
                 )
             });
-            let active = running.len();
+            let active = swarm.state.lock().live.len();
             if active != shown_sources {
                 shown_sources = active;
                 progress.set_label(format!("Download de {name} ({active} fontes)"));

@@ -100,6 +100,12 @@ fn open_part(
         partials
             .open(&swarm.name, &record, None)
             .map_err(SwarmError::Disk)?;
+        // At once, so that the full-size (sparse) file is never taken for a whole one.
+        PieceMap::create(
+            &piece_map::path_for(&partials.part_path(&swarm.name)),
+            PIECE_LEN,
+        )
+        .map_err(SwarmError::Disk)?;
     }
     let part = OpenOptions::new()
         .read(true)
