@@ -17,6 +17,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
@@ -25,6 +26,8 @@ use napster::verified;
 
 /// Where the file lives in every folder.
 const NAME: &str = "video.bin";
+/// A [`Liar`] given this `flip` lies differently: it stalls after its first range's header.
+const STALL: u64 = u64::MAX;
 
 // ---------------------------------------------------------------------------------------------
 // The lying stand-in.
@@ -35,6 +38,8 @@ const NAME: &str = "video.bin";
 struct Liar {
     addr: SocketAddr,
     _tracker: TcpStream,
+    /// Ranges asked of it so far.
+    asked: Arc<AtomicUsize>,
 }
 
 impl Liar {
@@ -63,23 +68,32 @@ impl Liar {
         let (listener, link) = made.unwrap();
         let addr = listener.local_addr().unwrap();
         let data = std::fs::read(file).unwrap();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
                 let data = data.clone();
+                let counter = Arc::clone(&counter);
                 thread::spawn(move || {
-                    let _ = serve_lies(stream, &data, flip);
+                    let _ = serve_lies(stream, &data, flip, &counter);
                 });
             }
         });
         Liar {
             addr,
             _tracker: link,
+            asked,
         }
     }
 }
 
-fn serve_lies(stream: TcpStream, data: &[u8], flip: u64) -> std::io::Result<()> {
+fn serve_lies(
+    stream: TcpStream,
+    data: &[u8],
+    flip: u64,
+    asked: &AtomicUsize,
+) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut input = BufReader::new(stream);
     let mut line = String::new();
@@ -104,11 +118,18 @@ fn serve_lies(stream: TcpStream, data: &[u8], flip: u64) -> std::io::Result<()> 
             out.write_all(&outboard)?;
             continue;
         }
+        asked.fetch_add(1, Ordering::SeqCst);
         let offset = request["data"]["offset"].as_u64().unwrap();
         let length = request["data"]["length"].as_u64().unwrap();
         let head = serde_json::json!({"status": "OK", "offset": offset, "length": length});
         out.write_all(format!("{head}\n").as_bytes())?;
         let mut piece = data[offset as usize..(offset + length) as usize].to_vec();
+        if flip == STALL {
+            // Answers the first range's header, then sends nothing: a stalled source.
+            out.flush()?;
+            thread::park();
+            return Ok(());
+        }
         if let Some(byte) = piece.get_mut(flip as usize) {
             *byte ^= 0xff;
         }
@@ -175,6 +196,35 @@ fn a_lying_source_on_loopback_is_detected_and_the_file_is_exact() {
     down.send(&format!("DOWNLOAD {NAME}"));
     down.wait_for(&format!("peer {} enviou dados inválidos", liar.addr));
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+}
+
+/// A source that stalls in the middle of a range does not hold the download: its pieces are
+/// fetched again by another source and the file is exact (well before the stall timeout).
+#[test]
+fn a_stalled_source_on_loopback_does_not_hold_the_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, dd] = folders(tmp.path(), ["a", "d"]);
+    write_pattern(&da.join(NAME), 24 << 20, 10);
+    let t = start_tracker(&[]);
+    let staller = Liar::start("127.0.0.1", t.addr, &da.join(NAME), STALL, |f| f());
+    let _a = holder("a", &t, &da, "yes");
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    let started = std::time::Instant::now();
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    let staller_line = source_lines(&down.proc, &[&staller.addr.to_string()]).remove(0);
+    assert!(staller_line.contains(": 0 B em"), "{staller_line}");
+    assert!(
+        staller.asked.load(Ordering::SeqCst) > 0,
+        "the staller was never asked"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "waited for the stall timeout: {:?}",
+        started.elapsed()
+    );
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
 }
 
