@@ -11,6 +11,9 @@ use crate::piece_map::{self, PieceMap};
 use crate::transfer::{Partial, PartialRecord};
 use crate::verified::{self, Outboard, OutboardError};
 
+/// The largest file downloaded in pieces (1 TiB: a million pieces in the plan).
+const MAX_SIZE: u64 = 1 << 40;
+
 /// Why a received outboard could not be used.
 pub(crate) enum Fetched {
     /// It does not lead to the digest: the source lied.
@@ -30,6 +33,7 @@ pub(crate) fn resume_local(
     let Some(partial) = same_partial(swarm, identity) else {
         return Ok(None);
     };
+    check_room(swarm, identity, Some(&partial))?;
     let Ok(root) = blake3::Hash::from_hex(&identity.digest) else {
         return Ok(None);
     };
@@ -54,6 +58,7 @@ pub(crate) fn from_source(
 ) -> Result<(Pieces, Planner), Fetched> {
     let root = blake3::Hash::from_hex(&identity.digest).map_err(|_| Fetched::Lied)?;
     let partial = same_partial(swarm, identity);
+    check_room(swarm, identity, partial.as_ref()).map_err(Fetched::Fatal)?;
     // The partial first: a fresh one clears what lay beside an older one.
     let part = open_part(swarm, identity, partial.as_ref()).map_err(Fetched::Fatal)?;
     let part_path = swarm.ctx.partials.part_path(&swarm.name);
@@ -72,6 +77,33 @@ pub(crate) fn from_source(
     fs::rename(&tmp, &path).map_err(disk)?;
     let outboard = Outboard::new(File::open(&path).map_err(disk)?, identity.size, root);
     ready(swarm, identity, outboard, part, partial.as_ref()).map_err(Fetched::Fatal)
+}
+
+/// Refuses, before anything is written or sized after it, a file (with its outboard) larger
+/// than the folder's free space: a size announced by a source is not trusted with the disk or
+/// with memory (the plan holds a byte per piece).
+fn check_room(
+    swarm: &Swarm,
+    identity: &Identity,
+    partial: Option<&Partial>,
+) -> Result<(), SwarmError> {
+    if identity.size > MAX_SIZE {
+        return Err(SwarmError::Disk(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes anunciados: maior que o limite de {MAX_SIZE} bytes de um download em partes",
+                identity.size
+            ),
+        )));
+    }
+    let need = identity
+        .size
+        .saturating_sub(partial.map_or(0, |p| p.have))
+        .saturating_add(verified::outboard_len(identity.size));
+    match crate::peer::downloader::free_space(swarm.ctx.shared.path()) {
+        Some(free) if need > free => Err(SwarmError::NoSpace { need, free }),
+        _ => Ok(()),
+    }
 }
 
 /// The partial of `name` if it holds this very content.
