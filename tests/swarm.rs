@@ -726,3 +726,64 @@ fn older_uploader(tracker: SocketAddr, data: Vec<u8>) -> SocketAddr {
     });
     addr
 }
+
+/// Sources announcing a file larger than the folder's free space: refused before anything is
+/// written (no partial, no outboard), with the original's error line.
+#[test]
+fn a_file_larger_than_the_free_space_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [dd] = folders(tmp.path(), ["d"]);
+    let t = start_tracker(&[]);
+    let size: u64 = 1 << 39;
+    for _ in 0..2 {
+        boaster(t.addr, size);
+    }
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for(&format!(
+        "Erro ao processar download de {NAME}: espaço insuficiente"
+    ));
+    let partial = dd.join(".napster/partial");
+    let left: Vec<_> = std::fs::read_dir(&partial)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A stand-in JOINed with [`NAME`] that offers a range session of a `size`-byte file (a made-up
+/// digest) and answers OUTBOARD with the right length, then nothing.
+fn boaster(tracker: SocketAddr, size: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut link = TcpStream::connect(tracker).unwrap();
+    link.write_all(&join_msg(addr.port(), &[NAME])).unwrap();
+    let mut line = String::new();
+    BufReader::new(link.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    thread::spawn(move || {
+        let _link = link;
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut input = BufReader::new(stream);
+                let mut line = String::new();
+                let _ = input.read_line(&mut line);
+                let ok = serde_json::json!({"status": "OK", "fileSize": size,
+                    "digest": blake3::hash(b"boast").to_hex().to_string(), "offset": 0,
+                    "chunkGroup": 65536, "maxRange": 16 << 20});
+                let _ = out
+                    .write_all(format!("{ok}\n{{\"status\":\"downloadAccepted\"}}\n").as_bytes());
+                line.clear();
+                let _ = input.read_line(&mut line);
+                let head =
+                    serde_json::json!({"status": "OK", "length": verified::outboard_len(size)});
+                let _ = out.write_all(format!("{head}\n").as_bytes());
+                let _ = input.read_line(&mut line);
+            });
+        }
+    });
+    addr
+}
