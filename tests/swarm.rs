@@ -228,6 +228,27 @@ fn a_stalled_source_on_loopback_does_not_hold_the_download() {
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
 }
 
+/// When every holder's user says NAO, the downloader sees the original's `Download Rejeitado`,
+/// then why each source was left out.
+#[test]
+fn when_every_holder_says_nao_the_download_is_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db, dd] = folders(tmp.path(), ["a", "b", "d"]);
+    write_pattern(&da.join(NAME), 1 << 20, 12);
+    std::fs::copy(da.join(NAME), db.join(NAME)).unwrap();
+    let t = start_tracker(&[]);
+    let a = holder("a", &t, &da, "no");
+    let b = holder("b", &t, &db, "no");
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    down.send(&format!("DOWNLOAD {NAME}"));
+    down.wait_for("Download Rejeitado");
+    for line in source_lines(&down.proc, &[&a.addr(), &b.addr()]) {
+        assert!(line.contains("recusou (NAO)"), "{line}");
+    }
+    assert!(!dd.join(NAME).exists());
+}
+
 /// A holder whose user says NAO only removes that source: the others complete the file.
 #[test]
 fn a_source_answering_nao_on_loopback_is_left_out() {

@@ -82,6 +82,10 @@ pub enum SwarmError {
     AlreadyRunning,
     /// No holder could be used; with the only one that answers whole-file downloads, if any.
     NoSource(Option<SocketAddr>),
+    /// Every holder's user said NAO (or did not answer).
+    Rejected,
+    /// No holder has the file any more.
+    NotFound,
     /// Every source is gone before the end; the verified pieces are kept.
     Incomplete {
         /// Verified bytes kept.
@@ -113,6 +117,8 @@ impl fmt::Display for SwarmError {
             ),
             SwarmError::AlreadyRunning => write!(f, "este arquivo já está sendo baixado"),
             SwarmError::NoSource(_) => write!(f, "nenhum peer pôde enviar o arquivo"),
+            SwarmError::Rejected => write!(f, "Download Rejeitado"),
+            SwarmError::NotFound => write!(f, "Arquivo não encontrado."),
             SwarmError::Incomplete { have, size } => write!(
                 f,
                 "as fontes acabaram antes do fim ({have} de {size} bytes verificados); as partes verificadas foram guardadas para retomar depois"
@@ -514,6 +520,13 @@ fn report(
             ));
             crate::peer::downloader::spawn(ctx, name.to_string(), whole_file);
         }
+        Err(e @ (SwarmError::Rejected | SwarmError::NotFound)) => {
+            // The original's own lines, as for a download from one peer.
+            ctx.out.line(&e.to_string());
+            for summary in summaries {
+                ctx.out.line(&summary.to_string());
+            }
+        }
         Err(e) => {
             log::debug!("swarm download of {name} failed: {e:?}");
             ctx.out
@@ -580,6 +593,7 @@ fn run(
     let mut next_id: SourceId = 0;
     let max_sources = request.max_sources.max(1);
     let mut legacy: Option<SocketAddr> = None;
+    let (mut ended, mut rejected, mut not_found) = (0, 0, 0);
     let mut progress: Option<Progress> = None;
     let mut shown_sources = usize::MAX;
 
@@ -604,9 +618,13 @@ fn run(
             Ok(report) => {
                 running.retain(|r| r.id != report.id);
                 swarm.forget(report.id);
-                if matches!(report.outcome, Outcome::Legacy) && legacy.is_none() {
-                    legacy = Some(report.addr);
+                match report.outcome {
+                    Outcome::Legacy if legacy.is_none() => legacy = Some(report.addr),
+                    Outcome::Rejected(_) => rejected += 1,
+                    Outcome::NotFound => not_found += 1,
+                    _ => {}
                 }
+                ended += 1;
                 tell_source_end(&swarm, &report);
                 summaries.push(summary_of(&report));
             }
@@ -647,7 +665,11 @@ fn run(
         if ctx.transfers.stopping() {
             return Err(SwarmError::Stopped);
         }
-        return Err(SwarmError::NoSource(legacy));
+        return Err(match legacy {
+            None if ended > 0 && rejected == ended => SwarmError::Rejected,
+            None if ended > 0 && not_found == ended => SwarmError::NotFound,
+            _ => SwarmError::NoSource(legacy),
+        });
     };
     if !swarm.is_complete() {
         if ctx.transfers.stopping() {
