@@ -4,10 +4,13 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use crate::peer::PeerContext;
+use crate::peer::progress::Progress;
 use crate::protocol::messages::{Reply, status};
 use crate::protocol::ranges::{self, RangeRequest};
 use crate::protocol::{CodecError, FrameReader};
@@ -39,6 +42,43 @@ pub struct SessionFile<'a> {
     pub size: u64,
     /// Its outboard, open.
     pub outboard: &'a File,
+}
+
+/// Serves a range session on an approved connection, then says how it ended.
+pub fn serve_session(
+    ctx: &PeerContext,
+    stream: &TcpStream,
+    reader: &mut FrameReader<&TcpStream>,
+    name: &str,
+    from: SocketAddr,
+    session: &SessionFile<'_>,
+) {
+    let size = session.size;
+    let label = format!("Upload de {name} (partes) para {from}");
+    let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, 0);
+    let served = serve(
+        stream,
+        reader,
+        session,
+        ctx.transfers.stop_flag(),
+        &mut |sent| progress.update(sent),
+    );
+    drop(progress);
+    match served {
+        Ok(served) => {
+            log::info!("sent {} ranges of {name} to {from}", served.ranges);
+            ctx.out.line(&format!(
+                "Upload do arquivo {name} para {from} concluído ({} de {size} bytes, em partes)",
+                served.bytes
+            ));
+        }
+        Err(e) => {
+            log::debug!("range session for {name} with {from} ended: {e}");
+            ctx.out.line(&format!(
+                "Upload do arquivo {name} para {from} interrompido: {e}"
+            ));
+        }
+    }
 }
 
 /// Serves requests from `stream` until the downloader closes it (`Ok`), or the connection

@@ -270,16 +270,12 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     }
     pacer.wrote();
     if let Some(outboard) = outboard {
-        serve_range_session(
-            ctx,
-            &stream,
-            &mut reader,
-            &request.filename,
-            from,
-            &file,
+        let session = range_server::SessionFile {
+            file: &file,
             size,
-            &outboard,
-        );
+            outboard: &outboard,
+        };
+        range_server::serve_session(ctx, &stream, &mut reader, &request.filename, from, &session);
         return;
     }
     pacer.before_write();
@@ -313,50 +309,6 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             ctx.out.line(&format!(
                 "Upload do arquivo {} para {from} interrompido: {e}",
                 request.filename
-            ));
-        }
-    }
-}
-
-/// Serves a range session on an approved connection, then says how it ended.
-#[allow(clippy::too_many_arguments)]
-fn serve_range_session(
-    ctx: &PeerContext,
-    stream: &TcpStream,
-    reader: &mut FrameReader<&TcpStream>,
-    name: &str,
-    from: SocketAddr,
-    file: &File,
-    size: u64,
-    outboard: &File,
-) {
-    let label = format!("Upload de {name} (partes) para {from}");
-    let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, 0);
-    let session = range_server::SessionFile {
-        file,
-        size,
-        outboard,
-    };
-    let served = range_server::serve(
-        stream,
-        reader,
-        &session,
-        ctx.transfers.stop_flag(),
-        &mut |sent| progress.update(sent),
-    );
-    drop(progress);
-    match served {
-        Ok(served) => {
-            log::info!("sent {} ranges of {name} to {from}", served.ranges);
-            ctx.out.line(&format!(
-                "Upload do arquivo {name} para {from} concluído ({} de {size} bytes, em partes)",
-                served.bytes
-            ));
-        }
-        Err(e) => {
-            log::debug!("range session for {name} with {from} ended: {e}");
-            ctx.out.line(&format!(
-                "Upload do arquivo {name} para {from} interrompido: {e}"
             ));
         }
     }
