@@ -123,6 +123,8 @@ fn run() -> Result<(), String> {
     // would not compute the outboard). A first swarm round does the rest, untimed.
     println!("warm-up: one swarm download (outboards computed), not timed");
     let down = peers.last_mut().ok_or("no downloader")?;
+    down.send(&format!("SEARCH {NAME}"))?;
+    down.wait_for("Peers com arquivo solicitado:")?;
     down.send(&format!("DOWNLOAD {NAME}"))?;
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"))?;
     remove_copy(&dirs["down"])?;
@@ -149,6 +151,11 @@ fn run() -> Result<(), String> {
             let down = peers.last_mut().ok_or("no downloader")?;
             let cpu_before = cpu_seconds(down.pid());
             let start = Instant::now();
+            if kind.starts_with("swarm") {
+                // The search that tells the console who holds the file is part of the time.
+                down.send(&format!("SEARCH {NAME}"))?;
+                down.wait_for("Peers com arquivo solicitado:")?;
+            }
             down.send(&command)?;
             down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"))?;
             let took = start.elapsed().as_secs_f64();

@@ -67,16 +67,20 @@ impl Liar {
         });
         let (listener, link) = made.unwrap();
         let addr = listener.local_addr().unwrap();
-        let data = std::fs::read(file).unwrap();
+        // Computed once, so that it answers as fast as a real uploader whose outboard is kept.
+        let data = Arc::new(std::fs::read(file).unwrap());
+        let mut outboard = Vec::new();
+        let root = verified::create_outboard(&data[..], data.len() as u64, &mut outboard).unwrap();
+        let outboard = Arc::new(outboard);
         let asked = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&asked);
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let data = data.clone();
+                let (data, outboard) = (Arc::clone(&data), Arc::clone(&outboard));
                 let counter = Arc::clone(&counter);
                 thread::spawn(move || {
-                    let _ = serve_lies(stream, &data, flip, &counter);
+                    let _ = serve_lies(stream, &data, (&outboard, root), flip, &counter);
                 });
             }
         });
@@ -91,6 +95,7 @@ impl Liar {
 fn serve_lies(
     stream: TcpStream,
     data: &[u8],
+    (outboard, root): (&[u8], blake3::Hash),
     flip: u64,
     asked: &AtomicUsize,
 ) -> std::io::Result<()> {
@@ -98,8 +103,6 @@ fn serve_lies(
     let mut input = BufReader::new(stream);
     let mut line = String::new();
     input.read_line(&mut line)?;
-    let mut outboard = Vec::new();
-    let root = verified::create_outboard(data, data.len() as u64, &mut outboard)?;
     let ok = serde_json::json!({
         "status": "OK", "fileSize": data.len(), "digest": root.to_hex().to_string(),
         "offset": 0, "chunkGroup": verified::CHUNK_GROUP, "maxRange": 16 << 20,
@@ -115,7 +118,7 @@ fn serve_lies(
         if request["method"] == "OUTBOARD" {
             let head = serde_json::json!({"status": "OK", "length": outboard.len()});
             out.write_all(format!("{head}\n").as_bytes())?;
-            out.write_all(&outboard)?;
+            out.write_all(outboard)?;
             continue;
         }
         asked.fetch_add(1, Ordering::SeqCst);
@@ -135,6 +138,14 @@ fn serve_lies(
         }
         out.write_all(&piece)?;
     }
+}
+
+/// SEARCHes [`NAME`], then `DOWNLOAD name` with no peer: from every holder the search found
+/// (a name not searched last gets the original's question for the port instead).
+fn search_and_download(down: &mut Proc) {
+    down.send(&format!("SEARCH {NAME}"));
+    down.wait_for("Peers com arquivo solicitado:");
+    down.send(&format!("DOWNLOAD {NAME}"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,7 +177,7 @@ fn three_sources_on_loopback_give_the_exact_file() {
         .collect();
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down.proc);
     down.wait_for("em partes: 3 fonte(s)");
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     let addrs: Vec<String> = holders.iter().map(PeerProc::addr).collect();
@@ -193,7 +204,7 @@ fn a_lying_source_on_loopback_is_detected_and_the_file_is_exact() {
     let _a = holder("a", &t, &da, "yes");
     let mut down = start_peer("d", t.addr, &dd, &["--sources", "2"]);
     down.join();
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down.proc);
     down.wait_for(&format!("peer {} enviou dados inválidos", liar.addr));
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
@@ -212,7 +223,7 @@ fn a_stalled_source_on_loopback_does_not_hold_the_download() {
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
     let started = std::time::Instant::now();
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down.proc);
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     let staller_line = source_lines(&down.proc, &[&staller.addr.to_string()]).remove(0);
     assert!(staller_line.contains(": 0 B em"), "{staller_line}");
@@ -241,7 +252,7 @@ fn when_every_holder_says_nao_the_download_is_rejected() {
     let b = holder("b", &t, &db, "no");
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down.proc);
     down.wait_for("Download Rejeitado");
     for line in source_lines(&down.proc, &[&a.addr(), &b.addr()]) {
         assert!(line.contains("recusou (NAO)"), "{line}");
@@ -261,7 +272,7 @@ fn a_source_answering_nao_on_loopback_is_left_out() {
     let _b = holder("b", &t, &db, "yes");
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down.proc);
     down.wait_for(&format!("peer {} recusou o pedido", refuser.addr()));
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
@@ -500,7 +511,7 @@ fn three_sources_across_hosts_each_send_part_and_the_file_is_exact() {
         .map(|(role, dir)| lab.peer(role, taddr, dir, &["--approve", "yes"]))
         .collect();
     let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down);
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     let addrs: Vec<&str> = sources.iter().map(|(_, a)| a.as_str()).collect();
     for line in source_lines(&down, &addrs) {
@@ -527,7 +538,7 @@ fn a_lying_source_across_hosts_is_detected_and_the_file_is_exact() {
     let _a = lab.peer("a", taddr, &dirs[0], &["--approve", "yes"]);
     let _b = lab.peer("b", taddr, &dirs[1], &["--approve", "yes"]);
     let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down);
     down.wait_for(&format!("peer {} enviou dados inválidos", liar.addr));
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     assert!(same_file(&dirs[0].join(NAME), &down_dir.join(NAME)));
@@ -551,7 +562,7 @@ fn a_source_killed_half_way_across_hosts_is_replaced() {
         .map(|(role, dir)| lab.peer(role, taddr, dir, &["--approve", "yes"]))
         .collect();
     let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down);
     down.wait_for(&format!("Download de {NAME} (3 fontes): 50%"));
     // On request, the sources at work and the rate of each.
     down.send("FONTES");
@@ -582,7 +593,7 @@ fn a_source_answering_nao_across_hosts_is_left_out() {
     let (mut b, baddr) = lab.peer("b", taddr, &dirs[1], &[]);
     let (_c, _) = lab.peer("c", taddr, &dirs[2], &["--approve", "yes"]);
     let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down);
     b.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     b.send("NAO");
     down.wait_for(&format!("peer {baddr} recusou o pedido"));
@@ -605,7 +616,7 @@ fn a_cut_swarm_download_resumes_from_its_pieces_with_other_holders() {
     let (mut a, _) = lab.peer("a", taddr, &dirs[0], &["--approve", "yes"]);
     let (mut b, _) = lab.peer("b", taddr, &dirs[1], &["--approve", "yes"]);
     let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down);
     down.wait_for(&format!("Download de {NAME} (2 fontes): 25%"));
     a.kill();
     b.kill();
@@ -614,7 +625,7 @@ fn a_cut_swarm_download_resumes_from_its_pieces_with_other_holders() {
 
     let (_c, caddr) = lab.peer("c", taddr, &dirs[2], &["--approve", "yes"]);
     let _d = lab.peer("a", taddr, &dirs[0], &["--approve", "yes"]);
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down);
     let line = down.wait_for(&format!("Retomando o download de {NAME} com "));
     let kept: u64 = line
         .split(" com ")
@@ -709,7 +720,7 @@ fn without_range_holders_the_file_comes_whole_from_an_older_peer() {
         .collect();
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down.proc);
     let line = down.wait_for("Nenhum peer aceita download em partes; baixando");
     assert!(old.iter().any(|a| line.contains(&a.to_string())), "{line}");
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
@@ -761,7 +772,7 @@ fn a_file_larger_than_the_free_space_is_refused_before_anything_is_written() {
     }
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
-    down.send(&format!("DOWNLOAD {NAME}"));
+    search_and_download(&mut down.proc);
     down.wait_for(&format!(
         "Erro ao processar download de {NAME}: espaço insuficiente"
     ));

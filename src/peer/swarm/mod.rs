@@ -33,8 +33,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use parking_lot::{Condvar, Mutex};
 
+use crate::exit::Failure;
+use crate::os_error::describe;
 use crate::peer::PeerContext;
+use crate::peer::downloader::{self, DownloadError, Finished};
 use crate::peer::progress::{Progress, human_bytes};
+use crate::peer::tracker_client::LinkError;
 use crate::piece_map::PieceMap;
 use crate::share::NameError;
 use crate::verified::Outboard;
@@ -474,28 +478,57 @@ impl Drop for Listed<'_> {
     }
 }
 
-/// Starts a swarm download on its own thread; the outcome is printed.
-pub fn spawn(ctx: &Arc<PeerContext>, request: SwarmRequest) {
-    let ctx = Arc::clone(ctx);
+/// Starts a swarm download on its own thread, like [`downloader::start`]: it prints the
+/// outcome and sends a [`Finished`] to `ctx.finished`. `Err` (already printed) when it could
+/// not start; then no `Finished` follows.
+pub fn start(ctx: &Arc<PeerContext>, request: SwarmRequest) -> Result<(), Failure> {
+    let thread_ctx = Arc::clone(ctx);
     let spawned = thread::Builder::new().name("swarm".into()).spawn(move || {
         let name = request.name.clone();
-        let (outcome, summaries) = download(&ctx, request);
-        report(&ctx, &name, outcome, &summaries);
+        // Whatever happens here, the console must hear that this download ended.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let (outcome, summaries) = download(&thread_ctx, request);
+            report(&thread_ctx, &name, outcome, &summaries)
+        }));
+        let result = run.unwrap_or(Err(Failure::Other));
+        let _ = thread_ctx.finished.send(Finished { name, result });
     });
-    if let Err(e) = spawned {
+    spawned.map(|_| ()).map_err(|e| {
         log::error!("cannot start a download thread: {e}");
+        ctx.out.line(&format!(
+            "Erro ao processar download: não foi possível iniciar uma thread: {}",
+            describe(&e)
+        ));
+        Failure::Other
+    })
+}
+
+impl SwarmError {
+    /// The exit code's kind of failure.
+    pub fn failure(&self) -> Failure {
+        match self {
+            SwarmError::Name(_) | SwarmError::AlreadyRunning => Failure::Command,
+            SwarmError::Exists(_) | SwarmError::NoSpace { .. } | SwarmError::Disk(_) => {
+                Failure::Disk
+            }
+            SwarmError::NoSource(_) => Failure::Unreachable,
+            SwarmError::Rejected => Failure::Rejected,
+            SwarmError::NotFound => Failure::NotFound,
+            SwarmError::Incomplete { .. } => Failure::Cut,
+            SwarmError::Stopped => Failure::Interrupted,
+        }
     }
 }
 
 /// Prints the outcome (the original's success line, then one line per source), UPDATEs the
 /// tracker after a success, and falls back to a whole-file download when only peers that
-/// know nothing of ranges hold the file.
+/// know nothing of ranges hold the file. Returns how it ended, for the exit code.
 fn report(
-    ctx: &Arc<PeerContext>,
+    ctx: &PeerContext,
     name: &str,
     outcome: Result<PathBuf, SwarmError>,
     summaries: &[SourceSummary],
-) {
+) -> Result<(), Failure> {
     match outcome {
         Ok(_) => {
             ctx.out.line(&format!(
@@ -506,19 +539,22 @@ fn report(
                 ctx.out.line(&summary.to_string());
             }
             match ctx.shared.list() {
-                Ok(files) => {
-                    if let Err(e) = ctx.link.update(&files) {
-                        log::warn!("UPDATE after downloading {name} failed: {e}");
-                    }
-                }
+                Ok(files) => match ctx.link.update(&files) {
+                    Ok(()) | Err(LinkError::NotConnected) => {}
+                    Err(e) => log::warn!("UPDATE after downloading {name} failed: {e}"),
+                },
                 Err(e) => log::warn!("cannot list the shared folder: {e}"),
             }
+            Ok(())
         }
         Err(SwarmError::NoSource(Some(whole_file))) => {
             ctx.out.line(&format!(
                 "Nenhum peer aceita download em partes; baixando {name} inteiro de {whole_file}"
             ));
-            crate::peer::downloader::spawn(ctx, name.to_string(), whole_file);
+            let outcome = downloader::download(ctx, name, whole_file);
+            let result = outcome.as_ref().map(|_| ()).map_err(DownloadError::failure);
+            downloader::report(ctx, name, outcome);
+            result
         }
         Err(e @ (SwarmError::Rejected | SwarmError::NotFound)) => {
             // The original's own lines, as for a download from one peer.
@@ -526,6 +562,7 @@ fn report(
             for summary in summaries {
                 ctx.out.line(&summary.to_string());
             }
+            Err(e.failure())
         }
         Err(e) => {
             log::debug!("swarm download of {name} failed: {e:?}");
@@ -534,6 +571,7 @@ fn report(
             for summary in summaries {
                 ctx.out.line(&summary.to_string());
             }
+            Err(e.failure())
         }
     }
 }

@@ -165,6 +165,8 @@ impl Source<'_> {
             digest: expected.map(|e| e.digest),
             from_port: Some(ctx.port),
             ranges: Some(true),
+            // Several sources saying what they wait for would be noise; each waits quietly.
+            accepts_waiting: false,
         };
         (&*stream)
             .write_all(&download_line(&request))
