@@ -49,8 +49,9 @@ use source::{Outcome, SourceReport};
 pub const DEFAULT_SOURCES: usize = 4;
 /// How often the bar is redrawn and completion checked.
 const TICK: Duration = Duration::from_millis(250);
-/// How long finishing waits for the sources' threads to wind down.
-const WIND_DOWN: Duration = Duration::from_secs(10);
+/// How long finishing waits for the sources' threads to wind down (their connections are cut;
+/// one still dialling is left to end on its own).
+const WIND_DOWN: Duration = Duration::from_secs(2);
 
 /// The content being downloaded: its size and BLAKE3 digest (hex).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -689,7 +690,9 @@ fn run(
             progress.update(swarm.verified.load(Ordering::Relaxed));
         }
         if swarm.is_complete() || swarm.state.lock().fatal.is_some() {
+            // Not waiting for every source: one may still be dialling an unreachable holder.
             swarm.end();
+            break;
         }
     }
     drop(reports_tx);
