@@ -15,6 +15,8 @@ pub mod line_reader;
 pub mod output;
 pub mod progress;
 pub mod prompt;
+pub mod range_server;
+pub mod swarm;
 pub mod tracker_client;
 pub mod transfers;
 pub mod uploader;
@@ -32,6 +34,7 @@ use crossbeam_channel::{Sender, unbounded};
 use crate::digests::DigestCache;
 use crate::exit::Failure;
 use crate::os_error::describe;
+use crate::outboard_store::OutboardStore;
 use crate::peer::approval::ApprovalRequest;
 use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
 use crate::peer::downloader::Finished;
@@ -89,6 +92,8 @@ pub struct PeerConfig {
     pub history: Option<PathBuf>,
     /// A tracker or transfer partner that stops answering is given up after about this long.
     pub liveness: Duration,
+    /// Sources a download from several peers uses at once.
+    pub sources: usize,
 }
 
 /// The shared folder when `--dir` is not given: the same every run, in the current folder.
@@ -183,6 +188,8 @@ pub struct PeerContext {
     pub partials: PartialStore,
     /// Digests of shared files.
     pub digests: DigestCache,
+    /// Outboards of shared files, for range sessions.
+    pub outboards: OutboardStore,
     /// The tracker connection.
     pub link: Arc<TrackerLink>,
     /// Console output.
@@ -198,6 +205,10 @@ pub struct PeerContext {
     pub finished: Sender<Finished>,
     /// The bound for detecting a vanished tracker or transfer partner.
     pub liveness: Duration,
+    /// Sources a download from several peers uses at once.
+    pub sources: usize,
+    /// Downloads from several peers running now.
+    pub swarms: swarm::Running,
 }
 
 /// What a peer opens before anything else: its upload port and its folder.
@@ -258,6 +269,7 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         advertise: config.advertise.clone(),
         partials: PartialStore::new(folder.shared.path()),
         digests: DigestCache::persistent(folder.shared.path().join(".napster").join("digests")),
+        outboards: OutboardStore::new(folder.shared.path()),
         shared: folder.shared.clone(),
         link: Arc::new(TrackerLink::new(
             config.server.clone(),
@@ -271,6 +283,8 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         asks_within: (config.approve == ApproveMode::Ask).then_some(config.approval_timeout),
         finished: finished_tx,
         liveness: config.liveness,
+        sources: config.sources.max(1),
+        swarms: Default::default(),
     });
     ctx.out.line(&format!(
         "Aguardando pedidos de download na porta {port}; {}",

@@ -23,12 +23,15 @@ use crossbeam_channel::bounded;
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
 use crate::peer::progress::Progress;
+use crate::peer::range_server;
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{
     DownloadRequest, Reply, parse_digest_mismatch, parse_download_request, status, waiting_for,
 };
+use crate::protocol::ranges;
 use crate::transfer::{self, DigestHex};
+use crate::verified::CHUNK_GROUP;
 
 /// The largest DOWNLOAD_REQUEST accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -211,7 +214,27 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
-    let offset = match resume_offset(ctx, &stream, &file, &request, size, digest.as_deref()) {
+    // A range session needs the file's outboard: computed once, before the OK that offers it
+    // (a range request always gets the digest before the data).
+    let outboard = match (&digest, request.ranges == Some(true)) {
+        (Some(digest), true) => match ctx.outboards.open(&file, size, digest) {
+            Ok(outboard) => Some(outboard),
+            Err(e) => {
+                log::warn!("no outboard for {}: {e}", path.display());
+                let _ = reply(
+                    &stream,
+                    &Reply::error(format!("cannot serve ranges of this file now: {e}")),
+                );
+                return;
+            }
+        },
+        _ => None,
+    };
+    let resumed = match outboard {
+        Some(_) => Ok(0),
+        None => resume_offset(ctx, &stream, &file, &request, size, digest.as_deref()),
+    };
+    let offset = match resumed {
         Ok(offset) => offset,
         Err(e) => {
             log::warn!("cannot read {}: {e}", path.display());
@@ -226,6 +249,8 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         digest,
         offset: Some(offset),
         digest_after_data: digest_after_data.then_some(true),
+        chunk_group: outboard.as_ref().map(|_| CHUNK_GROUP),
+        max_range: outboard.as_ref().map(|_| ranges::MAX_RANGE),
         ..Reply::default()
     };
     // The original's downloader parses each `recv` as one reply: space the writes for it.
@@ -272,6 +297,15 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         return;
     }
     pacer.wrote();
+    if let Some(outboard) = outboard {
+        let session = range_server::SessionFile {
+            file: &file,
+            size,
+            outboard: &outboard,
+        };
+        range_server::serve_session(ctx, &stream, &mut reader, &request.filename, from, &session);
+        return;
+    }
     pacer.before_write();
     let label = format!("Upload de {} para {from}", request.filename);
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
@@ -331,23 +365,24 @@ fn answer_digest(
     request: &DownloadRequest,
 ) -> io::Result<(u64, Option<DigestHex>)> {
     let size = file.metadata()?.len();
-    if let Some(digest) = ctx.digests.known(path, file)? {
-        return Ok((size, Some(digest)));
-    }
+    let known = ctx.digests.known(path, file)?;
     let resuming = request.offset.is_some_and(|offset| offset > 0)
         && (request.digest.is_some() || request.prefix_digest.is_some());
-    if request.digest_after_data && !resuming {
+    if known.is_none() && request.digest_after_data && !resuming && request.ranges != Some(true) {
         return Ok((size, None));
     }
     if request.accepts_waiting {
-        // Hashing a large file not hashed yet takes a while: say so, so the downloader's
-        // first-reply timeout can stay short.
+        // The OK carries the digest, and hashing a large file not hashed yet takes a while:
+        // say so (D11), so the downloader's first-reply timeout can stay short.
         let _ = reply(
             stream,
             &Reply::waiting(waiting_for::DIGEST, hashing_bound(size)),
         );
     }
-    let digest = ctx.digests.digest(path, file, ctx.transfers.stop_flag())?;
+    let digest = match known {
+        Some(digest) => digest,
+        None => ctx.digests.digest(path, file, ctx.transfers.stop_flag())?,
+    };
     Ok((size, Some(digest)))
 }
 
