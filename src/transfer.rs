@@ -340,6 +340,9 @@ fn hash_as_it_lands(
     Ok(hasher.finalize())
 }
 
+/// [`RECEIVE_CHUNK`] as a byte count.
+const CHUNK: u64 = RECEIVE_CHUNK as u64;
+
 /// Moves the bytes into the file (`target`: the file and the byte it starts at), telling
 /// `landed` the file offset up to which bytes are in it after each piece.
 fn land_all(
@@ -366,7 +369,10 @@ fn land_all(
         if stop.load(Ordering::Relaxed) {
             return Err(ReceiveError::Stopped { got: written });
         }
-        let want = (expected - written).min(RECEIVE_CHUNK as u64) as usize;
+        // Steps end on whole MiB, so progress is reported at exact figures (25 % of 64 MiB is
+        // 16 MiB, not whatever a step happened to reach).
+        let to_boundary = CHUNK - written % CHUNK;
+        let want = (expected - written).min(to_boundary) as usize;
         let moved = mover.land(stream, out, want);
         written += moved.written;
         if moved.written > 0 {
@@ -374,7 +380,8 @@ fn land_all(
             behind.landed(out, start + written);
         }
         match moved.outcome {
-            Ok(true) => progress(written),
+            Ok(true) if written.is_multiple_of(CHUNK) || written == expected => progress(written),
+            Ok(true) => {}
             Ok(false) if stop.load(Ordering::Relaxed) => {
                 return Err(ReceiveError::Stopped { got: written });
             }
