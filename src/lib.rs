@@ -11,8 +11,8 @@
 //!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
-//! [`console_out`] (the tracker's console lines, written by one thread), [`cli`] (the command
-//! line). Threads, not async: one per connection, as the original, with small stacks.
+//! [`console_out`] (the tracker's console lines, written by one thread), [`logging`] (log lines,
+//! kept off the peer's prompt row), [`cli`] (the command line). Threads, not async: one per connection, as the original, with small stacks.
 
 #![warn(missing_docs)]
 
@@ -20,6 +20,7 @@ pub mod cli;
 pub mod console_out;
 pub mod dial;
 pub mod liveness;
+pub mod logging;
 pub mod peer;
 pub mod protocol;
 pub mod share;

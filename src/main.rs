@@ -10,7 +10,7 @@ use napster::cli::{Cli, Mode};
 use napster::{peer, tracker};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    napster::logging::init();
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
         Mode::Server(args) => run_server(&args),
