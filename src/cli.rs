@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::peer::tracker_client::DialectChoice;
 use crate::peer::{ApproveMode, PeerConfig};
 use crate::tracker::TrackerConfig;
 
@@ -99,6 +100,18 @@ pub enum Approve {
     No,
 }
 
+/// `--tracker-dialect` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TrackerDialect {
+    /// Find out on each connection (one extra message, answered by both trackers).
+    Auto,
+    /// This project's tracker.
+    Napster,
+    /// The Python original's tracker (on this machine only: it lists the shared folder on its
+    /// own disk).
+    Original,
+}
+
 /// `napster peer` options.
 #[derive(Debug, clap::Args)]
 pub struct PeerArgs {
@@ -130,9 +143,13 @@ pub struct PeerArgs {
     /// Read plain lines even when stdin is a terminal.
     #[arg(long)]
     pub plain: bool,
-    /// Seconds after which a silent, vanished tracker or transfer partner is given up.
+    /// Seconds after which a silent, vanished tracker or transfer partner is given up; an
+    /// answer of the tracker is awaited at most this long (and at most 15 s).
     #[arg(long, default_value_t = 30)]
     pub liveness: u64,
+    /// The tracker's dialect: this project's, the Python original's, or found out.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tracker_dialect: TrackerDialect,
 }
 
 impl PeerArgs {
@@ -153,6 +170,11 @@ impl PeerArgs {
             interactive: stdin_is_terminal && !self.plain,
             history: self.history.clone(),
             liveness: seconds(self.liveness),
+            tracker_dialect: match self.tracker_dialect {
+                TrackerDialect::Auto => DialectChoice::Auto,
+                TrackerDialect::Napster => DialectChoice::Napster,
+                TrackerDialect::Original => DialectChoice::Original,
+            },
         }
     }
 }

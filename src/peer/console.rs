@@ -4,8 +4,15 @@
 //! upload requests arrive over another; tracker link events over a third. One `select!` loop
 //! handles them in order, so a `SIM` always answers the request the user saw first, and the
 //! questions never fight the menu for the keyboard as they did in the original.
+//!
+//! The console never waits on the network: JOIN and SEARCH are handed to the tracker link and
+//! their answers arrive later as link events. Meanwhile upload questions appear at once and
+//! SIM/NAO, HELP and QUIT work; other lines wait for the answer and then run in the order typed
+//! (a `DOWNLOAD name PORT` typed after a SEARCH still finds the peer that search listed).
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,9 +22,33 @@ use parking_lot::Mutex;
 
 use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
 use crate::peer::commands::{self, Command, PeerSpec};
-use crate::peer::tracker_client::LinkEvent;
+use crate::peer::tracker_client::{Dialect, Joined, LinkEvent, Outage};
 use crate::peer::{ApproveMode, PeerContext, downloader};
 use crate::protocol::legacy::python_list;
+
+/// Resolves `host` on a thread of its own, then starts the download (or says why not).
+fn resolve_then_download(ctx: &Arc<PeerContext>, name: String, host: String) {
+    let ctx2 = Arc::clone(ctx);
+    let spawned = std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let resolved = host
+                .to_socket_addrs()
+                .map_err(|e| format!("endereço {host}: {e}"))
+                .and_then(|mut addrs| {
+                    addrs
+                        .next()
+                        .ok_or_else(|| format!("endereço {host} não encontrado"))
+                });
+            match resolved {
+                Ok(addr) => downloader::spawn(&ctx2, name, addr),
+                Err(why) => ctx2.out.line(&format!("Erro ao processar download: {why}")),
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start a thread to resolve a peer's address: {e}");
+    }
+}
 
 /// One thing the line reader saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +127,9 @@ pub fn prompt_text(pending: usize) -> String {
     }
 }
 
+/// Lines that may wait for the tracker's answer; more are dropped (and the user told).
+const MAX_HELD_LINES: usize = 64;
+
 /// How long leaving waits for the upload threads it refused to tell their downloaders.
 const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
@@ -122,6 +156,12 @@ struct Console {
     approve: ApproveMode,
     queue: ApprovalQueue,
     joined: bool,
+    /// A JOIN was sent and its answer has not come yet.
+    joining: bool,
+    /// SEARCHes sent whose answers have not come yet.
+    searching: usize,
+    /// Lines typed while an answer was awaited, to run once it comes.
+    held: VecDeque<String>,
     asking: Option<Asking>,
     input_done: bool,
 }
@@ -144,6 +184,9 @@ pub fn run(
         approve,
         queue: ApprovalQueue::new(approval_timeout),
         joined: false,
+        joining: false,
+        searching: 0,
+        held: VecDeque::new(),
         asking: None,
         input_done: false,
     };
@@ -191,11 +234,9 @@ pub fn run(
                 }
                 true
             },
-            recv(channels.link) -> event => {
-                if let Ok(event) = event {
-                    console.link_event(event);
-                }
-                true
+            recv(channels.link) -> event => match event {
+                Ok(event) => console.link_event(event),
+                Err(_) => true,
             },
             recv(channels.signals) -> signal => {
                 if quit_at_eof && signal == Ok(signal_hook::consts::SIGINT) {
@@ -249,6 +290,10 @@ impl Console {
         if !self.queue.is_empty() && matches!(command, Command::Sim | Command::Nao) {
             return self.command(command);
         }
+        if self.awaiting_tracker() && !self.runs_at_once(&command) {
+            self.hold(line);
+            return true;
+        }
         if let Some(asking) = self.asking.take() {
             let text = line.trim().to_string();
             if text.is_empty() {
@@ -268,6 +313,44 @@ impl Console {
             return true;
         }
         self.command(command)
+    }
+
+    /// True while an answer of the tracker is awaited.
+    fn awaiting_tracker(&self) -> bool {
+        self.joining || self.searching > 0
+    }
+
+    /// Lines that need nothing from the tracker run even while an answer is awaited.
+    fn runs_at_once(&self, command: &Command) -> bool {
+        self.asking.is_none()
+            && matches!(
+                command,
+                Command::Quit | Command::Help | Command::Sim | Command::Nao | Command::Empty
+            )
+    }
+
+    fn hold(&mut self, line: &str) {
+        if self.held.len() >= MAX_HELD_LINES {
+            self.say(&format!(
+                "Comando descartado: {MAX_HELD_LINES} comandos já aguardam a resposta do servidor."
+            ));
+            return;
+        }
+        self.held.push_back(line.to_string());
+    }
+
+    /// Runs the held lines once no answer is awaited (a line may send a request, and the rest
+    /// wait again); false means one of them was QUIT.
+    fn run_held(&mut self) -> bool {
+        while !self.awaiting_tracker() {
+            let Some(line) = self.held.pop_front() else {
+                break;
+            };
+            if !self.line(&line) {
+                return false;
+            }
+        }
+        true
     }
 
     fn command(&mut self, command: Command) -> bool {
@@ -317,15 +400,27 @@ impl Console {
                 return;
             }
         };
-        match self.ctx.link.join(self.ctx.port, &files) {
-            Ok(()) => {
+        self.ctx.link.join(files);
+        self.joining = true;
+    }
+
+    /// The answer to JOIN.
+    fn joined(&mut self, result: Result<Joined, String>) {
+        self.joining = false;
+        match result {
+            Ok(joined) => {
                 self.joined = true;
-                let host = self.advertised_host();
+                let host = match &self.ctx.advertise {
+                    Some(host) => host.clone(),
+                    None => joined.local_ip.to_string(),
+                };
+                // The original's line: each name quoted, separated by commas.
+                let names: Vec<String> = joined.files.iter().map(|f| format!("\"{f}\"")).collect();
                 self.say(&format!(
                     "Sou o Peer {}:{} com arquivos: {}",
                     host,
                     self.ctx.port,
-                    files.join(",")
+                    names.join(",")
                 ));
                 self.say(MENU);
             }
@@ -333,18 +428,15 @@ impl Console {
         }
     }
 
-    fn advertised_host(&self) -> String {
-        if let Some(host) = &self.ctx.advertise {
-            return host.clone();
-        }
-        match self.ctx.link.addresses() {
-            Some((_, local)) => local.to_string(),
-            None => "127.0.0.1".to_string(),
-        }
+    fn search(&mut self, name: String) {
+        self.ctx.link.search(name);
+        self.searching += 1;
     }
 
-    fn search(&mut self, name: String) {
-        match self.ctx.link.search(&name) {
+    /// The answer to SEARCH.
+    fn found(&mut self, name: String, result: Result<Vec<String>, String>) {
+        self.searching = self.searching.saturating_sub(1);
+        match result {
             Ok(peers) => {
                 self.say(&format!(
                     "Peers com arquivo solicitado: {}",
@@ -360,6 +452,13 @@ impl Console {
         let (Some(name), Some(peer)) = (name, peer) else {
             return;
         };
+        if let PeerSpec::Addr(text) = &peer
+            && text.parse::<SocketAddr>().is_err()
+        {
+            // A host name: resolving it may take long, so not on this thread.
+            resolve_then_download(&self.ctx, name, text.clone());
+            return;
+        }
         match self.resolve(&name, &peer) {
             Ok(addr) => downloader::spawn(&self.ctx, name, addr),
             Err(why) => self.say(&format!("Erro ao processar download: {why}")),
@@ -370,11 +469,8 @@ impl Console {
     /// search (a peer with that port), else from the tracker's address.
     fn resolve(&self, name: &str, peer: &PeerSpec) -> Result<SocketAddr, String> {
         match peer {
-            PeerSpec::Addr(text) => text
-                .to_socket_addrs()
-                .map_err(|e| format!("endereço {text}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("endereço {text} não encontrado")),
+            // Host names are resolved off this thread (see `download`).
+            PeerSpec::Addr(text) => text.parse().map_err(|e| format!("endereço {text}: {e}")),
             PeerSpec::Port(port) => {
                 let from_search = self.state.last_search().as_ref().and_then(|(n, peers)| {
                     let mut candidates: Vec<SocketAddr> =
@@ -425,17 +521,21 @@ impl Console {
     }
 
     fn answer(&mut self, decision: Decision) {
-        match self.queue.answer_oldest(decision) {
+        match self.queue.take_oldest() {
             Some(request) => {
                 let verdict = if decision == Decision::Accept {
                     "aprovado"
                 } else {
                     "recusado"
                 };
+                // Printed before the upload thread hears it, so the verdict always comes
+                // before what that thread prints next (`Upload ... concluído`).
                 self.say(&format!(
                     "Download de {} por {} {verdict}",
                     request.filename, request.from
                 ));
+                // The upload thread may be gone (its downloader hung up); nothing is owed then.
+                let _ = request.reply.send(decision);
                 if let Some(next) = self.queue_front_text() {
                     self.say(&format!("Próximo pedido: {next}"));
                 }
@@ -448,20 +548,28 @@ impl Console {
         (!self.queue.is_empty()).then(|| format!("{} pendente(s)", self.queue.len()))
     }
 
-    fn link_event(&mut self, event: LinkEvent) {
+    /// Handles news from the tracker link; false means a held line was QUIT.
+    fn link_event(&mut self, event: LinkEvent) -> bool {
         match event {
-            LinkEvent::Lost { generation, why } => {
-                if self.joined && self.ctx.link.connection_lost(generation) {
-                    // A retry that reached a tracker and was cut again is the same outage.
-                    if !self.ctx.link.is_reconnecting() {
-                        self.say(&format!(
-                            "Conexão com o servidor perdida ({why}); reconectando..."
-                        ));
-                    }
-                    let shared = self.ctx.shared.clone();
-                    self.ctx
-                        .link
-                        .reconnect(self.ctx.port, move || shared.list().unwrap_or_default());
+            LinkEvent::Joined(result) => self.joined(result),
+            LinkEvent::Found { name, result } => self.found(name, result),
+            LinkEvent::Dialect {
+                dialect,
+                detected,
+                folder,
+                from_upload_port,
+            } => self.dialect(dialect, detected, &folder, from_upload_port),
+            LinkEvent::Outage(outage) => {
+                if self.joined {
+                    self.say(&match outage {
+                        Outage::Closed(why) => {
+                            format!("Conexão com o servidor perdida ({why}); reconectando...")
+                        }
+                        Outage::Silent(waited) => format!(
+                            "O servidor não respondeu em {} s; reconectando...",
+                            waited.as_secs()
+                        ),
+                    });
                 }
             }
             LinkEvent::Rejoined(count) => {
@@ -469,6 +577,36 @@ impl Console {
                     "Reconectado ao servidor {}; JOIN refeito com {count} arquivo(s)",
                     self.ctx.link.server()
                 ));
+            }
+        }
+        self.run_held()
+    }
+
+    /// Tells the user which dialect the tracker speaks, and what that means.
+    fn dialect(&self, dialect: Dialect, detected: bool, folder: &Path, from_upload_port: bool) {
+        let how = if detected {
+            "detectado"
+        } else {
+            "escolhido com --tracker-dialect"
+        };
+        let server = self.ctx.link.server();
+        match dialect {
+            Dialect::Napster => self.say(&format!("Servidor {server}: dialeto napster ({how}).")),
+            Dialect::Original => {
+                self.say(&format!(
+                    "Servidor {server}: dialeto do original em Python ({how}). O JOIN envia a \
+                     pasta {}, que esse servidor lista no próprio disco: só funciona com ele \
+                     nesta mesma máquina.",
+                    folder.display()
+                ));
+                if !from_upload_port {
+                    self.say(&format!(
+                        "Aviso: a conexão com o servidor não saiu da porta de upload {}; esse \
+                         servidor vai anunciar outra porta, onde os outros peers não encontram \
+                         este.",
+                        self.ctx.port
+                    ));
+                }
             }
         }
     }

@@ -141,11 +141,8 @@ fn report(ctx: &PeerContext, name: &str, outcome: Result<PathBuf, DownloadError>
                 ctx.shared.path().display()
             ));
             match ctx.shared.list() {
-                Ok(files) => {
-                    if let Err(e) = ctx.link.update(&files) {
-                        log::warn!("UPDATE after downloading {name} failed: {e}");
-                    }
-                }
+                // Sent by the tracker link; a failure is logged there.
+                Ok(files) => ctx.link.update(files),
                 Err(e) => log::warn!("cannot list the shared folder: {e}"),
             }
         }

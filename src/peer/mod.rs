@@ -19,7 +19,7 @@ pub mod uploader;
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
@@ -30,7 +30,7 @@ use crossbeam_channel::{Sender, unbounded};
 use crate::peer::approval::ApprovalRequest;
 use crate::peer::console::{ConsoleChannels, ConsoleState};
 use crate::peer::output::SharedOutput;
-use crate::peer::tracker_client::TrackerLink;
+use crate::peer::tracker_client::{DialectChoice, LinkConfig, TrackerLink};
 use crate::peer::transfers::Transfers;
 use crate::share::SharedDir;
 use crate::transfer::{DigestCache, PartialStore};
@@ -69,6 +69,8 @@ pub struct PeerConfig {
     pub history: Option<PathBuf>,
     /// A tracker or transfer partner that stops answering is given up after about this long.
     pub liveness: Duration,
+    /// The dialect spoken to the tracker.
+    pub tracker_dialect: DialectChoice,
 }
 
 /// Why the peer could not start.
@@ -128,8 +130,11 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let listener =
-        TcpListener::bind(config.listen).map_err(|e| PeerError::Listen(config.listen, e))?;
+    // The original's tracker announces the port of the tracker connection: unless the tracker
+    // is known to be ours, that connection leaves from the upload port, which is shared.
+    let share_port = config.tracker_dialect != DialectChoice::Napster;
+    let listener = crate::dial::listen_for_uploads(config.listen, share_port)
+        .map_err(|e| PeerError::Listen(config.listen, e))?;
     let port = listener
         .local_addr()
         .map_err(|e| PeerError::Listen(config.listen, e))?
@@ -153,7 +158,26 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         ready_rx,
     )
     .map_err(PeerError::Thread)?;
+    if reader.quit_at_eof {
+        // The interactive prompt: log lines go above it, not onto the row being typed.
+        let out = Arc::clone(&reader.output);
+        crate::logging::route_to(move |line| out.line(line));
+    }
     let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+    let listing = shared.clone();
+    let link = TrackerLink::start(
+        LinkConfig {
+            server: config.server.clone(),
+            upload_port: port,
+            local_ip: bind_ip,
+            liveness: config.liveness,
+            dialect: config.tracker_dialect,
+            folder: shared.path().to_path_buf(),
+            list_files: Box::new(move || listing.list().unwrap_or_default()),
+        },
+        link_tx,
+    )
+    .map_err(PeerError::Thread)?;
     let ctx = Arc::new(PeerContext {
         port,
         bind_ip,
@@ -161,12 +185,7 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         partials: PartialStore::new(shared.path()),
         shared,
         digests: DigestCache::new(),
-        link: Arc::new(TrackerLink::new(
-            config.server.clone(),
-            link_tx,
-            config.liveness,
-            bind_ip,
-        )),
+        link: Arc::new(link),
         out: reader.output,
         transfers: Transfers::new(),
         approvals: approval_tx,
