@@ -170,11 +170,12 @@ fn lines_typed_while_a_search_waits_run_after_its_answer_in_the_order_typed() {
     });
     let mut down = start_peer("down", tracker.addr, &down_dir, &[]);
     down.join();
+    down.wait_for("Comandos: SEARCH"); // the menu printed after JOIN
     down.send("SEARCH song.txt");
     down.send(&format!("DOWNLOAD song.txt {}", up.port));
     down.send("HELP");
     tracker.next("SEARCH");
-    down.wait_for("Comandos: SEARCH");
+    down.wait_for("Comandos: SEARCH"); // HELP's, while the SEARCH waits
     assert!(!down.proc.printed("Erro"), "{}", down.proc.transcript());
 
     release.send(()).unwrap();
