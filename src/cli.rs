@@ -103,7 +103,7 @@ pub enum Approve {
 /// `--tracker-dialect` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum TrackerDialect {
-    /// Find out on each connection (one extra message, answered by both trackers).
+    /// Find out on the first connection (one extra message, answered by both trackers).
     Auto,
     /// This project's tracker.
     Napster,

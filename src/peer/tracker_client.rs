@@ -9,7 +9,8 @@
 //! is ever held across socket I/O: the only mutex guards a copy of the connection's addresses.
 //!
 //! **Dialects.** The tracker may be ours or the Python original's ([`Dialect`]). Unless the
-//! user chose one (`--tracker-dialect`), each new connection starts with an UPDATE of no files:
+//! user chose one (`--tracker-dialect`), the first connection starts with an UPDATE of no files
+//! (and so does a reconnection after a JOIN went unanswered):
 //! our tracker refuses it with a JSON `ERROR` (no JOIN yet), the original's answers the bare
 //! bytes `UPDATE_OK` (and prints nothing). The original's JOIN names the shared folder, which
 //! that tracker lists on its own disk: it only works with the tracker on this machine. It lists
@@ -59,7 +60,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Which dialect the user asked the peer to speak to the tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialectChoice {
-    /// Find out on each new connection.
+    /// Find out on the first connection (and again after a JOIN goes unanswered).
     Auto,
     /// Always this project's.
     Napster,
@@ -285,6 +286,7 @@ impl TrackerLink {
             conn: None,
             joined: false,
             announced: None,
+            learned: None,
             waiting: None,
             queue: VecDeque::new(),
             retry: None,
@@ -410,6 +412,9 @@ struct Link {
     joined: bool,
     /// The dialect last told to the console.
     announced: Option<Dialect>,
+    /// The dialect found out on an earlier connection: a reconnection assumes the same
+    /// tracker and sends no probe, until a JOIN goes unanswered.
+    learned: Option<Dialect>,
     waiting: Option<Waiting>,
     queue: VecDeque<Request>,
     /// When to dial again, and the pause after that attempt.
@@ -655,7 +660,7 @@ impl Link {
             .spawn(move || read_answers(reading, tx))
             .map_err(connect_err)?;
         let dialect = match self.config.dialect {
-            DialectChoice::Auto => None,
+            DialectChoice::Auto => self.learned,
             DialectChoice::Napster => Some(Dialect::Napster),
             DialectChoice::Original => Some(Dialect::Original),
         };
@@ -813,6 +818,7 @@ impl Link {
             None => false,
         };
         log::debug!("the tracker speaks the {dialect:?} dialect");
+        self.learned = Some(dialect);
         self.announce(dialect, true, from_upload_port);
         self.start(then);
     }
@@ -865,6 +871,10 @@ impl Link {
             _ => Silence::Request,
         };
         let rejoin = matches!(pending, Pending::Join { rejoin: true, .. });
+        if matches!(pending, Pending::Join { .. }) {
+            // Perhaps another tracker now: the next connection finds out again.
+            self.learned = None;
+        }
         let joined_request = matches!(
             pending,
             Pending::Search(_) | Pending::Update | Pending::Relist
