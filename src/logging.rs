@@ -23,10 +23,11 @@ const QUEUE: usize = 256;
 static ROUTE: OnceLock<Sender<String>> = OnceLock::new();
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// Starts logging with `env_logger`'s filter from `RUST_LOG` (default `warn`).
-pub fn init() {
+/// Starts logging with `env_logger`'s filter from `RUST_LOG` (`default` when it is not set).
+pub fn init(default: &str) {
     let inner =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).build();
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+            .build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(RoutedLogger { inner })).is_ok() {
         log::set_max_level(max);

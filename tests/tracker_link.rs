@@ -117,7 +117,7 @@ fn upload_questions_are_shown_and_answered_while_the_tracker_is_silent() {
         downloader.ask(&download_request("notes.txt", peer.port, 4999))["status"],
         "OK"
     );
-    peer.wait_for("Peer 127.0.0.1:4999 solicitou o arquivo notes.txt (5 bytes)");
+    peer.wait_for("Peer 127.0.0.1:4999 solicitou o arquivo notes.txt (5 B)");
     peer.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     peer.send("SIM");
     assert_eq!(downloader.json()["status"], "downloadAccepted");
@@ -139,7 +139,9 @@ fn upload_questions_are_shown_and_answered_while_the_tracker_is_silent() {
 
 /// Lines typed while a SEARCH waits for its answer run after it, in order: a `DOWNLOAD name
 /// PORT` typed right after the SEARCH goes to the host that search listed, not to the
-/// tracker's. Lines that need no tracker (HELP) run at once.
+/// tracker's. Lines that need no tracker run at once: HELP, and NAO to an upload request that
+/// arrives meanwhile (which also shows that the DOWNLOAD line, typed before it, was read and
+/// kept waiting).
 #[test]
 fn lines_typed_while_a_search_waits_run_after_its_answer_in_the_order_typed() {
     // The uploader is on 127.0.0.2 (its own tracker), so the port alone would be wrong on
@@ -148,6 +150,7 @@ fn lines_typed_while_a_search_waits_run_after_its_answer_in_the_order_typed() {
     let tmp = tempfile::tempdir().unwrap();
     let [up_dir, down_dir] = folders(tmp.path(), ["up", "down"]);
     std::fs::write(up_dir.join("song.txt"), b"la la la").unwrap();
+    std::fs::write(down_dir.join("x.txt"), b"x").unwrap();
     let mut up = start_peer_on(
         "up",
         "127.0.0.2",
@@ -172,14 +175,28 @@ fn lines_typed_while_a_search_waits_run_after_its_answer_in_the_order_typed() {
     down.join();
     down.wait_for("Comandos: SEARCH"); // the menu printed after JOIN
     down.send("SEARCH song.txt");
-    down.send(&format!("DOWNLOAD song.txt {}", up.port));
-    down.send("HELP");
     tracker.next("SEARCH");
+    down.send("HELP");
     down.wait_for("Comandos: SEARCH"); // HELP's, while the SEARCH waits
-    assert!(!down.proc.printed("Erro"), "{}", down.proc.transcript());
+    down.send(&format!("DOWNLOAD song.txt {}", up.port));
+
+    let mut asking = RawClient::connect(SocketAddr::from(([127, 0, 0, 1], down.port)));
+    assert_eq!(
+        asking.ask(&download_request("x.txt", down.port, 4998))["status"],
+        "OK"
+    );
+    down.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    down.send("NAO");
+    down.wait_for("Download de x.txt por 127.0.0.1:4998 recusado");
+    assert!(
+        !down.proc.printed("Erro") && !down.proc.printed("Aguardando resposta de"),
+        "the DOWNLOAD waits for the SEARCH\n{}",
+        down.proc.transcript()
+    );
 
     release.send(()).unwrap();
     down.wait_for(&format!("Peers com arquivo solicitado: ['{listed}']"));
+    down.wait_for(&format!("Aguardando resposta de {listed}..."));
     down.wait_for("Arquivo song.txt baixado com sucesso");
     assert_eq!(
         std::fs::read(down_dir.join("song.txt")).unwrap(),

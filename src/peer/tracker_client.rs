@@ -138,7 +138,11 @@ impl fmt::Display for LinkError {
             LinkError::Reconnecting => {
                 write!(f, "sem conexão com o servidor no momento (reconectando)")
             }
-            LinkError::Connect(addr, e) => write!(f, "não foi possível conectar a {addr}: {e}"),
+            LinkError::Connect(addr, e) => write!(
+                f,
+                "não foi possível conectar a {addr}: {}",
+                crate::os_error::describe(e)
+            ),
             LinkError::Lost(why) => write!(f, "conexão com o servidor perdida: {why}"),
             LinkError::Silent { waited, what } => {
                 let secs = waited.as_secs_f64().round();
@@ -952,6 +956,8 @@ impl Link {
                     result: Err(e.to_string()),
                 });
             }
+            // Not joined (`napster get` never is): nobody to tell.
+            Pending::Update if matches!(e, LinkError::NotConnected) => {}
             Pending::Update | Pending::Relist => {
                 log::warn!("the tracker was not told the new list of files: {e}");
             }
