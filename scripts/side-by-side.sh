@@ -11,7 +11,8 @@
 #
 # Scenario, the same keystrokes in every cell: the tracker T starts; peers A (the uploader)
 # and B (the downloader) start; A shares song.txt (3,892 bytes) and aula.bin (300,000 bytes,
-# over 64 KiB), B shares notes.txt, each in p2p/<its port> as the original does. A JOIN;
+# over 64 KiB), B shares notes.txt (the original's peers in p2p/<port>, ours in
+# p2p/napster-A and p2p/napster-B). A JOIN;
 # B JOIN; B SEARCH song.txt; B DOWNLOAD song.txt from A's port and A answers NAO; again and A
 # answers SIM (B's copy is compared with A's); B DOWNLOAD aula.bin, SIM (compared); A SEARCH
 # song.txt, which lists B once B's UPDATE arrived; B leaves (SIGTERM) and T says so; A SEARCH
@@ -261,10 +262,10 @@ same_copy() {
   local kind="$1" file="$2"
   expectations=$((expectations + 1))
   snapshot
-  if cmp -s "$work/p2p/${ports[A]}/$file" "$work/p2p/${ports[B]}/$file"; then
+  if cmp -s "$work/${dirs[A]}/$file" "$work/${dirs[B]}/$file"; then
     note "== check: B's copy of $file is identical to A's"
-  elif [ -e "$work/p2p/${ports[B]}/$file" ]; then
-    miss "$kind" "step $step: B's copy of $file differs from A's ($(stat -c %s "$work/p2p/${ports[B]}/$file") of $(stat -c %s "$work/p2p/${ports[A]}/$file") bytes)"
+  elif [ -e "$work/${dirs[B]}/$file" ]; then
+    miss "$kind" "step $step: B's copy of $file differs from A's ($(stat -c %s "$work/${dirs[B]}/$file") of $(stat -c %s "$work/${dirs[A]}/$file") bytes)"
   else
     miss "$kind" "step $step: B has no $file"
   fi
@@ -346,14 +347,17 @@ run_cell() {
   done
 
   local who impl port
-  declare -gA ports=()
+  declare -gA ports=() dirs=()
   for who in A B; do
     step "2$who" "peer $who starts"
     impl=impl_$who
     if [ "${!impl}" = original ]; then
       start "$who" python3 -u "$peer_py"
     else
-      start "$who" env RUST_LOG="${RUST_LOG:-warn}" "$napster" peer --server "127.0.0.1:$PORT" --listen 127.0.0.1:0
+      # Its own folder (the default ./p2p is one folder for every peer, locked by the first).
+      dirs[$who]="p2p/napster-$who"
+      start "$who" env RUST_LOG="${RUST_LOG:-warn}" "$napster" peer --server "127.0.0.1:$PORT" \
+        --listen 127.0.0.1:0 --dir "${dirs[$who]}"
     fi
     port=$(upload_port "${!impl}" "$who")
     if [ -z "$port" ]; then
@@ -363,11 +367,13 @@ run_cell() {
       return
     fi
     ports[$who]=$port
-    mkdir -p "$work/p2p/$port"
+    # The original shares p2p/<the port its tracker lists>, which it creates itself.
+    [ "${!impl}" = napster ] || dirs[$who]="p2p/$port"
+    mkdir -p "$work/${dirs[$who]}"
   done
-  seq 1 400 | sed 's/^/linha /' >"$work/p2p/${ports[A]}/song.txt"
-  head -c 300000 /dev/urandom >"$work/p2p/${ports[A]}/aula.bin"
-  echo "notas de B" >"$work/p2p/${ports[B]}/notes.txt"
+  seq 1 400 | sed 's/^/linha /' >"$work/${dirs[A]}/song.txt"
+  head -c 300000 /dev/urandom >"$work/${dirs[A]}/aula.bin"
+  echo "notas de B" >"$work/${dirs[B]}/notes.txt"
 
   step 3 "A: JOIN"
   type_in A JOIN
