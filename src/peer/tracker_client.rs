@@ -1042,3 +1042,51 @@ fn expect_status(reply: Reply, wanted: &str) -> Result<Reply, LinkError> {
         Err(LinkError::Unexpected(reply.status))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each answer is read by its first byte: our JSON lines and the original's bare answers
+    /// follow one another in one stream (a tracker forced into the original's dialect answers
+    /// errors as JSON), and an answer not yet whole is waited for.
+    #[test]
+    fn json_and_bare_answers_are_split_in_one_stream() {
+        let stream = b"{\"status\":\"ERROR\",\"message\":\"x\"}\nJOIN_OK[4001, 4002]UPDATE_OK";
+        let mut buf = stream.to_vec();
+        let mut got = Vec::new();
+        while let Some((answer, used)) = split_answer(&buf) {
+            buf.drain(..used);
+            got.push(describe(&answer));
+        }
+        assert_eq!(
+            got,
+            vec![
+                format!("{:?}", Ok::<Reply, String>(Reply::error("x"))),
+                "Ok(JoinOk)".to_string(),
+                "Ok(Ports([4001, 4002]))".to_string(),
+                "Ok(UpdateOk)".to_string(),
+            ]
+        );
+        assert!(buf.is_empty());
+        assert!(
+            split_answer(b"{\"status\":\"OK\"").is_none(),
+            "a line not yet ended"
+        );
+        assert!(
+            split_answer(b"UPDATE_").is_none(),
+            "a bare answer not yet whole"
+        );
+    }
+
+    /// The user is told what each silence means, in Portuguese, with what to do.
+    #[test]
+    fn silences_say_what_to_do() {
+        let waited = Duration::from_secs(15);
+        let text = |what| LinkError::Silent { waited, what }.to_string();
+        assert_eq!(text(Silence::Request), "o servidor não respondeu em 15 s");
+        assert!(text(Silence::Probe).contains("nem à mensagem que identifica o dialeto"));
+        assert!(text(Silence::OriginalJoin("/p".into())).contains("nesta mesma máquina"));
+        assert!(text(Silence::ForcedNapsterJoin).contains("--tracker-dialect original"));
+    }
+}
