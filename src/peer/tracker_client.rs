@@ -224,6 +224,13 @@ pub enum LinkEvent {
         /// The peers, or why there is no answer.
         result: Result<Vec<String>, String>,
     },
+    /// The answer to a SEARCH made to start a download ([`TrackerLink::search_for_download`]).
+    FoundForDownload {
+        /// The name searched.
+        name: String,
+        /// The whole reply (from the original's tracker: its peers only), or why there is none.
+        result: Result<Box<Reply>, String>,
+    },
     /// The tracker's dialect, when the first connection learns it and whenever it changes.
     Dialect {
         /// The dialect.
@@ -326,7 +333,20 @@ impl TrackerLink {
 
     /// Asks who shares `name`; the answer comes as [`LinkEvent::Found`].
     pub fn search(&self, name: String) {
-        self.send(Request::Search(name));
+        self.send(Request::Search {
+            name,
+            for_download: false,
+        });
+    }
+
+    /// Asks who holds `name` now, to download it from them; the whole reply (holders of the
+    /// exact name and, when the tracker gives them, the results grouped by content) comes as
+    /// [`LinkEvent::FoundForDownload`].
+    pub fn search_for_download(&self, name: String) {
+        self.send(Request::Search {
+            name,
+            for_download: true,
+        });
     }
 
     /// Replaces the list of shared names. Nobody waits: a failure is logged, and a later
@@ -353,7 +373,10 @@ impl TrackerLink {
 #[derive(Debug)]
 enum Request {
     Join(Vec<String>),
-    Search(String),
+    Search {
+        name: String,
+        for_download: bool,
+    },
     Update(Vec<String>),
     /// A reconnection attempt (the link's own).
     Rejoin,
@@ -368,7 +391,10 @@ enum Pending {
         files: Vec<String>,
         rejoin: bool,
     },
-    Search(String),
+    Search {
+        name: String,
+        for_download: bool,
+    },
     Update,
     /// The original's JOIN sent again in place of an UPDATE too long for that tracker: it lists
     /// the folder again.
@@ -382,7 +408,7 @@ struct Waiting {
 
 /// An answer read off the connection.
 enum Answer {
-    Json(Result<Reply, String>),
+    Json(Result<Box<Reply>, String>),
     Bare(Result<BareReply, String>),
 }
 
@@ -503,7 +529,7 @@ impl Link {
                 }
                 self.start(request);
             }
-            Request::Search(_) | Request::Update(_) if self.conn.is_none() => {
+            Request::Search { .. } | Request::Update(_) if self.conn.is_none() => {
                 let e = if self.retry.is_some() {
                     LinkError::Reconnecting
                 } else {
@@ -565,12 +591,14 @@ impl Link {
                     Err(e) => return Err((pending, e)),
                 }
             }
-            (Dialect::Napster, Request::Search(name)) => {
-                (messages::search_line(&name), Pending::Search(name))
-            }
-            (Dialect::Original, Request::Search(name)) => {
-                (legacy::search_request(&name), Pending::Search(name))
-            }
+            (Dialect::Napster, Request::Search { name, for_download }) => (
+                messages::search_line(&name),
+                Pending::Search { name, for_download },
+            ),
+            (Dialect::Original, Request::Search { name, for_download }) => (
+                legacy::search_request(&name),
+                Pending::Search { name, for_download },
+            ),
             (Dialect::Napster, Request::Update(files)) => {
                 (messages::update_line(&files), Pending::Update)
             }
@@ -748,7 +776,7 @@ impl Link {
                 }
             }
             (Pending::Join { files, rejoin }, Answer::Json(Ok(reply))) => {
-                match expect_status(reply, status::JOIN_OK) {
+                match expect_status(*reply, status::JOIN_OK) {
                     Ok(_) => self.joined_ok(files, rejoin),
                     Err(e) => self.fail(Pending::Join { files, rejoin }, e),
                 }
@@ -756,33 +784,30 @@ impl Link {
             (Pending::Join { files, rejoin }, Answer::Bare(Ok(BareReply::JoinOk))) => {
                 self.joined_ok(files, rejoin);
             }
-            (Pending::Search(name), Answer::Json(Ok(reply))) => {
-                let result = expect_status(reply, status::OK)
-                    .map(|r| r.peers.unwrap_or_default())
+            (Pending::Search { name, for_download }, Answer::Json(Ok(reply))) => {
+                let result = expect_status(*reply, status::OK)
+                    .map(Box::new)
                     .map_err(|e| e.to_string());
-                let _ = self.events.send(LinkEvent::Found { name, result });
+                self.found(name, for_download, result);
             }
-            (Pending::Search(name), Answer::Bare(Ok(BareReply::Ports(ports)))) => {
+            (Pending::Search { name, for_download }, Answer::Bare(Ok(BareReply::Ports(ports)))) => {
                 // The original's peers dial every port on the tracker's host.
                 let ip = tracker_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
                 let peers = ports
                     .iter()
                     .map(|&port| SocketAddr::new(ip, port).to_string())
                     .collect();
-                let _ = self.events.send(LinkEvent::Found {
-                    name,
-                    result: Ok(peers),
-                });
+                self.found(name, for_download, Ok(Box::new(Reply::peers(peers))));
             }
             (Pending::Update, Answer::Json(Ok(reply))) => {
-                if let Err(e) = expect_status(reply, status::UPDATE_OK) {
+                if let Err(e) = expect_status(*reply, status::UPDATE_OK) {
                     log::warn!("UPDATE refused by the tracker: {e}");
                 }
             }
             (Pending::Update, Answer::Bare(Ok(BareReply::UpdateOk)))
             | (Pending::Relist, Answer::Bare(Ok(BareReply::JoinOk))) => {}
             (Pending::Relist, Answer::Json(Ok(reply))) => {
-                if let Err(e) = expect_status(reply, status::JOIN_OK) {
+                if let Err(e) = expect_status(*reply, status::JOIN_OK) {
                     log::warn!("JOIN in place of an UPDATE refused by the tracker: {e}");
                 }
             }
@@ -796,6 +821,19 @@ impl Link {
                 });
             }
         }
+    }
+
+    /// Hands a SEARCH's answer to the console, as the kind of event it asked for.
+    fn found(&self, name: String, for_download: bool, result: Result<Box<Reply>, String>) {
+        let event = if for_download {
+            LinkEvent::FoundForDownload { name, result }
+        } else {
+            LinkEvent::Found {
+                name,
+                result: result.map(|r| r.peers.unwrap_or_default()),
+            }
+        };
+        let _ = self.events.send(event);
     }
 
     /// The dialect-finding answer arrived: our tracker answers JSON, the original `UPDATE_OK`.
@@ -881,7 +919,7 @@ impl Link {
         }
         let joined_request = matches!(
             pending,
-            Pending::Search(_) | Pending::Update | Pending::Relist
+            Pending::Search { .. } | Pending::Update | Pending::Relist
         );
         self.fail(
             pending,
@@ -931,7 +969,7 @@ impl Link {
                 files: Vec::new(),
                 rejoin: true,
             },
-            Request::Search(name) => Pending::Search(name),
+            Request::Search { name, for_download } => Pending::Search { name, for_download },
             Request::Update(_) => Pending::Update,
         };
         self.fail(pending, e);
@@ -950,11 +988,8 @@ impl Link {
             Pending::Join { rejoin: false, .. } => {
                 let _ = self.events.send(LinkEvent::Joined(Err(e.to_string())));
             }
-            Pending::Search(name) => {
-                let _ = self.events.send(LinkEvent::Found {
-                    name,
-                    result: Err(e.to_string()),
-                });
+            Pending::Search { name, for_download } => {
+                self.found(name, for_download, Err(e.to_string()));
             }
             // Not joined (`napster get` never is): nobody to tell.
             Pending::Update if matches!(e, LinkError::NotConnected) => {}
@@ -1018,7 +1053,8 @@ fn read_answers(mut stream: TcpStream, tx: Sender<Incoming>) {
 fn split_answer(buf: &[u8]) -> Option<(Answer, usize)> {
     if buf.first() == Some(&b'{') {
         let end = buf.iter().position(|&b| b == b'\n')?;
-        return Some((Answer::Json(parse_reply(&buf[..end])), end + 1));
+        let reply = parse_reply(&buf[..end]).map(Box::new);
+        return Some((Answer::Json(reply), end + 1));
     }
     let (reply, used) = legacy::split_bare_reply(buf)?;
     Some((Answer::Bare(reply), used))
