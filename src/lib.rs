@@ -11,8 +11,8 @@
 //!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
-//! [`console_out`] (the tracker's console lines, written by one thread), [`cli`] (the command
-//! line). Threads, not async: one per connection, as the original, with small stacks.
+//! [`console_out`] (the tracker's console lines, written by one thread), [`throttle`]
+//! (rate-limited warnings), [`cli`] (the command line). Threads, not async: one per connection, as the original, with small stacks.
 
 #![warn(missing_docs)]
 
@@ -23,5 +23,6 @@ pub mod liveness;
 pub mod peer;
 pub mod protocol;
 pub mod share;
+pub mod throttle;
 pub mod tracker;
 pub mod transfer;
