@@ -8,6 +8,7 @@
 pub mod approval;
 pub mod commands;
 pub mod console;
+pub mod deadline;
 pub mod downloader;
 pub mod line_reader;
 pub mod output;
