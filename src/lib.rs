@@ -6,8 +6,8 @@
 //! serves each upload only after its own user approves it (SIM/NAO).
 //!
 //! The layers point one way: `tracker` and `peer` speak [`protocol`] (messages and framing);
-//! [`transfer`] moves file bytes over a socket and [`share`] knows the shared folder; neither
-//! knows what the messages mean. The wire is described in `PROTOCOL.md`.
+//! [`transfer`] moves file bytes over a socket, [`partial`] keeps downloads until they are
+//! verified, and [`share`] knows the shared folder; none knows what the messages mean. The wire is described in `PROTOCOL.md`.
 //!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
@@ -20,6 +20,7 @@ pub mod cli;
 pub mod console_out;
 pub mod dial;
 pub mod liveness;
+pub mod partial;
 pub mod peer;
 pub mod protocol;
 pub mod share;
