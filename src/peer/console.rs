@@ -15,9 +15,13 @@ use parking_lot::Mutex;
 
 use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
 use crate::peer::commands::{self, Command, PeerSpec};
+use crate::peer::output::short_list;
 use crate::peer::tracker_client::LinkEvent;
 use crate::peer::{ApproveMode, PeerContext, downloader};
 use crate::protocol::legacy::python_list;
+
+/// Bytes of names the JOIN line lists before `... e mais N`.
+const JOIN_LINE_NAMES: usize = 1024;
 
 /// One thing the line reader saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,7 +329,7 @@ impl Console {
                     "Sou o Peer {}:{} com arquivos: {}",
                     host,
                     self.ctx.port,
-                    files.join(",")
+                    short_list(&files, ",", JOIN_LINE_NAMES)
                 ));
                 self.say(MENU);
             }

@@ -66,10 +66,13 @@ pub fn start_plain(tx: Sender<Input>) -> io::Result<LineReader> {
         }
         let _ = tx.send(Input::Eof);
     })?;
+    let output = Arc::new(PlainOutput::start()?);
+    let drained = Arc::clone(&output);
     Ok(LineReader {
-        output: Arc::new(PlainOutput),
+        output,
         quit_at_eof: false,
-        finish: Box::new(|| {}),
+        // The last lines (`Peer encerrado.`) reach stdout before the process ends.
+        finish: Box::new(move || drained.drain()),
     })
 }
 

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
 
+pub mod stand_in;
+
 /// How long any expected line may take.
 pub const WAIT: Duration = Duration::from_secs(30);
 
