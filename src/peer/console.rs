@@ -17,7 +17,7 @@ use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
 use crate::peer::commands::{self, Command, PeerSpec};
 use crate::peer::output::short_list;
 use crate::peer::tracker_client::LinkEvent;
-use crate::peer::{ApproveMode, PeerContext, downloader};
+use crate::peer::{ApproveMode, PeerContext, downloader, transfer_commands};
 use crate::protocol::legacy::python_list;
 
 /// Bytes of names the JOIN line lists before `... e mais N`.
@@ -104,7 +104,7 @@ pub fn prompt_text(pending: usize) -> String {
 const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// The accepted commands, printed after JOIN and for HELP.
-pub const MENU: &str = "Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] | SIM | NAO | QUIT";
+pub const MENU: &str = "Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] | SIM | NAO | QUIT | TRANSFERENCIAS | CANCELAR n|arquivo | PARCIAIS | LIMPAR arquivo|TUDO";
 
 /// The console loop's inputs.
 pub struct ConsoleChannels {
@@ -282,6 +282,10 @@ impl Console {
             Command::Nao => self.answer(Decision::Reject),
             Command::Help => self.say(MENU),
             Command::Join => self.join(),
+            Command::Transfers(command) => {
+                let ctx = Arc::clone(&self.ctx);
+                transfer_commands::run(&ctx, command, &mut |line| self.say(line));
+            }
             _ if !self.joined => self.say("Digite 'JOIN' para iniciar."),
             Command::Search(None) => self.ask(Asking::SearchName),
             Command::Search(Some(name)) => self.search(name),
@@ -416,13 +420,11 @@ impl Console {
             }
             ApproveMode::Ask => {
                 // Queued before it is printed, so the prompt under the question counts it.
-                let from = request.from;
+                // A refused one is not printed (a flood must not flood the console); the
+                // queue logs it, rate-limited.
                 if self.queue.push(request) {
                     self.say(&asked);
                     self.say("Gostaria de Aprovar o download? (SIM/NAO)");
-                } else {
-                    // Not printed: a flood of requests must not flood the console.
-                    log::warn!("request from {from} refused: too many requests wait");
                 }
             }
         }

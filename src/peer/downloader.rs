@@ -7,42 +7,36 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use crate::partial::{CLEAR_HINT, NoSpace, OpenError, OpenPartial, PartialRecord, PartialStore};
 use crate::peer::PeerContext;
+use crate::peer::deadline::Deadline;
 use crate::peer::output::printable;
 use crate::peer::progress::Progress;
+use crate::peer::transfers::{Ending, MinRate, TransferGuard};
 use crate::protocol::messages::{DownloadRequest, Reply, download_line, parse_reply, status};
 use crate::protocol::{CodecError, FrameReader};
 use crate::share::NameError;
-use crate::transfer::{self, PartialRecord, ReceiveError};
+use crate::transfer::{self, ReceiveError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Hashing a very large file before the first reply takes the uploader a while.
+/// Hashing a very large file before the first reply takes the uploader a while. A deadline:
+/// bytes that are not a reply do not extend it.
 const FIRST_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
-/// The uploader's user may take long to answer (the uploader enforces its own limit).
+/// The uploader's user may take long to answer (the uploader enforces its own limit). A
+/// deadline, like the first reply's; `CANCELAR` ends the wait sooner.
 const DECISION_TIMEOUT: Duration = Duration::from_secs(3600);
-/// A transfer that receives nothing for this long is abandoned (and kept for resume).
+/// A transfer that receives nothing for this long is abandoned (and kept for resume); one that
+/// receives too little is given up by the transfer watchdog ([`MinRate`]).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a reply that has started to arrive may take to arrive whole.
 const REPLY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Bytes free for this user in the file system holding `dir`, if it can be known.
-fn free_space(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs only writes into the struct it is given; the path is NUL-terminated.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
 
 /// Why a download did not complete.
 #[derive(Debug)]
@@ -74,23 +68,69 @@ pub enum DownloadError {
     },
     /// A local file operation failed.
     Disk(io::Error),
-    /// The file is larger than the free space in the folder.
-    NoSpace {
-        /// Bytes still to receive.
-        need: u64,
-        /// Bytes free.
-        free: u64,
+    /// The file is larger than the free space in the folder, less what running downloads
+    /// were promised.
+    NoSpace(NoSpace),
+    /// The user cancelled it (`CANCELAR`); what arrived is kept.
+    Cancelled {
+        /// Bytes of the file on disk, if the data had started.
+        kept: Option<u64>,
     },
+    /// It received less than the minimum rate over a whole window; what arrived is kept.
+    TooSlow {
+        /// The minimum it fell below.
+        rate: MinRate,
+        /// Bytes of the file on disk.
+        kept: Option<u64>,
+    },
+}
+
+impl DownloadError {
+    /// Bytes of the file kept on disk for resume, when the data had started.
+    fn kept(&self) -> Option<u64> {
+        match self {
+            DownloadError::Receive(e) => Some(e.kept()),
+            _ => None,
+        }
+    }
+
+    /// This error as seen once the transfer is known to have been stopped for `why`.
+    fn stopped(self, why: Ending, rate: MinRate) -> DownloadError {
+        match why {
+            Ending::Cancelled => DownloadError::Cancelled { kept: self.kept() },
+            Ending::TooSlow => DownloadError::TooSlow {
+                rate,
+                kept: self.kept(),
+            },
+            Ending::Running | Ending::Stopped => self,
+        }
+    }
+}
+
+/// Says where the bytes of a stopped download are.
+fn write_kept(f: &mut fmt::Formatter<'_>, kept: Option<u64>) -> fmt::Result {
+    match kept {
+        Some(kept) if kept > 0 => write!(
+            f,
+            "; {kept} bytes guardados para retomar depois ({CLEAR_HINT})"
+        ),
+        _ => Ok(()),
+    }
 }
 
 impl fmt::Display for DownloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DownloadError::Name(e) => write!(f, "nome inválido: {e}"),
-            DownloadError::NoSpace { need, free } => write!(
-                f,
-                "espaço insuficiente: faltam {need} bytes e há {free} livres na pasta"
-            ),
+            DownloadError::NoSpace(e) => write!(f, "{e}"),
+            DownloadError::Cancelled { kept } => {
+                write!(f, "download cancelado")?;
+                write_kept(f, *kept)
+            }
+            DownloadError::TooSlow { rate, kept } => {
+                write!(f, "o peer enviou {rate}; download abandonado")?;
+                write_kept(f, *kept)
+            }
             DownloadError::Exists(path) => write!(
                 f,
                 "o arquivo {} já existe; não será sobrescrito",
@@ -106,6 +146,14 @@ impl fmt::Display for DownloadError {
             DownloadError::Refused(why) => write!(f, "o peer recusou o pedido: {}", printable(why)),
             DownloadError::Protocol(why) => {
                 write!(f, "resposta inválida do peer: {}", printable(why))
+            }
+            DownloadError::Receive(e @ ReceiveError::Disk { error, .. })
+                if transfer::is_disk_full(error) =>
+            {
+                write!(
+                    f,
+                    "{e}; a parte recebida foi guardada para retomar depois ({CLEAR_HINT})"
+                )
             }
             DownloadError::Receive(e) => {
                 write!(f, "{e}; a parte recebida foi guardada para retomar depois")
@@ -166,13 +214,31 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
     if std::fs::symlink_metadata(&final_path).is_ok() {
         return Err(DownloadError::Exists(final_path));
     }
+    // One download per stored name in this peer, and none while another process writes it.
     let guard = ctx
         .transfers
-        .start_download(name)
+        .start_download(&PartialStore::key(name), name, peer)
         .ok_or(DownloadError::AlreadyRunning)?;
+    if ctx.partials.in_use(name) {
+        return Err(DownloadError::AlreadyRunning);
+    }
+    let rate = MinRate::over(ctx.liveness);
+    // Stopped from outside (CANCELAR, too slow): say so, whatever error the stop caused.
+    fetch(ctx, name, peer, &final_path, &guard, rate).map_err(|e| e.stopped(guard.ending(), rate))
+}
+
+/// The download itself, registered as `guard`.
+fn fetch(
+    ctx: &PeerContext,
+    name: &str,
+    peer: SocketAddr,
+    final_path: &std::path::Path,
+    guard: &TransferGuard<'_>,
+    rate: MinRate,
+) -> Result<PathBuf, DownloadError> {
     let stream = crate::dial::connect_from(ctx.bind_ip, &peer, CONNECT_TIMEOUT)
         .map_err(|e| DownloadError::Connect(peer, e))?;
-    ctx.transfers.attach(&guard, &stream);
+    ctx.transfers.attach(guard, &stream);
     let _ = stream.set_nodelay(true);
     let _ = crate::liveness::set_liveness(&stream, ctx.liveness);
 
@@ -188,8 +254,8 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         .write_all(&download_line(&request))
         .map_err(|e| DownloadError::Protocol(e.to_string()))?;
 
-    let mut reader = FrameReader::new(&stream, 64 * 1024);
-    reader.set_idle_timeout(Some(FIRST_REPLY_TIMEOUT));
+    let mut reader = FrameReader::new(Deadline::new(&stream), 64 * 1024);
+    reader.get_mut().expire_in(FIRST_REPLY_TIMEOUT);
     // An uploader that starts a reply and never finishes it must not hold this download (and
     // its name) for ever.
     reader.set_message_timeout(Some(REPLY_COMPLETION_TIMEOUT));
@@ -220,52 +286,62 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         }
     };
 
-    let need = size.saturating_sub(resume_at.unwrap_or(0));
-    if let Some(free) = free_space(ctx.shared.path())
-        && need > free
-    {
-        return Err(DownloadError::NoSpace { need, free });
-    }
-
-    reader.set_idle_timeout(Some(DECISION_TIMEOUT));
-    let decision = next_reply(&mut reader)?;
-    match decision.status.as_str() {
-        status::DOWNLOAD_ACCEPTED => {}
-        status::DOWNLOAD_REJECTED => return Err(DownloadError::Rejected(decision.reason)),
-        other => return Err(DownloadError::Protocol(format!("status {other:?}"))),
-    }
+    // Counted against the free space with what running downloads still have to write; held
+    // until this download ends.
+    let _promise = ctx
+        .partials
+        .promise(name, size, resume_at.unwrap_or(0))
+        .map_err(DownloadError::NoSpace)?;
 
     let record = PartialRecord {
         size,
         digest: digest.clone().unwrap_or_default(),
         name: Some(name.to_string()),
     };
-    let mut file = ctx
-        .partials
-        .open(name, &record, resume_at)
-        .map_err(DownloadError::Disk)?;
+    // A resumed download opens (and locks) its partial and hashes the part on disk while the
+    // uploader's user decides, so that the data, once accepted, is read at once (the uploader
+    // holds a transfer that takes nothing for long to be too slow). A fresh one touches the
+    // partial of this name (perhaps another file's) only once accepted.
     let mut hasher = blake3::Hasher::new();
-    if let Some(offset) = resume_at {
-        let have = transfer::hash_range(
-            &std::fs::File::open(ctx.partials.part_path(name)).map_err(DownloadError::Disk)?,
-            0,
-            offset,
-            &mut hasher,
-        )
-        .map_err(DownloadError::Disk)?;
-        if have != offset {
-            return Err(DownloadError::Disk(io::Error::other(
-                "the partial file shrank",
-            )));
+    let mut resumed = match resume_at {
+        Some(offset) => {
+            let mut file = open_partial(ctx, name, &record, resume_at)?;
+            let have = file
+                .hash_prefix(offset, &mut hasher)
+                .map_err(DownloadError::Disk)?;
+            if have != offset {
+                return Err(DownloadError::Disk(io::Error::other(
+                    "the partial file shrank",
+                )));
+            }
+            Some(file)
         }
-        ctx.out.line(&format!(
-            "Retomando o download de {name} a partir do byte {offset} de {size}"
-        ));
+        None => None,
+    };
+
+    reader.get_mut().expire_in(DECISION_TIMEOUT);
+    let decision = next_reply(&mut reader)?;
+    match decision.status.as_str() {
+        status::DOWNLOAD_ACCEPTED => {}
+        status::DOWNLOAD_REJECTED => return Err(DownloadError::Rejected(decision.reason)),
+        other => return Err(DownloadError::Protocol(format!("status {other:?}"))),
     }
+    let mut file = match resumed.take() {
+        Some(file) => {
+            ctx.out.line(&format!(
+                "Retomando o download de {name} a partir do byte {} de {size}",
+                resume_at.unwrap_or(0)
+            ));
+            file
+        }
+        None => open_partial(ctx, name, &record, None)?,
+    };
     let already = reader
         .take_payload()
         .map_err(|e| DownloadError::Protocol(e.to_string()))?;
+    drop(reader);
     let _ = stream.set_read_timeout(Some(STALL_TIMEOUT));
+    ctx.transfers.watch(guard, rate);
     let start = resume_at.unwrap_or(0);
     let mut progress = Progress::new(
         Arc::clone(&ctx.out),
@@ -278,39 +354,55 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         &already,
         &mut source,
         size - start,
-        &mut file,
+        file.file(),
         &mut hasher,
-        ctx.transfers.stop_flag(),
+        guard.stop_flag(),
         &mut |got| progress.update(start + got),
     );
     if let Err(e) = received {
         let e = e.offset_by(start);
-        if let Err(te) = ctx.partials.truncate(name, e.kept()) {
+        if let Err(te) = file.truncate(e.kept()) {
             log::warn!("cannot trim the partial download of {name}: {te}");
         }
         return Err(DownloadError::Receive(e));
     }
-    file.sync_all().map_err(DownloadError::Disk)?;
-    drop(file);
+    file.file().sync_all().map_err(DownloadError::Disk)?;
+    // The hasher saw exactly the bytes written to this file, and no other download can write
+    // it (it is locked): the digest is that of what is on disk.
     let got = hasher.finalize().to_hex().to_string();
     match digest {
         Some(expected) if expected != got => {
-            ctx.partials.discard(name);
+            file.discard();
             return Err(DownloadError::Corrupt { expected, got });
         }
         Some(_) => {}
         None => log::warn!("{peer} sent no digest for {name}; the copy is not verified"),
     }
-    match ctx.partials.finish(name, &final_path) {
-        Ok(()) => Ok(final_path),
+    match file.finish(final_path) {
+        Ok(()) => Ok(final_path.to_path_buf()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Err(DownloadError::Exists(final_path))
+            Err(DownloadError::Exists(final_path.to_path_buf()))
         }
         Err(e) => Err(DownloadError::Disk(e)),
     }
 }
 
-fn next_reply(reader: &mut FrameReader<&TcpStream>) -> Result<Reply, DownloadError> {
+/// Opens `name`'s partial for this download alone.
+fn open_partial(
+    ctx: &PeerContext,
+    name: &str,
+    record: &PartialRecord,
+    resume_at: Option<u64>,
+) -> Result<OpenPartial, DownloadError> {
+    ctx.partials
+        .open(name, record, resume_at)
+        .map_err(|e| match e {
+            OpenError::InUse => DownloadError::AlreadyRunning,
+            OpenError::Io(e) => DownloadError::Disk(e),
+        })
+}
+
+fn next_reply(reader: &mut FrameReader<Deadline<'_>>) -> Result<Reply, DownloadError> {
     match reader.next_frame() {
         Ok(Some(frame)) => parse_reply(frame).map_err(DownloadError::Protocol),
         Ok(None) => Err(DownloadError::Protocol(

@@ -15,6 +15,7 @@ pub mod output;
 pub mod progress;
 pub mod prompt;
 pub mod tracker_client;
+pub mod transfer_commands;
 pub mod transfers;
 pub mod uploader;
 
