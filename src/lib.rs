@@ -7,19 +7,24 @@
 //!
 //! The layers point one way: `tracker` and `peer` speak [`protocol`] (messages and framing);
 //! [`transfer`] moves file bytes over a socket, [`partial`] keeps downloads until they are
-//! verified, and [`share`] knows the shared folder; none knows what the messages mean. The wire is described in `PROTOCOL.md`.
+//! verified, and [`share`] knows the shared folder; none knows what the messages mean. The
+//! wire is described in `PROTOCOL.md`.
 //!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
+//! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
 //! [`console_out`] (the tracker's console lines, written by one thread), [`throttle`]
-//! (rate-limited warnings), [`cli`] (the command line). Threads, not async: one per connection, as the original, with small stacks.
+//! (rate-limited warnings), [`cli`] (the command line). Threads, not async: one per
+//! connection, as the original, with small stacks.
 
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod console_out;
 pub mod dial;
+pub mod exit;
 pub mod liveness;
+pub mod os_error;
 pub mod partial;
 pub mod peer;
 pub mod protocol;

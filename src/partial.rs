@@ -514,7 +514,7 @@ fn open_locked(path: &Path) -> Result<File, OpenError> {
         if !file.metadata()?.is_file() {
             return Err(OpenError::Io(io::Error::other("not a regular file")));
         }
-        if !flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
+        if !lock_writer(&file)? {
             return Err(OpenError::InUse);
         }
         match (file.metadata(), fs::symlink_metadata(path)) {
@@ -528,6 +528,24 @@ fn open_locked(path: &Path) -> Result<File, OpenError> {
     }
     Err(OpenError::InUse)
 }
+
+/// Takes the writer's exclusive lock on `file`; false if another download holds it. A listing
+/// (`PARCIAIS`) holds a shared lock for an instant to see whether a partial is in use, so a
+/// refusal is retried for a moment before it is believed.
+fn lock_writer(file: &File) -> io::Result<bool> {
+    for _ in 0..LOCK_TRIES {
+        if flock(file, libc::LOCK_EX | libc::LOCK_NB)? {
+            return Ok(true);
+        }
+        std::thread::sleep(LOCK_RETRY);
+    }
+    Ok(false)
+}
+
+/// Attempts at a partial's lock before it is taken to be another download's.
+const LOCK_TRIES: u32 = 20;
+/// The pause between two attempts (a listing's probe lasts microseconds).
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The partial at `path` opened and locked, or `None` if a download holds it.
 fn try_lock(path: &Path) -> io::Result<Option<File>> {

@@ -97,32 +97,41 @@ fn a_short_name_cannot_share_the_partial_of_a_long_name() {
     assert!(fs::read(db.join(&long)).unwrap() == long_bytes);
 }
 
-/// Two peers sharing one folder never write one partial at once: the second download of a name
-/// that the first is writing is refused as already running, and the first completes intact.
+/// A partial that another process is writing (it holds the partial's lock: another program,
+/// or a peer from a folder shared some other way) is never touched: a download of that name is
+/// refused as already running, and the partial keeps its bytes. Once the lock is let go, the
+/// same download runs.
 #[test]
 fn a_partial_being_written_by_another_process_is_not_touched() {
+    use std::os::fd::AsRawFd;
     let tmp = tempfile::tempdir().unwrap();
-    let [dir] = folders(tmp.path(), ["shared"]);
+    let [db] = folders(tmp.path(), ["b"]);
     let t = start_tracker(&[]);
-    let mut first = downloader("first", &t, &dir);
-    let mut second = downloader("second", &t, &dir);
-    let bytes = pattern(4 << 20, 3);
+    let mut b = downloader("b", &t, &db);
+    let partials = db.join(".napster").join("partial");
+    fs::create_dir_all(&partials).unwrap();
+    let part = partials.join("f.bin.part");
+    fs::write(&part, b"another writer's bytes").unwrap();
+    let other = fs::OpenOptions::new().write(true).open(&part).unwrap();
+    // SAFETY: flock only reads the descriptor, which `other` keeps open.
+    assert_eq!(
+        unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let bytes = pattern(3 << 20, 3);
 
-    let gate = Arc::new(Gate::new());
-    let (addr1, up1) = serving_uploader(bytes.clone(), Some((2 << 20, Arc::clone(&gate))));
-    first.send(&format!("DOWNLOAD f.bin {addr1}"));
-    gate.wait_reached();
-    wait_for_partial(&dir, 1 << 20);
+    let (addr, up) = serving_uploader(bytes.clone(), None);
+    b.send(&format!("DOWNLOAD f.bin {addr}"));
+    b.wait_for("este arquivo já está sendo baixado");
+    drop(up);
+    assert_eq!(fs::read(&part).unwrap(), b"another writer's bytes");
 
-    let (addr2, up2) = serving_uploader(bytes.clone(), None);
-    second.send(&format!("DOWNLOAD f.bin {addr2}"));
-    second.wait_for("este arquivo já está sendo baixado");
-    drop(up2);
-
-    gate.open();
-    first.wait_for("Arquivo f.bin baixado com sucesso");
-    up1.join().unwrap();
-    assert!(fs::read(dir.join("f.bin")).unwrap() == bytes);
+    drop(other);
+    let (addr, up) = serving_uploader(bytes.clone(), None);
+    b.send(&format!("DOWNLOAD f.bin {addr}"));
+    b.wait_for("Arquivo f.bin baixado com sucesso");
+    up.join().unwrap();
+    assert!(fs::read(db.join("f.bin")).unwrap() == bytes);
 }
 
 /// Item 6: the user sees which partials hold how much and clears them from the console. A
@@ -142,7 +151,7 @@ fn partials_are_listed_and_cleared_from_the_console() {
 
     b.send("PARCIAIS");
     let listed = b.wait_for("p.bin: ");
-    assert!(listed.contains(" de 4194304 bytes ("), "{listed}");
+    assert!(listed.contains(" de 4.0 MiB ("), "{listed}");
     assert!(listed.ends_with("(em andamento)"), "{listed}");
     b.wait_for("download(s) parcial(is) ocupam");
     b.send("LIMPAR p.bin");
@@ -151,7 +160,7 @@ fn partials_are_listed_and_cleared_from_the_console() {
     b.send("CANCELAR p.bin");
     let cancelled = b.wait_for("Erro ao processar download de p.bin: download cancelado");
     assert!(
-        cancelled.contains("bytes guardados para retomar depois"),
+        cancelled.contains("guardados para retomar depois"),
         "{cancelled}"
     );
     gate.open();

@@ -278,7 +278,7 @@ fn the_approval_queue_keeps_room_for_new_hosts() {
         .write_all(&request_line("f", a.port, 7777))
         .unwrap();
     a.wait_for(&format!(
-        "Peer {from} (porta de upload declarada: 7777) solicitou o arquivo f (4 bytes)"
+        "Peer {from} (porta de upload declarada: 7777) solicitou o arquivo f (4 B)"
     ));
 }
 
@@ -353,17 +353,24 @@ fn refused_names_are_logged_as_a_short_prefix_and_rate_limited() {
     );
     let addr: SocketAddr = a.addr().parse().unwrap();
     let huge = format!("{}/etc/passwd", "a".repeat(60_000));
+    let started = Instant::now();
     for _ in 0..200 {
         let mut c = RawClient::connect(addr);
         let reply = c.ask(&request_line(&huge, a.port, 4000));
         assert_eq!(reply["status"], "ERROR");
     }
+    // A few lines per 10 s pass (more windows on a loaded machine), each a short prefix.
+    let windows = started.elapsed().as_secs() / 10 + 1;
     let err = fs::read_to_string(&log).unwrap();
-    let unsafe_lines = err.lines().filter(|l| l.contains("unsafe name")).count();
+    let unsafe_lines: Vec<&str> = err.lines().filter(|l| l.contains("unsafe name")).collect();
     assert!(
-        (1..=5).contains(&unsafe_lines),
-        "{unsafe_lines} lines about unsafe names"
+        !unsafe_lines.is_empty() && unsafe_lines.len() as u64 <= 3 * windows,
+        "{} lines about unsafe names in {windows} windows of 10 s",
+        unsafe_lines.len()
     );
+    for line in &unsafe_lines {
+        assert!(line.len() < 400, "a {}-byte log line", line.len());
+    }
     assert!(err.len() < 16 * 1024, "{} bytes of stderr", err.len());
 }
 
@@ -469,13 +476,13 @@ fn remote_text_never_reaches_the_console_raw() {
         );
     });
     b.send(&format!("DOWNLOAD y.txt {erring}"));
-    let error = b.wait_for("o peer recusou o pedido: não");
+    let error = b.wait_for("recusou o pedido: \"não");
     erred.join().unwrap();
     assert_eq!(
         line,
         "Download Rejeitado: ocupado?Arquivo x.txt baixado com sucesso na pasta b?fdp.exe"
     );
-    assert!(error.ends_with("não???agora"), "{error}");
+    assert!(error.ends_with("não???agora\""), "{error}");
     let transcript = b.proc.transcript();
     for raw in ['\u{2028}', '\u{2029}', '\u{202E}', '\u{200B}', '\u{2066}'] {
         assert!(!transcript.contains(raw), "{raw:?} reached the console");

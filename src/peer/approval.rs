@@ -83,8 +83,9 @@ impl fmt::Display for ApprovalRequest {
         }
         write!(
             f,
-            " solicitou o arquivo {} ({} bytes)",
-            self.filename, self.size
+            " solicitou o arquivo {} ({})",
+            self.filename,
+            crate::peer::progress::human_size(self.size)
         )?;
         if self.offset > 0 {
             write!(f, ", retomando do byte {}", self.offset)?;
@@ -145,6 +146,11 @@ impl ApprovalQueue {
                 .unwrap_or(now + Duration::from_secs(86_400 * 365)),
         });
         true
+    }
+
+    /// The oldest request, the one SIM/NAO will answer.
+    pub fn oldest(&self) -> Option<&ApprovalRequest> {
+        self.items.front().map(|p| &p.request)
     }
 
     /// How many requests wait.
@@ -314,12 +320,12 @@ mod tests {
         let (mut r, _rx) = request_from("notes.txt", "127.0.0.1:40122");
         assert_eq!(
             r.to_string(),
-            "Peer 127.0.0.1:40122 solicitou o arquivo notes.txt (3 bytes)"
+            "Peer 127.0.0.1:40122 solicitou o arquivo notes.txt (3 B)"
         );
         r.claimed_port = Some(5002);
         assert_eq!(
             r.to_string(),
-            "Peer 127.0.0.1:40122 (porta de upload declarada: 5002) solicitou o arquivo notes.txt (3 bytes)"
+            "Peer 127.0.0.1:40122 (porta de upload declarada: 5002) solicitou o arquivo notes.txt (3 B)"
         );
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::partial::{RemoveError, StoredPartial};
 use crate::peer::PeerContext;
+use crate::peer::progress::human_size;
 use crate::peer::transfers::TransferInfo;
 
 /// One of these commands, as typed.
@@ -25,8 +26,8 @@ pub enum TransferCommand {
 /// The command names, for help and completion.
 pub const NAMES: [&str; 4] = ["TRANSFERENCIAS", "CANCELAR", "PARCIAIS", "LIMPAR"];
 
-/// The menu's part for these commands.
-pub const MENU: &str = "TRANSFERENCIAS | CANCELAR n|arquivo | PARCIAIS | LIMPAR arquivo|TUDO";
+/// The line HELP prints for these commands (they work before JOIN too).
+pub const MENU: &str = "Transferências e downloads parciais: TRANSFERENCIAS | CANCELAR n|arquivo | PARCIAIS | LIMPAR arquivo|TUDO";
 
 /// The word that makes `LIMPAR` delete every partial not being written.
 const ALL: &str = "TUDO";
@@ -115,22 +116,24 @@ fn partials(ctx: &PeerContext, say: &mut dyn FnMut(&str)) {
     }
     let total: u64 = stored.iter().map(|p| p.have).sum();
     say(&format!(
-        "{} download(s) parcial(is) ocupam {total} bytes em {}; DOWNLOAD do mesmo arquivo retoma, LIMPAR arquivo ou LIMPAR TUDO apaga.",
+        "{} download(s) parcial(is) ocupam {} em {}; DOWNLOAD do mesmo arquivo retoma, LIMPAR arquivo ou LIMPAR TUDO apaga.",
         stored.len(),
+        human_size(total),
         ctx.shared.path().join(".napster").join("partial").display()
     ));
 }
 
-/// `nome: 12582912 de 50331648 bytes (25%)`, and whether a download is writing it.
+/// `nome: 12.0 MiB de 48.0 MiB (25%)`, and whether a download is writing it.
 fn describe(partial: &StoredPartial) -> String {
     let mut line = match partial.size {
         Some(size) if size > 0 => format!(
-            "{}: {} de {size} bytes ({}%)",
+            "{}: {} de {} ({}%)",
             partial.name,
-            partial.have,
+            human_size(partial.have),
+            human_size(size),
             partial.have.saturating_mul(100) / size
         ),
-        _ => format!("{}: {} bytes", partial.name, partial.have),
+        _ => format!("{}: {}", partial.name, human_size(partial.have)),
     };
     if partial.in_use {
         line.push_str(" (em andamento)");
@@ -141,7 +144,8 @@ fn describe(partial: &StoredPartial) -> String {
 fn clear(ctx: &PeerContext, name: &str, say: &mut dyn FnMut(&str)) {
     match ctx.partials.remove(name) {
         Ok(freed) => say(&format!(
-            "Download parcial de {name} apagado ({freed} bytes liberados)."
+            "Download parcial de {name} apagado ({} liberados).",
+            human_size(freed)
         )),
         Err(RemoveError::InUse) => say(&format!(
             "O download de {name} está em andamento; cancele-o antes com CANCELAR {name}."
@@ -176,7 +180,10 @@ fn clear_all(ctx: &PeerContext, say: &mut dyn FnMut(&str)) {
             }
         }
     }
-    let mut line = format!("{removed} download(s) parcial(is) apagado(s), {freed} bytes liberados");
+    let mut line = format!(
+        "{removed} download(s) parcial(is) apagado(s), {} liberados",
+        human_size(freed)
+    );
     if running > 0 {
         line.push_str(&format!(
             "; {running} em andamento mantido(s) (CANCELAR para pará-los antes)"
@@ -217,7 +224,7 @@ mod tests {
         };
         assert_eq!(
             describe(&partial),
-            "video.bin: 12582912 de 50331648 bytes (25%) (em andamento)"
+            "video.bin: 12.0 MiB de 48.0 MiB (25%) (em andamento)"
         );
     }
 }

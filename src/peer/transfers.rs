@@ -356,6 +356,16 @@ impl Transfers {
         });
     }
 
+    /// Uploads sending right now (QUIT asks before stopping them).
+    pub fn uploads_running(&self) -> usize {
+        let registry = self.shared.registry.lock();
+        registry
+            .entries
+            .values()
+            .filter(|e| e.info.direction == Direction::Upload)
+            .count()
+    }
+
     /// The running transfers, oldest first.
     pub fn list(&self) -> Vec<TransferInfo> {
         let registry = self.shared.registry.lock();

@@ -32,6 +32,8 @@ pub struct Proc {
     lines: Receiver<String>,
     seen: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Disconnected once stdout and stderr were read to their end.
+    drained: Receiver<()>,
 }
 
 impl Proc {
@@ -111,6 +113,8 @@ impl Proc {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait works") {
+                // Every line it printed is read before the caller looks at them.
+                let _ = self.drained.recv_timeout(WAIT);
                 return status;
             }
             if Instant::now() > deadline {
@@ -221,6 +225,38 @@ pub fn start_peer_on(
         .and_then(|rest| rest.split(';').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("upload port in {line:?}"));
+    PeerProc {
+        proc,
+        port,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// Starts `napster share DIR --approve yes` (no console: it JOINs at once and serves until
+/// SIGTERM) named `name`, talking to `tracker`, plus `extra` options; waits for its JOIN.
+pub fn start_share(name: &str, tracker: SocketAddr, dir: &Path, extra: &[&str]) -> PeerProc {
+    let server = tracker.to_string();
+    let dir_text = dir.to_str().expect("test folders have UTF-8 paths");
+    let mut args = vec![
+        "share",
+        dir_text,
+        "--approve",
+        "yes",
+        "--server",
+        &server,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(name, &args, None);
+    let line = proc.wait_for("Aguardando pedidos de download na porta ");
+    let port = line
+        .split("porta ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("upload port in {line:?}"));
+    proc.wait_for("Sou o Peer ");
     PeerProc {
         proc,
         port,
@@ -398,9 +434,12 @@ impl Proc {
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = unbounded();
+        let (drained_tx, drained) = crossbeam_channel::bounded::<()>(0);
+        let drained_err = drained_tx.clone();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = Arc::clone(&seen);
         thread::spawn(move || {
+            let _drained = drained_tx;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 seen2.lock().unwrap().push(line.clone());
@@ -412,6 +451,7 @@ impl Proc {
         let errs = Arc::new(Mutex::new(Vec::new()));
         let errs2 = Arc::clone(&errs);
         thread::spawn(move || {
+            let _drained = drained_err;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 errs2.lock().unwrap().push(line);
@@ -424,6 +464,7 @@ impl Proc {
             lines: rx,
             seen,
             stderr: errs,
+            drained,
         }
     }
 }
