@@ -36,6 +36,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::piece_map;
 use crate::transfer::{self, DigestHex};
 
 /// Names up to this many bytes are stored as they are (room for `.json.tmp` in 255 bytes).
@@ -171,8 +172,9 @@ pub enum RemoveError {
 pub struct PartialStore {
     root: PathBuf,
     dir: PathBuf,
-    /// Stored name → size of the file, for each running download that was promised space.
-    promises: Arc<Mutex<HashMap<String, u64>>>,
+    /// Stored name → (promise number, size of the file), for each running download that was
+    /// promised space.
+    promises: Arc<Mutex<HashMap<String, (u64, u64)>>>,
     /// Held while a download is checked against the free space, so two cannot both pass.
     admission: Arc<Mutex<()>>,
 }
@@ -217,10 +219,16 @@ impl PartialStore {
         if record.name.as_deref().is_some_and(|n| n != name) {
             return None;
         }
-        let have = fs::symlink_metadata(self.part_path(name))
+        let part = self.part_path(name);
+        let mut have = fs::symlink_metadata(&part)
             .ok()
             .filter(|m| m.file_type().is_file())?
             .len();
+        // A download from several peers writes pieces out of order: only its verified prefix
+        // is whole.
+        if let Some(prefix) = piece_map::verified_prefix(&piece_map::path_for(&part), record.size) {
+            have = have.min(prefix);
+        }
         (have <= record.size).then_some(Partial { record, have })
     }
 
@@ -249,20 +257,50 @@ impl PartialStore {
                     return Err(OpenError::Io(io::Error::other("the partial file shrank")));
                 }
                 file.set_len(offset)?;
+                // From here on the partial is a plain prefix again.
+                piece_map::remove_beside(&part);
                 file.seek(SeekFrom::Start(offset))?;
             }
-            None => {
-                file.set_len(0)?;
-                let tmp = self.dir.join(format!("{}.json.tmp", Self::key(name)));
-                fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
-                fs::rename(&tmp, self.record_path(name))?;
-            }
+            None => self.start_afresh(name, &file, record)?,
         }
         Ok(OpenPartial {
             file,
             part,
             record: self.record_path(name),
         })
+    }
+
+    /// Opens `name`'s partial for a download written in pieces (out of order), exclusively as
+    /// [`PartialStore::open`] does: kept as it is when `fresh` is false (its piece map says
+    /// what is good), emptied with a new record when true.
+    pub fn open_pieces(
+        &self,
+        name: &str,
+        record: &PartialRecord,
+        fresh: bool,
+    ) -> Result<OpenPartial, OpenError> {
+        let part = self.part_path(name);
+        if let Some(parent) = part.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let file = open_locked(&part)?;
+        if fresh {
+            self.start_afresh(name, &file, record)?;
+        }
+        Ok(OpenPartial {
+            file,
+            part,
+            record: self.record_path(name),
+        })
+    }
+
+    /// Empties the locked partial `file` of `name` and gives it a new record.
+    fn start_afresh(&self, name: &str, file: &File, record: &PartialRecord) -> io::Result<()> {
+        file.set_len(0)?;
+        piece_map::remove_beside(&self.part_path(name));
+        let tmp = self.dir.join(format!("{}.json.tmp", Self::key(name)));
+        fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
+        fs::rename(&tmp, self.record_path(name))
     }
 
     /// Promises the space `name` still needs (`size` less the `have` bytes on disk) to its
@@ -275,11 +313,14 @@ impl PartialStore {
         // no network): only downloads being admitted wait on it.
         let _admission = self.admission.lock();
         if let Some(free) = free_space(&self.root) {
+            // Other downloads' promises: this one's own earlier promise (a swarm download
+            // fetching its outboard again) is replaced, not counted.
             let running: Vec<(String, u64)> = self
                 .promises
                 .lock()
                 .iter()
-                .map(|(k, size)| (k.clone(), *size))
+                .filter(|(k, _)| **k != key)
+                .map(|(k, (_, size))| (k.clone(), *size))
                 .collect();
             let promised: u64 = running
                 .iter()
@@ -300,16 +341,18 @@ impl PartialStore {
                 });
             }
         }
-        self.promises.lock().insert(key.clone(), size);
+        let id = NEXT_PROMISE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.promises.lock().insert(key.clone(), (id, size));
         Ok(Promise {
             promises: Arc::clone(&self.promises),
             key,
+            id,
         })
     }
 
     fn len_of_key(&self, key: &str) -> u64 {
         fs::symlink_metadata(self.dir.join(format!("{key}.part")))
-            .map(|m| m.len())
+            .map(|m| on_disk(&m))
             .unwrap_or(0)
     }
 
@@ -344,7 +387,7 @@ impl PartialStore {
                         .as_ref()
                         .and_then(|r| r.name.clone())
                         .unwrap_or_else(|| stem.clone()),
-                    have: meta.len(),
+                    have: on_disk(&meta),
                     size: record.map(|r| r.size),
                     in_use: is_locked(&entry.path()),
                     stored: format!("{prefix}{stem}"),
@@ -371,25 +414,36 @@ impl PartialStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RemoveError::NotFound),
             Err(e) => return Err(RemoveError::Io(e)),
         };
-        let freed = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let freed = file.metadata().map(|m| on_disk(&m)).unwrap_or(0);
         // Unlinked while locked: a download that opened it meanwhile finds it unlinked when it
         // gets the lock, and opens a new one.
         fs::remove_file(&part).map_err(RemoveError::Io)?;
         let _ = fs::remove_file(self.dir.join(format!("{key}.json")));
+        piece_map::remove_beside(&part);
         Ok(freed)
     }
 }
 
+/// Numbers promises, so that a replaced one, dropped later, takes nothing with it.
+static NEXT_PROMISE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Keeps space promised to a running download until dropped.
 #[derive(Debug)]
 pub struct Promise {
-    promises: Arc<Mutex<HashMap<String, u64>>>,
+    promises: Arc<Mutex<HashMap<String, (u64, u64)>>>,
     key: String,
+    id: u64,
 }
 
 impl Drop for Promise {
     fn drop(&mut self) {
-        self.promises.lock().remove(&self.key);
+        let mut promises = self.promises.lock();
+        if promises
+            .get(&self.key)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            promises.remove(&self.key);
+        }
     }
 }
 
@@ -404,6 +458,11 @@ impl OpenPartial {
     /// The open file, positioned where the next byte goes.
     pub fn file(&mut self) -> &mut File {
         &mut self.file
+    }
+
+    /// The open file, for positional reads and writes (a download written in pieces).
+    pub fn as_file(&self) -> &File {
+        &self.file
     }
 
     /// Feeds the first `len` bytes on disk to `hasher` (a resumed download's prefix) and leaves
@@ -421,7 +480,7 @@ impl OpenPartial {
 
     /// Gives this very file its final name `final_path`, failing with `AlreadyExists` rather
     /// than replacing a file there; the partial's name and record are then removed.
-    pub fn finish(self, final_path: &Path) -> io::Result<()> {
+    pub fn finish(&self, final_path: &Path) -> io::Result<()> {
         match link_open_file(&self.file, final_path) {
             Ok(()) => self.forget_partial_name(),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
@@ -431,6 +490,7 @@ impl OpenPartial {
             }
         }
         let _ = fs::remove_file(&self.record);
+        piece_map::remove_beside(&self.part);
         Ok(())
     }
 
@@ -480,6 +540,7 @@ impl OpenPartial {
             let _ = fs::remove_file(&self.part);
         }
         let _ = fs::remove_file(&self.record);
+        piece_map::remove_beside(&self.part);
     }
 }
 
@@ -492,6 +553,12 @@ pub fn free_space(dir: &Path) -> Option<u64> {
         return None;
     }
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Bytes a file really holds on disk: its length, or less when it is sparse (a download in
+/// pieces sizes its file in full before the pieces arrive).
+fn on_disk(meta: &fs::Metadata) -> u64 {
+    meta.len().min(meta.blocks().saturating_mul(512))
 }
 
 fn read_record(path: &Path) -> Option<PartialRecord> {
@@ -737,5 +804,14 @@ mod tests {
         );
         drop(first);
         assert!(store.promise("b", first_size, 0).is_ok());
+        // A download promising again replaces its own promise instead of counting it.
+        let again = store.promise("c", first_size, 0).unwrap();
+        let replaced = store.promise("c", first_size, 0).unwrap();
+        drop(again);
+        assert!(
+            store.promise("d", first_size, 0).is_err(),
+            "c's promise was lost"
+        );
+        drop(replaced);
     }
 }

@@ -57,6 +57,8 @@ pub enum Command {
     Quit,
     /// List the commands.
     Help,
+    /// Show the sources of the downloads from several peers running now, with their rates.
+    Sources,
     /// A blank line.
     Empty,
     /// `TRANSFERENCIAS`, `CANCELAR`, `PARCIAIS`, `LIMPAR`.
@@ -66,7 +68,7 @@ pub enum Command {
 }
 
 /// The command names, for help and completion.
-pub const COMMAND_NAMES: [&str; 11] = [
+pub const COMMAND_NAMES: [&str; 12] = [
     "JOIN",
     "SEARCH",
     "DOWNLOAD",
@@ -78,6 +80,7 @@ pub const COMMAND_NAMES: [&str; 11] = [
     "CANCELAR",
     "PARCIAIS",
     "LIMPAR",
+    "FONTES",
 ];
 
 /// Parses one line.
@@ -99,6 +102,7 @@ pub fn parse(line: &str) -> Command {
         "NAO" | "NÃO" => Command::Nao,
         "QUIT" | "EXIT" => Command::Quit,
         "HELP" | "?" => Command::Help,
+        "FONTES" | "SOURCES" => Command::Sources,
         other => match crate::peer::transfer_commands::parse(other, rest) {
             Some(command) => Command::Transfers(command),
             None => Command::Unknown(word.to_string()),

@@ -401,7 +401,7 @@ fn check_target(ctx: &PeerContext, name: &str) -> Result<PathBuf, DownloadError>
 }
 
 /// Prints the outcome with the original's words, then UPDATEs the tracker after a success.
-fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, DownloadError>) {
+pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, DownloadError>) {
     match outcome {
         Ok(received) => {
             ctx.out.line(&format!(
@@ -463,7 +463,7 @@ pub fn download(
     // One download per stored name in this peer, and none while another process writes it.
     let guard = ctx
         .transfers
-        .start_download(&PartialStore::key(name), name, peer)
+        .start_download(&PartialStore::key(name), name, Some(peer))
         .ok_or(DownloadError::AlreadyRunning)?;
     if ctx.partials.in_use(name) {
         return Err(DownloadError::AlreadyRunning);
@@ -518,6 +518,7 @@ fn fetch(
         offset: partial.as_ref().map(|p| p.have),
         digest: partial.as_ref().map(|p| p.record.digest.clone()),
         from_port: Some(ctx.port),
+        ranges: None,
         accepts_waiting: true,
     };
     (&stream).write_all(&download_line(&request)).map_err(|e| {

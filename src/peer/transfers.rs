@@ -32,6 +32,8 @@ pub enum Direction {
     Download,
     /// This peer sends.
     Upload,
+    /// One source's connection of a download from several peers.
+    Source,
 }
 
 /// What the user is shown about a running transfer.
@@ -43,25 +45,23 @@ pub struct TransferInfo {
     pub direction: Direction,
     /// The file's name.
     pub name: String,
-    /// The other peer (for an upload, the address it connected from).
-    pub peer: SocketAddr,
+    /// The other peer (for an upload, the address it connected from); none for a download
+    /// from several peers (its sources are listed apart).
+    pub peer: Option<SocketAddr>,
 }
 
 impl fmt::Display for TransferInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.direction {
-            Direction::Download => {
-                write!(
-                    f,
-                    "[{}] download de {} de {}",
-                    self.id, self.name, self.peer
-                )
+        let (id, name) = (self.id, &self.name);
+        match (self.direction, self.peer) {
+            (Direction::Download, Some(peer)) => write!(f, "[{id}] download de {name} de {peer}"),
+            (Direction::Download, None) => write!(f, "[{id}] download de {name} em partes"),
+            (Direction::Upload, Some(peer)) => write!(f, "[{id}] upload de {name} para {peer}"),
+            (Direction::Upload, None) => write!(f, "[{id}] upload de {name}"),
+            (Direction::Source, Some(peer)) => {
+                write!(f, "[{id}] fonte {peer} do download de {name}")
             }
-            Direction::Upload => write!(
-                f,
-                "[{}] upload de {} para {}",
-                self.id, self.name, self.peer
-            ),
+            (Direction::Source, None) => write!(f, "[{id}] fonte do download de {name}"),
         }
     }
 }
@@ -244,7 +244,7 @@ impl Transfers {
         &self,
         key: &str,
         name: &str,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
     ) -> Option<TransferGuard<'_>> {
         let mut registry = self.shared.registry.lock();
         if !registry.downloads.insert(key.to_string()) {
@@ -262,7 +262,13 @@ impl Transfers {
     /// Registers an upload of `name` to `peer`.
     pub fn start_upload(&self, name: &str, peer: SocketAddr) -> TransferGuard<'_> {
         let mut registry = self.shared.registry.lock();
-        self.register(&mut registry, Direction::Upload, name, peer, None)
+        self.register(&mut registry, Direction::Upload, name, Some(peer), None)
+    }
+
+    /// Registers one source's connection of the download from several peers of `name`.
+    pub fn start_source(&self, name: &str, peer: SocketAddr) -> TransferGuard<'_> {
+        let mut registry = self.shared.registry.lock();
+        self.register(&mut registry, Direction::Source, name, Some(peer), None)
     }
 
     fn register(
@@ -270,7 +276,7 @@ impl Transfers {
         registry: &mut Registry,
         direction: Direction,
         name: &str,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
         download: Option<String>,
     ) -> TransferGuard<'_> {
         let id = self.shared.next.fetch_add(1, Ordering::Relaxed) + 1;
@@ -435,7 +441,7 @@ fn moved(socket: &TcpStream, direction: Direction) -> Option<u64> {
     }
     Some(match direction {
         Direction::Upload => info.tcpi_bytes_acked,
-        Direction::Download => info.tcpi_bytes_received,
+        Direction::Download | Direction::Source => info.tcpi_bytes_received,
     })
 }
 
@@ -469,7 +475,7 @@ fn watchdog(shared: &Shared) {
             };
             if bytes.saturating_sub(watch.bytes_at_start) < watch.rate.bytes_per_window() {
                 log::info!(
-                    "transfer {} ({}) moved {} bytes in {:?}: too slow, giving up",
+                    "transfer {} ({:?}) moved {} bytes in {:?}: too slow, giving up",
                     entry.info.id,
                     entry.info.peer,
                     bytes.saturating_sub(watch.bytes_at_start),
@@ -551,7 +557,7 @@ mod tests {
         let transfers = Transfers::new();
         let (near_a, mut far_a) = pair(&listener);
         let (near_b, far_b) = pair(&listener);
-        let a = transfers.start_download("a", "a", peer()).unwrap();
+        let a = transfers.start_download("a", "a", Some(peer())).unwrap();
         let b = transfers.start_upload("b", peer());
         transfers.attach(&a, &near_a);
         transfers.attach(&b, &near_b);
@@ -575,10 +581,20 @@ mod tests {
     #[test]
     fn a_stored_name_is_claimed_by_one_download_at_a_time() {
         let transfers = Transfers::new();
-        let first = transfers.start_download("long/abc", "x", peer()).unwrap();
-        assert!(transfers.start_download("long/abc", "y", peer()).is_none());
+        let first = transfers
+            .start_download("long/abc", "x", Some(peer()))
+            .unwrap();
+        assert!(
+            transfers
+                .start_download("long/abc", "y", Some(peer()))
+                .is_none()
+        );
         drop(first);
-        assert!(transfers.start_download("long/abc", "y", peer()).is_some());
+        assert!(
+            transfers
+                .start_download("long/abc", "y", Some(peer()))
+                .is_some()
+        );
     }
 
     /// A transfer that moves less than its minimum over a window is shut down as too slow;
@@ -588,7 +604,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let transfers = Transfers::new();
         let (near, mut far) = pair(&listener);
-        let guard = transfers.start_download("slow", "slow", peer()).unwrap();
+        let guard = transfers
+            .start_download("slow", "slow", Some(peer()))
+            .unwrap();
         transfers.attach(&guard, &near);
         let rate = MinRate {
             bytes_per_sec: 1 << 20,

@@ -30,12 +30,15 @@ use crate::peer::approval::{ApprovalRequest, Decision};
 use crate::peer::deadline::Deadline;
 use crate::peer::output::log_prefix;
 use crate::peer::progress::Progress;
+use crate::peer::range_server;
 use crate::peer::transfers::{Ending, MinRate};
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{Reply, parse_download_request, status, waiting_for};
+use crate::protocol::ranges;
 use crate::throttle::Throttle;
 use crate::transfer;
+use crate::verified::CHUNK_GROUP;
 use crate::warn_throttled;
 
 /// The largest DOWNLOAD_REQUEST accepted.
@@ -281,7 +284,6 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         Ok(None) => return,
         Err(e) => Err(e.to_string()),
     };
-    drop(reader);
     let request = match request {
         Ok(request) => request,
         Err(message) => {
@@ -339,9 +341,29 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
+    // A range session needs the file's outboard: computed once, before the OK that offers it.
+    let outboard = if request.ranges == Some(true) {
+        match ctx.outboards.open(&file, size, &digest) {
+            Ok(outboard) => Some(outboard),
+            Err(e) => {
+                log::warn!("no outboard for {}: {e}", path.display());
+                let _ = reply(
+                    &stream,
+                    &Reply::error(format!("cannot serve ranges of this file now: {e}")),
+                );
+                return;
+            }
+        }
+    } else {
+        None
+    };
     // Resume only a download of this very file (same digest) and within it.
     let offset = match (request.offset, &request.digest) {
-        (Some(offset), Some(wanted)) if *wanted == digest && offset <= size => offset,
+        (Some(offset), Some(wanted))
+            if *wanted == digest && offset <= size && outboard.is_none() =>
+        {
+            offset
+        }
         _ => 0,
     };
     let ok = Reply {
@@ -349,6 +371,8 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         file_size: Some(size),
         digest: Some(digest),
         offset: Some(offset),
+        chunk_group: outboard.as_ref().map(|_| CHUNK_GROUP),
+        max_range: outboard.as_ref().map(|_| ranges::MAX_RANGE),
         ..Reply::default()
     };
     // The original's downloader parses each `recv` as one reply: space the writes for it.
@@ -396,6 +420,26 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         return;
     }
     pacer.wrote();
+    if let Some(outboard) = outboard {
+        let session = range_server::SessionFile {
+            file: &file,
+            size,
+            outboard: &outboard,
+        };
+        // The session's requests have their own limits (idle, per request); a swarm source
+        // may rightly wait between ranges, so it is not held to the minimum rate either.
+        reader.get_mut().set(None);
+        range_server::serve_session(
+            ctx,
+            &stream,
+            &mut reader,
+            &request.filename,
+            from,
+            &session,
+            guard.stop_flag(),
+        );
+        return;
+    }
     pacer.before_write();
     let rate = MinRate::over(ctx.liveness);
     ctx.transfers.watch(&guard, rate);
