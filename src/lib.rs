@@ -17,9 +17,9 @@
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
 //! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
-//! [`console_out`] (the tracker's console lines, written by one thread), [`throttle`]
-//! (rate-limited warnings), [`cli`] (the command line). Threads, not async: one per
-//! connection, as the original, with small stacks.
+//! [`console_out`] (the tracker's console lines, written by one thread), [`logging`] (log lines,
+//! kept off the peer's prompt row), [`throttle`] (rate-limited warnings), [`cli`] (the command
+//! line). Threads, not async: one per connection, as the original, with small stacks.
 
 #![warn(missing_docs)]
 
@@ -28,6 +28,7 @@ pub mod console_out;
 pub mod dial;
 pub mod exit;
 pub mod liveness;
+pub mod logging;
 pub mod os_error;
 pub mod outboard_store;
 pub mod partial;

@@ -160,7 +160,7 @@ fn partials_are_listed_and_cleared_from_the_console() {
     b.send("CANCELAR p.bin");
     let cancelled = b.wait_for("Erro ao processar download de p.bin: download cancelado");
     assert!(
-        cancelled.contains("guardados para retomar depois"),
+        cancelled.contains("a parte recebida foi guardada para retomar depois"),
         "{cancelled}"
     );
     gate.open();

@@ -212,15 +212,15 @@ fn a_connection_kept_alive_by_newlines_is_closed_at_the_request_deadline() {
 }
 
 /// Item 7: an approved upload must keep a minimum rate. A downloader that reads 2 KiB every
-/// 250 ms (8 KiB/s, under the 16 KiB/s minimum) is cut off after one window (`--liveness`,
-/// here 2 s), and the uploader says why.
+/// 250 ms (8 KiB/s, under the 16 KiB/s minimum) is cut off after one window (half of
+/// `--liveness`, here 2 s), and the uploader says why.
 #[test]
 fn a_slow_reader_is_cut_off_below_the_minimum_rate() {
     let tmp = tempfile::tempdir().unwrap();
     let [da] = folders(tmp.path(), ["a"]);
     write_pattern(&da.join("big.bin"), 64 << 20, 9);
     let t = start_tracker(&[]);
-    let a = start_peer("a", t.addr, &da, &["--approve", "yes", "--liveness", "2"]);
+    let a = start_peer("a", t.addr, &da, &["--approve", "yes", "--liveness", "4"]);
     let addr: SocketAddr = a.addr().parse().unwrap();
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     // A small receive buffer, so what the uploader sees acknowledged is what was read.

@@ -24,7 +24,6 @@ use crate::peer::PeerContext;
 use crate::peer::deadline::Deadline;
 use crate::peer::output::printable;
 use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_size};
-use crate::peer::tracker_client::LinkError;
 use crate::peer::transfers::{Ending, MinRate, TransferGuard};
 use crate::protocol::messages::{
     DownloadRequest, Reply, download_line, parse_reply, status, waiting_for,
@@ -217,12 +216,13 @@ impl DownloadError {
     }
 }
 
-/// `; 1.0 MiB de 4.0 MiB guardados para retomar depois (...)`: where a stopped download is.
+/// `; 1.0 MiB de 4.0 MiB recebidos; a parte recebida foi guardada ...`: where a stopped
+/// download is, in the words of any cut download.
 fn write_kept(f: &mut fmt::Formatter<'_>, kept: &Option<(u64, u64, PathBuf)>) -> fmt::Result {
     match kept {
         Some((got, total, partial)) if *got > 0 => write!(
             f,
-            "; {} de {} guardados para retomar depois ({}; {CLEAR_HINT})",
+            "; {} de {} recebidos; a parte recebida foi guardada para retomar depois ({}; {CLEAR_HINT})",
             human_size(*got),
             human_size(*total),
             partial.display()
@@ -410,10 +410,8 @@ pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, Do
             ));
             ctx.out.line(&summary(&received));
             match ctx.shared.list() {
-                Ok(files) => match ctx.link.update(&files) {
-                    Ok(()) | Err(LinkError::NotConnected) => {}
-                    Err(e) => log::warn!("UPDATE after downloading {name} failed: {e}"),
-                },
+                // Sent by the tracker link; a failure is logged there.
+                Ok(files) => ctx.link.update(files),
                 Err(e) => log::warn!("cannot list the shared folder: {e}"),
             }
         }
@@ -468,7 +466,7 @@ pub fn download(
     if ctx.partials.in_use(name) {
         return Err(DownloadError::AlreadyRunning);
     }
-    let rate = MinRate::over(ctx.liveness);
+    let rate = MinRate::for_liveness(ctx.liveness);
     let mut size = None;
     // Stopped from outside (CANCELAR, too slow): say so, whatever error the stop caused.
     fetch(

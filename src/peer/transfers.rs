@@ -100,12 +100,14 @@ pub struct MinRate {
 }
 
 impl MinRate {
-    /// The minimum for transfers: [`MIN_RATE`] bytes per second over windows of `window` (the
-    /// peer's `--liveness` bound).
-    pub fn over(window: Duration) -> MinRate {
+    /// The minimum for transfers of a peer whose `--liveness` bound is `liveness`:
+    /// [`MIN_RATE`] bytes per second over windows of half that bound (at least 1 s). Half, so
+    /// that a partner that trickles is given up for what it is, before the kernel's
+    /// `TCP_USER_TIMEOUT` (the whole bound) would end the connection for want of an ACK.
+    pub fn for_liveness(liveness: Duration) -> MinRate {
         MinRate {
             bytes_per_sec: MIN_RATE,
-            window: window.max(Duration::from_secs(1)),
+            window: (liveness / 2).max(Duration::from_secs(1)),
         }
     }
 

@@ -441,7 +441,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         return;
     }
     pacer.before_write();
-    let rate = MinRate::over(ctx.liveness);
+    let rate = MinRate::for_liveness(ctx.liveness);
     ctx.transfers.watch(&guard, rate);
     let label = format!("Upload de {} para {from}", request.filename);
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
