@@ -265,6 +265,11 @@ impl<R: TimedRead> FrameReader<R> {
         &self.inner
     }
 
+    /// The underlying stream, to change how it reads (a deadline, for example).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Takes the bytes received after the last frame and not yet consumed (for example, file
     /// data that followed a reply in the same packet). Leaves the reader between frames.
     pub fn take_buffered(&mut self) -> Vec<u8> {
