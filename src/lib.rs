@@ -11,7 +11,8 @@
 //!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
-//! [`console_out`] (the tracker's console lines, written by one thread), [`cli`] (the command
+//! [`console_out`] (the tracker's console lines, written by one thread within a byte budget),
+//! [`log_limit`] (bounded, throttled log lines for text from the network), [`cli`] (the command
 //! line). Threads, not async: one per connection, as the original, with small stacks.
 
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod console_out;
 pub mod dial;
 pub mod liveness;
+pub mod log_limit;
 pub mod peer;
 pub mod protocol;
 pub mod share;
