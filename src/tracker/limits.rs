@@ -483,11 +483,18 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
 /// The open-file limit in force: raised to the hard limit if possible; if raising fails, the
 /// soft limit as it is (a failed raise must still leave the connection cap fitted).
 pub fn open_file_limit_in_force() -> Option<u64> {
-    match raise_open_file_limit() {
+    limit_in_force(raise_open_file_limit(), || {
+        current_open_file_limit().ok().map(|l| l.rlim_cur)
+    })
+}
+
+/// The limit after an attempt to raise it: the raised one, or else what `current` reads.
+fn limit_in_force(raised: io::Result<u64>, current: impl FnOnce() -> Option<u64>) -> Option<u64> {
+    match raised {
         Ok(limit) => Some(limit),
         Err(e) => {
             log::warn!("cannot raise the open-file limit: {e}");
-            current_open_file_limit().ok().map(|l| l.rlim_cur)
+            current()
         }
     }
 }
@@ -502,4 +509,89 @@ fn current_open_file_limit() -> io::Result<libc::rlimit> {
         return Err(io::Error::last_os_error());
     }
     Ok(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(name: &'static str, room: usize) -> Limit {
+        Limit {
+            name,
+            room,
+            detail: String::new(),
+        }
+    }
+
+    /// The cap is the smallest room; the start line names that limit, or --max-connections
+    /// when nothing was lower.
+    #[test]
+    fn the_smallest_room_sets_the_cap_and_is_named() {
+        let fitted = Fitted::new(16_384, vec![limit("a", 20_000), limit("b", 15_004)]);
+        assert_eq!(fitted.cap, 15_004);
+        assert_eq!(fitted.binding().map(|l| l.name), Some("b"));
+        assert!(
+            fitted
+                .summary()
+                .starts_with("Até 15.004 conexões ao mesmo tempo (limite: b,")
+        );
+        let fitted = Fitted::new(100, vec![limit("a", 20_000)]);
+        assert_eq!(fitted.cap, 100);
+        assert!(fitted.binding().is_none());
+        assert!(fitted.summary().ends_with("(limite: --max-connections)"));
+        assert_eq!(Fitted::new(100, vec![limit("none", 0)]).cap, 1);
+    }
+
+    /// At the default vm.max_map_count, 4 mappings a thread leave room well below the 16,380
+    /// threads at which the runtime used to abort, with thousands of mappings to spare.
+    #[test]
+    fn the_mapping_room_keeps_a_margin_below_the_abort() {
+        let room = map_count_room(65_530, 200, 4);
+        assert!(room < 16_380 - 1000, "{room}");
+        assert!(room > 14_000, "{room}");
+        assert!(65_530 - 200 - room * 4 >= 5000);
+        assert_eq!(map_count_room(1000, 5000, 4), 0);
+    }
+
+    /// A thread of ours costs the mappings counted in the module documentation (stack and
+    /// guard, alternate signal stack and guard), give or take a merge with a neighbour.
+    #[test]
+    fn a_thread_costs_about_four_mappings() {
+        let measured = maps_per_thread(128 * 1024).expect("measurable on Linux");
+        assert!((3..=6).contains(&measured), "{measured}");
+    }
+
+    #[test]
+    fn open_files_and_tasks_leave_their_spares() {
+        assert_eq!(open_file_limit(80).room, 16);
+        assert_eq!(open_file_limit(10).room, 0);
+        assert_eq!(task_room(32_768, 200), 32_768 - 200 - 4096 - 64);
+        assert_eq!(task_room(4000, 3000), 0);
+    }
+
+    /// A failed raise of the open-file limit still leaves a limit to fit to: the one in force.
+    #[test]
+    fn a_failed_raise_still_fits_to_the_limit_in_force() {
+        let failed = Err(io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(limit_in_force(failed, || Some(80)), Some(80));
+        assert_eq!(limit_in_force(Ok(4096), || Some(80)), Some(4096));
+    }
+
+    #[test]
+    fn the_cgroup_folder_comes_from_v1_or_the_unified_hierarchy() {
+        let v1 = "8:pids:/user.slice/u.scope\n4:memory:/m\n0::/unified";
+        assert_eq!(
+            cgroup_dir(v1, "pids"),
+            Some(PathBuf::from("/sys/fs/cgroup/pids/user.slice/u.scope"))
+        );
+        assert_eq!(
+            cgroup_dir(v1, "memory"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/m"))
+        );
+        assert_eq!(
+            cgroup_dir("0::/system.slice/x.service", "pids"),
+            Some(PathBuf::from("/sys/fs/cgroup/system.slice/x.service"))
+        );
+        assert_eq!(cgroup_dir("", "pids"), None);
+    }
 }
