@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use crate::log_limit::{LOGGED_TEXT, prefix};
+use crate::log_limit::{LOGGED_TEXT, Throttle, held_note, prefix};
 use crate::share;
 
 /// Why a folder named in an original-dialect JOIN was not listed. The text is sent to the
@@ -102,23 +102,33 @@ pub fn list_client_folder(
     enabled: bool,
 ) -> Result<Vec<String>, FolderRefused> {
     let shown = prefix(folder, LOGGED_TEXT);
+    // A client can repeat a folder JOIN as fast as it likes: a few lines per 10 s, then a count.
+    let warn = |what: std::fmt::Arguments| {
+        if let Some(held) = FOLDER_WARNINGS.allow() {
+            log::warn!("{client}: {what}{}", held_note(held));
+        }
+    };
     if !enabled {
         log::info!("{client}: refused a folder JOIN ({shown:?}): --legacy-folder-join is off");
         return Err(FolderRefused::Disabled);
     }
     if !may_list_folder_for(client.ip()) {
-        log::warn!("{client}: refused to list folder {shown:?}: the client is not on this machine");
+        warn(format_args!(
+            "refused to list folder {shown:?}: the client is not on this machine"
+        ));
         return Err(FolderRefused::Remote(client.ip()));
     }
     let unlistable = |e: io::Error| {
-        log::warn!("{client}: cannot list {shown:?}: {e}");
+        warn(format_args!("cannot list {shown:?}: {e}"));
         FolderRefused::Unlistable(folder.to_string(), e)
     };
     let meta = fs::metadata(folder).map_err(unlistable)?;
     if !meta.is_dir() {
         return Err(unlistable(io::Error::other("not a folder")));
     }
-    log::warn!("{client}: listing folder {shown:?} for an original-dialect JOIN");
+    warn(format_args!(
+        "listing folder {shown:?} for an original-dialect JOIN"
+    ));
     let mut names = Vec::new();
     for entry in fs::read_dir(folder).map_err(unlistable)? {
         let entry = entry.map_err(unlistable)?;
@@ -143,6 +153,9 @@ pub fn list_client_folder(
     names.sort();
     Ok(names)
 }
+
+/// Warnings about folder JOINs.
+static FOLDER_WARNINGS: Throttle = Throttle::new(10, Duration::from_secs(10));
 
 /// Would the original's peer, which dials every port of a SEARCH reply on `127.0.0.1`, reach
 /// the peer at `addr`? Yes when `addr` is a loopback address or an address of this machine
