@@ -447,3 +447,25 @@ fn log_refusal(remote: SocketAddr, message: &str) {
         log_limit::prefix(message, 2 * log_limit::LOGGED_TEXT)
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4 address is one host, however it arrives (v4-mapped too); an IPv6 /64 is one host.
+    #[test]
+    fn hosts_are_ipv4_addresses_or_ipv6_prefixes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(host_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(host_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            host_key(ip("2001:db8:1:2::5")),
+            host_key(ip("2001:db8:1:2:aaaa::9"))
+        );
+        assert_eq!(host_key(ip("2001:db8:1:2::5")), ip("2001:db8:1:2::"));
+        assert_ne!(
+            host_key(ip("2001:db8:1:2::5")),
+            host_key(ip("2001:db8:1:3::5"))
+        );
+    }
+}
