@@ -70,6 +70,7 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 die() { echo "SOAK FAILED: $*" >&2; exit 1; }
 fail() { failures+=("$*"); echo "!! $*" >&2; }
@@ -329,8 +330,13 @@ while (( $(now) < end_time )); do
     # Kill one side half way (as far as a small file has a half way), then bring it back.
     victim="$d"; (( RANDOM % 2 )) && victim="$u"
     sleep "0.0$((RANDOM % 10))"  # a random moment into the transfer is the point here
+    left="Peer 127.0.0.1:${peer_port[$victim]} saiu"
+    gone="$(grep -cF -- "$left" "$work/tracker.out" || true)"
     kill -9 "${peer_pid[$victim]}" 2>/dev/null || true
     wait "${peer_pid[$victim]}" 2>/dev/null || true
+    # As a user would, restart once the tracker has let the old entry go: a JOIN onto an
+    # address the tracker still holds for a live connection is refused (rule T7).
+    wait_count "$work/tracker.out" "$left" $((gone + 1)) 10 || true
     joins="$(grep -cF "Sou o Peer" "$work/$victim.out" || true)"
     start_peer "$victim"
     wait_count "$work/$victim.out" "Sou o Peer" $((joins + 1)) 60 || fail "$victim did not come back after being killed"
