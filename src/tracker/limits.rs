@@ -137,7 +137,12 @@ pub fn map_count_room(max_map_count: usize, maps_now: usize, per_thread: usize) 
 
 fn map_count_limit(stack: usize) -> Option<Limit> {
     let max: usize = read_number("/proc/sys/vm/max_map_count")?;
-    let per_thread = maps_per_thread(stack).unwrap_or(MAPS_PER_THREAD);
+    // Measuring starts 64 threads: only where they surely fit, or it could itself abort.
+    let per_thread = if max.saturating_sub(count_maps()?) > map_reserve(max) + 64 * 8 {
+        maps_per_thread(stack).unwrap_or(MAPS_PER_THREAD)
+    } else {
+        MAPS_PER_THREAD
+    };
     let now = count_maps()?;
     Some(Limit {
         name: "vm.max_map_count",
