@@ -299,6 +299,7 @@ half_time=$(( (start_time + end_time) / 2 ))
 restarted=0
 round=0
 completed=0
+late=0
 completed_expected=0
 expected=0
 timed_out=0
@@ -324,6 +325,13 @@ while (( $(now) < end_time )); do
   [[ "$d" != "$u" ]] || continue
   name="src-$u.bin"
   done_line="Arquivo $name baixado com sucesso"
+  # A download that finished after its round was over (its uploader was killed just as the
+  # last bytes arrived) left the file: check it like any other, then clear the way.
+  if [[ -f "$work/$d/$name" ]]; then
+    late=$((late + 1))
+    cmp -s "$work/$u/$name" "$work/$d/$name" || fail "round $round: $d's late copy of $name differs from $u's"
+    rm -f "$work/$d/$name"
+  fi
   before="$(grep -cF -- "$done_line" "$work/$d.out" || true)"
   printf 'DOWNLOAD %s 127.0.0.1:%s\n' "$name" "${peer_port[$u]}" >&"${peer_fd[$d]}"
   if (( round % 5 == 0 )); then
@@ -417,7 +425,7 @@ sample_all
 echo "== samples (max over the run): who, RSS MiB, fds, threads"
 awk -F'\t' 'NR > 1 { if ($3 > r[$2]) r[$2] = $3; if ($4 > f[$2]) f[$2] = $4; if ($5 > t[$2]) t[$2] = $5 }
   END { for (w in r) printf "  %-8s %6.1f %6d %6d\n", w, r[w] / 1024, f[w], t[w] }' "$work/samples.tsv" | sort
-echo "== $round rounds: $completed downloads completed, each verified byte-exact ($completed_expected of the $expected not interrupted, $timed_out timed out; the rest finished before a kill), $(cat "$work"/p*.out | grep -c 'Retomando o download' || true) resumed after a kill; tracker restarted once; load now $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $round rounds: $completed downloads completed, each verified byte-exact ($completed_expected of the $expected not interrupted, $timed_out timed out; the rest finished before a kill; $late more finished after their round), $(cat "$work"/p*.out | grep -c 'Retomando o download' || true) resumed after a kill; tracker restarted once; load now $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if (( ${#failures[@]} )); then
   echo "SOAK FAILED:" >&2
