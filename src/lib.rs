@@ -11,6 +11,7 @@
 //!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
+//! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
 //! [`console_out`] (the tracker's console lines, written by one thread within a byte budget),
 //! [`log_limit`] (bounded, throttled log lines for text from the network), [`cli`] (the command
 //! line). Threads, not async: one per connection, as the original, with small stacks.
@@ -20,8 +21,10 @@
 pub mod cli;
 pub mod console_out;
 pub mod dial;
+pub mod exit;
 pub mod liveness;
 pub mod log_limit;
+pub mod os_error;
 pub mod peer;
 pub mod protocol;
 pub mod share;
