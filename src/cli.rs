@@ -232,6 +232,10 @@ pub struct PeerArgs {
     /// Read plain lines even when stdin is a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Peers a download fetches from at once when several hold the file (DOWNLOAD name).
+    #[arg(long, default_value_t = crate::peer::swarm::DEFAULT_SOURCES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub sources: usize,
 }
 
 /// `napster get` options.
@@ -304,6 +308,7 @@ impl PeerArgs {
             approval_timeout: seconds(self.approval_timeout),
             reading,
             history: self.history.clone(),
+            sources: self.sources,
             ..self.net.config()?
         })
     }
@@ -360,6 +365,7 @@ impl NetArgs {
             reading: Reading::Lines,
             history: None,
             liveness: seconds(self.liveness),
+            sources: crate::peer::swarm::DEFAULT_SOURCES,
         })
     }
 }

@@ -9,6 +9,10 @@
 //! [`transfer`] moves file bytes over a socket and [`share`] knows the shared folder; neither
 //! knows what the messages mean. The wire is described in `PROTOCOL.md`.
 //!
+//! A download from several peers at once ([`peer::swarm`]) checks every piece against the
+//! file's digest with [`verified`] (BLAKE3 verified streaming), whose outboards the uploader
+//! keeps in [`outboard_store`] and whose progress a partial download keeps in [`piece_map`].
+//!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
 //! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
@@ -25,8 +29,11 @@ pub mod exit;
 pub mod liveness;
 pub mod log_limit;
 pub mod os_error;
+pub mod outboard_store;
 pub mod peer;
+pub mod piece_map;
 pub mod protocol;
 pub mod share;
 pub mod tracker;
 pub mod transfer;
+pub mod verified;

@@ -56,6 +56,8 @@ pub enum Command {
     Quit,
     /// List the commands.
     Help,
+    /// Show the sources of the downloads from several peers running now, with their rates.
+    Sources,
     /// A blank line.
     Empty,
     /// Anything else.
@@ -63,7 +65,9 @@ pub enum Command {
 }
 
 /// The command names, for help and completion.
-pub const COMMAND_NAMES: [&str; 7] = ["JOIN", "SEARCH", "DOWNLOAD", "SIM", "NAO", "QUIT", "HELP"];
+pub const COMMAND_NAMES: [&str; 8] = [
+    "JOIN", "SEARCH", "DOWNLOAD", "SIM", "NAO", "QUIT", "HELP", "FONTES",
+];
 
 /// Parses one line.
 pub fn parse(line: &str) -> Command {
@@ -84,6 +88,7 @@ pub fn parse(line: &str) -> Command {
         "NAO" | "NÃO" => Command::Nao,
         "QUIT" | "EXIT" => Command::Quit,
         "HELP" | "?" => Command::Help,
+        "FONTES" | "SOURCES" => Command::Sources,
         _ => Command::Unknown(word.to_string()),
     }
 }

@@ -25,7 +25,7 @@ use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
 use crate::peer::commands::{self, Command, PeerSpec};
 use crate::peer::downloader::{self, Finished};
 use crate::peer::tracker_client::LinkEvent;
-use crate::peer::{ApproveMode, PeerContext, Reading};
+use crate::peer::{ApproveMode, PeerContext, Reading, swarm};
 use crate::protocol::legacy::python_list;
 
 /// One thing the line reader saw.
@@ -424,6 +424,15 @@ impl Console {
             Command::Sim => self.answer(Decision::Accept),
             Command::Nao => self.answer(Decision::Reject),
             Command::Help => self.say(self.menu()),
+            Command::Sources => {
+                let lines = swarm::status_lines(&self.ctx);
+                if lines.is_empty() {
+                    self.say("Nenhum download de várias fontes em andamento.");
+                }
+                for line in lines {
+                    self.say(&line);
+                }
+            }
             Command::Join => self.join(),
             Command::Unknown(word) => self.fail(
                 Failure::Command,
@@ -525,33 +534,76 @@ impl Console {
         }
     }
 
-    /// `DOWNLOAD name` without a peer: the one peer the last search of that name found, or
-    /// the original's question.
+    /// `DOWNLOAD name` without a peer: the one peer the last search of that name found; from
+    /// all of them at once when it found several; else the original's question.
     fn download_named(&mut self, name: String) {
-        match self.only_holder(&name) {
-            Some(peer) => self.start_download(name, peer),
-            None => self.ask(Asking::DownloadPeer(name)),
+        match self.searched_holders(&name).as_slice() {
+            [only] => self.start_download(name, *only),
+            [_, _, ..] => self.start_swarm(name),
+            [] => self.ask(Asking::DownloadPeer(name)),
         }
     }
 
-    /// The only other peer the last search for `name` listed, if it listed exactly one.
-    fn only_holder(&self, name: &str) -> Option<SocketAddr> {
-        let (searched, peers) = self.state.last_search()?;
+    /// The other peers the last search for `name` listed (none if it was not the last name
+    /// searched).
+    fn searched_holders(&self, name: &str) -> Vec<SocketAddr> {
+        let Some((searched, peers)) = self.state.last_search() else {
+            return Vec::new();
+        };
         if searched != name {
-            return None;
+            return Vec::new();
         }
-        let own = self
+        let own = self.own_addresses();
+        peers
+            .iter()
+            .filter_map(|p| p.parse::<SocketAddr>().ok())
+            .filter(|p| !own.contains(p))
+            .collect()
+    }
+
+    /// How the tracker may list this peer.
+    fn own_addresses(&self) -> Vec<SocketAddr> {
+        let from_link = self
             .ctx
             .link
             .addresses()
             .map(|(_, local)| SocketAddr::new(local, self.ctx.port));
-        let mut others = peers
-            .iter()
-            .filter_map(|p| p.parse::<SocketAddr>().ok())
-            .filter(|p| Some(*p) != own);
-        match (others.next(), others.next()) {
-            (Some(only), None) => Some(only),
-            _ => None,
+        let bound = self
+            .ctx
+            .bind_ip
+            .map(|ip| SocketAddr::new(ip, self.ctx.port));
+        from_link.into_iter().chain(bound).collect()
+    }
+
+    /// Downloads `name` from every holder of its content at once, asking the tracker again
+    /// for who holds it now (and, when it says, the content's size and digest).
+    fn start_swarm(&mut self, name: String) {
+        let reply = match self.ctx.link.search_reply(&name) {
+            Ok(reply) => reply,
+            Err(e) => {
+                log::debug!("SEARCH before a swarm download failed: {e:?}");
+                return self.fail(
+                    Failure::Tracker,
+                    &format!("Erro ao processar download: {e}"),
+                );
+            }
+        };
+        let (holders, expected) = swarm::holders_from_search(&name, &reply, &self.own_addresses());
+        match holders.as_slice() {
+            [] => self.fail(Failure::NotFound, "Arquivo não encontrado."),
+            [only] => self.start_download(name, *only),
+            _ => {
+                let request = swarm::SwarmRequest {
+                    name,
+                    holders,
+                    expected,
+                    max_sources: self.ctx.sources,
+                };
+                match swarm::start(&self.ctx, request) {
+                    Ok(()) => self.downloads += 1,
+                    Err(failure) => self.outcome.fail(failure),
+                }
+            }
         }
     }
 

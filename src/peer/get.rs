@@ -63,6 +63,9 @@ pub fn get(
         asks_within: None,
         finished: finished_tx,
         liveness: config.liveness,
+        outboards: crate::outboard_store::OutboardStore::new(opened.folder.shared.path()),
+        sources: config.sources,
+        swarms: Default::default(),
     });
     let peer = match choose_peer(&config, name, from, bind_ip, out.as_ref()) {
         Ok(peer) => peer,

@@ -15,6 +15,8 @@ pub mod line_reader;
 pub mod output;
 pub mod progress;
 pub mod prompt;
+pub mod range_server;
+pub mod swarm;
 pub mod tracker_client;
 pub mod transfers;
 pub mod uploader;
@@ -31,6 +33,7 @@ use crossbeam_channel::{Sender, unbounded};
 
 use crate::exit::Failure;
 use crate::os_error::describe;
+use crate::outboard_store::OutboardStore;
 use crate::peer::approval::ApprovalRequest;
 use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
 use crate::peer::downloader::Finished;
@@ -88,6 +91,8 @@ pub struct PeerConfig {
     pub history: Option<PathBuf>,
     /// A tracker or transfer partner that stops answering is given up after about this long.
     pub liveness: Duration,
+    /// Sources a download from several peers uses at once.
+    pub sources: usize,
 }
 
 /// The shared folder when `--dir` is not given: the same every run, in the current folder.
@@ -182,6 +187,8 @@ pub struct PeerContext {
     pub partials: PartialStore,
     /// Digests of shared files.
     pub digests: DigestCache,
+    /// Outboards of shared files, for range sessions.
+    pub outboards: OutboardStore,
     /// The tracker connection.
     pub link: Arc<TrackerLink>,
     /// Console output.
@@ -197,6 +204,10 @@ pub struct PeerContext {
     pub finished: Sender<Finished>,
     /// The bound for detecting a vanished tracker or transfer partner.
     pub liveness: Duration,
+    /// Sources a download from several peers uses at once.
+    pub sources: usize,
+    /// Downloads from several peers running now.
+    pub swarms: swarm::Running,
 }
 
 /// What a peer opens before anything else: its upload port and its folder.
@@ -256,6 +267,7 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         bind_ip,
         advertise: config.advertise.clone(),
         partials: PartialStore::new(folder.shared.path()),
+        outboards: OutboardStore::new(folder.shared.path()),
         shared: folder.shared.clone(),
         digests: DigestCache::new(),
         link: Arc::new(TrackerLink::new(
@@ -270,6 +282,8 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         asks_within: (config.approve == ApproveMode::Ask).then_some(config.approval_timeout),
         finished: finished_tx,
         liveness: config.liveness,
+        sources: config.sources.max(1),
+        swarms: Default::default(),
     });
     ctx.out.line(&format!(
         "Aguardando pedidos de download na porta {port}; {}",

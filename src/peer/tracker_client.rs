@@ -162,6 +162,14 @@ impl TrackerLink {
         Ok(reply.peers.unwrap_or_default())
     }
 
+    /// The whole SEARCH reply for `name`: holders of the exact name, and the results grouped
+    /// by content when the tracker gives them.
+    pub fn search_reply(&self, name: &str) -> Result<Reply, LinkError> {
+        let mut guard = self.conn.lock();
+        let reply = Self::exchange(&mut guard, &messages::search_line(name))?;
+        expect_status(reply, status::OK)
+    }
+
     /// Replaces the list of shared names.
     pub fn update(&self, files: &[String]) -> Result<(), LinkError> {
         let mut guard = self.conn.lock();

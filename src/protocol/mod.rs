@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod legacy;
 pub mod messages;
+pub mod ranges;
 
 pub use codec::{CodecError, DEFAULT_MAX_MESSAGE, FrameReader, TimedRead};
 pub use messages::{DownloadRequest, Reply, TrackerRequest};
