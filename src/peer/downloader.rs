@@ -18,7 +18,6 @@ use crate::os_error::{closed_by_other_side, describe};
 use crate::peer::PeerContext;
 use crate::peer::output::printable;
 use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_size};
-use crate::peer::tracker_client::LinkError;
 use crate::protocol::messages::{
     DownloadRequest, Reply, download_line, parse_reply, status, waiting_for,
 };
@@ -334,10 +333,8 @@ pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, Do
             ));
             ctx.out.line(&summary(&received));
             match ctx.shared.list() {
-                Ok(files) => match ctx.link.update(&files) {
-                    Ok(()) | Err(LinkError::NotConnected) => {}
-                    Err(e) => log::warn!("UPDATE after downloading {name} failed: {e}"),
-                },
+                // Sent by the tracker link; a failure is logged there.
+                Ok(files) => ctx.link.update(files),
                 Err(e) => log::warn!("cannot list the shared folder: {e}"),
             }
         }

@@ -16,7 +16,7 @@ use crate::exit::Failure;
 use crate::os_error::describe;
 use crate::peer::commands::PeerSpec;
 use crate::peer::output::{PlainOutput, SharedOutput};
-use crate::peer::tracker_client::TrackerLink;
+use crate::peer::tracker_client::{LinkConfig, TrackerLink};
 use crate::peer::transfers::Transfers;
 use crate::peer::{PeerConfig, PeerContext, PeerError, downloader, open, start_signal_thread};
 use crate::protocol::FrameReader;
@@ -51,12 +51,22 @@ pub fn get(
         partials: PartialStore::new(opened.folder.shared.path()),
         shared: opened.folder.shared.clone(),
         digests: DigestCache::new(),
-        link: Arc::new(TrackerLink::new(
-            config.server.clone(),
-            link_events,
-            config.liveness,
-            bind_ip,
-        )),
+        // Never joined: the UPDATE a download sends afterwards has nobody to tell.
+        link: Arc::new(
+            TrackerLink::start(
+                LinkConfig {
+                    server: config.server.clone(),
+                    upload_port: opened.port,
+                    local_ip: bind_ip,
+                    liveness: config.liveness,
+                    dialect: config.tracker_dialect,
+                    folder: opened.folder.shared.path().to_path_buf(),
+                    list_files: Box::new(Vec::new),
+                },
+                link_events,
+            )
+            .map_err(PeerError::Thread)?,
+        ),
         out: Arc::clone(&out),
         transfers: Transfers::new(),
         approvals,

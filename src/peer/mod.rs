@@ -39,7 +39,7 @@ use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
 use crate::peer::downloader::Finished;
 use crate::peer::folder::PeerFolder;
 use crate::peer::output::SharedOutput;
-use crate::peer::tracker_client::TrackerLink;
+use crate::peer::tracker_client::{DialectChoice, LinkConfig, TrackerLink};
 use crate::peer::transfers::Transfers;
 use crate::share::SharedDir;
 use crate::transfer::{DigestCache, PartialStore};
@@ -91,6 +91,8 @@ pub struct PeerConfig {
     pub history: Option<PathBuf>,
     /// A tracker or transfer partner that stops answering is given up after about this long.
     pub liveness: Duration,
+    /// The dialect spoken to the tracker.
+    pub tracker_dialect: DialectChoice,
     /// Sources a download from several peers uses at once.
     pub sources: usize,
 }
@@ -225,8 +227,11 @@ pub(crate) fn open(config: &PeerConfig) -> Result<Opened, PeerError> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let listener =
-        TcpListener::bind(config.listen).map_err(|e| PeerError::Listen(config.listen, e))?;
+    // The original's tracker announces the port of the tracker connection: unless the tracker
+    // is known to be ours, that connection leaves from the upload port, which is shared.
+    let share_port = config.tracker_dialect != DialectChoice::Napster;
+    let listener = crate::dial::listen_for_uploads(config.listen, share_port)
+        .map_err(|e| PeerError::Listen(config.listen, e))?;
     let port = listener
         .local_addr()
         .map_err(|e| PeerError::Listen(config.listen, e))?
@@ -261,7 +266,26 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         ready_rx,
     )
     .map_err(PeerError::Thread)?;
+    if reader.reading == Reading::Terminal {
+        // The interactive prompt: log lines go above it, not onto the row being typed.
+        let out = Arc::clone(&reader.output);
+        crate::logging::route_to(move |line| out.line(line));
+    }
     let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+    let listing = folder.shared.clone();
+    let link = TrackerLink::start(
+        LinkConfig {
+            server: config.server.clone(),
+            upload_port: port,
+            local_ip: bind_ip,
+            liveness: config.liveness,
+            dialect: config.tracker_dialect,
+            folder: folder.shared.path().to_path_buf(),
+            list_files: Box::new(move || listing.list().unwrap_or_default()),
+        },
+        link_tx,
+    )
+    .map_err(PeerError::Thread)?;
     let ctx = Arc::new(PeerContext {
         port,
         bind_ip,
@@ -270,12 +294,7 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         outboards: OutboardStore::new(folder.shared.path()),
         shared: folder.shared.clone(),
         digests: DigestCache::new(),
-        link: Arc::new(TrackerLink::new(
-            config.server.clone(),
-            link_tx,
-            config.liveness,
-            bind_ip,
-        )),
+        link: Arc::new(link),
         out: reader.output,
         transfers: Transfers::new(),
         approvals: approval_tx,

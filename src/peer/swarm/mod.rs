@@ -38,7 +38,6 @@ use crate::os_error::describe;
 use crate::peer::PeerContext;
 use crate::peer::downloader::{self, DownloadError, Finished};
 use crate::peer::progress::{Progress, human_bytes};
-use crate::peer::tracker_client::LinkError;
 use crate::piece_map::PieceMap;
 use crate::share::NameError;
 use crate::verified::Outboard;
@@ -540,10 +539,8 @@ fn report(
                 ctx.out.line(&summary.to_string());
             }
             match ctx.shared.list() {
-                Ok(files) => match ctx.link.update(&files) {
-                    Ok(()) | Err(LinkError::NotConnected) => {}
-                    Err(e) => log::warn!("UPDATE after downloading {name} failed: {e}"),
-                },
+                // Sent by the tracker link; a failure is logged there.
+                Ok(files) => ctx.link.update(files),
                 Err(e) => log::warn!("cannot list the shared folder: {e}"),
             }
             Ok(())
