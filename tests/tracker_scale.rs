@@ -80,7 +80,7 @@ fn connection_over_the_limit_is_refused_clearly_and_others_keep_working() {
     assert!(!t.proc.printed("panicked"), "{}", t.proc.transcript());
 }
 
-/// A tracker started through `sh` with its open-file limit set to `nofile`; killed on drop.
+/// A tracker started through `sh` after `limit` (a `ulimit` command); killed on drop.
 struct LimitedTracker {
     child: std::process::Child,
     addr: std::net::SocketAddr,
@@ -90,15 +90,19 @@ struct LimitedTracker {
 
 impl LimitedTracker {
     fn start(nofile: u32) -> LimitedTracker {
+        LimitedTracker::start_after(&format!("ulimit -n {nofile}"), "warn")
+    }
+
+    fn start_after(limit: &str, log: &str) -> LimitedTracker {
         use std::process::{Command, Stdio};
-        let script = format!("ulimit -n {nofile} && exec \"$0\" server --listen 127.0.0.1:0");
+        let script = format!("{limit} && exec \"$0\" server --listen 127.0.0.1:0");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg(napster_bin())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .spawn()
             .expect("sh starts");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -422,4 +426,39 @@ fn one_host_cannot_take_more_than_its_share_of_connections() {
             "the host's slot never came back"
         );
     }
+}
+
+/// Under an address-space limit (`ulimit -v`) the tracker counts the room left for thread
+/// stacks among its limits (`RUST_LOG=debug` shows the figure) and serves no more connections
+/// than fit in it, rather than failing to start threads (or aborting in one) when the address
+/// space runs out.
+#[test]
+fn connection_limit_is_fitted_to_the_address_space() {
+    // What the tracker maps at start (allocator arenas, mostly) depends on the machine; 2 GB
+    // leaves room for a few thousand thread stacks.
+    let t = LimitedTracker::start_after("ulimit -v 2000000", "debug");
+    let summary = t.summary.clone();
+    let cap: usize = summary
+        .trim_start_matches("Até ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .replace('.', "")
+        .parse()
+        .unwrap();
+    let stderr = t.stop_and_stderr();
+    let room: usize = stderr
+        .lines()
+        .find_map(|l| {
+            l.split("connection limit espaço de endereços (ulimit -v): room for ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no address-space figure in:\n{stderr}"));
+    assert!(room < 16_384, "room {room} under 2 GB of address space");
+    assert!(
+        cap <= room,
+        "cap {cap} over the address-space room {room}: {summary}"
+    );
 }

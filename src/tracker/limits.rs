@@ -364,7 +364,8 @@ fn memory_limits(stack: usize, buffered: usize) -> Vec<Limit> {
     // Stack and guard, alternate signal stack and guard: what one thread reserves.
     let per_thread = (stack.div_ceil(page) + 2) * page + sigstack_size() + page;
     let per_thread = per_thread as u64;
-    let keep = buffered as u64 + (256 << 20);
+    // Room for message buffers and some growth of everything else.
+    let keep = buffered as u64 + (64 << 20);
     let mut limits = Vec::new();
     let mut address_space = libc::rlimit {
         rlim_cur: 0,
