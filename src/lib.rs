@@ -17,9 +17,11 @@
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
 //! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
-//! [`console_out`] (the tracker's console lines, written by one thread), [`logging`] (log lines,
-//! kept off the peer's prompt row), [`throttle`] (rate-limited warnings), [`cli`] (the command
-//! line). Threads, not async: one per connection, as the original, with small stacks.
+//! [`console_out`] (the tracker's console lines, written by one thread within a byte budget),
+//! [`log_limit`] (bounded, throttled log lines for text from the network), [`throttle`]
+//! (rate-limited warnings), [`logging`] (log lines, kept off the peer's prompt row), [`cli`]
+//! (the command line). Threads, not async: one per connection, as the original, with small
+//! stacks.
 
 #![warn(missing_docs)]
 
@@ -28,6 +30,7 @@ pub mod console_out;
 pub mod dial;
 pub mod exit;
 pub mod liveness;
+pub mod log_limit;
 pub mod logging;
 pub mod os_error;
 pub mod outboard_store;

@@ -760,7 +760,7 @@ fn codec_problem(e: &CodecError) -> String {
         CodecError::Malformed(why) => format!("mensagem malformada ({why})"),
         CodecError::TooLarge { limit } => format!("mensagem maior que {limit} bytes"),
         CodecError::Timeout => "a mensagem não chegou inteira a tempo".into(),
-        CodecError::Idle => "tempo esgotado".into(),
+        CodecError::Idle | CodecError::Deadline => "tempo esgotado".into(),
         CodecError::Busy => "o outro lado está ocupado".into(),
         CodecError::Truncated => "a conexão terminou no meio de uma mensagem".into(),
         CodecError::Io(e) => describe(e),

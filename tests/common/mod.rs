@@ -279,6 +279,12 @@ impl RawClient {
         RawClient { stream, reader }
     }
 
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        let reader = BufReader::new(stream.try_clone().expect("clones"));
+        RawClient { stream, reader }
+    }
+
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("sends");
