@@ -51,11 +51,11 @@ get() { awk -v k="$2" '$1=="RESULT" && $2==k {print $3}' "$tmp/$1.load"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 run_one baseline "$@" -- "$bin/examples/naive_tracker" 127.0.0.1:0
-run_one ours "$@" -- "$bin/napster" server --listen 127.0.0.1:0
+run_one ours "$@" -- "$bin/napster" server --listen 127.0.0.1:0 --max-connections-per-host 1000000
 
 stacks=()
 for kib in ${STACKS:-}; do
-  run_one "stack$kib" "$@" -- "$bin/napster" server --listen 127.0.0.1:0 --thread-stack-kib "$kib"
+  run_one "stack$kib" "$@" -- "$bin/napster" server --listen 127.0.0.1:0 --max-connections-per-host 1000000 --thread-stack-kib "$kib"
   stacks+=("stack $kib KiB: RSS $(( $(get "stack$kib" rss_kib) / 1024 )) MiB, virtual $(( $(get "stack$kib" virtual_kib) / 1024 )) MiB, $(get "stack$kib" clients_big_per_sec) SEARCH/s")
 done
 

@@ -8,6 +8,7 @@
 pub mod approval;
 pub mod commands;
 pub mod console;
+pub mod deadline;
 pub mod downloader;
 pub mod folder;
 pub mod get;
@@ -18,6 +19,7 @@ pub mod prompt;
 pub mod range_server;
 pub mod swarm;
 pub mod tracker_client;
+pub mod transfer_commands;
 pub mod transfers;
 pub mod uploader;
 
