@@ -68,6 +68,9 @@ pub struct ServerArgs {
     /// Stack size of each connection thread, in KiB (small, so 10,000 peers fit; see docs/tracker.md).
     #[arg(long, default_value_t = 128)]
     pub thread_stack_kib: usize,
+    /// Most results one SEARCH returns; the reply says when more matched.
+    #[arg(long, default_value_t = 100)]
+    pub max_results: usize,
 }
 
 impl ServerArgs {
@@ -84,6 +87,7 @@ impl ServerArgs {
             join_timeout: seconds(self.join_timeout),
             liveness: seconds(self.liveness),
             thread_stack: self.thread_stack_kib.max(32).saturating_mul(1024),
+            max_results: self.max_results.max(1),
         }
     }
 }

@@ -48,6 +48,8 @@ pub enum Command {
         /// The peer to download from.
         peer: Option<PeerSpec>,
     },
+    /// Show this peer's shared files, or (with a peer) what that peer shares.
+    List(Option<String>),
     /// Approve the oldest pending upload request.
     Sim,
     /// Refuse the oldest pending upload request.
@@ -63,7 +65,9 @@ pub enum Command {
 }
 
 /// The command names, for help and completion.
-pub const COMMAND_NAMES: [&str; 7] = ["JOIN", "SEARCH", "DOWNLOAD", "SIM", "NAO", "QUIT", "HELP"];
+pub const COMMAND_NAMES: [&str; 8] = [
+    "JOIN", "SEARCH", "DOWNLOAD", "LIST", "SIM", "NAO", "QUIT", "HELP",
+];
 
 /// Parses one line.
 pub fn parse(line: &str) -> Command {
@@ -80,6 +84,7 @@ pub fn parse(line: &str) -> Command {
         "JOIN" => Command::Join,
         "SEARCH" => Command::Search(rest),
         "DOWNLOAD" => parse_download(rest),
+        "LIST" => Command::List(rest),
         "SIM" => Command::Sim,
         "NAO" | "NÃO" => Command::Nao,
         "QUIT" | "EXIT" => Command::Quit,
@@ -131,6 +136,15 @@ mod tests {
             Command::Search(Some("my file.txt".into()))
         );
         assert_eq!(parse("search"), Command::Search(None));
+    }
+
+    #[test]
+    fn list_takes_an_optional_peer() {
+        assert_eq!(parse("list"), Command::List(None));
+        assert_eq!(
+            parse("LIST 10.0.0.2:5000"),
+            Command::List(Some("10.0.0.2:5000".into()))
+        );
     }
 
     #[test]

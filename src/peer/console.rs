@@ -15,9 +15,9 @@ use parking_lot::Mutex;
 
 use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
 use crate::peer::commands::{self, Command, PeerSpec};
+use crate::peer::search_results::{self, Found};
 use crate::peer::tracker_client::LinkEvent;
 use crate::peer::{ApproveMode, PeerContext, downloader};
-use crate::protocol::legacy::python_list;
 
 /// One thing the line reader saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub struct ConsoleState {
     pending: AtomicUsize,
     /// The file name and peers of the last search, for completion.
     last_search: Mutex<Option<(String, Vec<String>)>>,
+    /// The numbered files of the last SEARCH or LIST (`DOWNLOAD N`, completion).
+    found: Mutex<Arc<Found>>,
 }
 
 impl ConsoleState {
@@ -80,6 +82,16 @@ impl ConsoleState {
     pub fn set_last_search(&self, name: String, peers: Vec<String>) {
         *self.last_search.lock() = Some((name, peers));
     }
+
+    /// The numbered files of the last SEARCH or LIST.
+    pub fn found(&self) -> Arc<Found> {
+        Arc::clone(&self.found.lock())
+    }
+
+    /// Records the numbered files of a SEARCH or LIST.
+    pub fn set_found(&self, found: Found) {
+        *self.found.lock() = Arc::new(found);
+    }
 }
 
 /// The largest count the prompt spells out; more show as `[9+ pedidos]`.
@@ -100,7 +112,8 @@ pub fn prompt_text(pending: usize) -> String {
 const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// The accepted commands, printed after JOIN and for HELP.
-pub const MENU: &str = "Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] | SIM | NAO | QUIT";
+pub const MENU: &str = "Comandos: SEARCH [arquivo ou palavras] | DOWNLOAD [arquivo ou N [peer]] | \
+                        LIST [peer] | SIM | NAO | QUIT";
 
 /// The console loop's inputs.
 pub struct ConsoleChannels {
@@ -257,6 +270,9 @@ impl Console {
             }
             match asking {
                 Asking::SearchName => self.search(text),
+                Asking::DownloadName if self.state.found().numbered(&text).is_some() => {
+                    self.download(Some(text), None)
+                }
                 Asking::DownloadName => self.ask(Asking::DownloadPeer(text)),
                 Asking::DownloadPeer(name) => match PeerSpec::parse(&text) {
                     Some(peer) => self.download(Some(name), Some(peer)),
@@ -278,10 +294,16 @@ impl Console {
             Command::Nao => self.answer(Decision::Reject),
             Command::Help => self.say(MENU),
             Command::Join => self.join(),
+            Command::List(None) => self.list_own(),
             _ if !self.joined => self.say("Digite 'JOIN' para iniciar."),
+            Command::List(Some(peer)) => self.list_peer(&peer),
             Command::Search(None) => self.ask(Asking::SearchName),
             Command::Search(Some(name)) => self.search(name),
             Command::Download { name: None, .. } => self.ask(Asking::DownloadName),
+            Command::Download {
+                name: Some(name),
+                peer: None,
+            } if self.state.found().numbered(&name).is_some() => self.download(Some(name), None),
             Command::Download {
                 name: Some(name),
                 peer: None,
@@ -302,12 +324,10 @@ impl Console {
         self.asking = Some(asking);
     }
 
+    /// JOINs with every shared file's name and size (digests where known); typed again, it
+    /// announces the current list again.
     fn join(&mut self) {
-        if self.joined {
-            self.say("Já registrado no servidor.");
-            return;
-        }
-        let files = match self.ctx.shared.list() {
+        let files = match self.ctx.catalog.snapshot_for_join() {
             Ok(files) => files,
             Err(e) => {
                 self.say(&format!(
@@ -319,15 +339,19 @@ impl Console {
         };
         match self.ctx.link.join(self.ctx.port, &files) {
             Ok(()) => {
-                self.joined = true;
+                self.ctx.catalog.set_joined(true);
                 let host = self.advertised_host();
+                let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
                 self.say(&format!(
                     "Sou o Peer {}:{} com arquivos: {}",
                     host,
                     self.ctx.port,
-                    files.join(",")
+                    names.join(",")
                 ));
-                self.say(MENU);
+                if !self.joined {
+                    self.say(MENU);
+                }
+                self.joined = true;
             }
             Err(e) => self.say(&format!("Falha na Conexao! {e}")),
         }
@@ -343,21 +367,85 @@ impl Console {
         }
     }
 
-    fn search(&mut self, name: String) {
-        match self.ctx.link.search(&name) {
-            Ok(peers) => {
-                self.say(&format!(
-                    "Peers com arquivo solicitado: {}",
-                    python_list(&peers)
-                ));
-                self.state.set_last_search(name, peers);
+    /// SEARCH: the original's line for the exact name, then the other matches numbered.
+    fn search(&mut self, query: String) {
+        match self.ctx.link.search(&query) {
+            Ok(reply) => {
+                let (lines, found) =
+                    search_results::search_lines(&query, &reply, search_results::MAX_SHOWN);
+                for line in &lines {
+                    self.say(line);
+                }
+                self.state
+                    .set_last_search(query, reply.peers.unwrap_or_default());
+                self.state.set_found(found);
             }
             Err(e) => self.say(&format!("Erro ao buscar arquivo: {e}")),
         }
     }
 
+    /// LIST: this peer's own files (works before JOIN).
+    fn list_own(&mut self) {
+        if let Err(e) = self.ctx.catalog.rescan() {
+            self.say(&format!(
+                "Erro ao ler a pasta {}: {e}",
+                self.ctx.shared.path().display()
+            ));
+            return;
+        }
+        let files = self.ctx.catalog.records();
+        for line in search_results::own_lines(self.ctx.shared.path(), &files) {
+            self.say(&line);
+        }
+    }
+
+    /// LIST peer: what that peer shares, numbered for `DOWNLOAD N`.
+    fn list_peer(&mut self, typed: &str) {
+        let peer = match PeerSpec::parse(typed) {
+            Some(spec) => match self.resolve("", &spec) {
+                Ok(addr) => addr.to_string(),
+                Err(why) => return self.say(&format!("Erro ao listar: {why}")),
+            },
+            None => {
+                return self.say(&format!(
+                    "Erro ao listar: peer inválido {typed:?} (use PORTA ou IP:PORTA)"
+                ));
+            }
+        };
+        match self.ctx.link.list(&peer) {
+            Ok(files) => {
+                let (lines, found) = search_results::list_lines(&peer, &files);
+                for line in &lines {
+                    self.say(line);
+                }
+                self.state.set_found(found);
+            }
+            Err(e) => self.say(&format!("Erro ao listar os arquivos de {peer}: {e}")),
+        }
+    }
+
+    /// Downloads `name` from `peer`; a name that is the number of a result of the last
+    /// SEARCH or LIST downloads that file, from its first holder unless `peer` names one.
     fn download(&mut self, name: Option<String>, peer: Option<PeerSpec>) {
-        let (Some(name), Some(peer)) = (name, peer) else {
+        let Some(name) = name else {
+            return;
+        };
+        let found = self.state.found();
+        if let Some(entry) = found.numbered(&name) {
+            let addr = match search_results::holder(entry, peer.as_ref()) {
+                Some(addr) => Ok(addr),
+                None => match &peer {
+                    Some(spec) => self.resolve(&entry.name, spec),
+                    None => Err(format!("nenhum peer listado para {}", entry.name)),
+                },
+            };
+            match addr {
+                Ok(addr) => downloader::spawn(&self.ctx, entry.name.clone(), addr),
+                Err(why) => self.say(&format!("Erro ao processar download: {why}")),
+            }
+            return;
+        }
+        let Some(peer) = peer else {
             return;
         };
         match self.resolve(&name, &peer) {
@@ -458,10 +546,10 @@ impl Console {
                             "Conexão com o servidor perdida ({why}); reconectando..."
                         ));
                     }
-                    let shared = self.ctx.shared.clone();
-                    self.ctx
-                        .link
-                        .reconnect(self.ctx.port, move || shared.list().unwrap_or_default());
+                    let ctx = Arc::clone(&self.ctx);
+                    self.ctx.link.reconnect(self.ctx.port, move || {
+                        ctx.catalog.snapshot_for_join().unwrap_or_default()
+                    });
                 }
             }
             LinkEvent::Rejoined(count) => {

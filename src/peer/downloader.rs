@@ -132,7 +132,7 @@ pub fn spawn(ctx: &Arc<PeerContext>, name: String, peer: SocketAddr) {
     }
 }
 
-/// Prints the outcome with the original's words, then UPDATEs the tracker after a success.
+/// Prints the outcome with the original's words, then has the tracker told after a success.
 fn report(ctx: &PeerContext, name: &str, outcome: Result<PathBuf, DownloadError>) {
     match outcome {
         Ok(_) => {
@@ -140,14 +140,8 @@ fn report(ctx: &PeerContext, name: &str, outcome: Result<PathBuf, DownloadError>
                 "Arquivo {name} baixado com sucesso na pasta {}",
                 ctx.shared.path().display()
             ));
-            match ctx.shared.list() {
-                Ok(files) => {
-                    if let Err(e) = ctx.link.update(&files) {
-                        log::warn!("UPDATE after downloading {name} failed: {e}");
-                    }
-                }
-                Err(e) => log::warn!("cannot list the shared folder: {e}"),
-            }
+            // The announcer rescans the folder and sends the new file's UPDATE at once.
+            ctx.catalog.announce_now();
         }
         Err(e @ (DownloadError::NotFound | DownloadError::Rejected(_))) => {
             ctx.out.line(&e.to_string());

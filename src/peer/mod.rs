@@ -5,7 +5,9 @@
 //! feeding it, the upload listener with one thread per upload, one thread per download, and
 //! the tracker connection's reader.
 
+pub mod announcer;
 pub mod approval;
+pub mod catalog;
 pub mod commands;
 pub mod console;
 pub mod downloader;
@@ -13,6 +15,7 @@ pub mod line_reader;
 pub mod output;
 pub mod progress;
 pub mod prompt;
+pub mod search_results;
 pub mod tracker_client;
 pub mod transfers;
 pub mod uploader;
@@ -28,6 +31,7 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, unbounded};
 
 use crate::peer::approval::ApprovalRequest;
+use crate::peer::catalog::Catalog;
 use crate::peer::console::{ConsoleChannels, ConsoleState};
 use crate::peer::output::SharedOutput;
 use crate::peer::tracker_client::TrackerLink;
@@ -104,6 +108,8 @@ pub struct PeerContext {
     pub bind_ip: Option<std::net::IpAddr>,
     /// The shared folder.
     pub shared: SharedDir,
+    /// The shared files as announced to the tracker, and changes not yet announced.
+    pub catalog: Catalog,
     /// Partial downloads.
     pub partials: PartialStore,
     /// Digests of shared files.
@@ -159,6 +165,7 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         bind_ip,
         advertise: config.advertise.clone(),
         partials: PartialStore::new(shared.path()),
+        catalog: Catalog::new(shared.clone()),
         shared,
         digests: DigestCache::new(),
         link: Arc::new(TrackerLink::new(
@@ -177,12 +184,9 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         ctx.shared.path().display()
     ));
 
-    // Hash the shared files now, so the first request for a large one is answered at once.
-    let digest_ctx = Arc::clone(&ctx);
-    thread::Builder::new()
-        .name("digests".into())
-        .spawn(move || uploader::hash_shared_files(&digest_ctx))
-        .map_err(PeerError::Thread)?;
+    // Hash the shared files now, so the first request for a large one is answered at once,
+    // and keep the tracker told of new, changed and removed files and of digests learned.
+    announcer::start(&ctx).map_err(PeerError::Thread)?;
 
     let upload_ctx = Arc::clone(&ctx);
     thread::Builder::new()

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use crate::liveness;
 use crate::peer::output::printable;
+use crate::protocol::FileRecord;
 use crate::protocol::messages::{self, Reply, parse_reply, status};
 use crate::protocol::{CodecError, FrameReader};
 
@@ -29,6 +30,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The most bytes of records one JOIN or UPDATE carries (the tracker takes up to 1 MiB).
+const MESSAGE_PART: usize = 256 * 1024;
 
 /// What went wrong talking to the tracker.
 #[derive(Debug)]
@@ -140,29 +143,45 @@ impl TrackerLink {
         ))
     }
 
-    /// Dials the tracker (if not connected) and JOINs with `port` and `files`.
-    pub fn join(&self, port: u16, files: &[String]) -> Result<(), LinkError> {
+    /// Dials the tracker (if not connected) and JOINs with `port` and `files`. A long list
+    /// goes as a JOIN with its first part and UPDATEs adding the rest, every message well
+    /// under the tracker's size limit.
+    pub fn join(&self, port: u16, files: &[FileRecord]) -> Result<(), LinkError> {
         let mut guard = self.conn.lock();
         if guard.is_none() {
             *guard = Some(self.dial()?);
         }
-        let reply = Self::exchange(&mut guard, &messages::join_line(port, files))?;
-        expect_status(reply, status::JOIN_OK).map(|_| ())
+        let mut parts = messages::record_chunks(files, MESSAGE_PART).into_iter();
+        let first = parts.next().unwrap_or_default();
+        let reply = Self::exchange(&mut guard, &messages::join_line(port, first))?;
+        expect_status(reply, status::JOIN_OK)?;
+        for part in parts {
+            let reply = Self::exchange(&mut guard, &messages::update_change_line(part, &[]))?;
+            expect_status(reply, status::UPDATE_OK)?;
+        }
+        Ok(())
     }
 
-    /// Asks who shares `name`.
-    pub fn search(&self, name: &str) -> Result<Vec<String>, LinkError> {
+    /// SEARCH: who shares exactly `query`, and which files match its words.
+    pub fn search(&self, query: &str) -> Result<Reply, LinkError> {
         let mut guard = self.conn.lock();
-        let reply = Self::exchange(&mut guard, &messages::search_line(name))?;
-        let reply = expect_status(reply, status::OK)?;
-        Ok(reply.peers.unwrap_or_default())
+        let reply = Self::exchange(&mut guard, &messages::search_line(query))?;
+        expect_status(reply, status::OK)
     }
 
-    /// Replaces the list of shared names.
-    pub fn update(&self, files: &[String]) -> Result<(), LinkError> {
+    /// Tells the tracker about files added (or whose record changed) and removed.
+    pub fn update_changes(&self, add: &[FileRecord], remove: &[String]) -> Result<(), LinkError> {
         let mut guard = self.conn.lock();
-        let reply = Self::exchange(&mut guard, &messages::update_line(files))?;
+        let reply = Self::exchange(&mut guard, &messages::update_change_line(add, remove))?;
         expect_status(reply, status::UPDATE_OK).map(|_| ())
+    }
+
+    /// LIST: the files the peer at `peer` (`IP:PORT`) shares, as the tracker knows them.
+    pub fn list(&self, peer: &str) -> Result<Vec<FileRecord>, LinkError> {
+        let mut guard = self.conn.lock();
+        let reply = Self::exchange(&mut guard, &messages::list_line(peer))?;
+        let reply = expect_status(reply, status::OK)?;
+        Ok(reply.files.unwrap_or_default())
     }
 
     /// Closes the connection for good: the tracker forgets this peer at once.
@@ -178,7 +197,7 @@ impl TrackerLink {
     pub fn reconnect(
         self: &Arc<Self>,
         port: u16,
-        files: impl Fn() -> Vec<String> + Send + 'static,
+        files: impl Fn() -> Vec<FileRecord> + Send + 'static,
     ) {
         if self.reconnecting.swap(true, Ordering::SeqCst) {
             return;

@@ -6,8 +6,10 @@
 //! [`crate::protocol::legacy`]).
 
 pub mod legacy;
+pub mod names;
 pub mod server;
 pub mod table;
+pub mod word_index;
 
 pub use server::{Tracker, TrackerConfig, raise_open_file_limit};
 pub use table::PeerTable;
