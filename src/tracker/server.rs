@@ -299,10 +299,16 @@ impl Tracker {
                 self.table
                     .change(session.conn, addr, &add, &remove)
                     .map_err(|e| e.to_string())?;
+                let mut changed = Vec::new();
+                if !add.is_empty() {
+                    changed.push(format!("+{}", legacy::python_list(&names_of(&add))));
+                }
+                if !remove.is_empty() {
+                    changed.push(format!("-{}", legacy::python_list(&remove)));
+                }
                 self.out.line(format!(
-                    "Peer {addr} atualizou os arquivos: +{} -{}",
-                    legacy::python_list(&names_of(&add)),
-                    legacy::python_list(&remove)
+                    "Peer {addr} atualizou os arquivos: {}",
+                    changed.join(" ")
                 ));
                 Ok(self.update_ok(session))
             }

@@ -99,6 +99,8 @@ struct Slot {
     /// `IP:PORT`, formatted once for every SEARCH that returns this peer.
     text: Box<str>,
     owner: ConnId,
+    /// When it joined (a counter): SEARCH lists a name's holders in this order.
+    joined: u64,
     /// The files it shares, sorted by name number, each name once.
     files: Box<[FileRef]>,
 }
@@ -116,6 +118,8 @@ struct Inner {
     max_listed: usize,
     /// The most names one peer may list.
     max_per_peer: usize,
+    /// The next peer's `joined`.
+    next_join: u64,
 }
 
 /// The peer table and indexes; cheap to share between connection threads.
@@ -157,6 +161,7 @@ impl PeerTable {
                 listed: 0,
                 max_listed,
                 max_per_peer,
+                next_join: 0,
             }),
         }
     }
@@ -186,8 +191,10 @@ impl PeerTable {
             addr,
             text: addr.to_string().into_boxed_str(),
             owner: conn,
+            joined: inner.next_join,
             files: Box::new([]),
         };
+        inner.next_join += 1;
         let id = match inner.free.pop() {
             Some(id) => {
                 inner.slots[id as usize] = Some(slot);
@@ -275,7 +282,7 @@ impl PeerTable {
         if let Some(n) = exact {
             answer.peers = inner.holder_texts(n);
             inner.results_of(n, &mut answer.results);
-            answer.results.sort_by(|a, b| b.holders.cmp(&a.holders));
+            answer.results.sort_by_key(|r| std::cmp::Reverse(r.holders));
         }
         let exact_results = answer.results.len();
         let (matched, more) = inner.match_words(&query_words, exact, max_results);
@@ -296,8 +303,7 @@ impl PeerTable {
         answer
     }
 
-    /// The peers sharing exactly `name`, as `IP:PORT`, grouped by content, each group in the
-    /// order its peers joined with it.
+    /// The peers sharing exactly `name`, as `IP:PORT`, in the order they joined the tracker.
     pub fn holders(&self, name: &str) -> Vec<String> {
         let inner = self.inner.read();
         inner
@@ -315,10 +321,10 @@ impl PeerTable {
         let Some(n) = inner.names.find(name) else {
             return Vec::new();
         };
-        inner.names.entries[n as usize]
-            .holders
-            .peers()
-            .filter_map(|id| inner.slots[id as usize].as_ref().map(|s| s.addr))
+        inner
+            .holder_slots(n)
+            .into_iter()
+            .map(|slot| slot.addr)
             .collect()
     }
 
@@ -467,7 +473,7 @@ impl Inner {
     }
 
     /// Interns each record's name and returns the records as references sorted by number.
-    fn to_refs(&mut self, records: &[&FileRecord]) -> Vec<FileRef> {
+    fn intern_records(&mut self, records: &[&FileRecord]) -> Vec<FileRef> {
         let mut refs: Vec<FileRef> = records
             .iter()
             .map(|r| FileRef {
@@ -482,14 +488,14 @@ impl Inner {
 
     /// Gives slot `id` exactly `records` (one per name).
     fn replace_files(&mut self, id: u32, records: &[&FileRecord]) {
-        let desired = self.to_refs(records);
+        let desired = self.intern_records(records);
         self.set_files(id, desired);
     }
 
     /// Adds `add` to slot `id`'s files (replacing records of the same name), then removes the
     /// names in `remove`.
     fn change_files(&mut self, id: u32, add: &[&FileRecord], remove: &[String]) {
-        let added = self.to_refs(add);
+        let added = self.intern_records(add);
         let removed: Vec<u32> = remove.iter().filter_map(|n| self.names.find(n)).collect();
         let old = self.files_of(id);
         let mut desired: Vec<FileRef> = Vec::with_capacity(old.len() + added.len());
@@ -631,11 +637,22 @@ impl Inner {
         self.names.release(n);
     }
 
-    fn holder_texts(&self, n: u32) -> Vec<String> {
-        self.names.entries[n as usize]
+    /// The holders of name `n`, in the order they joined the tracker (not grouped by
+    /// content: the original's list does not know content).
+    fn holder_slots(&self, n: u32) -> Vec<&Slot> {
+        let mut slots: Vec<&Slot> = self.names.entries[n as usize]
             .holders
             .peers()
-            .filter_map(|id| self.slots[id as usize].as_ref().map(|s| s.text.to_string()))
+            .filter_map(|id| self.slots[id as usize].as_ref())
+            .collect();
+        slots.sort_unstable_by_key(|slot| slot.joined);
+        slots
+    }
+
+    fn holder_texts(&self, n: u32) -> Vec<String> {
+        self.holder_slots(n)
+            .into_iter()
+            .map(|slot| slot.text.to_string())
             .collect()
     }
 
@@ -1085,11 +1102,11 @@ mod properties {
             .collect()
     }
 
-    /// What SEARCH must find by a naive scan of every record: (name, size, digest, holders).
-    fn naive_search(
-        model: &Model,
-        query: &str,
-    ) -> Vec<(String, Option<u64>, Option<Digest>, Vec<SocketAddr>)> {
+    /// One expected result: name, size, digest, holders sorted.
+    type Expected = (String, Option<u64>, Option<Digest>, Vec<SocketAddr>);
+
+    /// What SEARCH must find by a naive scan of every record.
+    fn naive_search(model: &Model, query: &str) -> Vec<Expected> {
         let want = naive_words(query);
         let mut found: BTreeMap<(String, Option<u64>, Option<Digest>), Vec<SocketAddr>> =
             BTreeMap::new();
