@@ -54,6 +54,28 @@ impl Found {
     }
 }
 
+/// The names Tab may complete, each with its peers: the last SEARCH's exact name, then the
+/// numbered files found.
+pub fn completion_names(
+    last_search: Option<(String, Vec<String>)>,
+    found: &Found,
+) -> Vec<(String, Vec<String>)> {
+    let mut names: Vec<(String, Vec<String>)> = last_search.into_iter().collect();
+    for entry in &found.entries {
+        match names.iter_mut().find(|(name, _)| *name == entry.name) {
+            Some((_, peers)) => {
+                for p in &entry.peers {
+                    if !peers.contains(p) {
+                        peers.push(p.clone());
+                    }
+                }
+            }
+            None => names.push((entry.name.clone(), entry.peers.clone())),
+        }
+    }
+    names
+}
+
 /// `3,0 MiB`, `12 B`: the size as the console shows it (decimal comma, as in Portuguese).
 pub fn human_size(size: Option<u64>) -> String {
     match size {
