@@ -52,6 +52,15 @@ pub fn fold_into(text: &str, buf: &mut String) {
 
 /// Calls `each` with every word of the folded text `folded`, in order, repeats included.
 pub fn split_folded(folded: &str, mut each: impl FnMut(&str)) {
+    if folded.is_ascii() {
+        // The common case, byte by byte: every ASCII byte is a whole character.
+        for word in folded.split(|c: char| !c.is_ascii_alphanumeric()) {
+            if !word.is_empty() {
+                each(word);
+            }
+        }
+        return;
+    }
     for word in folded.split(|c: char| !c.is_alphanumeric()) {
         if !word.is_empty() {
             each(word);

@@ -6,6 +6,7 @@
 //! [`crate::protocol::legacy`]).
 
 pub mod legacy;
+pub mod memory;
 pub mod names;
 pub mod server;
 pub mod table;

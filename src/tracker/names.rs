@@ -181,11 +181,16 @@ pub struct NameEntry {
 }
 
 /// Name text → number → entry.
+///
+/// The number of a forgotten name is never given to another name until [`Names::compact`]
+/// renumbers everything: so a number listed for a word (see the word index) either still
+/// stands for the name that holds the word, or for no name at all, and telling a stale number
+/// costs one look at [`Names::is_live`]. Forgotten entries cost 32 bytes each until then, and
+/// the table compacts when three quarters are forgotten.
 #[derive(Default)]
 pub struct Names {
-    /// Name number → entry; numbers of forgotten names are reused.
+    /// Name number → entry.
     pub entries: Vec<NameEntry>,
-    free: Vec<u32>,
     /// Numbers of the live names, found by their text.
     lookup: HashTable<u32>,
     hasher: RandomState,
@@ -204,7 +209,6 @@ impl Names {
     pub fn intern(&mut self, text: &str) -> (u32, bool) {
         let Names {
             entries,
-            free,
             lookup,
             hasher,
         } = self;
@@ -220,16 +224,8 @@ impl Names {
                     text: text.into(),
                     holders: Holders::None,
                 };
-                let n = match free.pop() {
-                    Some(n) => {
-                        entries[n as usize] = entry;
-                        n
-                    }
-                    None => {
-                        entries.push(entry);
-                        (entries.len() - 1) as u32
-                    }
-                };
+                entries.push(entry);
+                let n = (entries.len() - 1) as u32;
                 slot.insert(n);
                 (n, true)
             }
@@ -243,7 +239,6 @@ impl Names {
             found.remove();
         }
         self.entries[n as usize] = NameEntry::default();
-        self.free.push(n);
     }
 
     /// True if name `n` is shared by someone.
@@ -279,7 +274,6 @@ impl Names {
         }
         self.entries = live;
         self.lookup = lookup;
-        self.free = Vec::new();
         map
     }
 
@@ -300,7 +294,6 @@ impl Names {
             })
             .sum();
         self.entries.capacity() * std::mem::size_of::<NameEntry>()
-            + self.free.capacity() * 4
             + self.lookup.capacity() * 5
             + texts
             + groups

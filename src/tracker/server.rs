@@ -83,6 +83,8 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker with an empty table.
     pub fn new(config: TrackerConfig) -> Arc<Tracker> {
+        // Before the connection threads allocate: so memory freed when peers leave goes back.
+        crate::tracker::memory::limit_allocator_arenas();
         Arc::new(Tracker {
             table: PeerTable::with_limits(config.max_listed_names, config.max_names),
             buffers: MemoryBudget::new(config.max_buffered),

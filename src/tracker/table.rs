@@ -27,6 +27,7 @@ use parking_lot::RwLock;
 
 use crate::protocol::words;
 use crate::protocol::{FileRecord, SearchResult};
+use crate::tracker::memory::release_free_memory;
 use crate::tracker::names::{FileRef, Holders, Names, UNKNOWN_SIZE};
 use crate::tracker::word_index::{WordIndex, WordKeys};
 
@@ -120,6 +121,8 @@ struct Inner {
     max_per_peer: usize,
     /// The next peer's `joined`.
     next_join: u64,
+    /// The most names listed since the table was last empty (worth trimming when it empties).
+    listed_high: usize,
 }
 
 /// The peer table and indexes; cheap to share between connection threads.
@@ -162,6 +165,7 @@ impl PeerTable {
                 max_listed,
                 max_per_peer,
                 next_join: 0,
+                listed_high: 0,
             }),
         }
     }
@@ -381,13 +385,18 @@ impl PeerTable {
 }
 
 /// Ends a change: renumbers and resizes the tables when most of what they hold is gone, and
-/// once the lock is released asks the allocator to return free pages to the system. Cheap when
-/// nothing is sparse; when it compacts, the cost (proportional to what is live) is paid for by
-/// the removals since the last compaction, which were at least three times as many.
+/// once the lock is released asks the allocator to return free pages to the system (also when
+/// the last peer has left). Cheap when nothing is sparse; when it compacts, the cost
+/// (proportional to what is live) is paid for by the removals since the last compaction, which
+/// were at least three times as many.
 fn finish(mut inner: parking_lot::RwLockWriteGuard<'_, Inner>) {
     let shrunk = inner.shrink_if_sparse();
+    let emptied = inner.by_addr.is_empty() && inner.listed_high > 0;
+    if emptied {
+        inner.listed_high = 0;
+    }
     drop(inner);
-    if shrunk {
+    if shrunk || emptied {
         release_free_memory();
     }
 }
@@ -400,16 +409,6 @@ fn first_of_each_name(files: &[FileRecord]) -> Vec<&FileRecord> {
 
 fn known_size(size: u64) -> Option<u64> {
     (size != UNKNOWN_SIZE).then_some(size)
-}
-
-/// Asks the allocator to hand free memory back to the system. glibc keeps freed small blocks
-/// in its arenas (one per busy thread) for reuse; `malloc_trim` returns their whole free pages.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 impl Inner {
@@ -542,6 +541,7 @@ impl Inner {
         };
         let old = std::mem::take(&mut slot.files);
         self.listed = self.listed - old.len() + desired.len();
+        self.listed_high = self.listed_high.max(self.listed);
         let (mut i, mut j) = (0, 0);
         while i < old.len() || j < desired.len() {
             match (old.get(i), desired.get(j)) {
@@ -616,24 +616,8 @@ impl Inner {
         let mut keys = Vec::new();
         self.keys
             .keys_of(&self.names.entries[n as usize].text, &mut buf, &mut keys);
-        let Inner {
-            names,
-            words,
-            keys: word_keys,
-            ..
-        } = self;
-        let mut scratch = String::new();
-        let mut their_keys = Vec::new();
-        words.remove(n, &keys, |m, key| {
-            names.is_live(m) && {
-                word_keys.keys_of(
-                    &names.entries[m as usize].text,
-                    &mut scratch,
-                    &mut their_keys,
-                );
-                their_keys.binary_search(&key).is_ok()
-            }
-        });
+        let names = &self.names;
+        self.words.remove(n, &keys, |m| names.is_live(m));
         self.names.release(n);
     }
 

@@ -11,9 +11,11 @@
 //!
 //! Lists are append-only: when a name is forgotten its number stays in its words' lists until
 //! a list holds more than twice as many numbers as it has live names; then that list is
-//! compacted (amortised: the numbers dropped paid for it). A stale number, or one reused by
-//! another name, is harmless for the same reason a collision is: candidates are checked.
-//! [`WordIndex::remap`] and [`WordIndex::shrink`] give memory back when most names are gone.
+//! compacted (amortised: the numbers dropped paid for it). Name numbers are not reused before
+//! the name table is renumbered ([`WordIndex::remap`]), so a number in a list stands for a name
+//! holding the word or for no live name: compacting keeps the live ones, and a search skips
+//! the others. [`WordIndex::remap`] and [`WordIndex::shrink`] give memory back when most names
+//! are gone.
 
 use std::hash::{BuildHasher, RandomState};
 
@@ -151,9 +153,8 @@ impl WordIndex {
     }
 
     /// Records that name `name`, holding the words `keys`, is gone. A list that has become
-    /// mostly stale is compacted, keeping the numbers for which `holds(number, key)` is true
-    /// (the name is live and holds that word).
-    pub fn remove(&mut self, name: u32, keys: &[u64], mut holds: impl FnMut(u32, u64) -> bool) {
+    /// mostly stale is compacted, keeping the numbers of names for which `live` is true.
+    pub fn remove(&mut self, name: u32, keys: &[u64], live: impl Fn(u32) -> bool) {
         for &key in keys {
             let Some(i) = self.find(key) else { continue };
             let entry = &mut self.entries[i as usize];
@@ -166,7 +167,7 @@ impl WordIndex {
             if stale > entry.live as usize + 8 {
                 entry
                     .postings
-                    .retain_sorted(|n| (n != name && holds(n, key)).then_some(n));
+                    .retain_sorted(|n| (n != name && live(n)).then_some(n));
             }
         }
     }
