@@ -179,8 +179,7 @@ fn join_peers(args: &Args, from: usize, to: usize) -> io::Result<Vec<TcpStream>>
     let mut handles = Vec::new();
     for start in (from..to).step_by(per) {
         let end = (start + per).min(to);
-        let (addr, files, replicas, records) =
-            (args.addr, args.files, args.replicas, args.records);
+        let (addr, files, replicas, records) = (args.addr, args.files, args.replicas, args.records);
         handles.push(thread::spawn(move || -> io::Result<Vec<TcpStream>> {
             (start..end)
                 .map(|i| {

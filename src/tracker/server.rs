@@ -261,7 +261,7 @@ impl Tracker {
                 Ok(legacy::JOIN_OK.to_vec())
             }
             TrackerRequest::Search { query } => {
-                self.check_query(&query)?;
+                let query_words = self.check_query(&query)?;
                 let who = session.joined.unwrap_or(session.remote);
                 self.out
                     .line(format!("Peer {who} solicitou arquivo {query}"));
@@ -275,7 +275,9 @@ impl Tracker {
                         .collect();
                     Ok(legacy::search_reply(&ports))
                 } else {
-                    let found = self.table.search(&query, self.config.max_results);
+                    let found =
+                        self.table
+                            .search_words(&query, &query_words, self.config.max_results);
                     Ok(Reply::search(found.peers, found.results, found.truncated).to_line())
                 }
             }
@@ -393,8 +395,8 @@ impl Tracker {
         Ok(())
     }
 
-    /// A SEARCH query: a name, or words of names (see PROTOCOL.md, T2).
-    fn check_query(&self, query: &str) -> Result<(), String> {
+    /// A SEARCH query: a name, or words of names (PROTOCOL.md, T15). Returns its words.
+    fn check_query(&self, query: &str) -> Result<Vec<String>, String> {
         if query.trim().is_empty() {
             return Err("SEARCH refused: the query is empty".into());
         }
@@ -409,14 +411,15 @@ impl Tracker {
                 "SEARCH refused: the query holds control or invisible formatting characters".into(),
             );
         }
-        let count = words::words(query).len();
-        if count > words::MAX_QUERY_WORDS {
+        let query_words = words::words(query);
+        if query_words.len() > words::MAX_QUERY_WORDS {
             return Err(format!(
-                "SEARCH refused: the query has {count} words; the limit is {}",
+                "SEARCH refused: the query has {} words; the limit is {}",
+                query_words.len(),
                 words::MAX_QUERY_WORDS
             ));
         }
-        Ok(())
+        Ok(query_words)
     }
 }
 

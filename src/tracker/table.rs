@@ -279,7 +279,17 @@ impl PeerTable {
     /// whether there were more) or after [`EXAMINED_PER_RESULT`] × `max_results` candidates.
     /// So a word that matches half the index costs no more than the cap.
     pub fn search(&self, query: &str, max_results: usize) -> SearchAnswer {
-        let query_words = words::words(query);
+        self.search_words(query, &words::words(query), max_results)
+    }
+
+    /// [`PeerTable::search`] with the query's words already folded and split
+    /// ([`words::words`]), as the caller that checked the query has them.
+    pub fn search_words(
+        &self,
+        query: &str,
+        query_words: &[String],
+        max_results: usize,
+    ) -> SearchAnswer {
         let inner = self.inner.read();
         let mut answer = SearchAnswer::default();
         let exact = inner.names.find(query);
@@ -289,7 +299,7 @@ impl PeerTable {
             answer.results.sort_by_key(|r| std::cmp::Reverse(r.holders));
         }
         let exact_results = answer.results.len();
-        let (matched, more) = inner.match_words(&query_words, exact, max_results);
+        let (matched, more) = inner.match_words(query_words, exact, max_results);
         answer.truncated = more;
         for n in matched {
             inner.results_of(n, &mut answer.results);
