@@ -29,7 +29,7 @@ use crate::protocol::words;
 use crate::protocol::{FileRecord, SearchResult};
 use crate::tracker::memory::release_free_memory;
 use crate::tracker::names::{FileRef, Holders, Names, UNKNOWN_SIZE};
-use crate::tracker::word_index::{WordIndex, WordKeys};
+use crate::tracker::word_index::{MAX_INDEXED_WORDS, WordIndex, WordKeys};
 
 /// Identifies one tracker connection, so that only it can change its own entry.
 pub type ConnId = u64;
@@ -53,6 +53,11 @@ pub enum TableError {
         /// The limit, in names (a name listed by two peers counts twice).
         limit: usize,
     },
+    /// The change would take the distinct words of all names over the limit.
+    WordsFull {
+        /// The limit, in distinct words.
+        limit: usize,
+    },
     /// The change would give this peer more names than one peer may list.
     TooManyNames {
         /// How many it would list.
@@ -73,6 +78,11 @@ impl fmt::Display for TableError {
             TableError::IndexFull { limit } => write!(
                 f,
                 "the tracker's index is full ({limit} names listed by all peers together); \
+                 share fewer names or try again later"
+            ),
+            TableError::WordsFull { limit } => write!(
+                f,
+                "the tracker's word index is full ({limit} distinct words); \
                  share fewer names or try again later"
             ),
             TableError::TooManyNames { count, limit } => {
@@ -143,9 +153,11 @@ impl PeerTable {
     }
 
     /// An empty table that refuses a JOIN or UPDATE taking the names listed by all peers
-    /// together over `max_listed` ([`TableError::IndexFull`]). Each listed name costs at most
-    /// about 400 bytes (a distinct 255-byte name), typically about 150, so this bounds the
-    /// table's memory whatever peers send.
+    /// together over `max_listed` ([`TableError::IndexFull`]), or the distinct words of all
+    /// names over as many ([`TableError::WordsFull`]). A listed name costs at most about 600
+    /// bytes (a distinct 255-byte name of 32 words), typically about 170 (see
+    /// docs/tracker.md), and a word about 45, so this bounds the table's memory whatever peers
+    /// send.
     pub fn with_limit(max_listed: usize) -> PeerTable {
         PeerTable::with_limits(max_listed, usize::MAX)
     }
@@ -186,11 +198,13 @@ impl PeerTable {
                 return Err(TableError::AddressTaken(addr));
             }
             inner.check_room(Some(id), files.len())?;
+            inner.check_words(&files)?;
             inner.replace_files(id, &files);
             finish(inner);
             return Ok(());
         }
         inner.check_room(None, files.len())?;
+        inner.check_words(&files)?;
         let slot = Slot {
             addr,
             text: addr.to_string().into_boxed_str(),
@@ -225,6 +239,7 @@ impl PeerTable {
         let mut inner = self.inner.write();
         let id = inner.owned(conn, addr).ok_or(TableError::NotJoined)?;
         inner.check_room(Some(id), files.len())?;
+        inner.check_words(&files)?;
         inner.replace_files(id, &files);
         finish(inner);
         Ok(())
@@ -251,6 +266,7 @@ impl PeerTable {
             });
         }
         inner.check_room(Some(id), count)?;
+        inner.check_words(&add)?;
         inner.change_files(id, &add, remove);
         finish(inner);
         Ok(())
@@ -437,6 +453,36 @@ impl Inner {
             return Err(TableError::IndexFull {
                 limit: self.max_listed,
             });
+        }
+        Ok(())
+    }
+
+    /// Refuses `records` if the words their new names would add take the word index over its
+    /// limit (the same number as names listed). Counts generously: words of names some other
+    /// peer drops in the same change are not subtracted.
+    fn check_words(&self, records: &[&FileRecord]) -> Result<(), TableError> {
+        let (live_words, _) = self.words.occupancy();
+        let most_new = records.len().saturating_mul(MAX_INDEXED_WORDS);
+        if live_words.saturating_add(most_new) <= self.max_listed {
+            return Ok(());
+        }
+        let (mut buf, mut keys) = (String::new(), Vec::new());
+        let mut new_words: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for record in records {
+            if self
+                .names
+                .find(&record.name)
+                .is_some_and(|n| self.names.is_live(n))
+            {
+                continue;
+            }
+            self.keys.keys_of(&record.name, &mut buf, &mut keys);
+            new_words.extend(keys.iter().filter(|&&k| !self.words.contains(k)));
+            if live_words + new_words.len() > self.max_listed {
+                return Err(TableError::WordsFull {
+                    limit: self.max_listed,
+                });
+            }
         }
         Ok(())
     }
@@ -922,6 +968,27 @@ mod tests {
         assert_eq!(found.peers.len(), 3);
         assert_eq!(found.results.len(), 1);
         assert_eq!(found.results[0].holders, 3);
+        t.check_consistency().unwrap();
+    }
+
+    /// Names made of many distinct words cannot grow the word index past its limit; only a
+    /// name's first 32 words are indexed.
+    #[test]
+    fn the_word_index_is_bounded() {
+        let t = PeerTable::with_limit(100);
+        let wordy: Vec<FileRecord> = (0..4)
+            .map(|i| {
+                let words: Vec<String> = (0..40).map(|w| format!("w{i}x{w}")).collect();
+                FileRecord::named(words.join(" "))
+            })
+            .collect();
+        assert_eq!(
+            t.join(1, addr(1), &wordy),
+            Err(TableError::WordsFull { limit: 100 })
+        );
+        t.join(1, addr(1), &wordy[..3]).unwrap();
+        assert_eq!(t.search("w0x31", 10).results.len(), 1);
+        assert!(t.search("w0x32", 10).results.is_empty());
         t.check_consistency().unwrap();
     }
 

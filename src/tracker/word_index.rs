@@ -23,6 +23,10 @@ use hashbrown::HashTable;
 
 use crate::protocol::words::{fold_into, split_folded};
 
+/// Words of one name that are indexed (the first ones, each once): bounds what one name costs
+/// the index, whatever a peer sends. Real names have far fewer.
+pub const MAX_INDEXED_WORDS: usize = 32;
+
 /// Turns folded words into the 64-bit keys of the word index (a keyed hash: peers cannot
 /// choose words that collide).
 #[derive(Clone, Default)]
@@ -34,13 +38,18 @@ impl WordKeys {
         self.0.hash_one(folded_word).max(1)
     }
 
-    /// The keys of the words of `text`, each once, into `out`; `buf` is scratch space.
+    /// The keys of the first [`MAX_INDEXED_WORDS`] distinct words of `text`, sorted, into
+    /// `out`; `buf` is scratch space.
     pub fn keys_of(&self, text: &str, buf: &mut String, out: &mut Vec<u64>) {
         fold_into(text, buf);
         out.clear();
-        split_folded(buf, |w| out.push(self.key(w)));
+        split_folded(buf, |w| {
+            let key = self.key(w);
+            if out.len() < MAX_INDEXED_WORDS && !out.contains(&key) {
+                out.push(key);
+            }
+        });
         out.sort_unstable();
-        out.dedup();
     }
 }
 
@@ -211,6 +220,11 @@ impl WordIndex {
         self.entries.shrink_to_fit();
         self.lookup = lookup;
         self.free = Vec::new();
+    }
+
+    /// True if the word `key` is indexed.
+    pub fn contains(&self, key: u64) -> bool {
+        self.find(key).is_some()
     }
 
     /// Words known, and entries allocated for words (live or free): for the shrink rule.
