@@ -4,7 +4,8 @@
 #   alice shares a text file and a 256 MiB "video"; everyone JOINs;
 #   bob SEARCHes the video and DOWNLOADs it from alice, alice answers SIM;
 #   carol SEARCHes and sees alice and bob; carol asks bob, bob answers NAO -> Download Rejeitado;
-#   carol DOWNLOADs from alice, alice answers SIM; the copies are checked byte for byte.
+#   carol DOWNLOADs from alice, alice answers SIM; the copies are checked byte for byte;
+#   everyone QUITs, and each exit code is checked (carol's is 7: one download was rejected).
 #
 # Every step waits for the line it expects (with a timeout that fails the demo with a clear
 # message); nothing relies on a fixed sleep. Each process's stdin is a FIFO the script writes
@@ -83,6 +84,15 @@ start() {
   "$bin" "$@" < "$work/$who.in" \
     > >(tee -a "$work/$who.out" | sed -u "s/^/[$who] /") 2> "$work/$who.err" &
   pids+=("$!")
+  eval "pid_$who=$!"
+}
+
+# exit_code_of WHO: wait for WHO's napster to exit and print its exit code.
+exit_code_of() {
+  local pid code=0
+  eval "pid=\$pid_$1"
+  wait "$pid" || code=$?
+  echo "$code"
 }
 
 # say WHO LINE: type LINE on WHO's stdin.
@@ -145,11 +155,19 @@ cmp "$work/alice/video.mp4" "$work/bob/video.mp4" || fail "bob's copy differs fr
 cmp "$work/alice/video.mp4" "$work/carol/video.mp4" || fail "carol's copy differs from alice's"
 [[ ! -e "$work/carol/leia-me.txt" ]] || fail "carol has a file she never asked for"
 
+# Each peer's exit code says whether all its commands succeeded: carol's first download was
+# rejected (7: see `napster help get`), everything else worked (0).
 for who in carol bob alice; do
   say "$who" QUIT
   wait_for "$who" "Peer encerrado."
 done
 wait_for tracker "saiu" 3
+for expected in carol:7 bob:0 alice:0; do
+  who="${expected%%:*}"
+  code="$(exit_code_of "$who")"
+  echo "== $who exited with $code"
+  [[ "$code" == "${expected#*:}" ]] || fail "$who exited with $code, expected ${expected#*:}"
+done
 
 ok=1
 echo "== demo completed: bob and carol hold byte-identical copies of alice's ${video_mib} MiB video"

@@ -11,6 +11,7 @@
 //!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
+//! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
 //! [`console_out`] (the tracker's console lines, written by one thread), [`cli`] (the command
 //! line). Threads, not async: one per connection, as the original, with small stacks.
 
@@ -19,7 +20,9 @@
 pub mod cli;
 pub mod console_out;
 pub mod dial;
+pub mod exit;
 pub mod liveness;
+pub mod os_error;
 pub mod peer;
 pub mod protocol;
 pub mod share;

@@ -1,4 +1,5 @@
-//! `napster`: parse the command line, start logging, hand off.
+//! `napster`: parse the command line, start logging, hand off, and turn the outcome into an
+//! exit code (see [`napster::exit`]): one line of what failed, then `ajuda:` with what to do.
 
 use std::io::IsTerminal;
 use std::net::TcpListener;
@@ -6,28 +7,70 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use napster::cli::{Cli, Mode};
+use napster::cli::{ArgError, Cli, Mode};
+use napster::exit::Failure;
+use napster::os_error::describe;
 use napster::{peer, tracker};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
-    let result: Result<(), String> = match cli.command {
-        Mode::Server(args) => run_server(&args),
-        Mode::Peer(args) => {
-            peer::run(args.config(std::io::stdin().is_terminal())).map_err(|e| e.to_string())
+    let cli = Cli::try_parse();
+    // A peer's user reads its console lines, in Portuguese; diagnostics (English, with the
+    // detail) only when asked for with RUST_LOG. The tracker's operator sees warnings.
+    let default_log = match &cli {
+        Ok(Cli {
+            command: Mode::Server(_),
+        }) => "warn",
+        _ => "error",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
+    let cli = match cli {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap's own messages (and --help) stay English; a usage error exits with our code.
+            let _ = e.print();
+            return if e.use_stderr() {
+                Failure::Usage.into()
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("napster: {e}");
-            ExitCode::FAILURE
+    match run(cli.command) {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(failure)) => failure.into(),
+        Err((failure, message)) => {
+            eprintln!("napster: {message}");
+            failure.into()
         }
     }
 }
 
-fn run_server(args: &napster::cli::ServerArgs) -> Result<(), String> {
+/// Runs the chosen program: `Ok` with the first failure of its commands, or `Err` when it
+/// could not start (with the message to print).
+fn run(mode: Mode) -> Result<Option<Failure>, (Failure, String)> {
+    let usage = |e: ArgError| (Failure::Usage, e.to_string());
+    let start = |e: peer::PeerError| {
+        log::debug!("{e:?}");
+        (e.failure(), format!("{e}\najuda: {}", e.help()))
+    };
+    match mode {
+        Mode::Server(args) => run_server(&args).map(|()| None),
+        Mode::Peer(args) => {
+            let config = args.config(std::io::stdin().is_terminal()).map_err(usage)?;
+            peer::run(config).map_err(start)
+        }
+        Mode::Get(args) => {
+            let config = args.config().map_err(usage)?;
+            peer::get::get(config, &args.name, args.from.as_deref()).map_err(start)
+        }
+        Mode::Share(args) => {
+            let config = args.config().map_err(usage)?;
+            peer::run(config).map_err(start)
+        }
+    }
+}
+
+fn run_server(args: &napster::cli::ServerArgs) -> Result<(), (Failure, String)> {
     let mut config = args.config();
     match tracker::raise_open_file_limit() {
         Ok(limit) => {
@@ -41,10 +84,26 @@ fn run_server(args: &napster::cli::ServerArgs) -> Result<(), String> {
         }
         Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
     }
-    let listener = TcpListener::bind(args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(args.listen).map_err(|e| {
+        log::debug!("cannot listen on {}: {e:?}", args.listen);
+        (
+            Failure::Start,
+            format!(
+                "não foi possível escutar em {}: {}\najuda: escolha outro endereço com --listen IP:PORTA",
+                args.listen,
+                describe(&e)
+            ),
+        )
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| (Failure::Other, describe(&e)))?;
     println!("Servidor ouvindo em {addr}");
     let tracker = tracker::Tracker::new(config);
-    tracker.run(listener).map_err(|e| e.to_string())
+    tracker.run(listener).map_err(|e| {
+        (
+            Failure::Other,
+            format!("o servidor parou: {}", describe(&e)),
+        )
+    })
 }

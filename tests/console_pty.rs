@@ -26,11 +26,20 @@ use expectrl::process::unix::{PtyStream, Signal, UnixProcess, WaitStatus};
 const ROWS: u16 = 60;
 const COLS: u16 = 120;
 
+/// The prompt with `n` upload requests waiting: `[sem pedidos] > `, `[1 pendente] > `, ...
+/// (padded to one width).
+fn prompt(n: usize) -> String {
+    napster::peer::console::prompt_text(n)
+}
+
 /// The idle prompt.
-const IDLE: &str = "[sem pedido] > ";
+fn idle() -> String {
+    prompt(0)
+}
 
 /// A `napster` process on a pseudo-terminal, and the screen it has drawn so far.
 struct Term {
+    cols: u16,
     proc: UnixProcess,
     input: PtyStream,
     chunks: Receiver<Vec<u8>>,
@@ -39,13 +48,13 @@ struct Term {
 }
 
 impl Term {
-    /// Starts `napster ARGS` on a fresh pty of ROWS x COLS.
-    fn spawn(args: &[&str]) -> Term {
-        Term::spawn_with_env(args, &[])
+    /// Starts `napster ARGS` on a fresh pty of ROWS x COLS, with extra environment variables.
+    fn spawn_with_env(args: &[&str], env: &[(&str, &Path)]) -> Term {
+        Term::spawn_sized(args, env, COLS)
     }
 
-    /// [`Term::spawn`] with extra environment variables.
-    fn spawn_with_env(args: &[&str], env: &[(&str, &Path)]) -> Term {
+    /// [`Term::spawn_with_env`] on a terminal `cols` columns wide.
+    fn spawn_sized(args: &[&str], env: &[(&str, &Path)], cols: u16) -> Term {
         let mut cmd = Command::new(napster_bin());
         cmd.args(args)
             .env("TERM", "xterm-256color")
@@ -55,7 +64,7 @@ impl Term {
             cmd.env(key, value);
         }
         let mut proc = UnixProcess::spawn_command(cmd).expect("napster starts on a pty");
-        proc.set_window_size(COLS, ROWS).expect("window size set");
+        proc.set_window_size(cols, ROWS).expect("window size set");
         let input = proc.open_stream().expect("pty stream");
         let mut output = proc.open_stream().expect("pty stream");
         let (tx, rx) = unbounded();
@@ -73,12 +82,13 @@ impl Term {
             }
         });
         Term {
+            cols,
             proc,
             input,
             chunks: rx,
             parser: vt100::Parser::new(
                 NonZeroU16::new(ROWS).unwrap(),
-                NonZeroU16::new(COLS).unwrap(),
+                NonZeroU16::new(cols).unwrap(),
                 0,
             ),
             exited: false,
@@ -88,11 +98,22 @@ impl Term {
     /// Starts a peer on a pty, talking to `tracker`, sharing `dir`, keeping history in
     /// `history`; returns it with its upload port.
     fn peer(tracker: SocketAddr, dir: &Path, history: &Path, extra: &[&str]) -> (Term, u16) {
+        Term::peer_sized(tracker, dir, history, extra, COLS)
+    }
+
+    /// [`Term::peer`] on a terminal `cols` columns wide.
+    fn peer_sized(
+        tracker: SocketAddr,
+        dir: &Path,
+        history: &Path,
+        extra: &[&str],
+        cols: u16,
+    ) -> (Term, u16) {
         let server = tracker.to_string();
         let mut args = peer_args(&server, dir);
         args.extend(["--history", history.to_str().unwrap()]);
         args.extend_from_slice(extra);
-        let mut term = Term::spawn(&args);
+        let mut term = Term::spawn_sized(&args, &[], cols);
         term.wait_for("Digite 'JOIN' para iniciar.");
         let text = term.text();
         let port = text
@@ -101,7 +122,7 @@ impl Term {
             .and_then(|rest| rest.split(';').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("upload port on screen:\n{text}"));
-        term.wait_prompt(IDLE, "");
+        term.wait_prompt(&idle(), "");
         (term, port)
     }
 
@@ -109,7 +130,7 @@ impl Term {
     fn join(&mut self) {
         self.keys("JOIN\r");
         self.wait_for("Sou o Peer 127.0.0.1:");
-        self.wait_prompt(IDLE, "");
+        self.wait_prompt(&idle(), "");
     }
 
     /// Types bytes, as keys.
@@ -125,7 +146,7 @@ impl Term {
         let rows: Vec<String> = self
             .parser
             .screen()
-            .rows(0, COLS)
+            .rows(0, self.cols)
             .map(|r| r.trim_end().to_string())
             .collect();
         rows.join("\n").trim_end().to_string()
@@ -137,7 +158,7 @@ impl Term {
         let text = self
             .parser
             .screen()
-            .rows(0, COLS)
+            .rows(0, self.cols)
             .nth(row as usize)
             .unwrap_or_default();
         (text, col)
@@ -183,6 +204,11 @@ impl Term {
         });
     }
 
+    /// The screen's text without any blank or row break, for lines that wrap.
+    fn squeezed(&self) -> String {
+        squeeze(&self.text())
+    }
+
     /// How many times `needle` stands on the screen.
     fn count(&self, needle: &str) -> usize {
         self.text().matches(needle).count()
@@ -215,6 +241,11 @@ impl Drop for Term {
             let _ = self.proc.kill(Signal::SIGKILL);
         }
     }
+}
+
+/// `text` without blanks or row breaks.
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect()
 }
 
 /// The arguments of `napster peer` talking to the tracker at `server`, sharing `dir`, its
@@ -287,14 +318,14 @@ fn request_while_idle_appears_above_the_prompt_and_sim_sends_the_file() {
     alice.join();
 
     let mut bob = ask(port, "notes.txt", 4999);
-    alice.wait_for("Peer 127.0.0.1:4999 solicitou o arquivo notes.txt (13 bytes)");
+    alice.wait_for("Peer 127.0.0.1:4999 solicitou o arquivo notes.txt (13 B)");
     alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
-    alice.wait_prompt("[1 pendente] > ", "");
+    alice.wait_prompt(&prompt(1), "");
     let screen = alice.text();
     let question = screen.find("Gostaria de Aprovar").unwrap();
-    let prompt = screen.rfind("[1 pendente] >").unwrap();
+    let prompt_at = screen.rfind("[1 pendente] >").unwrap();
     assert!(
-        question < prompt,
+        question < prompt_at,
         "the question stands above the prompt:\n{screen}"
     );
 
@@ -302,7 +333,7 @@ fn request_while_idle_appears_above_the_prompt_and_sim_sends_the_file() {
     assert_eq!(bob.json()["status"], "downloadAccepted");
     assert_eq!(bob.bytes(13), b"hello, world\n");
     alice.wait_for("Download de notes.txt por 127.0.0.1:4999 aprovado");
-    alice.wait_prompt(IDLE, "");
+    alice.wait_prompt(&idle(), "");
 }
 
 /// A request arriving half way through typing a SEARCH leaves the typed text on the prompt
@@ -314,11 +345,11 @@ fn request_arriving_while_typing_keeps_the_typed_text_and_the_command_runs() {
     let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
     alice.join();
     alice.keys("SEARCH no");
-    alice.wait_prompt(IDLE, "SEARCH no");
+    alice.wait_prompt(&idle(), "SEARCH no");
 
     let mut bob = ask(port, "notes.txt", 4998);
     alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
-    alice.wait_prompt("[1 pendente] > ", "SEARCH no");
+    alice.wait_prompt(&prompt(1), "SEARCH no");
     assert_eq!(
         alice.count("SEARCH no"),
         1,
@@ -330,18 +361,18 @@ fn request_arriving_while_typing_keeps_the_typed_text_and_the_command_runs() {
     alice.wait_for(&format!(
         "Peers com arquivo solicitado: ['127.0.0.1:{port}']"
     ));
-    alice.wait_prompt("[1 pendente] > ", "");
+    alice.wait_prompt(&prompt(1), "");
 
     alice.keys("NAO\r");
     let rejected = bob.json();
     assert_eq!(rejected["status"], "downloadRejected");
     assert!(rejected.get("reason").is_none(), "a plain NAO: {rejected}");
     alice.wait_for("Download de notes.txt por 127.0.0.1:4998 recusado");
-    alice.wait_prompt(IDLE, "");
+    alice.wait_prompt(&idle(), "");
 }
 
-/// Two requests queue in arrival order: the prompt counts both, SIM answers the older, NAO
-/// the newer.
+/// Two requests queue in arrival order: the prompt counts both (`[2 pendentes]`), SIM answers
+/// the older and says who asks next and for what, NAO answers the newer.
 #[test]
 fn two_requests_are_answered_oldest_first() {
     let tracker = start_tracker(&[]);
@@ -349,22 +380,23 @@ fn two_requests_are_answered_oldest_first() {
     let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
 
     let mut first = ask(port, "a.txt", 4001);
-    alice.wait_for("Peer 127.0.0.1:4001 solicitou o arquivo a.txt (4 bytes)");
-    alice.wait_prompt("[1 pendente] > ", "");
+    alice.wait_for("Peer 127.0.0.1:4001 solicitou o arquivo a.txt (4 B)");
+    alice.wait_prompt(&prompt(1), "");
     let mut second = ask(port, "b.txt", 4002);
-    alice.wait_for("Peer 127.0.0.1:4002 solicitou o arquivo b.txt (2 bytes)");
-    alice.wait_prompt("[2 pendente] > ", "");
+    alice.wait_for("Peer 127.0.0.1:4002 solicitou o arquivo b.txt (2 B)");
+    alice.wait_prompt(&prompt(2), "");
 
     alice.keys("sim\r");
     assert_eq!(first.json()["status"], "downloadAccepted");
     assert_eq!(first.bytes(4), b"AAAA");
     alice.wait_for("Download de a.txt por 127.0.0.1:4001 aprovado");
-    alice.wait_prompt("[1 pendente] > ", "");
+    alice.wait_for("Próximo pedido: Peer 127.0.0.1:4002 solicitou o arquivo b.txt (2 B)");
+    alice.wait_prompt(&prompt(1), "");
 
     alice.keys("nao\r");
     assert_eq!(second.json()["status"], "downloadRejected");
     alice.wait_for("Download de b.txt por 127.0.0.1:4002 recusado");
-    alice.wait_prompt(IDLE, "");
+    alice.wait_prompt(&idle(), "");
 }
 
 /// A request nobody answers is refused when the time limit passes: the uploader's screen says
@@ -385,12 +417,12 @@ fn an_unanswered_request_times_out_and_both_sides_are_told() {
     let mut bob = start_peer("bob", tracker.addr, bob_dir.path(), &[]);
     bob.join();
     bob.send(&format!("DOWNLOAD notes.txt 127.0.0.1:{port}"));
-    alice.wait_prompt("[1 pendente] > ", "");
+    alice.wait_prompt(&prompt(1), "");
     alice.wait_for(&format!(
         "Pedido de 127.0.0.1:{} para notes.txt expirou sem resposta: recusado",
         bob.port
     ));
-    alice.wait_prompt(IDLE, "");
+    alice.wait_prompt(&idle(), "");
     bob.wait_for("Download Rejeitado: o usuário do outro peer não respondeu a tempo");
     assert!(!bob_dir.path().join("notes.txt").exists());
 }
@@ -404,13 +436,13 @@ fn ctrl_d_with_a_request_pending_refuses_it_and_leaves_the_tracker() {
     let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
     alice.join();
     let mut bob = ask(port, "notes.txt", 4003);
-    alice.wait_prompt("[1 pendente] > ", "");
+    alice.wait_prompt(&prompt(1), "");
 
     alice.keys("\x04");
     let rejected = bob.json();
     assert_eq!(rejected["status"], "downloadRejected");
     assert_eq!(rejected["reason"], "o outro peer está encerrando");
-    alice.wait_for("1 pedido(s) pendente(s) recusado(s)");
+    alice.wait_for("1 pedido pendente recusado");
     alice.wait_for("Peer encerrado.");
     assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
 
@@ -436,7 +468,7 @@ fn tab_completes_the_searched_file_name_and_its_peer() {
     let (tmp, share) = folder(&[]);
     let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
     bob.keys("jo\t");
-    bob.wait_prompt(IDLE, "JOIN ");
+    bob.wait_prompt(&idle(), "JOIN ");
     bob.keys("\r");
     bob.wait_for("Sou o Peer ");
     bob.keys("SEARCH relatorio-2024.pdf\r");
@@ -444,13 +476,13 @@ fn tab_completes_the_searched_file_name_and_its_peer() {
         "Peers com arquivo solicitado: ['127.0.0.1:{}']",
         alice.port
     ));
-    bob.wait_prompt(IDLE, "");
+    bob.wait_prompt(&idle(), "");
 
     bob.keys("DOWNLOAD rel\t");
-    bob.wait_prompt(IDLE, "DOWNLOAD relatorio-2024.pdf ");
+    bob.wait_prompt(&idle(), "DOWNLOAD relatorio-2024.pdf ");
     bob.keys("\t");
     let full = format!("DOWNLOAD relatorio-2024.pdf 127.0.0.1:{}", alice.port);
-    bob.wait_prompt(IDLE, &full);
+    bob.wait_prompt(&idle(), &full);
     bob.keys("\r");
     bob.wait_for("Arquivo relatorio-2024.pdf baixado com sucesso na pasta ");
     assert_eq!(
@@ -468,94 +500,263 @@ fn history_survives_a_restart() {
     let history = tmp.path().join("data").join("history");
     let (mut first, _) = Term::peer(tracker.addr, &share, &history, &[]);
     first.keys("HELP\r");
-    first.wait_for("Comandos: SEARCH");
-    first.wait_prompt(IDLE, "");
+    first.wait_for("Comandos: JOIN");
+    first.wait_prompt(&idle(), "");
     first.keys("\x04");
     first.wait_exit();
     assert!(std::fs::read_to_string(&history).unwrap().contains("HELP"));
-    assert_eq!(std::fs::read_dir(&share).unwrap().count(), 0);
+    let shared: Vec<_> = std::fs::read_dir(&share)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(shared, [".napster"], "only the peer's own sub-folder");
 
     let (mut second, _) = Term::peer(tracker.addr, &share, &history, &[]);
     second.keys("\x1b[A");
-    second.wait_prompt(IDLE, "HELP");
+    second.wait_prompt(&idle(), "HELP");
+}
+
+/// An uploader on a raw socket that accepts a download of `size` bytes (no digest), sends
+/// `sent` of them and then stalls, holding the connection until the downloader hangs up.
+/// `sent` is far more than the sockets buffer, so the `sent` signal comes only once the
+/// downloader has written most of it to disk. The thread returns what it saw at the end.
+struct StallingUploader {
+    port: u16,
+    sent: Receiver<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl StallingUploader {
+    fn start(size: usize, sent: usize) -> StallingUploader {
+        const MIB: usize = 1 << 20;
+        let uploader = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = uploader.local_addr().unwrap().port();
+        let (sent_tx, sent_rx) = unbounded();
+        let thread = thread::spawn(move || {
+            let (mut conn, _) = uploader.accept().unwrap();
+            let mut byte = [0u8; 1];
+            let mut request = Vec::new();
+            while !request.ends_with(b"\n") {
+                assert_eq!(conn.read(&mut byte).unwrap(), 1, "request cut short");
+                request.push(byte[0]);
+            }
+            conn.write_all(format!("{{\"status\":\"OK\",\"fileSize\":{size}}}\n").as_bytes())
+                .unwrap();
+            conn.write_all(b"{\"status\":\"downloadAccepted\"}\n")
+                .unwrap();
+            let chunk = vec![7u8; MIB];
+            for _ in 0..sent / MIB {
+                conn.write_all(&chunk).unwrap();
+            }
+            sent_tx.send(()).unwrap();
+            // Hold the connection open until the downloader hangs up.
+            let mut rest = Vec::new();
+            let _ = conn.read_to_end(&mut rest);
+        });
+        StallingUploader {
+            port,
+            sent: sent_rx,
+            thread,
+        }
+    }
+
+    fn wait_sent(&self) {
+        self.sent
+            .recv_timeout(WAIT)
+            .expect("the uploader sent its part");
+    }
 }
 
 /// While a download runs its progress is printed above the prompt and the prompt stays
-/// usable (a SEARCH answers); Ctrl-C cancels a half-typed line; Ctrl-D then stops the
-/// download, keeping what arrived under the temporary name and nothing under the final one.
+/// usable (a SEARCH answers); Ctrl-C cancels a half-typed line. QUIT (here Ctrl-D) with the
+/// download running asks once; NAO goes on; QUIT again and SIM leave: the stopped download is
+/// listed with where its partial is kept, no bar is left on screen, the exit status is 20
+/// (interrupted), and what arrived stays under the temporary name, nothing under the final one.
 #[test]
-fn the_prompt_stays_usable_during_a_download_and_leaving_keeps_the_partial() {
+fn quit_with_a_running_download_asks_lists_the_partial_and_clears_the_bar() {
     const MIB: usize = 1 << 20;
     const SIZE: usize = 64 * MIB;
     const SENT: usize = 40 * MIB;
     let tracker = start_tracker(&[]);
-    // An uploader that accepts, sends SENT of SIZE bytes, and then stalls. SENT is far more
-    // than the sockets buffer, so its writes finish only once the downloader has written
-    // most of it to disk.
-    let uploader = TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_port = uploader.local_addr().unwrap().port();
-    let (sent_tx, sent_rx) = unbounded();
-    let stall = thread::spawn(move || {
-        let (mut conn, _) = uploader.accept().unwrap();
-        let mut byte = [0u8; 1];
-        let mut request = Vec::new();
-        while !request.ends_with(b"\n") {
-            assert_eq!(conn.read(&mut byte).unwrap(), 1, "request cut short");
-            request.push(byte[0]);
-        }
-        conn.write_all(format!("{{\"status\":\"OK\",\"fileSize\":{SIZE}}}\n").as_bytes())
-            .unwrap();
-        conn.write_all(b"{\"status\":\"downloadAccepted\"}\n")
-            .unwrap();
-        let chunk = vec![7u8; MIB];
-        for _ in 0..SENT / MIB {
-            conn.write_all(&chunk).unwrap();
-        }
-        sent_tx.send(()).unwrap();
-        // Hold the connection open until the downloader hangs up.
-        let mut rest = Vec::new();
-        let _ = conn.read_to_end(&mut rest);
-    });
+    let uploader = StallingUploader::start(SIZE, SENT);
 
     let (tmp, share) = folder(&[]);
     let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
     bob.join();
-    bob.keys(&format!("DOWNLOAD big.bin 127.0.0.1:{up_port}\r"));
+    bob.keys(&format!("DOWNLOAD big.bin 127.0.0.1:{}\r", uploader.port));
+    bob.wait_for(&format!(
+        "Aguardando resposta de 127.0.0.1:{}...",
+        uploader.port
+    ));
     // On a terminal, progress is a bar (bytes, rate, time left) drawn above the prompt.
     bob.wait_for("/64.0 MiB");
     bob.wait_for("Download de big.bin [");
-    bob.wait_prompt(IDLE, "");
-    sent_rx
-        .recv_timeout(WAIT)
-        .expect("the uploader sent its part");
+    bob.wait_prompt(&idle(), "");
+    uploader.wait_sent();
 
     bob.keys("SEARCH big.bin\r");
     bob.wait_for("Peers com arquivo solicitado: []");
-    bob.wait_prompt(IDLE, "");
+    bob.wait_prompt(&idle(), "");
     bob.keys("SEARCH oops");
-    bob.wait_prompt(IDLE, "SEARCH oops");
+    bob.wait_prompt(&idle(), "SEARCH oops");
     bob.keys("\x03");
-    bob.wait_prompt(IDLE, "");
+    bob.wait_prompt(&idle(), "");
+    assert_eq!(
+        bob.count("Download de big.bin ["),
+        1,
+        "one bar:\n{}",
+        bob.text()
+    );
 
     bob.keys("\x04");
+    let question = "Há 1 download em andamento. Sair mesmo? (SIM/NAO)";
+    bob.wait_for(question);
+    bob.wait_prompt(&idle(), "");
+    bob.keys("NAO\r");
+    bob.wait_for("Continuando; nada foi interrompido.");
+    bob.wait_prompt(&idle(), "");
+    bob.keys("QUIT\r");
+    bob.wait_until("the question asked again", |t| t.count(question) == 2);
+    bob.wait_prompt(&idle(), "");
+    bob.keys("SIM\r");
+    let part = napster::transfer::PartialStore::new(&share).part_path("big.bin");
+    bob.wait_for("Erro ao processar download de big.bin: interrompido ao sair com ");
     bob.wait_for("Peer encerrado.");
-    bob.wait_exit();
+    // The line is longer than the terminal: compare without the row breaks.
+    let where_kept = format!(
+        "a parte recebida foi guardada para retomar depois ({})",
+        part.display()
+    );
+    assert!(
+        bob.squeezed().contains(&squeeze(&where_kept)),
+        "{where_kept:?} on screen:\n{}",
+        bob.text()
+    );
+    assert_eq!(bob.wait_exit(), WaitStatus::Exited(bob.proc.pid(), 20));
     assert_eq!(
         bob.count("Peers com arquivo solicitado"),
         1,
         "the cancelled SEARCH never ran:\n{}",
         bob.text()
     );
-    stall.join().unwrap();
+    assert_eq!(
+        bob.count("Download de big.bin ["),
+        0,
+        "bar left:\n{}",
+        bob.text()
+    );
+    uploader.thread.join().unwrap();
     assert!(
         !share.join("big.bin").exists(),
         "nothing under the final name"
     );
-    let part = napster::transfer::PartialStore::new(&share).part_path("big.bin");
     let kept = std::fs::metadata(&part).unwrap().len();
     assert!(
         (SIZE / 2) as u64 <= kept && kept <= SENT as u64,
         "kept {kept} bytes"
+    );
+}
+
+/// Ctrl-C on an empty line does not leave (it cancels); it says how to leave. On a line with
+/// text it only cancels the line.
+#[test]
+fn ctrl_c_on_an_empty_line_says_how_to_leave() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[]);
+    let (mut alice, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    alice.keys("\x03");
+    alice.wait_for("Para sair, digite QUIT ou tecle Ctrl-D.");
+    alice.wait_prompt(&idle(), "");
+    alice.keys("SEARCH x");
+    alice.wait_prompt(&idle(), "SEARCH x");
+    alice.keys("\x03");
+    alice.wait_prompt(&idle(), "");
+    alice.keys("\x03");
+    alice.wait_until("the hint twice", |t| {
+        t.count("Para sair, digite QUIT ou tecle Ctrl-D.") == 2
+    });
+    alice.wait_prompt(&idle(), "");
+    alice.keys("\x04");
+    alice.wait_for("Peer encerrado.");
+    assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
+}
+
+/// On a 50-column terminal the bar keeps the file's name and drops whole parts (sizes, rate)
+/// to fit one row: no row is cut in the middle of a word, and the prompt stays whole.
+#[test]
+fn a_50_column_terminal_keeps_the_name_in_the_bar() {
+    const MIB: usize = 1 << 20;
+    let tracker = start_tracker(&[]);
+    let uploader = StallingUploader::start(64 * MIB, 40 * MIB);
+    let (tmp, share) = folder(&[]);
+    let (mut bob, _) = Term::peer_sized(tracker.addr, &share, &tmp.path().join("hist"), &[], 50);
+    bob.join();
+    bob.keys(&format!(
+        "DOWNLOAD aula-01.mp4 127.0.0.1:{}\r",
+        uploader.port
+    ));
+    bob.wait_for("Download de aula-01.mp4 ");
+    uploader.wait_sent();
+    bob.wait_prompt(&idle(), "");
+    let screen = bob.text();
+    let bar = screen
+        .lines()
+        .find(|row| row.starts_with("Download de aula-01.mp4 "))
+        .unwrap_or_else(|| panic!("a bar row:\n{screen}"));
+    assert!(bar.chars().count() < 50, "{bar:?} fits one row");
+    let figures = bar.trim_start_matches("Download de aula-01.mp4").trim();
+    assert!(
+        starts_with_bar_or_percent(figures),
+        "{bar:?}: the figures start with a bar or a percentage"
+    );
+    let last = figures.split_whitespace().last().unwrap();
+    assert!(
+        last.ends_with('%') || last.ends_with('s') || last.ends_with('B'),
+        "{bar:?} ends with a whole word"
+    );
+    bob.keys("\x04");
+    bob.wait_for("Sair mesmo? (SIM/NAO)");
+    bob.keys("SIM\r");
+    assert_eq!(bob.wait_exit(), WaitStatus::Exited(bob.proc.pid(), 20));
+    uploader.thread.join().unwrap();
+}
+
+/// True if `figures` starts with `[###>--]` or a percentage.
+fn starts_with_bar_or_percent(figures: &str) -> bool {
+    let first = figures.split_whitespace().next().unwrap_or("");
+    (first.starts_with('[') && first.ends_with(']')) || first.ends_with('%')
+}
+
+/// The downloader says at once whom it waits for, then that the other user is being asked;
+/// after SIM it reports size, time, rate and that the copy was verified.
+#[test]
+fn a_download_says_what_it_waits_for_and_how_it_went() {
+    let tracker = start_tracker(&[]);
+    let (mut alice, _alice_dir) = joined_alice(&tracker, ("notes.txt", b"hello, bob\n"), &[]);
+    let (tmp, share) = folder(&[]);
+    let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    bob.join();
+    bob.keys("SEARCH notes.txt\r");
+    bob.wait_for(&format!(
+        "Peers com arquivo solicitado: ['{}']",
+        alice.addr()
+    ));
+    bob.keys("DOWNLOAD notes.txt\r");
+    bob.wait_for(&format!("Aguardando resposta de {}...", alice.addr()));
+    bob.wait_for(&format!(
+        "Aguardando aprovação do usuário de {}...",
+        alice.addr()
+    ));
+    bob.wait_prompt(&idle(), "");
+    alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    alice.send("SIM");
+    bob.wait_for("Arquivo notes.txt baixado com sucesso na pasta ");
+    bob.wait_for("11 B em ");
+    bob.wait_for("/s), verificado (BLAKE3)");
+    bob.wait_prompt(&idle(), "");
+    assert_eq!(
+        std::fs::read(share.join("notes.txt")).unwrap(),
+        b"hello, bob\n"
     );
 }
 
@@ -565,7 +766,7 @@ fn without_a_terminal_questions_are_plain_lines() {
     let tracker = start_tracker(&[]);
     let (mut alice, _dir) = joined_alice(&tracker, ("notes.txt", b"plain"), &[]);
     let mut bob = ask(alice.port, "notes.txt", 4004);
-    alice.wait_for("Peer 127.0.0.1:4004 solicitou o arquivo notes.txt (5 bytes)");
+    alice.wait_for("Peer 127.0.0.1:4004 solicitou o arquivo notes.txt (5 B)");
     alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     alice.send("SIM");
     assert_eq!(bob.json()["status"], "downloadAccepted");
@@ -578,25 +779,33 @@ fn without_a_terminal_questions_are_plain_lines() {
 }
 
 /// A command typed without its arguments asks for them with the original's prompts, and the
-/// next lines answer them.
+/// next lines answer them. Before JOIN the menu shows JOIN, and another command says to JOIN;
+/// `DOWNLOAD name` right after a SEARCH of that name that found one peer uses it without
+/// asking for a port.
 #[test]
 fn commands_without_arguments_ask_with_the_originals_prompts() {
     let tracker = start_tracker(&[]);
     let (alice, _alice_dir) =
         joined_alice(&tracker, ("notes.txt", b"asked"), &["--approve", "yes"]);
+    std::fs::write(alice.dir.join("extra.txt"), b"more").unwrap();
 
     let (tmp, share) = folder(&[]);
     let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    bob.keys("HELP\r");
+    bob.wait_for(
+        "Comandos: JOIN | LIST | SIM | NAO | HELP | QUIT (SEARCH e DOWNLOAD depois do JOIN)",
+    );
+    bob.wait_prompt(&idle(), "");
     bob.keys("SEARCH\r");
-    bob.wait_for("Digite 'JOIN' para iniciar.\n[sem pedido] > SEARCH\nDigite 'JOIN' para iniciar.");
+    bob.wait_for(&format!("{}SEARCH\nDigite 'JOIN' para iniciar.", idle()));
     bob.keys("JOIN\r");
     bob.wait_for(
-        "Comandos: SEARCH [arquivo ou palavras] | DOWNLOAD [arquivo ou N [peer]] | LIST [peer] | SIM | NAO | QUIT",
+        "Comandos: SEARCH [arquivo ou palavras] | DOWNLOAD [arquivo ou N [peer]] | LIST [peer] | SIM | NAO | HELP | QUIT",
     );
 
     bob.keys("search\r");
     bob.wait_for("Insira o arquivo que deseja buscar:");
-    bob.wait_prompt(IDLE, "");
+    bob.wait_prompt(&idle(), "");
     bob.keys("notes.txt\r");
     bob.wait_for(&format!(
         "Peers com arquivo solicitado: ['127.0.0.1:{}']",
@@ -605,13 +814,22 @@ fn commands_without_arguments_ask_with_the_originals_prompts() {
 
     bob.keys("DOWNLOAD\r");
     bob.wait_for("Insira o nome do arquivo que deseja baixar:");
-    bob.wait_prompt(IDLE, "");
+    bob.wait_prompt(&idle(), "");
     bob.keys("notes.txt\r");
-    bob.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
-    bob.wait_prompt(IDLE, "");
-    bob.keys(&format!("{}\r", alice.port));
+    bob.wait_for(&format!(
+        "Aguardando resposta de 127.0.0.1:{}...",
+        alice.port
+    ));
     bob.wait_for("Arquivo notes.txt baixado com sucesso na pasta ");
     assert_eq!(std::fs::read(share.join("notes.txt")).unwrap(), b"asked");
+
+    // Not the name searched last: the original's question for the port.
+    bob.keys("DOWNLOAD extra.txt\r");
+    bob.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
+    bob.wait_prompt(&idle(), "");
+    bob.keys(&format!("{}\r", alice.port));
+    bob.wait_for("Arquivo extra.txt baixado com sucesso na pasta ");
+    assert_eq!(std::fs::read(share.join("extra.txt")).unwrap(), b"more");
 }
 
 /// SIGINT at the interactive prompt (what Ctrl-C is) cancels the line, not the peer.
@@ -621,16 +839,16 @@ fn sigint_at_the_prompt_cancels_the_line_and_the_peer_stays() {
     let (tmp, share) = folder(&[]);
     let (mut alice, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
     alice.keys("SEARCH half");
-    alice.wait_prompt(IDLE, "SEARCH half");
+    alice.wait_prompt(&idle(), "SEARCH half");
     alice.proc.signal(Signal::SIGINT).unwrap();
-    alice.wait_prompt(IDLE, "");
+    alice.wait_prompt(&idle(), "");
     alice.keys("HELP\r");
-    alice.wait_for("Comandos: SEARCH");
-    alice.wait_prompt(IDLE, "");
+    alice.wait_for("Comandos: JOIN");
+    alice.wait_prompt(&idle(), "");
     alice.keys("QUIT\r");
     alice.wait_for("Peer encerrado.");
     assert_eq!(alice.wait_exit(), WaitStatus::Exited(alice.proc.pid(), 0));
-    // A SEARCH before JOIN would have printed this a second time.
+    // A SEARCH before JOIN would have printed this a second time (and exited 3).
     assert_eq!(
         alice.count("Digite 'JOIN' para iniciar."),
         1,
@@ -667,9 +885,9 @@ fn history_goes_to_the_users_data_folder_never_the_shared_one() {
         &peer_args(&server, &share),
         &[("XDG_DATA_HOME", &data), ("HOME", tmp.path())],
     );
-    alice.wait_prompt(IDLE, "");
+    alice.wait_prompt(&idle(), "");
     alice.keys("HELP\r");
-    alice.wait_for("Comandos: SEARCH");
+    alice.wait_for("Comandos: JOIN");
     alice.keys("QUIT\r");
     alice.wait_exit();
     let kept = std::fs::read_to_string(data.join("napster").join("history")).unwrap();
@@ -677,8 +895,9 @@ fn history_goes_to_the_users_data_folder_never_the_shared_one() {
 
     let in_share = share.join("history");
     let (mut bob, _) = Term::peer(tracker.addr, &share, &in_share, &[]);
+    bob.wait_for("Histórico não guardado em ");
     bob.keys("HELP\r");
-    bob.wait_for("Comandos: SEARCH");
+    bob.wait_for("Comandos: JOIN");
     bob.keys("QUIT\r");
     bob.wait_exit();
     assert!(!in_share.exists(), "no history file in the shared folder");
@@ -699,7 +918,7 @@ fn keyword_search_numbers_results_and_download_1_completes() {
     bob.join();
     bob.keys("SEARCH AULA\r");
     bob.wait_for("1) aula-01.mp4  3,0 MiB  1 peer");
-    bob.wait_prompt(IDLE, "");
+    bob.wait_prompt(&idle(), "");
     let screen = bob.text();
     let original = screen
         .find("Peers com arquivo solicitado: []")
@@ -710,9 +929,9 @@ fn keyword_search_numbers_results_and_download_1_completes() {
     );
 
     bob.keys("DOWNLOAD aula-\t");
-    bob.wait_prompt(IDLE, "DOWNLOAD aula-01.mp4 ");
+    bob.wait_prompt(&idle(), "DOWNLOAD aula-01.mp4 ");
     bob.keys("\x15");
-    bob.wait_prompt(IDLE, "");
+    bob.wait_prompt(&idle(), "");
     bob.keys("DOWNLOAD 1\r");
     bob.wait_for("Arquivo aula-01.mp4 baixado com sucesso na pasta ");
     assert_eq!(std::fs::read(share.join("aula-01.mp4")).unwrap(), video);

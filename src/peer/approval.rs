@@ -65,8 +65,10 @@ impl fmt::Display for ApprovalRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Peer {} solicitou o arquivo {} ({} bytes)",
-            self.from, self.filename, self.size
+            "Peer {} solicitou o arquivo {} ({})",
+            self.from,
+            self.filename,
+            crate::peer::progress::human_size(self.size)
         )?;
         if self.offset > 0 {
             write!(f, ", retomando do byte {}", self.offset)?;
@@ -116,6 +118,11 @@ impl ApprovalQueue {
                 .unwrap_or(now + Duration::from_secs(86_400 * 365)),
         });
         true
+    }
+
+    /// The oldest request, the one SIM/NAO will answer.
+    pub fn oldest(&self) -> Option<&ApprovalRequest> {
+        self.items.front().map(|p| &p.request)
     }
 
     /// How many requests wait.

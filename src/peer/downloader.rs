@@ -11,21 +11,29 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::exit::Failure;
+use crate::os_error::{closed_by_other_side, describe};
 use crate::peer::PeerContext;
 use crate::peer::output::printable;
-use crate::peer::progress::Progress;
-use crate::protocol::messages::{DownloadRequest, Reply, download_line, parse_reply, status};
+use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_size};
+use crate::protocol::messages::{
+    DownloadRequest, Reply, download_line, parse_reply, status, waiting_for,
+};
 use crate::protocol::{CodecError, FrameReader};
 use crate::share::NameError;
 use crate::transfer::{self, PartialRecord, ReceiveError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Hashing a very large file before the first reply takes the uploader a while.
-const FIRST_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
-/// The uploader's user may take long to answer (the uploader enforces its own limit).
-const DECISION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The uploader's first reply comes at once (a `waiting` reply first if it must hash the
+/// file), so a few seconds of silence mean it is not answering.
+const FIRST_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long to wait for the decision of an uploader that does not say how long it may take
+/// (one without `waiting` replies): its user's default 60 s to answer, and a margin.
+const SILENT_DECISION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Added to the time a `waiting` reply announces: the network's share.
+const WAITING_MARGIN: Duration = Duration::from_secs(5);
 /// A transfer that receives nothing for this long is abandoned (and kept for resume).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -42,6 +50,15 @@ fn free_space(dir: &std::path::Path) -> Option<u64> {
         return None;
     }
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// What the downloader was waiting for when the uploader went silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The first reply (OK, fileNotFound, ...).
+    Reply,
+    /// The uploader's user's decision.
+    Decision,
 }
 
 /// Why a download did not complete.
@@ -61,10 +78,21 @@ pub enum DownloadError {
     Rejected(Option<String>),
     /// The uploader answered ERROR.
     Refused(String),
-    /// The uploader broke the protocol or the connection before the data.
+    /// The uploader broke the protocol before the data.
     Protocol(String),
-    /// The data stopped early or could not be written; the partial file is kept.
-    Receive(ReceiveError),
+    /// The uploader said nothing for `waited` while this side waited for `stage`.
+    Timeout {
+        /// What was awaited.
+        stage: Stage,
+        /// For how long.
+        waited: Duration,
+    },
+    /// The uploader closed the connection before sending the file (it left, or crashed).
+    ClosedEarly,
+    /// The data stopped early or could not be written; the partial file is kept there.
+    Receive(ReceiveError, PathBuf),
+    /// This peer is leaving: the download was stopped, its partial (if any) kept there.
+    Stopped(Option<(u64, u64, PathBuf)>),
     /// All bytes arrived but their digest differs: the copy was discarded.
     Corrupt {
         /// What the uploader announced.
@@ -83,13 +111,93 @@ pub enum DownloadError {
     },
 }
 
+impl DownloadError {
+    /// The kind of failure, for the exit code.
+    pub fn failure(&self) -> Failure {
+        match self {
+            DownloadError::Name(_) | DownloadError::AlreadyRunning => Failure::Command,
+            DownloadError::Exists(_) | DownloadError::Disk(_) | DownloadError::NoSpace { .. } => {
+                Failure::Disk
+            }
+            DownloadError::Connect(..)
+            | DownloadError::Protocol(_)
+            | DownloadError::Timeout { .. }
+            | DownloadError::ClosedEarly => Failure::Unreachable,
+            DownloadError::NotFound => Failure::NotFound,
+            DownloadError::Rejected(_) | DownloadError::Refused(_) => Failure::Rejected,
+            DownloadError::Receive(ReceiveError::Disk { .. }, _) => Failure::Disk,
+            DownloadError::Receive(..) => Failure::Cut,
+            DownloadError::Stopped(_) => Failure::Interrupted,
+            DownloadError::Corrupt { .. } => Failure::Corrupt,
+        }
+    }
+}
+
+/// A plain name's problem, in the console's language.
+fn name_problem(e: &NameError) -> String {
+    match e {
+        NameError::Empty => "o nome está vazio".into(),
+        NameError::TooLong(limit) => format!("o nome tem mais de {limit} bytes"),
+        NameError::Dots => "o nome não pode ser '.' nem '..'".into(),
+        NameError::Separator => "o nome não pode conter '/' nem '\\'".into(),
+        NameError::Control => "o nome não pode conter caracteres de controle ou invisíveis".into(),
+    }
+}
+
+/// `o outro peer encerrou após 1.0 MiB de 4.0 MiB; ...`: why the data stopped.
+fn receive_problem(e: &ReceiveError) -> String {
+    let of = |got: u64, total: Option<u64>| match total {
+        Some(total) => format!("{} de {}", human_size(got), human_size(total)),
+        None => human_size(got),
+    };
+    match e {
+        ReceiveError::Short { got, expected } => {
+            format!("o outro peer encerrou após {}", of(*got, Some(*expected)))
+        }
+        ReceiveError::Network { got, error } if closed_by_other_side(error) => {
+            format!("o outro peer encerrou após {}", of(*got, None))
+        }
+        ReceiveError::Network { got, error }
+            if matches!(
+                error.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            format!(
+                "tempo esgotado: o outro peer parou de responder após {}",
+                of(*got, None)
+            )
+        }
+        ReceiveError::Network { got, error } => {
+            format!(
+                "a conexão falhou após {}: {}",
+                of(*got, None),
+                describe(error)
+            )
+        }
+        ReceiveError::Disk { written, error } if transfer::is_disk_full(error) => {
+            format!("disco cheio após {} gravados", of(*written, None))
+        }
+        ReceiveError::Disk { written, error } => {
+            format!(
+                "não foi possível gravar após {}: {}",
+                of(*written, None),
+                describe(error)
+            )
+        }
+        ReceiveError::Stopped { got } => format!("interrompido após {}", of(*got, None)),
+    }
+}
+
 impl fmt::Display for DownloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DownloadError::Name(e) => write!(f, "nome inválido: {e}"),
+            DownloadError::Name(e) => write!(f, "nome inválido: {}", name_problem(e)),
             DownloadError::NoSpace { need, free } => write!(
                 f,
-                "espaço insuficiente: faltam {need} bytes e há {free} livres na pasta"
+                "espaço insuficiente: faltam {} e há {} livres na pasta",
+                human_size(*need),
+                human_size(*free)
             ),
             DownloadError::Exists(path) => write!(
                 f,
@@ -97,49 +205,133 @@ impl fmt::Display for DownloadError {
                 path.display()
             ),
             DownloadError::AlreadyRunning => write!(f, "este arquivo já está sendo baixado"),
-            DownloadError::Connect(addr, e) => write!(f, "não foi possível conectar a {addr}: {e}"),
+            DownloadError::Connect(addr, e) => {
+                write!(f, "não foi possível conectar a {addr}: {}", describe(e))
+            }
             DownloadError::NotFound => write!(f, "Arquivo não encontrado."),
             DownloadError::Rejected(None) => write!(f, "Download Rejeitado"),
             DownloadError::Rejected(Some(why)) => {
                 write!(f, "Download Rejeitado: {}", printable(why))
             }
-            DownloadError::Refused(why) => write!(f, "o peer recusou o pedido: {}", printable(why)),
+            DownloadError::Refused(why) => {
+                write!(f, "o outro peer recusou o pedido: \"{}\"", printable(why))
+            }
             DownloadError::Protocol(why) => {
                 write!(f, "resposta inválida do peer: {}", printable(why))
             }
-            DownloadError::Receive(e) => {
-                write!(f, "{e}; a parte recebida foi guardada para retomar depois")
+            DownloadError::Timeout { stage, waited } => {
+                let what = match stage {
+                    Stage::Reply => "o outro peer não respondeu",
+                    Stage::Decision => "o outro peer não enviou a decisão do usuário",
+                };
+                write!(f, "tempo esgotado: {what} em {}", elapsed_text(*waited))
             }
+            DownloadError::ClosedEarly => {
+                write!(
+                    f,
+                    "o outro peer encerrou a conexão antes de enviar o arquivo"
+                )
+            }
+            DownloadError::Receive(e, partial) => write!(
+                f,
+                "{}; a parte recebida foi guardada para retomar depois ({})",
+                receive_problem(e),
+                partial.display()
+            ),
+            DownloadError::Stopped(None) => write!(f, "cancelado ao sair; nada foi recebido"),
+            DownloadError::Stopped(Some((got, total, partial))) => write!(
+                f,
+                "interrompido ao sair com {} de {}; a parte recebida foi guardada para retomar depois ({})",
+                human_size(*got),
+                human_size(*total),
+                partial.display()
+            ),
             DownloadError::Corrupt { expected, got } => write!(
                 f,
                 "o arquivo recebido não confere (BLAKE3 {got}, esperado {expected}); descartado"
             ),
-            DownloadError::Disk(e) => write!(f, "erro no disco: {e}"),
+            DownloadError::Disk(e) => write!(f, "erro no disco: {}", describe(e)),
         }
     }
 }
 
 impl std::error::Error for DownloadError {}
 
-/// Starts downloading `name` from `peer` on its own thread; the outcome is printed.
-pub fn spawn(ctx: &Arc<PeerContext>, name: String, peer: SocketAddr) {
-    let ctx = Arc::clone(ctx);
+/// The end of a download, sent to the console (which counts running downloads and keeps the
+/// first failure for the exit code) after its outcome was printed.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The file's name.
+    pub name: String,
+    /// `Ok` if it arrived whole and verified, else the kind of failure.
+    pub result: Result<(), Failure>,
+}
+
+/// A completed download.
+pub struct Received {
+    /// Bytes received in this run (less than `size` when resumed).
+    pub bytes: u64,
+    /// The file's size.
+    pub size: u64,
+    /// From the request to the last byte.
+    pub took: Duration,
+    /// True if the digest was announced and matched.
+    pub verified: bool,
+}
+
+/// Starts downloading `name` from `peer`: says at once what it waits for, then runs on its
+/// own thread, prints the outcome and sends a [`Finished`] to `ctx.finished`. `Err` (already
+/// printed) when it could not start; then no `Finished` follows.
+pub fn start(ctx: &Arc<PeerContext>, name: String, peer: SocketAddr) -> Result<(), Failure> {
+    if let Err(e) = check_target(ctx, &name) {
+        let failure = e.failure();
+        report(ctx, &name, Err(e));
+        return Err(failure);
+    }
+    ctx.out.line(&format!("Aguardando resposta de {peer}..."));
+    let thread_ctx = Arc::clone(ctx);
     let spawned = thread::Builder::new()
         .name("download".into())
-        .spawn(move || report(&ctx, &name, download(&ctx, &name, peer)));
-    if let Err(e) = spawned {
+        .spawn(move || {
+            // Whatever happens here, the console must hear that this download ended: a piped
+            // QUIT waits for it.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let outcome = download(&thread_ctx, &name, peer);
+                let result = outcome.as_ref().map(|_| ()).map_err(DownloadError::failure);
+                report(&thread_ctx, &name, outcome);
+                result
+            }));
+            let result = run.unwrap_or(Err(Failure::Other));
+            let _ = thread_ctx.finished.send(Finished { name, result });
+        });
+    spawned.map(|_| ()).map_err(|e| {
         log::error!("cannot start a download thread: {e}");
+        ctx.out.line(&format!(
+            "Erro ao processar download: não foi possível iniciar uma thread: {}",
+            describe(&e)
+        ));
+        Failure::Other
+    })
+}
+
+/// The name is a plain name and nothing by that name is in the folder yet.
+fn check_target(ctx: &PeerContext, name: &str) -> Result<PathBuf, DownloadError> {
+    let final_path = ctx.shared.final_path(name).map_err(DownloadError::Name)?;
+    if std::fs::symlink_metadata(&final_path).is_ok() {
+        return Err(DownloadError::Exists(final_path));
     }
+    Ok(final_path)
 }
 
 /// Prints the outcome with the original's words, then has the tracker told after a success.
-fn report(ctx: &PeerContext, name: &str, outcome: Result<PathBuf, DownloadError>) {
+fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, DownloadError>) {
     match outcome {
-        Ok(_) => {
+        Ok(received) => {
             ctx.out.line(&format!(
                 "Arquivo {name} baixado com sucesso na pasta {}",
                 ctx.shared.path().display()
             ));
+            ctx.out.line(&summary(&received));
             // The announcer rescans the folder and sends the new file's UPDATE at once.
             ctx.catalog.announce_now();
         }
@@ -154,21 +346,56 @@ fn report(ctx: &PeerContext, name: &str, outcome: Result<PathBuf, DownloadError>
     }
 }
 
-/// Downloads `name` from `peer` into the shared folder; returns the final path.
-pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathBuf, DownloadError> {
-    let final_path = ctx.shared.final_path(name).map_err(DownloadError::Name)?;
-    if std::fs::symlink_metadata(&final_path).is_ok() {
-        return Err(DownloadError::Exists(final_path));
-    }
+/// `3.0 MiB em 0.4s (7.5 MiB/s), verificado (BLAKE3)`: what a success took.
+fn summary(received: &Received) -> String {
+    let secs = received.took.as_secs_f64().max(0.001);
+    let amount = if received.bytes == received.size {
+        human_size(received.size)
+    } else {
+        format!(
+            "{} (retomado; {} no total)",
+            human_size(received.bytes),
+            human_size(received.size)
+        )
+    };
+    let check = if received.verified {
+        "verificado (BLAKE3)"
+    } else {
+        "NÃO verificado: o outro peer não enviou o digest"
+    };
+    format!(
+        "{amount} em {} ({}/s), {check}",
+        elapsed_text(received.took),
+        human_bytes(received.bytes as f64 / secs)
+    )
+}
+
+/// Downloads `name` from `peer` into the shared folder.
+pub fn download(
+    ctx: &PeerContext,
+    name: &str,
+    peer: SocketAddr,
+) -> Result<Received, DownloadError> {
+    let started = Instant::now();
+    let final_path = check_target(ctx, name)?;
     let guard = ctx
         .transfers
         .start_download(name)
         .ok_or(DownloadError::AlreadyRunning)?;
-    let stream = crate::dial::connect_from(ctx.bind_ip, &peer, CONNECT_TIMEOUT)
-        .map_err(|e| DownloadError::Connect(peer, e))?;
+    let stream = crate::dial::connect_from(ctx.bind_ip, &peer, CONNECT_TIMEOUT).map_err(|e| {
+        log::debug!("connecting to {peer}: {e}");
+        DownloadError::Connect(peer, e)
+    })?;
     ctx.transfers.attach(&guard, &stream);
     let _ = stream.set_nodelay(true);
     let _ = crate::liveness::set_liveness(&stream, ctx.liveness);
+    let stopped = |e: DownloadError| {
+        if ctx.transfers.stopping() {
+            DownloadError::Stopped(None)
+        } else {
+            e
+        }
+    };
 
     let partial = ctx.partials.find(name);
     let request = DownloadRequest {
@@ -177,17 +404,26 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         offset: partial.as_ref().map(|p| p.have),
         digest: partial.as_ref().map(|p| p.record.digest.clone()),
         from_port: Some(ctx.port),
+        accepts_waiting: true,
     };
-    (&stream)
-        .write_all(&download_line(&request))
-        .map_err(|e| DownloadError::Protocol(e.to_string()))?;
+    (&stream).write_all(&download_line(&request)).map_err(|e| {
+        log::debug!("sending the request to {peer}: {e}");
+        stopped(DownloadError::ClosedEarly)
+    })?;
 
     let mut reader = FrameReader::new(&stream, 64 * 1024);
-    reader.set_idle_timeout(Some(FIRST_REPLY_TIMEOUT));
     // An uploader that starts a reply and never finishes it must not hold this download (and
     // its name) for ever.
     reader.set_message_timeout(Some(REPLY_COMPLETION_TIMEOUT));
-    let first = next_reply(&mut reader)?;
+    let mut replies = Replies {
+        reader,
+        ctx,
+        peer,
+        told: None,
+    };
+    let first = replies
+        .next(Stage::Reply, FIRST_REPLY_TIMEOUT)
+        .map_err(stopped)?;
     match first.status.as_str() {
         status::OK => {}
         status::FILE_NOT_FOUND => return Err(DownloadError::NotFound),
@@ -196,7 +432,7 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
     }
     let size = first
         .file_size
-        .ok_or_else(|| DownloadError::Protocol("OK without fileSize".into()))?;
+        .ok_or_else(|| DownloadError::Protocol("OK sem fileSize".into()))?;
     let digest = first.digest.clone();
     let offset = first.offset.unwrap_or(0);
     // Resume only when the uploader agreed to the offset of a partial of this same file.
@@ -209,7 +445,7 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         _ if offset == 0 => None,
         _ => {
             return Err(DownloadError::Protocol(format!(
-                "the uploader offered to resume from byte {offset}, which was not asked for"
+                "o peer ofereceu retomar do byte {offset}, o que não foi pedido"
             )));
         }
     };
@@ -221,13 +457,15 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         return Err(DownloadError::NoSpace { need, free });
     }
 
-    reader.set_idle_timeout(Some(DECISION_TIMEOUT));
-    let decision = next_reply(&mut reader)?;
+    let decision = replies
+        .next(Stage::Decision, SILENT_DECISION_TIMEOUT)
+        .map_err(stopped)?;
     match decision.status.as_str() {
         status::DOWNLOAD_ACCEPTED => {}
         status::DOWNLOAD_REJECTED => return Err(DownloadError::Rejected(decision.reason)),
         other => return Err(DownloadError::Protocol(format!("status {other:?}"))),
     }
+    let mut reader = replies.reader;
 
     let record = PartialRecord {
         size,
@@ -249,16 +487,18 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         .map_err(DownloadError::Disk)?;
         if have != offset {
             return Err(DownloadError::Disk(io::Error::other(
-                "the partial file shrank",
+                "a parte guardada encolheu",
             )));
         }
         ctx.out.line(&format!(
-            "Retomando o download de {name} a partir do byte {offset} de {size}"
+            "Retomando o download de {name} a partir do byte {offset} de {size} ({} de {})",
+            human_size(offset),
+            human_size(size)
         ));
     }
     let already = reader
         .take_payload()
-        .map_err(|e| DownloadError::Protocol(e.to_string()))?;
+        .map_err(|e| DownloadError::Protocol(codec_problem(&e)))?;
     let _ = stream.set_read_timeout(Some(STALL_TIMEOUT));
     let start = resume_at.unwrap_or(0);
     let mut progress = Progress::new(
@@ -277,26 +517,39 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
         ctx.transfers.stop_flag(),
         &mut |got| progress.update(start + got),
     );
+    drop(progress);
     if let Err(e) = received {
         let e = e.offset_by(start);
         if let Err(te) = ctx.partials.truncate(name, e.kept()) {
             log::warn!("cannot trim the partial download of {name}: {te}");
         }
-        return Err(DownloadError::Receive(e));
+        let part = ctx.partials.part_path(name);
+        if ctx.transfers.stopping() {
+            return Err(DownloadError::Stopped(Some((e.kept(), size, part))));
+        }
+        return Err(DownloadError::Receive(e, part));
     }
     file.sync_all().map_err(DownloadError::Disk)?;
     drop(file);
     let got = hasher.finalize().to_hex().to_string();
-    match digest {
-        Some(expected) if expected != got => {
+    match &digest {
+        Some(expected) if *expected != got => {
             ctx.partials.discard(name);
-            return Err(DownloadError::Corrupt { expected, got });
+            return Err(DownloadError::Corrupt {
+                expected: expected.clone(),
+                got,
+            });
         }
         Some(_) => {}
         None => log::warn!("{peer} sent no digest for {name}; the copy is not verified"),
     }
     match ctx.partials.finish(name, &final_path) {
-        Ok(()) => Ok(final_path),
+        Ok(()) => Ok(Received {
+            bytes: size - start,
+            size,
+            took: started.elapsed(),
+            verified: digest.is_some(),
+        }),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             Err(DownloadError::Exists(final_path))
         }
@@ -304,15 +557,111 @@ pub fn download(ctx: &PeerContext, name: &str, peer: SocketAddr) -> Result<PathB
     }
 }
 
-fn next_reply(reader: &mut FrameReader<&TcpStream>) -> Result<Reply, DownloadError> {
-    match reader.next_frame() {
-        Ok(Some(frame)) => parse_reply(frame).map_err(DownloadError::Protocol),
-        Ok(None) => Err(DownloadError::Protocol(
-            "the peer closed the connection before answering".into(),
-        )),
-        Err(CodecError::Timeout) => Err(DownloadError::Protocol(
-            "the peer did not answer in time".into(),
-        )),
-        Err(e) => Err(DownloadError::Protocol(e.to_string())),
+/// The uploader's replies before the data: `waiting` replies are taken in stride (they say
+/// how long the next reply may take, and the user is told when the other user is asked).
+struct Replies<'a> {
+    reader: FrameReader<&'a TcpStream>,
+    ctx: &'a PeerContext,
+    peer: SocketAddr,
+    /// The wait the uploader announced for its next reply, if it did.
+    told: Option<Duration>,
+}
+
+impl Replies<'_> {
+    /// The next reply that is not `waiting`; `default_wait` bounds the silence unless the
+    /// uploader announced another bound.
+    fn next(&mut self, stage: Stage, default_wait: Duration) -> Result<Reply, DownloadError> {
+        loop {
+            let wait = self.told.take().unwrap_or(default_wait);
+            self.reader.set_idle_timeout(Some(wait));
+            let reply = match self.reader.next_frame() {
+                Ok(Some(frame)) => parse_reply(frame).map_err(DownloadError::Protocol)?,
+                Ok(None) => return Err(DownloadError::ClosedEarly),
+                Err(CodecError::Idle) => {
+                    return Err(DownloadError::Timeout {
+                        stage,
+                        waited: wait,
+                    });
+                }
+                Err(CodecError::Io(e)) if closed_by_other_side(&e) => {
+                    return Err(DownloadError::ClosedEarly);
+                }
+                Err(e) => return Err(DownloadError::Protocol(codec_problem(&e))),
+            };
+            if reply.status != status::WAITING {
+                return Ok(reply);
+            }
+            let secs = reply.timeout.unwrap_or(0).clamp(1, 24 * 60 * 60);
+            self.told = Some(Duration::from_secs(secs) + WAITING_MARGIN);
+            match reply.waiting_for.as_deref() {
+                Some(waiting_for::APPROVAL) => self.ctx.out.line(&format!(
+                    "Aguardando aprovação do usuário de {}...",
+                    self.peer
+                )),
+                what => log::debug!("{}: waiting for {what:?}, up to {secs} s", self.peer),
+            }
+        }
+    }
+}
+
+/// A framing error, in the console's language.
+fn codec_problem(e: &CodecError) -> String {
+    match e {
+        CodecError::Malformed(why) => format!("mensagem malformada ({why})"),
+        CodecError::TooLarge { limit } => format!("mensagem maior que {limit} bytes"),
+        CodecError::Timeout => "a mensagem não chegou inteira a tempo".into(),
+        CodecError::Idle => "tempo esgotado".into(),
+        CodecError::Busy => "o outro lado está ocupado".into(),
+        CodecError::Truncated => "a conexão terminou no meio de uma mensagem".into(),
+        CodecError::Io(e) => describe(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cut transfer says who ended it and how far it got, in one unit style; a full disk is
+    /// a full disk.
+    #[test]
+    fn a_cut_transfer_is_told_in_portuguese() {
+        let short = ReceiveError::Short {
+            got: 12 << 20,
+            expected: 48 << 20,
+        };
+        assert_eq!(
+            receive_problem(&short),
+            "o outro peer encerrou após 12.0 MiB de 48.0 MiB"
+        );
+        let reset = ReceiveError::Network {
+            got: 1 << 20,
+            error: io::Error::from(io::ErrorKind::ConnectionReset),
+        };
+        assert_eq!(
+            receive_problem(&reset),
+            "o outro peer encerrou após 1.0 MiB"
+        );
+        let silent = ReceiveError::Network {
+            got: 0,
+            error: io::Error::from_raw_os_error(libc::ETIMEDOUT),
+        };
+        assert_eq!(
+            receive_problem(&silent),
+            "tempo esgotado: o outro peer parou de responder após 0 B"
+        );
+        let full = ReceiveError::Disk {
+            written: 5 << 20,
+            error: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(receive_problem(&full), "disco cheio após 5.0 MiB gravados");
+        let timeout = DownloadError::Timeout {
+            stage: Stage::Reply,
+            waited: FIRST_REPLY_TIMEOUT,
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "tempo esgotado: o outro peer não respondeu em 15.0s"
+        );
+        assert_eq!(timeout.failure(), Failure::Unreachable);
     }
 }

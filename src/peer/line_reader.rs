@@ -10,9 +10,9 @@ use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::peer::PeerConfig;
 use crate::peer::console::{ConsoleState, Input};
 use crate::peer::output::{PlainOutput, SharedOutput};
+use crate::peer::{PeerConfig, Reading};
 
 /// The longest line accepted from stdin; the rest of a longer line is dropped.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -21,8 +21,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub struct LineReader {
     /// Where console lines go.
     pub output: SharedOutput,
-    /// Whether end of input means QUIT (interactive: Ctrl-D) or "keep serving" (scripts).
-    pub quit_at_eof: bool,
+    /// Who is actually typing: a terminal whose prompt could not start reads plain lines.
+    pub reading: Reading,
     /// Restores the terminal and saves history.
     pub finish: Box<dyn FnOnce() + Send>,
 }
@@ -36,13 +36,22 @@ pub fn start(
     tx: Sender<Input>,
     ready: Receiver<()>,
 ) -> io::Result<LineReader> {
-    if config.interactive {
-        match crate::peer::prompt::start(config, shared, state, tx.clone(), ready) {
-            Ok(reader) => return Ok(reader),
-            Err(e) => log::warn!("interactive prompt unavailable ({e}); reading plain lines"),
+    match config.reading {
+        Reading::Terminal => {
+            match crate::peer::prompt::start(config, shared, state, tx.clone(), ready) {
+                Ok(reader) => return Ok(reader),
+                Err(e) => log::warn!("interactive prompt unavailable ({e}); reading plain lines"),
+            }
+            start_plain(tx)
         }
+        Reading::Lines => start_plain(tx),
+        Reading::Nothing => Ok(LineReader {
+            output: Arc::new(PlainOutput),
+            reading: Reading::Nothing,
+            // Holding the sender keeps the input open: no line and no end of input, ever.
+            finish: Box::new(move || drop(tx)),
+        }),
     }
-    start_plain(tx)
 }
 
 /// Reads plain lines from stdin: no prompt, no escape codes.
@@ -68,7 +77,7 @@ pub fn start_plain(tx: Sender<Input>) -> io::Result<LineReader> {
     })?;
     Ok(LineReader {
         output: Arc::new(PlainOutput),
-        quit_at_eof: false,
+        reading: Reading::Lines,
         finish: Box::new(|| {}),
     })
 }

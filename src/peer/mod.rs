@@ -11,6 +11,8 @@ pub mod catalog;
 pub mod commands;
 pub mod console;
 pub mod downloader;
+pub mod folder;
+pub mod get;
 pub mod line_reader;
 pub mod output;
 pub mod progress;
@@ -30,9 +32,13 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, unbounded};
 
+use crate::exit::Failure;
+use crate::os_error::describe;
 use crate::peer::approval::ApprovalRequest;
 use crate::peer::catalog::Catalog;
-use crate::peer::console::{ConsoleChannels, ConsoleState};
+use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
+use crate::peer::downloader::Finished;
+use crate::peer::folder::PeerFolder;
 use crate::peer::output::SharedOutput;
 use crate::peer::tracker_client::TrackerLink;
 use crate::peer::transfers::Transfers;
@@ -50,6 +56,19 @@ pub enum ApproveMode {
     No,
 }
 
+/// Who types the peer's commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// A person at a terminal: the interactive prompt. Leaving asks first while transfers
+    /// run; Ctrl-C cancels.
+    Terminal,
+    /// Plain lines (a script, a pipe, `--plain`): QUIT and the end of input wait for running
+    /// downloads; SIGINT leaves.
+    Lines,
+    /// Nobody (`napster share`): serves until SIGINT or SIGTERM.
+    Nothing,
+}
+
 /// Everything `napster peer` is started with.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -59,7 +78,7 @@ pub struct PeerConfig {
     pub listen: SocketAddr,
     /// The host this peer calls itself in its console lines.
     pub advertise: Option<String>,
-    /// The shared folder (default `p2p/<upload port>`).
+    /// The shared folder (default [`DEFAULT_DIR`]).
     pub dir: Option<PathBuf>,
     /// How upload requests are answered.
     pub approve: ApproveMode,
@@ -67,36 +86,91 @@ pub struct PeerConfig {
     pub join: bool,
     /// How long an upload request waits for SIM/NAO.
     pub approval_timeout: Duration,
-    /// Use the interactive prompt (stdin is a terminal).
-    pub interactive: bool,
+    /// Who types the commands.
+    pub reading: Reading,
     /// Where the interactive prompt keeps its history.
     pub history: Option<PathBuf>,
     /// A tracker or transfer partner that stops answering is given up after about this long.
     pub liveness: Duration,
 }
 
+/// The shared folder when `--dir` is not given: the same every run, in the current folder.
+/// (The original used `p2p/<port>`, a new folder whenever the port changed.)
+pub const DEFAULT_DIR: &str = "p2p";
+
 /// Why the peer could not start.
 #[derive(Debug)]
 pub enum PeerError {
     /// The upload port could not be opened.
     Listen(SocketAddr, io::Error),
-    /// The shared folder could not be created.
-    Folder(io::Error),
+    /// The shared folder could not be created or used.
+    Folder(PathBuf, io::Error),
+    /// Another napster on this machine uses the folder (its process id, when known).
+    FolderInUse(PathBuf, Option<u32>),
     /// A thread could not be started.
     Thread(io::Error),
+}
+
+impl PeerError {
+    /// The kind of failure, for the exit code.
+    pub fn failure(&self) -> Failure {
+        match self {
+            PeerError::Thread(_) => Failure::Other,
+            _ => Failure::Start,
+        }
+    }
+
+    /// What to do about it.
+    pub fn help(&self) -> String {
+        match self {
+            PeerError::Listen(..) => {
+                "escolha outra porta com --listen IP:PORTA (porta 0: qualquer uma livre)".into()
+            }
+            PeerError::Folder(..) => "escolha outra pasta com --dir PASTA".into(),
+            PeerError::FolderInUse(..) => {
+                "cada peer precisa da sua pasta: use --dir PASTA, ou encerre o outro".into()
+            }
+            PeerError::Thread(_) => "feche outros programas e tente de novo".into(),
+        }
+    }
 }
 
 impl fmt::Display for PeerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PeerError::Listen(addr, e) => write!(f, "cannot listen for uploads on {addr}: {e}"),
-            PeerError::Folder(e) => write!(f, "{e}"),
-            PeerError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            PeerError::Listen(addr, e) => write!(
+                f,
+                "não foi possível abrir a porta de upload {addr}: {}",
+                describe(e)
+            ),
+            PeerError::Folder(path, e) => write!(
+                f,
+                "não foi possível usar a pasta {}: {}",
+                path.display(),
+                describe(e)
+            ),
+            PeerError::FolderInUse(path, pid) => {
+                write!(f, "a pasta {} já é usada por outro napster", path.display())?;
+                match pid {
+                    Some(pid) => write!(f, " (processo {pid})"),
+                    None => Ok(()),
+                }
+            }
+            PeerError::Thread(e) => {
+                write!(f, "não foi possível iniciar uma thread: {}", describe(e))
+            }
         }
     }
 }
 
-impl std::error::Error for PeerError {}
+impl std::error::Error for PeerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PeerError::Listen(_, e) | PeerError::Folder(_, e) | PeerError::Thread(e) => Some(e),
+            PeerError::FolderInUse(..) => None,
+        }
+    }
+}
 
 /// What the peer's threads share.
 pub struct PeerContext {
@@ -122,12 +196,24 @@ pub struct PeerContext {
     pub transfers: Transfers,
     /// Where upload threads send their approval requests.
     pub approvals: Sender<ApprovalRequest>,
+    /// How long this peer's user may take to answer an upload request, when asked
+    /// (`--approve ask`); told to downloaders in a `waiting` reply.
+    pub asks_within: Option<Duration>,
+    /// Where each download reports its end.
+    pub finished: Sender<Finished>,
     /// The bound for detecting a vanished tracker or transfer partner.
     pub liveness: Duration,
 }
 
-/// Runs a peer until QUIT or a signal.
-pub fn run(config: PeerConfig) -> Result<(), PeerError> {
+/// What a peer opens before anything else: its upload port and its folder.
+pub(crate) struct Opened {
+    pub(crate) listener: TcpListener,
+    pub(crate) port: u16,
+    pub(crate) folder: PeerFolder,
+}
+
+/// Opens the upload port and the folder (created if missing, locked for this process).
+pub(crate) fn open(config: &PeerConfig) -> Result<Opened, PeerError> {
     // A download hitting RLIMIT_FSIZE must get EFBIG (reported, partial kept), not be killed.
     // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
     unsafe {
@@ -140,20 +226,31 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         .local_addr()
         .map_err(|e| PeerError::Listen(config.listen, e))?
         .port();
-    let dir = config
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("p2p").join(port.to_string()));
-    let shared = SharedDir::open(dir).map_err(PeerError::Folder)?;
+    let folder = PeerFolder::open(config.dir.clone())?;
+    Ok(Opened {
+        listener,
+        port,
+        folder,
+    })
+}
 
+/// Runs a peer until it leaves (QUIT, end of input, a signal); returns the first failure of
+/// the commands it ran, if any (see [`crate::exit`]).
+pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
+    let Opened {
+        listener,
+        port,
+        folder,
+    } = open(&config)?;
     let (link_tx, link_rx) = unbounded();
     let (approval_tx, approval_rx) = unbounded();
     let (input_tx, input_rx) = unbounded();
     let (ready_tx, ready_rx) = unbounded();
+    let (finished_tx, finished_rx) = unbounded();
     let state = Arc::new(ConsoleState::default());
     let reader = line_reader::start(
         &config,
-        shared.path(),
+        folder.shared.path(),
         Arc::clone(&state),
         input_tx,
         ready_rx,
@@ -164,9 +261,9 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         port,
         bind_ip,
         advertise: config.advertise.clone(),
-        partials: PartialStore::new(shared.path()),
-        catalog: Catalog::new(shared.clone()),
-        shared,
+        partials: PartialStore::new(folder.shared.path()),
+        catalog: Catalog::new(folder.shared.clone()),
+        shared: folder.shared.clone(),
         digests: DigestCache::new(),
         link: Arc::new(TrackerLink::new(
             config.server.clone(),
@@ -177,11 +274,13 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         out: reader.output,
         transfers: Transfers::new(),
         approvals: approval_tx,
+        asks_within: (config.approve == ApproveMode::Ask).then_some(config.approval_timeout),
+        finished: finished_tx,
         liveness: config.liveness,
     });
     ctx.out.line(&format!(
-        "Aguardando pedidos de download na porta {port}; pasta {}",
-        ctx.shared.path().display()
+        "Aguardando pedidos de download na porta {port}; {}",
+        folder.describe()
     ));
 
     // Hash the shared files now, so the first request for a large one is answered at once,
@@ -195,7 +294,7 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
         .map_err(PeerError::Thread)?;
 
     let signals = start_signal_thread().map_err(PeerError::Thread)?;
-    console::run(
+    let failure = console::run(
         Arc::clone(&ctx),
         state,
         ConsoleChannels {
@@ -203,19 +302,22 @@ pub fn run(config: PeerConfig) -> Result<(), PeerError> {
             ready: ready_tx,
             approvals: approval_rx,
             link: link_rx,
+            finished: finished_rx,
             signals,
         },
-        config.approve,
-        config.approval_timeout,
-        config.join,
-        reader.quit_at_eof,
+        ConsoleOptions {
+            approve: config.approve,
+            approval_timeout: config.approval_timeout,
+            join_at_start: config.join,
+            reading: reader.reading,
+        },
     );
     (reader.finish)();
-    Ok(())
+    Ok(failure)
 }
 
-/// Forwards SIGINT and SIGTERM to the console as events.
-fn start_signal_thread() -> io::Result<crossbeam_channel::Receiver<i32>> {
+/// Forwards SIGINT and SIGTERM as events.
+pub(crate) fn start_signal_thread() -> io::Result<crossbeam_channel::Receiver<i32>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let (tx, rx) = unbounded();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;

@@ -96,6 +96,8 @@ struct LiveState {
     bars: BTreeMap<u64, (String, String)>,
     /// Rows of bars on screen directly above the prompt.
     drawn: usize,
+    /// Set when the peer leaves: bars are erased and no longer drawn.
+    closed: bool,
 }
 
 /// Moves up one row and erases it.
@@ -110,6 +112,7 @@ impl LiveOutput {
                 print,
                 bars: BTreeMap::new(),
                 drawn: 0,
+                closed: false,
             }),
             columns,
         }
@@ -147,6 +150,7 @@ impl Output for LiveOutput {
     fn bar(&self, id: u64, bar: Option<(&str, &str)>) {
         let mut state = self.inner.lock();
         match bar {
+            Some(_) if state.closed => {}
             Some((label, figures)) => {
                 state
                     .bars
@@ -162,6 +166,32 @@ impl Output for LiveOutput {
 
     fn input_accepted(&self) {
         self.inner.lock().drawn = 0;
+    }
+}
+
+impl LiveOutput {
+    /// The user's line was accepted (Enter, Ctrl-C, Ctrl-D) and now stands, `rows` rows high,
+    /// between the bars and the cursor. The bars' rows above it are deleted (what is below
+    /// moves up), so no stale copy of a bar stays on screen, and the bars are drawn again
+    /// below the line.
+    pub fn line_accepted(&self, rows: usize) {
+        let mut state = self.inner.lock();
+        let drawn = std::mem::take(&mut state.drawn);
+        if drawn == 0 {
+            return;
+        }
+        let rows = rows.max(1);
+        (state.print)(format!("\x1b[{}A\r\x1b[{drawn}M\x1b[{rows}B", drawn + rows));
+        self.redraw(&mut state, None);
+    }
+
+    /// Erases the bars on screen and draws no more: the peer is leaving, and a frozen bar
+    /// left above the shell's prompt would say a transfer still runs.
+    pub fn clear_bars(&self) {
+        let mut state = self.inner.lock();
+        state.bars.clear();
+        state.closed = true;
+        self.redraw(&mut state, None);
     }
 }
 
@@ -245,6 +275,29 @@ mod tests {
             format!("{up}{up}Arquivo a baixado com sucesso\nup b 2%\n")
         );
         assert_eq!(printed.len(), 5);
+    }
+
+    #[test]
+    fn leaving_erases_the_bars_and_draws_no_more() {
+        let (out, printed) = recording();
+        out.bar(1, Some(("down a", "1%")));
+        out.bar(2, Some(("up b", "2%")));
+        out.clear_bars();
+        out.bar(1, Some(("down a", "3%")));
+        let printed = printed.lock();
+        assert_eq!(printed.last().unwrap(), &ERASE_ROW_ABOVE.repeat(2));
+        assert_eq!(printed.len(), 3);
+    }
+
+    #[test]
+    fn bars_move_below_an_accepted_line_and_leave_no_copy_above_it() {
+        let (out, printed) = recording();
+        out.bar(1, Some(("down a", "1%")));
+        out.line_accepted(2);
+        let printed = printed.lock();
+        // Up over the two rows of the line and the bar, delete the bar's row, back down.
+        assert_eq!(printed[1], "\x1b[3A\r\x1b[1M\x1b[2B");
+        assert_eq!(printed[2], "down a 1%\n");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::peer::output::SharedOutput;
+use crate::peer::output::{SharedOutput, terminal_columns};
 
 /// Files smaller than this get no progress lines: they finish at once.
 const PROGRESS_MIN_BYTES: u64 = 8 << 20;
@@ -20,7 +20,7 @@ const BAR_WIDTH: usize = 12;
 static NEXT_BAR: AtomicU64 = AtomicU64::new(0);
 
 /// Reports a transfer's progress: a live bar on a terminal, else a line at each quarter, each
-/// with rate and time left.
+/// with rate and time left once they mean something.
 pub struct Progress {
     out: SharedOutput,
     label: String,
@@ -57,18 +57,6 @@ impl Progress {
         }
     }
 
-    /// Bytes per second since the start, and seconds left at that rate.
-    fn rate_and_left(&self, done: u64) -> (f64, f64) {
-        let elapsed = self.started.elapsed().max(Duration::from_millis(1));
-        let rate = done.saturating_sub(self.start_at) as f64 / elapsed.as_secs_f64();
-        let left = if rate > 0.0 {
-            self.total.saturating_sub(done) as f64 / rate
-        } else {
-            0.0
-        };
-        (rate, left)
-    }
-
     /// Records that `done` bytes of the whole file are now transferred.
     pub fn update(&mut self, done: u64) {
         if let Some(id) = self.bar {
@@ -81,9 +69,10 @@ impl Progress {
                 return;
             }
             self.last_draw = Some(now);
-            let (rate, left) = self.rate_and_left(done);
-            let figures = bar_figures(done, self.total, rate, left);
-            self.out.bar(id, Some((&self.label, &figures)));
+            let figures = self.figures(done);
+            let width = terminal_columns().saturating_sub(1).max(20);
+            let shown = fit_bar(&self.label, &figures.variants(), width);
+            self.out.bar(id, Some((&self.label, &shown)));
             return;
         }
         if !self.enabled || self.next_quarter > 4 {
@@ -95,16 +84,26 @@ impl Progress {
         while self.next_quarter <= 4 && done * 4 >= self.next_quarter * self.total {
             self.next_quarter += 1;
         }
-        let (rate, left) = self.rate_and_left(done);
-        self.out.line(&format!(
-            "{}: {}% ({} de {} MiB, {:.1} MiB/s, faltam {:.0} s)",
-            self.label,
-            done * 100 / self.total.max(1),
-            done >> 20,
-            self.total >> 20,
-            rate / (1024.0 * 1024.0),
-            left
-        ));
+        let line = self.figures(done).plain_line(&self.label);
+        self.out.line(&line);
+    }
+
+    /// Where the transfer stands, with rate and time left once they mean something.
+    fn figures(&self, done: u64) -> Figures {
+        let elapsed = self.started.elapsed();
+        let moved = done.saturating_sub(self.start_at);
+        // Right at the start a rate is noise: `faltam 0 s` at 50 % came from one.
+        let rate = (elapsed >= MIN_ESTIMATE_TIME && moved > 0)
+            .then(|| moved as f64 / elapsed.as_secs_f64());
+        let left = rate
+            .filter(|_| done < self.total)
+            .map(|r| self.total.saturating_sub(done) as f64 / r);
+        Figures {
+            done,
+            total: self.total,
+            rate,
+            left,
+        }
     }
 }
 
@@ -116,27 +115,94 @@ impl Drop for Progress {
     }
 }
 
-/// A bar's figures, short enough to leave room for a label on an 80-column terminal:
-/// `[#####>------]  45% 1.8/4.0 GiB 310.2 MiB/s faltam 7s`.
-pub fn bar_figures(done: u64, total: u64, rate: f64, left: f64) -> String {
-    let fraction = if total == 0 {
-        1.0
-    } else {
-        (done as f64 / total as f64).clamp(0.0, 1.0)
-    };
-    let filled = (fraction * BAR_WIDTH as f64) as usize;
-    let mut bar = "#".repeat(filled);
-    if filled < BAR_WIDTH {
-        bar.push('>');
-        bar.push_str(&"-".repeat(BAR_WIDTH - filled - 1));
+/// How long a transfer must have run before its rate and time left are shown.
+const MIN_ESTIMATE_TIME: Duration = Duration::from_millis(250);
+
+/// A transfer's figures at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Figures {
+    /// Bytes of the whole file transferred.
+    pub done: u64,
+    /// The whole file's size.
+    pub total: u64,
+    /// Bytes per second, once known.
+    pub rate: Option<f64>,
+    /// Seconds left at that rate, while some are.
+    pub left: Option<f64>,
+}
+
+impl Figures {
+    fn percent(&self) -> u64 {
+        if self.total == 0 {
+            100
+        } else {
+            (u128::from(self.done.min(self.total)) * 100 / u128::from(self.total)) as u64
+        }
     }
-    format!(
-        "[{bar}] {:>3}% {} {}/s faltam {}",
-        (fraction * 100.0) as u32,
-        done_of_total(done, total),
-        human_bytes(rate),
-        human_duration(left)
-    )
+
+    /// `[#####>------]` for a bar of `width` characters.
+    fn graphic(&self, width: usize) -> String {
+        let filled = (self.percent() as usize * width) / 100;
+        let mut bar = "#".repeat(filled);
+        if filled < width {
+            bar.push('>');
+            bar.push_str(&"-".repeat(width - filled - 1));
+        }
+        format!("[{bar}]")
+    }
+
+    /// The bar's figures from the fullest to the barest, each made of whole words:
+    /// `[#####>------]  45% 1.8/4.0 GiB 310.2 MiB/s faltam 7s`, then without the sizes, with
+    /// a shorter graphic, without the rate, the graphic, the time left, down to ` 45%`.
+    pub fn variants(&self) -> Vec<String> {
+        let percent = format!("{:>3}%", self.percent());
+        let sizes = done_of_total(self.done, self.total);
+        let rate = self.rate.map(|r| format!("{}/s", human_bytes(r)));
+        let left = self.left.map(|l| format!("faltam {}", human_duration(l)));
+        let join = |parts: &[Option<&str>]| -> String {
+            parts
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let (wide, narrow) = (self.graphic(BAR_WIDTH), self.graphic(BAR_WIDTH / 2));
+        let (wide, narrow) = (Some(wide.as_str()), Some(narrow.as_str()));
+        let (rate, left) = (rate.as_deref(), left.as_deref());
+        let p = Some(percent.as_str());
+        vec![
+            join(&[wide, p, Some(&sizes), rate, left]),
+            join(&[wide, p, rate, left]),
+            join(&[narrow, p, rate, left]),
+            join(&[narrow, p, left]),
+            join(&[p, rate, left]),
+            join(&[p, left]),
+            join(&[p]),
+        ]
+    }
+
+    /// A progress line for output without a terminal:
+    /// `Download de x: 50% (128.0/256.0 MiB, 310.2 MiB/s, faltam 7s)`.
+    pub fn plain_line(&self, label: &str) -> String {
+        let mut details = vec![done_of_total(self.done, self.total)];
+        details.extend(self.rate.map(|r| format!("{}/s", human_bytes(r))));
+        details.extend(self.left.map(|l| format!("faltam {}", human_duration(l))));
+        format!("{label}: {}% ({})", self.percent(), details.join(", "))
+    }
+}
+
+/// The fullest of `variants` that fits beside `label` in `width` characters (the barest
+/// when none does; the output then shortens the label). Parts are dropped whole, so a bar is
+/// never cut in the middle of a word.
+pub fn fit_bar(label: &str, variants: &[String], width: usize) -> String {
+    let room = width.saturating_sub(label.chars().count() + 1);
+    variants
+        .iter()
+        .find(|v| v.chars().count() <= room)
+        .or(variants.last())
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// `1.8/4.0 GiB`: both in the unit of the total.
@@ -152,7 +218,7 @@ fn done_of_total(done: u64, total: u64) -> String {
     }
 }
 
-/// `1023 B`, `12.0 KiB`, `1.8 GiB`.
+/// `1023 B`, `12.0 KiB`, `1.8 GiB`: the one unit style of every console line.
 pub fn human_bytes(bytes: f64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if bytes < 1024.0 {
@@ -167,6 +233,11 @@ pub fn human_bytes(bytes: f64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A size in bytes, in [`human_bytes`]' style.
+pub fn human_size(bytes: u64) -> String {
+    human_bytes(bytes as f64)
+}
+
 /// `7s`, `2m05s`, `1h02m`.
 pub fn human_duration(seconds: f64) -> String {
     let s = seconds.max(0.0).ceil() as u64;
@@ -177,18 +248,74 @@ pub fn human_duration(seconds: f64) -> String {
     }
 }
 
+/// How long something took: `0.04s`, `12.3s`, then as [`human_duration`].
+pub fn elapsed_text(elapsed: Duration) -> String {
+    let s = elapsed.as_secs_f64();
+    if s < 1.0 {
+        format!("{s:.2}s")
+    } else if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        human_duration(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn figures(done: u64, total: u64, rate: Option<f64>, left: Option<f64>) -> Figures {
+        Figures {
+            done,
+            total,
+            rate,
+            left,
+        }
+    }
+
     #[test]
     fn a_bar_shows_bytes_rate_and_time_left() {
-        let text = bar_figures(1 << 30, 4 << 30, 100.0 * 1048576.0, 30.5);
+        let f = figures(1 << 30, 4 << 30, Some(100.0 * 1048576.0), Some(30.5));
         assert_eq!(
-            text,
+            f.variants()[0],
             "[###>--------]  25% 1.0/4.0 GiB 100.0 MiB/s faltam 31s"
         );
         assert_eq!(human_duration(125.0), "2m05s");
         assert_eq!(human_bytes(512.0), "512 B");
+        assert_eq!(human_size(3 << 20), "3.0 MiB");
+        assert_eq!(elapsed_text(Duration::from_millis(2345)), "2.3s");
+    }
+
+    /// On a narrow terminal whole parts are dropped and the name is kept; nothing is cut
+    /// in the middle of a word.
+    #[test]
+    fn a_narrow_terminal_keeps_the_name_and_drops_whole_parts() {
+        let f = figures(1 << 30, 4 << 30, Some(100.0 * 1048576.0), Some(30.5));
+        let label = "Download de aula-01.mp4";
+        // 50 columns: one is kept free, so 49 for label, space and figures.
+        let shown = fit_bar(label, &f.variants(), 49);
+        assert_eq!(shown, "[#>----]  25% faltam 31s");
+        assert!(label.len() + 1 + shown.len() <= 49);
+        assert_eq!(fit_bar(label, &f.variants(), 30), " 25%");
+        assert_eq!(
+            fit_bar(label, &f.variants(), 120),
+            "[###>--------]  25% 1.0/4.0 GiB 100.0 MiB/s faltam 31s"
+        );
+    }
+
+    /// Right at the start there is no rate and no time left to show (no `faltam 0 s` at
+    /// 50 %); at the end, no time left.
+    #[test]
+    fn early_and_final_lines_have_no_meaningless_estimate() {
+        let early = figures(128 << 20, 256 << 20, None, None);
+        assert_eq!(
+            early.plain_line("Download de v"),
+            "Download de v: 50% (128.0/256.0 MiB)"
+        );
+        let done = figures(256 << 20, 256 << 20, Some(300.0 * 1048576.0), None);
+        assert_eq!(
+            done.plain_line("Download de v"),
+            "Download de v: 100% (256.0/256.0 MiB, 300.0 MiB/s)"
+        );
     }
 }

@@ -38,7 +38,10 @@ use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
-use rustyline::{CompletionType, Config, Context, Editor, ExternalPrinter, Helper, Prompt};
+use rustyline::{
+    Cmd, CompletionType, ConditionalEventHandler, Config, Context, Editor, Event, EventContext,
+    EventHandler, ExternalPrinter, Helper, KeyEvent, Prompt, RepeatCount,
+};
 
 use crate::peer::PeerConfig;
 use crate::peer::commands::COMMAND_NAMES;
@@ -119,8 +122,18 @@ impl Output for PromptOutput {
     }
 
     fn leaving(&self) {
+        self.live.clear_bars();
         flush_queue(&self.tx);
         let _ = self.tx.send(Printed::Direct);
+    }
+}
+
+impl PromptOutput {
+    /// The prompt and the user's line `shown` stand on screen: move the bars below them.
+    fn line_accepted(&self, shown: &str) {
+        let columns = terminal_columns().max(1);
+        let rows = shown.chars().count().div_ceil(columns).max(1);
+        self.live.line_accepted(rows);
     }
 }
 
@@ -162,6 +175,17 @@ fn print_lines(rx: Receiver<Printed>, mut printer: Box<dyn ExternalPrinter + Sen
                 let _ = done.send(());
             }
         }
+    }
+}
+
+/// Notes the line as it stood when Ctrl-C was pressed (empty: the console says how to leave;
+/// its length: how many rows it fills), and lets rustyline cancel the line as usual.
+struct NoteLineAtCtrlC(Arc<parking_lot::Mutex<String>>);
+
+impl ConditionalEventHandler for NoteLineAtCtrlC {
+    fn handle(&self, _: &Event, _: RepeatCount, _: bool, ctx: &EventContext) -> Option<Cmd> {
+        *self.0.lock() = ctx.line().to_string();
+        None
     }
 }
 
@@ -271,10 +295,13 @@ fn default_history() -> Option<PathBuf> {
     Some(base.join("napster").join("history"))
 }
 
-/// The history file to use, or `None` (with a warning) when it would sit directly in the
-/// shared folder, where JOIN would offer it to everyone.
-fn history_path(config: &PeerConfig, shared: &Path) -> Option<PathBuf> {
-    let path = config.history.clone().or_else(default_history)?;
+/// Where history is kept: the file to use (`None`: no place for it), or `Err` with the file
+/// asked for when it would sit directly in the shared folder, where JOIN would offer it to
+/// everyone.
+fn history_path(config: &PeerConfig, shared: &Path) -> Result<Option<PathBuf>, PathBuf> {
+    let Some(path) = config.history.clone().or_else(default_history) else {
+        return Ok(None);
+    };
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     let parent = parent.unwrap_or(Path::new("."));
     let _ = std::fs::create_dir_all(parent);
@@ -282,14 +309,7 @@ fn history_path(config: &PeerConfig, shared: &Path) -> Option<PathBuf> {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
-    if same {
-        log::warn!(
-            "not keeping history in {}: it is the shared folder",
-            path.display()
-        );
-        return None;
-    }
-    Some(path)
+    if same { Err(path) } else { Ok(Some(path)) }
 }
 
 /// The terminal's settings before the prompt first changed them, to put back on leaving.
@@ -332,12 +352,20 @@ pub fn start(
     editor.set_helper(Some(ConsoleHelper {
         state: Arc::clone(&state),
     }));
-    let history = history_path(config, shared);
+    let (history, refused_history) = match history_path(config, shared) {
+        Ok(history) => (history, None),
+        Err(refused) => (None, Some(refused)),
+    };
     if let Some(path) = &history
         && let Err(e) = editor.load_history(path)
     {
         log::debug!("no history loaded from {}: {e}", path.display());
     }
+    let at_ctrl_c = Arc::new(parking_lot::Mutex::new(String::new()));
+    editor.bind_sequence(
+        KeyEvent::ctrl('C'),
+        EventHandler::Conditional(Box::new(NoteLineAtCtrlC(Arc::clone(&at_ctrl_c)))),
+    );
     let printer = editor.create_external_printer().map_err(io::Error::other)?;
     let (out_tx, out_rx) = bounded(OUTPUT_QUEUE);
     thread::Builder::new()
@@ -360,6 +388,12 @@ pub fn start(
         live,
         tx: out_tx.clone(),
     });
+    if let Some(path) = refused_history {
+        output.line(&format!(
+            "Histórico não guardado em {}: é a pasta compartilhada, que o JOIN ofereceria a todos",
+            path.display()
+        ));
+    }
     let typed = Arc::clone(&output);
 
     let terminal = SavedTerminal::save();
@@ -376,23 +410,29 @@ pub fn start(
                     reading2.store(false, Ordering::SeqCst);
                     break;
                 }
+                let shown_prompt = prompt.raw().to_string();
                 let line = editor.readline(&prompt);
                 reading2.store(false, Ordering::SeqCst);
-                typed.input_accepted();
-                let input = match line {
+                let (input, typed_text) = match line {
                     Ok(line) => {
                         remember(&mut editor, history.as_deref(), &line);
-                        Input::Line(line)
+                        (Input::Line(line.clone()), line)
                     }
-                    Err(ReadlineError::Interrupted) => Input::Interrupted,
-                    Err(ReadlineError::Eof) => Input::Eof,
+                    Err(ReadlineError::Interrupted) => {
+                        let text = std::mem::take(&mut *at_ctrl_c.lock());
+                        let empty_line = text.trim().is_empty();
+                        (Input::Interrupted { empty_line }, text)
+                    }
+                    Err(ReadlineError::Eof) => (Input::Eof, String::new()),
                     Err(e) => {
                         log::warn!("prompt failed: {e}");
-                        Input::Eof
+                        (Input::Eof, String::new())
                     }
                 };
-                let last = input == Input::Eof;
-                if tx.send(input).is_err() || last || ready.recv().is_err() {
+                typed.line_accepted(&format!("{shown_prompt}{typed_text}"));
+                // After Ctrl-D too the console may go on (it asks before stopping transfers):
+                // read again only when it says so.
+                if tx.send(input).is_err() || ready.recv().is_err() {
                     break;
                 }
             }
@@ -413,7 +453,7 @@ pub fn start(
     };
     Ok(LineReader {
         output,
-        quit_at_eof: true,
+        reading: crate::peer::Reading::Terminal,
         finish: Box::new(finish),
     })
 }

@@ -54,7 +54,11 @@ impl fmt::Display for LinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LinkError::NotConnected => write!(f, "sem conexão com o servidor"),
-            LinkError::Connect(addr, e) => write!(f, "não foi possível conectar a {addr}: {e}"),
+            LinkError::Connect(addr, e) => write!(
+                f,
+                "não foi possível conectar a {addr}: {}",
+                crate::os_error::describe(e)
+            ),
             LinkError::Lost(why) => write!(f, "conexão com o servidor perdida: {why}"),
             LinkError::Timeout => write!(f, "o servidor não respondeu a tempo"),
             LinkError::Refused(why) => write!(f, "o servidor recusou: {}", printable(why)),

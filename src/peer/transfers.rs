@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -17,6 +17,7 @@ pub struct Transfers {
     sockets: Mutex<HashMap<u64, TcpStream>>,
     downloads: Mutex<HashSet<String>>,
     next: AtomicU64,
+    uploads: AtomicUsize,
     stop: AtomicBool,
     done: Condvar,
 }
@@ -32,8 +33,13 @@ impl Drop for TransferGuard<'_> {
     fn drop(&mut self) {
         let mut sockets = self.owner.sockets.lock();
         sockets.remove(&self.id);
-        if let Some(name) = &self.download {
-            self.owner.downloads.lock().remove(name);
+        match &self.download {
+            Some(name) => {
+                self.owner.downloads.lock().remove(name);
+            }
+            None => {
+                self.owner.uploads.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         self.owner.done.notify_all();
     }
@@ -69,11 +75,17 @@ impl Transfers {
 
     /// Registers an upload.
     pub fn start_upload(&self) -> TransferGuard<'_> {
+        self.uploads.fetch_add(1, Ordering::SeqCst);
         TransferGuard {
             owner: self,
             id: self.next.fetch_add(1, Ordering::Relaxed),
             download: None,
         }
+    }
+
+    /// Uploads sending right now (QUIT asks before stopping them).
+    pub fn uploads_running(&self) -> usize {
+        self.uploads.load(Ordering::SeqCst)
     }
 
     /// Attaches the transfer's socket, so a stop can interrupt it.

@@ -24,7 +24,7 @@ use crate::peer::approval::{ApprovalRequest, Decision};
 use crate::peer::progress::Progress;
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
-use crate::protocol::messages::{Reply, parse_download_request, status};
+use crate::protocol::messages::{Reply, parse_download_request, status, waiting_for};
 use crate::transfer;
 
 /// The largest DOWNLOAD_REQUEST accepted.
@@ -71,6 +71,18 @@ pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
             log::error!("cannot start an upload thread: {e}");
         }
     }
+}
+
+/// Added to the user's time to answer in the `waiting` reply: the answer still has to reach
+/// this thread and be written.
+const DECISION_MARGIN: Duration = Duration::from_secs(10);
+/// The slowest hashing rate assumed when telling a downloader how long hashing may take (a
+/// slow disk; BLAKE3 itself is far faster), in bytes per second.
+const SLOWEST_HASHING: u64 = 50 << 20;
+
+/// How long hashing `size` bytes may take, at most (see [`SLOWEST_HASHING`]).
+fn hashing_bound(size: u64) -> Duration {
+    Duration::from_secs(10 + size / SLOWEST_HASHING)
 }
 
 /// Upload connections served at once; more are answered with an ERROR and closed.
@@ -191,6 +203,15 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
         return;
     };
+    if request.accepts_waiting {
+        // Hashing a large file not hashed yet takes a while: say so, so the downloader's
+        // first-reply timeout can stay short.
+        let size = file.metadata().map_or(0, |m| m.len());
+        let _ = reply(
+            &stream,
+            &Reply::waiting(waiting_for::DIGEST, hashing_bound(size)),
+        );
+    }
     let (size, digest) = match file
         .metadata()
         .and_then(|meta| Ok((meta.len(), ctx.digests.digest(&path, &file)?)))
@@ -220,6 +241,14 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         return;
     }
     pacer.wrote();
+    if request.accepts_waiting
+        && let Some(within) = ctx.asks_within
+    {
+        let _ = reply(
+            &stream,
+            &Reply::waiting(waiting_for::APPROVAL, within + DECISION_MARGIN),
+        );
+    }
     let (tx, rx) = bounded(1);
     let asked = ApprovalRequest {
         from,
@@ -278,8 +307,15 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         }
         Err(e) => {
             log::debug!("upload of {} to {from} failed: {e}", request.filename);
+            let why = if ctx.transfers.stopping() {
+                "este peer está encerrando".to_string()
+            } else if crate::os_error::closed_by_other_side(&e) {
+                "o outro peer encerrou".to_string()
+            } else {
+                crate::os_error::describe(&e)
+            };
             ctx.out.line(&format!(
-                "Upload do arquivo {} para {from} interrompido: {e}",
+                "Upload do arquivo {} para {from} interrompido: {why}",
                 request.filename
             ));
         }

@@ -69,6 +69,10 @@ pub struct DownloadRequest {
     /// lists it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_port: Option<u16>,
+    /// The downloader understands `waiting` replies (PROTOCOL.md D11): the uploader may say
+    /// what it is doing before the file, and how long it may take.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accepts_waiting: bool,
 }
 
 /// The envelope every request travels in.
@@ -126,6 +130,7 @@ struct RawData {
     offset: Option<u64>,
     digest: Option<String>,
     from_port: Option<u16>,
+    accepts_waiting: Option<bool>,
 }
 
 /// Why a request could not be understood; the text is sent to the client as is.
@@ -221,6 +226,7 @@ pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestEr
         offset: data.offset,
         digest: data.digest,
         from_port: data.from_port,
+        accepts_waiting: data.accepts_waiting.unwrap_or(false),
     })
 }
 
@@ -258,6 +264,13 @@ pub struct Reply {
     /// downloadRejected: why, when it was not the user's plain NAO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// waiting: what the uploader is doing (`digest`: hashing the file; `approval`: asking
+    /// its user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// waiting: seconds within which the uploader's next reply will come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
 }
 
 /// One SEARCH result: a distinct file (name, size, digest) and the peers holding it.
@@ -293,6 +306,17 @@ pub mod status {
     pub const DOWNLOAD_ACCEPTED: &str = "downloadAccepted";
     /// The uploader's user said NAO (or did not answer in time).
     pub const DOWNLOAD_REJECTED: &str = "downloadRejected";
+    /// Sent only to a downloader that `acceptsWaiting`: the next reply is coming, within
+    /// `timeout` seconds; `waitingFor` says what it waits for.
+    pub const WAITING: &str = "waiting";
+}
+
+/// What a `waiting` reply waits for.
+pub mod waiting_for {
+    /// The uploader is hashing the file before its `OK`.
+    pub const DIGEST: &str = "digest";
+    /// The uploader's user is being asked SIM/NAO.
+    pub const APPROVAL: &str = "approval";
 }
 
 impl Reply {
@@ -329,6 +353,16 @@ impl Reply {
         Reply {
             status: status::OK.to_string(),
             files: Some(files),
+            ..Reply::default()
+        }
+    }
+
+    /// A `waiting` reply: the next one comes within `timeout`.
+    pub fn waiting(what: &str, timeout: std::time::Duration) -> Reply {
+        Reply {
+            status: status::WAITING.to_string(),
+            waiting_for: Some(what.to_string()),
+            timeout: Some(timeout.as_secs().max(1)),
             ..Reply::default()
         }
     }

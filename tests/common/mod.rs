@@ -226,6 +226,38 @@ pub fn start_peer_on(
     }
 }
 
+/// Starts `napster share DIR --approve yes` (no console: it JOINs at once and serves until
+/// SIGTERM) named `name`, talking to `tracker`, plus `extra` options; waits for its JOIN.
+pub fn start_share(name: &str, tracker: SocketAddr, dir: &Path, extra: &[&str]) -> PeerProc {
+    let server = tracker.to_string();
+    let dir_text = dir.to_str().expect("test folders have UTF-8 paths");
+    let mut args = vec![
+        "share",
+        dir_text,
+        "--approve",
+        "yes",
+        "--server",
+        &server,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(name, &args, None);
+    let line = proc.wait_for("Aguardando pedidos de download na porta ");
+    let port = line
+        .split("porta ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("upload port in {line:?}"));
+    proc.wait_for("Sou o Peer ");
+    PeerProc {
+        proc,
+        port,
+        dir: dir.to_path_buf(),
+    }
+}
+
 /// A raw connection speaking bytes to a tracker or a peer's upload port.
 pub struct RawClient {
     pub stream: TcpStream,

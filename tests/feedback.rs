@@ -1,0 +1,166 @@
+//! Feedback at every step of a download. While it waits (PROTOCOL.md D11) the uploader tells a
+//! downloader that accepts it what it is doing (`waiting` replies: hashing, asking its user)
+//! and for how long; older downloaders get the replies they always got. The downloader says
+//! what it waits for, times out within seconds when the other side is silent, and calls a
+//! timeout a timeout. A transfer cut by the other side says so.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+
+use common::*;
+
+/// A DOWNLOAD_REQUEST for `name` from a raw client, with or without `acceptsWaiting`.
+fn request(name: &str, port: u16, accepts_waiting: bool) -> Vec<u8> {
+    let mut data = serde_json::json!({"filename": name, "port": port, "fromPort": 4500});
+    if accepts_waiting {
+        data["acceptsWaiting"] = serde_json::json!(true);
+    }
+    let mut line =
+        serde_json::to_vec(&serde_json::json!({"method": "DOWNLOAD_REQUEST", "data": data}))
+            .unwrap();
+    line.push(b'\n');
+    line
+}
+
+/// A peer asking its user (`--approval-timeout 7`) sends a downloader that accepts `waiting`
+/// replies one before hashing and one before asking, with the time its user has plus 10 s; a
+/// downloader that does not accept them (an older napster, the original) gets OK and the
+/// decision as before. With `--approve yes` nobody is asked, so no approval `waiting`.
+#[test]
+fn waiting_replies_go_only_to_downloaders_that_accept_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, dy] = folders(tmp.path(), ["asks", "yes"]);
+    std::fs::write(da.join("f.txt"), "waited for").unwrap();
+    std::fs::write(dy.join("f.txt"), "waited for").unwrap();
+    let t = start_tracker(&[]);
+    let mut alice = start_peer("alice", t.addr, &da, &["--approval-timeout", "7"]);
+    let at = SocketAddr::from(([127, 0, 0, 1], alice.port));
+
+    let mut new = RawClient::connect(at);
+    new.send(&request("f.txt", alice.port, true));
+    let digest = new.json();
+    assert_eq!(digest["status"], "waiting", "{digest}");
+    assert_eq!(digest["waitingFor"], "digest", "{digest}");
+    assert!(digest["timeout"].as_u64().unwrap() >= 10, "{digest}");
+    let ok = new.json();
+    assert_eq!(ok["status"], "OK", "{ok}");
+    assert_eq!(ok["fileSize"], 10);
+    let asking = new.json();
+    assert_eq!(asking["status"], "waiting", "{asking}");
+    assert_eq!(asking["waitingFor"], "approval", "{asking}");
+    assert_eq!(asking["timeout"], 17, "{asking}");
+    alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    alice.send("SIM");
+    assert_eq!(new.json()["status"], "downloadAccepted");
+    assert_eq!(new.bytes(10), b"waited for");
+
+    let mut old = RawClient::connect(at);
+    old.send(&request("f.txt", alice.port, false));
+    assert_eq!(old.json()["status"], "OK");
+    alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    alice.send("NAO");
+    assert_eq!(old.json()["status"], "downloadRejected");
+
+    let yes = start_peer("yes", t.addr, &dy, &["--approve", "yes"]);
+    let mut new = RawClient::connect(SocketAddr::from(([127, 0, 0, 1], yes.port)));
+    new.send(&request("f.txt", yes.port, true));
+    assert_eq!(new.json()["waitingFor"], "digest");
+    assert_eq!(new.json()["status"], "OK");
+    assert_eq!(new.json()["status"], "downloadAccepted");
+}
+
+/// A listener standing in for an uploader: it reads the request (checking that it accepts
+/// `waiting` replies), writes `replies`, then says nothing more until the downloader hangs up.
+fn silent_uploader(replies: &'static [&'static str]) -> (SocketAddr, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let request: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(request["data"]["acceptsWaiting"], true, "{request}");
+        let mut writer: &TcpStream = &conn;
+        for reply in replies {
+            writer.write_all(reply.as_bytes()).unwrap();
+            writer.write_all(b"\n").unwrap();
+        }
+        let mut rest = String::new();
+        let _ = reader.read_line(&mut rest);
+    });
+    (addr, handle)
+}
+
+/// A downloader started from a script, `bob`, joined, asking `at` for `name`.
+fn bob_downloading(t: &TrackerProc, dir: &std::path::Path, name: &str, at: SocketAddr) -> PeerProc {
+    let mut bob = start_peer("bob", t.addr, dir, &["--join"]);
+    bob.wait_for("Sou o Peer");
+    bob.send(&format!("DOWNLOAD {name} {at}"));
+    bob.proc.close_stdin();
+    bob
+}
+
+/// An uploader that accepts the connection and never answers: the downloader said at once
+/// whom it waits for, gives up after 15 s (not the 300 s it used to), calls it a timeout, and
+/// exits 8.
+#[test]
+fn a_silent_uploader_is_a_timeout_within_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [db] = folders(tmp.path(), ["bob"]);
+    let t = start_tracker(&[]);
+    let (at, uploader) = silent_uploader(&[]);
+    let mut bob = bob_downloading(&t, &db, "x.mp4", at);
+    bob.wait_for(&format!("Aguardando resposta de {at}..."));
+    bob.proc.wait_for_within(
+        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não respondeu em 15.0s",
+        WAIT * 2,
+    );
+    assert_eq!(bob.proc.wait_exit(WAIT).code(), Some(8));
+    uploader.join().unwrap();
+}
+
+/// An uploader that says it is asking its user, with 1 s to answer: the downloader says so,
+/// waits that long plus its margin (5 s) for the decision, then reports a timeout.
+#[test]
+fn the_decision_is_awaited_as_long_as_the_uploader_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [db] = folders(tmp.path(), ["bob"]);
+    let t = start_tracker(&[]);
+    let (at, uploader) = silent_uploader(&[
+        r#"{"status":"waiting","waitingFor":"digest","timeout":1}"#,
+        r#"{"status":"OK","fileSize":3}"#,
+        r#"{"status":"waiting","waitingFor":"approval","timeout":1}"#,
+    ]);
+    let mut bob = bob_downloading(&t, &db, "x.mp4", at);
+    bob.wait_for(&format!("Aguardando resposta de {at}..."));
+    bob.wait_for(&format!("Aguardando aprovação do usuário de {at}..."));
+    bob.wait_for(
+        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não enviou a decisão do usuário em 6.0s",
+    );
+    assert_eq!(bob.proc.wait_exit(WAIT).code(), Some(8));
+    uploader.join().unwrap();
+}
+
+/// A downloader that hangs up half way (its user quit): the uploader says `o outro peer
+/// encerrou`, not the OS error (`Broken pipe (os error 32)`) it used to print.
+#[test]
+fn an_upload_cut_by_the_downloader_says_the_other_peer_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da] = folders(tmp.path(), ["alice"]);
+    write_pattern(&da.join("big.bin"), 64 << 20, 3);
+    let t = start_tracker(&[]);
+    let alice = start_peer("alice", t.addr, &da, &["--approve", "yes"]);
+    let mut bob = RawClient::connect(SocketAddr::from(([127, 0, 0, 1], alice.port)));
+    bob.send(&request("big.bin", alice.port, false));
+    assert_eq!(bob.json()["status"], "OK");
+    assert_eq!(bob.json()["status"], "downloadAccepted");
+    assert_eq!(bob.bytes(1 << 20).len(), 1 << 20);
+    drop(bob);
+    alice.wait_for(
+        "Upload do arquivo big.bin para 127.0.0.1:4500 interrompido: o outro peer encerrou",
+    );
+}
