@@ -207,8 +207,8 @@ struct Run {
     first_error: Option<String>,
     elapsed: Duration,
     latencies: Vec<u64>,
-    /// The tracker's CPU time (user + system) during the run, in µs, when its pid is known.
-    cpu_us: Option<f64>,
+    /// The tracker's CPU time (user, system) during the run, in µs, when its pid is known.
+    cpu_us: Option<(f64, f64)>,
 }
 
 impl Run {
@@ -216,10 +216,14 @@ impl Run {
         self.searches as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn cpu_us_per_search(&self) -> f64 {
+    /// The tracker's CPU µs per SEARCH: (user + system, user).
+    fn cpu_us_per_search(&self) -> (f64, f64) {
         match self.cpu_us {
-            Some(cpu) if self.searches > 0 => cpu / self.searches as f64,
-            _ => f64::NAN,
+            Some((user, system)) if self.searches > 0 => {
+                let n = self.searches as f64;
+                ((user + system) / n, user / n)
+            }
+            _ => (f64::NAN, f64::NAN),
         }
     }
 
@@ -232,15 +236,16 @@ impl Run {
     }
 }
 
-/// The tracker's CPU time so far (user + system), in µs, from `/proc/PID/stat`.
-fn cpu_us(pid: Option<u32>) -> Option<f64> {
+/// The tracker's CPU time so far (user, system), in µs, from `/proc/PID/stat`.
+fn cpu_us(pid: Option<u32>) -> Option<(f64, f64)> {
     let text = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
     // The command name, in parentheses, may hold spaces: count fields after its end.
     let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
     // SAFETY: sysconf only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz * 1e6)
+    Some((user / hz * 1e6, system / hz * 1e6))
 }
 
 /// `clients` searchers SEARCH in lockstep for `dur`, over names of the first `peers` peers.
@@ -275,7 +280,9 @@ fn measure(
         (results, start.elapsed())
     });
     let (results, elapsed) = results;
-    let cpu = cpu_before.zip(cpu_us(args.pid)).map(|(a, b)| b - a);
+    let cpu = cpu_before
+        .zip(cpu_us(args.pid))
+        .map(|(a, b)| (b.0 - a.0, b.1 - a.1));
     let mut run = Run {
         searches: 0,
         errors: 0,
@@ -474,7 +481,9 @@ fn report(label: &str, run: &Run) {
     println!("RESULT {label}_p50_us {:.1}", run.percentile_us(0.50));
     println!("RESULT {label}_p99_us {:.1}", run.percentile_us(0.99));
     println!("RESULT {label}_errors {}", run.errors);
-    println!("RESULT {label}_cpu_us {:.2}", run.cpu_us_per_search());
+    let (cpu, user) = run.cpu_us_per_search();
+    println!("RESULT {label}_cpu_us {cpu:.2}");
+    println!("RESULT {label}_user_us {user:.2}");
 }
 
 fn main() {

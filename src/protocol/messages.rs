@@ -375,8 +375,13 @@ impl Reply {
 
 /// Encodes any message as one JSON line, `\n` included.
 pub fn encode_line<T: Serialize>(message: &T) -> Vec<u8> {
+    // Sized for a typical reply, so a SEARCH answer is written without growing the buffer.
+    let mut line = Vec::with_capacity(512);
     // Serializing these plain structs cannot fail: no maps with non-string keys, no I/O.
-    let mut line = serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec());
+    if serde_json::to_writer(&mut line, message).is_err() {
+        line.clear();
+        line.extend_from_slice(b"{}");
+    }
     line.push(b'\n');
     line
 }

@@ -18,8 +18,56 @@ use unicode_normalization::char::is_combining_mark;
 /// Most words a SEARCH query may hold (all must match, so more would only narrow it).
 pub const MAX_QUERY_WORDS: usize = 16;
 
-/// True if `text` holds every word of `query` (folded words); `buf` is scratch space.
-pub fn holds_all(text: &str, query: &[String], buf: &mut String) -> bool {
+/// The distinct words of a query, folded, in one buffer (a SEARCH allocates twice, not once
+/// per word).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryWords {
+    folded: String,
+    spans: Vec<(usize, usize)>,
+}
+
+impl QueryWords {
+    /// The distinct words of `query`, folded, in order.
+    pub fn of(query: &str) -> QueryWords {
+        let mut words = QueryWords::default();
+        fold_into(query, &mut words.folded);
+        let base = words.folded.as_ptr() as usize;
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        split_folded(&words.folded, |w| {
+            let start = w.as_ptr() as usize - base;
+            let folded = &words.folded;
+            if !spans.iter().any(|&(a, b)| &folded[a..b] == w) {
+                spans.push((start, start + w.len()));
+            }
+        });
+        words.spans = spans;
+        words
+    }
+
+    /// How many distinct words.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True when the query has no word at all (`*`, `---`).
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The words, folded, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().map(|&(a, b)| &self.folded[a..b])
+    }
+
+    /// Word `i`.
+    fn get(&self, i: usize) -> &str {
+        let (a, b) = self.spans[i];
+        &self.folded[a..b]
+    }
+}
+
+/// True if `text` holds every word of `query`; `buf` is scratch space.
+pub fn holds_all(text: &str, query: &QueryWords, buf: &mut String) -> bool {
     fold_into(text, buf);
     let mut found = 0u64;
     let all = if query.len() >= 64 {
@@ -28,8 +76,8 @@ pub fn holds_all(text: &str, query: &[String], buf: &mut String) -> bool {
         (1u64 << query.len()) - 1
     };
     split_folded(buf, |w| {
-        for (i, q) in query.iter().enumerate().take(64) {
-            if q == w {
+        for i in 0..query.len().min(64) {
+            if query.get(i) == w {
                 found |= 1 << i;
             }
         }
@@ -68,18 +116,9 @@ pub fn split_folded(folded: &str, mut each: impl FnMut(&str)) {
     }
 }
 
-/// The words of `text`, folded, in order, each once. For queries and tests; the index folds
-/// through a reused buffer instead.
+/// The words of `text`, folded, in order, each once (see [`QueryWords`] for the search path).
 pub fn words(text: &str) -> Vec<String> {
-    let mut folded = String::new();
-    fold_into(text, &mut folded);
-    let mut out: Vec<String> = Vec::new();
-    split_folded(&folded, |w| {
-        if !out.iter().any(|o| o == w) {
-            out.push(w.to_string());
-        }
-    });
-    out
+    QueryWords::of(text).iter().map(str::to_string).collect()
 }
 
 #[cfg(test)]

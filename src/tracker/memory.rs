@@ -1,25 +1,25 @@
 //! Giving memory back to the system once the tracker's tables have shrunk.
 //!
 //! The tables free what they no longer need (see [`crate::tracker::table`]), but glibc's
-//! allocator keeps freed memory for reuse: in one arena per busy thread by default (up to
-//! eight per CPU), and an arena's free space above its last live block is handed back only by
-//! the main arena. Measured with 200 peers × 10,000 names JOINed and then all gone (RSS from
-//! idle 4 MiB): with the default arenas 388 MiB at the peak and 81 MiB left after the last
-//! peer left; with one arena per CPU (2 here) 341 MiB and 11 MiB. The tracker's threads
-//! allocate little per request, so fewer arenas cost no measurable speed (see
-//! docs/benchmarks.md).
+//! allocator keeps freed memory for reuse. Each busy thread's arena hands back the free space
+//! above its last live block only when that space exceeds the trim threshold, and glibc raises
+//! that threshold (up to 64 MiB) every time a large block it had mapped on its own is freed,
+//! which the tracker does with every large JOIN. Fixing the thresholds keeps the rule simple:
+//! blocks of 256 KiB or more get their own mapping (given back when freed), and free space
+//! over 1 MiB at the top of an arena goes back. With 200 peers × 10,000 names JOINed and then
+//! all gone (RSS from an idle 4 MiB; 2026-12-02): with glibc's defaults 388 MiB at the peak and
+//! 81 MiB left after the last peer left; with these thresholds 365 MiB and 12 MiB. (Holding
+//! glibc to one arena per CPU gave 11 MiB too, but made every SEARCH cost 2–4 µs more system
+//! time in lock contention between 10,000 threads; these thresholds cost nothing measurable.)
 
-/// Limits glibc to one allocator arena per CPU, so freed memory can be handed back.
-pub fn limit_allocator_arenas() {
+/// Fixes glibc's mmap and trim thresholds so freed memory goes back to the system.
+pub fn keep_trim_thresholds_fixed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let arenas = libc::c_int::try_from(cpus).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt only sets an allocator parameter; called before the tracker's
-        // threads start.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
+    // SAFETY: mallopt only sets allocator parameters; called before the tracker's threads
+    // start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
     }
 }
 

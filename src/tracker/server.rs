@@ -84,7 +84,7 @@ impl Tracker {
     /// A tracker with an empty table.
     pub fn new(config: TrackerConfig) -> Arc<Tracker> {
         // Before the connection threads allocate: so memory freed when peers leave goes back.
-        crate::tracker::memory::limit_allocator_arenas();
+        crate::tracker::memory::keep_trim_thresholds_fixed();
         Arc::new(Tracker {
             table: PeerTable::with_limits(config.max_listed_names, config.max_names),
             buffers: MemoryBudget::new(config.max_buffered),
@@ -396,7 +396,7 @@ impl Tracker {
     }
 
     /// A SEARCH query: a name, or words of names (PROTOCOL.md, T15). Returns its words.
-    fn check_query(&self, query: &str) -> Result<Vec<String>, String> {
+    fn check_query(&self, query: &str) -> Result<words::QueryWords, String> {
         if query.trim().is_empty() {
             return Err("SEARCH refused: the query is empty".into());
         }
@@ -411,7 +411,7 @@ impl Tracker {
                 "SEARCH refused: the query holds control or invisible formatting characters".into(),
             );
         }
-        let query_words = words::words(query);
+        let query_words = words::QueryWords::of(query);
         if query_words.len() > words::MAX_QUERY_WORDS {
             return Err(format!(
                 "SEARCH refused: the query has {} words; the limit is {}",

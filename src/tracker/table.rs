@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 
 use parking_lot::RwLock;
 
-use crate::protocol::words;
+use crate::protocol::words::{self, QueryWords};
 use crate::protocol::{FileRecord, SearchResult};
 use crate::tracker::memory::release_free_memory;
 use crate::tracker::names::{FileRef, Holders, Names, UNKNOWN_SIZE};
@@ -40,6 +40,9 @@ pub const MAX_LISTED_HOLDERS: usize = 32;
 /// Candidates a keyword SEARCH may examine for each result it may return: bounds the work of
 /// a query whose words are common but rarely together.
 pub const EXAMINED_PER_RESULT: usize = 20;
+
+/// A word list this short is walked without looking up the query's other words.
+const FEW_CANDIDATES: usize = 4;
 
 /// Why the table refused a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,15 +298,15 @@ impl PeerTable {
     /// whether there were more) or after [`EXAMINED_PER_RESULT`] × `max_results` candidates.
     /// So a word that matches half the index costs no more than the cap.
     pub fn search(&self, query: &str, max_results: usize) -> SearchAnswer {
-        self.search_words(query, &words::words(query), max_results)
+        self.search_words(query, &QueryWords::of(query), max_results)
     }
 
     /// [`PeerTable::search`] with the query's words already folded and split
-    /// ([`words::words`]), as the caller that checked the query has them.
+    /// ([`QueryWords`]), as the caller that checked the query has them.
     pub fn search_words(
         &self,
         query: &str,
-        query_words: &[String],
+        query_words: &QueryWords,
         max_results: usize,
     ) -> SearchAnswer {
         let inner = self.inner.read();
@@ -733,19 +736,29 @@ impl Inner {
 
     /// Names (other than `exact`) holding every word of `query`: at most `cap`, and whether
     /// there were more (or may be: the examination budget ran out).
-    fn match_words(&self, query: &[String], exact: Option<u32>, cap: usize) -> (Vec<u32>, bool) {
+    fn match_words(&self, query: &QueryWords, exact: Option<u32>, cap: usize) -> (Vec<u32>, bool) {
         if query.is_empty() || cap == 0 {
             return (Vec::new(), false);
         }
-        let mut rarest: &[u32] = &[];
-        for (i, word) in query.iter().enumerate() {
+        let mut rarest: Option<&[u32]> = None;
+        // Longer words first: they tend to be the rarer (a number, a title word), so the loop
+        // below usually stops at once.
+        let mut by_length: Vec<&str> = query.iter().collect();
+        by_length.sort_unstable_by_key(|w| std::cmp::Reverse(w.len()));
+        for word in by_length {
             let Some(list) = self.words.postings(self.keys.key(word)) else {
                 return (Vec::new(), false);
             };
-            if i == 0 || list.len() < rarest.len() {
-                rarest = list;
+            if rarest.is_none_or(|r| list.len() < r.len()) {
+                rarest = Some(list);
+            }
+            // Any word's list holds every match, and each candidate is checked for all the
+            // words: once a list this short is found, looking the others up saves nothing.
+            if list.len() <= FEW_CANDIDATES {
+                break;
             }
         }
+        let rarest = rarest.unwrap_or_default();
         let budget = cap.saturating_mul(EXAMINED_PER_RESULT).max(1000);
         let mut matched: Vec<u32> = Vec::new();
         let mut buf = String::new();
