@@ -1,33 +1,43 @@
 #!/usr/bin/env bash
-# Runs one scenario twice, once with the Python original and once with `napster`, and prints
-# the two transcripts side by side with the differences marked.
+# Runs one scenario with every mix of the Python original and `napster` (tracker, downloader
+# and uploader each one or the other: eight cells), prints the all-original and all-napster
+# transcripts side by side, and ends with a summary naming each expectation that failed and
+# whose defect it is.
 #
 # Usage: scripts/side-by-side.sh ORIGINAL_DIR
 #
 # ORIGINAL_DIR holds the original's `server.py` and its peer script (`peer.py`, or the one
 # other `*.py` there, or the file named by ORIGINAL_PEER). The project does not ship them.
 #
-# Scenario, the same keystrokes for both: tracker; peers A and B start; A shares song.txt;
-# A JOIN; B JOIN; B SEARCH song.txt; B DOWNLOAD song.txt from A's port; A answers SIM (B's
-# copy is compared with A's); A SEARCH song.txt, which lists B once B's UPDATE arrived; B
-# leaves (SIGTERM); A SEARCH song.txt, which lists A alone.
-# Every step waits for the lines it expects, with a timeout (STEP_TIMEOUT, default 10 s); a
-# line that never comes is written into the transcript as "!! ...", so where the original
-# fails the transcript shows it failing. Ports differ between runs and are replaced by <A>,
-# <B>; the temporary folder by <work>.
+# Scenario, the same keystrokes in every cell: the tracker T starts; peers A (the uploader)
+# and B (the downloader) start; A shares song.txt (3,892 bytes) and aula.bin (300,000 bytes,
+# over 64 KiB), B shares notes.txt (the original's peers in p2p/<port>, ours in
+# p2p/napster-A and p2p/napster-B). A JOIN;
+# B JOIN; B SEARCH song.txt; B DOWNLOAD song.txt from A's port and A answers NAO; again and A
+# answers SIM (B's copy is compared with A's); B DOWNLOAD aula.bin, SIM (compared); A SEARCH
+# song.txt, which lists B once B's UPDATE arrived; B leaves (SIGTERM) and T says so; A SEARCH
+# song.txt, which lists A alone.
+#
+# Every expectation waits for its line with a bound (STEP_TIMEOUT, default 10 s), or stops at
+# once at a line that rules it out; a miss is written into the transcript as "!! ...". Each
+# miss is put down to the program whose defect causes it: the original's known defects (its
+# uploader cannot listen on Linux; its downloader keeps one recv(fileSize) of the file; its
+# tracker never forgets a peer) when that program plays the part, napster otherwise.
+# Ports are shown as <A>, <B>; the temporary folder as <work>.
 #
 # Environment:
 #   NAPSTER_BIN    use this binary instead of building target/release/napster
 #   ORIGINAL_PEER  the peer script's file name inside ORIGINAL_DIR
 #   STEP_TIMEOUT   seconds each expected line may take (default 10)
+#   CELLS          which cells to run, as tracker/downloader/uploader letters, o (original) or
+#                  n (napster): default "ooo nnn non onn noo oon ono nno" (all eight)
 #   ISOLATE=1      run in a private network namespace (unshare -rn), so port 12346 (which the
 #                  original hard-codes) cannot collide with anything else on the machine
 #   KEEP=1         keep the temporary folder with the raw transcripts
-#   MIXED=1        also run the original's peers against napster's tracker and print that
-#                  transcript beside the original's
+#   SHOW=1         print every cell's transcript, not only the original/napster comparison
 #
-# Exit status: 0 when napster met every expectation (the original's failures are reported,
-# they are what is being compared), 1 when napster missed one, 2 on a usage or set-up error.
+# Exit status: 0 when no miss is napster's (the original's are reported: they are what is
+# being compared), 1 when one is, 2 on a usage or set-up error.
 set -uo pipefail
 
 PORT=12346
@@ -40,12 +50,12 @@ usage() {
 usage: scripts/side-by-side.sh ORIGINAL_DIR
 
 ORIGINAL_DIR must hold the Python original (the project does not ship it):
-  server.py   the original's server (it listens on 127.0.0.1:$PORT)
+  server.py   the original's server (it listens on port $PORT)
   peer.py     the original's peer script (or set ORIGINAL_PEER=name.py; if ORIGINAL_DIR
               holds exactly one other *.py, that one is used)
 The peer script is expected to connect to 127.0.0.1:$PORT when it starts and then read the
 commands JOIN, SEARCH and DOWNLOAD (and their prompts' answers) from stdin, as the original
-does. python3, ss (iproute2) and diff must be installed.
+does. python3, ss (iproute2), cmp and diff must be installed.
 EOF
 }
 
@@ -75,8 +85,12 @@ else
   peer_py="${others[0]}"
 fi
 [ -f "$peer_py" ] || { usage; die "peer script $peer_py not found"; }
-for tool in python3 ss diff; do
+for tool in python3 ss diff cmp; do
   command -v "$tool" >/dev/null || die "$tool is required"
+done
+read -ra cells <<<"${CELLS:-ooo nnn non onn noo oon ono nno}"
+for cell in "${cells[@]}"; do
+  [[ "$cell" =~ ^[on]{3}$ ]] || die "CELLS: $cell is not three letters o/n (tracker, downloader, uploader)"
 done
 
 if [ "${ISOLATE:-0}" = 1 ] && [ "${SIDE_BY_SIDE_ISOLATED:-0}" != 1 ]; then
@@ -88,7 +102,7 @@ if [ "${SIDE_BY_SIDE_ISOLATED:-0}" = 1 ]; then
 fi
 
 if [ -n "${NAPSTER_BIN:-}" ]; then
-  napster="$NAPSTER_BIN"
+  napster="$(cd "$(dirname "$NAPSTER_BIN")" && pwd)/$(basename "$NAPSTER_BIN")"
 else
   echo "side-by-side: building napster (release)..." >&2
   (cd "$root" && cargo build --release --quiet) || die "cargo build failed"
@@ -150,7 +164,7 @@ start() {
   fd[$who]=$f
 }
 
-# type WHO LINE...: types lines on WHO's stdin.
+# type_in WHO LINE...: types lines on WHO's stdin.
 type_in() {
   local who="$1"
   shift
@@ -169,33 +183,92 @@ new_output() {
 
 note() { printf '%s\n' "$*" >>"$run/transcript"; }
 
-# expect WHO REGEX [WHO REGEX...]: waits until one WHO prints a line matching its REGEX since
-# the last snapshot; notes a miss in the transcript and counts it.
+# blame KIND: whose defect a miss of this kind is in the current cell (roles in $impl_T,
+# $impl_A, $impl_B): one of the original's known defects, seen when its scripts were run (see
+# `defect`), when that program plays the part the expectation depends on; napster otherwise.
+blame() {
+  case "$1" in
+    upload | update)
+      [ "$impl_A" = original ] && echo "original-uploader" && return ;;
+    big)
+      [ "$impl_A" = original ] && echo "original-uploader" && return
+      [ "$impl_B" = original ] && echo "original-downloader" && return ;;
+    leave)
+      [ "$impl_T" = original ] && echo "original-tracker" && return ;;
+    start-T | start-A | start-B)
+      local role="impl_${1#start-}"
+      [ "${!role}" = original ] && echo "original-did-not-start" && return ;;
+  esac
+  echo "napster"
+}
+
+# defect KEY: what a blame key means.
+defect() {
+  case "$1" in
+    original-uploader) echo "the original's peer cannot serve a download on Linux: it binds its upload socket to the port of its own tracker connection, which fails with [Errno 98] Address already in use (printed right after JOIN)" ;;
+    original-downloader) echo "the original's downloader keeps what one recv(fileSize) returns: a file over about 64 KiB arrives cut short, and it prints success anyway" ;;
+    original-tracker) echo "the original's tracker never forgets a peer that leaves (and spins a core on its closed socket)" ;;
+    original-did-not-start) echo "one of the original's programs did not start" ;;
+    napster) echo "napster's own defect" ;;
+  esac
+}
+
+# miss KIND TEXT: notes an expectation not met and whose defect it is.
+miss() {
+  local who
+  who="$(blame "$1")"
+  note "!! $2"
+  printf '%s\t%s\t%s\n' "$cell" "$2" "$who" >>"$tmp/misses"
+  if [ "$who" = napster ]; then
+    napster_misses=$((napster_misses + 1))
+  fi
+  cell_misses=$((cell_misses + 1))
+}
+
+# expect KIND WHO REGEX [WHO! REGEX]...: waits until WHO prints a line matching REGEX since the
+# last snapshot. Each further pair (its WHO written with a "!") rules the expectation out at
+# once when it matches: the program said it failed. A miss is noted and put down to
+# `blame KIND`.
 expect() {
-  local deadline=$((SECONDS + STEP_TIMEOUT)) args=("$@") i any_alive
+  local kind="$1" who="$2" regex="$3"
+  shift 3
+  local rules=("$@") deadline=$((SECONDS + STEP_TIMEOUT)) i w
+  expectations=$((expectations + 1))
   while :; do
-    any_alive=0
-    for ((i = 0; i < ${#args[@]}; i += 2)); do
-      if new_output "${args[i]}" | grep -qE -- "${args[i + 1]}"; then
-        return 0
+    if new_output "$who" | grep -qE -- "$regex"; then
+      return 0
+    fi
+    for ((i = 0; i < ${#rules[@]}; i += 2)); do
+      w="${rules[i]%!}"
+      if new_output "$w" | grep -qE -- "${rules[i + 1]}"; then
+        miss "$kind" "step $step: expected $who: /$regex/; $w printed /${rules[i + 1]}/ instead"
+        return 1
       fi
-      alive "${args[i]}" && any_alive=1
     done
-    if [ "$any_alive" = 0 ] || [ "$SECONDS" -ge "$deadline" ]; then
-      local what=""
-      for ((i = 0; i < ${#args[@]}; i += 2)); do
-        what+="${what:+ or }${args[i]}: /${args[i + 1]}/"
-      done
-      if [ "$any_alive" = 0 ]; then
-        note "!! expected $what, but the process has exited"
-      else
-        note "!! expected $what within ${STEP_TIMEOUT}s; nothing came"
-      fi
-      misses=$((misses + 1))
+    if ! alive "$who"; then
+      miss "$kind" "step $step: expected $who: /$regex/, but $who has exited"
+      return 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      miss "$kind" "step $step: expected $who: /$regex/ within ${STEP_TIMEOUT}s; nothing came"
       return 1
     fi
     sleep 0.1 # polling the output files; every wait is bounded by the deadline above
   done
+}
+
+# same_copy KIND FILE: B's copy of FILE must be A's, byte for byte.
+same_copy() {
+  local kind="$1" file="$2"
+  expectations=$((expectations + 1))
+  snapshot
+  if cmp -s "$work/${dirs[A]}/$file" "$work/${dirs[B]}/$file"; then
+    note "== check: B's copy of $file is identical to A's"
+  elif [ -e "$work/${dirs[B]}/$file" ]; then
+    miss "$kind" "step $step: B's copy of $file differs from A's ($(stat -c %s "$work/${dirs[B]}/$file") of $(stat -c %s "$work/${dirs[A]}/$file") bytes)"
+  else
+    miss "$kind" "step $step: B has no $file"
+  fi
 }
 
 # snapshot: appends each process's new output to the transcript, prefixed with its name.
@@ -215,11 +288,13 @@ snapshot() {
 
 step() {
   snapshot
+  step="$1"
+  shift
   note ""
-  note "== $*"
+  note "== $step. $*"
 }
 
-# upload_port IMPL WHO: the port the tracker keys WHO by.
+# upload_port IMPL WHO: the port other peers reach WHO at, as its tracker lists it.
 upload_port() {
   local impl="$1" who="$2" deadline=$((SECONDS + STEP_TIMEOUT)) port=""
   while [ -z "$port" ] && [ "$SECONDS" -lt "$deadline" ] && alive "$who"; do
@@ -235,19 +310,27 @@ upload_port() {
   printf '%s' "$port"
 }
 
-# run_scenario IMPL: the whole scenario; leaves $run/transcript. IMPL is `original` (its server
-# and peers), `napster` (ours), or `mixed` (our tracker with the original's peers).
-run_scenario() {
-  local impl="$1"
-  run="$tmp/$impl"
+impl_of() { [ "$1" = o ] && echo original || echo napster; }
+
+# run_cell CELL: the whole scenario with tracker, downloader B and uploader A as CELL's
+# letters say; leaves $run/transcript.
+run_cell() {
+  cell="$1"
+  impl_T=$(impl_of "${cell:0:1}")
+  impl_B=$(impl_of "${cell:1:1}")
+  impl_A=$(impl_of "${cell:2:1}")
+  run="$tmp/$cell"
   work="$run/work"
   mkdir -p "$work"
   : >"$run/transcript"
   procs=()
-  misses=0
+  cell_misses=0
+  expectations=0
+  step=0
+  note "tracker: $impl_T, downloader B: $impl_B, uploader A: $impl_A"
 
-  step "1. tracker starts on 127.0.0.1:$PORT"
-  if [ "$impl" = original ]; then
+  step 1 "tracker starts on 127.0.0.1:$PORT"
+  if [ "$impl_T" = original ]; then
     start T python3 -u "$orig_dir/server.py"
   else
     start T env RUST_LOG="${RUST_LOG:-warn}" "$napster" server --listen "127.0.0.1:$PORT"
@@ -255,130 +338,157 @@ run_scenario() {
   local deadline=$((SECONDS + STEP_TIMEOUT))
   until ss -Hltn "sport = :$PORT" | grep -q .; do
     if ! alive T || [ "$SECONDS" -ge "$deadline" ]; then
-      note "!! the tracker is not listening on port $PORT"
-      misses=$((misses + 1))
+      expectations=$((expectations + 1))
+      miss start-T "the tracker is not listening on port $PORT"
       snapshot
       return
     fi
     sleep 0.1 # polling the listening sockets, bounded by the deadline
   done
 
-  local who port
-  declare -gA ports=()
+  local who impl port
+  declare -gA ports=() dirs=()
   for who in A B; do
-    step "2$who. peer $who starts"
-    if [ "$impl" != napster ]; then
+    step "2$who" "peer $who starts"
+    impl=impl_$who
+    if [ "${!impl}" = original ]; then
       start "$who" python3 -u "$peer_py"
     else
-      start "$who" env RUST_LOG="${RUST_LOG:-warn}" "$napster" peer --server "127.0.0.1:$PORT" --listen 127.0.0.1:0
+      # Its own folder (the default ./p2p is one folder for every peer, locked by the first).
+      dirs[$who]="p2p/napster-$who"
+      start "$who" env RUST_LOG="${RUST_LOG:-warn}" "$napster" peer --server "127.0.0.1:$PORT" \
+        --listen 127.0.0.1:0 --dir "${dirs[$who]}"
     fi
-    port=$(upload_port "$impl" "$who")
+    port=$(upload_port "${!impl}" "$who")
     if [ -z "$port" ]; then
-      note "!! cannot tell peer $who's port"
-      misses=$((misses + 1))
+      expectations=$((expectations + 1))
+      miss "start-$who" "cannot tell peer $who's port"
       snapshot
       return
     fi
     ports[$who]=$port
-    mkdir -p "$work/p2p/$port"
+    # The original shares p2p/<the port its tracker lists>, which it creates itself.
+    [ "${!impl}" = napster ] || dirs[$who]="p2p/$port"
+    mkdir -p "$work/${dirs[$who]}"
   done
-  # A shares song.txt; B shares notes.txt. Both peers share p2p/<port> as the original does.
-  seq 1 400 | sed 's/^/linha /' >"$work/p2p/${ports[A]}/song.txt"
-  echo "notas de B" >"$work/p2p/${ports[B]}/notes.txt"
+  seq 1 400 | sed 's/^/linha /' >"$work/${dirs[A]}/song.txt"
+  head -c 300000 /dev/urandom >"$work/${dirs[A]}/aula.bin"
+  echo "notas de B" >"$work/${dirs[B]}/notes.txt"
 
-  step "3. A: JOIN"
+  step 3 "A: JOIN"
   type_in A JOIN
-  expect A "Sou o Peer" && expect T "adicionado"
-  step "4. B: JOIN"
+  expect join A "Sou o Peer" && expect join T "adicionado"
+  step 4 "B: JOIN"
   type_in B JOIN
-  expect B "Sou o Peer" && expect T "adicionado"
+  expect join B "Sou o Peer" && expect join T "adicionado"
 
-  step "5. B: SEARCH song.txt"
+  step 5 "B: SEARCH song.txt (lists A)"
   type_in B SEARCH song.txt
-  expect B "Peers com arquivo solicitado" && expect T "solicitou arquivo"
+  expect search B "Peers com arquivo solicitado: .*[^0-9]${ports[A]}([^0-9]|$)" B! "Erro ao buscar"
 
-  step "6. B: DOWNLOAD song.txt from A's port"
+  local refused="Erro|não encontrado|Rejeitado"
+  step 6 "B: DOWNLOAD song.txt from A's port; A: NAO"
   type_in B DOWNLOAD song.txt "${ports[A]}"
-  expect A "Gostaria de Aprovar" B "Erro|não encontrado|Rejeitado"
-
-  step "7. A: SIM (B downloads, then UPDATEs the tracker)"
-  type_in A SIM
-  expect B "baixado com sucesso|Erro|Rejeitado"
-  snapshot
-  if cmp -s "$work/p2p/${ports[A]}/song.txt" "$work/p2p/${ports[B]}/song.txt"; then
-    note "== check: B's copy of song.txt is identical to A's"
-  elif [ -e "$work/p2p/${ports[B]}/song.txt" ]; then
-    note "!! check: B's copy of song.txt differs from A's"
-    misses=$((misses + 1))
-  else
-    note "!! check: B has no song.txt"
-    misses=$((misses + 1))
+  if expect upload A "Gostaria de Aprovar" B! "$refused"; then
+    type_in A NAO
+    expect upload B "Download Rejeitado" B! "baixado com sucesso|Erro"
   fi
 
-  step "8. A: SEARCH song.txt (B's UPDATE made B a holder)"
-  type_in A SEARCH song.txt
-  expect A "Peers com arquivo solicitado: .*[^0-9]${ports[B]}([^0-9]|$)"
+  step 7 "B: DOWNLOAD song.txt again; A: SIM (B's copy compared)"
+  type_in B DOWNLOAD song.txt "${ports[A]}"
+  if expect upload A "Gostaria de Aprovar" B! "$refused"; then
+    type_in A SIM
+    expect upload B "baixado com sucesso" B! "$refused"
+  fi
+  same_copy upload song.txt
 
-  step "9. B leaves (SIGTERM)"
+  step 8 "B: DOWNLOAD aula.bin (300,000 bytes); A: SIM (B's copy compared)"
+  type_in B DOWNLOAD aula.bin "${ports[A]}"
+  if expect big A "Gostaria de Aprovar" B! "$refused"; then
+    type_in A SIM
+    expect big B "baixado com sucesso" B! "$refused"
+  fi
+  same_copy big aula.bin
+
+  step 9 "A: SEARCH song.txt (B's UPDATE made B a holder)"
+  type_in A SEARCH song.txt
+  expect update A "Peers com arquivo solicitado: .*[^0-9]${ports[B]}([^0-9]|$)" A! "Erro ao buscar"
+
+  step 10 "B leaves (SIGTERM)"
   stop B
-  expect T "saiu|Error"
+  expect leave T "saiu"
 
-  step "10. A: SEARCH song.txt (only A is left)"
+  step 11 "A: SEARCH song.txt (only A is left)"
   type_in A SEARCH song.txt
-  expect A "Peers com arquivo solicitado: \[([^],]*[^0-9])?${ports[A]}[^0-9,]*\]"
+  expect leave A "Peers com arquivo solicitado: \[([^],]*[^0-9])?${ports[A]}[^0-9,]*\]" A! "Peers com arquivo solicitado: .*,"
 
-  step "11. the end: A and the tracker stop"
+  step 12 "the end: A and the tracker stop"
   snapshot
   stop A
   stop T
   snapshot
   note ""
-  note "== $impl: $misses expectation(s) not met"
+  note "== $cell: $cell_misses of $expectations expectation(s) not met"
+  printf '%s %s %s\n' "$cell" "$cell_misses" "$expectations" >>"$tmp/cells"
 }
 
-# normalise IMPL: the transcript with ports, folders and log timestamps made comparable.
+# normalise CELL: the transcript with ports, folders and log timestamps made comparable.
 normalise() {
-  local impl="$1" t="$tmp/$1/transcript"
-  local who p rules=(-e "s#$tmp/$impl/work#<work>#g" -e 's/^\(.| \)\[[0-9T:.+-]*Z\? */\1[/')
+  local c="$1" t="$tmp/$1/transcript"
+  local who p rules=(-e "s#$tmp/$c/work#<work>#g" -e 's/^\(.| \)\[[0-9T:.+-]*Z\? */\1[/')
   for who in A B; do
-    p=$(sed -n "s/^$impl $who=//p" "$tmp/ports")
+    p=$(sed -n "s/^$c $who=//p" "$tmp/ports")
     [ -z "$p" ] || rules+=(-e "s/\b$p\b/<$who>/g")
   done
   sed "${rules[@]}" "$t"
 }
 
 : >"$tmp/ports"
-runs=(original napster)
-[ "${MIXED:-0}" = 1 ] && runs+=(mixed)
-for impl in "${runs[@]}"; do
-  echo "side-by-side: running the scenario: $impl..." >&2
-  run_scenario "$impl"
+: >"$tmp/misses"
+: >"$tmp/cells"
+napster_misses=0
+for c in "${cells[@]}"; do
+  echo "side-by-side: running tracker/downloader/uploader = $(impl_of "${c:0:1}")/$(impl_of "${c:1:1}")/$(impl_of "${c:2:1}")..." >&2
+  run_cell "$c"
   for who in A B; do
-    printf '%s %s=%s\n' "$impl" "$who" "${ports[$who]:-}" >>"$tmp/ports"
+    printf '%s %s=%s\n' "$c" "$who" "${ports[$who]:-}" >>"$tmp/ports"
   done
   for who in "${procs[@]}"; do stop "$who"; done
-  case "$impl" in
-    original) original_misses=$misses ;;
-    napster) napster_misses=$misses ;;
-    mixed) mixed_misses=$misses ;;
-  esac
 done
 
-normalise original >"$tmp/original.txt"
-normalise napster >"$tmp/napster.txt"
 width="${COLUMNS:-200}"
-echo "Python original (left)  |  napster (right)   — '|' differs, '<' only left, '>' only right"
-echo "Ports: original A=$(sed -n 's/^original A=//p' "$tmp/ports") B=$(sed -n 's/^original B=//p' "$tmp/ports");" \
-  "napster A=$(sed -n 's/^napster A=//p' "$tmp/ports") B=$(sed -n 's/^napster B=//p' "$tmp/ports") (shown as <A>, <B>)"
-echo
-diff -y -W "$width" "$tmp/original.txt" "$tmp/napster.txt"
-if [ "${MIXED:-0}" = 1 ]; then
-  normalise mixed >"$tmp/mixed.txt"
+if [ -f "$tmp/ooo/transcript" ] && [ -f "$tmp/nnn/transcript" ]; then
+  normalise ooo >"$tmp/ooo.txt"
+  normalise nnn >"$tmp/nnn.txt"
+  echo "Python original (left)  |  napster (right)   — '|' differs, '<' only left, '>' only right"
   echo
-  echo "The original's peers: with the original's server (left)  |  with napster's tracker (right)"
+  diff -y -W "$width" "$tmp/ooo.txt" "$tmp/nnn.txt"
   echo
-  diff -y -W "$width" "$tmp/original.txt" "$tmp/mixed.txt"
+fi
+if [ "${SHOW:-0}" = 1 ]; then
+  for c in "${cells[@]}"; do
+    echo "---- $c: tracker $(impl_of "${c:0:1}"), downloader $(impl_of "${c:1:1}"), uploader $(impl_of "${c:2:1}")"
+    normalise "$c"
+    echo
+  done
+fi
+
+echo "Summary (tracker / downloader B / uploader A):"
+while read -r c n total; do
+  printf '  %-8s / %-8s / %-8s  %s\n' "$(impl_of "${c:0:1}")" "$(impl_of "${c:1:1}")" "$(impl_of "${c:2:1}")" \
+    "$([ "$n" = 0 ] && echo "all $total expectations met" || echo "$n of $total expectations not met:")"
+  while IFS=$'\t' read -r mc text who; do
+    [ "$mc" = "$c" ] || continue
+    printf '      - %s [%s]\n' "$text" "$who"
+  done <"$tmp/misses"
+done <"$tmp/cells"
+if [ -s "$tmp/misses" ]; then
+  echo
+  echo "Whose defect:"
+  cut -f3 "$tmp/misses" | sort -u | while read -r key; do
+    printf '  [%s] %s\n' "$key" "$(defect "$key")"
+  done
 fi
 echo
-echo "original: $original_misses expectation(s) not met; napster: $napster_misses${mixed_misses:+; mixed: $mixed_misses}"
+echo "misses that are napster's own defects: $napster_misses"
 [ "$napster_misses" -eq 0 ]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::peer::tracker_client::DialectChoice;
 use crate::peer::{ApproveMode, PeerConfig, Reading};
 use crate::tracker::TrackerConfig;
 
@@ -173,6 +174,18 @@ pub enum Approve {
     No,
 }
 
+/// `--tracker-dialect` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TrackerDialect {
+    /// Find out on the first connection (one extra message, answered by both trackers).
+    Auto,
+    /// This project's tracker.
+    Napster,
+    /// The Python original's tracker (on this machine only: it lists the shared folder on its
+    /// own disk).
+    Original,
+}
+
 /// `--approve` values when there is no console to ask.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Unattended {
@@ -191,9 +204,13 @@ pub struct NetArgs {
     /// Address to listen on for uploads, IP:PORT (port 0: any free port).
     #[arg(long, default_value = "0.0.0.0:0")]
     pub listen: String,
-    /// Seconds after which a silent, vanished tracker or transfer partner is given up.
+    /// Seconds after which a silent, vanished tracker or transfer partner is given up; an
+    /// answer of the tracker is awaited at most this long (and at most 15 s).
     #[arg(long, default_value_t = 30)]
     pub liveness: u64,
+    /// The tracker's dialect: this project's, the Python original's, or found out.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tracker_dialect: TrackerDialect,
 }
 
 /// `napster peer` options.
@@ -224,6 +241,10 @@ pub struct PeerArgs {
     /// Read plain lines even when stdin is a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Peers a download fetches from at once when several hold the file (DOWNLOAD name).
+    #[arg(long, default_value_t = crate::peer::swarm::DEFAULT_SOURCES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub sources: usize,
 }
 
 /// `napster get` options.
@@ -296,6 +317,7 @@ impl PeerArgs {
             approval_timeout: seconds(self.approval_timeout),
             reading,
             history: self.history.clone(),
+            sources: self.sources,
             ..self.net.config()?
         })
     }
@@ -352,6 +374,12 @@ impl NetArgs {
             reading: Reading::Lines,
             history: None,
             liveness: seconds(self.liveness),
+            tracker_dialect: match self.tracker_dialect {
+                TrackerDialect::Auto => DialectChoice::Auto,
+                TrackerDialect::Napster => DialectChoice::Napster,
+                TrackerDialect::Original => DialectChoice::Original,
+            },
+            sources: crate::peer::swarm::DEFAULT_SOURCES,
         })
     }
 }

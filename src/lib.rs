@@ -9,11 +9,16 @@
 //! [`transfer`] moves file bytes over a socket and [`share`] knows the shared folder; neither
 //! knows what the messages mean. The wire is described in `PROTOCOL.md`.
 //!
+//! A download from several peers at once ([`peer::swarm`]) checks every piece against the
+//! file's digest with [`verified`] (BLAKE3 verified streaming), whose outboards the uploader
+//! keeps in [`outboard_store`] and whose progress a partial download keeps in [`piece_map`].
+//!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
 //! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
-//! [`console_out`] (the tracker's console lines, written by one thread), [`cli`] (the command
-//! line). Threads, not async: one per connection, as the original, with small stacks.
+//! [`console_out`] (the tracker's console lines, written by one thread), [`logging`] (log lines,
+//! kept off the peer's prompt row), [`cli`] (the command line). Threads, not async: one per
+//! connection, as the original, with small stacks.
 
 #![warn(missing_docs)]
 
@@ -22,9 +27,13 @@ pub mod console_out;
 pub mod dial;
 pub mod exit;
 pub mod liveness;
+pub mod logging;
 pub mod os_error;
+pub mod outboard_store;
 pub mod peer;
+pub mod piece_map;
 pub mod protocol;
 pub mod share;
 pub mod tracker;
 pub mod transfer;
+pub mod verified;

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         }) => "warn",
         _ => "error",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
+    napster::logging::init(default_log);
     let cli = match cli {
         Ok(cli) => cli,
         Err(e) => {

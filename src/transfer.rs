@@ -23,6 +23,8 @@ use std::time::SystemTime;
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
+use crate::piece_map;
+
 /// Bytes handed to one `sendfile` call: small enough to report progress and notice a stop.
 const SEND_CHUNK: u64 = 8 << 20;
 /// The receiving buffer: large writes, fixed memory.
@@ -472,10 +474,16 @@ impl PartialStore {
         if record.name.as_deref().is_some_and(|n| n != name) {
             return None;
         }
-        let have = fs::symlink_metadata(self.part_path(name))
+        let part = self.part_path(name);
+        let mut have = fs::symlink_metadata(&part)
             .ok()
             .filter(|m| m.file_type().is_file())?
             .len();
+        // A download from several peers writes pieces out of order: only its verified prefix
+        // is whole.
+        if let Some(prefix) = piece_map::verified_prefix(&piece_map::path_for(&part), record.size) {
+            have = have.min(prefix);
+        }
         (have <= record.size).then_some(Partial { record, have })
     }
 
@@ -493,10 +501,13 @@ impl PartialStore {
             Some(offset) => {
                 let mut file = OpenOptions::new().write(true).open(&part)?;
                 file.set_len(offset)?;
+                // From here on the partial is a plain prefix again.
+                piece_map::remove_beside(&part);
                 file.seek(SeekFrom::Start(offset))?;
                 Ok(file)
             }
             None => {
+                piece_map::remove_beside(&part);
                 let file = OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -537,11 +548,13 @@ impl PartialStore {
             }
         }
         let _ = fs::remove_file(self.record_path(name));
+        piece_map::remove_beside(&part);
         Ok(())
     }
 
     /// Deletes the partial download of `name`.
     pub fn discard(&self, name: &str) {
+        piece_map::remove_beside(&self.part_path(name));
         let _ = fs::remove_file(self.part_path(name));
         let _ = fs::remove_file(self.record_path(name));
     }

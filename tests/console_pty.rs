@@ -936,3 +936,85 @@ fn keyword_search_numbers_results_and_download_1_completes() {
     bob.wait_for("Arquivo aula-01.mp4 baixado com sucesso na pasta ");
     assert_eq!(std::fs::read(share.join("aula-01.mp4")).unwrap(), video);
 }
+
+/// A warning logged while the prompt is up (here: an uploader that sent no digest) is printed
+/// above the prompt like any other console line, never onto the prompt's row; what the user
+/// types afterwards stands alone on that row.
+#[test]
+fn a_log_line_is_printed_above_the_prompt_not_onto_its_row() {
+    let tracker = start_tracker(&[]);
+    let uploader = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = uploader.local_addr().unwrap().port();
+    let serving = thread::spawn(move || {
+        let (mut conn, _) = uploader.accept().unwrap();
+        let mut byte = [0u8; 1];
+        while conn.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {}
+        conn.write_all(
+            b"{\"status\":\"OK\",\"fileSize\":5}\n{\"status\":\"downloadAccepted\"}\nhello",
+        )
+        .unwrap();
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+    });
+    let (tmp, share) = folder(&[]);
+    let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    bob.join();
+    bob.keys(&format!("DOWNLOAD x.bin 127.0.0.1:{up_port}\r"));
+    bob.wait_for("Arquivo x.bin baixado com sucesso");
+    bob.wait_for("sent no digest for x.bin");
+    bob.keys("SEARCH abc");
+    bob.wait_prompt(&idle(), "SEARCH abc");
+    let screen = bob.text();
+    let warning = screen
+        .lines()
+        .find(|row| row.contains("sent no digest for x.bin"))
+        .unwrap();
+    assert!(
+        warning.starts_with("[WARN napster::peer::downloader] 127.0.0.1:"),
+        "the warning is a line of its own:\n{screen}"
+    );
+    assert!(
+        !screen.contains("> ["),
+        "nothing printed after a prompt:\n{screen}"
+    );
+    bob.keys("\x03");
+    bob.wait_prompt(&idle(), "");
+    bob.keys("\x04");
+    bob.wait_exit();
+    serving.join().unwrap();
+}
+
+/// SIM prints the verdict before the upload thread is told, so `Download ... aprovado` always
+/// stands above `Upload ... concluído`, however fast a small upload ends (it used to come the
+/// other way round now and then).
+#[test]
+fn the_verdict_is_printed_before_the_upload_ends() {
+    let tracker = start_tracker(&[]);
+    let (tmp, share) = folder(&[("notes.txt", b"hi")]);
+    let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    alice.join();
+    for round in 0..5u16 {
+        let from = 4900 + round;
+        let mut bob = ask(port, "notes.txt", from);
+        alice.wait_for(&format!(
+            "Peer 127.0.0.1:{from} solicitou o arquivo notes.txt"
+        ));
+        alice.wait_prompt(&prompt(1), "");
+        alice.keys("SIM\r");
+        assert_eq!(bob.json()["status"], "downloadAccepted");
+        assert_eq!(bob.bytes(2), b"hi");
+        let done = format!("Upload do arquivo notes.txt para 127.0.0.1:{from} concluído");
+        alice.wait_for(&done);
+        let screen = alice.text();
+        let verdict = screen
+            .find(&format!(
+                "Download de notes.txt por 127.0.0.1:{from} aprovado"
+            ))
+            .unwrap_or_else(|| panic!("round {round}: no verdict:\n{screen}"));
+        assert!(
+            verdict < screen.find(&done).unwrap(),
+            "round {round}: the verdict stands above the end:\n{screen}"
+        );
+        alice.wait_prompt(&idle(), "");
+    }
+}

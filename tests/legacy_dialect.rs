@@ -1,17 +1,24 @@
-//! The Python original's peer against our tracker and our peers, byte for byte.
+//! The Python original against our programs, both ways, byte for byte.
 //!
-//! [`OriginalPeer`] sends exactly the bytes the original's peer sends, as the seed documents
-//! them: `json.dumps` of the JOIN (`", "` and `": "` separators, no newline), the SEARCH built
-//! with `%` (the name pasted in unescaped), and the DOWNLOAD_REQUEST in the form its code meant
-//! (as written, its `str.format` raises before sending anything: see
-//! `the_seeds_download_as_written_connects_sends_nothing_and_the_uploader_keeps_serving`). It
-//! reads as the original does: one `recv(1024)` per reply, parsed alone.
+//! **The original's peer on our tracker and our peers.** [`OriginalPeer`] sends exactly the
+//! bytes the original's peer sends (its complete script, run: see docs/original.md):
+//! `json.dumps` of the JOIN with `filesPath` (`", "` and `": "` separators, no newline), the
+//! SEARCH built with `%` (the name pasted in unescaped), the DOWNLOAD_REQUEST and UPDATE built
+//! with `str.format` on templates whose braces are escaped (both valid JSON). It reads as the
+//! original does: one `recv(1024)` per reply, parsed alone.
+//!
+//! **Our peers on the original's tracker.** [`OriginalTracker`] is the project's own stand-in
+//! for the original's tracker: the same bytes back, the same silences, the same console lines
+//! (see its documentation for what the real one was seen to do).
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 
 use common::*;
 
@@ -62,9 +69,9 @@ impl OriginalPeer {
         self.send(msg.as_bytes());
     }
 
-    /// JOIN as the seed spells it (`filePath`); returns the bytes of one recv.
+    /// JOIN as the original's peer sends it (`filesPath`); returns the bytes of one recv.
     fn join(&mut self, folder: &Path) -> Vec<u8> {
-        self.send_join("filePath", folder);
+        self.send_join("filesPath", folder);
         self.recv()
     }
 
@@ -145,7 +152,7 @@ fn original_download(up: &PeerProc, name: &str) -> OriginalPeer {
     d
 }
 
-/// The original's JOIN (`filePath`, no newline) is answered with exactly the bytes `JOIN_OK`;
+/// The original's JOIN (`filesPath`, no newline) is answered with exactly the bytes `JOIN_OK`;
 /// the tracker lists the folder's plain files and keys the peer by its connection's port.
 #[test]
 fn original_join_gets_bare_join_ok_and_its_folder_is_listed() {
@@ -160,13 +167,14 @@ fn original_join_gets_bare_join_ok_and_its_folder_is_listed() {
     ));
 }
 
-/// The issue's spelling `filesPath` is accepted as well as the seed's `filePath`.
+/// The seed's spelling `filePath` (its report's excerpt; the original's script sends
+/// `filesPath`) is accepted too.
 #[test]
-fn original_join_with_files_path_spelling_is_accepted() {
+fn original_join_with_the_seeds_file_path_spelling_is_accepted() {
     let t = start_tracker(&[]);
     let dir = folder_with(&["x.bin"]);
     let mut p = OriginalPeer::connect(t.addr);
-    p.send_join("filesPath", dir.path());
+    p.send_join("filePath", dir.path());
     assert_eq!(p.recv(), b"JOIN_OK");
     assert_eq!(p.search("x.bin"), format!("[{}]", p.port()));
 }
@@ -209,22 +217,22 @@ fn our_clients_see_an_original_peer_as_loopback_and_its_port() {
     );
 }
 
-/// UPDATE from an original peer (valid JSON, no newline) is answered with exactly
-/// `UPDATE_OK` and changes what SEARCH finds.
+/// UPDATE from an original peer, in its bytes (`"a","b"`, no newline), is answered with
+/// exactly `UPDATE_OK` and changes what SEARCH finds.
 #[test]
 fn original_update_gets_bare_update_ok_and_changes_search() {
     let t = start_tracker(&[]);
     let (mut p, _dir) = joined_original(&t, &["a.txt"]);
-    p.send(br#"{"method": "UPDATE", "data": {"files": ["a.txt", "new.txt"]}}"#);
+    p.send(br#"{"method": "UPDATE", "data": {"files": ["a.txt","new.txt"]}}"#);
     assert_eq!(p.recv(), b"UPDATE_OK");
     assert_eq!(p.search("new.txt"), format!("[{}]", p.port()));
 }
 
-/// The UPDATE text the seed's code builds, once its brace escaping is repaired, pastes the
-/// names unquoted (`[a.txt,b.txt]`): it is not JSON, so it gets a clear ERROR, the list is
-/// left as it was, and the connection keeps working.
+/// An UPDATE that is not JSON (the names unquoted, as the seed's excerpt would build it; the
+/// original's script quotes them) gets a clear ERROR, the list is left as it was, and the
+/// connection keeps working.
 #[test]
-fn the_seeds_unquoted_update_list_is_refused_clearly_and_the_connection_goes_on() {
+fn an_update_that_is_not_json_is_refused_clearly_and_the_connection_goes_on() {
     let t = start_tracker(&[]);
     let (mut p, _dir) = joined_original(&t, &["a.txt"]);
     p.send(br#"{"method": "UPDATE", "data": {"files": [a.txt,b.txt]}}"#);
@@ -419,11 +427,11 @@ fn original_downloader_sees_rejection_and_file_not_found() {
     assert_eq!(d.recv_json(), serde_json::json!({"status": "fileNotFound"}));
 }
 
-/// What the seed's downloader really does: its `str.format` raises before anything is sent,
-/// so the uploader sees a connection that closes without a request. The uploader says nothing
-/// to its user and keeps serving.
+/// A connection that closes without a request (a port scan; the seed's excerpt, whose
+/// `str.format` would raise before sending) gets no reply: the uploader says nothing to its
+/// user and keeps serving.
 #[test]
-fn the_seeds_download_as_written_connects_sends_nothing_and_the_uploader_keeps_serving() {
+fn a_connection_that_sends_nothing_gets_no_reply_and_the_uploader_keeps_serving() {
     let t = start_tracker(&[]);
     let dir = folder_with(&["a.txt"]);
     let up = joined_uploader(&t, dir.path(), &["--approve", "yes"]);
@@ -544,4 +552,479 @@ fn python_reading_like_the_original_downloads_from_a_napster_peer() {
             assert!(same_file(&out, &dir.path().join(name)));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Our peers on the original's tracker.
+// ---------------------------------------------------------------------------------------------
+
+/// The project's own stand-in for the Python original's tracker (`server.py`), written from
+/// running the real one (never from its code): what a client sees is the same, byte for byte.
+///
+/// - Each message is read with one `recv(1024)` and parsed alone (`json.loads`): one that does
+///   not parse (cut in two by the 1024 bytes, two back to back, not JSON) is printed as
+///   `Error decoding JSON data: ...` and never answered.
+/// - A message that is not an object with a `method` kills the connection's thread: nothing on
+///   that connection is ever answered again, and the socket stays open.
+/// - JOIN lists `data.filesPath` on the tracker's own disk (every entry, directory order), keys
+///   the peer by the port of its connection, prints `Peer 127.0.0.1:PORT adicionado com os
+///   arquivos [...]` and answers the bare `JOIN_OK`. Without `filesPath` (our JOIN, the seed's
+///   `filePath`), or with a folder it cannot list, the thread answering it dies: no answer,
+///   ever, while the connection goes on.
+/// - SEARCH prints the query, then `Peer IP:PORT solicitou arquivo NAME`, and answers `str()`
+///   of the list of ports whose list holds exactly that name, in the order the ports first
+///   appeared (a Python dict).
+/// - UPDATE with `data.files` makes that the port's list, whatever it holds, and answers the
+///   bare `UPDATE_OK`, before any JOIN too; without it, prints `Json Inválido` and answers
+///   nothing.
+/// - It never forgets a peer. Where the real one then spins a core on the closed socket, the
+///   stand-in's thread ends.
+struct OriginalTracker {
+    addr: SocketAddr,
+    printed: crossbeam_channel::Receiver<String>,
+    received: crossbeam_channel::Receiver<(u16, Vec<u8>)>,
+    table: Arc<Mutex<Vec<(u16, serde_json::Value)>>>,
+}
+
+/// A port's entry in the stand-in's table.
+type Table = Arc<Mutex<Vec<(u16, serde_json::Value)>>>;
+
+impl OriginalTracker {
+    /// Starts the stand-in on a free loopback port. With `disk`, folders are looked up under
+    /// that root, as on another machine's disk.
+    fn start(disk: Option<PathBuf>) -> OriginalTracker {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (print_tx, printed) = crossbeam_channel::unbounded();
+        let (recv_tx, received) = crossbeam_channel::unbounded();
+        let table: Table = Arc::default();
+        let shared = Arc::clone(&table);
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (print_tx, recv_tx) = (print_tx.clone(), recv_tx.clone());
+                let (table, disk) = (Arc::clone(&shared), disk.clone());
+                thread::spawn(move || {
+                    serve_like_the_original(conn, &table, disk, print_tx, recv_tx)
+                });
+            }
+        });
+        OriginalTracker {
+            addr,
+            printed,
+            received,
+            table,
+        }
+    }
+
+    /// Waits for a printed line containing `needle` (earlier lines are passed over).
+    fn wait_printed(&self, needle: &str) -> String {
+        loop {
+            match self.printed.recv_timeout(WAIT) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the stand-in never printed {needle:?}"),
+            }
+        }
+    }
+
+    /// Waits for the next message received from `port` and returns it.
+    fn next_message_from(&self, port: u16) -> Vec<u8> {
+        loop {
+            match self.received.recv_timeout(WAIT) {
+                Ok((from, bytes)) if from == port => return bytes,
+                Ok(_) => {}
+                Err(_) => panic!("no message from port {port}"),
+            }
+        }
+    }
+
+    /// The list the stand-in holds for `port`.
+    fn list_of(&self, port: u16) -> Option<serde_json::Value> {
+        let table = self.table.lock().unwrap();
+        table
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// One connection, as the original's tracker serves it.
+fn serve_like_the_original(
+    mut conn: TcpStream,
+    table: &Table,
+    disk: Option<PathBuf>,
+    print: crossbeam_channel::Sender<String>,
+    received: crossbeam_channel::Sender<(u16, Vec<u8>)>,
+) {
+    let port = conn.peer_addr().unwrap().port();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let _ = received.send((port, buf[..n].to_vec()));
+        let Ok(text) = std::str::from_utf8(&buf[..n]) else {
+            continue; // `.decode()` raises inside its try: the read is dropped
+        };
+        let data: serde_json::Value = match serde_json::from_str(text) {
+            Ok(data) => data,
+            Err(e) => {
+                let _ = print.send(format!("Error decoding JSON data: {e}"));
+                continue;
+            }
+        };
+        let Some(method) = data.get("method") else {
+            // `data['method']` raises outside the try: this connection is never served again.
+            let mut rest = Vec::new();
+            let _ = conn.read_to_end(&mut rest);
+            return;
+        };
+        let reply: Option<Vec<u8>> = match method.as_str() {
+            Some("JOIN") => {
+                let folder = data["data"]["filesPath"].as_str().map(|f| match &disk {
+                    Some(root) => root.join(f.trim_start_matches('/')),
+                    None => PathBuf::from(f),
+                });
+                let listing = folder
+                    .and_then(|f| std::fs::read_dir(f).ok())
+                    .map(|entries| {
+                        entries
+                            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                            .collect::<Vec<String>>()
+                    });
+                listing.map(|names| {
+                    set_list(table, port, serde_json::json!(names));
+                    let _ = print.send(format!(
+                        "Peer 127.0.0.1:{port} adicionado com os arquivos {}",
+                        napster::protocol::legacy::python_list(&names)
+                    ));
+                    b"JOIN_OK".to_vec()
+                })
+            }
+            Some("SEARCH") => data["data"]["query"].as_str().map(|query| {
+                let _ = print.send(query.to_string());
+                let _ = print.send(format!("Peer 127.0.0.1:{port} solicitou arquivo {query}"));
+                let ports: Vec<String> = table
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, list)| {
+                        list.as_array()
+                            .is_some_and(|l| l.iter().any(|n| n.as_str() == Some(query)))
+                    })
+                    .map(|(p, _)| p.to_string())
+                    .collect();
+                format!("[{}]", ports.join(", ")).into_bytes()
+            }),
+            Some("UPDATE") => match data["data"].get("files") {
+                Some(files) => {
+                    set_list(table, port, files.clone());
+                    Some(b"UPDATE_OK".to_vec())
+                }
+                None => {
+                    let _ = print.send("Json Inválido".to_string());
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(reply) = reply {
+            conn.write_all(&reply).unwrap();
+        }
+    }
+}
+
+/// `listOfPeers[port] = list`: a new port goes last, a known one keeps its place.
+fn set_list(table: &Table, port: u16, list: serde_json::Value) {
+    let mut table = table.lock().unwrap();
+    match table.iter_mut().find(|(p, _)| *p == port) {
+        Some(entry) => entry.1 = list,
+        None => table.push((port, list)),
+    }
+}
+
+/// A `napster peer` on the stand-in, sharing `dir`, with the options `extra`.
+fn peer_on_original(name: &str, t: &OriginalTracker, dir: &Path, extra: &[&str]) -> PeerProc {
+    start_peer(name, t.addr, dir, extra)
+}
+
+/// The shared folder's path as the peer sends it (absolute, symbolic links resolved).
+fn sent_path(dir: &Path) -> String {
+    dir.canonicalize().unwrap().to_str().unwrap().to_string()
+}
+
+/// The stand-in behaves as the real tracker was seen to: bare answers, the probe UPDATE
+/// accepted before any JOIN, silence for our JOIN, for a folder it cannot list, for a cut
+/// message and for a message without a method (after which the connection is dead).
+#[test]
+fn the_stand_in_answers_and_stays_silent_as_the_original_tracker_does() {
+    let t = OriginalTracker::start(None);
+    let dir = folder_with(&["a.txt"]);
+    let mut p = OriginalPeer::connect(t.addr);
+    p.stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let silent = |p: &mut OriginalPeer| {
+        let mut byte = [0u8; 1];
+        let e = p.stream.read(&mut byte).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "{e}"
+        );
+    };
+    p.send(br#"{"method": "UPDATE", "data": {"files": []}}"#);
+    assert_eq!(p.recv(), b"UPDATE_OK");
+    p.send(br#"{"method":"JOIN","data":{"port":4000,"files":["a.txt"]}}"#);
+    silent(&mut p);
+    p.send_join("filesPath", &dir.path().join("missing"));
+    silent(&mut p);
+    assert_eq!(p.join(dir.path()), b"JOIN_OK");
+    t.wait_printed(&format!(
+        "Peer 127.0.0.1:{} adicionado com os arquivos ['a.txt']",
+        p.port()
+    ));
+    assert_eq!(p.search("a.txt"), format!("[{}]", p.port()));
+    p.send(
+        format!(
+            r#"{{"method": "UPDATE", "data": {{"files": [{}]}}}}"#,
+            "\"x\",".repeat(300)
+        )
+        .as_bytes(),
+    );
+    silent(&mut p);
+    t.wait_printed("Error decoding JSON data");
+    p.send(br#"{"data": {}}"#);
+    silent(&mut p);
+    p.send(br#"{"method":"SEARCH","data":{"query":"a.txt"}}"#);
+    silent(&mut p);
+}
+
+/// A `napster peer` finds out that the tracker is the original's, says so (and that it only
+/// works on this machine), and JOINs with exactly the original peer's bytes: the probe UPDATE,
+/// then `json.dumps` of the JOIN naming its folder. The tracker lists the folder itself and
+/// keys the peer by the port of its connection, which is the peer's upload port.
+#[test]
+fn a_napster_peer_joins_the_originals_tracker_with_its_folder_and_says_which_dialect() {
+    let t = OriginalTracker::start(None);
+    let dir = folder_with(&["b.txt", "a.txt"]);
+    let mut peer = peer_on_original("peer", &t, dir.path(), &[]);
+    peer.send("JOIN");
+    let said = peer.wait_for("dialeto do original em Python (detectado)");
+    assert!(said.contains(&sent_path(dir.path())), "{said}");
+    assert!(
+        said.contains("só funciona com ele nesta mesma máquina"),
+        "{said}"
+    );
+    peer.wait_for(&format!(
+        "Sou o Peer 127.0.0.1:{} com arquivos: \"a.txt\",\"b.txt\"",
+        peer.port
+    ));
+    assert_eq!(
+        t.next_message_from(peer.port),
+        br#"{"method": "UPDATE", "data": {"files": []}}"#
+    );
+    assert_eq!(
+        t.next_message_from(peer.port),
+        format!(
+            r#"{{"method": "JOIN", "data": {{"filesPath": "{}"}}}}"#,
+            sent_path(dir.path())
+        )
+        .into_bytes()
+    );
+    t.wait_printed(&format!(
+        "Peer 127.0.0.1:{} adicionado com os arquivos",
+        peer.port
+    ));
+    assert!(!peer.proc.printed("Aviso"), "{}", peer.proc.transcript());
+}
+
+/// Two `napster peer`s through the original's tracker: SEARCH is answered with a list of
+/// ports, read back as peers on the tracker's host; a NAO and then a SIM download of a file
+/// over 64 KiB from the port it listed; the downloader's UPDATE is the original peer's bytes,
+/// answered `UPDATE_OK`, and the uploader's next SEARCH lists both.
+#[test]
+fn napster_peers_search_download_and_update_through_the_originals_tracker() {
+    let t = OriginalTracker::start(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db] = folders(tmp.path(), ["a", "b"]);
+    write_pattern(&da.join("aula.bin"), 300_000, 3);
+    let mut a = peer_on_original("a", &t, &da, &[]);
+    let mut b = peer_on_original("b", &t, &db, &[]);
+    a.join();
+    b.join();
+    assert_eq!(
+        t.next_message_from(b.port),
+        br#"{"method": "UPDATE", "data": {"files": []}}"#,
+        "the probe first"
+    );
+    let _join = t.next_message_from(b.port);
+
+    b.search_finds("aula.bin", &[&a.addr()]);
+    assert_eq!(
+        t.next_message_from(b.port),
+        br#"{"method":"SEARCH","data":{"query":"aula.bin"}}"#
+    );
+    b.send(&format!("DOWNLOAD aula.bin {}", a.port));
+    a.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    a.send("NAO");
+    b.wait_for("Download Rejeitado");
+    b.send(&format!("DOWNLOAD aula.bin {}", a.port));
+    a.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+    a.send("SIM");
+    b.wait_for("Arquivo aula.bin baixado com sucesso");
+    assert!(same_file(&da.join("aula.bin"), &db.join("aula.bin")));
+    assert_eq!(
+        t.next_message_from(b.port),
+        br#"{"method": "UPDATE", "data": {"files": ["aula.bin"]}}"#
+    );
+    a.search_finds("aula.bin", &[&a.addr(), &b.addr()]);
+    assert_eq!(t.list_of(b.port), Some(serde_json::json!(["aula.bin"])));
+}
+
+/// An UPDATE too long for the one `recv(1024)` of the original's tracker is not sent cut in
+/// two (which that tracker would drop); the JOIN naming the folder is sent again instead, and
+/// the tracker lists the folder anew.
+#[test]
+fn an_update_too_long_for_the_originals_tracker_is_sent_as_a_join_again() {
+    let t = OriginalTracker::start(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db] = folders(tmp.path(), ["a", "b"]);
+    std::fs::write(da.join("new.txt"), b"new").unwrap();
+    for i in 0..80 {
+        std::fs::write(db.join(format!("arquivo-numero-{i:03}.txt")), b"x").unwrap();
+    }
+    let mut a = peer_on_original("a", &t, &da, &["--approve", "yes"]);
+    let mut b = peer_on_original("b", &t, &db, &[]);
+    a.join();
+    b.join();
+    b.send(&format!("DOWNLOAD new.txt {}", a.port));
+    b.wait_for("Arquivo new.txt baixado com sucesso");
+    t.wait_printed(&format!(
+        "Peer 127.0.0.1:{} adicionado com os arquivos",
+        b.port
+    ));
+    t.wait_printed(&format!(
+        "Peer 127.0.0.1:{} adicionado com os arquivos",
+        b.port
+    ));
+    let list = t.list_of(b.port).unwrap();
+    assert!(
+        list.as_array().unwrap().iter().any(|n| n == "new.txt"),
+        "{list}"
+    );
+    assert!(!b.proc.printed("Erro"), "{}", b.proc.transcript());
+}
+
+/// With `--tracker-dialect original` no probe is sent: the first message is the JOIN, and the
+/// user is told the dialect was chosen.
+#[test]
+fn the_original_dialect_chosen_by_option_sends_no_probe() {
+    let t = OriginalTracker::start(None);
+    let dir = folder_with(&["a.txt"]);
+    let mut peer = peer_on_original("peer", &t, dir.path(), &["--tracker-dialect", "original"]);
+    peer.send("JOIN");
+    peer.wait_for("dialeto do original em Python (escolhido com --tracker-dialect)");
+    peer.wait_for("Sou o Peer");
+    assert!(
+        t.next_message_from(peer.port)
+            .starts_with(br#"{"method": "JOIN", "data": {"filesPath": "#)
+    );
+}
+
+/// The original's tracker on another machine cannot list the folder and answers nothing: the
+/// peer says the tracker did not answer and why that happens (not that the connection was
+/// lost), keeps the connection (closing it would make that tracker spin a core), and a second
+/// JOIN goes on the same connection.
+#[test]
+fn a_folder_the_originals_tracker_cannot_list_is_reported_as_silence_on_a_kept_connection() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let t = OriginalTracker::start(Some(elsewhere.path().to_path_buf()));
+    let dir = folder_with(&["a.txt"]);
+    let mut peer = peer_on_original("peer", &t, dir.path(), &["--liveness", "2"]);
+    peer.send("JOIN");
+    let failed = peer.wait_for("Falha na Conexao!");
+    assert!(
+        failed.contains("o servidor original não respondeu ao JOIN em 2 s")
+            && failed.contains("só responde se estiver nesta mesma máquina"),
+        "{failed}"
+    );
+    peer.send("JOIN");
+    peer.wait_for("Falha na Conexao!");
+    let messages: Vec<Vec<u8>> = (0..3).map(|_| t.next_message_from(peer.port)).collect();
+    assert!(messages[1].starts_with(br#"{"method": "JOIN""#));
+    assert_eq!(
+        messages[1], messages[2],
+        "the second JOIN, on the same connection"
+    );
+    assert!(!peer.proc.printed("perdida"), "{}", peer.proc.transcript());
+}
+
+/// Our JOIN forced on the original's tracker (`--tracker-dialect napster`) gets no answer: the
+/// user is told so, with what to do.
+#[test]
+fn our_dialect_forced_on_the_originals_tracker_is_reported_with_what_to_do() {
+    let t = OriginalTracker::start(None);
+    let dir = folder_with(&["a.txt"]);
+    let mut peer = peer_on_original(
+        "peer",
+        &t,
+        dir.path(),
+        &["--tracker-dialect", "napster", "--liveness", "2"],
+    );
+    peer.send("JOIN");
+    peer.wait_for("dialeto napster (escolhido com --tracker-dialect)");
+    let failed = peer.wait_for("Falha na Conexao!");
+    assert!(
+        failed.contains("não respondeu ao JOIN em 2 s")
+            && failed.contains("use --tracker-dialect original"),
+        "{failed}"
+    );
+}
+
+/// A tracker that accepts and answers nothing at all is reported as such: it did not answer
+/// (not even the message that finds out its dialect), not as a lost connection.
+#[test]
+fn a_tracker_that_answers_nothing_is_reported_as_silent() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut sink = Vec::new();
+        let _ = conn.read_to_end(&mut sink);
+    });
+    let dir = folder_with(&["a.txt"]);
+    let mut peer = start_peer("peer", addr, dir.path(), &["--liveness", "2"]);
+    peer.send("JOIN");
+    let failed = peer.wait_for("Falha na Conexao!");
+    assert!(
+        failed.contains("não respondeu em 2 s (nem à mensagem que identifica o dialeto)"),
+        "{failed}"
+    );
+    assert!(!peer.proc.printed("perdida"), "{}", peer.proc.transcript());
+    peer.send("QUIT");
+    held.join().unwrap();
+}
+
+/// The original's downloader (its bytes, its one recv per reply) fetches from a `napster peer`
+/// at the port the original's tracker listed for it: the upload port, since the peer's tracker
+/// connection leaves from it.
+#[test]
+fn the_originals_downloader_reaches_a_napster_peer_at_the_port_the_originals_tracker_lists() {
+    let t = OriginalTracker::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("clip.bin"), 3000, 5);
+    let mut up = peer_on_original("up", &t, dir.path(), &["--approve", "yes"]);
+    up.join();
+    let mut searcher = OriginalPeer::connect(t.addr);
+    let listed = searcher.search("clip.bin");
+    assert_eq!(listed, format!("[{}]", up.port));
+    let mut d = OriginalPeer::connect(SocketAddr::from(([127, 0, 0, 1], up.port)));
+    d.send(&original_download_request("clip.bin", up.port));
+    assert_eq!(d.recv_json()["fileSize"], 3000);
+    assert_eq!(d.recv_json()["status"], "downloadAccepted");
+    let mut data = vec![0u8; 3000];
+    d.stream.read_exact(&mut data).unwrap();
+    assert_eq!(data, std::fs::read(dir.path().join("clip.bin")).unwrap());
 }

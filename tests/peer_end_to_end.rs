@@ -46,7 +46,7 @@ fn three_peers_join_search_download_update_and_reject() {
     let mut bob = start_peer("bob", t.addr, &db, &[]);
     let mut carol = start_peer("carol", t.addr, &dc, &[]);
     assert!(alice.join().ends_with(&format!(
-        ":{} com arquivos: notes.txt,video.bin",
+        ":{} com arquivos: \"notes.txt\",\"video.bin\"",
         alice.port
     )));
     bob.join();

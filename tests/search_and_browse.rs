@@ -101,7 +101,7 @@ fn join_typed_again_announces_again() {
     let me = alice.addr();
     wait_for_digest(&t, &me, "a.txt", &blake3_hex(b"abc"));
     fs::write(da.join("b.txt"), b"b").unwrap();
-    assert!(alice.join().ends_with("com arquivos: a.txt,b.txt"));
+    assert!(alice.join().ends_with(r#"com arquivos: "a.txt","b.txt""#));
     assert!(!alice.proc.printed("Já registrado"));
     t.proc.wait_for(&format!(
         "Peer {me} adicionado com os arquivos ['a.txt', 'b.txt']"

@@ -56,7 +56,6 @@ fn hash_loop(ctx: &PeerContext) {
 
 fn announce_loop(ctx: &PeerContext) {
     let mut last_scan = Instant::now();
-    let mut retry_at = Instant::now();
     let mut scan_failed = false;
     loop {
         let woken = select! {
@@ -78,22 +77,15 @@ fn announce_loop(ctx: &PeerContext) {
                 Err(e) => log::debug!("cannot list the shared folder: {e}"),
             }
         }
-        if !woken && Instant::now() < retry_at {
-            continue;
-        }
+        // Handed to the tracker link, which sends them in order and logs a refusal; a
+        // connection lost meanwhile is JOINed again with every record, so nothing is lost.
         while let Some(batch) = ctx.catalog.take_batch(woken) {
             log::debug!(
                 "announcing {} file(s) and {} removal(s)",
                 batch.add.len(),
                 batch.remove.len()
             );
-            if let Err(e) = ctx.link.update_changes(&batch.add, &batch.remove) {
-                // Not connected, or the tracker restarted: the rejoin sends everything anyway.
-                log::debug!("UPDATE not sent ({e}); kept for later");
-                ctx.catalog.put_back(batch);
-                retry_at = Instant::now() + RESCAN_EVERY;
-                break;
-            }
+            ctx.link.change(batch.add, batch.remove);
         }
     }
 }

@@ -137,10 +137,16 @@ impl ApprovalQueue {
 
     /// Answers the oldest request; returns it, or `None` if none waits.
     pub fn answer_oldest(&mut self, decision: Decision) -> Option<ApprovalRequest> {
-        let pending = self.items.pop_front()?;
+        let request = self.take_oldest()?;
         // The upload thread may be gone (its downloader hung up); nothing is owed then.
-        let _ = pending.request.reply.send(decision);
-        Some(pending.request)
+        let _ = request.reply.send(decision);
+        Some(request)
+    }
+
+    /// Takes the oldest request out of the queue without answering it: the caller prints the
+    /// verdict first and then sends it on `reply`.
+    pub fn take_oldest(&mut self) -> Option<ApprovalRequest> {
+        self.items.pop_front().map(|p| p.request)
     }
 
     /// Refuses every request whose time is up; returns them.

@@ -217,22 +217,6 @@ impl Catalog {
         Some(batch)
     }
 
-    /// Puts back a batch that could not be sent; changes made since win over it.
-    pub fn put_back(&self, batch: Batch) {
-        let mut state = self.state.lock();
-        for record in batch.add {
-            if !state.added.contains_key(&record.name) && !state.removed.contains(&record.name) {
-                state.added.insert(record.name.clone(), record);
-            }
-        }
-        for name in batch.remove {
-            if !state.added.contains_key(&name) {
-                state.removed.insert(name);
-            }
-        }
-        state.since.get_or_insert_with(Instant::now);
-    }
-
     /// Asks the announcer to rescan and send pending changes now (a download just finished).
     pub fn announce_now(&self) {
         let _ = self.announce.0.try_send(());
@@ -293,8 +277,6 @@ mod tests {
         );
         assert_eq!(batch.remove, vec!["b.txt".to_string()]);
         assert_eq!(catalog.take_batch(true), None);
-        catalog.put_back(batch.clone());
-        assert_eq!(catalog.take_batch(true), Some(batch));
     }
 
     /// A changed file loses its digest until it is hashed again.

@@ -58,6 +58,8 @@ pub enum Command {
     Quit,
     /// List the commands.
     Help,
+    /// Show the sources of the downloads from several peers running now, with their rates.
+    Sources,
     /// A blank line.
     Empty,
     /// Anything else.
@@ -65,8 +67,8 @@ pub enum Command {
 }
 
 /// The command names, for help and completion.
-pub const COMMAND_NAMES: [&str; 8] = [
-    "JOIN", "SEARCH", "DOWNLOAD", "LIST", "SIM", "NAO", "QUIT", "HELP",
+pub const COMMAND_NAMES: [&str; 9] = [
+    "JOIN", "SEARCH", "DOWNLOAD", "LIST", "SIM", "NAO", "QUIT", "HELP", "FONTES",
 ];
 
 /// Parses one line.
@@ -89,6 +91,7 @@ pub fn parse(line: &str) -> Command {
         "NAO" | "NÃO" => Command::Nao,
         "QUIT" | "EXIT" => Command::Quit,
         "HELP" | "?" => Command::Help,
+        "FONTES" | "SOURCES" => Command::Sources,
         _ => Command::Unknown(word.to_string()),
     }
 }

@@ -11,8 +11,16 @@
 //! end of input wait for the running downloads to finish, so `printf 'JOIN\nDOWNLOAD ...\nQUIT\n'`
 //! gets its file. Every command that fails records its [`Failure`], and the first one becomes
 //! the exit code.
+//!
+//! The console never waits on the network: JOIN and SEARCH are handed to the tracker link and
+//! their answers arrive later as link events; a host name typed in DOWNLOAD is resolved on a
+//! thread of its own. Meanwhile upload questions appear at once and SIM/NAO, HELP and QUIT
+//! work; other lines wait for the answer and then run in the order typed (a `DOWNLOAD name
+//! PORT` typed after a SEARCH still finds the peer that search listed).
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,8 +33,49 @@ use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
 use crate::peer::commands::{self, Command, PeerSpec};
 use crate::peer::downloader::{self, Finished};
 use crate::peer::search_results::{self, Found};
-use crate::peer::tracker_client::LinkEvent;
-use crate::peer::{ApproveMode, PeerContext, Reading};
+use crate::peer::tracker_client::{Dialect, Joined, LinkEvent, Outage};
+use crate::peer::{ApproveMode, PeerContext, Reading, swarm};
+use crate::protocol::FileRecord;
+use crate::protocol::messages::Reply;
+
+/// Resolves `host` on a thread of its own, then starts the download; true if that thread
+/// started. Either way, once started, the download's end reaches the console as a
+/// [`Finished`], like any download's.
+fn resolve_then_download(ctx: &Arc<PeerContext>, name: String, host: String) -> bool {
+    let thread_ctx = Arc::clone(ctx);
+    let spawned = std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let resolved = host.to_socket_addrs().map_err(|e| {
+                log::debug!("cannot resolve {host}: {e}");
+            });
+            let result = match resolved.ok().and_then(|mut addrs| addrs.next()) {
+                Some(addr) => match downloader::start(&thread_ctx, name.clone(), addr) {
+                    // The download reports its own end.
+                    Ok(()) => return,
+                    Err(failure) => Err(failure),
+                },
+                None => {
+                    thread_ctx.out.line(&format!(
+                        "Erro ao processar download: endereço {host} não encontrado"
+                    ));
+                    Err(Failure::Command)
+                }
+            };
+            let _ = thread_ctx.finished.send(Finished { name, result });
+        });
+    match spawned {
+        Ok(_) => true,
+        Err(e) => {
+            log::error!("cannot start a thread to resolve a peer's address: {e}");
+            ctx.out.line(&format!(
+                "Erro ao processar download: não foi possível iniciar uma thread: {}",
+                crate::os_error::describe(&e)
+            ));
+            false
+        }
+    }
+}
 
 /// One thing the line reader saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +193,18 @@ pub fn count(n: usize, singular: &str, plural: &str) -> String {
     }
 }
 
+/// Lines that may wait for the tracker's answer; more are not read until they have run.
+const MAX_HELD_LINES: usize = 64;
+
+/// What waits for the tracker's answer.
+#[derive(Debug)]
+enum Held {
+    /// A typed line.
+    Line(String),
+    /// The end of a script's input, which leaves once the lines before it have run.
+    EndOfInput,
+}
+
 /// How long leaving waits for the upload threads it refused to tell their downloaders.
 const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// How long leaving waits for stopped transfers to wind down and report where they stopped.
@@ -194,6 +255,12 @@ struct Console {
     options: ConsoleOptions,
     queue: ApprovalQueue,
     joined: bool,
+    /// A JOIN was sent and its answer has not come yet.
+    joining: bool,
+    /// SEARCHes sent whose answers have not come yet.
+    searching: usize,
+    /// Lines typed while an answer was awaited, to run once it comes.
+    held: VecDeque<Held>,
     asking: Option<Asking>,
     leaving: Option<Leaving>,
     input_done: bool,
@@ -216,6 +283,9 @@ pub fn run(
         options,
         queue: ApprovalQueue::new(options.approval_timeout),
         joined: false,
+        joining: false,
+        searching: 0,
+        held: VecDeque::new(),
         asking: None,
         leaving: None,
         input_done: options.reading == Reading::Nothing,
@@ -224,9 +294,9 @@ pub fn run(
     };
     let mut keep_going = true;
     if options.join_at_start {
-        console.join();
-        // With nobody to type JOIN again, a peer that cannot join has nothing to do.
-        keep_going = console.joined || options.reading != Reading::Nothing;
+        // With nobody to type JOIN again, a peer that cannot join has nothing to do (a JOIN
+        // the tracker refuses ends it too, see `joined`).
+        keep_going = console.join() || options.reading != Reading::Nothing;
     } else {
         console.say("Digite 'JOIN' para iniciar.");
     }
@@ -245,7 +315,8 @@ impl Console {
             .next_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
-        let inputs = if self.input_done {
+        // Lines beyond what may wait for the tracker stay in the channel, in order.
+        let inputs = if self.input_done || self.held.len() >= MAX_HELD_LINES {
             crossbeam_channel::never()
         } else {
             channels.inputs.clone()
@@ -262,11 +333,9 @@ impl Console {
                 }
                 true
             },
-            recv(channels.link) -> event => {
-                if let Ok(event) = event {
-                    self.link_event(event);
-                }
-                true
+            recv(channels.link) -> event => match event {
+                Ok(event) => self.link_event(event),
+                Err(_) => true,
             },
             recv(channels.finished) -> finished => match finished {
                 Ok(finished) => self.download_finished(finished),
@@ -323,6 +392,11 @@ impl Console {
             Input::Eof => {
                 if !self.interactive() {
                     self.input_done = true;
+                    if self.awaiting_tracker() || !self.held.is_empty() {
+                        // A script's end comes after its last line has run.
+                        self.held.push_back(Held::EndOfInput);
+                        return true;
+                    }
                 }
                 if self.leaving == Some(Leaving::Confirming) {
                     // Ctrl-D again: that is a yes.
@@ -404,6 +478,10 @@ impl Console {
         if !self.queue.is_empty() && matches!(command, Command::Sim | Command::Nao) {
             return self.command(command);
         }
+        if self.awaiting_tracker() && !self.runs_at_once(&command) {
+            self.hold(line);
+            return true;
+        }
         if let Some(asking) = self.asking.take() {
             let text = line.trim().to_string();
             if text.is_empty() {
@@ -428,6 +506,46 @@ impl Console {
         self.command(command)
     }
 
+    /// True while an answer of the tracker is awaited.
+    fn awaiting_tracker(&self) -> bool {
+        self.joining || self.searching > 0
+    }
+
+    /// Lines that need nothing from the tracker run even while an answer is awaited, unless
+    /// lines typed before them wait (their output keeps the order typed). QUIT leaves at once
+    /// only at a terminal; a script's QUIT comes after the answers to its earlier lines.
+    fn runs_at_once(&self, command: &Command) -> bool {
+        self.asking.is_none()
+            && self.held.is_empty()
+            && match command {
+                Command::Help | Command::Sources | Command::Sim | Command::Nao | Command::Empty => {
+                    true
+                }
+                Command::Quit => self.interactive(),
+                _ => false,
+            }
+    }
+
+    fn hold(&mut self, line: &str) {
+        self.held.push_back(Held::Line(line.to_string()));
+    }
+
+    /// Runs the held lines once no answer is awaited (a line may send a request, and the rest
+    /// wait again); false means one of them said to leave.
+    fn run_held(&mut self) -> bool {
+        while !self.awaiting_tracker() {
+            let keep_going = match self.held.pop_front() {
+                None => break,
+                Some(Held::Line(line)) => self.line(&line),
+                Some(Held::EndOfInput) => self.quit(),
+            };
+            if !keep_going {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Runs one command; false means leave now.
     fn command(&mut self, command: Command) -> bool {
         match command {
@@ -436,7 +554,18 @@ impl Console {
             Command::Sim => self.answer(Decision::Accept),
             Command::Nao => self.answer(Decision::Reject),
             Command::Help => self.say(self.menu()),
-            Command::Join => self.join(),
+            Command::Sources => {
+                let lines = swarm::status_lines(&self.ctx);
+                if lines.is_empty() {
+                    self.say("Nenhum download de várias fontes em andamento.");
+                }
+                for line in lines {
+                    self.say(&line);
+                }
+            }
+            Command::Join => {
+                self.join();
+            }
             Command::Unknown(word) => self.fail(
                 Failure::Command,
                 &format!("Comando desconhecido: {word}. {}", self.menu()),
@@ -468,9 +597,10 @@ impl Console {
         self.asking = Some(asking);
     }
 
-    /// JOINs with every shared file's name and size (digests where known); typed again, it
-    /// announces the current list again.
-    fn join(&mut self) {
+    /// Sends JOIN with every shared file's name and size, digests where known (its answer
+    /// comes as a link event); typed again, it announces the current list again. False if it
+    /// could not be sent.
+    fn join(&mut self) -> bool {
         let files = match self.ctx.catalog.snapshot_for_join() {
             Ok(files) => files,
             Err(e) => {
@@ -483,63 +613,72 @@ impl Console {
                         crate::os_error::describe(&e)
                     ),
                 );
-                return;
+                return false;
             }
         };
-        match self.ctx.link.join(self.ctx.port, &files) {
-            Ok(()) => {
+        self.ctx.link.join(files);
+        self.joining = true;
+        true
+    }
+
+    /// The answer to JOIN; false means leave now (nobody could type JOIN again).
+    fn joined(&mut self, result: Result<Joined, String>) -> bool {
+        self.joining = false;
+        match result {
+            Ok(joined) => {
+                let again = self.joined;
+                self.joined = true;
                 self.ctx.catalog.set_joined(true);
-                let host = self.advertised_host();
-                let listed = if files.is_empty() {
+                let host = match &self.ctx.advertise {
+                    Some(host) => host.clone(),
+                    None => joined.local_ip.to_string(),
+                };
+                let listed = if joined.files.is_empty() {
                     // The original printed nothing after the colon.
                     "(nenhum)".to_string()
                 } else {
-                    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-                    names.join(",")
+                    // The original's form: each name quoted, separated by commas.
+                    let quoted: Vec<String> =
+                        joined.files.iter().map(|f| format!("\"{f}\"")).collect();
+                    quoted.join(",")
                 };
                 self.say(&format!(
                     "Sou o Peer {}:{} com arquivos: {listed}",
                     host, self.ctx.port,
                 ));
-                if !self.joined && self.options.reading != Reading::Nothing {
+                if !again && self.options.reading != Reading::Nothing {
                     self.say(MENU);
                 }
-                self.joined = true;
+                true
             }
             Err(e) => {
-                log::debug!("JOIN failed: {e:?}");
                 self.fail(Failure::Tracker, &format!("Falha na Conexao! {e}"));
+                self.options.reading != Reading::Nothing
             }
         }
     }
 
-    fn advertised_host(&self) -> String {
-        if let Some(host) = &self.ctx.advertise {
-            return host.clone();
-        }
-        match self.ctx.link.addresses() {
-            Some((_, local)) => local.to_string(),
-            None => "127.0.0.1".to_string(),
-        }
+    fn search(&mut self, name: String) {
+        self.ctx.link.search(name);
+        self.searching += 1;
     }
 
-    /// SEARCH: the original's line for the exact name, then the other matches numbered.
-    fn search(&mut self, query: String) {
-        match self.ctx.link.search(&query) {
+    /// The answer to SEARCH: the original's line for the exact name, then the other files
+    /// holding its words, numbered.
+    fn found(&mut self, name: String, result: Result<Box<Reply>, String>) {
+        self.searching = self.searching.saturating_sub(1);
+        match result {
             Ok(reply) => {
                 let (lines, found) =
-                    search_results::search_lines(&query, &reply, search_results::MAX_SHOWN);
+                    search_results::search_lines(&name, &reply, search_results::MAX_SHOWN);
                 for line in &lines {
                     self.say(line);
                 }
                 self.state
-                    .set_last_search(query, reply.peers.unwrap_or_default());
+                    .set_last_search(name, reply.peers.unwrap_or_default());
                 self.state.set_found(found);
             }
-            Err(e) => {
-                log::debug!("SEARCH failed: {e:?}");
-                self.fail(Failure::Tracker, &format!("Erro ao buscar arquivo: {e}"));
-            }
+            Err(e) => self.fail(Failure::Tracker, &format!("Erro ao buscar arquivo: {e}")),
         }
     }
 
@@ -563,7 +702,7 @@ impl Console {
         }
     }
 
-    /// LIST peer: what that peer shares, numbered for `DOWNLOAD N`.
+    /// LIST peer: asks the tracker what that peer shares (the answer comes as a link event).
     fn list_peer(&mut self, typed: &str) {
         let Some(spec) = PeerSpec::parse(typed) else {
             return self.fail(
@@ -571,11 +710,19 @@ impl Console {
                 &format!("Erro ao listar: peer inválido {typed:?} (use PORTA ou IP:PORTA)"),
             );
         };
-        let peer = match self.resolve("", &spec) {
-            Ok(addr) => addr.to_string(),
-            Err(why) => return self.fail(Failure::Command, &format!("Erro ao listar: {why}")),
-        };
-        match self.ctx.link.list(&peer) {
+        match self.resolve("", &spec) {
+            Ok(addr) => {
+                self.ctx.link.list(addr.to_string());
+                self.searching += 1;
+            }
+            Err(why) => self.fail(Failure::Command, &format!("Erro ao listar: {why}")),
+        }
+    }
+
+    /// The answer to LIST peer: its files, numbered for `DOWNLOAD N`.
+    fn listed(&mut self, peer: String, result: Result<Vec<FileRecord>, String>) {
+        self.searching = self.searching.saturating_sub(1);
+        match result {
             Ok(files) => {
                 let (lines, found) = search_results::list_lines(&peer, &files);
                 for line in &lines {
@@ -583,13 +730,10 @@ impl Console {
                 }
                 self.state.set_found(found);
             }
-            Err(e) => {
-                log::debug!("LIST failed: {e:?}");
-                self.fail(
-                    Failure::Tracker,
-                    &format!("Erro ao listar os arquivos de {peer}: {e}"),
-                );
-            }
+            Err(e) => self.fail(
+                Failure::Tracker,
+                &format!("Erro ao listar os arquivos de {peer}: {e}"),
+            ),
         }
     }
 
@@ -618,41 +762,102 @@ impl Console {
     }
 
     /// `DOWNLOAD name` without a peer: result N of the last SEARCH or LIST when `name` is its
-    /// number, else the one peer the last search of that name found, or the original's
-    /// question.
+    /// number; else the one peer the last search of that name found; from all of them at once
+    /// when it found several; else the original's question.
     fn download_named(&mut self, name: String) {
         if self.download_numbered(&name, None) {
             return;
         }
-        match self.only_holder(&name) {
-            Some(peer) => self.start_download(name, peer),
-            None => self.ask(Asking::DownloadPeer(name)),
+        match self.searched_holders(&name).as_slice() {
+            [only] => self.start_download(name, *only),
+            [_, _, ..] => self.start_swarm(name),
+            [] => self.ask(Asking::DownloadPeer(name)),
         }
     }
 
-    /// The only other peer the last search for `name` listed, if it listed exactly one.
-    fn only_holder(&self, name: &str) -> Option<SocketAddr> {
-        let (searched, peers) = self.state.last_search()?;
+    /// The other peers the last search for `name` listed (none if it was not the last name
+    /// searched).
+    fn searched_holders(&self, name: &str) -> Vec<SocketAddr> {
+        let Some((searched, peers)) = self.state.last_search() else {
+            return Vec::new();
+        };
         if searched != name {
-            return None;
+            return Vec::new();
         }
-        let own = self
+        let own = self.own_addresses();
+        peers
+            .iter()
+            .filter_map(|p| p.parse::<SocketAddr>().ok())
+            .filter(|p| !own.contains(p))
+            .collect()
+    }
+
+    /// How the tracker may list this peer.
+    fn own_addresses(&self) -> Vec<SocketAddr> {
+        let from_link = self
             .ctx
             .link
             .addresses()
             .map(|(_, local)| SocketAddr::new(local, self.ctx.port));
-        let mut others = peers
-            .iter()
-            .filter_map(|p| p.parse::<SocketAddr>().ok())
-            .filter(|p| Some(*p) != own);
-        match (others.next(), others.next()) {
-            (Some(only), None) => Some(only),
-            _ => None,
+        let bound = self
+            .ctx
+            .bind_ip
+            .map(|ip| SocketAddr::new(ip, self.ctx.port));
+        from_link.into_iter().chain(bound).collect()
+    }
+
+    /// Downloads `name` from every holder of its content at once, asking the tracker again
+    /// for who holds it now (and, when it says, the content's size and digest).
+    /// The search is handed to the tracker link; the download starts when its answer comes
+    /// (see [`Console::found_for_download`]).
+    fn start_swarm(&mut self, name: String) {
+        self.ctx.link.search_for_download(name);
+        self.searching += 1;
+    }
+
+    /// The answer to the search a download from several peers starts with.
+    fn found_for_download(&mut self, name: String, result: Result<Box<Reply>, String>) {
+        self.searching = self.searching.saturating_sub(1);
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => {
+                log::debug!("SEARCH before a swarm download failed: {e}");
+                return self.fail(
+                    Failure::Tracker,
+                    &format!("Erro ao processar download: {e}"),
+                );
+            }
+        };
+        let (holders, expected) = swarm::holders_from_search(&name, &reply, &self.own_addresses());
+        match holders.as_slice() {
+            [] => self.fail(Failure::NotFound, "Arquivo não encontrado."),
+            [only] => self.start_download(name, *only),
+            _ => {
+                let request = swarm::SwarmRequest {
+                    name,
+                    holders,
+                    expected,
+                    max_sources: self.ctx.sources,
+                };
+                match swarm::start(&self.ctx, request) {
+                    Ok(()) => self.downloads += 1,
+                    Err(failure) => self.outcome.fail(failure),
+                }
+            }
         }
     }
 
     fn download(&mut self, name: String, peer: &PeerSpec) {
         if self.download_numbered(&name, Some(peer)) {
+            return;
+        }
+        if let PeerSpec::Addr(text) = peer
+            && text.parse::<SocketAddr>().is_err()
+        {
+            // A host name: resolving it may take long, so not on this thread.
+            if resolve_then_download(&self.ctx, name, text.clone()) {
+                self.downloads += 1;
+            }
             return;
         }
         match self.resolve(&name, peer) {
@@ -685,14 +890,10 @@ impl Console {
     /// search (a peer with that port), else from the tracker's address.
     fn resolve(&self, name: &str, peer: &PeerSpec) -> Result<SocketAddr, String> {
         match peer {
+            // Host names are resolved off this thread (see `download`).
             PeerSpec::Addr(text) => text
-                .to_socket_addrs()
-                .map_err(|e| {
-                    log::debug!("cannot resolve {text}: {e}");
-                    format!("endereço {text} não encontrado")
-                })?
-                .next()
-                .ok_or_else(|| format!("endereço {text} não encontrado")),
+                .parse()
+                .map_err(|_| format!("endereço {text} não encontrado")),
             PeerSpec::Port(port) => {
                 let from_search = self.state.last_search().as_ref().and_then(|(n, peers)| {
                     let mut candidates: Vec<SocketAddr> =
@@ -743,17 +944,21 @@ impl Console {
     }
 
     fn answer(&mut self, decision: Decision) {
-        match self.queue.answer_oldest(decision) {
+        match self.queue.take_oldest() {
             Some(request) => {
                 let verdict = if decision == Decision::Accept {
                     "aprovado"
                 } else {
                     "recusado"
                 };
+                // Printed before the upload thread hears it, so the verdict always comes
+                // before what that thread prints next (`Upload ... concluído`).
                 self.say(&format!(
                     "Download de {} por {} {verdict}",
                     request.filename, request.from
                 ));
+                // The upload thread may be gone (its downloader hung up); nothing is owed then.
+                let _ = request.reply.send(decision);
                 if let Some(next) = self.queue.oldest() {
                     self.say(&format!("Próximo pedido: {next}"));
                 }
@@ -762,21 +967,44 @@ impl Console {
         }
     }
 
-    fn link_event(&mut self, event: LinkEvent) {
-        match event {
-            LinkEvent::Lost { generation, why } => {
-                if self.joined && self.ctx.link.connection_lost(generation) {
-                    // A retry that reached a tracker and was cut again is the same outage.
-                    if !self.ctx.link.is_reconnecting() {
-                        self.say(&format!(
-                            "Conexão com o servidor perdida ({why}); reconectando..."
-                        ));
-                    }
-                    let ctx = Arc::clone(&self.ctx);
-                    self.ctx.link.reconnect(self.ctx.port, move || {
-                        ctx.catalog.snapshot_for_join().unwrap_or_default()
+    /// Handles news from the tracker link; false means leave now.
+    fn link_event(&mut self, event: LinkEvent) -> bool {
+        let keep_going = match event {
+            LinkEvent::Joined(result) => self.joined(result),
+            LinkEvent::Found { name, result } => {
+                self.found(name, result);
+                true
+            }
+            LinkEvent::FoundForDownload { name, result } => {
+                self.found_for_download(name, result);
+                true
+            }
+            LinkEvent::Listed { peer, result } => {
+                self.listed(peer, result);
+                true
+            }
+            LinkEvent::Dialect {
+                dialect,
+                detected,
+                folder,
+                from_upload_port,
+            } => {
+                self.dialect(dialect, detected, &folder, from_upload_port);
+                true
+            }
+            LinkEvent::Outage(outage) => {
+                if self.joined {
+                    self.say(&match outage {
+                        Outage::Closed(why) => {
+                            format!("Conexão com o servidor perdida ({why}); reconectando...")
+                        }
+                        Outage::Silent(waited) => format!(
+                            "O servidor não respondeu em {} s; reconectando...",
+                            waited.as_secs()
+                        ),
                     });
                 }
+                true
             }
             LinkEvent::Rejoined(files) => {
                 self.say(&format!(
@@ -784,6 +1012,37 @@ impl Console {
                     self.ctx.link.server(),
                     count(files, "arquivo", "arquivos")
                 ));
+                true
+            }
+        };
+        keep_going && self.run_held()
+    }
+
+    /// Tells the user which dialect the tracker speaks, and what that means.
+    fn dialect(&self, dialect: Dialect, detected: bool, folder: &Path, from_upload_port: bool) {
+        let how = if detected {
+            "detectado"
+        } else {
+            "escolhido com --tracker-dialect"
+        };
+        let server = self.ctx.link.server();
+        match dialect {
+            Dialect::Napster => self.say(&format!("Servidor {server}: dialeto napster ({how}).")),
+            Dialect::Original => {
+                self.say(&format!(
+                    "Servidor {server}: dialeto do original em Python ({how}). O JOIN envia a \
+                     pasta {}, que esse servidor lista no próprio disco: só funciona com ele \
+                     nesta mesma máquina.",
+                    folder.display()
+                ));
+                if !from_upload_port {
+                    self.say(&format!(
+                        "Aviso: a conexão com o servidor não saiu da porta de upload {}; esse \
+                         servidor vai anunciar outra porta, onde os outros peers não encontram \
+                         este.",
+                        self.ctx.port
+                    ));
+                }
             }
         }
     }

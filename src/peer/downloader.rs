@@ -41,7 +41,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const REPLY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes free for this user in the file system holding `dir`, if it can be known.
-fn free_space(dir: &std::path::Path) -> Option<u64> {
+pub(crate) fn free_space(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs only writes into the struct it is given; the path is NUL-terminated.
@@ -324,7 +324,7 @@ fn check_target(ctx: &PeerContext, name: &str) -> Result<PathBuf, DownloadError>
 }
 
 /// Prints the outcome with the original's words, then has the tracker told after a success.
-fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, DownloadError>) {
+pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, DownloadError>) {
     match outcome {
         Ok(received) => {
             ctx.out.line(&format!(
@@ -404,6 +404,7 @@ pub fn download(
         offset: partial.as_ref().map(|p| p.have),
         digest: partial.as_ref().map(|p| p.record.digest.clone()),
         from_port: Some(ctx.port),
+        ranges: None,
         accepts_waiting: true,
     };
     (&stream).write_all(&download_line(&request)).map_err(|e| {

@@ -17,7 +17,7 @@ use crate::os_error::describe;
 use crate::peer::catalog::Catalog;
 use crate::peer::commands::PeerSpec;
 use crate::peer::output::{PlainOutput, SharedOutput};
-use crate::peer::tracker_client::TrackerLink;
+use crate::peer::tracker_client::{LinkConfig, TrackerLink};
 use crate::peer::transfers::Transfers;
 use crate::peer::{PeerConfig, PeerContext, PeerError, downloader, open, start_signal_thread};
 use crate::protocol::FrameReader;
@@ -51,21 +51,34 @@ pub fn get(
         bind_ip,
         partials: PartialStore::new(opened.folder.shared.path()),
         // No announcer runs here: it never JOINs, so there is nothing to announce to.
-        catalog: Catalog::new(opened.folder.shared.clone()),
+        catalog: Arc::new(Catalog::new(opened.folder.shared.clone())),
         shared: opened.folder.shared.clone(),
         digests: DigestCache::new(),
-        link: Arc::new(TrackerLink::new(
-            config.server.clone(),
-            link_events,
-            config.liveness,
-            bind_ip,
-        )),
+        // Never joined: the UPDATE a download sends afterwards has nobody to tell.
+        link: Arc::new(
+            TrackerLink::start(
+                LinkConfig {
+                    server: config.server.clone(),
+                    upload_port: opened.port,
+                    local_ip: bind_ip,
+                    liveness: config.liveness,
+                    dialect: config.tracker_dialect,
+                    folder: opened.folder.shared.path().to_path_buf(),
+                    list_files: Box::new(Vec::new),
+                },
+                link_events,
+            )
+            .map_err(PeerError::Thread)?,
+        ),
         out: Arc::clone(&out),
         transfers: Transfers::new(),
         approvals,
         asks_within: None,
         finished: finished_tx,
         liveness: config.liveness,
+        outboards: crate::outboard_store::OutboardStore::new(opened.folder.shared.path()),
+        sources: config.sources,
+        swarms: Default::default(),
     });
     let peer = match choose_peer(&config, name, from, bind_ip, out.as_ref()) {
         Ok(peer) => peer,

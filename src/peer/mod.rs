@@ -17,7 +17,9 @@ pub mod line_reader;
 pub mod output;
 pub mod progress;
 pub mod prompt;
+pub mod range_server;
 pub mod search_results;
+pub mod swarm;
 pub mod tracker_client;
 pub mod transfers;
 pub mod uploader;
@@ -34,13 +36,14 @@ use crossbeam_channel::{Sender, unbounded};
 
 use crate::exit::Failure;
 use crate::os_error::describe;
+use crate::outboard_store::OutboardStore;
 use crate::peer::approval::ApprovalRequest;
 use crate::peer::catalog::Catalog;
 use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
 use crate::peer::downloader::Finished;
 use crate::peer::folder::PeerFolder;
 use crate::peer::output::SharedOutput;
-use crate::peer::tracker_client::TrackerLink;
+use crate::peer::tracker_client::{DialectChoice, LinkConfig, TrackerLink};
 use crate::peer::transfers::Transfers;
 use crate::share::SharedDir;
 use crate::transfer::{DigestCache, PartialStore};
@@ -92,6 +95,10 @@ pub struct PeerConfig {
     pub history: Option<PathBuf>,
     /// A tracker or transfer partner that stops answering is given up after about this long.
     pub liveness: Duration,
+    /// The dialect spoken to the tracker.
+    pub tracker_dialect: DialectChoice,
+    /// Sources a download from several peers uses at once.
+    pub sources: usize,
 }
 
 /// The shared folder when `--dir` is not given: the same every run, in the current folder.
@@ -183,11 +190,13 @@ pub struct PeerContext {
     /// The shared folder.
     pub shared: SharedDir,
     /// The shared files as announced to the tracker, and changes not yet announced.
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     /// Partial downloads.
     pub partials: PartialStore,
     /// Digests of shared files.
     pub digests: DigestCache,
+    /// Outboards of shared files, for range sessions.
+    pub outboards: OutboardStore,
     /// The tracker connection.
     pub link: Arc<TrackerLink>,
     /// Console output.
@@ -203,6 +212,10 @@ pub struct PeerContext {
     pub finished: Sender<Finished>,
     /// The bound for detecting a vanished tracker or transfer partner.
     pub liveness: Duration,
+    /// Sources a download from several peers uses at once.
+    pub sources: usize,
+    /// Downloads from several peers running now.
+    pub swarms: swarm::Running,
 }
 
 /// What a peer opens before anything else: its upload port and its folder.
@@ -220,8 +233,11 @@ pub(crate) fn open(config: &PeerConfig) -> Result<Opened, PeerError> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let listener =
-        TcpListener::bind(config.listen).map_err(|e| PeerError::Listen(config.listen, e))?;
+    // The original's tracker announces the port of the tracker connection: unless the tracker
+    // is known to be ours, that connection leaves from the upload port, which is shared.
+    let share_port = config.tracker_dialect != DialectChoice::Napster;
+    let listener = crate::dial::listen_for_uploads(config.listen, share_port)
+        .map_err(|e| PeerError::Listen(config.listen, e))?;
     let port = listener
         .local_addr()
         .map_err(|e| PeerError::Listen(config.listen, e))?
@@ -256,27 +272,46 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         ready_rx,
     )
     .map_err(PeerError::Thread)?;
+    if reader.reading == Reading::Terminal {
+        // The interactive prompt: log lines go above it, not onto the row being typed.
+        let out = Arc::clone(&reader.output);
+        crate::logging::route_to(move |line| out.line(line));
+    }
     let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+    let catalog = Arc::new(Catalog::new(folder.shared.clone()));
+    let listing = Arc::clone(&catalog);
+    let link = TrackerLink::start(
+        LinkConfig {
+            server: config.server.clone(),
+            upload_port: port,
+            local_ip: bind_ip,
+            liveness: config.liveness,
+            dialect: config.tracker_dialect,
+            folder: folder.shared.path().to_path_buf(),
+            // A reconnection JOINs with every record known now.
+            list_files: Box::new(move || listing.snapshot_for_join().unwrap_or_default()),
+        },
+        link_tx,
+    )
+    .map_err(PeerError::Thread)?;
     let ctx = Arc::new(PeerContext {
         port,
         bind_ip,
         advertise: config.advertise.clone(),
         partials: PartialStore::new(folder.shared.path()),
-        catalog: Catalog::new(folder.shared.clone()),
+        catalog,
+        outboards: OutboardStore::new(folder.shared.path()),
         shared: folder.shared.clone(),
         digests: DigestCache::new(),
-        link: Arc::new(TrackerLink::new(
-            config.server.clone(),
-            link_tx,
-            config.liveness,
-            bind_ip,
-        )),
+        link: Arc::new(link),
         out: reader.output,
         transfers: Transfers::new(),
         approvals: approval_tx,
         asks_within: (config.approve == ApproveMode::Ask).then_some(config.approval_timeout),
         finished: finished_tx,
         liveness: config.liveness,
+        sources: config.sources.max(1),
+        swarms: Default::default(),
     });
     ctx.out.line(&format!(
         "Aguardando pedidos de download na porta {port}; {}",

@@ -57,6 +57,12 @@ impl Progress {
         }
     }
 
+    /// Changes what the bar is called (a swarm download shows its number of sources).
+    pub fn set_label(&mut self, label: String) {
+        self.label = label;
+        self.last_draw = None;
+    }
+
     /// Records that `done` bytes of the whole file are now transferred.
     pub fn update(&mut self, done: u64) {
         if let Some(id) = self.bar {

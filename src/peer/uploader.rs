@@ -22,10 +22,13 @@ use crossbeam_channel::bounded;
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
 use crate::peer::progress::Progress;
+use crate::peer::range_server;
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{Reply, parse_download_request, status, waiting_for};
+use crate::protocol::ranges;
 use crate::transfer;
+use crate::verified::CHUNK_GROUP;
 
 /// The largest DOWNLOAD_REQUEST accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -223,9 +226,29 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
+    // A range session needs the file's outboard: computed once, before the OK that offers it.
+    let outboard = if request.ranges == Some(true) {
+        match ctx.outboards.open(&file, size, &digest) {
+            Ok(outboard) => Some(outboard),
+            Err(e) => {
+                log::warn!("no outboard for {}: {e}", path.display());
+                let _ = reply(
+                    &stream,
+                    &Reply::error(format!("cannot serve ranges of this file now: {e}")),
+                );
+                return;
+            }
+        }
+    } else {
+        None
+    };
     // Resume only a download of this very file (same digest) and within it.
     let offset = match (request.offset, &request.digest) {
-        (Some(offset), Some(wanted)) if *wanted == digest && offset <= size => offset,
+        (Some(offset), Some(wanted))
+            if *wanted == digest && offset <= size && outboard.is_none() =>
+        {
+            offset
+        }
         _ => 0,
     };
     let ok = Reply {
@@ -233,6 +256,8 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         file_size: Some(size),
         digest: Some(digest),
         offset: Some(offset),
+        chunk_group: outboard.as_ref().map(|_| CHUNK_GROUP),
+        max_range: outboard.as_ref().map(|_| ranges::MAX_RANGE),
         ..Reply::default()
     };
     // The original's downloader parses each `recv` as one reply: space the writes for it.
@@ -279,6 +304,15 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         return;
     }
     pacer.wrote();
+    if let Some(outboard) = outboard {
+        let session = range_server::SessionFile {
+            file: &file,
+            size,
+            outboard: &outboard,
+        };
+        range_server::serve_session(ctx, &stream, &mut reader, &request.filename, from, &session);
+        return;
+    }
     pacer.before_write();
     let label = format!("Upload de {} para {from}", request.filename);
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);

@@ -69,6 +69,10 @@ pub struct DownloadRequest {
     /// lists it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_port: Option<u16>,
+    /// `true`: the downloader asks for a range session (pieces from several peers, see
+    /// [`crate::protocol::ranges`]) instead of the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<bool>,
     /// The downloader understands `waiting` replies (PROTOCOL.md D11): the uploader may say
     /// what it is doing before the file, and how long it may take.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -130,6 +134,7 @@ struct RawData {
     offset: Option<u64>,
     digest: Option<String>,
     from_port: Option<u16>,
+    ranges: Option<bool>,
     accepts_waiting: Option<bool>,
 }
 
@@ -226,6 +231,7 @@ pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestEr
         offset: data.offset,
         digest: data.digest,
         from_port: data.from_port,
+        ranges: data.ranges,
         accepts_waiting: data.accepts_waiting.unwrap_or(false),
     })
 }
@@ -271,6 +277,16 @@ pub struct Reply {
     /// waiting: seconds within which the uploader's next reply will come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
+    /// DOWNLOAD_REQUEST with `ranges` → OK: the chunk group in bytes; present only when the
+    /// uploader serves ranges (see [`crate::protocol::ranges`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_group: Option<u64>,
+    /// DOWNLOAD_REQUEST with `ranges` → OK: the longest range one RANGE may ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_range: Option<u64>,
+    /// RANGE or OUTBOARD → OK: how many raw bytes follow the reply's line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
 }
 
 /// One SEARCH result: a distinct file (name, size, digest) and the peers holding it.
@@ -333,6 +349,15 @@ impl Reply {
         Reply {
             status: status::ERROR.to_string(),
             message: Some(message.into()),
+            ..Reply::default()
+        }
+    }
+
+    /// A SEARCH result with only the exact name's holders (what the original's tracker says).
+    pub fn peers(peers: Vec<String>) -> Reply {
+        Reply {
+            status: status::OK.to_string(),
+            peers: Some(peers),
             ..Reply::default()
         }
     }

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod file_record;
 pub mod legacy;
 pub mod messages;
+pub mod ranges;
 pub mod words;
 
 pub use codec::{CodecError, DEFAULT_MAX_MESSAGE, FrameReader, TimedRead};

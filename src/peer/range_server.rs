@@ -1,0 +1,177 @@
+//! The uploader's side of a range session (see [`crate::protocol::ranges`]): after its user
+//! approved the request once, it answers OUTBOARD and RANGE requests on that connection until
+//! the downloader closes it. File bytes and the outboard go out with `sendfile`.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::peer::PeerContext;
+use crate::peer::progress::Progress;
+use crate::protocol::messages::{Reply, status};
+use crate::protocol::ranges::{self, RangeRequest};
+use crate::protocol::{CodecError, FrameReader};
+use crate::transfer;
+use crate::verified::CHUNK_GROUP;
+
+/// How long a session may wait for the downloader's next request.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request line may take to arrive whole.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests answered with ERROR before the session is closed: a downloader that keeps asking
+/// for what cannot be served is not worth a thread.
+const MAX_ERRORS: u32 = 16;
+
+/// What a session served.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// File bytes sent.
+    pub bytes: u64,
+    /// Ranges sent.
+    pub ranges: u64,
+}
+
+/// The file a session serves.
+pub struct SessionFile<'a> {
+    /// The shared file, open.
+    pub file: &'a File,
+    /// Its size when the session started.
+    pub size: u64,
+    /// Its outboard, open.
+    pub outboard: &'a File,
+}
+
+/// Serves a range session on an approved connection, then says how it ended.
+pub fn serve_session(
+    ctx: &PeerContext,
+    stream: &TcpStream,
+    reader: &mut FrameReader<&TcpStream>,
+    name: &str,
+    from: SocketAddr,
+    session: &SessionFile<'_>,
+) {
+    let size = session.size;
+    let label = format!("Upload de {name} (partes) para {from}");
+    let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, 0);
+    let served = serve(
+        stream,
+        reader,
+        session,
+        ctx.transfers.stop_flag(),
+        &mut |sent| progress.update(sent),
+    );
+    drop(progress);
+    match served {
+        Ok(served) => {
+            log::info!("sent {} ranges of {name} to {from}", served.ranges);
+            ctx.out.line(&format!(
+                "Upload do arquivo {name} para {from} concluído ({} de {size} bytes, em partes)",
+                served.bytes
+            ));
+        }
+        Err(e) => {
+            log::debug!("range session for {name} with {from} ended: {e}");
+            ctx.out.line(&format!(
+                "Upload do arquivo {name} para {from} interrompido: {e}"
+            ));
+        }
+    }
+}
+
+/// Serves requests from `stream` until the downloader closes it (`Ok`), or the connection
+/// fails, stalls or is stopped (`Err`, with what was served so far in the log).
+/// `reader` is the one the request came through (it may hold the next requests already).
+pub fn serve(
+    stream: &TcpStream,
+    reader: &mut FrameReader<&TcpStream>,
+    served_file: &SessionFile<'_>,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Served> {
+    reader.set_idle_timeout(Some(IDLE_TIMEOUT));
+    reader.set_message_timeout(Some(REQUEST_TIMEOUT));
+    let mut served = Served::default();
+    let mut errors = 0;
+    loop {
+        let request = match reader.next_frame() {
+            Ok(Some(frame)) => ranges::parse_range_request(frame),
+            Ok(None) => return Ok(served),
+            Err(CodecError::Io(e)) => return Err(e),
+            Err(e) => return Err(io::Error::new(io::ErrorKind::TimedOut, e.to_string())),
+        };
+        let answered = match request {
+            Ok(RangeRequest::Outboard) => send_outboard(stream, served_file, stop),
+            Ok(RangeRequest::Range { offset, length }) => {
+                match ranges::check_range(offset, length, served_file.size, CHUNK_GROUP) {
+                    Ok(()) => {
+                        let before = served.bytes;
+                        let sent =
+                            send_piece(stream, served_file.file, offset, length, stop, &mut |n| {
+                                progress(before + n)
+                            });
+                        if sent.is_ok() {
+                            served.bytes += length;
+                            served.ranges += 1;
+                        }
+                        sent.map(|()| true)
+                    }
+                    Err(why) => refuse(stream, why),
+                }
+            }
+            Err(why) => refuse(stream, why),
+        };
+        if !answered? {
+            errors += 1;
+            if errors >= MAX_ERRORS {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{MAX_ERRORS} requests could not be served"),
+                ));
+            }
+        }
+    }
+}
+
+/// Answers ERROR; `Ok(false)` when that was written.
+fn refuse(stream: &TcpStream, why: String) -> io::Result<bool> {
+    log::debug!("range request refused: {why}");
+    (&*stream).write_all(&Reply::error(why).to_line())?;
+    Ok(false)
+}
+
+fn send_outboard(
+    stream: &TcpStream,
+    file: &SessionFile<'_>,
+    stop: &AtomicBool,
+) -> io::Result<bool> {
+    let length = file.outboard.metadata()?.len();
+    let header = Reply {
+        status: status::OK.to_string(),
+        length: Some(length),
+        ..Reply::default()
+    };
+    (&*stream).write_all(&header.to_line())?;
+    transfer::send_range(file.outboard, 0, length, stream, stop, &mut |_| {})?;
+    Ok(true)
+}
+
+fn send_piece(
+    stream: &TcpStream,
+    file: &File,
+    offset: u64,
+    length: u64,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<()> {
+    let header = Reply {
+        status: status::OK.to_string(),
+        offset: Some(offset),
+        length: Some(length),
+        ..Reply::default()
+    };
+    (&*stream).write_all(&header.to_line())?;
+    transfer::send_range(file, offset, length, stream, stop, progress)
+}
