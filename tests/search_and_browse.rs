@@ -197,9 +197,25 @@ fn a_folder_too_large_for_one_message_joins_in_parts() {
     let t = start_tracker(&[]);
     let mut alice = start_peer("alice", t.addr, &da, &[]);
     alice.join();
+    // The JOIN carries the first part; UPDATEs adding the rest follow its answer.
     let mut c = RawClient::connect(t.addr);
-    let reply = c.ask(&list_msg(&alice.addr()));
-    assert_eq!(reply["files"].as_array().map(Vec::len), Some(5000));
+    let me = alice.addr();
+    let deadline = std::time::Instant::now() + ANNOUNCED_WITHIN;
+    loop {
+        let reply = c.ask(&list_msg(&me));
+        let listed = reply["files"].as_array().map_or(0, Vec::len);
+        if listed == 5000 {
+            break;
+        }
+        assert!(listed < 5000, "{listed} files listed");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        t.proc
+            .wait_for_within(&format!("Peer {me} atualizou os arquivos"), left);
+    }
+    assert!(
+        t.proc
+            .printed(&format!("Peer {me} adicionado com os arquivos"))
+    );
 }
 
 /// Fifty files put into the folder at once, and their fifty digests, reach the tracker in a
