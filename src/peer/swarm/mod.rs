@@ -792,8 +792,9 @@ fn summary_of(report: &SourceReport) -> SourceSummary {
 
 /// The holders of `name` a download should use, from a SEARCH reply, leaving out this peer
 /// (`me`): the content held by the most peers when the tracker groups holders by content
-/// (its size and digest are then known), else every peer listing the name (the first source
-/// to answer then says what the content is).
+/// (its size and digest are then known) plus the holders of that name and size whose digest is
+/// not known yet, else every peer listing the name (the first source to answer then says what
+/// the content is).
 pub fn holders_from_search(
     name: &str,
     reply: &crate::protocol::messages::Reply,
@@ -821,7 +822,23 @@ pub fn holders_from_search(
         .filter(|(holders, _)| !holders.is_empty())
         .max_by_key(|(holders, _)| holders.len());
     match best {
-        Some((holders, identity)) => (holders, Some(identity)),
+        Some((mut holders, identity)) => {
+            // Holders of the same name and size that have not announced their digest yet
+            // (they are still hashing) may well hold this content: every piece they send is
+            // checked against the digest, so a different file costs only a dropped source.
+            let unhashed = reply
+                .results
+                .iter()
+                .flatten()
+                .filter(|r| r.name == name && r.size == Some(identity.size) && r.digest.is_none())
+                .flat_map(|r| others(&r.peers));
+            for peer in unhashed {
+                if !holders.contains(&peer) {
+                    holders.push(peer);
+                }
+            }
+            (holders, Some(identity))
+        }
         None => (others(reply.peers.as_deref().unwrap_or_default()), None),
     }
 }
@@ -833,6 +850,34 @@ mod tests {
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    /// Holders of the same name and size still hashing (no digest announced) join the group.
+    #[test]
+    fn holders_still_hashing_the_same_size_join_the_group() {
+        let digest: crate::protocol::Digest = blake3::hash(b"one").to_hex().parse().unwrap();
+        let result = |size, digest, peers: &[&str]| SearchResult {
+            name: "v.bin".into(),
+            size: Some(size),
+            digest,
+            holders: peers.len(),
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+        };
+        let reply = Reply {
+            status: "OK".into(),
+            results: Some(vec![
+                result(3, Some(digest), &["10.0.0.1:1", "10.0.0.2:2"]),
+                result(3, None, &["10.0.0.3:3"]),
+                result(4, None, &["10.0.0.4:4"]),
+            ]),
+            ..Reply::default()
+        };
+        let (holders, identity) = holders_from_search("v.bin", &reply, &[]);
+        assert_eq!(
+            holders,
+            [addr("10.0.0.1:1"), addr("10.0.0.2:2"), addr("10.0.0.3:3")]
+        );
+        assert_eq!(identity.map(|i| i.size), Some(3));
     }
 
     /// Grouped results: the content most peers hold, without this peer; plain peers otherwise.
