@@ -333,7 +333,7 @@ run_cell() {
   if [ "$impl_T" = original ]; then
     start T python3 -u "$orig_dir/server.py"
   else
-    start T env RUST_LOG="${RUST_LOG:-warn}" "$napster" server --listen "127.0.0.1:$PORT"
+    start T env RUST_LOG="${RUST_LOG:-warn}" "$napster" server --listen "127.0.0.1:$PORT" --legacy-folder-join
   fi
   local deadline=$((SECONDS + STEP_TIMEOUT))
   until ss -Hltn "sport = :$PORT" | grep -q .; do

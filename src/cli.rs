@@ -122,15 +122,20 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = crate::share::MAX_NAME_BYTES)]
     pub max_name_len: usize,
     /// Most connections at once; more are told the tracker is full. Lowered at start to fit
-    /// the open-file limit (one descriptor per connection, 64 spare).
+    /// every limit on threads (open files, vm.max_map_count, threads-max, pid_max, ulimit -u,
+    /// the cgroup's pids.max, memory); the start line says which one set it.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
+    /// Most connections at once from one host (an IPv4 address or an IPv6 /64); more are told
+    /// so and closed. The default lets a classroom behind one NAT connect.
+    #[arg(long, default_value_t = crate::tracker::server::DEFAULT_PER_HOST)]
+    pub max_connections_per_host: usize,
     /// Seconds a started message may take to arrive whole.
     #[arg(long, default_value_t = 10)]
     pub message_timeout: u64,
-    /// Seconds a new connection has to JOIN. Generous by default: the original's peers
-    /// connect at start and JOIN only when their user types it; silent connections are
-    /// bounded by --max-connections anyway.
+    /// Seconds a new connection has to JOIN, counted from connect (whatever it sends before).
+    /// Generous by default: the original's peers connect at start and JOIN only when their
+    /// user types it; silent connections are bounded by --max-connections anyway.
     #[arg(long, default_value_t = 300)]
     pub join_timeout: u64,
     /// Seconds after which a silent, vanished host is dropped.
@@ -142,6 +147,11 @@ pub struct ServerArgs {
     /// Most results one SEARCH returns; the reply says when more matched.
     #[arg(long, default_value_t = 100)]
     pub max_results: usize,
+    /// List the folder named by the original's JOIN (filePath), for clients on this machine.
+    /// Off by default: the tracker reads with its own rights, so another local user could see
+    /// names in folders only the tracker's user may list (docs/original.md).
+    #[arg(long)]
+    pub legacy_folder_join: bool,
 }
 
 impl ServerArgs {
@@ -153,12 +163,14 @@ impl ServerArgs {
             max_listed_names: self.max_listed_names,
             max_buffered: self.max_buffered_mib.saturating_mul(1 << 20),
             max_name_len: self.max_name_len,
-            max_connections: self.max_connections,
+            max_connections: self.max_connections.max(1),
+            max_connections_per_host: self.max_connections_per_host.max(1),
             message_timeout: seconds(self.message_timeout),
             join_timeout: seconds(self.join_timeout),
             liveness: seconds(self.liveness),
             thread_stack: self.thread_stack_kib.max(32).saturating_mul(1024),
             max_results: self.max_results.max(1),
+            legacy_folder_join: self.legacy_folder_join,
         }
     }
 }

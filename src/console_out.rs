@@ -1,53 +1,301 @@
-//! The original's console lines, written to stdout by one writer thread.
+//! The original's console lines, written to stdout by one writer thread, within a byte budget.
 //!
 //! Every connection thread of the tracker prints a line per request. Writing them through one
 //! thread keeps lines whole and in order, and batches them into few `write` calls under load
 //! (a flush happens whenever the queue runs empty, so an idle console is never behind).
-//! The queue is bounded: if stdout stops draining, printers wait rather than grow memory.
+//!
+//! Printing never waits for stdout: a slow terminal, an SSH session or a pipe nobody reads must
+//! not hold up a reply. Lines wait in a queue bounded by bytes ([`QUEUE_BYTES`]); a line that
+//! does not fit is dropped, and the next line written says how many were. Lines are shortened
+//! before they are queued: a name list keeps its first names and says how many more there were
+//! ([`name_list`]), and any line is cut at [`MAX_LINE`] bytes.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::thread;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use parking_lot::{Condvar, Mutex};
 
-/// A cheap handle for printing whole lines to stdout, in order.
+use crate::protocol::legacy::python_list;
+
+/// Bytes of console lines that may wait for stdout; beyond it lines are dropped.
+pub const QUEUE_BYTES: usize = 256 * 1024;
+
+/// The longest console line, in bytes; a longer one is cut and marked.
+pub const MAX_LINE: usize = 4096;
+
+/// Bytes of names shown in a console line's list before the rest is only counted.
+pub const LIST_BYTES: usize = 1024;
+
+/// A cheap handle for printing whole lines to stdout, in order, without ever waiting.
 #[derive(Clone)]
 pub struct ConsoleOut {
-    tx: Sender<String>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    budget: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// Lines dropped since the last entry was queued.
+    dropped: u64,
+}
+
+enum Entry {
+    Line(String),
+    Dropped(u64),
 }
 
 impl ConsoleOut {
-    /// Starts the writer thread.
+    /// Starts the writer thread, writing to stdout.
     pub fn start() -> ConsoleOut {
-        let (tx, rx) = bounded::<String>(4096);
+        ConsoleOut::start_with(io::stdout, QUEUE_BYTES)
+    }
+
+    /// Starts the writer thread, writing to what `open` returns, with `budget` bytes of queue.
+    pub fn start_with<W, F>(open: F, budget: usize) -> ConsoleOut
+    where
+        W: Write,
+        F: FnOnce() -> W + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            budget,
+        });
+        let theirs = Arc::clone(&shared);
         let spawned = thread::Builder::new()
             .name("stdout".into())
-            .spawn(move || write_lines(rx));
+            .spawn(move || write_lines(&theirs, open()));
         if let Err(e) = spawned {
             log::error!("cannot start the stdout writer: {e}");
         }
-        ConsoleOut { tx }
+        ConsoleOut { shared }
     }
 
-    /// Prints one line (a newline is added).
+    /// Queues one line (a newline is added); drops it if the queue is full.
     pub fn line(&self, text: String) {
-        if let Err(e) = self.tx.send(text) {
-            // The writer is gone (stdout closed): fall back to a direct write.
-            println!("{}", e.into_inner());
+        let text = cut_line(text);
+        let mut queue = self.shared.queue.lock();
+        if queue.bytes + text.len() > self.shared.budget {
+            queue.dropped += 1;
+            return;
+        }
+        if queue.dropped > 0 {
+            let dropped = std::mem::take(&mut queue.dropped);
+            queue.entries.push_back(Entry::Dropped(dropped));
+        }
+        queue.bytes += text.len();
+        queue.entries.push_back(Entry::Line(text));
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Writes queued lines until the process ends; a closed stdout makes lines vanish quietly.
+fn write_lines<W: Write>(shared: &Shared, out: W) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    let mut closed = false;
+    loop {
+        let batch = {
+            let mut queue = shared.queue.lock();
+            while queue.entries.is_empty() {
+                if queue.dropped > 0 {
+                    let dropped = std::mem::take(&mut queue.dropped);
+                    queue.entries.push_back(Entry::Dropped(dropped));
+                    break;
+                }
+                shared.wake.wait(&mut queue);
+            }
+            queue.bytes = 0;
+            std::mem::take(&mut queue.entries)
+        };
+        let mut ok = true;
+        for entry in batch {
+            ok &= match entry {
+                Entry::Line(line) => writeln!(out, "{line}"),
+                Entry::Dropped(n) => writeln!(
+                    out,
+                    "({} linha(s) do console descartada(s): a saída não acompanhou)",
+                    thousands(n)
+                ),
+            }
+            .is_ok();
+        }
+        let written = ok && out.flush().is_ok();
+        if !written && !closed {
+            closed = true;
+            log::debug!("stdout is closed; console lines are dropped");
         }
     }
 }
 
-fn write_lines(rx: Receiver<String>) {
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    while let Ok(line) = rx.recv() {
-        let mut ok = writeln!(out, "{line}").is_ok();
-        while let Ok(more) = rx.try_recv() {
-            ok &= writeln!(out, "{more}").is_ok();
+/// `text` cut to at most [`MAX_LINE`] bytes (on a character boundary), marked when cut.
+fn cut_line(mut text: String) -> String {
+    if text.len() <= MAX_LINE {
+        return text;
+    }
+    let total = text.len();
+    let mut end = MAX_LINE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!(" ... ({} bytes)", thousands(total as u64)));
+    text
+}
+
+/// A name list as the original prints it (`['a.txt', 'b.txt']`), shortened for the console:
+/// names are shown until about [`LIST_BYTES`] bytes, then `... e mais 9.873`.
+pub fn name_list<S: AsRef<str>>(names: &[S]) -> String {
+    let mut shown = 0;
+    let mut bytes = 0;
+    for name in names {
+        bytes += name.as_ref().len() + 4;
+        if bytes > LIST_BYTES {
+            break;
         }
-        if !(ok && out.flush().is_ok()) {
-            log::debug!("stdout is closed; console lines are dropped");
+        shown += 1;
+    }
+    let list = python_list(&names[..shown]);
+    if shown == names.len() {
+        return list;
+    }
+    let more = thousands((names.len() - shown) as u64);
+    let open = &list[..list.len() - 1];
+    if shown == 0 {
+        format!("{open}... e mais {more}]")
+    } else {
+        format!("{open}, ... e mais {more}]")
+    }
+}
+
+/// `n` with Brazilian thousands separators: `9.873`, `1.234.567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push('.');
         }
+        out.push(d);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn thousands_use_dots() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(9_873), "9.873");
+        assert_eq!(thousands(1_234_567), "1.234.567");
+    }
+
+    /// Short lists are printed whole, as the original; long ones keep their first names and
+    /// count the rest.
+    #[test]
+    fn long_lists_are_shortened_with_a_count() {
+        assert_eq!(name_list(&["a.txt", "b c"]), "['a.txt', 'b c']");
+        let names: Vec<String> = (0..10_000).map(|i| format!("arquivo-{i:05}.txt")).collect();
+        let line = name_list(&names);
+        assert!(line.len() <= LIST_BYTES + 40, "{}", line.len());
+        assert!(line.starts_with("['arquivo-00000.txt', "), "{line}");
+        let shown = line.matches(".txt'").count();
+        assert!(shown > 10, "{line}");
+        assert!(
+            line.ends_with(&format!(
+                ", ... e mais {}]",
+                thousands(10_000 - shown as u64)
+            )),
+            "{line}"
+        );
+        let huge = ["x".repeat(5000)];
+        assert_eq!(name_list(&huge), "[... e mais 1]");
+    }
+
+    #[test]
+    fn long_lines_are_cut_on_a_character_boundary() {
+        let line = cut_line("é".repeat(MAX_LINE));
+        assert!(line.len() < MAX_LINE + 30);
+        assert!(line.ends_with(&format!(" ... ({} bytes)", thousands(2 * MAX_LINE as u64))));
+    }
+
+    /// A writer that blocks until the test lets it go, then forwards what it got.
+    struct Gate {
+        open: mpsc::Receiver<()>,
+        seen: mpsc::Sender<Vec<u8>>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.open.recv();
+            let _ = self.seen.send(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// While stdout is stuck, printing never blocks and the queue stays within its budget;
+    /// once stdout drains, the lines that fitted come out in order, then how many were dropped.
+    #[test]
+    fn a_stuck_stdout_drops_lines_and_says_how_many() {
+        let (open_tx, open_rx) = mpsc::channel();
+        let (seen_tx, seen_rx) = mpsc::channel();
+        let out = ConsoleOut::start_with(
+            move || Gate {
+                open: open_rx,
+                seen: seen_tx,
+            },
+            100,
+        );
+        // The first line is taken by the writer, which then blocks in write().
+        out.line("first".into());
+        // Wait until the writer holds it (its queue is empty again).
+        while !out.shared.queue.lock().entries.is_empty() {
+            thread::yield_now();
+        }
+        for i in 0..1000 {
+            out.line(format!("line {i:03} ........"));
+        }
+        assert!(out.shared.queue.lock().bytes <= 100);
+        for _ in 0..10 {
+            open_tx.send(()).unwrap();
+        }
+        drop(open_tx);
+        let mut text = String::new();
+        while let Ok(bytes) = seen_rx.recv_timeout(Duration::from_secs(30)) {
+            text.push_str(&String::from_utf8_lossy(&bytes));
+            if text.contains("descartada") {
+                break;
+            }
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "first");
+        assert_eq!(lines[1], "line 000 ........");
+        let kept = lines.iter().filter(|l| l.starts_with("line ")).count();
+        assert!((1..=6).contains(&kept), "{text}");
+        assert_eq!(
+            *lines.last().unwrap(),
+            format!(
+                "({} linha(s) do console descartada(s): a saída não acompanhou)",
+                thousands(1000 - kept as u64)
+            ),
+            "{text}"
+        );
     }
 }

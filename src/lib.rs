@@ -6,8 +6,9 @@
 //! serves each upload only after its own user approves it (SIM/NAO).
 //!
 //! The layers point one way: `tracker` and `peer` speak [`protocol`] (messages and framing);
-//! [`transfer`] moves file bytes over a socket and [`share`] knows the shared folder; neither
-//! knows what the messages mean. The wire is described in `PROTOCOL.md`.
+//! [`transfer`] moves file bytes over a socket, [`partial`] keeps downloads until they are
+//! verified, and [`share`] knows the shared folder; none knows what the messages mean. The
+//! wire is described in `PROTOCOL.md`.
 //!
 //! A download from several peers at once ([`peer::swarm`]) checks every piece against the
 //! file's digest with [`verified`] (BLAKE3 verified streaming), whose outboards the uploader
@@ -16,9 +17,11 @@
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
 //! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
-//! [`console_out`] (the tracker's console lines, written by one thread), [`logging`] (log lines,
-//! kept off the peer's prompt row), [`cli`] (the command line). Threads, not async: one per
-//! connection, as the original, with small stacks.
+//! [`console_out`] (the tracker's console lines, written by one thread within a byte budget),
+//! [`log_limit`] (bounded, throttled log lines for text from the network), [`throttle`]
+//! (rate-limited warnings), [`logging`] (log lines, kept off the peer's prompt row), [`cli`]
+//! (the command line). Threads, not async: one per connection, as the original, with small
+//! stacks.
 
 #![warn(missing_docs)]
 
@@ -27,13 +30,16 @@ pub mod console_out;
 pub mod dial;
 pub mod exit;
 pub mod liveness;
+pub mod log_limit;
 pub mod logging;
 pub mod os_error;
 pub mod outboard_store;
+pub mod partial;
 pub mod peer;
 pub mod piece_map;
 pub mod protocol;
 pub mod share;
+pub mod throttle;
 pub mod tracker;
 pub mod transfer;
 pub mod verified;

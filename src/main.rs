@@ -72,18 +72,23 @@ fn run(mode: Mode) -> Result<Option<Failure>, (Failure, String)> {
 
 fn run_server(args: &napster::cli::ServerArgs) -> Result<(), (Failure, String)> {
     let mut config = args.config();
-    match tracker::raise_open_file_limit() {
-        Ok(limit) => {
-            log::debug!("open-file limit: {limit}");
-            if let Some(asked) = config.fit_open_file_limit(limit) {
-                log::warn!(
-                    "--max-connections {asked} lowered to {}: the open-file limit is {limit}",
-                    config.max_connections
-                );
-            }
-        }
-        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    let fitted = tracker::limits::Fitted::new(
+        config.max_connections,
+        tracker::limits::measure(
+            tracker::limits::open_file_limit_in_force(),
+            config.thread_stack,
+            config.max_buffered,
+        ),
+    );
+    for limit in &fitted.limits {
+        log::debug!(
+            "connection limit {}: room for {} ({})",
+            limit.name,
+            limit.room,
+            limit.detail
+        );
     }
+    config.max_connections = fitted.cap;
     let listener = TcpListener::bind(args.listen).map_err(|e| {
         log::debug!("cannot listen on {}: {e:?}", args.listen);
         (
@@ -99,6 +104,7 @@ fn run_server(args: &napster::cli::ServerArgs) -> Result<(), (Failure, String)> 
         .local_addr()
         .map_err(|e| (Failure::Other, describe(&e)))?;
     println!("Servidor ouvindo em {addr}");
+    println!("{}", fitted.summary());
     let tracker = tracker::Tracker::new(config);
     tracker.run(listener).map_err(|e| {
         (

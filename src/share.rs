@@ -48,7 +48,7 @@ impl std::error::Error for NameError {}
 /// Unicode characters that change how text around them is shown (bidirectional overrides and
 /// isolates, line and paragraph separators, zero-width marks): a name holding one could be
 /// printed to look like another name.
-fn is_invisible_format(c: char) -> bool {
+pub fn is_invisible_format(c: char) -> bool {
     matches!(c,
         '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }

@@ -5,15 +5,13 @@
 //!   between them.
 //! - Receiving reads into one fixed buffer, hashes it (BLAKE3) and writes it out in large
 //!   writes. Memory does not grow with the file.
-//! - A download is written under a temporary name in `.napster/partial/` inside the shared
-//!   folder, beside a small record of the file's size and digest, and moved to its final name
-//!   (never replacing an existing file) only when all bytes arrived and the digest matched.
-//!   A cut-off download stays there and is resumed next time.
+//! - A download is written under a temporary name (see [`crate::partial`], re-exported here)
+//!   and given its final name only when all bytes arrived and the digest matched.
 //!
 //! This module knows nothing of the protocol's messages.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -21,9 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use parking_lot::{Condvar, Mutex};
-use serde::{Deserialize, Serialize};
 
-use crate::piece_map;
+pub use crate::partial::{Partial, PartialRecord, PartialStore};
 
 /// Bytes handed to one `sendfile` call: small enough to report progress and notice a stop.
 const SEND_CHUNK: u64 = 8 << 20;
@@ -408,161 +405,10 @@ fn flush_prefix(
     Ok(())
 }
 
-/// Names up to this many bytes name their partial files as they are (room for `.json.tmp`).
-const LONGEST_PLAIN_STEM: usize = 200;
-
-/// What a partial download belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartialRecord {
-    /// The size of the whole file.
-    pub size: u64,
-    /// The digest of the whole file.
-    pub digest: DigestHex,
-    /// The file's name (partials of very long names are stored under a digest of it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-/// A partial download found on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partial {
-    /// What it belongs to.
-    pub record: PartialRecord,
-    /// How many bytes are already on disk.
-    pub have: u64,
-}
-
-/// The folder of partial downloads, `.napster/partial/` inside the shared folder: a
-/// sub-folder, so nothing in it is ever shared, and on the same file system as the final
-/// names, so the final move is atomic.
-#[derive(Debug, Clone)]
-pub struct PartialStore {
-    dir: PathBuf,
-}
-
-impl PartialStore {
-    /// The store for a shared folder (created when first used).
-    pub fn new(shared_root: &Path) -> PartialStore {
-        PartialStore {
-            dir: shared_root.join(".napster").join("partial"),
-        }
-    }
-
-    /// The temporary file of `name` (which must already be a checked, plain name).
-    pub fn part_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{}.part", Self::stem(name)))
-    }
-
-    fn record_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{}.json", Self::stem(name)))
-    }
-
-    /// The file name used for `name`'s partial: the name itself, or for a name too long to
-    /// take a suffix (file names stop at 255 bytes), a digest of it.
-    fn stem(name: &str) -> String {
-        if name.len() <= LONGEST_PLAIN_STEM {
-            name.to_string()
-        } else {
-            format!("long-{}", &blake3::hash(name.as_bytes()).to_hex()[..32])
-        }
-    }
-
-    /// The partial download of `name`, if a usable one exists.
-    pub fn find(&self, name: &str) -> Option<Partial> {
-        let text = fs::read(self.record_path(name)).ok()?;
-        let record: PartialRecord = serde_json::from_slice(&text).ok()?;
-        if record.name.as_deref().is_some_and(|n| n != name) {
-            return None;
-        }
-        let part = self.part_path(name);
-        let mut have = fs::symlink_metadata(&part)
-            .ok()
-            .filter(|m| m.file_type().is_file())?
-            .len();
-        // A download from several peers writes pieces out of order: only its verified prefix
-        // is whole.
-        if let Some(prefix) = piece_map::verified_prefix(&piece_map::path_for(&part), record.size) {
-            have = have.min(prefix);
-        }
-        (have <= record.size).then_some(Partial { record, have })
-    }
-
-    /// Opens the temporary file for writing: from `resume_at` if resuming (what lies beyond is
-    /// cut off), or empty with a new record.
-    pub fn open(
-        &self,
-        name: &str,
-        record: &PartialRecord,
-        resume_at: Option<u64>,
-    ) -> io::Result<File> {
-        fs::create_dir_all(&self.dir)?;
-        let part = self.part_path(name);
-        match resume_at {
-            Some(offset) => {
-                let mut file = OpenOptions::new().write(true).open(&part)?;
-                file.set_len(offset)?;
-                // From here on the partial is a plain prefix again.
-                piece_map::remove_beside(&part);
-                file.seek(SeekFrom::Start(offset))?;
-                Ok(file)
-            }
-            None => {
-                piece_map::remove_beside(&part);
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&part)?;
-                let tmp = self.dir.join(format!("{}.json.tmp", Self::stem(name)));
-                fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
-                fs::rename(&tmp, self.record_path(name))?;
-                Ok(file)
-            }
-        }
-    }
-
-    /// Keeps only the first `len` bytes (after a failed write, so the partial is exact).
-    pub fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
-        OpenOptions::new()
-            .write(true)
-            .open(self.part_path(name))?
-            .set_len(len)
-    }
-
-    /// Moves the finished file to `final_path`, failing with `AlreadyExists` rather than
-    /// replacing a file there.
-    pub fn finish(&self, name: &str, final_path: &Path) -> io::Result<()> {
-        let part = self.part_path(name);
-        // A hard link never replaces its target: creating it is the atomic "move if absent".
-        match fs::hard_link(&part, final_path) {
-            Ok(()) => {
-                fs::remove_file(&part)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
-            Err(_) => {
-                // File systems without hard links: check, then rename.
-                if fs::symlink_metadata(final_path).is_ok() {
-                    return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-                }
-                fs::rename(&part, final_path)?;
-            }
-        }
-        let _ = fs::remove_file(self.record_path(name));
-        piece_map::remove_beside(&part);
-        Ok(())
-    }
-
-    /// Deletes the partial download of `name`.
-    pub fn discard(&self, name: &str) {
-        piece_map::remove_beside(&self.part_path(name));
-        let _ = fs::remove_file(self.part_path(name));
-        let _ = fs::remove_file(self.record_path(name));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn digest_at(cache: &DigestCache, path: &Path) -> DigestHex {
         cache.digest(path, &File::open(path).unwrap()).unwrap()

@@ -318,7 +318,10 @@ fn request_while_idle_appears_above_the_prompt_and_sim_sends_the_file() {
     alice.join();
 
     let mut bob = ask(port, "notes.txt", 4999);
-    alice.wait_for("Peer 127.0.0.1:4999 solicitou o arquivo notes.txt (13 B)");
+    let from = bob.stream.local_addr().unwrap();
+    alice.wait_for(&format!(
+        "Peer {from} (porta de upload declarada: 4999) solicitou o arquivo notes.txt (13 B)"
+    ));
     alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     alice.wait_prompt(&prompt(1), "");
     let screen = alice.text();
@@ -332,7 +335,7 @@ fn request_while_idle_appears_above_the_prompt_and_sim_sends_the_file() {
     alice.keys("SIM\r");
     assert_eq!(bob.json()["status"], "downloadAccepted");
     assert_eq!(bob.bytes(13), b"hello, world\n");
-    alice.wait_for("Download de notes.txt por 127.0.0.1:4999 aprovado");
+    alice.wait_for(&format!("Download de notes.txt por {from} aprovado"));
     alice.wait_prompt(&idle(), "");
 }
 
@@ -348,6 +351,7 @@ fn request_arriving_while_typing_keeps_the_typed_text_and_the_command_runs() {
     alice.wait_prompt(&idle(), "SEARCH no");
 
     let mut bob = ask(port, "notes.txt", 4998);
+    let from = bob.stream.local_addr().unwrap();
     alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     alice.wait_prompt(&prompt(1), "SEARCH no");
     assert_eq!(
@@ -367,7 +371,7 @@ fn request_arriving_while_typing_keeps_the_typed_text_and_the_command_runs() {
     let rejected = bob.json();
     assert_eq!(rejected["status"], "downloadRejected");
     assert!(rejected.get("reason").is_none(), "a plain NAO: {rejected}");
-    alice.wait_for("Download de notes.txt por 127.0.0.1:4998 recusado");
+    alice.wait_for(&format!("Download de notes.txt por {from} recusado"));
     alice.wait_prompt(&idle(), "");
 }
 
@@ -380,22 +384,30 @@ fn two_requests_are_answered_oldest_first() {
     let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
 
     let mut first = ask(port, "a.txt", 4001);
-    alice.wait_for("Peer 127.0.0.1:4001 solicitou o arquivo a.txt (4 B)");
+    let first_from = first.stream.local_addr().unwrap();
+    alice.wait_for(&format!(
+        "Peer {first_from} (porta de upload declarada: 4001) solicitou o arquivo a.txt (4 B)"
+    ));
     alice.wait_prompt(&prompt(1), "");
     let mut second = ask(port, "b.txt", 4002);
-    alice.wait_for("Peer 127.0.0.1:4002 solicitou o arquivo b.txt (2 B)");
+    let second_from = second.stream.local_addr().unwrap();
+    alice.wait_for(&format!(
+        "Peer {second_from} (porta de upload declarada: 4002) solicitou o arquivo b.txt (2 B)"
+    ));
     alice.wait_prompt(&prompt(2), "");
 
     alice.keys("sim\r");
     assert_eq!(first.json()["status"], "downloadAccepted");
     assert_eq!(first.bytes(4), b"AAAA");
-    alice.wait_for("Download de a.txt por 127.0.0.1:4001 aprovado");
-    alice.wait_for("Próximo pedido: Peer 127.0.0.1:4002 solicitou o arquivo b.txt (2 B)");
+    alice.wait_for(&format!("Download de a.txt por {first_from} aprovado"));
+    alice.wait_for(&format!(
+        "Próximo pedido: Peer {second_from} (porta de upload declarada: 4002) solicitou o arquivo b.txt (2 B)"
+    ));
     alice.wait_prompt(&prompt(1), "");
 
     alice.keys("nao\r");
     assert_eq!(second.json()["status"], "downloadRejected");
-    alice.wait_for("Download de b.txt por 127.0.0.1:4002 recusado");
+    alice.wait_for(&format!("Download de b.txt por {second_from} recusado"));
     alice.wait_prompt(&idle(), "");
 }
 
@@ -418,10 +430,8 @@ fn an_unanswered_request_times_out_and_both_sides_are_told() {
     bob.join();
     bob.send(&format!("DOWNLOAD notes.txt 127.0.0.1:{port}"));
     alice.wait_prompt(&prompt(1), "");
-    alice.wait_for(&format!(
-        "Pedido de 127.0.0.1:{} para notes.txt expirou sem resposta: recusado",
-        bob.port
-    ));
+    // The request's connection leaves from an ephemeral port of bob's host.
+    alice.wait_for("para notes.txt expirou sem resposta: recusado");
     alice.wait_prompt(&idle(), "");
     bob.wait_for("Download Rejeitado: o usuário do outro peer não respondeu a tempo");
     assert!(!bob_dir.path().join("notes.txt").exists());
@@ -766,11 +776,14 @@ fn without_a_terminal_questions_are_plain_lines() {
     let tracker = start_tracker(&[]);
     let (mut alice, _dir) = joined_alice(&tracker, ("notes.txt", b"plain"), &[]);
     let mut bob = ask(alice.port, "notes.txt", 4004);
-    alice.wait_for("Peer 127.0.0.1:4004 solicitou o arquivo notes.txt (5 B)");
+    let from = bob.stream.local_addr().unwrap();
+    alice.wait_for(&format!(
+        "Peer {from} (porta de upload declarada: 4004) solicitou o arquivo notes.txt (5 B)"
+    ));
     alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     alice.send("SIM");
     assert_eq!(bob.json()["status"], "downloadAccepted");
-    alice.wait_for("Download de notes.txt por 127.0.0.1:4004 aprovado");
+    alice.wait_for(&format!("Download de notes.txt por {from} aprovado"));
     assert!(
         !alice.proc.transcript().contains('\x1b'),
         "{}",
@@ -994,22 +1007,22 @@ fn the_verdict_is_printed_before_the_upload_ends() {
     let (mut alice, port) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
     alice.join();
     for round in 0..5u16 {
-        let from = 4900 + round;
-        let mut bob = ask(port, "notes.txt", from);
+        let claimed = 4900 + round;
+        let mut bob = ask(port, "notes.txt", claimed);
+        // The lines name the connection's address; the claimed port is marked as claimed.
+        let from = bob.stream.local_addr().unwrap();
         alice.wait_for(&format!(
-            "Peer 127.0.0.1:{from} solicitou o arquivo notes.txt"
+            "Peer {from} (porta de upload declarada: {claimed}) solicitou o arquivo notes.txt"
         ));
         alice.wait_prompt(&prompt(1), "");
         alice.keys("SIM\r");
         assert_eq!(bob.json()["status"], "downloadAccepted");
         assert_eq!(bob.bytes(2), b"hi");
-        let done = format!("Upload do arquivo notes.txt para 127.0.0.1:{from} concluído");
+        let done = format!("Upload do arquivo notes.txt para {from} concluído");
         alice.wait_for(&done);
         let screen = alice.text();
         let verdict = screen
-            .find(&format!(
-                "Download de notes.txt por 127.0.0.1:{from} aprovado"
-            ))
+            .find(&format!("Download de notes.txt por {from} aprovado"))
             .unwrap_or_else(|| panic!("round {round}: no verdict:\n{screen}"));
         assert!(
             verdict < screen.find(&done).unwrap(),

@@ -156,7 +156,7 @@ fn original_download(up: &PeerProc, name: &str) -> OriginalPeer {
 /// the tracker lists the folder's plain files and keys the peer by its connection's port.
 #[test]
 fn original_join_gets_bare_join_ok_and_its_folder_is_listed() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let dir = folder_with(&["b.txt", "a.txt"]);
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     let mut p = OriginalPeer::connect(t.addr);
@@ -171,7 +171,7 @@ fn original_join_gets_bare_join_ok_and_its_folder_is_listed() {
 /// `filesPath`) is accepted too.
 #[test]
 fn original_join_with_the_seeds_file_path_spelling_is_accepted() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let dir = folder_with(&["x.bin"]);
     let mut p = OriginalPeer::connect(t.addr);
     p.send_join("filePath", dir.path());
@@ -183,7 +183,7 @@ fn original_join_with_the_seeds_file_path_spelling_is_accepted() {
 /// ports, in join order, with our own peers' upload ports among them; nothing found is `[]`.
 #[test]
 fn original_search_gets_a_list_of_ports_including_our_peers() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let (mut a, _dir_a) = joined_original(&t, &["song.mp3"]);
     let mut ours = RawClient::connect(t.addr);
     assert_eq!(
@@ -207,7 +207,7 @@ fn original_search_gets_a_list_of_ports_including_our_peers() {
 /// Our own dialect on the same tracker sees an original peer as `127.0.0.1:PORT`.
 #[test]
 fn our_clients_see_an_original_peer_as_loopback_and_its_port() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let (a, _dir) = joined_original(&t, &["song.mp3"]);
     let mut ours = RawClient::connect(t.addr);
     assert_eq!(ours.ask(&join_msg(4002, &["x"]))["status"], "JOIN_OK");
@@ -221,7 +221,7 @@ fn our_clients_see_an_original_peer_as_loopback_and_its_port() {
 /// exactly `UPDATE_OK` and changes what SEARCH finds.
 #[test]
 fn original_update_gets_bare_update_ok_and_changes_search() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let (mut p, _dir) = joined_original(&t, &["a.txt"]);
     p.send(br#"{"method": "UPDATE", "data": {"files": ["a.txt","new.txt"]}}"#);
     assert_eq!(p.recv(), b"UPDATE_OK");
@@ -233,7 +233,7 @@ fn original_update_gets_bare_update_ok_and_changes_search() {
 /// connection keeps working.
 #[test]
 fn an_update_that_is_not_json_is_refused_clearly_and_the_connection_goes_on() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let (mut p, _dir) = joined_original(&t, &["a.txt"]);
     p.send(br#"{"method": "UPDATE", "data": {"files": [a.txt,b.txt]}}"#);
     let reply = p.recv_json();
@@ -242,23 +242,22 @@ fn an_update_that_is_not_json_is_refused_clearly_and_the_connection_goes_on() {
     assert_eq!(p.search("b.txt"), "[]");
 }
 
-/// A JOIN naming a file, or a path that does not exist, gets an ERROR naming it; nothing is
-/// registered and the connection stays usable for a correct JOIN.
+/// A JOIN naming a file, or a path that does not exist, gets an ERROR naming it, the same for
+/// both (it does not tell whether the path exists); nothing is registered and the connection
+/// stays usable for a correct JOIN.
 #[test]
 fn original_join_of_a_file_or_a_missing_path_is_refused_clearly() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let dir = folder_with(&["a.txt"]);
     let mut p = OriginalPeer::connect(t.addr);
 
     p.send_join("filePath", &dir.path().join("a.txt"));
     let reply = p.recv_json();
-    assert!(error_message(&reply).contains("is not a folder"), "{reply}");
+    let unlistable = "it does not exist, is not a folder, or cannot be read";
+    assert!(error_message(&reply).contains(unlistable), "{reply}");
     p.send_join("filePath", &dir.path().join("missing"));
     let reply = p.recv_json();
-    assert!(
-        error_message(&reply).starts_with("cannot read folder"),
-        "{reply}"
-    );
+    assert!(error_message(&reply).contains(unlistable), "{reply}");
     let mut ours = RawClient::connect(t.addr);
     assert_eq!(ours.ask(&join_msg(4003, &["x"]))["status"], "JOIN_OK");
     assert!(peers_of(&ours.ask(&search_msg("a.txt"))).is_empty());
@@ -304,7 +303,7 @@ fn original_join_from_a_non_loopback_address_is_refused_and_nothing_is_listed() 
         skip("this machine has no non-loopback IPv4 address to connect from");
         return;
     };
-    let t = start_tracker_on("0.0.0.0:0", &[]);
+    let t = start_tracker_on("0.0.0.0:0", &["--legacy-folder-join"]);
     let dir = folder_with(&["secret.txt"]);
     let mut remote = OriginalPeer::connect(SocketAddr::new(ip, t.addr.port()));
     assert_eq!(remote.stream.local_addr().unwrap().ip(), ip);
@@ -329,7 +328,7 @@ fn original_join_from_a_non_loopback_address_is_refused_and_nothing_is_listed() 
 /// so (the original kept it for ever).
 #[test]
 fn an_original_peer_that_leaves_is_forgotten() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let (gone, _dir) = joined_original(&t, &["a.txt"]);
     let port = gone.port();
     drop(gone);
@@ -343,7 +342,7 @@ fn an_original_peer_that_leaves_is_forgotten() {
 /// original peer's SEARCH sees the napster peer's upload port.
 #[test]
 fn napster_peers_and_original_peers_find_each_other() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let (mut original, _legacy_dir) = joined_original(&t, &["from-original.txt"]);
 
     let ours_dir = folder_with(&["from-napster.txt"]);
@@ -364,7 +363,7 @@ fn napster_peers_and_original_peers_find_each_other() {
 /// recv of their own and parse alone, and the file's bytes follow.
 #[test]
 fn original_downloader_gets_each_reply_in_its_own_recv_then_the_file() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let dir = tempfile::tempdir().unwrap();
     write_pattern(&dir.path().join("video.bin"), 5000, 7);
     let mut up = joined_uploader(&t, dir.path(), &[]);
@@ -391,7 +390,7 @@ fn original_downloader_gets_each_reply_in_its_own_recv_then_the_file() {
 /// fails without it.
 #[test]
 fn original_downloader_parses_each_reply_alone_even_when_approval_is_automatic() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let dir = tempfile::tempdir().unwrap();
     write_pattern(&dir.path().join("clip.bin"), 3000, 9);
     let up = joined_uploader(&t, dir.path(), &["--approve", "yes"]);
@@ -410,7 +409,7 @@ fn original_downloader_parses_each_reply_alone_even_when_approval_is_automatic()
 /// not share as `fileNotFound`, which the original prints as "Arquivo não encontrado.".
 #[test]
 fn original_downloader_sees_rejection_and_file_not_found() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let dir = folder_with(&["a.txt"]);
     let mut up = joined_uploader(&t, dir.path(), &[]);
 
@@ -432,7 +431,7 @@ fn original_downloader_sees_rejection_and_file_not_found() {
 /// user and keeps serving.
 #[test]
 fn a_connection_that_sends_nothing_gets_no_reply_and_the_uploader_keeps_serving() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let dir = folder_with(&["a.txt"]);
     let up = joined_uploader(&t, dir.path(), &["--approve", "yes"]);
     drop(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], up.port))).unwrap());
@@ -454,7 +453,7 @@ fn a_connection_that_sends_nothing_gets_no_reply_and_the_uploader_keeps_serving(
 /// it from outside its folder), and the uploader's user is never asked.
 #[test]
 fn original_downloader_asking_for_a_path_is_refused_without_asking_the_user() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let dir = folder_with(&["a.txt"]);
     let up = joined_uploader(&t, dir.path(), &[]);
     let mut d = original_download(&up, "../a.txt");
@@ -486,7 +485,7 @@ impl LoopbackAddr for TrackerProc {
 /// then the name at the first prompt, then the bare port at the second.
 #[test]
 fn the_originals_download_keystrokes_work_on_a_napster_peer() {
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let up_dir = folder_with(&["song.txt"]);
     let up = joined_uploader(&t, up_dir.path(), &["--approve", "yes"]);
     let down_dir = tempfile::tempdir().unwrap();
@@ -521,7 +520,7 @@ fn python_reading_like_the_original_downloads_from_a_napster_peer() {
         skip("python3 is not installed");
         return;
     }
-    let t = start_tracker(&[]);
+    let t = start_tracker(&["--legacy-folder-join"]);
     let dir = tempfile::tempdir().unwrap();
     write_pattern(&dir.path().join("clip.bin"), 3000, 11);
     write_pattern(&dir.path().join("song.bin"), 60_000, 12);

@@ -58,10 +58,12 @@ fn three_peers_join_search_download_update_and_reject() {
 
     bob.search_finds("video.bin", &[&alice.addr()]);
     bob.send(&format!("DOWNLOAD video.bin {}", alice.port));
-    alice.wait_for(&format!(
-        "Peer 127.0.0.1:{} solicitou o arquivo video.bin (3.0 MiB)",
+    // Who asks: the connection's address as known, bob's upload port as he claims it.
+    let asked = alice.wait_for(&format!(
+        "(porta de upload declarada: {}) solicitou o arquivo video.bin (3.0 MiB)",
         bob.port
     ));
+    assert!(asked.starts_with("Peer 127.0.0.1:"), "{asked}");
     alice.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     alice.send("SIM");
     bob.wait_for(&format!(
@@ -249,10 +251,11 @@ fn peers_on_different_addresses_find_and_download_from_each_other() {
     b.search_finds("f.bin", &[&format!("127.0.0.2:{}", a.port)]);
     // A bare port takes its host from the last search.
     b.send(&format!("DOWNLOAD f.bin {}", a.port));
-    a.wait_for(&format!(
-        "Peer 127.0.0.3:{} solicitou o arquivo f.bin",
+    let asked = a.wait_for(&format!(
+        "(porta de upload declarada: {}) solicitou o arquivo f.bin",
         b.port
     ));
+    assert!(asked.starts_with("Peer 127.0.0.3:"), "{asked}");
     b.wait_for("Arquivo f.bin baixado com sucesso");
     assert!(same_file(&da.join("f.bin"), &db.join("f.bin")));
     t.proc.wait_for(&format!(
@@ -367,13 +370,18 @@ fn a_huge_approval_timeout_does_not_crash_the_peer() {
     assert_eq!(c.json()["status"], "downloadRejected");
 }
 
-/// At most 64 upload connections are served at once: the next one is told the peer is busy
-/// and closed, without a thread of its own; once the others leave, requests are served again.
+/// At most 64 upload connections are served at once (8 per host, so here from 8 hosts): the
+/// next one is told the peer is busy and closed, without a thread of its own; once the others
+/// leave, requests are served again.
 #[test]
 fn upload_connections_are_capped() {
     let (_tmp, _t, a) = lone_uploader(("f", "x"), &["--approve", "yes"]);
     let addr: std::net::SocketAddr = a.addr().parse().unwrap();
-    let silent: Vec<RawClient> = (0..64).map(|_| RawClient::connect(addr)).collect();
+    let silent: Vec<std::net::TcpStream> = (2..10)
+        .flat_map(|host| {
+            (0..8).map(move |_| common::stand_in::connect_from(&format!("127.0.0.{host}"), addr))
+        })
+        .collect();
     let mut extra = RawClient::connect(addr);
     let reply = extra.json();
     assert_eq!(reply["status"], "ERROR", "{reply}");
@@ -381,7 +389,7 @@ fn upload_connections_are_capped() {
         reply["message"]
             .as_str()
             .unwrap()
-            .contains("too many requests"),
+            .contains("serving too many requests; try again later"),
         "{reply}"
     );
     drop(silent);

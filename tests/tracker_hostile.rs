@@ -315,7 +315,12 @@ fn one_byte_per_second_is_closed_after_the_message_timeout() {
 /// served while they are open, and the join timeout closes every one of them.
 #[test]
 fn thousands_of_silent_connections_are_closed_by_the_join_timeout() {
-    let t = start_tracker(&["--join-timeout", "3"]);
+    let t = start_tracker(&[
+        "--join-timeout",
+        "3",
+        "--max-connections-per-host",
+        "100000",
+    ]);
     let silent: Vec<TcpStream> = (0..2000)
         .map(|_| TcpStream::connect(t.addr).unwrap())
         .collect();
@@ -535,4 +540,247 @@ fn large_messages_share_one_memory_budget() {
         reply.contains("longer than 255 bytes"),
         "budget not given back: {reply:?}"
     );
+}
+
+/// `--join-timeout` is a deadline from connect, not an idle timer: a connection that sends a
+/// newline every half second (or a junk line, or SEARCHes) and never JOINs is told "no JOIN
+/// within 3 s" and closed about 3 s after it connected, while a peer that JOINed stays.
+#[test]
+fn the_join_timeout_counts_from_connect_whatever_is_sent() {
+    let t = start_tracker(&["--join-timeout", "3"]);
+    let mut joined = RawClient::connect(t.addr);
+    assert_eq!(joined.ask(&join_msg(6100, &["stays"]))["status"], "JOIN_OK");
+    let keepalives: [&[u8]; 3] = [
+        b"\n",
+        b"junk\n",
+        b"{\"method\":\"SEARCH\",\"data\":{\"query\":\"stays\"}}\n",
+    ];
+    let clients: Vec<_> = keepalives
+        .iter()
+        .map(|bytes| {
+            let c = RawClient::connect(t.addr);
+            let mut writer = c.stream.try_clone().unwrap();
+            let bytes = bytes.to_vec();
+            let started = Instant::now();
+            let pinger = thread::spawn(move || {
+                // The pacing is the behaviour under test: bytes that are not a JOIN.
+                while writer.write_all(&bytes).is_ok() && started.elapsed() < WAIT {
+                    thread::sleep(Duration::from_millis(500));
+                }
+            });
+            (c, started, pinger)
+        })
+        .collect();
+    for (mut c, started, pinger) in clients {
+        c.stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut text = Vec::new();
+        let _ = c.stream.read_to_end(&mut text);
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.contains("no JOIN within 3 s"), "{text:?}");
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "closed only after {elapsed:?}"
+        );
+        pinger.join().unwrap();
+    }
+    assert_eq!(
+        peers_of(&joined.ask(&search_msg("stays"))),
+        vec!["127.0.0.1:6100"]
+    );
+}
+
+/// The resident memory of a process now, in KiB (VmRSS).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("VmRSS in {status}"))
+}
+
+/// The console never holds up a reply nor grows: with the tracker's stdout a pipe nobody
+/// reads, 100 UPDATEs of 10,000 names (each console line would be about 1 MB) and then 5,000
+/// SEARCHes (more lines than the old queue held) are all answered, and the tracker's memory
+/// stays within 48 MiB of what it was after the JOIN. Once stdout drains, the lines show
+/// shortened lists (`... e mais 9.9xx`) and say how many lines were dropped.
+#[test]
+fn a_stdout_nobody_reads_never_blocks_replies_nor_grows_memory() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(napster_bin())
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let child = Kill(child);
+    let pid = child.0.id();
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let addr: SocketAddr = first
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // From here on nobody reads stdout until the end.
+
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("{i:05}-{}", "n".repeat(84)))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut a = RawClient::connect(addr);
+    assert_eq!(a.ask(&join_msg(6200, &names))["status"], "JOIN_OK");
+    let baseline = rss_kib(pid);
+    let update = update_msg(&names);
+    for i in 0..100 {
+        assert_eq!(a.ask(&update)["status"], "UPDATE_OK", "UPDATE {i}");
+        if i % 10 == 0 {
+            let rss = rss_kib(pid);
+            assert!(
+                rss < baseline + 48 * 1024,
+                "after {i} UPDATEs RSS is {rss} KiB (after the JOIN: {baseline} KiB)"
+            );
+        }
+    }
+    let mut b = RawClient::connect(addr);
+    let search = search_msg(names[0]);
+    for i in 0..5000 {
+        assert_eq!(
+            peers_of(&b.ask(&search)),
+            vec!["127.0.0.1:6200"],
+            "SEARCH {i}"
+        );
+    }
+    let rss = rss_kib(pid);
+    assert!(
+        rss < baseline + 48 * 1024,
+        "RSS {rss} KiB (after the JOIN: {baseline} KiB)"
+    );
+    // A new peer still JOINs at once.
+    assert_eq!(
+        RawClient::connect(addr).ask(&join_msg(6201, &["late"]))["status"],
+        "JOIN_OK"
+    );
+
+    // Now drain stdout: shortened lists, and a line counting what was dropped.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut saw_short_list = false;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("a line saying how many console lines were dropped");
+        assert!(line.len() < 5000, "a console line of {} bytes", line.len());
+        saw_short_list |=
+            line.contains("atualizou os arquivos ['00000-") && line.contains(", ... e mais 9.");
+        if line.contains("linha(s) do console descartada(s)") {
+            break;
+        }
+    }
+    assert!(saw_short_list, "no shortened list line");
+    drop(child);
+}
+
+/// Refused names and folders from the network are logged as short prefixes, and folder
+/// warnings are throttled: 200 JOINs with a 60 KB name, 200 original-dialect JOINs naming a
+/// 60 KB path and 400 naming a file behind a 3,000-byte path, with every log line shown
+/// (`RUST_LOG=debug`), write under 256 KB of stderr (whole, they would be over 13 MB).
+#[test]
+fn refused_names_and_folders_are_logged_as_short_prefixes() {
+    let mut cmd = std::process::Command::new("env");
+    cmd.arg("RUST_LOG=debug").arg(napster_bin()).args([
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--legacy-folder-join",
+    ]);
+    let proc = Proc::from_command("tracker", cmd);
+    let line = proc.wait_for("Servidor ouvindo em ");
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let long = "x".repeat(60_000);
+    let mut c = RawClient::connect(addr);
+    for _ in 0..200 {
+        assert_error(
+            &c.ask(&join_msg(6300, &[&long])),
+            "longer than",
+            "long name",
+        );
+    }
+    let legacy = format!("{{\"method\":\"JOIN\",\"data\":{{\"filePath\":\"/tmp/{long}\"}}}}\n");
+    for _ in 0..200 {
+        assert_error(&c.ask(legacy.as_bytes()), "cannot list", "long folder");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut deep = tmp.path().to_path_buf();
+    for i in 0..12 {
+        deep.push(format!("{i:02}{}", "d".repeat(240)));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let file = deep.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let join = serde_json::json!({"method": "JOIN", "data": {"filePath": file}});
+    for _ in 0..400 {
+        assert_error(
+            &c.ask(format!("{join}\n").as_bytes()),
+            "cannot list",
+            "a file",
+        );
+    }
+    assert_well_behaved_peer_is_served(addr, 6301);
+    let transcript = proc.transcript();
+    assert!(
+        transcript.len() < 256 << 10,
+        "{} bytes of output",
+        transcript.len()
+    );
+    assert!(
+        transcript.contains("cannot list"),
+        "the refusals are logged"
+    );
+}
+
+/// Without `--legacy-folder-join` the original's folder JOIN lists nothing: an existing folder
+/// and a missing one get the same ERROR, which names the option and neither path; SEARCH
+/// finds nothing of the folder; a normal JOIN works on the same connection.
+#[test]
+fn a_folder_join_is_refused_unless_the_option_is_given() {
+    let t = start_tracker(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("salaries-2026.xlsx"), b"x").unwrap();
+    let mut c = RawClient::connect(t.addr);
+    let mut replies = Vec::new();
+    for path in [dir.path().to_path_buf(), dir.path().join("missing")] {
+        let join = serde_json::json!({"method": "JOIN", "data": {"filePath": path}});
+        let reply = c.ask(format!("{join}\n").as_bytes());
+        assert_error(&reply, "--legacy-folder-join", "folder JOIN");
+        let message = reply["message"].as_str().unwrap().to_string();
+        assert!(!message.contains(dir.path().to_str().unwrap()), "{message}");
+        replies.push(message);
+    }
+    assert_eq!(replies[0], replies[1]);
+    assert!(peers_of(&c.ask(&search_msg("salaries-2026.xlsx"))).is_empty());
+    assert_eq!(c.ask(&join_msg(6400, &["ok"]))["status"], "JOIN_OK");
 }

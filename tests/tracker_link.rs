@@ -117,12 +117,16 @@ fn upload_questions_are_shown_and_answered_while_the_tracker_is_silent() {
         downloader.ask(&download_request("notes.txt", peer.port, 4999))["status"],
         "OK"
     );
-    peer.wait_for("Peer 127.0.0.1:4999 solicitou o arquivo notes.txt (5 B)");
+    // The lines name the connection's address; the claimed port is marked as claimed.
+    let from = downloader.stream.local_addr().unwrap();
+    peer.wait_for(&format!(
+        "Peer {from} (porta de upload declarada: 4999) solicitou o arquivo notes.txt (5 B)"
+    ));
     peer.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     peer.send("SIM");
     assert_eq!(downloader.json()["status"], "downloadAccepted");
     assert_eq!(downloader.bytes(5), b"hello");
-    peer.wait_for("Download de notes.txt por 127.0.0.1:4999 aprovado");
+    peer.wait_for(&format!("Download de notes.txt por {from} aprovado"));
     assert!(
         !peer.proc.printed("Erro ao buscar arquivo"),
         "the SEARCH is still waiting\n{}",
@@ -185,9 +189,10 @@ fn lines_typed_while_a_search_waits_run_after_its_answer_in_the_order_typed() {
         asking.ask(&download_request("x.txt", down.port, 4998))["status"],
         "OK"
     );
+    let from = asking.stream.local_addr().unwrap();
     down.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
     down.send("NAO");
-    down.wait_for("Download de x.txt por 127.0.0.1:4998 recusado");
+    down.wait_for(&format!("Download de x.txt por {from} recusado"));
     assert!(
         !down.proc.printed("Erro") && !down.proc.printed("Aguardando resposta de"),
         "the DOWNLOAD waits for the SEARCH\n{}",

@@ -4,6 +4,11 @@
 //! thread and waits on the request's own reply channel. The console queues requests in arrival
 //! order; `SIM`/`NAO` answer the oldest; a request not answered in time is refused. This is what
 //! replaces the original's `input()` calls from upload threads, which fought the menu for stdin.
+//!
+//! Who asks is shown as far as it is known: the address the connection came from, and the
+//! upload port the downloader claims (`fromPort`), marked as claimed, since any program can
+//! send any number there. The queue is bounded, per host too, and keeps room for hosts that
+//! have nothing queued yet, so a few hosts cannot fill it for everyone.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -45,12 +50,21 @@ impl Decision {
 pub const MAX_PENDING: usize = 16;
 /// Requests from one host that may wait at once.
 pub const MAX_PENDING_PER_HOST: usize = 4;
+/// Places kept for hosts with no request waiting: a host that already has one may not take the
+/// last of these.
+pub const KEPT_FOR_NEW_HOSTS: usize = 4;
+
+/// Warnings about refused requests: a few per minute, the rest counted.
+static BUSY_WARNINGS: crate::throttle::Throttle =
+    crate::throttle::Throttle::new(5, Duration::from_secs(60));
 
 /// An upload waiting for its user's answer.
 #[derive(Debug)]
 pub struct ApprovalRequest {
-    /// Who asks: the downloader's IP and upload port.
+    /// Where the connection came from (known).
     pub from: SocketAddr,
+    /// The upload port the downloader says it listens on (`fromPort`; not checked).
+    pub claimed_port: Option<u16>,
     /// The file asked for.
     pub filename: String,
     /// Its size in bytes.
@@ -63,10 +77,13 @@ pub struct ApprovalRequest {
 
 impl fmt::Display for ApprovalRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Peer {}", self.from)?;
+        if let Some(port) = self.claimed_port {
+            write!(f, " (porta de upload declarada: {port})")?;
+        }
         write!(
             f,
-            "Peer {} solicitou o arquivo {} ({})",
-            self.from,
+            " solicitou o arquivo {} ({})",
             self.filename,
             crate::peer::progress::human_size(self.size)
         )?;
@@ -98,14 +115,25 @@ impl ApprovalQueue {
     }
 
     /// Queues a request, or refuses it at once ([`Decision::Busy`], returning false) when
-    /// [`MAX_PENDING`] requests already wait, or [`MAX_PENDING_PER_HOST`] from its host.
+    /// [`MAX_PENDING`] requests already wait, or [`MAX_PENDING_PER_HOST`] from its host, or its
+    /// host already has one waiting and only the [`KEPT_FOR_NEW_HOSTS`] places are left.
     pub fn push(&mut self, request: ApprovalRequest) -> bool {
         let from_host = self
             .items
             .iter()
             .filter(|p| p.request.from.ip() == request.from.ip())
             .count();
-        if self.items.len() >= MAX_PENDING || from_host >= MAX_PENDING_PER_HOST {
+        let free = MAX_PENDING.saturating_sub(self.items.len());
+        if free == 0
+            || from_host >= MAX_PENDING_PER_HOST
+            || (from_host > 0 && free <= KEPT_FOR_NEW_HOSTS)
+        {
+            crate::warn_throttled!(
+                BUSY_WARNINGS,
+                "upload request from {} refused: {} requests wait, {from_host} from its host",
+                request.from,
+                self.items.len()
+            );
             let _ = request.reply.send(Decision::Busy);
             return false;
         }
@@ -202,9 +230,17 @@ mod tests {
     use std::thread;
 
     fn request(name: &str) -> (ApprovalRequest, crossbeam_channel::Receiver<Decision>) {
+        request_from(name, "127.0.0.1:5000")
+    }
+
+    fn request_from(
+        name: &str,
+        from: &str,
+    ) -> (ApprovalRequest, crossbeam_channel::Receiver<Decision>) {
         let (tx, rx) = bounded(1);
         let req = ApprovalRequest {
-            from: "127.0.0.1:5000".parse().unwrap(),
+            from: from.parse().unwrap(),
+            claimed_port: None,
             filename: name.to_string(),
             size: 3,
             offset: 0,
@@ -261,5 +297,41 @@ mod tests {
         );
         assert_eq!(written_rx.try_recv().unwrap(), Decision::ShuttingDown);
         upload.join().unwrap();
+    }
+
+    /// Four hosts sending four requests each cannot fill the queue: the places kept for new
+    /// hosts go one per host that has nothing waiting.
+    #[test]
+    fn room_is_kept_for_hosts_not_yet_queued() {
+        let mut q = ApprovalQueue::new(Duration::from_secs(60));
+        let mut waiting = Vec::new();
+        for host in 1..=4 {
+            for _ in 0..MAX_PENDING_PER_HOST {
+                let (r, rx) = request_from("f", &format!("10.0.0.{host}:1"));
+                q.push(r);
+                waiting.push(rx);
+            }
+        }
+        assert!(q.len() < MAX_PENDING, "{} of {MAX_PENDING} taken", q.len());
+        for host in 5..=7 {
+            let (r, _rx) = request_from("f", &format!("10.0.0.{host}:1"));
+            assert!(q.push(r), "host {host} found no room");
+        }
+    }
+
+    /// The request line names the connection's address and marks the port the downloader
+    /// claims as claimed.
+    #[test]
+    fn the_claimed_port_is_shown_as_claimed() {
+        let (mut r, _rx) = request_from("notes.txt", "127.0.0.1:40122");
+        assert_eq!(
+            r.to_string(),
+            "Peer 127.0.0.1:40122 solicitou o arquivo notes.txt (3 B)"
+        );
+        r.claimed_port = Some(5002);
+        assert_eq!(
+            r.to_string(),
+            "Peer 127.0.0.1:40122 (porta de upload declarada: 5002) solicitou o arquivo notes.txt (3 B)"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Parsing what the user types at the peer's console.
 //!
-//! Commands are case-insensitive. `SEARCH` takes the rest of the line as the name (names may
+//! Commands are case-insensitive. The commands about transfers and partial downloads are
+//! parsed in [`crate::peer::transfer_commands`]. `SEARCH` takes the rest of the line as the name (names may
 //! hold spaces). `DOWNLOAD name peer` takes the last word as the peer when it looks like a port
 //! or `HOST:PORT`, and everything before it as the name.
 
@@ -62,13 +63,27 @@ pub enum Command {
     Sources,
     /// A blank line.
     Empty,
+    /// `TRANSFERENCIAS`, `CANCELAR`, `PARCIAIS`, `LIMPAR`.
+    Transfers(crate::peer::transfer_commands::TransferCommand),
     /// Anything else.
     Unknown(String),
 }
 
 /// The command names, for help and completion.
-pub const COMMAND_NAMES: [&str; 9] = [
-    "JOIN", "SEARCH", "DOWNLOAD", "LIST", "SIM", "NAO", "QUIT", "HELP", "FONTES",
+pub const COMMAND_NAMES: [&str; 13] = [
+    "JOIN",
+    "SEARCH",
+    "DOWNLOAD",
+    "LIST",
+    "SIM",
+    "NAO",
+    "QUIT",
+    "HELP",
+    "TRANSFERENCIAS",
+    "CANCELAR",
+    "PARCIAIS",
+    "LIMPAR",
+    "FONTES",
 ];
 
 /// Parses one line.
@@ -92,7 +107,10 @@ pub fn parse(line: &str) -> Command {
         "QUIT" | "EXIT" => Command::Quit,
         "HELP" | "?" => Command::Help,
         "FONTES" | "SOURCES" => Command::Sources,
-        _ => Command::Unknown(word.to_string()),
+        other => match crate::peer::transfer_commands::parse(other, rest) {
+            Some(command) => Command::Transfers(command),
+            None => Command::Unknown(word.to_string()),
+        },
     }
 }
 

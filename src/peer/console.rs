@@ -32,9 +32,10 @@ use crate::exit::{Failure, Outcome};
 use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
 use crate::peer::commands::{self, Command, PeerSpec};
 use crate::peer::downloader::{self, Finished};
+use crate::peer::output::short_list;
 use crate::peer::search_results::{self, Found};
 use crate::peer::tracker_client::{Dialect, Joined, LinkEvent, Outage};
-use crate::peer::{ApproveMode, PeerContext, Reading, swarm};
+use crate::peer::{ApproveMode, PeerContext, Reading, swarm, transfer_commands};
 use crate::protocol::FileRecord;
 use crate::protocol::messages::Reply;
 
@@ -76,6 +77,9 @@ fn resolve_then_download(ctx: &Arc<PeerContext>, name: String, host: String) -> 
         }
     }
 }
+
+/// Bytes of names the JOIN line lists before `... e mais N`.
+const JOIN_LINE_NAMES: usize = 1024;
 
 /// One thing the line reader saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,8 +152,10 @@ impl ConsoleState {
         self.last_search.lock().clone()
     }
 
-    /// Records the last search.
-    pub fn set_last_search(&self, name: String, peers: Vec<String>) {
+    /// Records the last search. Only peers that are addresses are kept: they are offered as
+    /// completions, which rustyline shows raw, and the tracker's strings are remote text.
+    pub fn set_last_search(&self, name: String, mut peers: Vec<String>) {
+        peers.retain(|p| p.parse::<SocketAddr>().is_ok());
         *self.last_search.lock() = Some((name, peers));
     }
 
@@ -553,7 +559,10 @@ impl Console {
             Command::Empty => {}
             Command::Sim => self.answer(Decision::Accept),
             Command::Nao => self.answer(Decision::Reject),
-            Command::Help => self.say(self.menu()),
+            Command::Help => {
+                self.say(self.menu());
+                self.say(transfer_commands::MENU);
+            }
             Command::Sources => {
                 let lines = swarm::status_lines(&self.ctx);
                 if lines.is_empty() {
@@ -562,6 +571,10 @@ impl Console {
                 for line in lines {
                     self.say(&line);
                 }
+            }
+            Command::Transfers(command) => {
+                let ctx = Arc::clone(&self.ctx);
+                transfer_commands::run(&ctx, command, &mut |line| self.say(line));
             }
             Command::Join => {
                 self.join();
@@ -637,10 +650,11 @@ impl Console {
                     // The original printed nothing after the colon.
                     "(nenhum)".to_string()
                 } else {
-                    // The original's form: each name quoted, separated by commas.
+                    // The original's form: each name quoted, separated by commas; as many as
+                    // fit in the line, then how many more.
                     let quoted: Vec<String> =
                         joined.files.iter().map(|f| format!("\"{f}\"")).collect();
-                    quoted.join(",")
+                    short_list(&quoted, ",", JOIN_LINE_NAMES)
                 };
                 self.say(&format!(
                     "Sou o Peer {}:{} com arquivos: {listed}",
@@ -931,13 +945,11 @@ impl Console {
             }
             ApproveMode::Ask => {
                 // Queued before it is printed, so the prompt under the question counts it.
-                let from = request.from;
+                // A refused one is not printed (a flood must not flood the console); the
+                // queue logs it, rate-limited.
                 if self.queue.push(request) {
                     self.say(&asked);
                     self.say("Gostaria de Aprovar o download? (SIM/NAO)");
-                } else {
-                    // Not printed: a flood of requests must not flood the console.
-                    log::warn!("request from {from} refused: too many requests wait");
                 }
             }
         }
@@ -1085,6 +1097,21 @@ impl Console {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer string from the tracker that is not an address (here with U+202E) is never
+    /// offered as a completion, which the prompt would show raw.
+    #[test]
+    fn only_addresses_from_a_search_are_kept_for_completion() {
+        let state = ConsoleState::default();
+        state.set_last_search(
+            "f".into(),
+            vec!["127.0.0.1:5000".into(), "evil\u{202E}1:2".into()],
+        );
+        assert_eq!(
+            state.last_search(),
+            Some(("f".to_string(), vec!["127.0.0.1:5000".to_string()]))
+        );
+    }
 
     /// Every prompt variant has one width, so the cursor arithmetic of a running `readline`
     /// stays right when the count changes; and the count is in the right number.

@@ -1,13 +1,17 @@
 //! Downloading a file from another peer, verified and resumable.
 //!
-//! The bytes land in a temporary file (see [`crate::transfer::PartialStore`]); only when all of
-//! them arrived and their BLAKE3 digest matches the uploader's is the file moved to its final
-//! name, and never over an existing file. A download cut off half way is kept and resumed the
-//! next time the same file (same size and digest) is asked for, from any peer.
+//! The bytes land in a temporary file that this download alone writes (see [`crate::partial`]);
+//! only when all of them arrived and their BLAKE3 digest matches the uploader's does that file
+//! get its final name, and never over an existing file. A download cut off half way is kept and
+//! resumed the next time the same file (same size and digest) is asked for, from any peer.
+//!
+//! No uploader can hold a download for ever: the waits for its replies are deadlines that bytes
+//! between replies do not extend (one `waiting` reply per stage may move them), the data must
+//! keep a minimum rate ([`MinRate`]), and the user can cancel it (`CANCELAR`).
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
@@ -15,15 +19,18 @@ use std::time::{Duration, Instant};
 
 use crate::exit::Failure;
 use crate::os_error::{closed_by_other_side, describe};
+use crate::partial::{CLEAR_HINT, NoSpace, OpenError, OpenPartial, PartialRecord, PartialStore};
 use crate::peer::PeerContext;
+use crate::peer::deadline::Deadline;
 use crate::peer::output::printable;
 use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_size};
+use crate::peer::transfers::{Ending, MinRate, TransferGuard};
 use crate::protocol::messages::{
     DownloadRequest, Reply, download_line, parse_reply, status, waiting_for,
 };
 use crate::protocol::{CodecError, FrameReader};
 use crate::share::NameError;
-use crate::transfer::{self, PartialRecord, ReceiveError};
+use crate::transfer::{self, ReceiveError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The uploader's first reply comes at once (a `waiting` reply first if it must hash the
@@ -34,23 +41,14 @@ const FIRST_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 const SILENT_DECISION_TIMEOUT: Duration = Duration::from_secs(120);
 /// Added to the time a `waiting` reply announces: the network's share.
 const WAITING_MARGIN: Duration = Duration::from_secs(5);
-/// A transfer that receives nothing for this long is abandoned (and kept for resume).
+/// A transfer that receives nothing for this long is abandoned (and kept for resume); one that
+/// receives too little is given up by the transfer watchdog ([`MinRate`]).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest any one `waiting` reply may make the downloader wait.
+const LONGEST_WAITING: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How long a reply that has started to arrive may take to arrive whole.
 const REPLY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Bytes free for this user in the file system holding `dir`, if it can be known.
-pub(crate) fn free_space(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs only writes into the struct it is given; the path is NUL-terminated.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
 
 /// What the downloader was waiting for when the uploader went silent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,13 +100,13 @@ pub enum DownloadError {
     },
     /// A local file operation failed.
     Disk(io::Error),
-    /// The file is larger than the free space in the folder.
-    NoSpace {
-        /// Bytes still to receive.
-        need: u64,
-        /// Bytes free.
-        free: u64,
-    },
+    /// The file is larger than the free space in the folder, less what running downloads
+    /// were promised.
+    NoSpace(NoSpace),
+    /// The user cancelled it (`CANCELAR`); what arrived is kept (bytes, size, where).
+    Cancelled(Option<(u64, u64, PathBuf)>),
+    /// It received less than the minimum rate over a whole window; what arrived is kept.
+    TooSlow(MinRate, Option<(u64, u64, PathBuf)>),
 }
 
 impl DownloadError {
@@ -116,9 +114,11 @@ impl DownloadError {
     pub fn failure(&self) -> Failure {
         match self {
             DownloadError::Name(_) | DownloadError::AlreadyRunning => Failure::Command,
-            DownloadError::Exists(_) | DownloadError::Disk(_) | DownloadError::NoSpace { .. } => {
+            DownloadError::Exists(_) | DownloadError::Disk(_) | DownloadError::NoSpace(_) => {
                 Failure::Disk
             }
+            DownloadError::Cancelled(_) => Failure::Interrupted,
+            DownloadError::TooSlow(..) => Failure::Cut,
             DownloadError::Connect(..)
             | DownloadError::Protocol(_)
             | DownloadError::Timeout { .. }
@@ -189,16 +189,83 @@ fn receive_problem(e: &ReceiveError) -> String {
     }
 }
 
+impl DownloadError {
+    /// What was kept of a download whose data had started (bytes, size, where).
+    fn kept(&self) -> Option<(u64, u64, PathBuf)> {
+        match self {
+            DownloadError::Receive(e, partial) => Some((e.kept(), 0, partial.clone())),
+            DownloadError::Stopped(kept) => kept.clone(),
+            _ => None,
+        }
+    }
+
+    /// This error as told once the transfer is known to have been stopped for `why`.
+    fn stopped(self, why: Ending, rate: MinRate, size: Option<u64>) -> DownloadError {
+        let kept = self.kept().map(|(got, total, part)| {
+            (
+                got,
+                if total == 0 { size.unwrap_or(0) } else { total },
+                part,
+            )
+        });
+        match why {
+            Ending::Cancelled => DownloadError::Cancelled(kept),
+            Ending::TooSlow => DownloadError::TooSlow(rate, kept),
+            Ending::Running | Ending::Stopped => self,
+        }
+    }
+}
+
+/// `; 1.0 MiB de 4.0 MiB recebidos; a parte recebida foi guardada ...`: where a stopped
+/// download is, in the words of any cut download.
+fn write_kept(f: &mut fmt::Formatter<'_>, kept: &Option<(u64, u64, PathBuf)>) -> fmt::Result {
+    match kept {
+        Some((got, total, partial)) if *got > 0 => write!(
+            f,
+            "; {} de {} recebidos; a parte recebida foi guardada para retomar depois ({}; {CLEAR_HINT})",
+            human_size(*got),
+            human_size(*total),
+            partial.display()
+        ),
+        _ => write!(f, "; nada foi recebido"),
+    }
+}
+
 impl fmt::Display for DownloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DownloadError::Name(e) => write!(f, "nome inválido: {}", name_problem(e)),
-            DownloadError::NoSpace { need, free } => write!(
-                f,
-                "espaço insuficiente: faltam {} e há {} livres na pasta",
-                human_size(*need),
-                human_size(*free)
-            ),
+            DownloadError::NoSpace(e) => {
+                write!(
+                    f,
+                    "espaço insuficiente: faltam {} e há {} livres na pasta",
+                    human_size(e.need),
+                    human_size(e.free)
+                )?;
+                if e.promised > 0 {
+                    write!(
+                        f,
+                        ", {} deles prometidos a downloads em andamento",
+                        human_size(e.promised)
+                    )?;
+                }
+                if e.kept > 0 {
+                    write!(
+                        f,
+                        "; downloads parciais guardados ocupam {} ({CLEAR_HINT})",
+                        human_size(e.kept)
+                    )?;
+                }
+                Ok(())
+            }
+            DownloadError::Cancelled(kept) => {
+                write!(f, "download cancelado")?;
+                write_kept(f, kept)
+            }
+            DownloadError::TooSlow(rate, kept) => {
+                write!(f, "o outro peer enviou {rate}; download abandonado")?;
+                write_kept(f, kept)
+            }
             DownloadError::Exists(path) => write!(
                 f,
                 "o arquivo {} já existe; não será sobrescrito",
@@ -230,6 +297,16 @@ impl fmt::Display for DownloadError {
                 write!(
                     f,
                     "o outro peer encerrou a conexão antes de enviar o arquivo"
+                )
+            }
+            DownloadError::Receive(e @ ReceiveError::Disk { error, .. }, partial)
+                if transfer::is_disk_full(error) =>
+            {
+                write!(
+                    f,
+                    "{}; a parte recebida foi guardada para retomar depois ({}; {CLEAR_HINT})",
+                    receive_problem(e),
+                    partial.display()
                 )
             }
             DownloadError::Receive(e, partial) => write!(
@@ -378,15 +455,47 @@ pub fn download(
 ) -> Result<Received, DownloadError> {
     let started = Instant::now();
     let final_path = check_target(ctx, name)?;
+    // One download per stored name in this peer, and none while another process writes it.
     let guard = ctx
         .transfers
-        .start_download(name)
+        .start_download(&PartialStore::key(name), name, Some(peer))
         .ok_or(DownloadError::AlreadyRunning)?;
+    if ctx.partials.in_use(name) {
+        return Err(DownloadError::AlreadyRunning);
+    }
+    let rate = MinRate::for_liveness(ctx.liveness);
+    let mut size = None;
+    // Stopped from outside (CANCELAR, too slow): say so, whatever error the stop caused.
+    fetch(
+        ctx,
+        name,
+        peer,
+        &final_path,
+        &guard,
+        rate,
+        started,
+        &mut size,
+    )
+    .map_err(|e| e.stopped(guard.ending(), rate, size))
+}
+
+/// The download itself, registered as `guard`; `size` is set once the uploader told it.
+#[allow(clippy::too_many_arguments)]
+fn fetch(
+    ctx: &PeerContext,
+    name: &str,
+    peer: SocketAddr,
+    final_path: &std::path::Path,
+    guard: &TransferGuard<'_>,
+    rate: MinRate,
+    started: Instant,
+    size_told: &mut Option<u64>,
+) -> Result<Received, DownloadError> {
     let stream = crate::dial::connect_from(ctx.bind_ip, &peer, CONNECT_TIMEOUT).map_err(|e| {
         log::debug!("connecting to {peer}: {e}");
         DownloadError::Connect(peer, e)
     })?;
-    ctx.transfers.attach(&guard, &stream);
+    ctx.transfers.attach(guard, &stream);
     let _ = stream.set_nodelay(true);
     let _ = crate::liveness::set_liveness(&stream, ctx.liveness);
     let stopped = |e: DownloadError| {
@@ -412,16 +521,11 @@ pub fn download(
         stopped(DownloadError::ClosedEarly)
     })?;
 
-    let mut reader = FrameReader::new(&stream, 64 * 1024);
+    let mut reader = FrameReader::new(Deadline::new(&stream), 64 * 1024);
     // An uploader that starts a reply and never finishes it must not hold this download (and
     // its name) for ever.
     reader.set_message_timeout(Some(REPLY_COMPLETION_TIMEOUT));
-    let mut replies = Replies {
-        reader,
-        ctx,
-        peer,
-        told: None,
-    };
+    let mut replies = Replies { reader, ctx, peer };
     let first = replies
         .next(Stage::Reply, FIRST_REPLY_TIMEOUT)
         .map_err(stopped)?;
@@ -434,6 +538,7 @@ pub fn download(
     let size = first
         .file_size
         .ok_or_else(|| DownloadError::Protocol("OK sem fileSize".into()))?;
+    *size_told = Some(size);
     let digest = first.digest.clone();
     let offset = first.offset.unwrap_or(0);
     // Resume only when the uploader agreed to the offset of a partial of this same file.
@@ -451,12 +556,38 @@ pub fn download(
         }
     };
 
-    let need = size.saturating_sub(resume_at.unwrap_or(0));
-    if let Some(free) = free_space(ctx.shared.path())
-        && need > free
-    {
-        return Err(DownloadError::NoSpace { need, free });
-    }
+    // Counted against the free space with what running downloads still have to write; held
+    // until this download ends.
+    let _promise = ctx
+        .partials
+        .promise(name, size, resume_at.unwrap_or(0))
+        .map_err(DownloadError::NoSpace)?;
+
+    let record = PartialRecord {
+        size,
+        digest: digest.clone().unwrap_or_default(),
+        name: Some(name.to_string()),
+    };
+    // A resumed download opens (and locks) its partial and hashes the part on disk while the
+    // uploader's user decides, so that the data, once accepted, is read at once (an uploader
+    // gives up a transfer that takes too little for too long). A fresh one touches the partial
+    // of this name (perhaps another file's) only once accepted.
+    let mut hasher = blake3::Hasher::new();
+    let mut resumed = match resume_at {
+        Some(offset) => {
+            let mut file = open_partial(ctx, name, &record, resume_at)?;
+            let have = file
+                .hash_prefix(offset, &mut hasher)
+                .map_err(DownloadError::Disk)?;
+            if have != offset {
+                return Err(DownloadError::Disk(io::Error::other(
+                    "a parte guardada encolheu",
+                )));
+            }
+            Some(file)
+        }
+        None => None,
+    };
 
     let decision = replies
         .next(Stage::Decision, SILENT_DECISION_TIMEOUT)
@@ -468,39 +599,24 @@ pub fn download(
     }
     let mut reader = replies.reader;
 
-    let record = PartialRecord {
-        size,
-        digest: digest.clone().unwrap_or_default(),
-        name: Some(name.to_string()),
-    };
-    let mut file = ctx
-        .partials
-        .open(name, &record, resume_at)
-        .map_err(DownloadError::Disk)?;
-    let mut hasher = blake3::Hasher::new();
-    if let Some(offset) = resume_at {
-        let have = transfer::hash_range(
-            &std::fs::File::open(ctx.partials.part_path(name)).map_err(DownloadError::Disk)?,
-            0,
-            offset,
-            &mut hasher,
-        )
-        .map_err(DownloadError::Disk)?;
-        if have != offset {
-            return Err(DownloadError::Disk(io::Error::other(
-                "a parte guardada encolheu",
-            )));
+    let mut file = match resumed.take() {
+        Some(file) => {
+            let offset = resume_at.unwrap_or(0);
+            ctx.out.line(&format!(
+                "Retomando o download de {name} a partir do byte {offset} de {size} ({} de {})",
+                human_size(offset),
+                human_size(size)
+            ));
+            file
         }
-        ctx.out.line(&format!(
-            "Retomando o download de {name} a partir do byte {offset} de {size} ({} de {})",
-            human_size(offset),
-            human_size(size)
-        ));
-    }
+        None => open_partial(ctx, name, &record, None)?,
+    };
     let already = reader
         .take_payload()
         .map_err(|e| DownloadError::Protocol(codec_problem(&e)))?;
+    drop(reader);
     let _ = stream.set_read_timeout(Some(STALL_TIMEOUT));
+    ctx.transfers.watch(guard, rate);
     let start = resume_at.unwrap_or(0);
     let mut progress = Progress::new(
         Arc::clone(&ctx.out),
@@ -513,15 +629,15 @@ pub fn download(
         &already,
         &mut source,
         size - start,
-        &mut file,
+        file.file(),
         &mut hasher,
-        ctx.transfers.stop_flag(),
+        guard.stop_flag(),
         &mut |got| progress.update(start + got),
     );
     drop(progress);
     if let Err(e) = received {
         let e = e.offset_by(start);
-        if let Err(te) = ctx.partials.truncate(name, e.kept()) {
+        if let Err(te) = file.truncate(e.kept()) {
             log::warn!("cannot trim the partial download of {name}: {te}");
         }
         let part = ctx.partials.part_path(name);
@@ -530,12 +646,13 @@ pub fn download(
         }
         return Err(DownloadError::Receive(e, part));
     }
-    file.sync_all().map_err(DownloadError::Disk)?;
-    drop(file);
+    file.file().sync_all().map_err(DownloadError::Disk)?;
+    // The hasher saw exactly the bytes written to this file, and no other download can write
+    // it (it is locked): the digest is that of what is on disk.
     let got = hasher.finalize().to_hex().to_string();
     match &digest {
         Some(expected) if *expected != got => {
-            ctx.partials.discard(name);
+            file.discard();
             return Err(DownloadError::Corrupt {
                 expected: expected.clone(),
                 got,
@@ -544,7 +661,7 @@ pub fn download(
         Some(_) => {}
         None => log::warn!("{peer} sent no digest for {name}; the copy is not verified"),
     }
-    match ctx.partials.finish(name, &final_path) {
+    match file.finish(final_path) {
         Ok(()) => Ok(Received {
             bytes: size - start,
             size,
@@ -552,28 +669,46 @@ pub fn download(
             verified: digest.is_some(),
         }),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Err(DownloadError::Exists(final_path))
+            Err(DownloadError::Exists(final_path.to_path_buf()))
         }
         Err(e) => Err(DownloadError::Disk(e)),
     }
 }
 
+/// Opens `name`'s partial for this download alone.
+fn open_partial(
+    ctx: &PeerContext,
+    name: &str,
+    record: &PartialRecord,
+    resume_at: Option<u64>,
+) -> Result<OpenPartial, DownloadError> {
+    ctx.partials
+        .open(name, record, resume_at)
+        .map_err(|e| match e {
+            OpenError::InUse => DownloadError::AlreadyRunning,
+            OpenError::Io(e) => DownloadError::Disk(e),
+        })
+}
+
 /// The uploader's replies before the data: `waiting` replies are taken in stride (they say
 /// how long the next reply may take, and the user is told when the other user is asked).
+///
+/// Each wait is a deadline ([`Deadline`]): bytes that are not a reply (a space every few
+/// seconds) do not extend it, and only the first `waiting` reply of a stage may move it.
 struct Replies<'a> {
-    reader: FrameReader<&'a TcpStream>,
+    reader: FrameReader<Deadline<'a>>,
     ctx: &'a PeerContext,
     peer: SocketAddr,
-    /// The wait the uploader announced for its next reply, if it did.
-    told: Option<Duration>,
 }
 
 impl Replies<'_> {
-    /// The next reply that is not `waiting`; `default_wait` bounds the silence unless the
+    /// The next reply that is not `waiting`; `default_wait` bounds the wait unless the
     /// uploader announced another bound.
     fn next(&mut self, stage: Stage, default_wait: Duration) -> Result<Reply, DownloadError> {
+        let mut may_extend = true;
+        let mut wait = default_wait;
+        self.reader.get_mut().expire_in(wait);
         loop {
-            let wait = self.told.take().unwrap_or(default_wait);
             self.reader.set_idle_timeout(Some(wait));
             let reply = match self.reader.next_frame() {
                 Ok(Some(frame)) => parse_reply(frame).map_err(DownloadError::Protocol)?,
@@ -592,8 +727,19 @@ impl Replies<'_> {
             if reply.status != status::WAITING {
                 return Ok(reply);
             }
-            let secs = reply.timeout.unwrap_or(0).clamp(1, 24 * 60 * 60);
-            self.told = Some(Duration::from_secs(secs) + WAITING_MARGIN);
+            let secs = reply
+                .timeout
+                .unwrap_or(0)
+                .clamp(1, LONGEST_WAITING.as_secs());
+            let announced = Duration::from_secs(secs) + WAITING_MARGIN;
+            // One announcement per stage; more would let an uploader wait for ever (and fill
+            // the console).
+            if !may_extend {
+                continue;
+            }
+            may_extend = false;
+            wait = announced;
+            self.reader.get_mut().expire_in(wait);
             match reply.waiting_for.as_deref() {
                 Some(waiting_for::APPROVAL) => self.ctx.out.line(&format!(
                     "Aguardando aprovação do usuário de {}...",
@@ -611,7 +757,7 @@ fn codec_problem(e: &CodecError) -> String {
         CodecError::Malformed(why) => format!("mensagem malformada ({why})"),
         CodecError::TooLarge { limit } => format!("mensagem maior que {limit} bytes"),
         CodecError::Timeout => "a mensagem não chegou inteira a tempo".into(),
-        CodecError::Idle => "tempo esgotado".into(),
+        CodecError::Idle | CodecError::Deadline => "tempo esgotado".into(),
         CodecError::Busy => "o outro lado está ocupado".into(),
         CodecError::Truncated => "a conexão terminou no meio de uma mensagem".into(),
         CodecError::Io(e) => describe(e),

@@ -40,7 +40,10 @@ pub fn get(
     // The upload port is only this peer's name in the uploader's question ("Peer IP:PORT
     // solicitou ..."); nothing is served on it.
     let opened = open(&config)?;
-    let out: SharedOutput = Arc::new(PlainOutput);
+    let plain = Arc::new(PlainOutput::start().map_err(PeerError::Thread)?);
+    // Every line printed reaches stdout before this returns (and the process ends).
+    let _drained = plain.drain_on_return();
+    let out: SharedOutput = plain;
     let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
     let (finished_tx, finished_rx) = unbounded();
     let (approvals, _) = unbounded();

@@ -45,12 +45,19 @@ pub fn start(
             start_plain(tx)
         }
         Reading::Lines => start_plain(tx),
-        Reading::Nothing => Ok(LineReader {
-            output: Arc::new(PlainOutput),
-            reading: Reading::Nothing,
-            // Holding the sender keeps the input open: no line and no end of input, ever.
-            finish: Box::new(move || drop(tx)),
-        }),
+        Reading::Nothing => {
+            let output = Arc::new(PlainOutput::start()?);
+            let drained = Arc::clone(&output);
+            Ok(LineReader {
+                output,
+                reading: Reading::Nothing,
+                // Holding the sender keeps the input open: no line and no end of input, ever.
+                finish: Box::new(move || {
+                    drop(tx);
+                    drained.drain();
+                }),
+            })
+        }
     }
 }
 
@@ -75,10 +82,13 @@ pub fn start_plain(tx: Sender<Input>) -> io::Result<LineReader> {
         }
         let _ = tx.send(Input::Eof);
     })?;
+    let output = Arc::new(PlainOutput::start()?);
+    let drained = Arc::clone(&output);
     Ok(LineReader {
-        output: Arc::new(PlainOutput),
+        output,
         reading: Reading::Lines,
-        finish: Box::new(|| {}),
+        // The last lines (`Peer encerrado.`) reach stdout before the process ends.
+        finish: Box::new(move || drained.drain()),
     })
 }
 

@@ -10,6 +10,7 @@ pub mod approval;
 pub mod catalog;
 pub mod commands;
 pub mod console;
+pub mod deadline;
 pub mod downloader;
 pub mod folder;
 pub mod get;
@@ -21,6 +22,7 @@ pub mod range_server;
 pub mod search_results;
 pub mod swarm;
 pub mod tracker_client;
+pub mod transfer_commands;
 pub mod transfers;
 pub mod uploader;
 

@@ -29,9 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, Sender};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -47,13 +46,11 @@ use crate::peer::PeerConfig;
 use crate::peer::commands::COMMAND_NAMES;
 use crate::peer::console::{ConsoleState, Input, prompt_text};
 use crate::peer::line_reader::LineReader;
-use crate::peer::output::{LiveOutput, Output, printable, terminal_columns};
+use crate::peer::output::{
+    ConsoleQueue, FLUSH_WAIT, LiveOutput, Output, QUEUE_BYTES, Queued, console_text, dropped_note,
+    terminal_columns,
+};
 use crate::peer::search_results;
-
-/// How many lines may wait for the printer thread before printers wait in turn.
-const OUTPUT_QUEUE: usize = 4096;
-/// How long leaving waits for queued lines to be handed to the terminal.
-const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// The prompt, redrawn with the current pending count at every refresh.
 struct LivePrompt {
@@ -80,26 +77,16 @@ impl Prompt for LivePrompt {
     }
 }
 
-/// One thing for the printer thread.
-enum Printed {
-    /// Text as the terminal should get it, newlines included.
-    Raw(String),
-    /// Answered once every line queued before it was handed to the terminal.
-    Flush(Sender<()>),
-    /// Write the following lines straight to the terminal.
-    Direct,
-}
-
-/// Lines and progress bars drawn above the prompt ([`LiveOutput`]), queued for the printer
-/// thread so no thread ever waits on the terminal.
+/// Lines and progress bars drawn above the prompt ([`LiveOutput`]), queued (bounded by bytes)
+/// for the printer thread so no thread ever waits on the terminal.
 struct PromptOutput {
     live: LiveOutput,
-    tx: Sender<Printed>,
+    queue: Arc<ConsoleQueue>,
 }
 
 impl Output for PromptOutput {
     fn line(&self, text: &str) {
-        self.live.line(&printable(text));
+        self.live.line(&console_text(text));
     }
 
     fn live_bars(&self) -> bool {
@@ -108,7 +95,7 @@ impl Output for PromptOutput {
 
     fn bar(&self, id: u64, bar: Option<(&str, &str)>) {
         match bar {
-            Some((label, figures)) => self.live.bar(id, Some((&printable(label), figures))),
+            Some((label, figures)) => self.live.bar(id, Some((&console_text(label), figures))),
             None => self.live.bar(id, None),
         }
     }
@@ -118,13 +105,13 @@ impl Output for PromptOutput {
     }
 
     fn flush(&self) {
-        flush_queue(&self.tx);
+        self.queue.flush(FLUSH_WAIT);
     }
 
     fn leaving(&self) {
         self.live.clear_bars();
-        flush_queue(&self.tx);
-        let _ = self.tx.send(Printed::Direct);
+        self.queue.flush(FLUSH_WAIT);
+        self.queue.push_control(Queued::Direct);
     }
 }
 
@@ -137,21 +124,19 @@ impl PromptOutput {
     }
 }
 
-/// Waits until the printer thread has handed every line queued so far to the terminal.
-fn flush_queue(tx: &Sender<Printed>) {
-    let (done_tx, done_rx) = bounded(1);
-    if tx.send(Printed::Flush(done_tx)).is_ok() {
-        let _ = done_rx.recv_timeout(FLUSH_WAIT);
-    }
-}
-
 /// Hands queued lines to rustyline's external printer (which prints them above the prompt
-/// while `readline` runs, and straight to the terminal between two `readline`s).
-fn print_lines(rx: Receiver<Printed>, mut printer: Box<dyn ExternalPrinter + Send>) {
+/// while `readline` runs, and straight to the terminal between two `readline`s). A count of
+/// lines dropped is printed as a line of `output`'s, so it goes above the bars like any other.
+fn print_lines(
+    queue: Arc<ConsoleQueue>,
+    output: Arc<PromptOutput>,
+    mut printer: Box<dyn ExternalPrinter + Send>,
+) {
     let mut direct = false;
-    for printed in rx {
-        match printed {
-            Printed::Direct => {
+    loop {
+        match queue.next() {
+            Queued::Dropped(count) => output.line(&dropped_note(count)),
+            Queued::Direct => {
                 // Clear the prompt row; "\r\n" because a terminal left in raw mode (a signal
                 // arrived while `readline` ran) does not return the carriage on "\n".
                 let mut out = io::stdout().lock();
@@ -159,19 +144,19 @@ fn print_lines(rx: Receiver<Printed>, mut printer: Box<dyn ExternalPrinter + Sen
                 let _ = out.flush();
                 direct = true;
             }
-            Printed::Raw(text) if direct => {
+            Queued::Text(text) if direct => {
                 let mut out = io::stdout().lock();
                 let _ = out.write_all(text.replace('\n', "\r\n").as_bytes());
                 let _ = out.flush();
             }
-            Printed::Raw(text) => {
+            Queued::Text(text) => {
                 if printer.print(text.clone()).is_err() {
                     let mut out = io::stdout().lock();
                     let _ = out.write_all(text.as_bytes());
                     let _ = out.flush();
                 }
             }
-            Printed::Flush(done) => {
+            Queued::Flush(done) => {
                 let _ = done.send(());
             }
         }
@@ -367,27 +352,22 @@ pub fn start(
         EventHandler::Conditional(Box::new(NoteLineAtCtrlC(Arc::clone(&at_ctrl_c)))),
     );
     let printer = editor.create_external_printer().map_err(io::Error::other)?;
-    let (out_tx, out_rx) = bounded(OUTPUT_QUEUE);
-    thread::Builder::new()
-        .name("prompt-output".into())
-        .spawn(move || print_lines(out_rx, Box::new(printer)))?;
     // Lines and transfer progress bars are drawn above the prompt (see LiveOutput), through
     // the printer thread.
-    let sink = out_tx.clone();
+    let queue = ConsoleQueue::new(QUEUE_BYTES);
+    let sink = Arc::clone(&queue);
     let live = LiveOutput::new(
-        Box::new(move |text: String| {
-            if let Err(e) = sink.send(Printed::Raw(text))
-                && let Printed::Raw(text) = e.into_inner()
-            {
-                print!("{text}");
-            }
-        }),
+        Box::new(move |text: String| sink.push_text(text)),
         terminal_columns,
     );
     let output = Arc::new(PromptOutput {
         live,
-        tx: out_tx.clone(),
+        queue: Arc::clone(&queue),
     });
+    let (printer_queue, printer_output) = (Arc::clone(&queue), Arc::clone(&output));
+    thread::Builder::new()
+        .name("prompt-output".into())
+        .spawn(move || print_lines(printer_queue, printer_output, Box::new(printer)))?;
     if let Some(path) = refused_history {
         output.line(&format!(
             "Histórico não guardado em {}: é a pasta compartilhada, que o JOIN ofereceria a todos",
@@ -440,7 +420,7 @@ pub fn start(
 
     let finish = move || {
         closing.store(true, Ordering::SeqCst);
-        flush_queue(&out_tx);
+        queue.flush(FLUSH_WAIT);
         if reading.load(Ordering::SeqCst) {
             // Left by a signal while `readline` runs: end the prompt line and give the
             // terminal back its normal mode (and turn off bracketed paste, which rustyline

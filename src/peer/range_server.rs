@@ -13,7 +13,7 @@ use crate::peer::PeerContext;
 use crate::peer::progress::Progress;
 use crate::protocol::messages::{Reply, status};
 use crate::protocol::ranges::{self, RangeRequest};
-use crate::protocol::{CodecError, FrameReader};
+use crate::protocol::{CodecError, FrameReader, TimedRead};
 use crate::transfer;
 use crate::verified::CHUNK_GROUP;
 
@@ -44,25 +44,23 @@ pub struct SessionFile<'a> {
     pub outboard: &'a File,
 }
 
-/// Serves a range session on an approved connection, then says how it ended.
-pub fn serve_session(
+/// Serves a range session on an approved connection, then says how it ended. `stop` is the
+/// upload's own flag (QUIT, or CANCELAR of this upload).
+pub fn serve_session<R: TimedRead>(
     ctx: &PeerContext,
     stream: &TcpStream,
-    reader: &mut FrameReader<&TcpStream>,
+    reader: &mut FrameReader<R>,
     name: &str,
     from: SocketAddr,
     session: &SessionFile<'_>,
+    stop: &AtomicBool,
 ) {
     let size = session.size;
     let label = format!("Upload de {name} (partes) para {from}");
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, 0);
-    let served = serve(
-        stream,
-        reader,
-        session,
-        ctx.transfers.stop_flag(),
-        &mut |sent| progress.update(sent),
-    );
+    let served = serve(stream, reader, session, stop, &mut |sent| {
+        progress.update(sent)
+    });
     drop(progress);
     match served {
         Ok(served) => {
@@ -84,9 +82,9 @@ pub fn serve_session(
 /// Serves requests from `stream` until the downloader closes it (`Ok`), or the connection
 /// fails, stalls or is stopped (`Err`, with what was served so far in the log).
 /// `reader` is the one the request came through (it may hold the next requests already).
-pub fn serve(
+pub fn serve<R: TimedRead>(
     stream: &TcpStream,
-    reader: &mut FrameReader<&TcpStream>,
+    reader: &mut FrameReader<R>,
     served_file: &SessionFile<'_>,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),

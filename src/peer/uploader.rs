@@ -8,60 +8,97 @@
 //! A request without `fromPort` comes from the Python original's downloader, which reads each
 //! reply with one `recv` and the file with one more: its replies are spaced and a small file
 //! goes in one write (see [`crate::protocol::legacy`]).
+//!
+//! One host cannot deny service to others: connections are capped in all and per host, a
+//! request must arrive whole within a deadline that trickled bytes do not extend, an upload in
+//! progress must keep a minimum rate ([`MinRate`]), and a flood of refusals or failed accepts
+//! costs a few log lines, not one each.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
+use parking_lot::Mutex;
 
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
+use crate::peer::deadline::Deadline;
+use crate::peer::output::log_prefix;
 use crate::peer::progress::Progress;
 use crate::peer::range_server;
+use crate::peer::transfers::{Ending, MinRate};
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{Reply, parse_download_request, status, waiting_for};
 use crate::protocol::ranges;
+use crate::throttle::Throttle;
 use crate::transfer;
 use crate::verified::CHUNK_GROUP;
+use crate::warn_throttled;
 
 /// The largest DOWNLOAD_REQUEST accepted.
 const MAX_REQUEST: usize = 64 * 1024;
-/// How long a downloader may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A downloader that accepts no data for this long is given up (it can resume later).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first pause after an accept failed for lack of descriptors or memory; it doubles up to
+/// [`ACCEPT_BACKOFF_MAX`] while the failures go on.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest pause between two accepts that fail for lack of descriptors.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Failed accepts: a few lines per 10 s.
+static ACCEPT_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
+/// Connections refused over a cap: a few lines per 10 s.
+static CAP_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
+/// Requests for unsafe names: a few lines per 10 s.
+static NAME_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
 
 /// Accepts upload connections for ever, one thread each.
 pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(UploadSlots::default());
+    let mut backoff = ACCEPT_BACKOFF;
     for incoming in listener.incoming() {
         let stream = match incoming {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                backoff = ACCEPT_BACKOFF;
+                stream
+            }
             Err(e) => {
-                log::warn!("upload accept failed: {e}");
+                warn_throttled!(ACCEPT_WARNINGS, "upload accept failed: {e}");
+                // Out of descriptors the failed connection stays queued and accept fails again
+                // at once: pause, as the tracker does, instead of spinning (and logging).
+                if out_of_resources(&e) {
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
                 continue;
             }
         };
         if ctx.transfers.stopping() {
             break;
         }
-        // Bounded: a flood of requests must not cost a thread (and a console line) each.
-        if active.fetch_add(1, Ordering::AcqRel) >= MAX_UPLOAD_CONNECTIONS {
-            active.fetch_sub(1, Ordering::AcqRel);
-            log::warn!("refusing an upload connection: {MAX_UPLOAD_CONNECTIONS} already open");
-            let _ = reply(
-                &stream,
-                &Reply::error("this peer is serving too many requests; try again later"),
-            );
-            continue;
-        }
-        let slot = UploadSlot(Arc::clone(&active));
+        // Bounded in all and per host: a flood of connections must not cost a thread (and a
+        // console line) each, nor one host's connections keep every other host out.
+        let host = stream
+            .peer_addr()
+            .map(|a| a.ip().to_canonical())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let slot = match UploadSlots::take(&slots, host) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                warn_throttled!(
+                    CAP_WARNINGS,
+                    "refusing an upload connection from {host}: {refusal}"
+                );
+                let _ = reply(&stream, &Reply::error(refusal.message()));
+                continue;
+            }
+        };
         let ctx = Arc::clone(&ctx);
         let spawned = thread::Builder::new()
             .name("upload".into())
@@ -90,15 +127,93 @@ fn hashing_bound(size: u64) -> Duration {
 
 /// Upload connections served at once; more are answered with an ERROR and closed.
 pub const MAX_UPLOAD_CONNECTIONS: usize = 64;
+/// Upload connections from one host (IP address) at once. Peers on one machine share an
+/// address, so this leaves room for a classroom demo's peers on one host.
+pub const MAX_UPLOAD_CONNECTIONS_PER_HOST: usize = 8;
 /// Stack of an upload thread: it parses one small request and streams with `sendfile`.
 const UPLOAD_THREAD_STACK: usize = 256 * 1024;
 
+/// True for accept failures that repeat at once until something is freed.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Upload connections open, in all and per host.
+#[derive(Default)]
+struct UploadSlots {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why a connection got no slot.
+#[derive(Debug, Clone, Copy)]
+enum SlotRefusal {
+    Full,
+    HostFull,
+}
+
+impl SlotRefusal {
+    /// The ERROR message for the downloader.
+    fn message(self) -> &'static str {
+        match self {
+            SlotRefusal::Full => "this peer is serving too many requests; try again later",
+            SlotRefusal::HostFull => {
+                "this peer is serving too many requests from your host; try again later"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SlotRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotRefusal::Full => write!(f, "{MAX_UPLOAD_CONNECTIONS} already open"),
+            SlotRefusal::HostFull => {
+                write!(f, "{MAX_UPLOAD_CONNECTIONS_PER_HOST} already open from it")
+            }
+        }
+    }
+}
+
+impl UploadSlots {
+    fn take(slots: &Arc<UploadSlots>, host: IpAddr) -> Result<UploadSlot, SlotRefusal> {
+        let mut open = slots.open.lock();
+        let (total, hosts) = &mut *open;
+        if *total >= MAX_UPLOAD_CONNECTIONS {
+            return Err(SlotRefusal::Full);
+        }
+        let from_host = hosts.entry(host).or_insert(0);
+        if *from_host >= MAX_UPLOAD_CONNECTIONS_PER_HOST {
+            return Err(SlotRefusal::HostFull);
+        }
+        *from_host += 1;
+        *total += 1;
+        Ok(UploadSlot {
+            slots: Arc::clone(slots),
+            host,
+        })
+    }
+}
+
 /// Counts an upload connection until its thread ends.
-struct UploadSlot(Arc<AtomicUsize>);
+struct UploadSlot {
+    slots: Arc<UploadSlots>,
+    host: IpAddr,
+}
 
 impl Drop for UploadSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut open = self.slots.open.lock();
+        let (total, hosts) = &mut *open;
+        *total -= 1;
+        if let Some(n) = hosts.get_mut(&self.host) {
+            *n -= 1;
+            if *n == 0 {
+                hosts.remove(&self.host);
+            }
+        }
     }
 }
 
@@ -163,9 +278,13 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         log::debug!("{remote}: cannot set keepalive: {e}");
     }
     let _ = stream.set_write_timeout(Some(STALL_TIMEOUT));
-    let mut reader = FrameReader::new(&stream, MAX_REQUEST);
-    reader.set_message_timeout(Some(REQUEST_TIMEOUT));
-    reader.set_idle_timeout(Some(REQUEST_TIMEOUT));
+    // The whole request within the liveness bound, from the connection's start: bytes that are
+    // not a request (a newline every few seconds) do not extend it.
+    let request_time = ctx.liveness;
+    let mut reader = FrameReader::new(Deadline::new(&stream), MAX_REQUEST);
+    reader.get_mut().expire_in(request_time);
+    reader.set_message_timeout(Some(request_time));
+    reader.set_idle_timeout(Some(request_time));
     let request = match reader.next_frame() {
         Ok(Some(frame)) => parse_download_request(frame),
         Ok(None) => return,
@@ -174,21 +293,23 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let request = match request {
         Ok(request) => request,
         Err(message) => {
-            log::debug!("upload request from {remote} refused: {message}");
+            log::debug!(
+                "upload request from {remote} refused: {}",
+                log_prefix(&message)
+            );
             let _ = reply(&stream, &Reply::error(message));
             return;
         }
     };
-    let from = SocketAddr::new(
-        remote.ip().to_canonical(),
-        request.from_port.unwrap_or(remote.port()),
-    );
+    // What is known: the connection's address. The downloader's upload port is only claimed.
+    let from = SocketAddr::new(remote.ip().to_canonical(), remote.port());
     let found = match ctx.shared.shared_file(&request.filename) {
         Ok(found) => found,
         Err(e) => {
-            log::warn!(
-                "{from} asked for an unsafe name {:?}: {e}",
-                request.filename
+            warn_throttled!(
+                NAME_WARNINGS,
+                "{from} asked for an unsafe name {}: {e}",
+                log_prefix(&request.filename)
             );
             let _ = reply(
                 &stream,
@@ -200,8 +321,8 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let opened = found.and_then(|(path, _)| open_regular(&path).ok().map(|f| (path, f)));
     let Some((path, file)) = opened else {
         log::debug!(
-            "{from} asked for {:?}, which is not shared",
-            request.filename
+            "{from} asked for {}, which is not shared",
+            log_prefix(&request.filename)
         );
         let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
         return;
@@ -277,6 +398,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let (tx, rx) = bounded(1);
     let asked = ApprovalRequest {
         from,
+        claimed_port: request.from_port,
         filename: request.filename.clone(),
         size,
         offset,
@@ -297,7 +419,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         let _ = reply(&stream, &rejected);
         return;
     }
-    let guard = ctx.transfers.start_upload();
+    let guard = ctx.transfers.start_upload(&request.filename, from);
     ctx.transfers.attach(&guard, &stream);
     pacer.before_write();
     if reply(&stream, &Reply::status(status::DOWNLOAD_ACCEPTED)).is_err() {
@@ -310,10 +432,23 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             size,
             outboard: &outboard,
         };
-        range_server::serve_session(ctx, &stream, &mut reader, &request.filename, from, &session);
+        // The session's requests have their own limits (idle, per request); a swarm source
+        // may rightly wait between ranges, so it is not held to the minimum rate either.
+        reader.get_mut().set(None);
+        range_server::serve_session(
+            ctx,
+            &stream,
+            &mut reader,
+            &request.filename,
+            from,
+            &session,
+            guard.stop_flag(),
+        );
         return;
     }
     pacer.before_write();
+    let rate = MinRate::for_liveness(ctx.liveness);
+    ctx.transfers.watch(&guard, rate);
     let label = format!("Upload de {} para {from}", request.filename);
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
     let sent = if pacer.is_pacing() && size - offset <= legacy::ONE_WRITE_MAX {
@@ -324,7 +459,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             offset,
             size - offset,
             &stream,
-            ctx.transfers.stop_flag(),
+            guard.stop_flag(),
             &mut |sent| progress.update(offset + sent),
         )
     };
@@ -341,12 +476,14 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         }
         Err(e) => {
             log::debug!("upload of {} to {from} failed: {e}", request.filename);
-            let why = if ctx.transfers.stopping() {
-                "este peer está encerrando".to_string()
-            } else if crate::os_error::closed_by_other_side(&e) {
-                "o outro peer encerrou".to_string()
-            } else {
-                crate::os_error::describe(&e)
+            let why = match guard.ending() {
+                Ending::Cancelled => "cancelado".to_string(),
+                Ending::TooSlow => format!("o peer recebeu {rate}"),
+                Ending::Stopped => "este peer está encerrando".to_string(),
+                Ending::Running if crate::os_error::closed_by_other_side(&e) => {
+                    "o outro peer encerrou".to_string()
+                }
+                Ending::Running => crate::os_error::describe(&e),
             };
             ctx.out.line(&format!(
                 "Upload do arquivo {} para {from} interrompido: {why}",

@@ -42,6 +42,8 @@ pub enum CodecError {
     Timeout,
     /// Nothing arrived between frames within the idle limit.
     Idle,
+    /// The deadline set with [`FrameReader::set_deadline`] passed, whatever arrived before it.
+    Deadline,
     /// Buffering this frame would exceed the memory shared by all connections.
     Busy,
     /// The other side closed the connection half way through a frame.
@@ -66,6 +68,7 @@ impl fmt::Display for CodecError {
             }
             CodecError::Timeout => write!(f, "the message was not completed in time"),
             CodecError::Idle => write!(f, "nothing was sent for too long"),
+            CodecError::Deadline => write!(f, "the time allowed for this connection ran out"),
             CodecError::Busy => write!(
                 f,
                 "the server is receiving too much data at once; send the message again later"
@@ -214,6 +217,8 @@ pub struct FrameReader<R> {
     message_timeout: Option<Duration>,
     /// How long the stream may stay silent between frames.
     idle_timeout: Option<Duration>,
+    /// When reading must stop, however the stream behaves (bytes do not extend it).
+    deadline: Option<Instant>,
     /// When the unfinished frame started arriving.
     partial_since: Option<Instant>,
     /// The limit last given to the socket, to avoid a system call per read.
@@ -234,6 +239,7 @@ impl<R: TimedRead> FrameReader<R> {
             max_message,
             message_timeout: None,
             idle_timeout: None,
+            deadline: None,
             partial_since: None,
             current_limit: None,
             charge: Charge::default(),
@@ -260,9 +266,20 @@ impl<R: TimedRead> FrameReader<R> {
         self.idle_timeout = limit;
     }
 
+    /// Stops reading at `deadline` (`None`: no deadline) with [`CodecError::Deadline`], even
+    /// if bytes keep arriving: unlike the idle limit, nothing the other side sends moves it.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
     /// The underlying stream.
     pub fn get_ref(&self) -> &R {
         &self.inner
+    }
+
+    /// The underlying stream, to change how it reads (a deadline, for example).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// Takes the bytes received after the last frame and not yet consumed (for example, file
@@ -426,6 +443,16 @@ impl<R: TimedRead> FrameReader<R> {
         } else {
             self.idle_timeout
         };
+        let limit = match self.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(CodecError::Deadline);
+                }
+                Some(limit.map_or(left, |l| l.min(left)))
+            }
+            None => limit,
+        };
         if self.current_limit != Some(limit) {
             self.inner.set_read_limit(limit).map_err(CodecError::Io)?;
             self.current_limit = Some(limit);
@@ -460,7 +487,10 @@ impl<R: TimedRead> FrameReader<R> {
                         || e.kind() == io::ErrorKind::TimedOut =>
                 {
                     self.buf.truncate(len);
-                    return Err(if mid_frame {
+                    let passed = self.deadline.is_some_and(|d| Instant::now() >= d);
+                    return Err(if passed {
+                        CodecError::Deadline
+                    } else if mid_frame {
                         CodecError::Timeout
                     } else {
                         CodecError::Idle

@@ -4,15 +4,19 @@
 //! hands off. Each connection is one request → one reply, in order. A connection's peer is
 //! forgotten the moment its connection ends, however it ends.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::console_out::ConsoleOut;
+use parking_lot::Mutex;
+
+use crate::console_out::{self, ConsoleOut};
 use crate::liveness;
+use crate::log_limit::{self, Throttle, held_note};
 use crate::protocol::codec::MemoryBudget;
 use crate::protocol::legacy;
 use crate::protocol::messages::{
@@ -36,11 +40,14 @@ pub struct TrackerConfig {
     pub max_listed_names: usize,
     /// Longest name, in bytes.
     pub max_name_len: usize,
-    /// Most connections at once; more are answered with an error and closed.
+    /// Most connections at once; more are answered with an error and closed. Fitted at start
+    /// to what the machine allows (see [`crate::tracker::limits`]).
     pub max_connections: usize,
+    /// Most connections at once from one host (an IPv4 address, or an IPv6 /64).
+    pub max_connections_per_host: usize,
     /// A started message must be complete within this time (slow senders are closed).
     pub message_timeout: Duration,
-    /// A new connection must JOIN within this time.
+    /// A new connection must JOIN within this time of connecting.
     pub join_timeout: Duration,
     /// A host that stops answering is dropped within about this time.
     pub liveness: Duration,
@@ -50,6 +57,9 @@ pub struct TrackerConfig {
     pub max_buffered: usize,
     /// Most results one SEARCH returns (the reply says when more matched).
     pub max_results: usize,
+    /// List the folder an original-dialect JOIN names (`--legacy-folder-join`); off, such a
+    /// JOIN is refused.
+    pub legacy_folder_join: bool,
 }
 
 impl Default for TrackerConfig {
@@ -60,12 +70,14 @@ impl Default for TrackerConfig {
             max_listed_names: 5_000_000,
             max_name_len: share::MAX_NAME_BYTES,
             max_connections: 16_384,
+            max_connections_per_host: DEFAULT_PER_HOST,
             message_timeout: Duration::from_secs(10),
             join_timeout: Duration::from_secs(300),
             liveness: liveness::DEFAULT_LIVENESS,
             thread_stack: 128 * 1024,
             max_buffered: 256 << 20,
             max_results: 100,
+            legacy_folder_join: false,
         }
     }
 }
@@ -75,6 +87,8 @@ pub struct Tracker {
     table: PeerTable,
     config: TrackerConfig,
     connections: AtomicUsize,
+    /// Connections per host (see [`host_key`]); a host is removed when its count reaches 0.
+    hosts: Mutex<HashMap<IpAddr, usize>>,
     next_conn: AtomicU64,
     out: ConsoleOut,
     buffers: Arc<MemoryBudget>,
@@ -90,6 +104,7 @@ impl Tracker {
             buffers: MemoryBudget::new(config.max_buffered),
             config,
             connections: AtomicUsize::new(0),
+            hosts: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             out: ConsoleOut::start(),
         })
@@ -102,33 +117,56 @@ impl Tracker {
 
     /// Accepts connections on `listener` for ever, one thread each.
     pub fn run(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
-        for incoming in listener.incoming() {
-            let stream = match incoming {
-                Ok(stream) => stream,
+        loop {
+            match listener.accept() {
+                Ok((stream, remote)) => self.hand_off(stream, remote),
                 Err(e) => {
                     // Out of descriptors or a connection reset before accept: keep serving.
-                    log::warn!("accept failed: {e}");
+                    if let Some(held) = ACCEPT_WARNINGS.allow() {
+                        log::warn!("accept failed: {e}{}", held_note(held));
+                    }
                     if e.raw_os_error() == Some(libc::EMFILE)
                         || e.raw_os_error() == Some(libc::ENFILE)
                     {
                         thread::sleep(Duration::from_millis(50));
                     }
-                    continue;
                 }
-            };
-            self.hand_off(stream);
+            }
         }
-        Ok(())
     }
 
-    fn hand_off(self: &Arc<Self>, stream: TcpStream) {
+    fn hand_off(self: &Arc<Self>, stream: TcpStream, remote: SocketAddr) {
         let count = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        let guard = ConnectionSlot(Arc::clone(self));
+        let mut guard = ConnectionSlot {
+            tracker: Arc::clone(self),
+            host: None,
+        };
         if count > self.config.max_connections {
-            log::warn!("refusing a connection: {count} would exceed the limit");
+            if let Some(held) = REFUSAL_WARNINGS.allow() {
+                log::warn!(
+                    "refusing a connection from {remote}: {count} would exceed the limit{}",
+                    held_note(held)
+                );
+            }
             let reply = Reply::error(format!(
                 "the tracker is full ({} connections); try again later",
                 self.config.max_connections
+            ));
+            let _ = (&stream).write_all(&reply.to_line());
+            return;
+        }
+        let host = host_key(remote.ip());
+        if !guard.take_host_slot(host) {
+            if let Some(held) = REFUSAL_WARNINGS.allow() {
+                log::warn!(
+                    "refusing a connection from {remote}: its host has {} connections{}",
+                    self.config.max_connections_per_host,
+                    held_note(held)
+                );
+            }
+            let reply = Reply::error(format!(
+                "too many connections from your address ({} at once); close some and try again",
+                self.config.max_connections_per_host
             ));
             let _ = (&stream).write_all(&reply.to_line());
             return;
@@ -150,7 +188,9 @@ impl Tracker {
                 }
             });
         if let Err(e) = spawned {
-            log::error!("cannot start a connection thread: {e}");
+            if let Some(held) = REFUSAL_WARNINGS.allow() {
+                log::error!("cannot start a connection thread: {e}{}", held_note(held));
+            }
             if let Some(stream) = handed.lock().take() {
                 let reply = Reply::error(format!(
                     "the tracker cannot serve another connection now ({e}); try again later"
@@ -162,6 +202,7 @@ impl Tracker {
 
     /// Serves one connection until it closes or breaks a rule it cannot recover from.
     fn serve(&self, stream: TcpStream, conn: ConnId) {
+        let connected = Instant::now();
         let Ok(remote) = stream.peer_addr() else {
             return;
         };
@@ -180,7 +221,8 @@ impl Tracker {
         let mut reader = FrameReader::new(&stream, self.config.max_message);
         reader.set_budget(Arc::clone(&self.buffers));
         reader.set_message_timeout(Some(self.config.message_timeout));
-        reader.set_idle_timeout(Some(self.config.join_timeout));
+        // A real deadline from connect: bytes that are not a JOIN do not buy more time.
+        reader.set_deadline(Some(connected + self.config.join_timeout));
         loop {
             let answer = match reader.next_frame() {
                 Ok(Some(frame)) => self.handle(&mut session, frame),
@@ -192,7 +234,7 @@ impl Tracker {
                         break;
                     }
                     let message = match e {
-                        CodecError::Idle => format!(
+                        CodecError::Deadline | CodecError::Idle => format!(
                             "no JOIN within {} s; closing the connection",
                             self.config.join_timeout.as_secs()
                         ),
@@ -206,7 +248,7 @@ impl Tracker {
                 }
             };
             if session.joined.is_some() {
-                reader.set_idle_timeout(None);
+                reader.set_deadline(None);
             }
             if let Err(e) = (&stream).write_all(&answer) {
                 log::debug!("{remote}: cannot reply: {e}");
@@ -226,14 +268,14 @@ impl Tracker {
         let request = match parse_tracker_request(frame) {
             Ok(request) => request,
             Err(message) => {
-                log::debug!("{}: {message}", session.remote);
+                log_refusal(session.remote, &message);
                 return Reply::error(message).to_line();
             }
         };
         match self.apply(session, request) {
             Ok(bytes) => bytes,
             Err(message) => {
-                log::debug!("{}: {message}", session.remote);
+                log_refusal(session.remote, &message);
                 Reply::error(message).to_line()
             }
         }
@@ -249,9 +291,13 @@ impl Tracker {
                 Ok(Reply::status(status::JOIN_OK).to_line())
             }
             TrackerRequest::LegacyJoin { folder } => {
-                let names =
-                    legacy_join::list_client_folder(session.remote, &folder, self.config.max_names)
-                        .map_err(|e| e.to_string())?;
+                let names = legacy_join::list_client_folder(
+                    session.remote,
+                    &folder,
+                    self.config.max_names,
+                    self.config.legacy_folder_join,
+                )
+                .map_err(|e| e.to_string())?;
                 let files: Vec<FileRecord> = names.into_iter().map(FileRecord::named).collect();
                 self.check_records(&files)?;
                 // The original keys a peer by the port of its tracker connection.
@@ -289,7 +335,7 @@ impl Tracker {
                     .map_err(|e| e.to_string())?;
                 self.out.line(format!(
                     "Peer {addr} atualizou os arquivos {}",
-                    legacy::python_list(&names_of(&files))
+                    console_out::name_list(&names_of(&files))
                 ));
                 Ok(self.update_ok(session))
             }
@@ -305,10 +351,10 @@ impl Tracker {
                     .map_err(|e| e.to_string())?;
                 let mut changed = Vec::new();
                 if !add.is_empty() {
-                    changed.push(format!("+{}", legacy::python_list(&names_of(&add))));
+                    changed.push(format!("+{}", console_out::name_list(&names_of(&add))));
                 }
                 if !remove.is_empty() {
-                    changed.push(format!("-{}", legacy::python_list(&remove)));
+                    changed.push(format!("-{}", console_out::name_list(&remove)));
                 }
                 self.out.line(format!(
                     "Peer {addr} atualizou os arquivos: {}",
@@ -359,7 +405,7 @@ impl Tracker {
         session.joined = Some(addr);
         self.out.line(format!(
             "Peer {addr} adicionado com os arquivos {}",
-            legacy::python_list(&names_of(files))
+            console_out::name_list(&names_of(files))
         ));
         Ok(())
     }
@@ -449,52 +495,88 @@ struct Session {
     legacy: bool,
 }
 
-/// Counts a connection until its thread ends.
-struct ConnectionSlot(Arc<Tracker>);
+/// Counts a connection (and its host's) until its thread ends.
+struct ConnectionSlot {
+    tracker: Arc<Tracker>,
+    /// The host counted, once its slot was taken.
+    host: Option<IpAddr>,
+}
+
+impl ConnectionSlot {
+    /// Counts one more connection for `host`; false (nothing counted) if it has its share.
+    fn take_host_slot(&mut self, host: IpAddr) -> bool {
+        let mut hosts = self.tracker.hosts.lock();
+        let count = hosts.entry(host).or_insert(0);
+        if *count >= self.tracker.config.max_connections_per_host {
+            return false;
+        }
+        *count += 1;
+        self.host = Some(host);
+        true
+    }
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Descriptors kept for the listener, stdio, logs and the odd file, beside one per connection.
-pub const SPARE_DESCRIPTORS: usize = 64;
-
-impl TrackerConfig {
-    /// Lowers `max_connections` to what `open_file_limit` descriptors can serve (one per
-    /// connection plus [`SPARE_DESCRIPTORS`]), so that a full tracker answers "full" instead of
-    /// stalling in `accept` on "too many open files". Returns the asked value if it was lowered.
-    pub fn fit_open_file_limit(&mut self, open_file_limit: u64) -> Option<usize> {
-        let room = usize::try_from(open_file_limit)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(SPARE_DESCRIPTORS)
-            .max(1);
-        let asked = self.max_connections;
-        (asked > room).then(|| {
-            self.max_connections = room;
-            asked
-        })
-    }
-}
-
-/// Raises the soft open-file limit to the hard one, so that thousands of peers fit.
-pub fn raise_open_file_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
+        if let Some(host) = self.host {
+            let mut hosts = self.tracker.hosts.lock();
+            if let Some(count) = hosts.get_mut(&host) {
+                *count -= 1;
+                if *count == 0 {
+                    hosts.remove(&host);
+                }
             }
         }
+        self.tracker.connections.fetch_sub(1, Ordering::AcqRel);
     }
-    Ok(limit.rlim_cur)
+}
+
+/// The default `--max-connections-per-host`: a classroom of 60 behind one NAT, each with a
+/// peer and a few spare reconnections, fits; one host cannot take the whole tracker.
+pub const DEFAULT_PER_HOST: usize = 256;
+
+/// What counts as one host: an IPv4 address, or an IPv6 /64 (one machine can hold a whole /64).
+pub fn host_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Warnings about refused connections: a flood of them must not flood stderr.
+static REFUSAL_WARNINGS: Throttle = Throttle::new(10, Duration::from_secs(10));
+/// Warnings about failed accepts (out of descriptors repeats every 50 ms).
+static ACCEPT_WARNINGS: Throttle = Throttle::new(5, Duration::from_secs(10));
+
+/// Logs a refused request; the text may hold whole names from the network, so only its start.
+fn log_refusal(remote: SocketAddr, message: &str) {
+    log::debug!(
+        "{remote}: {}",
+        log_limit::prefix(message, 2 * log_limit::LOGGED_TEXT)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4 address is one host, however it arrives (v4-mapped too); an IPv6 /64 is one host.
+    #[test]
+    fn hosts_are_ipv4_addresses_or_ipv6_prefixes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(host_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(host_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            host_key(ip("2001:db8:1:2::5")),
+            host_key(ip("2001:db8:1:2:aaaa::9"))
+        );
+        assert_eq!(host_key(ip("2001:db8:1:2::5")), ip("2001:db8:1:2::"));
+        assert_ne!(
+            host_key(ip("2001:db8:1:2::5")),
+            host_key(ip("2001:db8:1:3::5"))
+        );
+    }
 }

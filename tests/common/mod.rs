@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
 
+pub mod stand_in;
+
 /// How long any expected line may take.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -30,6 +32,8 @@ pub struct Proc {
     lines: Receiver<String>,
     seen: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Disconnected once stdout and stderr were read to their end.
+    drained: Receiver<()>,
 }
 
 impl Proc {
@@ -109,6 +113,8 @@ impl Proc {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait works") {
+                // Every line it printed is read before the caller looks at them.
+                let _ = self.drained.recv_timeout(WAIT);
                 return status;
             }
             if Instant::now() > deadline {
@@ -273,6 +279,12 @@ impl RawClient {
         RawClient { stream, reader }
     }
 
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        let reader = BufReader::new(stream.try_clone().expect("clones"));
+        RawClient { stream, reader }
+    }
+
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("sends");
@@ -428,9 +440,12 @@ impl Proc {
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = unbounded();
+        let (drained_tx, drained) = crossbeam_channel::bounded::<()>(0);
+        let drained_err = drained_tx.clone();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = Arc::clone(&seen);
         thread::spawn(move || {
+            let _drained = drained_tx;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 seen2.lock().unwrap().push(line.clone());
@@ -442,6 +457,7 @@ impl Proc {
         let errs = Arc::new(Mutex::new(Vec::new()));
         let errs2 = Arc::clone(&errs);
         thread::spawn(move || {
+            let _drained = drained_err;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 errs2.lock().unwrap().push(line);
@@ -454,6 +470,7 @@ impl Proc {
             lines: rx,
             seen,
             stderr: errs,
+            drained,
         }
     }
 }

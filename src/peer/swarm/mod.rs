@@ -103,11 +103,15 @@ pub enum SwarmError {
         need: u64,
         /// Bytes free.
         free: u64,
+        /// Of those, bytes that running downloads still have to write.
+        promised: u64,
     },
     /// A local file operation failed.
     Disk(io::Error),
     /// The peer is leaving; the verified pieces are kept.
     Stopped,
+    /// The user cancelled it (`CANCELAR`); the verified pieces are kept.
+    Cancelled,
 }
 
 impl fmt::Display for SwarmError {
@@ -127,14 +131,29 @@ impl fmt::Display for SwarmError {
                 f,
                 "as fontes acabaram antes do fim ({have} de {size} bytes verificados); as partes verificadas foram guardadas para retomar depois"
             ),
-            SwarmError::NoSpace { need, free } => write!(
-                f,
-                "espaço insuficiente: faltam {need} bytes e há {free} livres na pasta"
-            ),
+            SwarmError::NoSpace {
+                need,
+                free,
+                promised,
+            } => {
+                write!(
+                    f,
+                    "espaço insuficiente: faltam {need} bytes e há {free} livres na pasta"
+                )?;
+                if *promised > 0 {
+                    write!(f, ", {promised} deles prometidos a downloads em andamento")?;
+                }
+                Ok(())
+            }
             SwarmError::Disk(e) => write!(f, "erro no disco: {e}"),
             SwarmError::Stopped => write!(
                 f,
                 "transferência interrompida; as partes verificadas foram guardadas para retomar depois"
+            ),
+            SwarmError::Cancelled => write!(
+                f,
+                "download cancelado; as partes verificadas foram guardadas para retomar depois ({})",
+                crate::partial::CLEAR_HINT
             ),
         }
     }
@@ -146,7 +165,8 @@ impl std::error::Error for SwarmError {}
 pub(crate) struct Pieces {
     identity: Identity,
     outboard: Outboard,
-    part: std::fs::File,
+    /// The partial file, held (and locked) by this download until it gets its final name.
+    part: crate::partial::OpenPartial,
     map: PieceMap,
 }
 
@@ -182,6 +202,8 @@ pub struct Swarm {
     changed: Condvar,
     /// Bytes verified and written (for the bar).
     verified: AtomicU64,
+    /// The space promised to this download, held until it ends.
+    promise: Mutex<Option<crate::partial::Promise>>,
 }
 
 /// What a source should do about the outboard.
@@ -220,7 +242,13 @@ impl Swarm {
             }),
             changed: Condvar::new(),
             verified: AtomicU64::new(0),
+            promise: Mutex::new(None),
         }
+    }
+
+    /// Keeps the space promised to this download until it ends.
+    pub(crate) fn keep_promise(&self, promise: crate::partial::Promise) {
+        *self.promise.lock() = Some(promise);
     }
 
     /// Takes `found` as the content if none is known yet; false if another one is.
@@ -515,7 +543,7 @@ impl SwarmError {
             SwarmError::Rejected => Failure::Rejected,
             SwarmError::NotFound => Failure::NotFound,
             SwarmError::Incomplete { .. } => Failure::Cut,
-            SwarmError::Stopped => Failure::Interrupted,
+            SwarmError::Stopped | SwarmError::Cancelled => Failure::Interrupted,
         }
     }
 }
@@ -597,10 +625,23 @@ fn run(
     if std::fs::symlink_metadata(&final_path).is_ok() {
         return Err(SwarmError::Exists(final_path));
     }
-    let _guard = ctx
+    // One download per stored name in this peer, and none while another process writes it.
+    let guard = ctx
         .transfers
-        .start_download(&name)
+        .start_download(&crate::partial::PartialStore::key(&name), &name, None)
         .ok_or(SwarmError::AlreadyRunning)?;
+    if ctx.partials.in_use(&name) {
+        return Err(SwarmError::AlreadyRunning);
+    }
+    let stopped =
+        || ctx.transfers.stopping() || guard.stop_flag().load(std::sync::atomic::Ordering::SeqCst);
+    let stop_error = || {
+        if guard.ending() == crate::peer::transfers::Ending::Cancelled {
+            SwarmError::Cancelled
+        } else {
+            SwarmError::Stopped
+        }
+    };
     let swarm = Arc::new(Swarm::new(
         Arc::clone(ctx),
         name.clone(),
@@ -662,7 +703,7 @@ fn run(
                 summaries.push(summary_of(&report));
             }
             Err(_) => {
-                if ctx.transfers.stopping() {
+                if stopped() {
                     swarm.end();
                 }
             }
@@ -697,8 +738,8 @@ fn run(
         return Err(fatal);
     }
     let Some(pieces) = swarm.pieces() else {
-        if ctx.transfers.stopping() {
-            return Err(SwarmError::Stopped);
+        if stopped() {
+            return Err(stop_error());
         }
         return Err(match legacy {
             None if ended > 0 && rejected == ended => SwarmError::Rejected,
@@ -707,18 +748,20 @@ fn run(
         });
     };
     if !swarm.is_complete() {
-        if ctx.transfers.stopping() {
-            return Err(SwarmError::Stopped);
+        if stopped() {
+            return Err(stop_error());
         }
         return Err(SwarmError::Incomplete {
             have: swarm.verified.load(Ordering::Relaxed),
             size: pieces.identity.size,
         });
     }
-    pieces.part.sync_all().map_err(SwarmError::Disk)?;
+    pieces.part.as_file().sync_all().map_err(SwarmError::Disk)?;
+    // Every piece was checked as it arrived, into this locked file: it gets the final name.
+    let finished = pieces.part.finish(&final_path);
     drop(pieces);
     drop(swarm);
-    match ctx.partials.finish(&name, &final_path) {
+    match finished {
         Ok(()) => Ok(final_path),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(SwarmError::Exists(final_path)),
         Err(e) => Err(SwarmError::Disk(e)),

@@ -2,13 +2,13 @@
 //! map), the outboard (received and checked, or found beside a partial), and which pieces on
 //! disk are already good — each marked piece is checked again before it counts.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 
+use crate::partial::{OpenError, OpenPartial, Partial, PartialRecord, free_space};
 use crate::peer::swarm::planner::{PIECE_LEN, Planner};
 use crate::peer::swarm::{Identity, Pieces, Swarm, SwarmError};
 use crate::piece_map::{self, PieceMap};
-use crate::transfer::{Partial, PartialRecord};
 use crate::verified::{self, Outboard, OutboardError};
 
 /// The largest file downloaded in pieces (1 TiB: a million pieces in the plan).
@@ -96,14 +96,22 @@ fn check_room(
             ),
         )));
     }
-    let need = identity
+    // Promised for the whole download (file and outboard), counted against what running
+    // downloads were promised: two downloads cannot each pass this alone.
+    let whole = identity
         .size
-        .saturating_sub(partial.map_or(0, |p| p.have))
         .saturating_add(verified::outboard_len(identity.size));
-    match crate::peer::downloader::free_space(swarm.ctx.shared.path()) {
-        Some(free) if need > free => Err(SwarmError::NoSpace { need, free }),
-        _ => Ok(()),
-    }
+    let promise = swarm
+        .ctx
+        .partials
+        .promise(&swarm.name, whole, partial.map_or(0, |p| p.have))
+        .map_err(|e| SwarmError::NoSpace {
+            need: e.need,
+            free: e.free,
+            promised: e.promised,
+        })?;
+    swarm.keep_promise(promise);
+    Ok(())
 }
 
 /// The partial of `name` if it holds this very content.
@@ -115,23 +123,27 @@ fn same_partial(swarm: &Swarm, identity: &Identity) -> Option<Partial> {
         .filter(|p| p.record.digest == identity.digest && p.record.size == identity.size)
 }
 
-/// Opens the partial file for reading and writing at its full size (sparse): the one found,
-/// or a new one with its record.
+/// Opens the partial file for reading and writing at its full size (sparse), for this
+/// download alone (locked, see [`crate::partial`]): the one found, or a new one with its
+/// record.
 fn open_part(
     swarm: &Swarm,
     identity: &Identity,
     partial: Option<&Partial>,
-) -> Result<File, SwarmError> {
+) -> Result<OpenPartial, SwarmError> {
     let partials = &swarm.ctx.partials;
+    let record = PartialRecord {
+        size: identity.size,
+        digest: identity.digest.clone(),
+        name: Some(swarm.name.clone()),
+    };
+    let part = partials
+        .open_pieces(&swarm.name, &record, partial.is_none())
+        .map_err(|e| match e {
+            OpenError::InUse => SwarmError::AlreadyRunning,
+            OpenError::Io(e) => SwarmError::Disk(e),
+        })?;
     if partial.is_none() {
-        let record = PartialRecord {
-            size: identity.size,
-            digest: identity.digest.clone(),
-            name: Some(swarm.name.clone()),
-        };
-        partials
-            .open(&swarm.name, &record, None)
-            .map_err(SwarmError::Disk)?;
         // At once, so that the full-size (sparse) file is never taken for a whole one.
         PieceMap::create(
             &piece_map::path_for(&partials.part_path(&swarm.name)),
@@ -139,12 +151,9 @@ fn open_part(
         )
         .map_err(SwarmError::Disk)?;
     }
-    let part = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(partials.part_path(&swarm.name))
+    part.as_file()
+        .set_len(identity.size)
         .map_err(SwarmError::Disk)?;
-    part.set_len(identity.size).map_err(SwarmError::Disk)?;
     Ok(part)
 }
 
@@ -153,7 +162,7 @@ fn ready(
     swarm: &Swarm,
     identity: &Identity,
     outboard: Outboard,
-    part: File,
+    part: OpenPartial,
     partial: Option<&Partial>,
 ) -> Result<(Pieces, Planner), SwarmError> {
     let size = identity.size;
@@ -189,7 +198,7 @@ fn ready(
             continue;
         }
         let (start, len) = planner.range(i);
-        match verified::verify_stored(&outboard, &part, start, len as usize) {
+        match verified::verify_stored(&outboard, part.as_file(), start, len as usize) {
             Ok(()) => {
                 planner.mark_done(i);
                 map.mark(i).map_err(SwarmError::Disk)?;
@@ -205,10 +214,14 @@ fn ready(
         ));
     }
     let need = size - kept;
-    if let Some(free) = crate::peer::downloader::free_space(swarm.ctx.shared.path())
+    if let Some(free) = free_space(swarm.ctx.shared.path())
         && need > free
     {
-        return Err(SwarmError::NoSpace { need, free });
+        return Err(SwarmError::NoSpace {
+            need,
+            free,
+            promised: 0,
+        });
     }
     let pieces = Pieces {
         identity: identity.clone(),

@@ -139,7 +139,7 @@ impl Source<'_> {
             Err(e) => return Outcome::Failed(format!("não foi possível conectar: {e}")),
         };
         // Registered twice: QUIT cuts it (transfers), and so does the end of the download.
-        let guard = ctx.transfers.start_upload();
+        let guard = ctx.transfers.start_source(&self.swarm.name, self.addr);
         ctx.transfers.attach(&guard, &stream);
         self.swarm.register(self.id, &stream);
         let _ = stream.set_nodelay(true);
@@ -331,6 +331,7 @@ impl Source<'_> {
             }
             if let Err(e) = pieces
                 .part
+                .as_file()
                 .write_all_at(&buf, offset)
                 .and_then(|()| pieces.map.mark(i))
             {
