@@ -9,10 +9,10 @@
 //!   files without one; each digest learned becomes a pending change.
 //!
 //! Why a periodic rescan and not a file-system watcher (`notify`): a rescan is one directory
-//! read and one `stat` per file (about 3 ms for 10,000 files), needs no dependency, works the
-//! same on every file system (network and FUSE mounts included, where inotify sees nothing)
-//! and cannot lose events: a watcher's queue overflows and it then needs a rescan anyway. Two
-//! seconds is well within "a few seconds" and costs well under 1% of a core.
+//! read and one `stat` per file, needs no dependency, works the same on every file system
+//! (network and FUSE mounts included, where inotify sees nothing) and cannot lose events: a
+//! watcher's queue overflows and it then needs a rescan anyway. Every two seconds is within
+//! "a few seconds".
 
 use std::io;
 use std::sync::Arc;
