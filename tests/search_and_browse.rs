@@ -176,10 +176,13 @@ fn keyword_search_numbers_results_and_download_n_takes_one() {
     carol.wait_for("1) Aula-01.mp4");
     carol.send(&format!("DOWNLOAD 1 {}", bob.port));
     carol.wait_for("Arquivo Aula-01.mp4 baixado com sucesso na pasta");
-    bob.wait_for(&format!(
-        "Upload do arquivo Aula-01.mp4 para {}",
-        carol.addr()
-    ));
+    // From the holder named (bob), not the first one listed (alice).
+    bob.wait_for("Upload do arquivo Aula-01.mp4 para 127.0.0.1:");
+    assert!(bob.proc.printed(&format!(
+        "(porta de upload declarada: {}) solicitou o arquivo Aula-01.mp4",
+        carol.port
+    )));
+    assert!(!alice.proc.printed("Upload do arquivo Aula-01.mp4"));
     assert!(same_file(&da.join("Aula-01.mp4"), &dc.join("Aula-01.mp4")));
     carol.send("SEARCH *");
     carol.wait_for("Busque por palavras do nome");

@@ -443,6 +443,11 @@ impl Tracker {
 
     /// A SEARCH query: a name, or words of names (PROTOCOL.md, T15). Returns its words.
     fn check_query(&self, query: &str) -> Result<words::QueryWords, String> {
+        if share::has_hidden_characters(query) {
+            return Err(
+                "SEARCH refused: the query holds control or invisible formatting characters".into(),
+            );
+        }
         if query.trim().is_empty() {
             return Err("SEARCH refused: the query is empty".into());
         }
@@ -451,11 +456,6 @@ impl Tracker {
                 "SEARCH refused: the query is longer than {} bytes",
                 self.config.max_name_len
             ));
-        }
-        if share::has_hidden_characters(query) {
-            return Err(
-                "SEARCH refused: the query holds control or invisible formatting characters".into(),
-            );
         }
         let query_words = words::QueryWords::of(query);
         if query_words.len() > words::MAX_QUERY_WORDS {
