@@ -232,7 +232,8 @@ fn open_regular(path: &std::path::Path) -> std::io::Result<File> {
     }
 }
 
-/// Computes the digest of every shared file into the cache (at start, in the background).
+/// Computes the digest of every shared file into the cache (in the background, at start and
+/// when new files appear), telling the catalog each one so it is announced.
 pub fn hash_shared_files(ctx: &PeerContext) {
     let names = match ctx.shared.list() {
         Ok(names) => names,
@@ -248,8 +249,13 @@ pub fn hash_shared_files(ctx: &PeerContext) {
         let Ok(Some((path, _))) = ctx.shared.shared_file(&name) else {
             continue;
         };
-        match File::open(&path).and_then(|file| ctx.digests.digest(&path, &file)) {
-            Ok(digest) => log::debug!("{name}: BLAKE3 {digest}"),
+        let hashed = File::open(&path)
+            .and_then(|file| Ok((file.metadata()?.len(), ctx.digests.digest(&path, &file)?)));
+        match hashed {
+            Ok((size, digest)) => {
+                log::debug!("{name}: BLAKE3 {digest}");
+                ctx.catalog.digest_known(&name, size, &digest);
+            }
             Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
         }
     }
