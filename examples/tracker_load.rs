@@ -9,12 +9,24 @@
 //!    lasting `--secs` seconds (default 10);
 //! 4. reads the tracker's RSS and thread count from `/proc/--pid/status`.
 //!
+//! Two kinds of SEARCH are measured with the full peer count (`--kinds exact,keyword`):
+//! - `exact`: a whole name (`track-0001234-artist-title.mp3`), what the original asks;
+//! - `keyword`: two words, `0001234 title`: one held by a single name, one held by every name
+//!   (the half-the-index case): the rarest word's list is walked, so it costs one candidate.
+//!
+//! With `--records 1` each peer JOINs `{name, size}` records and then sends one UPDATE adding
+//! every file's digest, as a real peer does once it has hashed its files (the naive baseline
+//! understands only plain names, so the script gives this to our tracker only).
+//!
 //! Each client is in lockstep with the tracker: it sends one SEARCH, waits for the whole reply,
-//! then sends the next, so SEARCH/s is replies received and latency is send → reply.
+//! then sends the next, so SEARCH/s is replies received and latency is send → reply. The
+//! tracker's CPU time (user + system, from `/proc/--pid/stat`) per SEARCH is reported too: on a
+//! shared machine it swings less than wall time.
 //! Each name is shared by `--replicas` peers (default 1: every peer's names are its own, the
 //! largest index; with 4, peers 4k..4k+3 share the same names), so a SEARCH answer has the same
 //! size whatever the number of peers: only the index grows. Every reply is
-//! checked (status OK and the expected number of peers); a wrong one is counted and reported.
+//! checked (status OK, the expected peers, the expected result); a wrong one is counted and
+//! reported.
 //!
 //! Results are printed as `RESULT key value` lines for the script, after a readable summary.
 
@@ -33,6 +45,26 @@ struct Args {
     clients: usize,
     secs: u64,
     replicas: usize,
+    records: bool,
+    kinds: Vec<Kind>,
+}
+
+/// What a SEARCH asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The whole name.
+    Exact,
+    /// Two words of the name: a rare one and one every name holds.
+    Keyword,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Exact => "exact",
+            Kind::Keyword => "keyword",
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,6 +77,8 @@ fn parse_args() -> Result<Args, String> {
         clients: 32,
         secs: 10,
         replicas: 1,
+        records: false,
+        kinds: vec![Kind::Exact],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +93,17 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => args.clients = value.parse().map_err(|e| bad(&e))?,
             "--secs" => args.secs = value.parse().map_err(|e| bad(&e))?,
             "--replicas" => args.replicas = value.parse().map_err(|e| bad(&e))?,
+            "--records" => args.records = value == "1" || value == "true",
+            "--kinds" => {
+                args.kinds = value
+                    .split(',')
+                    .map(|k| match k {
+                        "exact" => Ok(Kind::Exact),
+                        "keyword" => Ok(Kind::Keyword),
+                        other => Err(format!("--kinds: unknown kind {other:?}")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -85,17 +130,44 @@ fn read_line(reader: &mut impl BufRead, line: &mut String) -> io::Result<()> {
     Ok(())
 }
 
-/// Connects and JOINs as peer `i` (upload port `port`) sharing `names`.
-fn join(addr: SocketAddr, port: u16, names: &[String]) -> io::Result<TcpStream> {
+/// Connects and JOINs as peer `i` (upload port `port`) sharing `names`: plain names, or with
+/// `records`, `{name, size}` records followed by an UPDATE adding every digest.
+fn join(addr: SocketAddr, port: u16, names: &[String], records: bool) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
-    let files = serde_json::to_string(names).map_err(io::Error::other)?;
+    let mut reader = BufReader::new(&stream);
+    let files = if records {
+        let list: Vec<serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| serde_json::json!({"name": name, "size": 3_000_000 + k}))
+            .collect();
+        serde_json::to_string(&list).map_err(io::Error::other)?
+    } else {
+        serde_json::to_string(names).map_err(io::Error::other)?
+    };
     let msg = format!("{{\"method\":\"JOIN\",\"data\":{{\"port\":{port},\"files\":{files}}}}}\n");
     (&stream).write_all(msg.as_bytes())?;
     let mut line = String::new();
-    read_line(&mut BufReader::new(&stream), &mut line)?;
+    read_line(&mut reader, &mut line)?;
     if !line.contains("JOIN_OK") {
         return Err(io::Error::other(format!("JOIN refused: {}", line.trim())));
+    }
+    if records {
+        let add: Vec<serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let digest = blake3::hash(name.as_bytes()).to_hex().to_string();
+                serde_json::json!({"name": name, "size": 3_000_000 + k, "digest": digest})
+            })
+            .collect();
+        let msg = serde_json::json!({"method": "UPDATE", "data": {"add": add}});
+        (&stream).write_all(format!("{msg}\n").as_bytes())?;
+        read_line(&mut reader, &mut line)?;
+        if !line.contains("UPDATE_OK") {
+            return Err(io::Error::other(format!("UPDATE refused: {}", line.trim())));
+        }
     }
     Ok(stream)
 }
@@ -107,13 +179,13 @@ fn join_peers(args: &Args, from: usize, to: usize) -> io::Result<Vec<TcpStream>>
     let mut handles = Vec::new();
     for start in (from..to).step_by(per) {
         let end = (start + per).min(to);
-        let (addr, files, replicas) = (args.addr, args.files, args.replicas);
+        let (addr, files, replicas, records) = (args.addr, args.files, args.replicas, args.records);
         handles.push(thread::spawn(move || -> io::Result<Vec<TcpStream>> {
             (start..end)
                 .map(|i| {
                     let names: Vec<String> =
                         (0..files).map(|j| name(i, j, files, replicas)).collect();
-                    join(addr, 10_000 + i as u16, &names)
+                    join(addr, 10_000 + i as u16, &names, records)
                 })
                 .collect()
         }));
@@ -135,11 +207,24 @@ struct Run {
     first_error: Option<String>,
     elapsed: Duration,
     latencies: Vec<u64>,
+    /// The tracker's CPU time (user, system) during the run, in µs, when its pid is known.
+    cpu_us: Option<(f64, f64)>,
 }
 
 impl Run {
     fn per_sec(&self) -> f64 {
         self.searches as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The tracker's CPU µs per SEARCH: (user + system, user).
+    fn cpu_us_per_search(&self) -> (f64, f64) {
+        match self.cpu_us {
+            Some((user, system)) if self.searches > 0 => {
+                let n = self.searches as f64;
+                ((user + system) / n, user / n)
+            }
+            _ => (f64::NAN, f64::NAN),
+        }
     }
 
     fn percentile_us(&self, p: f64) -> f64 {
@@ -151,18 +236,42 @@ impl Run {
     }
 }
 
+/// The tracker's CPU time so far (user, system), in µs, from `/proc/PID/stat`.
+fn cpu_us(pid: Option<u32>) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // The command name, in parentheses, may hold spaces: count fields after its end.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((user / hz * 1e6, system / hz * 1e6))
+}
+
 /// `clients` searchers SEARCH in lockstep for `dur`, over names of the first `peers` peers.
-fn measure(clients: &[TcpStream], args: &Args, peers: usize, dur: Duration) -> io::Result<Run> {
+fn measure(
+    clients: &[TcpStream],
+    args: &Args,
+    peers: usize,
+    dur: Duration,
+    kind: Kind,
+) -> io::Result<Run> {
     let barrier = Arc::new(Barrier::new(clients.len() + 1));
     let universe = (peers / args.replicas) * args.files;
     let expect_peers = args.replicas.min(peers);
+    let check = Check {
+        kind,
+        expect_peers,
+        digests: args.records,
+    };
+    let cpu_before = cpu_us(args.pid);
     let results = thread::scope(|s| {
         let handles: Vec<_> = clients
             .iter()
             .enumerate()
             .map(|(k, stream)| {
                 let barrier = Arc::clone(&barrier);
-                s.spawn(move || search_loop(stream, k, universe, expect_peers, dur, &barrier))
+                s.spawn(move || search_loop(stream, k, universe, check, dur, &barrier))
             })
             .collect();
         barrier.wait();
@@ -171,12 +280,16 @@ fn measure(clients: &[TcpStream], args: &Args, peers: usize, dur: Duration) -> i
         (results, start.elapsed())
     });
     let (results, elapsed) = results;
+    let cpu = cpu_before
+        .zip(cpu_us(args.pid))
+        .map(|(a, b)| (b.0 - a.0, b.1 - a.1));
     let mut run = Run {
         searches: 0,
         errors: 0,
         first_error: None,
         elapsed,
         latencies: Vec::new(),
+        cpu_us: cpu,
     };
     for r in results {
         let (lat, errors, first) = r.map_err(|_| io::Error::other("a searcher panicked"))??;
@@ -237,6 +350,7 @@ fn quietest_windows(client: &TcpStream, args: &Args, peers: usize) -> io::Result
             args,
             peers,
             Duration::from_millis(300),
+            Kind::Exact,
         )?;
         medians.push(format!("{:.1}", run.percentile_us(0.5)));
         if best
@@ -255,11 +369,56 @@ fn quietest_windows(client: &TcpStream, args: &Args, peers: usize) -> io::Result
 
 type SearchResult = (Vec<u64>, usize, Option<String>);
 
+/// What a right reply holds.
+#[derive(Debug, Clone, Copy)]
+struct Check {
+    kind: Kind,
+    expect_peers: usize,
+    /// The peers announced digests: results carry them (our tracker only).
+    digests: bool,
+}
+
+impl Check {
+    fn query(&self, id: usize) -> String {
+        match self.kind {
+            Kind::Exact => format!("track-{id:07}-artist-title.mp3"),
+            Kind::Keyword => format!("{id:07} title"),
+        }
+    }
+
+    /// True if `line` is the right answer for name number `id`.
+    fn holds(&self, line: &str, id: usize) -> bool {
+        let peers = line
+            .split_once("\"peers\":[")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(list, _)| list.matches("127.0.0.1:").count());
+        let result = format!("\"results\":[{{\"name\":\"track-{id:07}-artist-title.mp3\"");
+        let holders = format!("\"holders\":{}", self.expect_peers);
+        match self.kind {
+            // The baseline has no `results`: for it only `peers` is checked.
+            Kind::Exact => {
+                line.contains("\"OK\"")
+                    && peers == Some(self.expect_peers)
+                    && (!line.contains("\"results\"") || line.contains(&result))
+                    && (!self.digests || line.contains("\"digest\":\""))
+            }
+            Kind::Keyword => {
+                line.contains("\"OK\"")
+                    && peers == Some(0)
+                    && line.contains(&result)
+                    && line.contains(&holders)
+                    && line.matches("\"name\":").count() == 1
+                    && (!self.digests || line.contains("\"digest\":\""))
+            }
+        }
+    }
+}
+
 fn search_loop(
     stream: &TcpStream,
     k: usize,
     universe: usize,
-    expect_peers: usize,
+    check: Check,
     dur: Duration,
     barrier: &Barrier,
 ) -> io::Result<SearchResult> {
@@ -268,7 +427,6 @@ fn search_loop(
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (k as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let mut lat = Vec::with_capacity(1 << 16);
     let (mut errors, mut first_error) = (0, None);
-    let expected = "\"peers\":[\"127.0.0.1:";
     barrier.wait();
     let end = Instant::now() + dur;
     while Instant::now() < end {
@@ -277,14 +435,14 @@ fn search_loop(
         x ^= x << 17;
         let id = (x % universe.max(1) as u64) as usize;
         let msg = format!(
-            "{{\"method\":\"SEARCH\",\"data\":{{\"query\":\"track-{id:07}-artist-title.mp3\"}}}}\n"
+            "{{\"method\":\"SEARCH\",\"data\":{{\"query\":\"{}\"}}}}\n",
+            check.query(id)
         );
         let t0 = Instant::now();
         (&*stream).write_all(msg.as_bytes())?;
         read_line(&mut reader, &mut line)?;
         lat.push(t0.elapsed().as_nanos() as u64);
-        let found = line.matches("127.0.0.1:").count();
-        if !line.contains("\"OK\"") || !line.contains(expected) || found != expect_peers {
+        if !check.holds(&line, id) {
             errors += 1;
             first_error.get_or_insert_with(|| line.trim().to_string());
         }
@@ -323,6 +481,9 @@ fn report(label: &str, run: &Run) {
     println!("RESULT {label}_p50_us {:.1}", run.percentile_us(0.50));
     println!("RESULT {label}_p99_us {:.1}", run.percentile_us(0.99));
     println!("RESULT {label}_errors {}", run.errors);
+    let (cpu, user) = run.cpu_us_per_search();
+    println!("RESULT {label}_cpu_us {cpu:.2}");
+    println!("RESULT {label}_user_us {user:.2}");
 }
 
 fn main() {
@@ -353,13 +514,21 @@ fn run() -> Result<(), String> {
         t.elapsed().as_secs_f64()
     );
     let clients: Vec<TcpStream> = (0..args.clients)
-        .map(|k| join(args.addr, 30_000 + k as u16, &[format!("client-{k}.txt")]))
+        .map(|k| {
+            join(
+                args.addr,
+                30_000 + k as u16,
+                &[format!("client-{k}.txt")],
+                false,
+            )
+        })
         .collect::<io::Result<_>>()
         .map_err(e("joining clients"))?;
     let short = Duration::from_secs(3);
     let one_small = quietest(&clients[0], &args, args.small).map_err(e("search"))?;
     report("one_client_small", &one_small);
-    let all_small = measure(&clients, &args, args.small, short).map_err(e("search"))?;
+    let all_small =
+        measure(&clients, &args, args.small, short, Kind::Exact).map_err(e("search"))?;
     report("clients_small", &all_small);
 
     let t = Instant::now();
@@ -380,9 +549,22 @@ fn run() -> Result<(), String> {
 
     let one_big = quietest(&clients[0], &args, args.peers).map_err(e("search"))?;
     report("one_client_big", &one_big);
-    let all_big = measure(&clients, &args, args.peers, Duration::from_secs(args.secs))
+    for &kind in &args.kinds {
+        let run = measure(
+            &clients,
+            &args,
+            args.peers,
+            Duration::from_secs(args.secs),
+            kind,
+        )
         .map_err(e("search"))?;
-    report("clients_big", &all_big);
+        // `clients_big` is the exact kind, as before keyword search existed.
+        let label = match kind {
+            Kind::Exact => "clients_big".to_string(),
+            other => format!("{}_big", other.label()),
+        };
+        report(&label, &run);
+    }
     let (rss, threads, virt) = proc_status(args.pid);
     println!(
         "tracker after SEARCHes: RSS {} MiB, {threads} threads, virtual {} MiB",

@@ -144,6 +144,9 @@ pub struct ServerArgs {
     /// Stack size of each connection thread, in KiB (small, so 10,000 peers fit; see docs/tracker.md).
     #[arg(long, default_value_t = 128)]
     pub thread_stack_kib: usize,
+    /// Most results one SEARCH returns; the reply says when more matched.
+    #[arg(long, default_value_t = 100)]
+    pub max_results: usize,
     /// List the folder named by the original's JOIN (filePath), for clients on this machine.
     /// Off by default: the tracker reads with its own rights, so another local user could see
     /// names in folders only the tracker's user may list (docs/original.md).
@@ -166,6 +169,7 @@ impl ServerArgs {
             join_timeout: seconds(self.join_timeout),
             liveness: seconds(self.liveness),
             thread_stack: self.thread_stack_kib.max(32).saturating_mul(1024),
+            max_results: self.max_results.max(1),
             legacy_folder_join: self.legacy_folder_join,
         }
     }

@@ -53,6 +53,13 @@ pub fn is_invisible_format(c: char) -> bool {
         '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
+/// True if `text` holds a control character or one that changes how the text around it is
+/// shown: what a console line must never print as is.
+pub fn has_hidden_characters(text: &str) -> bool {
+    text.chars()
+        .any(|c| c.is_control() || is_invisible_format(c))
+}
+
 /// Checks that `name` is a plain name that stays inside a folder, at most `max_bytes` long.
 pub fn check_name_len(name: &str, max_bytes: usize) -> Result<(), NameError> {
     if name.is_empty() {
@@ -67,10 +74,7 @@ pub fn check_name_len(name: &str, max_bytes: usize) -> Result<(), NameError> {
     if name.contains(['/', '\\']) {
         return Err(NameError::Separator);
     }
-    if name
-        .chars()
-        .any(|c| c.is_control() || is_invisible_format(c))
-    {
+    if has_hidden_characters(name) {
         return Err(NameError::Control);
     }
     Ok(())
@@ -79,6 +83,17 @@ pub fn check_name_len(name: &str, max_bytes: usize) -> Result<(), NameError> {
 /// [`check_name_len`] with the usual limit.
 pub fn check_name(name: &str) -> Result<(), NameError> {
     check_name_len(name, MAX_NAME_BYTES)
+}
+
+/// A shared file as listed: its name, size and modification time (what tells a changed file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The file's name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, where the file system keeps one.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// A peer's shared folder.
@@ -107,21 +122,37 @@ impl SharedDir {
 
     /// The names of the shared files, sorted: regular files directly inside, with safe names.
     pub fn list(&self) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
+        Ok(self.list_files()?.into_iter().map(|f| f.name).collect())
+    }
+
+    /// The shared files with their sizes, sorted by name: regular files directly inside, with
+    /// safe names. A file that vanishes while being listed is left out.
+    pub fn list_files(&self) -> io::Result<Vec<Listed>> {
+        let mut files = Vec::new();
         for entry in fs::read_dir(&self.root)? {
             let entry = entry?;
             // file_type() does not follow symbolic links: a link is not a plain file.
             if !entry.file_type()?.is_file() {
                 continue;
             }
-            if let Ok(name) = entry.file_name().into_string()
-                && check_name(&name).is_ok()
-            {
-                names.push(name);
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if check_name(&name).is_err() {
+                continue;
             }
+            // metadata() of a directory entry does not follow links either.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            files.push(Listed {
+                name,
+                size: meta.len(),
+                modified: meta.modified().ok(),
+            });
         }
-        names.sort();
-        Ok(names)
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
     }
 
     /// The path of a shared file, if `name` is safe and names a regular file (not a link).

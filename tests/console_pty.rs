@@ -805,13 +805,15 @@ fn commands_without_arguments_ask_with_the_originals_prompts() {
     let (tmp, share) = folder(&[]);
     let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
     bob.keys("HELP\r");
-    bob.wait_for("Comandos: JOIN | SIM | NAO | HELP | QUIT (SEARCH e DOWNLOAD depois do JOIN)");
+    bob.wait_for(
+        "Comandos: JOIN | LIST | SIM | NAO | HELP | QUIT (SEARCH e DOWNLOAD depois do JOIN)",
+    );
     bob.wait_prompt(&idle(), "");
     bob.keys("SEARCH\r");
     bob.wait_for(&format!("{}SEARCH\nDigite 'JOIN' para iniciar.", idle()));
     bob.keys("JOIN\r");
     bob.wait_for(
-        "Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] | SIM | NAO | HELP | QUIT",
+        "Comandos: SEARCH [arquivo ou palavras] | DOWNLOAD [arquivo ou N [peer]] | LIST [peer] | SIM | NAO | HELP | QUIT",
     );
 
     bob.keys("search\r");
@@ -912,6 +914,40 @@ fn history_goes_to_the_users_data_folder_never_the_shared_one() {
     bob.keys("QUIT\r");
     bob.wait_exit();
     assert!(!in_share.exists(), "no history file in the shared folder");
+}
+
+/// SEARCH by a word shows the original's line for the exact name, then the matching files
+/// numbered with size and holders; Tab completes a name found; `DOWNLOAD 1` downloads result
+/// 1 and completes.
+#[test]
+fn keyword_search_numbers_results_and_download_1_completes() {
+    let tracker = start_tracker(&[]);
+    let video: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let (_alice, _alice_dir) =
+        joined_alice(&tracker, ("aula-01.mp4", &video), &["--approve", "yes"]);
+
+    let (tmp, share) = folder(&[]);
+    let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    bob.join();
+    bob.keys("SEARCH AULA\r");
+    bob.wait_for("1) aula-01.mp4  3,0 MiB  1 peer");
+    bob.wait_prompt(&idle(), "");
+    let screen = bob.text();
+    let original = screen
+        .find("Peers com arquivo solicitado: []")
+        .unwrap_or_else(|| panic!("the original's line:\n{screen}"));
+    assert!(
+        original < screen.find("1) aula-01.mp4").unwrap(),
+        "{screen}"
+    );
+
+    bob.keys("DOWNLOAD aula-\t");
+    bob.wait_prompt(&idle(), "DOWNLOAD aula-01.mp4 ");
+    bob.keys("\x15");
+    bob.wait_prompt(&idle(), "");
+    bob.keys("DOWNLOAD 1\r");
+    bob.wait_for("Arquivo aula-01.mp4 baixado com sucesso na pasta ");
+    assert_eq!(std::fs::read(share.join("aula-01.mp4")).unwrap(), video);
 }
 
 /// A warning logged while the prompt is up (here: an uploader that sent no digest) is printed

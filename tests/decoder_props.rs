@@ -6,8 +6,12 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use napster::protocol::messages::{join_line, parse_tracker_request, search_line, update_line};
-use napster::protocol::{CodecError, FrameReader, TimedRead, TrackerRequest};
+use napster::protocol::messages::{
+    join_line, list_line, parse_tracker_request, search_line, update_change_line, update_line,
+};
+use napster::protocol::{
+    CodecError, Digest, FileRecord, FileUpdate, FrameReader, TimedRead, TrackerRequest,
+};
 use napster::tracker::table::{ConnId, PeerTable, TableError};
 use proptest::prelude::*;
 
@@ -84,12 +88,32 @@ fn name() -> impl Strategy<Value = String> {
     proptest::string::string_regex(r#"[a-z{}\[\]"\\\n\t\x00é😀 .-]{1,12}"#).unwrap()
 }
 
+/// File records in both forms: a name alone (the old plain string), or with a size and
+/// maybe a digest.
+fn record() -> impl Strategy<Value = FileRecord> {
+    (name(), prop::option::of(any::<u64>()), any::<u8>()).prop_map(|(name, size, d)| {
+        let digest = (d % 2 == 1).then_some(Digest([d; 32]));
+        FileRecord {
+            name,
+            size,
+            digest: size.and(digest),
+        }
+    })
+}
+
+fn records() -> impl Strategy<Value = Vec<FileRecord>> {
+    prop::collection::vec(record(), 0..5)
+}
+
 fn request() -> impl Strategy<Value = TrackerRequest> {
     prop_oneof![
-        (1u16.., prop::collection::vec(name(), 0..5))
-            .prop_map(|(port, files)| TrackerRequest::Join { port, files }),
+        (1u16.., records()).prop_map(|(port, files)| TrackerRequest::Join { port, files }),
         name().prop_map(|query| TrackerRequest::Search { query }),
-        prop::collection::vec(name(), 0..5).prop_map(|files| TrackerRequest::Update { files }),
+        records().prop_map(|files| TrackerRequest::Update(FileUpdate::Replace(files))),
+        (records(), prop::collection::vec(name(), 0..3)).prop_map(|(add, remove)| {
+            TrackerRequest::Update(FileUpdate::Change { add, remove })
+        }),
+        name().prop_map(|peer| TrackerRequest::List { peer }),
     ]
 }
 
@@ -97,7 +121,11 @@ fn encode(request: &TrackerRequest) -> Vec<u8> {
     match request {
         TrackerRequest::Join { port, files } => join_line(*port, files),
         TrackerRequest::Search { query } => search_line(query),
-        TrackerRequest::Update { files } => update_line(files),
+        TrackerRequest::Update(FileUpdate::Replace(files)) => update_line(files),
+        TrackerRequest::Update(FileUpdate::Change { add, remove }) => {
+            update_change_line(add, remove)
+        }
+        TrackerRequest::List { peer } => list_line(peer),
         TrackerRequest::LegacyJoin { .. } => unreachable!("not generated"),
     }
 }
@@ -227,7 +255,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Join(conn, a, files) => {
-                    let names: Vec<String> = files.iter().map(|&i| NAMES[i].to_string()).collect();
+                    let names: Vec<FileRecord> = files.iter().map(|&i| FileRecord::named(NAMES[i])).collect();
                     let got = table.join(conn, addr(a), &names);
                     let expected = match model.get(&addr(a)) {
                         Some((owner, _)) if *owner != conn => Err(TableError::AddressTaken(addr(a))),
@@ -239,7 +267,7 @@ proptest! {
                     prop_assert_eq!(got, expected);
                 }
                 Op::Update(conn, a, files) => {
-                    let names: Vec<String> = files.iter().map(|&i| NAMES[i].to_string()).collect();
+                    let names: Vec<FileRecord> = files.iter().map(|&i| FileRecord::named(NAMES[i])).collect();
                     let got = table.update(conn, addr(a), &names);
                     let expected = match model.get_mut(&addr(a)) {
                         Some((owner, held)) if *owner == conn => {

@@ -164,9 +164,9 @@ fn unknown_commands_and_commands_before_join_exit_3() {
     let tmp = tempfile::tempdir().unwrap();
     let [bob] = folders(tmp.path(), ["bob"]);
     let t = start_tracker(&[]);
-    let (proc, code) = piped_peer("bob", &t, &bob, &["LIST", "QUIT"]);
+    let (proc, code) = piped_peer("bob", &t, &bob, &["LISTAR", "QUIT"]);
     assert_eq!(code, 3, "{}", proc.transcript());
-    assert!(proc.printed("Comando desconhecido: LIST. Comandos: JOIN |"));
+    assert!(proc.printed("Comando desconhecido: LISTAR. Comandos: JOIN |"));
 
     let (proc, code) = piped_peer("bob", &t, &bob, &["SEARCH x", "QUIT"]);
     assert_eq!(code, 3, "{}", proc.transcript());

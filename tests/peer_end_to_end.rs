@@ -72,7 +72,7 @@ fn three_peers_join_search_download_update_and_reject() {
     ));
     assert!(same_file(&da.join("video.bin"), &db.join("video.bin")));
     t.proc.wait_for(&format!(
-        "Peer {} atualizou os arquivos ['video.bin']",
+        "Peer {} atualizou os arquivos: +['video.bin']",
         bob.addr()
     ));
 
@@ -259,7 +259,7 @@ fn peers_on_different_addresses_find_and_download_from_each_other() {
     b.wait_for("Arquivo f.bin baixado com sucesso");
     assert!(same_file(&da.join("f.bin"), &db.join("f.bin")));
     t.proc.wait_for(&format!(
-        "Peer 127.0.0.3:{} atualizou os arquivos ['f.bin']",
+        "Peer 127.0.0.3:{} atualizou os arquivos: +['f.bin']",
         b.port
     ));
 }

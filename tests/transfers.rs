@@ -255,7 +255,7 @@ fn a_file_larger_than_every_buffer_arrives_byte_exact() {
     assert!(same_video(&alice.dir, &bob.dir));
     assert!(!part_path(&bob.dir, "video.bin").exists());
     lab.t.proc.wait_for(&format!(
-        "Peer {} atualizou os arquivos ['video.bin']",
+        "Peer {} atualizou os arquivos: +['video.bin']",
         bob.addr()
     ));
 }

@@ -49,6 +49,8 @@ pub enum Command {
         /// The peer to download from.
         peer: Option<PeerSpec>,
     },
+    /// Show this peer's shared files, or (with a peer) what that peer shares.
+    List(Option<String>),
     /// Approve the oldest pending upload request.
     Sim,
     /// Refuse the oldest pending upload request.
@@ -68,10 +70,11 @@ pub enum Command {
 }
 
 /// The command names, for help and completion.
-pub const COMMAND_NAMES: [&str; 12] = [
+pub const COMMAND_NAMES: [&str; 13] = [
     "JOIN",
     "SEARCH",
     "DOWNLOAD",
+    "LIST",
     "SIM",
     "NAO",
     "QUIT",
@@ -98,6 +101,7 @@ pub fn parse(line: &str) -> Command {
         "JOIN" => Command::Join,
         "SEARCH" => Command::Search(rest),
         "DOWNLOAD" => parse_download(rest),
+        "LIST" => Command::List(rest),
         "SIM" => Command::Sim,
         "NAO" | "NÃO" => Command::Nao,
         "QUIT" | "EXIT" => Command::Quit,
@@ -153,6 +157,15 @@ mod tests {
             Command::Search(Some("my file.txt".into()))
         );
         assert_eq!(parse("search"), Command::Search(None));
+    }
+
+    #[test]
+    fn list_takes_an_optional_peer() {
+        assert_eq!(parse("list"), Command::List(None));
+        assert_eq!(
+            parse("LIST 10.0.0.2:5000"),
+            Command::List(Some("10.0.0.2:5000".into()))
+        );
     }
 
     #[test]

@@ -33,9 +33,10 @@ use crate::peer::approval::{ApprovalQueue, ApprovalRequest, Decision};
 use crate::peer::commands::{self, Command, PeerSpec};
 use crate::peer::downloader::{self, Finished};
 use crate::peer::output::short_list;
+use crate::peer::search_results::{self, Found};
 use crate::peer::tracker_client::{Dialect, Joined, LinkEvent, Outage};
 use crate::peer::{ApproveMode, PeerContext, Reading, swarm, transfer_commands};
-use crate::protocol::legacy::python_list;
+use crate::protocol::FileRecord;
 use crate::protocol::messages::Reply;
 
 /// Resolves `host` on a thread of its own, then starts the download; true if that thread
@@ -131,6 +132,8 @@ pub struct ConsoleState {
     pending: AtomicUsize,
     /// The file name and peers of the last search, for completion.
     last_search: Mutex<Option<(String, Vec<String>)>>,
+    /// The numbered files of the last SEARCH or LIST (`DOWNLOAD N`, completion).
+    found: Mutex<Arc<Found>>,
 }
 
 impl ConsoleState {
@@ -154,6 +157,16 @@ impl ConsoleState {
     pub fn set_last_search(&self, name: String, mut peers: Vec<String>) {
         peers.retain(|p| p.parse::<SocketAddr>().is_ok());
         *self.last_search.lock() = Some((name, peers));
+    }
+
+    /// The numbered files of the last SEARCH or LIST.
+    pub fn found(&self) -> Arc<Found> {
+        Arc::clone(&self.found.lock())
+    }
+
+    /// Records the numbered files of a SEARCH or LIST.
+    pub fn set_found(&self, found: Found) {
+        *self.found.lock() = Arc::new(found);
     }
 }
 
@@ -207,11 +220,11 @@ const SHUTDOWN_TRANSFER_WAIT: Duration = Duration::from_secs(5);
 pub const HOW_TO_LEAVE: &str = "Para sair, digite QUIT ou tecle Ctrl-D.";
 
 /// The accepted commands once joined, printed after JOIN and for HELP.
-pub const MENU: &str =
-    "Comandos: SEARCH [arquivo] | DOWNLOAD [arquivo [peer]] | SIM | NAO | HELP | QUIT";
+pub const MENU: &str = "Comandos: SEARCH [arquivo ou palavras] | DOWNLOAD [arquivo ou N [peer]] | \
+                        LIST [peer] | SIM | NAO | HELP | QUIT";
 /// The accepted commands before JOIN.
 pub const MENU_BEFORE_JOIN: &str =
-    "Comandos: JOIN | SIM | NAO | HELP | QUIT (SEARCH e DOWNLOAD depois do JOIN)";
+    "Comandos: JOIN | LIST | SIM | NAO | HELP | QUIT (SEARCH e DOWNLOAD depois do JOIN)";
 
 /// The console loop's inputs.
 pub struct ConsoleChannels {
@@ -570,7 +583,9 @@ impl Console {
                 Failure::Command,
                 &format!("Comando desconhecido: {word}. {}", self.menu()),
             ),
+            Command::List(None) => self.list_own(),
             _ if !self.joined => self.fail(Failure::Command, "Digite 'JOIN' para iniciar."),
+            Command::List(Some(peer)) => self.list_peer(&peer),
             Command::Search(None) => self.ask(Asking::SearchName),
             Command::Search(Some(name)) => self.search(name),
             Command::Download { name: None, .. } => self.ask(Asking::DownloadName),
@@ -595,13 +610,11 @@ impl Console {
         self.asking = Some(asking);
     }
 
-    /// Sends JOIN (its answer comes as a link event); false if it could not be sent.
+    /// Sends JOIN with every shared file's name and size, digests where known (its answer
+    /// comes as a link event); typed again, it announces the current list again. False if it
+    /// could not be sent.
     fn join(&mut self) -> bool {
-        if self.joined {
-            self.say("Já registrado no servidor.");
-            return true;
-        }
-        let files = match self.ctx.shared.list() {
+        let files = match self.ctx.catalog.snapshot_for_join() {
             Ok(files) => files,
             Err(e) => {
                 log::debug!("cannot list {}: {e}", self.ctx.shared.path().display());
@@ -626,7 +639,9 @@ impl Console {
         self.joining = false;
         match result {
             Ok(joined) => {
+                let again = self.joined;
                 self.joined = true;
+                self.ctx.catalog.set_joined(true);
                 let host = match &self.ctx.advertise {
                     Some(host) => host.clone(),
                     None => joined.local_ip.to_string(),
@@ -645,7 +660,7 @@ impl Console {
                     "Sou o Peer {}:{} com arquivos: {listed}",
                     host, self.ctx.port,
                 ));
-                if self.options.reading != Reading::Nothing {
+                if !again && self.options.reading != Reading::Nothing {
                     self.say(MENU);
                 }
                 true
@@ -662,24 +677,111 @@ impl Console {
         self.searching += 1;
     }
 
-    /// The answer to SEARCH.
-    fn found(&mut self, name: String, result: Result<Vec<String>, String>) {
+    /// The answer to SEARCH: the original's line for the exact name, then the other files
+    /// holding its words, numbered.
+    fn found(&mut self, name: String, result: Result<Box<Reply>, String>) {
         self.searching = self.searching.saturating_sub(1);
         match result {
-            Ok(peers) => {
-                self.say(&format!(
-                    "Peers com arquivo solicitado: {}",
-                    python_list(&peers)
-                ));
-                self.state.set_last_search(name, peers);
+            Ok(reply) => {
+                let (lines, found) =
+                    search_results::search_lines(&name, &reply, search_results::MAX_SHOWN);
+                for line in &lines {
+                    self.say(line);
+                }
+                self.state
+                    .set_last_search(name, reply.peers.unwrap_or_default());
+                self.state.set_found(found);
             }
             Err(e) => self.fail(Failure::Tracker, &format!("Erro ao buscar arquivo: {e}")),
         }
     }
 
-    /// `DOWNLOAD name` without a peer: the one peer the last search of that name found; from
-    /// all of them at once when it found several; else the original's question.
+    /// LIST: this peer's own files (works before JOIN).
+    fn list_own(&mut self) {
+        if let Err(e) = self.ctx.catalog.rescan() {
+            log::debug!("cannot list {}: {e}", self.ctx.shared.path().display());
+            self.fail(
+                Failure::Start,
+                &format!(
+                    "Erro ao ler a pasta {}: {}",
+                    self.ctx.shared.path().display(),
+                    crate::os_error::describe(&e)
+                ),
+            );
+            return;
+        }
+        let files = self.ctx.catalog.records();
+        for line in search_results::own_lines(self.ctx.shared.path(), &files) {
+            self.say(&line);
+        }
+    }
+
+    /// LIST peer: asks the tracker what that peer shares (the answer comes as a link event).
+    fn list_peer(&mut self, typed: &str) {
+        let Some(spec) = PeerSpec::parse(typed) else {
+            return self.fail(
+                Failure::Command,
+                &format!("Erro ao listar: peer inválido {typed:?} (use PORTA ou IP:PORTA)"),
+            );
+        };
+        match self.resolve("", &spec) {
+            Ok(addr) => {
+                self.ctx.link.list(addr.to_string());
+                self.searching += 1;
+            }
+            Err(why) => self.fail(Failure::Command, &format!("Erro ao listar: {why}")),
+        }
+    }
+
+    /// The answer to LIST peer: its files, numbered for `DOWNLOAD N`.
+    fn listed(&mut self, peer: String, result: Result<Vec<FileRecord>, String>) {
+        self.searching = self.searching.saturating_sub(1);
+        match result {
+            Ok(files) => {
+                let (lines, found) = search_results::list_lines(&peer, &files);
+                for line in &lines {
+                    self.say(line);
+                }
+                self.state.set_found(found);
+            }
+            Err(e) => self.fail(
+                Failure::Tracker,
+                &format!("Erro ao listar os arquivos de {peer}: {e}"),
+            ),
+        }
+    }
+
+    /// The result numbered `text` by the last SEARCH or LIST, downloaded from its first holder
+    /// or from the one `peer` names; false if `text` is not such a number.
+    fn download_numbered(&mut self, text: &str, peer: Option<&PeerSpec>) -> bool {
+        let found = self.state.found();
+        let Some(entry) = found.numbered(text) else {
+            return false;
+        };
+        let addr = match search_results::holder(entry, peer) {
+            Some(addr) => Ok(addr),
+            None => match peer {
+                Some(spec) => self.resolve(&entry.name, spec),
+                None => Err(format!("nenhum peer listado para {}", entry.name)),
+            },
+        };
+        match addr {
+            Ok(addr) => self.start_download(entry.name.clone(), addr),
+            Err(why) => self.fail(
+                Failure::Command,
+                &format!("Erro ao processar download: {why}"),
+            ),
+        }
+        true
+    }
+
+    /// `DOWNLOAD name` without a peer: result N of the last SEARCH or LIST when `name` is its
+    /// number; else the one peer the last search of that name found; from all of them at once
+    /// when it found several; else the original's question.
     fn download_named(&mut self, name: String) {
+        if self.download_numbered(&name, None) {
+            return;
+        }
         match self.searched_holders(&name).as_slice() {
             [only] => self.start_download(name, *only),
             [_, _, ..] => self.start_swarm(name),
@@ -760,6 +862,9 @@ impl Console {
     }
 
     fn download(&mut self, name: String, peer: &PeerSpec) {
+        if self.download_numbered(&name, Some(peer)) {
+            return;
+        }
         if let PeerSpec::Addr(text) = peer
             && text.parse::<SocketAddr>().is_err()
         {
@@ -884,6 +989,10 @@ impl Console {
             }
             LinkEvent::FoundForDownload { name, result } => {
                 self.found_for_download(name, result);
+                true
+            }
+            LinkEvent::Listed { peer, result } => {
+                self.listed(peer, result);
                 true
             }
             LinkEvent::Dialect {

@@ -401,7 +401,7 @@ fn check_target(ctx: &PeerContext, name: &str) -> Result<PathBuf, DownloadError>
     Ok(final_path)
 }
 
-/// Prints the outcome with the original's words, then UPDATEs the tracker after a success.
+/// Prints the outcome with the original's words, then has the tracker told after a success.
 pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, DownloadError>) {
     match outcome {
         Ok(received) => {
@@ -410,11 +410,8 @@ pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, Do
                 ctx.shared.path().display()
             ));
             ctx.out.line(&summary(&received));
-            match ctx.shared.list() {
-                // Sent by the tracker link; a failure is logged there.
-                Ok(files) => ctx.link.update(files),
-                Err(e) => log::warn!("cannot list the shared folder: {e}"),
-            }
+            // The announcer rescans the folder and sends the new file's UPDATE at once.
+            ctx.catalog.announce_now();
         }
         Err(e @ (DownloadError::NotFound | DownloadError::Rejected(_))) => {
             ctx.out.line(&e.to_string());

@@ -15,6 +15,7 @@ use crossbeam_channel::{select, unbounded};
 use crate::digests::DigestCache;
 use crate::exit::Failure;
 use crate::os_error::describe;
+use crate::peer::catalog::Catalog;
 use crate::peer::commands::PeerSpec;
 use crate::peer::output::{PlainOutput, SharedOutput};
 use crate::peer::tracker_client::{LinkConfig, TrackerLink};
@@ -53,6 +54,8 @@ pub fn get(
         advertise: None,
         bind_ip,
         partials: PartialStore::new(opened.folder.shared.path()),
+        // No announcer runs here: it never JOINs, so there is nothing to announce to.
+        catalog: Arc::new(Catalog::new(opened.folder.shared.clone())),
         shared: opened.folder.shared.clone(),
         digests: DigestCache::new(),
         // Never joined: the UPDATE a download sends afterwards has nobody to tell.

@@ -5,7 +5,9 @@
 //! feeding it, the upload listener with one thread per upload, one thread per download, and
 //! the tracker connection's reader.
 
+pub mod announcer;
 pub mod approval;
+pub mod catalog;
 pub mod commands;
 pub mod console;
 pub mod deadline;
@@ -17,6 +19,7 @@ pub mod output;
 pub mod progress;
 pub mod prompt;
 pub mod range_server;
+pub mod search_results;
 pub mod swarm;
 pub mod tracker_client;
 pub mod transfer_commands;
@@ -38,6 +41,7 @@ use crate::exit::Failure;
 use crate::os_error::describe;
 use crate::outboard_store::OutboardStore;
 use crate::peer::approval::ApprovalRequest;
+use crate::peer::catalog::Catalog;
 use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
 use crate::peer::downloader::Finished;
 use crate::peer::folder::PeerFolder;
@@ -188,6 +192,8 @@ pub struct PeerContext {
     pub bind_ip: Option<std::net::IpAddr>,
     /// The shared folder.
     pub shared: SharedDir,
+    /// The shared files as announced to the tracker, and changes not yet announced.
+    pub catalog: Arc<Catalog>,
     /// Partial downloads.
     pub partials: PartialStore,
     /// Digests of shared files.
@@ -275,7 +281,8 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         crate::logging::route_to(move |line| out.line(line));
     }
     let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
-    let listing = folder.shared.clone();
+    let catalog = Arc::new(Catalog::new(folder.shared.clone()));
+    let listing = Arc::clone(&catalog);
     let link = TrackerLink::start(
         LinkConfig {
             server: config.server.clone(),
@@ -284,7 +291,8 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
             liveness: config.liveness,
             dialect: config.tracker_dialect,
             folder: folder.shared.path().to_path_buf(),
-            list_files: Box::new(move || listing.list().unwrap_or_default()),
+            // A reconnection JOINs with every record known now.
+            list_files: Box::new(move || listing.snapshot_for_join().unwrap_or_default()),
         },
         link_tx,
     )
@@ -295,6 +303,7 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         advertise: config.advertise.clone(),
         partials: PartialStore::new(folder.shared.path()),
         digests: DigestCache::persistent(folder.shared.path().join(".napster").join("digests")),
+        catalog,
         outboards: OutboardStore::new(folder.shared.path()),
         shared: folder.shared.clone(),
         link: Arc::new(link),
@@ -312,12 +321,9 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         folder.describe()
     ));
 
-    // Hash the shared files now, so the first request for a large one is answered at once.
-    let digest_ctx = Arc::clone(&ctx);
-    thread::Builder::new()
-        .name("digests".into())
-        .spawn(move || uploader::hash_shared_files(&digest_ctx))
-        .map_err(PeerError::Thread)?;
+    // Hash the shared files now, so the first request for a large one is answered at once,
+    // and keep the tracker told of new, changed and removed files and of digests learned.
+    announcer::start(&ctx).map_err(PeerError::Thread)?;
 
     let upload_ctx = Arc::clone(&ctx);
     thread::Builder::new()

@@ -50,6 +50,7 @@ use crate::peer::output::{
     ConsoleQueue, FLUSH_WAIT, LiveOutput, Output, QUEUE_BYTES, Queued, console_text, dropped_note,
     terminal_columns,
 };
+use crate::peer::search_results;
 
 /// The prompt, redrawn with the current pending count at every refresh.
 struct LivePrompt {
@@ -173,8 +174,8 @@ impl ConditionalEventHandler for NoteLineAtCtrlC {
     }
 }
 
-/// Completion of command names, of the file name of the last search and of the peers it
-/// found.
+/// Completion of command names, of the file names the last SEARCH or LIST found (any case)
+/// and of their peers.
 struct ConsoleHelper {
     state: Arc<ConsoleState>,
 }
@@ -194,25 +195,33 @@ impl ConsoleHelper {
                 .collect();
             return (start, names);
         };
-        let Some((name, peers)) = self.state.last_search() else {
-            return (pos, Vec::new());
-        };
+        let known = search_results::completion_names(self.state.last_search(), &self.state.found());
         let args = args.trim_start();
         let args_start = pos - args.len();
+        let typed_lower = args.to_lowercase();
+        let names = known
+            .iter()
+            .filter(|(name, _)| name.to_lowercase().starts_with(&typed_lower));
         match command.to_uppercase().as_str() {
-            "SEARCH" if name.starts_with(args) => (args_start, vec![name]),
-            "DOWNLOAD" if name.starts_with(args) => (args_start, vec![format!("{name} ")]),
+            "SEARCH" => (args_start, names.map(|(name, _)| name.clone()).collect()),
             "DOWNLOAD" => {
-                // The name is typed whole: complete the peer after it.
-                let Some(rest) = args.strip_prefix(name.as_str()) else {
-                    return (pos, Vec::new());
-                };
-                if !rest.starts_with(char::is_whitespace) {
-                    return (pos, Vec::new());
+                let found: Vec<String> = names.map(|(name, _)| format!("{name} ")).collect();
+                if !found.is_empty() {
+                    return (args_start, found);
                 }
-                let peer = rest.trim_start();
-                let found = peers.into_iter().filter(|p| p.starts_with(peer)).collect();
-                (pos - peer.len(), found)
+                // A name typed whole: complete the peer after it.
+                for (name, peers) in &known {
+                    let Some(rest) = args.strip_prefix(name.as_str()) else {
+                        continue;
+                    };
+                    if !rest.starts_with(char::is_whitespace) {
+                        continue;
+                    }
+                    let peer = rest.trim_start();
+                    let found = peers.iter().filter(|p| p.starts_with(peer)).cloned();
+                    return (pos - peer.len(), found.collect());
+                }
+                (pos, Vec::new())
             }
             _ => (pos, Vec::new()),
         }
@@ -503,5 +512,33 @@ mod tests {
         assert_eq!(h.candidates(line, line.len()).1.len(), 2);
         let line = "DOWNLOAD other ";
         assert!(h.candidates(line, line.len()).1.is_empty());
+    }
+
+    /// The files a keyword SEARCH numbered complete too, whatever the case typed, and their
+    /// peers after them.
+    #[test]
+    fn names_found_by_words_complete_in_any_case() {
+        let h = helper_after_search("aula", &[]);
+        h.state.set_found(search_results::Found {
+            entries: vec![search_results::Numbered {
+                name: "Aula-01.mp4".into(),
+                size: None,
+                digest: None,
+                holders: 1,
+                peers: vec!["10.0.0.2:5000".into()],
+            }],
+        });
+        let line = "DOWNLOAD aula-";
+        assert_eq!(
+            h.candidates(line, line.len()),
+            (9, vec!["Aula-01.mp4 ".to_string()])
+        );
+        let line = "DOWNLOAD Aula-01.mp4 ";
+        assert_eq!(
+            h.candidates(line, line.len()),
+            (21, vec!["10.0.0.2:5000".to_string()])
+        );
+        let line = "SEARCH AU";
+        assert_eq!(h.candidates(line, line.len()).1, ["aula", "Aula-01.mp4"]);
     }
 }

@@ -40,6 +40,7 @@ use parking_lot::Mutex;
 
 use crate::liveness;
 use crate::peer::output::printable;
+use crate::protocol::FileRecord;
 use crate::protocol::legacy::{self, BareReply, ORIGINAL_MAX_MESSAGE};
 use crate::protocol::messages::{self, Reply, parse_reply, status};
 
@@ -56,6 +57,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_QUEUED: usize = 32;
 /// How long [`TrackerLink::close`] waits for the link thread to close the connection.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The most bytes of records one JOIN or UPDATE carries (the tracker takes up to 1 MiB): a
+/// longer list goes as a JOIN and UPDATEs adding the rest.
+const MESSAGE_PART: usize = 256 * 1024;
 
 /// Which dialect the user asked the peer to speak to the tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,12 +221,20 @@ pub enum Outage {
 pub enum LinkEvent {
     /// The answer to the console's JOIN.
     Joined(Result<Joined, String>),
-    /// The answer to the console's SEARCH: the peers, as `IP:PORT`.
+    /// The answer to the console's SEARCH: the whole reply (from the original's tracker: its
+    /// peers only).
     Found {
         /// The name searched.
         name: String,
-        /// The peers, or why there is no answer.
-        result: Result<Vec<String>, String>,
+        /// The reply, or why there is none.
+        result: Result<Box<Reply>, String>,
+    },
+    /// The answer to the console's LIST of a peer's files.
+    Listed {
+        /// The peer, `IP:PORT`.
+        peer: String,
+        /// Its files, or why there is no answer.
+        result: Result<Vec<FileRecord>, String>,
     },
     /// The answer to a SEARCH made to start a download ([`TrackerLink::search_for_download`]).
     FoundForDownload {
@@ -265,8 +277,8 @@ pub struct LinkConfig {
     pub dialect: DialectChoice,
     /// The shared folder (the original's JOIN names it).
     pub folder: PathBuf,
-    /// The names shared now, for JOINing again after a reconnection.
-    pub list_files: Box<dyn Fn() -> Vec<String> + Send>,
+    /// The files shared now, for JOINing again after a reconnection.
+    pub list_files: Box<dyn Fn() -> Vec<FileRecord> + Send>,
 }
 
 enum Command {
@@ -301,6 +313,7 @@ impl TrackerLink {
             waiting: None,
             queue: VecDeque::new(),
             retry: None,
+            join_rest: Vec::new(),
         };
         thread::Builder::new()
             .name("tracker-link".into())
@@ -327,7 +340,7 @@ impl TrackerLink {
     }
 
     /// Asks to JOIN with `files` (dialling first); the answer comes as [`LinkEvent::Joined`].
-    pub fn join(&self, files: Vec<String>) {
+    pub fn join(&self, files: Vec<FileRecord>) {
         self.send(Request::Join(files));
     }
 
@@ -349,10 +362,16 @@ impl TrackerLink {
         });
     }
 
-    /// Replaces the list of shared names. Nobody waits: a failure is logged, and a later
-    /// reconnection JOINs with the files shared then anyway.
-    pub fn update(&self, files: Vec<String>) {
-        self.send(Request::Update(files));
+    /// Tells the tracker about files added (or whose record changed) and removed. Nobody
+    /// waits: a failure is logged, and a later reconnection JOINs with the files shared then
+    /// anyway. (To the original's tracker this is an UPDATE with every name shared now.)
+    pub fn change(&self, add: Vec<FileRecord>, remove: Vec<String>) {
+        self.send(Request::Change { add, remove });
+    }
+
+    /// Asks which files `peer` (`IP:PORT`) shares; the answer comes as [`LinkEvent::Listed`].
+    pub fn list(&self, peer: String) {
+        self.send(Request::List { peer });
     }
 
     /// Closes the connection for good (the tracker forgets this peer at once); waits a moment
@@ -372,12 +391,18 @@ impl TrackerLink {
 
 #[derive(Debug)]
 enum Request {
-    Join(Vec<String>),
+    Join(Vec<FileRecord>),
     Search {
         name: String,
         for_download: bool,
     },
-    Update(Vec<String>),
+    Change {
+        add: Vec<FileRecord>,
+        remove: Vec<String>,
+    },
+    List {
+        peer: String,
+    },
     /// A reconnection attempt (the link's own).
     Rejoin,
 }
@@ -396,6 +421,9 @@ enum Pending {
         for_download: bool,
     },
     Update,
+    List {
+        peer: String,
+    },
     /// The original's JOIN sent again in place of an UPDATE too long for that tracker: it lists
     /// the folder again.
     Relist,
@@ -449,6 +477,8 @@ struct Link {
     queue: VecDeque<Request>,
     /// When to dial again, and the pause after that attempt.
     retry: Option<(Instant, Duration)>,
+    /// Parts of a JOIN's list too long for one message, sent as UPDATEs once it is answered.
+    join_rest: Vec<Vec<FileRecord>>,
 }
 
 impl Link {
@@ -496,10 +526,6 @@ impl Link {
     }
 
     fn enqueue(&mut self, request: Request) {
-        if let Request::Update(_) = request {
-            // Only the newest list matters.
-            self.queue.retain(|r| !matches!(r, Request::Update(_)));
-        }
         if self.queue.len() >= MAX_QUEUED {
             self.fail_request(request, LinkError::Busy);
             return;
@@ -529,7 +555,9 @@ impl Link {
                 }
                 self.start(request);
             }
-            Request::Search { .. } | Request::Update(_) if self.conn.is_none() => {
+            Request::Search { .. } | Request::Change { .. } | Request::List { .. }
+                if self.conn.is_none() =>
+            {
                 let e = if self.retry.is_some() {
                     LinkError::Reconnecting
                 } else {
@@ -554,7 +582,7 @@ impl Link {
 
     /// The bytes of `request` in `dialect`, and what its answer will be.
     fn encode(
-        &self,
+        &mut self,
         dialect: Dialect,
         request: Request,
     ) -> Result<(Vec<u8>, Pending), (Pending, LinkError)> {
@@ -574,16 +602,23 @@ impl Link {
                     )
                 });
             }
-            (Dialect::Napster, Request::Join(files)) => (
-                messages::join_line(self.config.upload_port, &files),
-                Pending::Join {
-                    files,
-                    rejoin: false,
-                },
-            ),
+            (Dialect::Napster, Request::Join(files)) => {
+                let mut parts = messages::record_chunks(&files, MESSAGE_PART).into_iter();
+                let first = parts.next().unwrap_or_default();
+                let line = messages::join_line(self.config.upload_port, first);
+                // The rest goes as UPDATEs adding it, once the JOIN is answered.
+                self.join_rest = parts.map(<[FileRecord]>::to_vec).collect();
+                (
+                    line,
+                    Pending::Join {
+                        files: names(&files),
+                        rejoin: false,
+                    },
+                )
+            }
             (Dialect::Original, Request::Join(files)) => {
                 let pending = Pending::Join {
-                    files,
+                    files: names(&files),
                     rejoin: false,
                 };
                 match self.folder_text() {
@@ -599,10 +634,23 @@ impl Link {
                 legacy::search_request(&name),
                 Pending::Search { name, for_download },
             ),
-            (Dialect::Napster, Request::Update(files)) => {
-                (messages::update_line(&files), Pending::Update)
+            (Dialect::Napster, Request::Change { add, remove }) => {
+                (messages::update_change_line(&add, &remove), Pending::Update)
             }
-            (Dialect::Original, Request::Update(files)) => {
+            (Dialect::Napster, Request::List { peer }) => {
+                (messages::list_line(&peer), Pending::List { peer })
+            }
+            (Dialect::Original, Request::List { peer }) => {
+                return Err((
+                    Pending::List { peer },
+                    LinkError::Refused(
+                        "o servidor original não lista os arquivos de um peer".into(),
+                    ),
+                ));
+            }
+            (Dialect::Original, Request::Change { .. }) => {
+                // That tracker keeps whole lists of names: send the one shared now.
+                let files = names(&(self.config.list_files)());
                 let update = legacy::update_request(&files);
                 if update.len() <= ORIGINAL_MAX_MESSAGE {
                     (update, Pending::Update)
@@ -804,6 +852,12 @@ impl Link {
                     log::warn!("UPDATE refused by the tracker: {e}");
                 }
             }
+            (Pending::List { peer }, Answer::Json(Ok(reply))) => {
+                let result = expect_status(*reply, status::OK)
+                    .map(|reply| reply.files.unwrap_or_default())
+                    .map_err(|e| e.to_string());
+                let _ = self.events.send(LinkEvent::Listed { peer, result });
+            }
             (Pending::Update, Answer::Bare(Ok(BareReply::UpdateOk)))
             | (Pending::Relist, Answer::Bare(Ok(BareReply::JoinOk))) => {}
             (Pending::Relist, Answer::Json(Ok(reply))) => {
@@ -828,10 +882,7 @@ impl Link {
         let event = if for_download {
             LinkEvent::FoundForDownload { name, result }
         } else {
-            LinkEvent::Found {
-                name,
-                result: result.map(|r| r.peers.unwrap_or_default()),
-            }
+            LinkEvent::Found { name, result }
         };
         let _ = self.events.send(event);
     }
@@ -868,6 +919,13 @@ impl Link {
     fn joined_ok(&mut self, files: Vec<String>, rejoin: bool) {
         self.joined = true;
         self.retry = None;
+        // A list longer than one message: the rest follows at once, before anything queued.
+        for part in std::mem::take(&mut self.join_rest).into_iter().rev() {
+            self.queue.push_front(Request::Change {
+                add: part,
+                remove: Vec::new(),
+            });
+        }
         let local_ip = self
             .addresses
             .lock()
@@ -919,7 +977,7 @@ impl Link {
         }
         let joined_request = matches!(
             pending,
-            Pending::Search { .. } | Pending::Update | Pending::Relist
+            Pending::Search { .. } | Pending::Update | Pending::List { .. } | Pending::Relist
         );
         self.fail(
             pending,
@@ -962,7 +1020,7 @@ impl Link {
     fn fail_request(&mut self, request: Request, e: LinkError) {
         let pending = match request {
             Request::Join(files) => Pending::Join {
-                files,
+                files: names(&files),
                 rejoin: false,
             },
             Request::Rejoin => Pending::Join {
@@ -970,7 +1028,8 @@ impl Link {
                 rejoin: true,
             },
             Request::Search { name, for_download } => Pending::Search { name, for_download },
-            Request::Update(_) => Pending::Update,
+            Request::Change { .. } => Pending::Update,
+            Request::List { peer } => Pending::List { peer },
         };
         self.fail(pending, e);
     }
@@ -991,6 +1050,10 @@ impl Link {
             Pending::Search { name, for_download } => {
                 self.found(name, for_download, Err(e.to_string()));
             }
+            Pending::List { peer } => {
+                let result = Err(e.to_string());
+                let _ = self.events.send(LinkEvent::Listed { peer, result });
+            }
             // Not joined (`napster get` never is): nobody to tell.
             Pending::Update if matches!(e, LinkError::NotConnected) => {}
             Pending::Update | Pending::Relist => {
@@ -998,6 +1061,11 @@ impl Link {
             }
         }
     }
+}
+
+/// The names of `files`.
+fn names(files: &[FileRecord]) -> Vec<String> {
+    files.iter().map(|f| f.name.clone()).collect()
 }
 
 fn describe(answer: &Answer) -> String {

@@ -236,7 +236,8 @@ fn open_regular(path: &std::path::Path) -> std::io::Result<File> {
     }
 }
 
-/// Computes the digest of every shared file into the cache (at start, in the background).
+/// Computes the digest of every shared file into the cache (in the background, at start and
+/// when new files appear), telling the catalog each one so it is announced.
 pub fn hash_shared_files(ctx: &PeerContext) {
     let names = match ctx.shared.list() {
         Ok(names) => names,
@@ -254,11 +255,17 @@ pub fn hash_shared_files(ctx: &PeerContext) {
             continue;
         };
         let hashed = File::open(&path).and_then(|file| {
-            ctx.digests
-                .digest(&path, &file, ctx.transfers.shutdown_flag())
+            let size = file.metadata()?.len();
+            let digest = ctx
+                .digests
+                .digest(&path, &file, ctx.transfers.shutdown_flag())?;
+            Ok((size, digest))
         });
         match hashed {
-            Ok(digest) => log::debug!("{name}: BLAKE3 {digest}"),
+            Ok((size, digest)) => {
+                log::debug!("{name}: BLAKE3 {digest}");
+                ctx.catalog.digest_known(&name, size, &digest);
+            }
             Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
         }
     }
@@ -610,10 +617,12 @@ fn send_then_digest(
         };
         (sent, hashed)
     });
+    let digest = hashed?;
+    announce_digest(ctx, path, size, &digest);
     sent?;
     let trailer = Reply {
         status: status::DIGEST.to_string(),
-        digest: Some(hashed?),
+        digest: Some(digest),
         ..Reply::default()
     };
     reply(stream, &trailer)
@@ -658,12 +667,25 @@ fn await_mismatch_report(
 /// next request finds the new digest.
 fn rehash(ctx: &PeerContext, path: &Path) {
     let hashed = open_regular(path).and_then(|file| {
-        ctx.digests
-            .digest(path, &file, ctx.transfers.shutdown_flag())
+        let size = file.metadata()?.len();
+        let digest = ctx
+            .digests
+            .digest(path, &file, ctx.transfers.shutdown_flag())?;
+        Ok((size, digest))
     });
     match hashed {
-        Ok(digest) => log::info!("{}: BLAKE3 {digest}", path.display()),
+        Ok((size, digest)) => {
+            log::info!("{}: BLAKE3 {digest}", path.display());
+            announce_digest(ctx, path, size, &digest);
+        }
         Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
+    }
+}
+
+/// Tells the catalog (and so, in its next batch, the tracker) a digest learned while serving.
+fn announce_digest(ctx: &PeerContext, path: &Path, size: u64, digest: &str) {
+    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+        ctx.catalog.digest_known(name, size, digest);
     }
 }
 

@@ -6,30 +6,48 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::protocol::file_record::{Digest, FileRecord};
+
 /// A request from a peer to the tracker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackerRequest {
-    /// Register: the peer's upload port and the names it shares.
+    /// Register: the peer's upload port and the files it shares.
     Join {
         /// The peer's upload port.
         port: u16,
-        /// The names of the files it shares.
-        files: Vec<String>,
+        /// The files it shares.
+        files: Vec<FileRecord>,
     },
     /// A JOIN in the Python original's dialect: the tracker is asked to list a folder.
     LegacyJoin {
         /// The folder the original's peer shares, on the tracker's own disk.
         folder: String,
     },
-    /// Which peers share a file with exactly this name?
+    /// Which peers share a file with exactly this name, and which names hold these words?
     Search {
-        /// The exact file name.
+        /// A file name, or words of names.
         query: String,
     },
-    /// Replace the list of names this peer shares.
-    Update {
-        /// The new list of names.
-        files: Vec<String>,
+    /// Change the list of files this peer shares.
+    Update(FileUpdate),
+    /// Which files does this peer share? (browse)
+    List {
+        /// The peer, `IP:PORT` as SEARCH lists it.
+        peer: String,
+    },
+}
+
+/// What an UPDATE changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileUpdate {
+    /// `files`: the whole new list, replacing the old one (the original's UPDATE).
+    Replace(Vec<FileRecord>),
+    /// `add` and `remove`: records added or replaced (by name), names no longer shared.
+    Change {
+        /// Records to add, or to replace the record of the same name.
+        add: Vec<FileRecord>,
+        /// Names to forget.
+        remove: Vec<String>,
     },
 }
 
@@ -115,7 +133,10 @@ impl<'de> Deserialize<'de> for ObjectData {
 #[serde(rename_all = "camelCase")]
 struct RawData {
     port: Option<u16>,
-    files: Option<Vec<String>>,
+    files: Option<Vec<FileRecord>>,
+    add: Option<Vec<FileRecord>>,
+    remove: Option<Vec<String>>,
+    peer: Option<String>,
     query: Option<String>,
     files_path: Option<String>,
     file_path: Option<String>,
@@ -160,7 +181,9 @@ pub fn parse_tracker_request(bytes: &[u8]) -> Result<TrackerRequest, RequestErro
     match method.as_str() {
         "JOIN" => {
             if let Some(port) = data.port {
-                let files = data.files.ok_or("JOIN needs data.files, a list of names")?;
+                let files = data
+                    .files
+                    .ok_or("JOIN needs data.files, a list of files")?;
                 if port == 0 {
                     return Err("JOIN needs a non-zero data.port".into());
                 }
@@ -175,17 +198,30 @@ pub fn parse_tracker_request(bytes: &[u8]) -> Result<TrackerRequest, RequestErro
             let query = data.query.ok_or("SEARCH needs data.query, a file name")?;
             Ok(TrackerRequest::Search { query })
         }
-        "UPDATE" => {
-            let files = data
-                .files
-                .ok_or("UPDATE needs data.files, a list of names")?;
-            Ok(TrackerRequest::Update { files })
+        "UPDATE" => match (data.files, data.add, data.remove) {
+            (Some(files), None, None) => Ok(TrackerRequest::Update(FileUpdate::Replace(files))),
+            (None, None, None) => Err(
+                "UPDATE needs data.files (the whole list) or data.add / data.remove (changes)"
+                    .into(),
+            ),
+            (None, add, remove) => Ok(TrackerRequest::Update(FileUpdate::Change {
+                add: add.unwrap_or_default(),
+                remove: remove.unwrap_or_default(),
+            })),
+            (Some(_), _, _) => Err(
+                "UPDATE takes either data.files (the whole list) or data.add / data.remove, not both"
+                    .into(),
+            ),
+        },
+        "LIST" => {
+            let peer = data.peer.ok_or("LIST needs data.peer, a peer as IP:PORT")?;
+            Ok(TrackerRequest::List { peer })
         }
         "DOWNLOAD_REQUEST" => {
             Err("DOWNLOAD_REQUEST goes to a peer's upload port, not to the tracker".into())
         }
         other => Err(format!(
-            "unknown method {other:?}; the tracker knows JOIN, SEARCH and UPDATE"
+            "unknown method {other:?}; the tracker knows JOIN, SEARCH, UPDATE and LIST"
         )),
     }
 }
@@ -247,9 +283,18 @@ pub struct Reply {
     /// `JOIN_OK`, `OK`, `UPDATE_OK`, `ERROR`, `fileNotFound`, `downloadAccepted`,
     /// `downloadRejected`.
     pub status: String,
-    /// SEARCH: the peers sharing the name, as `IP:PORT`.
+    /// SEARCH: the peers sharing exactly the name asked for, as `IP:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<String>>,
+    /// SEARCH: every name matching the query, one entry per distinct (name, size, digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<SearchResult>>,
+    /// SEARCH: true when there were more results than the tracker sends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// LIST: the files the peer shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileRecord>>,
     /// ERROR: one sentence saying what was wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -285,24 +330,22 @@ pub struct Reply {
     /// RANGE or OUTBOARD → OK: how many raw bytes follow the reply's line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
-    /// SEARCH: one entry per distinct content (name, size, digest) with its holders.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub results: Option<Vec<FileResult>>,
 }
 
-/// One SEARCH result: a content and the peers holding it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileResult {
+/// One SEARCH result: a distinct file (name, size, digest) and the peers holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchResult {
     /// The file's name.
     pub name: String,
-    /// Its size, when its holders said.
+    /// Its size in bytes, when its holders announced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// BLAKE3 of its content, when known.
+    /// BLAKE3 of the whole file, when its holders announced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    /// Its holders, `IP:PORT`.
-    #[serde(default, alias = "holders")]
+    pub digest: Option<Digest>,
+    /// How many peers hold this very file.
+    pub holders: usize,
+    /// Some of them (all, up to a limit), as `IP:PORT`.
     pub peers: Vec<String>,
 }
 
@@ -355,11 +398,31 @@ impl Reply {
         }
     }
 
-    /// A SEARCH result.
+    /// A SEARCH result with only the exact name's holders (what the original's tracker says).
     pub fn peers(peers: Vec<String>) -> Reply {
         Reply {
             status: status::OK.to_string(),
             peers: Some(peers),
+            ..Reply::default()
+        }
+    }
+
+    /// A SEARCH result: the exact name's holders, the matches, and whether some were left out.
+    pub fn search(peers: Vec<String>, results: Vec<SearchResult>, truncated: bool) -> Reply {
+        Reply {
+            status: status::OK.to_string(),
+            peers: Some(peers),
+            results: Some(results),
+            truncated,
+            ..Reply::default()
+        }
+    }
+
+    /// A LIST result.
+    pub fn files(files: Vec<FileRecord>) -> Reply {
+        Reply {
+            status: status::OK.to_string(),
+            files: Some(files),
             ..Reply::default()
         }
     }
@@ -382,8 +445,13 @@ impl Reply {
 
 /// Encodes any message as one JSON line, `\n` included.
 pub fn encode_line<T: Serialize>(message: &T) -> Vec<u8> {
+    // Sized for a typical reply, so a SEARCH answer is written without growing the buffer.
+    let mut line = Vec::with_capacity(512);
     // Serializing these plain structs cannot fail: no maps with non-string keys, no I/O.
-    let mut line = serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec());
+    if serde_json::to_writer(&mut line, message).is_err() {
+        line.clear();
+        line.extend_from_slice(b"{}");
+    }
     line.push(b'\n');
     line
 }
@@ -394,11 +462,11 @@ pub fn parse_reply(bytes: &[u8]) -> Result<Reply, RequestError> {
 }
 
 /// The JOIN request a peer sends.
-pub fn join_line(port: u16, files: &[String]) -> Vec<u8> {
+pub fn join_line(port: u16, files: &[FileRecord]) -> Vec<u8> {
     #[derive(Serialize)]
     struct Join<'a> {
         port: u16,
-        files: &'a [String],
+        files: &'a [FileRecord],
     }
     encode_line(&Envelope {
         method: "JOIN",
@@ -418,11 +486,11 @@ pub fn search_line(query: &str) -> Vec<u8> {
     })
 }
 
-/// The UPDATE request a peer sends.
-pub fn update_line(files: &[String]) -> Vec<u8> {
+/// The UPDATE request replacing the whole list.
+pub fn update_line(files: &[FileRecord]) -> Vec<u8> {
     #[derive(Serialize)]
     struct Update<'a> {
-        files: &'a [String],
+        files: &'a [FileRecord],
     }
     encode_line(&Envelope {
         method: "UPDATE",
@@ -435,6 +503,51 @@ pub fn digest_mismatch_line(report: &DigestMismatch) -> Vec<u8> {
     encode_line(&Envelope {
         method: "DIGEST_MISMATCH",
         data: report,
+    })
+}
+
+/// The UPDATE request adding (or replacing) `add` and forgetting `remove`.
+pub fn update_change_line(add: &[FileRecord], remove: &[String]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Change<'a> {
+        add: &'a [FileRecord],
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        remove: &'a [String],
+    }
+    encode_line(&Envelope {
+        method: "UPDATE",
+        data: Change { add, remove },
+    })
+}
+
+/// Cuts `files` into consecutive parts whose records take at most about `max_bytes` of JSON
+/// each (a part holds at least one record). Always at least one part, possibly empty.
+pub fn record_chunks(files: &[FileRecord], max_bytes: usize) -> Vec<&[FileRecord]> {
+    let mut parts = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, file) in files.iter().enumerate() {
+        // Name escapes at most double it; the rest of a record is under 120 bytes.
+        let size = 2 * file.name.len() + 120;
+        if i > start && bytes + size > max_bytes {
+            parts.push(&files[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    parts.push(&files[start..]);
+    parts
+}
+
+/// The LIST request: which files does `peer` (`IP:PORT`) share?
+pub fn list_line(peer: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct List<'a> {
+        peer: &'a str,
+    }
+    encode_line(&Envelope {
+        method: "LIST",
+        data: List { peer },
     })
 }
 
@@ -452,15 +565,61 @@ mod tests {
 
     #[test]
     fn join_round_trips() {
-        let line = join_line(4000, &["a.txt".to_string()]);
+        let files = vec![
+            FileRecord::sized("a.txt", 3, Some(Digest([7; 32]))),
+            FileRecord::sized("b.txt", 0, None),
+        ];
+        let line = join_line(4000, &files);
         let parsed = parse_tracker_request(line.trim_ascii_end()).unwrap();
+        assert_eq!(parsed, TrackerRequest::Join { port: 4000, files });
+    }
+
+    #[test]
+    fn update_is_a_whole_list_or_changes_never_both() {
+        let add = vec![FileRecord::sized("n", 1, None)];
+        let remove = vec!["old".to_string()];
+        let line = update_change_line(&add, &remove);
         assert_eq!(
-            parsed,
-            TrackerRequest::Join {
-                port: 4000,
-                files: vec!["a.txt".to_string()]
+            parse_tracker_request(line.trim_ascii_end()).unwrap(),
+            TrackerRequest::Update(FileUpdate::Change { add, remove })
+        );
+        let line = update_line(&[FileRecord::named("x")]);
+        assert_eq!(
+            parse_tracker_request(line.trim_ascii_end()).unwrap(),
+            TrackerRequest::Update(FileUpdate::Replace(vec![FileRecord::named("x")]))
+        );
+        let e = parse_tracker_request(br#"{"method":"UPDATE","data":{"files":[],"add":[]}}"#)
+            .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let e = parse_tracker_request(br#"{"method":"UPDATE","data":{}}"#).unwrap_err();
+        assert!(e.contains("data.add"), "{e}");
+    }
+
+    #[test]
+    fn long_lists_are_cut_into_parts_that_fit() {
+        let files: Vec<FileRecord> = (0..1000)
+            .map(|i| FileRecord::sized(format!("{i:0>200}"), i, Some(Digest([0xff; 32]))))
+            .collect();
+        let parts = record_chunks(&files, 64 * 1024);
+        assert!(parts.len() > 1);
+        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), files.len());
+        for part in parts {
+            assert!(update_change_line(part, &[]).len() <= 64 * 1024);
+        }
+        assert_eq!(record_chunks(&[], 10), vec![&[] as &[FileRecord]]);
+    }
+
+    #[test]
+    fn list_names_a_peer() {
+        let line = list_line("10.0.0.1:5000");
+        assert_eq!(
+            parse_tracker_request(line.trim_ascii_end()).unwrap(),
+            TrackerRequest::List {
+                peer: "10.0.0.1:5000".into()
             }
         );
+        let e = parse_tracker_request(br#"{"method":"LIST","data":{}}"#).unwrap_err();
+        assert!(e.contains("data.peer"), "{e}");
     }
 
     #[test]

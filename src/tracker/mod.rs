@@ -8,8 +8,11 @@
 
 pub mod legacy;
 pub mod limits;
+pub mod memory;
+pub mod names;
 pub mod server;
 pub mod table;
+pub mod word_index;
 
 pub use limits::raise_open_file_limit;
 pub use server::{Tracker, TrackerConfig};

@@ -19,7 +19,10 @@ use crate::liveness;
 use crate::log_limit::{self, Throttle, held_note};
 use crate::protocol::codec::MemoryBudget;
 use crate::protocol::legacy;
-use crate::protocol::messages::{Reply, TrackerRequest, parse_tracker_request, status};
+use crate::protocol::messages::{
+    FileRecord, FileUpdate, Reply, TrackerRequest, parse_tracker_request, status,
+};
+use crate::protocol::words;
 use crate::protocol::{CodecError, FrameReader};
 use crate::share;
 use crate::tracker::legacy as legacy_join;
@@ -52,6 +55,8 @@ pub struct TrackerConfig {
     pub thread_stack: usize,
     /// Memory all connections together may use to buffer large messages, in bytes.
     pub max_buffered: usize,
+    /// Most results one SEARCH returns (the reply says when more matched).
+    pub max_results: usize,
     /// List the folder an original-dialect JOIN names (`--legacy-folder-join`); off, such a
     /// JOIN is refused.
     pub legacy_folder_join: bool,
@@ -71,6 +76,7 @@ impl Default for TrackerConfig {
             liveness: liveness::DEFAULT_LIVENESS,
             thread_stack: 128 * 1024,
             max_buffered: 256 << 20,
+            max_results: 100,
             legacy_folder_join: false,
         }
     }
@@ -91,8 +97,10 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker with an empty table.
     pub fn new(config: TrackerConfig) -> Arc<Tracker> {
+        // Before the connection threads allocate: so memory freed when peers leave goes back.
+        crate::tracker::memory::keep_trim_thresholds_fixed();
         Arc::new(Tracker {
-            table: PeerTable::with_limit(config.max_listed_names),
+            table: PeerTable::with_limits(config.max_listed_names, config.max_names),
             buffers: MemoryBudget::new(config.max_buffered),
             config,
             connections: AtomicUsize::new(0),
@@ -276,21 +284,22 @@ impl Tracker {
     fn apply(&self, session: &mut Session, request: TrackerRequest) -> Result<Vec<u8>, String> {
         match request {
             TrackerRequest::Join { port, files } => {
-                self.check_names(&files)?;
+                self.check_records(&files)?;
                 let addr = SocketAddr::new(session.remote.ip(), port);
                 self.join(session, addr, &files)?;
                 session.legacy = false;
                 Ok(Reply::status(status::JOIN_OK).to_line())
             }
             TrackerRequest::LegacyJoin { folder } => {
-                let files = legacy_join::list_client_folder(
+                let names = legacy_join::list_client_folder(
                     session.remote,
                     &folder,
                     self.config.max_names,
                     self.config.legacy_folder_join,
                 )
                 .map_err(|e| e.to_string())?;
-                self.check_names(&files)?;
+                let files: Vec<FileRecord> = names.into_iter().map(FileRecord::named).collect();
+                self.check_records(&files)?;
                 // The original keys a peer by the port of its tracker connection.
                 let addr = session.remote;
                 self.join(session, addr, &files)?;
@@ -298,8 +307,7 @@ impl Tracker {
                 Ok(legacy::JOIN_OK.to_vec())
             }
             TrackerRequest::Search { query } => {
-                share::check_name_len(&query, self.config.max_name_len)
-                    .map_err(|e| format!("SEARCH refused: {e}"))?;
+                let query_words = self.check_query(&query)?;
                 let who = session.joined.unwrap_or(session.remote);
                 self.out
                     .line(format!("Peer {who} solicitou arquivo {query}"));
@@ -313,25 +321,69 @@ impl Tracker {
                         .collect();
                     Ok(legacy::search_reply(&ports))
                 } else {
-                    Ok(Reply::peers(self.table.search(&query)).to_line())
+                    let found =
+                        self.table
+                            .search_words(&query, &query_words, self.config.max_results);
+                    Ok(Reply::search(found.peers, found.results, found.truncated).to_line())
                 }
             }
-            TrackerRequest::Update { files } => {
-                self.check_names(&files)?;
+            TrackerRequest::Update(FileUpdate::Replace(files)) => {
+                self.check_records(&files)?;
                 let addr = session.joined.ok_or("send JOIN before UPDATE")?;
                 self.table
                     .update(session.conn, addr, &files)
                     .map_err(|e| e.to_string())?;
                 self.out.line(format!(
                     "Peer {addr} atualizou os arquivos {}",
-                    console_out::name_list(&files)
+                    console_out::name_list(&names_of(&files))
                 ));
-                if session.legacy {
-                    Ok(legacy::UPDATE_OK.to_vec())
-                } else {
-                    Ok(Reply::status(status::UPDATE_OK).to_line())
-                }
+                Ok(self.update_ok(session))
             }
+            TrackerRequest::Update(FileUpdate::Change { add, remove }) => {
+                self.check_records(&add)?;
+                self.check_list_len(remove.len())?;
+                for name in &remove {
+                    self.check_name(name)?;
+                }
+                let addr = session.joined.ok_or("send JOIN before UPDATE")?;
+                self.table
+                    .change(session.conn, addr, &add, &remove)
+                    .map_err(|e| e.to_string())?;
+                let mut changed = Vec::new();
+                if !add.is_empty() {
+                    changed.push(format!("+{}", console_out::name_list(&names_of(&add))));
+                }
+                if !remove.is_empty() {
+                    changed.push(format!("-{}", console_out::name_list(&remove)));
+                }
+                self.out.line(format!(
+                    "Peer {addr} atualizou os arquivos: {}",
+                    changed.join(" ")
+                ));
+                Ok(self.update_ok(session))
+            }
+            TrackerRequest::List { peer } => {
+                let addr: SocketAddr = peer.trim().parse().map_err(|_| {
+                    format!("LIST needs data.peer as IP:PORT, not {:?}", bounded(&peer))
+                })?;
+                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+                let files = self
+                    .table
+                    .list(addr)
+                    .ok_or_else(|| format!("peer {addr} is not registered with this tracker"))?;
+                let who = session.joined.unwrap_or(session.remote);
+                self.out
+                    .line(format!("Peer {who} listou os arquivos de {addr}"));
+                Ok(Reply::files(files).to_line())
+            }
+        }
+    }
+
+    fn update_ok(&self, session: &Session) -> Vec<u8> {
+        if session.legacy {
+            legacy::UPDATE_OK.to_vec()
+        } else {
+            Reply::status(status::UPDATE_OK).to_line()
         }
     }
 
@@ -339,7 +391,7 @@ impl Tracker {
         &self,
         session: &mut Session,
         addr: SocketAddr,
-        files: &[String],
+        files: &[FileRecord],
     ) -> Result<(), String> {
         self.table
             .join(session.conn, addr, files)
@@ -353,24 +405,83 @@ impl Tracker {
         session.joined = Some(addr);
         self.out.line(format!(
             "Peer {addr} adicionado com os arquivos {}",
-            console_out::name_list(files)
+            console_out::name_list(&names_of(files))
         ));
         Ok(())
     }
 
-    fn check_names(&self, files: &[String]) -> Result<(), String> {
-        if files.len() > self.config.max_names {
+    fn check_list_len(&self, len: usize) -> Result<(), String> {
+        if len > self.config.max_names {
             return Err(format!(
-                "the list has {} names; the limit is {}",
-                files.len(),
+                "the list has {len} names; the limit is {}",
                 self.config.max_names
             ));
         }
-        for name in files {
-            share::check_name_len(name, self.config.max_name_len)
-                .map_err(|e| format!("name {name:?} refused: {e}"))?;
+        Ok(())
+    }
+
+    fn check_name(&self, name: &str) -> Result<(), String> {
+        share::check_name_len(name, self.config.max_name_len)
+            .map_err(|e| format!("name {:?} refused: {e}", bounded(name)))
+    }
+
+    /// A list of records: not too many, plain names, sizes a file can have.
+    fn check_records(&self, files: &[FileRecord]) -> Result<(), String> {
+        self.check_list_len(files.len())?;
+        for file in files {
+            self.check_name(&file.name)?;
+            if file.size.is_some_and(|size| size > MAX_FILE_SIZE) {
+                return Err(format!(
+                    "file {:?}: size {} is not a file size (at most 2^63 - 1)",
+                    bounded(&file.name),
+                    file.size.unwrap_or_default()
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// A SEARCH query: a name, or words of names (PROTOCOL.md, T15). Returns its words.
+    fn check_query(&self, query: &str) -> Result<words::QueryWords, String> {
+        if share::has_hidden_characters(query) {
+            return Err(
+                "SEARCH refused: the query holds control or invisible formatting characters".into(),
+            );
+        }
+        if query.trim().is_empty() {
+            return Err("SEARCH refused: the query is empty".into());
+        }
+        if query.len() > self.config.max_name_len {
+            return Err(format!(
+                "SEARCH refused: the query is longer than {} bytes",
+                self.config.max_name_len
+            ));
+        }
+        let query_words = words::QueryWords::of(query);
+        if query_words.len() > words::MAX_QUERY_WORDS {
+            return Err(format!(
+                "SEARCH refused: the query has {} words; the limit is {}",
+                query_words.len(),
+                words::MAX_QUERY_WORDS
+            ));
+        }
+        Ok(query_words)
+    }
+}
+
+/// The largest size a record may give: what a signed 64-bit number holds, as file systems use.
+const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+/// The names of `files`, for console lines.
+fn names_of(files: &[FileRecord]) -> Vec<&str> {
+    files.iter().map(|f| f.name.as_str()).collect()
+}
+
+/// At most the first 64 characters of `text`, for error messages about hostile input.
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
     }
 }
 

@@ -1,26 +1,48 @@
-//! The tracker's state: the peer table and the name index beside it, under one lock.
+//! The tracker's state: the peer table, the name index and the word index, under one lock.
 //!
-//! SEARCH looks a name up in the index instead of walking every peer, so it does not slow down
-//! as peers are added. Both structures change together under the same write lock, so they never
-//! disagree ([`PeerTable::check_consistency`] proves it in the property tests). The lock is held
-//! only for the in-memory change, never across socket I/O.
+//! SEARCH looks a name up in the name index and its words up in the word index instead of
+//! walking every peer, so it does not slow down as peers are added. All three change together
+//! under the same write lock, so they never disagree ([`PeerTable::check_consistency`] proves it
+//! in the property tests). The lock is held only for the in-memory change, never across I/O.
 //!
-//! Compactness matters at 10,000 peers × 100 names (a million names if all differ): each
-//! distinct name's text is stored once and known by a 4-byte number; a peer lists its names as
-//! numbers, the hash table holds only numbers, and a name's holders are peer numbers, not
-//! address strings. About 95 bytes per distinct name in all, text included (see `Names`).
+//! Compactness matters at 10,000 peers × 100 files (a million names if all differ):
+//! - each distinct name's text is stored once and known by a 4-byte number ([`names`]);
+//! - a peer lists its files as [`FileRef`]s: the name number, the size and the digest
+//!   (48 bytes); holders of one name are grouped by content, so a name held by one peer costs
+//!   no group at all;
+//! - each distinct word is a 64-bit key and a list of name numbers ([`word_index`]).
+//!
+//! When most names or peers are gone the tables are renumbered densely and sized to what is
+//! live, and the allocator is asked to hand the freed pages back to the system, so a tracker
+//! that held millions of names returns near its idle size ([`PeerTable::heap_bytes`]).
+//!
+//! [`names`]: crate::tracker::names
+//! [`word_index`]: crate::tracker::word_index
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
 use parking_lot::RwLock;
+
+use crate::protocol::words::{self, QueryWords};
+use crate::protocol::{FileRecord, SearchResult};
+use crate::tracker::memory::release_free_memory;
+use crate::tracker::names::{FileRef, Holders, Names, UNKNOWN_SIZE};
+use crate::tracker::word_index::{MAX_INDEXED_WORDS, WordIndex, WordKeys};
 
 /// Identifies one tracker connection, so that only it can change its own entry.
 pub type ConnId = u64;
+
+/// Most peers listed in one SEARCH result; `holders` still counts them all.
+pub const MAX_LISTED_HOLDERS: usize = 32;
+
+/// Candidates a keyword SEARCH may examine for each result it may return: bounds the work of
+/// a query whose words are common but rarely together.
+pub const EXAMINED_PER_RESULT: usize = 20;
+
+/// A word list this short is walked without looking up the query's other words.
+const FEW_CANDIDATES: usize = 4;
 
 /// Why the table refused a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +54,18 @@ pub enum TableError {
     /// The change would take the names listed by all peers together over the limit.
     IndexFull {
         /// The limit, in names (a name listed by two peers counts twice).
+        limit: usize,
+    },
+    /// The change would take the distinct words of all names over the limit.
+    WordsFull {
+        /// The limit, in distinct words.
+        limit: usize,
+    },
+    /// The change would give this peer more names than one peer may list.
+    TooManyNames {
+        /// How many it would list.
+        count: usize,
+        /// The limit.
         limit: usize,
     },
 }
@@ -49,144 +83,29 @@ impl fmt::Display for TableError {
                 "the tracker's index is full ({limit} names listed by all peers together); \
                  share fewer names or try again later"
             ),
+            TableError::WordsFull { limit } => write!(
+                f,
+                "the tracker's word index is full ({limit} distinct words); \
+                 share fewer names or try again later"
+            ),
+            TableError::TooManyNames { count, limit } => {
+                write!(f, "the list would have {count} names; the limit is {limit}")
+            }
         }
     }
 }
 
 impl std::error::Error for TableError {}
 
-/// The peers that share one name: almost always few, often one. 16 bytes.
-#[derive(Debug, Default)]
-enum Holders {
-    /// A forgotten name's number, waiting to be reused.
-    #[default]
-    None,
-    One(u32),
-    // Boxed so that the enum stays 16 bytes: a million names mostly have one holder.
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<u32>>),
-}
-
-// What the memory figures in the module documentation rely on.
-const _: () = assert!(std::mem::size_of::<Holders>() == 16);
-const _: () = assert!(std::mem::size_of::<NameEntry>() == 32);
-
-impl Holders {
-    fn push(&mut self, id: u32) {
-        match self {
-            Holders::None => *self = Holders::One(id),
-            Holders::One(first) => *self = Holders::Many(Box::new(vec![*first, id])),
-            Holders::Many(ids) => ids.push(id),
-        }
-    }
-
-    /// Removes `id`, keeping the others in the order they came; true when none is left.
-    fn remove(&mut self, id: u32) -> bool {
-        match self {
-            Holders::None => true,
-            Holders::One(only) => {
-                if *only == id {
-                    *self = Holders::None;
-                }
-                matches!(self, Holders::None)
-            }
-            Holders::Many(ids) => {
-                if let Some(pos) = ids.iter().position(|&x| x == id) {
-                    ids.remove(pos);
-                }
-                if let [only] = ids.as_slice() {
-                    *self = Holders::One(*only);
-                }
-                false
-            }
-        }
-    }
-
-    fn ids(&self) -> &[u32] {
-        match self {
-            Holders::None => &[],
-            Holders::One(id) => std::slice::from_ref(id),
-            Holders::Many(ids) => ids,
-        }
-    }
-}
-
-/// One distinct name: its text, stored once, and who shares it. 32 bytes plus the text.
-#[derive(Debug, Default)]
-struct NameEntry {
-    text: Box<str>,
-    holders: Holders,
-}
-
-/// The name index: every distinct name is known by a small number.
-///
-/// Peers list their names as numbers (4 bytes each) and the hash table holds only numbers,
-/// hashed by the text they stand for. That is what `hashbrown::HashTable` offers and std's
-/// `HashMap` does not: with `HashMap<Arc<str>, _>` every entry costs a 16-byte key plus the
-/// value, twice over once the table has grown; here the table costs 5 bytes a slot.
-#[derive(Default)]
-struct Names {
-    /// Name number → entry; numbers of forgotten names are reused.
-    entries: Vec<NameEntry>,
-    free: Vec<u32>,
-    /// Numbers of the live names, found by their text.
-    lookup: HashTable<u32>,
-    hasher: RandomState,
-}
-
-impl Names {
-    fn find(&self, text: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(text);
-        self.lookup
-            .find(hash, |&n| &*self.entries[n as usize].text == text)
-            .copied()
-    }
-
-    /// The number of `text`, creating its entry if it is new.
-    fn intern(&mut self, text: &str) -> u32 {
-        let Names {
-            entries,
-            free,
-            lookup,
-            hasher,
-        } = self;
-        let hash = hasher.hash_one(text);
-        match lookup.entry(
-            hash,
-            |&n| &*entries[n as usize].text == text,
-            |&n| hasher.hash_one(&*entries[n as usize].text),
-        ) {
-            Entry::Occupied(found) => *found.get(),
-            Entry::Vacant(slot) => {
-                let entry = NameEntry {
-                    text: text.into(),
-                    holders: Holders::None,
-                };
-                let n = match free.pop() {
-                    Some(n) => {
-                        entries[n as usize] = entry;
-                        n
-                    }
-                    None => {
-                        entries.push(entry);
-                        (entries.len() - 1) as u32
-                    }
-                };
-                slot.insert(n);
-                n
-            }
-        }
-    }
-
-    /// Forgets name `n`, which nobody shares any more.
-    fn release(&mut self, n: u32) {
-        let hash = self.hasher.hash_one(&*self.entries[n as usize].text);
-        if let Ok(found) = self.lookup.find_entry(hash, |&x| x == n) {
-            found.remove();
-        }
-        self.entries[n as usize] = NameEntry::default();
-        self.free.push(n);
-    }
+/// What SEARCH found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchAnswer {
+    /// Peers sharing exactly the name asked for, as `IP:PORT`.
+    pub peers: Vec<String>,
+    /// Distinct files matching: the exact name first, then by holders, most first.
+    pub results: Vec<SearchResult>,
+    /// More files matched (or may have) than were returned.
+    pub truncated: bool,
 }
 
 struct Slot {
@@ -194,8 +113,10 @@ struct Slot {
     /// `IP:PORT`, formatted once for every SEARCH that returns this peer.
     text: Box<str>,
     owner: ConnId,
-    /// The numbers of the names it shares, each once.
-    files: Box<[u32]>,
+    /// When it joined (a counter): SEARCH lists a name's holders in this order.
+    joined: u64,
+    /// The files it shares, sorted by name number, each name once.
+    files: Box<[FileRef]>,
 }
 
 struct Inner {
@@ -203,13 +124,21 @@ struct Inner {
     free: Vec<u32>,
     by_addr: HashMap<SocketAddr, u32>,
     names: Names,
+    words: WordIndex,
+    keys: WordKeys,
     /// Names listed by all peers together (a name listed by two peers counts twice).
     listed: usize,
     /// The most `listed` may reach: what bounds the table's memory.
     max_listed: usize,
+    /// The most names one peer may list.
+    max_per_peer: usize,
+    /// The next peer's `joined`.
+    next_join: u64,
+    /// The most names listed since the table was last empty (worth trimming when it empties).
+    listed_high: usize,
 }
 
-/// The peer table and name index; cheap to share between connection threads.
+/// The peer table and indexes; cheap to share between connection threads.
 pub struct PeerTable {
     inner: RwLock<Inner>,
 }
@@ -223,47 +152,70 @@ impl Default for PeerTable {
 impl PeerTable {
     /// An empty table with no limit on the names listed.
     pub fn new() -> PeerTable {
-        PeerTable::with_limit(usize::MAX)
+        PeerTable::with_limits(usize::MAX, usize::MAX)
     }
 
     /// An empty table that refuses a JOIN or UPDATE taking the names listed by all peers
-    /// together over `max_listed` ([`TableError::IndexFull`]). Each listed name costs at most
-    /// about 350 bytes (a distinct 255-byte name), typically about 100, so this bounds the
-    /// table's memory whatever peers send.
+    /// together over `max_listed` ([`TableError::IndexFull`]), or the distinct words of all
+    /// names over as many ([`TableError::WordsFull`]). A listed name costs at most about 600
+    /// bytes (a distinct 255-byte name of 32 words), typically about 170 (see
+    /// docs/tracker.md), and a word about 45, so this bounds the table's memory whatever peers
+    /// send.
     pub fn with_limit(max_listed: usize) -> PeerTable {
+        PeerTable::with_limits(max_listed, usize::MAX)
+    }
+
+    /// [`PeerTable::with_limit`], and at most `max_per_peer` names for one peer after an
+    /// UPDATE that adds ([`TableError::TooManyNames`]; whole lists are checked by the caller).
+    pub fn with_limits(max_listed: usize, max_per_peer: usize) -> PeerTable {
         PeerTable {
             inner: RwLock::new(Inner {
                 slots: Vec::new(),
                 free: Vec::new(),
                 by_addr: HashMap::new(),
                 names: Names::default(),
+                words: WordIndex::default(),
+                keys: WordKeys::default(),
                 listed: 0,
                 max_listed,
+                max_per_peer,
+                next_join: 0,
+                listed_high: 0,
             }),
         }
     }
 
     /// Registers (or re-registers) the peer at `addr` for connection `conn` with `files`.
-    /// Duplicate names count once.
-    pub fn join(&self, conn: ConnId, addr: SocketAddr, files: &[String]) -> Result<(), TableError> {
-        let names = unique(files);
+    /// A name listed twice counts once (its first record).
+    pub fn join(
+        &self,
+        conn: ConnId,
+        addr: SocketAddr,
+        files: &[FileRecord],
+    ) -> Result<(), TableError> {
+        let files = first_of_each_name(files);
         let mut inner = self.inner.write();
         if let Some(&id) = inner.by_addr.get(&addr) {
             let slot = inner.slots[id as usize].as_ref();
             if slot.is_some_and(|s| s.owner != conn) {
                 return Err(TableError::AddressTaken(addr));
             }
-            inner.check_room(Some(id), names.len())?;
-            inner.set_names(id, names);
+            inner.check_room(Some(id), files.len())?;
+            inner.check_words(&files)?;
+            inner.replace_files(id, &files);
+            finish(inner);
             return Ok(());
         }
-        inner.check_room(None, names.len())?;
+        inner.check_room(None, files.len())?;
+        inner.check_words(&files)?;
         let slot = Slot {
             addr,
             text: addr.to_string().into_boxed_str(),
             owner: conn,
+            joined: inner.next_join,
             files: Box::new([]),
         };
+        inner.next_join += 1;
         let id = match inner.free.pop() {
             Some(id) => {
                 inner.slots[id as usize] = Some(slot);
@@ -275,22 +227,51 @@ impl PeerTable {
             }
         };
         inner.by_addr.insert(addr, id);
-        inner.set_names(id, names);
+        inner.replace_files(id, &files);
         Ok(())
     }
 
-    /// Replaces the names shared by the peer at `addr`, which `conn` must own.
+    /// Replaces the files shared by the peer at `addr`, which `conn` must own.
     pub fn update(
         &self,
         conn: ConnId,
         addr: SocketAddr,
-        files: &[String],
+        files: &[FileRecord],
     ) -> Result<(), TableError> {
-        let names = unique(files);
+        let files = first_of_each_name(files);
         let mut inner = self.inner.write();
         let id = inner.owned(conn, addr).ok_or(TableError::NotJoined)?;
-        inner.check_room(Some(id), names.len())?;
-        inner.set_names(id, names);
+        inner.check_room(Some(id), files.len())?;
+        inner.check_words(&files)?;
+        inner.replace_files(id, &files);
+        finish(inner);
+        Ok(())
+    }
+
+    /// Adds `add` to the files of the peer at `addr` (a name it lists already gets the new
+    /// record) and forgets the names in `remove`; `conn` must own the peer. A name both added
+    /// and removed is removed.
+    pub fn change(
+        &self,
+        conn: ConnId,
+        addr: SocketAddr,
+        add: &[FileRecord],
+        remove: &[String],
+    ) -> Result<(), TableError> {
+        let add = first_of_each_name(add);
+        let mut inner = self.inner.write();
+        let id = inner.owned(conn, addr).ok_or(TableError::NotJoined)?;
+        let count = inner.count_after_change(id, &add, remove);
+        if count > inner.max_per_peer {
+            return Err(TableError::TooManyNames {
+                count,
+                limit: inner.max_per_peer,
+            });
+        }
+        inner.check_room(Some(id), count)?;
+        inner.check_words(&add)?;
+        inner.change_files(id, &add, remove);
+        finish(inner);
         Ok(())
     }
 
@@ -300,34 +281,102 @@ impl PeerTable {
         let Some(id) = inner.owned(conn, addr) else {
             return false;
         };
-        inner.set_names(id, Vec::new());
+        inner.replace_files(id, &[]);
         inner.by_addr.remove(&addr);
         inner.slots[id as usize] = None;
         inner.free.push(id);
+        finish(inner);
         true
     }
 
-    /// The peers sharing exactly `name`, as `IP:PORT`, in the order they joined with it.
-    pub fn search(&self, name: &str) -> Vec<String> {
-        self.search_with(name, |slot| slot.text.to_string())
+    /// SEARCH: the peers sharing exactly `query`, and up to `max_results` distinct files whose
+    /// names hold every word of `query` (folded: case and accents do not matter), the exact
+    /// name's first, then by how many peers hold them.
+    ///
+    /// The word lists are not intersected whole: the rarest word's list is walked and each
+    /// name in it checked for the other words, stopping at `max_results` (plus one, to know
+    /// whether there were more) or after [`EXAMINED_PER_RESULT`] × `max_results` candidates.
+    /// So a word that matches half the index costs no more than the cap.
+    pub fn search(&self, query: &str, max_results: usize) -> SearchAnswer {
+        self.search_words(query, &QueryWords::of(query), max_results)
     }
 
-    /// The peers sharing exactly `name`, as socket addresses.
+    /// [`PeerTable::search`] with the query's words already folded and split
+    /// ([`QueryWords`]), as the caller that checked the query has them.
+    pub fn search_words(
+        &self,
+        query: &str,
+        query_words: &QueryWords,
+        max_results: usize,
+    ) -> SearchAnswer {
+        let inner = self.inner.read();
+        let mut answer = SearchAnswer::default();
+        let exact = inner.names.find(query);
+        if let Some(n) = exact {
+            answer.peers = inner.holder_texts(n);
+            inner.results_of(n, &mut answer.results);
+            answer.results.sort_by_key(|r| std::cmp::Reverse(r.holders));
+        }
+        let exact_results = answer.results.len();
+        let (matched, more) = inner.match_words(query_words, exact, max_results);
+        answer.truncated = more;
+        for n in matched {
+            inner.results_of(n, &mut answer.results);
+        }
+        answer.results[exact_results..].sort_by(|a, b| {
+            b.holders
+                .cmp(&a.holders)
+                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| a.size.cmp(&b.size))
+        });
+        if answer.results.len() > max_results {
+            answer.results.truncate(max_results);
+            answer.truncated = true;
+        }
+        answer
+    }
+
+    /// The peers sharing exactly `name`, as `IP:PORT`, in the order they joined the tracker.
+    pub fn holders(&self, name: &str) -> Vec<String> {
+        let inner = self.inner.read();
+        inner
+            .names
+            .find(name)
+            .map(|n| inner.holder_texts(n))
+            .unwrap_or_default()
+    }
+
+    /// The peers sharing exactly `name`, as socket addresses (same order as [`holders`]).
+    ///
+    /// [`holders`]: PeerTable::holders
     pub fn search_addrs(&self, name: &str) -> Vec<SocketAddr> {
-        self.search_with(name, |slot| slot.addr)
-    }
-
-    fn search_with<T>(&self, name: &str, f: impl Fn(&Slot) -> T) -> Vec<T> {
         let inner = self.inner.read();
         let Some(n) = inner.names.find(name) else {
             return Vec::new();
         };
-        inner.names.entries[n as usize]
-            .holders
-            .ids()
-            .iter()
-            .filter_map(|&id| inner.slots[id as usize].as_ref().map(&f))
+        inner
+            .holder_slots(n)
+            .into_iter()
+            .map(|slot| slot.addr)
             .collect()
+    }
+
+    /// LIST: the files the peer at `addr` shares, sorted by name; `None` if it is not joined.
+    pub fn list(&self, addr: SocketAddr) -> Option<Vec<FileRecord>> {
+        let inner = self.inner.read();
+        let id = *inner.by_addr.get(&addr)?;
+        let slot = inner.slots[id as usize].as_ref()?;
+        let mut files: Vec<FileRecord> = slot
+            .files
+            .iter()
+            .map(|f| FileRecord {
+                name: inner.names.entries[f.name as usize].text.to_string(),
+                size: known_size(f.size),
+                digest: f.digest,
+            })
+            .collect();
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(files)
     }
 
     /// How many peers are registered.
@@ -340,63 +389,55 @@ impl PeerTable {
         self.len() == 0
     }
 
-    /// Checks that the index says exactly what the peer entries say. For tests.
-    pub fn check_consistency(&self) -> Result<(), String> {
+    /// Bytes held by the table's own structures (allocator overhead not counted): what the
+    /// shrink rule gives back, measured without asking the system.
+    pub fn heap_bytes(&self) -> usize {
         let inner = self.inner.read();
-        let names = &inner.names;
-        let mut expected: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (id, slot) in inner.slots.iter().enumerate() {
-            if let Some(slot) = slot {
-                if inner.by_addr.get(&slot.addr) != Some(&(id as u32)) {
-                    return Err(format!("peer {} missing from the address map", slot.addr));
-                }
-                for &n in slot.files.iter() {
-                    expected.entry(n).or_default().push(id as u32);
-                }
-            }
-        }
-        if inner.by_addr.len() != inner.slots.iter().flatten().count() {
-            return Err("address map holds addresses with no peer".into());
-        }
-        let listed: usize = inner.slots.iter().flatten().map(|s| s.files.len()).sum();
-        if listed != inner.listed {
-            return Err(format!("{listed} names listed, {} counted", inner.listed));
-        }
-        let live = names
-            .entries
+        let slots: usize = inner
+            .slots
             .iter()
-            .filter(|e| !matches!(e.holders, Holders::None))
-            .count();
-        if live != expected.len() || names.lookup.len() != live {
-            return Err(format!(
-                "index has {live} names ({} findable), peers have {}",
-                names.lookup.len(),
-                expected.len()
-            ));
-        }
-        if names.free.len() + live != names.entries.len() {
-            return Err("a forgotten name number is neither free nor in use".into());
-        }
-        for (n, mut ids) in expected {
-            let entry = names
-                .entries
-                .get(n as usize)
-                .ok_or_else(|| format!("name number {n} out of range"))?;
-            if names.find(&entry.text) != Some(n) {
-                return Err(format!("name {:?} cannot be found by its text", entry.text));
-            }
-            let mut got = entry.holders.ids().to_vec();
-            ids.sort_unstable();
-            got.sort_unstable();
-            if ids != got {
-                return Err(format!(
-                    "name {:?}: index {got:?}, peers {ids:?}",
-                    entry.text
-                ));
-            }
-        }
-        Ok(())
+            .flatten()
+            .map(|s| s.text.len() + s.files.len() * std::mem::size_of::<FileRef>())
+            .sum();
+        inner.slots.capacity() * std::mem::size_of::<Option<Slot>>()
+            + inner.free.capacity() * 4
+            + inner.by_addr.capacity() * (std::mem::size_of::<(SocketAddr, u32)>() + 1)
+            + slots
+            + inner.names.heap_bytes()
+            + inner.words.heap_bytes()
     }
+
+    /// Checks that the indexes say exactly what the peer entries say. For tests.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        self.inner.read().check_consistency()
+    }
+}
+
+/// Ends a change: renumbers and resizes the tables when most of what they hold is gone, and
+/// once the lock is released asks the allocator to return free pages to the system (also when
+/// the last peer has left). Cheap when nothing is sparse; when it compacts, the cost
+/// (proportional to what is live) is paid for by the removals since the last compaction, which
+/// were at least three times as many.
+fn finish(mut inner: parking_lot::RwLockWriteGuard<'_, Inner>) {
+    let shrunk = inner.shrink_if_sparse();
+    let emptied = inner.by_addr.is_empty() && inner.listed_high > 0;
+    if emptied {
+        inner.listed_high = 0;
+    }
+    drop(inner);
+    if shrunk || emptied {
+        release_free_memory();
+    }
+}
+
+/// The records of `files`, the first of each name only, in the order given.
+fn first_of_each_name(files: &[FileRecord]) -> Vec<&FileRecord> {
+    let mut seen = std::collections::HashSet::with_capacity(files.len());
+    files.iter().filter(|f| seen.insert(&*f.name)).collect()
+}
+
+fn known_size(size: u64) -> Option<u64> {
+    (size != UNKNOWN_SIZE).then_some(size)
 }
 
 impl Inner {
@@ -419,51 +460,473 @@ impl Inner {
         Ok(())
     }
 
-    /// Replaces slot `id`'s names with `names` (each once), keeping the index in step.
-    fn set_names(&mut self, id: u32, names: Vec<&str>) {
+    /// Refuses `records` if the words their new names would add take the word index over its
+    /// limit (the same number as names listed). Counts generously: words of names some other
+    /// peer drops in the same change are not subtracted.
+    fn check_words(&self, records: &[&FileRecord]) -> Result<(), TableError> {
+        let (live_words, _) = self.words.occupancy();
+        let most_new = records.len().saturating_mul(MAX_INDEXED_WORDS);
+        if live_words.saturating_add(most_new) <= self.max_listed {
+            return Ok(());
+        }
+        let (mut buf, mut keys) = (String::new(), Vec::new());
+        let mut new_words: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for record in records {
+            if self
+                .names
+                .find(&record.name)
+                .is_some_and(|n| self.names.is_live(n))
+            {
+                continue;
+            }
+            self.keys.keys_of(&record.name, &mut buf, &mut keys);
+            new_words.extend(keys.iter().filter(|&&k| !self.words.contains(k)));
+            if live_words + new_words.len() > self.max_listed {
+                return Err(TableError::WordsFull {
+                    limit: self.max_listed,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn files_of(&self, id: u32) -> &[FileRef] {
+        self.slots[id as usize]
+            .as_ref()
+            .map_or(&[], |slot| &slot.files)
+    }
+
+    /// How many names slot `id` would list after adding `add` and removing `remove`.
+    fn count_after_change(&self, id: u32, add: &[&FileRecord], remove: &[String]) -> usize {
+        let files = self.files_of(id);
+        let listed = |name: &str| {
+            self.names
+                .find(name)
+                .is_some_and(|n| files.binary_search_by_key(&n, |f| f.name).is_ok())
+        };
+        let removed: std::collections::HashSet<&str> = remove
+            .iter()
+            .map(String::as_str)
+            .filter(|name| listed(name))
+            .collect();
+        let added = add
+            .iter()
+            .filter(|f| !listed(&f.name) && !remove.contains(&f.name))
+            .count();
+        files.len() - removed.len() + added
+    }
+
+    /// The record peer `id` holds for name `n`. Holders and files never disagree, so a miss
+    /// (reported as unknown content) would be a bug caught by the consistency check.
+    fn record_of(&self, id: u32, n: u32) -> FileRef {
+        let files = self.files_of(id);
+        match files.binary_search_by_key(&n, |f| f.name) {
+            Ok(i) => files[i],
+            Err(_) => FileRef {
+                name: n,
+                size: UNKNOWN_SIZE,
+                digest: None,
+            },
+        }
+    }
+
+    /// Interns each record's name and returns the records as references sorted by number.
+    fn intern_records(&mut self, records: &[&FileRecord]) -> Vec<FileRef> {
+        let mut refs: Vec<FileRef> = records
+            .iter()
+            .map(|r| FileRef {
+                name: self.names.intern(&r.name).0,
+                size: r.size.unwrap_or(UNKNOWN_SIZE),
+                digest: r.digest,
+            })
+            .collect();
+        refs.sort_unstable_by_key(|f| f.name);
+        refs
+    }
+
+    /// Gives slot `id` exactly `records` (one per name).
+    fn replace_files(&mut self, id: u32, records: &[&FileRecord]) {
+        let desired = self.intern_records(records);
+        self.set_files(id, desired);
+    }
+
+    /// Adds `add` to slot `id`'s files (replacing records of the same name), then removes the
+    /// names in `remove`.
+    fn change_files(&mut self, id: u32, add: &[&FileRecord], remove: &[String]) {
+        let added = self.intern_records(add);
+        let removed: Vec<u32> = remove.iter().filter_map(|n| self.names.find(n)).collect();
+        let old = self.files_of(id);
+        let mut desired: Vec<FileRef> = Vec::with_capacity(old.len() + added.len());
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < added.len() {
+            let next = match (old.get(i), added.get(j)) {
+                (Some(o), Some(a)) if o.name == a.name => {
+                    i += 1;
+                    j += 1;
+                    *a
+                }
+                (Some(o), Some(a)) if o.name < a.name => {
+                    i += 1;
+                    *o
+                }
+                (Some(o), None) => {
+                    i += 1;
+                    *o
+                }
+                (_, Some(a)) => {
+                    j += 1;
+                    *a
+                }
+                (None, None) => break,
+            };
+            if !removed.contains(&next.name) {
+                desired.push(next);
+            }
+        }
+        self.set_files(id, desired);
+        // A name interned for `add` but also removed is held by nobody: forget it again.
+        for f in &added {
+            if removed.contains(&f.name) && !self.names.is_live(f.name) {
+                self.names.release(f.name);
+            }
+        }
+    }
+
+    /// Replaces slot `id`'s files with `desired` (sorted by number, each name once), keeping
+    /// the indexes in step: only names whose record changed are touched.
+    fn set_files(&mut self, id: u32, desired: Vec<FileRef>) {
         let Some(slot) = self.slots[id as usize].as_mut() else {
             return;
         };
         let old = std::mem::take(&mut slot.files);
-        self.listed -= old.len();
-        for &n in old.iter() {
-            if self.names.entries[n as usize].holders.remove(id) {
-                self.names.release(n);
+        self.listed = self.listed - old.len() + desired.len();
+        self.listed_high = self.listed_high.max(self.listed);
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < desired.len() {
+            match (old.get(i), desired.get(j)) {
+                (Some(o), Some(d)) if o.name == d.name => {
+                    if o.content() != d.content() {
+                        self.regroup(id, *o, *d);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), Some(d)) if o.name < d.name => {
+                    self.unlink(id, *o);
+                    i += 1;
+                }
+                (Some(o), None) => {
+                    self.unlink(id, *o);
+                    i += 1;
+                }
+                (_, Some(d)) => {
+                    self.link(id, *d);
+                    j += 1;
+                }
+                (None, None) => break,
             }
         }
-        self.listed += names.len();
-        let numbers: Box<[u32]> = names
-            .into_iter()
-            .map(|name| {
-                let n = self.names.intern(name);
-                self.names.entries[n as usize].holders.push(id);
-                n
-            })
-            .collect();
         if let Some(slot) = self.slots[id as usize].as_mut() {
-            slot.files = numbers;
+            slot.files = desired.into_boxed_slice();
         }
     }
-}
 
-/// `files` sorted, each name once.
-fn unique(files: &[String]) -> Vec<&str> {
-    let mut names: Vec<&str> = files.iter().map(String::as_str).collect();
-    names.sort_unstable();
-    names.dedup();
-    names
+    /// Makes slot `id` a holder of `file`; a name that had no holder gets its words indexed.
+    fn link(&mut self, id: u32, file: FileRef) {
+        let n = file.name as usize;
+        let was_unheld = matches!(self.names.entries[n].holders, Holders::None);
+        let mut holders = std::mem::take(&mut self.names.entries[n].holders);
+        holders.add(id, file.content(), |first| {
+            self.record_of(first, file.name).content()
+        });
+        self.names.entries[n].holders = holders;
+        if was_unheld {
+            let mut buf = String::new();
+            let mut keys = Vec::new();
+            self.keys
+                .keys_of(&self.names.entries[n].text, &mut buf, &mut keys);
+            self.words.add(file.name, &keys);
+        }
+    }
+
+    /// Moves slot `id` from the holders of `old` to those of `new`, same name, other content.
+    /// The name stays held throughout, so its words are untouched.
+    fn regroup(&mut self, id: u32, old: FileRef, new: FileRef) {
+        let n = old.name as usize;
+        let mut holders = std::mem::take(&mut self.names.entries[n].holders);
+        holders.remove(id, old.content());
+        holders.add(id, new.content(), |first| {
+            self.record_of(first, new.name).content()
+        });
+        self.names.entries[n].holders = holders;
+    }
+
+    /// Removes slot `id` from the holders of `file`; a name nobody holds any more is forgotten,
+    /// words included.
+    fn unlink(&mut self, id: u32, file: FileRef) {
+        let n = file.name;
+        if !self.names.entries[n as usize]
+            .holders
+            .remove(id, file.content())
+        {
+            return;
+        }
+        let mut buf = String::new();
+        let mut keys = Vec::new();
+        self.keys
+            .keys_of(&self.names.entries[n as usize].text, &mut buf, &mut keys);
+        let names = &self.names;
+        self.words.remove(n, &keys, |m| names.is_live(m));
+        self.names.release(n);
+    }
+
+    /// The holders of name `n`, in the order they joined the tracker (not grouped by
+    /// content: the original's list does not know content).
+    fn holder_slots(&self, n: u32) -> Vec<&Slot> {
+        let mut slots: Vec<&Slot> = self.names.entries[n as usize]
+            .holders
+            .peers()
+            .filter_map(|id| self.slots[id as usize].as_ref())
+            .collect();
+        slots.sort_unstable_by_key(|slot| slot.joined);
+        slots
+    }
+
+    fn holder_texts(&self, n: u32) -> Vec<String> {
+        self.holder_slots(n)
+            .into_iter()
+            .map(|slot| slot.text.to_string())
+            .collect()
+    }
+
+    fn peer_texts(&self, ids: impl Iterator<Item = u32>) -> Vec<String> {
+        ids.filter_map(|id| self.slots[id as usize].as_ref().map(|s| s.text.to_string()))
+            .take(MAX_LISTED_HOLDERS)
+            .collect()
+    }
+
+    /// Appends one result per distinct content of name `n`.
+    fn results_of(&self, n: u32, out: &mut Vec<SearchResult>) {
+        let entry = &self.names.entries[n as usize];
+        match &entry.holders {
+            Holders::None => {}
+            Holders::One(id) => {
+                let file = self.record_of(*id, n);
+                out.push(SearchResult {
+                    name: entry.text.to_string(),
+                    size: known_size(file.size),
+                    digest: file.digest,
+                    holders: 1,
+                    peers: self.peer_texts(std::iter::once(*id)),
+                });
+            }
+            Holders::Many(groups) => {
+                for group in groups.iter() {
+                    out.push(SearchResult {
+                        name: entry.text.to_string(),
+                        size: known_size(group.size),
+                        digest: group.digest,
+                        holders: group.peers.len(),
+                        peers: self.peer_texts(group.peers.iter().copied()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Names (other than `exact`) holding every word of `query`: at most `cap`, and whether
+    /// there were more (or may be: the examination budget ran out).
+    fn match_words(&self, query: &QueryWords, exact: Option<u32>, cap: usize) -> (Vec<u32>, bool) {
+        if query.is_empty() || cap == 0 {
+            return (Vec::new(), false);
+        }
+        let mut rarest: Option<&[u32]> = None;
+        // Longer words first: they tend to be the rarer (a number, a title word), so the loop
+        // below usually stops at once.
+        let mut by_length: Vec<&str> = query.iter().collect();
+        by_length.sort_unstable_by_key(|w| std::cmp::Reverse(w.len()));
+        for word in by_length {
+            let Some(list) = self.words.postings(self.keys.key(word)) else {
+                return (Vec::new(), false);
+            };
+            if rarest.is_none_or(|r| list.len() < r.len()) {
+                rarest = Some(list);
+            }
+            // Any word's list holds every match, and each candidate is checked for all the
+            // words: once a list this short is found, looking the others up saves nothing.
+            if list.len() <= FEW_CANDIDATES {
+                break;
+            }
+        }
+        let rarest = rarest.unwrap_or_default();
+        let budget = cap.saturating_mul(EXAMINED_PER_RESULT).max(1000);
+        let mut matched: Vec<u32> = Vec::new();
+        let mut buf = String::new();
+        let mut pos = 0;
+        while pos < rarest.len() && matched.len() <= cap && pos < budget {
+            // Take candidates until one more than the cap matched, then drop repeats (a
+            // number can be listed twice after reuse) and go on if that left too few.
+            while pos < rarest.len() && matched.len() <= cap && pos < budget {
+                let n = rarest[pos];
+                pos += 1;
+                if Some(n) == exact || !self.names.is_live(n) {
+                    continue;
+                }
+                if words::holds_all(&self.names.entries[n as usize].text, query, &mut buf) {
+                    matched.push(n);
+                }
+            }
+            matched.sort_unstable();
+            matched.dedup();
+        }
+        let more = matched.len() > cap || (pos < rarest.len() && pos >= budget);
+        matched.truncate(cap);
+        (matched, more)
+    }
+
+    /// Compacts what is mostly empty; true if anything was compacted.
+    fn shrink_if_sparse(&mut self) -> bool {
+        let sparse =
+            |(live, total): (usize, usize), floor: usize| total >= floor && live * 4 < total;
+        let mut shrunk = false;
+        if sparse(self.names.occupancy(), 1024) {
+            let map = self.names.compact();
+            for slot in self.slots.iter_mut().flatten() {
+                // The new numbers keep the old order, so each list stays sorted.
+                for f in slot.files.iter_mut() {
+                    f.name = map[f.name as usize];
+                }
+            }
+            self.words.remap(&map);
+            shrunk = true;
+        }
+        if sparse(self.words.occupancy(), 1024) {
+            self.words.shrink();
+            shrunk = true;
+        }
+        let live_peers = self.by_addr.len();
+        if sparse((live_peers, self.slots.len()), 256) {
+            self.compact_slots();
+            shrunk = true;
+        }
+        shrunk
+    }
+
+    /// Renumbers the peers densely, in their present order.
+    fn compact_slots(&mut self) {
+        let mut map = vec![u32::MAX; self.slots.len()];
+        let old = std::mem::take(&mut self.slots);
+        let mut live = Vec::with_capacity(self.by_addr.len());
+        for (id, slot) in old.into_iter().enumerate() {
+            if let Some(slot) = slot {
+                map[id] = live.len() as u32;
+                live.push(Some(slot));
+            }
+        }
+        self.slots = live;
+        self.free = Vec::new();
+        for id in self.by_addr.values_mut() {
+            *id = map[*id as usize];
+        }
+        self.by_addr.shrink_to_fit();
+        for entry in &mut self.names.entries {
+            entry.holders.remap_peers(&map);
+        }
+    }
+
+    fn check_consistency(&self) -> Result<(), String> {
+        let names = &self.names;
+        let mut expected: HashMap<u32, Vec<(u32, FileRef)>> = HashMap::new();
+        for (id, slot) in self.slots.iter().enumerate() {
+            if let Some(slot) = slot {
+                if self.by_addr.get(&slot.addr) != Some(&(id as u32)) {
+                    return Err(format!("peer {} missing from the address map", slot.addr));
+                }
+                if !slot.files.windows(2).all(|w| w[0].name < w[1].name) {
+                    return Err(format!("peer {}: files not sorted or repeated", slot.addr));
+                }
+                for f in slot.files.iter() {
+                    expected.entry(f.name).or_default().push((id as u32, *f));
+                }
+            }
+        }
+        if self.by_addr.len() != self.slots.iter().flatten().count() {
+            return Err("address map holds addresses with no peer".into());
+        }
+        let listed: usize = self.slots.iter().flatten().map(|s| s.files.len()).sum();
+        if listed != self.listed {
+            return Err(format!("{listed} names listed, {} counted", self.listed));
+        }
+        let live = names
+            .entries
+            .iter()
+            .filter(|e| !matches!(e.holders, Holders::None))
+            .count();
+        let (findable, _) = names.occupancy();
+        if live != expected.len() || findable != live {
+            return Err(format!(
+                "index has {live} names ({findable} findable), peers have {}",
+                expected.len()
+            ));
+        }
+        let mut word_names: HashMap<u64, Vec<u32>> = HashMap::new();
+        let (mut buf, mut keys) = (String::new(), Vec::new());
+        for (n, holders) in expected {
+            let entry = names
+                .entries
+                .get(n as usize)
+                .ok_or_else(|| format!("name number {n} out of range"))?;
+            if names.find(&entry.text) != Some(n) {
+                return Err(format!("name {:?} cannot be found by its text", entry.text));
+            }
+            let mut got: Vec<(u32, u64, Option<crate::protocol::Digest>)> = match &entry.holders {
+                Holders::None => Vec::new(),
+                Holders::One(id) => {
+                    let f = self.record_of(*id, n);
+                    vec![(*id, f.size, f.digest)]
+                }
+                Holders::Many(groups) => {
+                    if groups.iter().map(|g| g.peers.len()).sum::<usize>() < 2 {
+                        return Err(format!("name {:?}: one holder kept as many", entry.text));
+                    }
+                    groups
+                        .iter()
+                        .flat_map(|g| g.peers.iter().map(|&p| (p, g.size, g.digest)))
+                        .collect()
+                }
+            };
+            let mut want: Vec<_> = holders
+                .iter()
+                .map(|(id, f)| (*id, f.size, f.digest))
+                .collect();
+            got.sort_unstable();
+            want.sort_unstable();
+            if got != want {
+                return Err(format!(
+                    "name {:?}: index {got:?}, peers {want:?}",
+                    entry.text
+                ));
+            }
+            self.keys.keys_of(&entry.text, &mut buf, &mut keys);
+            for &key in &keys {
+                word_names.entry(key).or_default().push(n);
+            }
+        }
+        self.words.check(&word_names)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Digest;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, 1], port))
     }
 
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn names(list: &[&str]) -> Vec<FileRecord> {
+        list.iter().map(|s| FileRecord::named(*s)).collect()
     }
 
     #[test]
@@ -471,12 +934,12 @@ mod tests {
         let t = PeerTable::new();
         t.join(1, addr(1), &names(&["a", "b"])).unwrap();
         t.join(2, addr(2), &names(&["b"])).unwrap();
-        assert_eq!(t.search("b"), vec!["10.0.0.1:1", "10.0.0.1:2"]);
+        assert_eq!(t.holders("b"), vec!["10.0.0.1:1", "10.0.0.1:2"]);
         t.update(2, addr(2), &names(&["c"])).unwrap();
-        assert_eq!(t.search("b"), vec!["10.0.0.1:1"]);
+        assert_eq!(t.holders("b"), vec!["10.0.0.1:1"]);
         assert!(t.leave(1, addr(1)));
-        assert!(t.search("b").is_empty());
-        assert_eq!(t.search("c"), vec!["10.0.0.1:2"]);
+        assert!(t.holders("b").is_empty());
+        assert_eq!(t.holders("c"), vec!["10.0.0.1:2"]);
         t.check_consistency().unwrap();
     }
 
@@ -493,30 +956,193 @@ mod tests {
             Err(TableError::NotJoined)
         );
         assert!(!t.leave(2, addr(1)));
-        assert_eq!(t.search("a"), vec!["10.0.0.1:1"]);
+        assert_eq!(t.holders("a"), vec!["10.0.0.1:1"]);
+    }
+
+    /// Holders of the same name are grouped by (size, digest), most held first, with counts.
+    #[test]
+    fn results_group_holders_by_content() {
+        let t = PeerTable::new();
+        let d = Some(Digest([1; 32]));
+        let same = [FileRecord::sized("aula-01.mp4", 3, d)];
+        t.join(1, addr(1), &same).unwrap();
+        t.join(2, addr(2), &[FileRecord::sized("aula-01.mp4", 5, None)])
+            .unwrap();
+        t.join(3, addr(3), &same).unwrap();
+        let found = t.search("AULA", 100);
+        assert!(found.peers.is_empty());
+        assert_eq!(found.results.len(), 2);
+        assert_eq!(found.results[0].holders, 2);
+        assert_eq!(found.results[0].peers, vec!["10.0.0.1:1", "10.0.0.1:3"]);
+        assert_eq!(found.results[0].digest, d);
+        assert_eq!(found.results[1].size, Some(5));
+        t.change(2, addr(2), &same, &[]).unwrap();
+        let found = t.search("aula-01.mp4", 100);
+        assert_eq!(found.peers.len(), 3);
+        assert_eq!(found.results.len(), 1);
+        assert_eq!(found.results[0].holders, 3);
+        t.check_consistency().unwrap();
+    }
+
+    /// Names made of many distinct words cannot grow the word index past its limit; only a
+    /// name's first 32 words are indexed.
+    #[test]
+    fn the_word_index_is_bounded() {
+        let t = PeerTable::with_limit(100);
+        let wordy: Vec<FileRecord> = (0..4)
+            .map(|i| {
+                let words: Vec<String> = (0..40).map(|w| format!("w{i}x{w}")).collect();
+                FileRecord::named(words.join(" "))
+            })
+            .collect();
+        assert_eq!(
+            t.join(1, addr(1), &wordy),
+            Err(TableError::WordsFull { limit: 100 })
+        );
+        t.join(1, addr(1), &wordy[..3]).unwrap();
+        assert_eq!(t.search("w0x31", 10).results.len(), 1);
+        assert!(t.search("w0x32", 10).results.is_empty());
+        t.check_consistency().unwrap();
+    }
+
+    /// A word held by every name costs the cap, and the answer says it was cut.
+    #[test]
+    fn a_common_word_is_cut_at_the_cap() {
+        let t = PeerTable::new();
+        let files: Vec<FileRecord> = (0..500)
+            .map(|i| FileRecord::named(format!("Faixa {i:03} ao vivo.mp3")))
+            .collect();
+        t.join(1, addr(1), &files).unwrap();
+        let found = t.search("VIVO", 10);
+        assert_eq!(found.results.len(), 10);
+        assert!(found.truncated);
+        let found = t.search("faixa 007", 10);
+        assert_eq!(found.results.len(), 1);
+        assert!(!found.truncated);
+        assert_eq!(found.results[0].name, "Faixa 007 ao vivo.mp3");
+    }
+
+    /// The exact name comes first, then more-held names.
+    #[test]
+    fn the_exact_name_comes_first_then_the_most_held() {
+        let t = PeerTable::new();
+        t.join(1, addr(1), &names(&["aula", "aula 2", "aula 3"]))
+            .unwrap();
+        t.join(2, addr(2), &names(&["aula 3"])).unwrap();
+        let found = t.search("aula", 10);
+        assert_eq!(found.peers, vec!["10.0.0.1:1"]);
+        let order: Vec<&str> = found.results.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(order, ["aula", "aula 3", "aula 2"]);
+    }
+
+    /// UPDATE add/remove changes only what it names, and LIST shows each record.
+    #[test]
+    fn changes_add_replace_and_remove_records() {
+        let t = PeerTable::with_limits(usize::MAX, 3);
+        t.join(1, addr(1), &names(&["a", "b"])).unwrap();
+        let d = Some(Digest([9; 32]));
+        t.change(1, addr(1), &[FileRecord::sized("a", 7, d)], &["b".into()])
+            .unwrap();
+        assert_eq!(t.list(addr(1)).unwrap(), vec![FileRecord::sized("a", 7, d)]);
+        assert_eq!(
+            t.change(1, addr(1), &names(&["c", "d", "e"]), &[]),
+            Err(TableError::TooManyNames { count: 4, limit: 3 })
+        );
+        t.change(1, addr(1), &names(&["x"]), &["x".into()]).unwrap();
+        assert!(t.holders("x").is_empty());
+        assert_eq!(t.list(addr(2)), None);
+        t.check_consistency().unwrap();
+    }
+
+    /// After many names come and go, the tables are compacted back to what is live.
+    #[test]
+    fn memory_is_given_back_when_the_peers_leave() {
+        let t = PeerTable::new();
+        let idle = t.heap_bytes();
+        for p in 0..20u16 {
+            let files: Vec<FileRecord> = (0..2000)
+                .map(|i| FileRecord::sized(format!("peer{p} file {i} take.bin"), i, None))
+                .collect();
+            t.join(p.into(), addr(p), &files).unwrap();
+        }
+        let full = t.heap_bytes();
+        for p in 0..20u16 {
+            assert!(t.leave(p.into(), addr(p)));
+        }
+        t.check_consistency().unwrap();
+        let after = t.heap_bytes();
+        assert!(
+            after < idle + (full - idle) / 20,
+            "idle {idle}, full {full}, after {after}"
+        );
+        t.join(1, addr(1), &names(&["again"])).unwrap();
+        assert_eq!(t.holders("again"), vec!["10.0.0.1:1"]);
+        t.check_consistency().unwrap();
     }
 }
 
 #[cfg(test)]
 mod properties {
-    use std::collections::{BTreeSet, HashMap};
+    use std::collections::{BTreeMap, HashMap};
 
     use proptest::prelude::*;
+    use unicode_normalization::UnicodeNormalization;
 
     use super::*;
+    use crate::protocol::Digest;
+
+    /// Names made of a few words, in varied case and accents, so that keyword search has
+    /// something to find and to fold.
+    const WORDS: [&str; 8] = [
+        "Música", "MUSICA", "aula", "Aula", "01", "ao", "vivo", "Ação",
+    ];
 
     #[derive(Debug, Clone)]
     enum Op {
-        Join(ConnId, u16, Vec<u8>),
-        Update(ConnId, u16, Vec<u8>),
+        Join(ConnId, u16, Vec<(u8, u8)>),
+        Update(ConnId, u16, Vec<(u8, u8)>),
+        Change(ConnId, u16, Vec<(u8, u8)>, Vec<u8>),
         Leave(ConnId, u16),
     }
 
+    /// A name from a small set: word pairs joined in a few ways.
+    fn name_of(id: u8) -> String {
+        let a = WORDS[(id % 8) as usize];
+        let b = WORDS[((id / 8) % 8) as usize];
+        match id / 64 {
+            0 => format!("{a} {b}.mp3"),
+            1 => format!("{a}-{b}"),
+            2 => a.nfd().collect(),
+            _ => format!("{b}_{a}"),
+        }
+    }
+
+    /// A record: name `id`, content `c` (0: name only; else size and maybe a digest).
+    fn record(id: u8, c: u8) -> FileRecord {
+        match c % 4 {
+            0 => FileRecord::named(name_of(id)),
+            1 => FileRecord::sized(name_of(id), 10, None),
+            2 => FileRecord::sized(name_of(id), 10, Some(Digest([c; 32]))),
+            _ => FileRecord::sized(name_of(id), 20, Some(Digest([1; 32]))),
+        }
+    }
+
+    fn records(list: &[(u8, u8)]) -> Vec<FileRecord> {
+        list.iter().map(|&(id, c)| record(id, c)).collect()
+    }
+
     fn op() -> impl Strategy<Value = Op> {
-        let names = prop::collection::vec(0u8..12, 0..7);
+        let files = prop::collection::vec((0u8..255, 0u8..4), 0..7);
         prop_oneof![
-            (1u64..4, 1u16..5, names.clone()).prop_map(|(c, p, n)| Op::Join(c, p, n)),
-            (1u64..4, 1u16..5, names).prop_map(|(c, p, n)| Op::Update(c, p, n)),
+            (1u64..4, 1u16..5, files.clone()).prop_map(|(c, p, n)| Op::Join(c, p, n)),
+            (1u64..4, 1u16..5, files.clone()).prop_map(|(c, p, n)| Op::Update(c, p, n)),
+            (
+                1u64..4,
+                1u16..5,
+                files,
+                prop::collection::vec(0u8..255, 0..3)
+            )
+                .prop_map(|(c, p, a, r)| Op::Change(c, p, a, r)),
             (1u64..4, 1u16..5).prop_map(|(c, p)| Op::Leave(c, p)),
         ]
     }
@@ -525,57 +1151,122 @@ mod properties {
         SocketAddr::from(([10, 0, 0, 1], port))
     }
 
-    fn names(ids: &[u8]) -> Vec<String> {
-        ids.iter().map(|i| format!("file-{i}")).collect()
+    /// The model: port → (owner, name → record), first record of each name kept.
+    type Model = HashMap<u16, (ConnId, BTreeMap<String, FileRecord>)>;
+
+    fn first_each(list: Vec<FileRecord>) -> BTreeMap<String, FileRecord> {
+        let mut map = BTreeMap::new();
+        for r in list {
+            map.entry(r.name.clone()).or_insert(r);
+        }
+        map
+    }
+
+    /// Plain folding, written independently of the index: NFD, marks out, lower case.
+    fn naive_words(text: &str) -> Vec<String> {
+        let folded: String = text
+            .to_lowercase()
+            .nfd()
+            .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+            .collect();
+        folded
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// One expected result: name, size, digest, holders sorted.
+    type Expected = (String, Option<u64>, Option<Digest>, Vec<SocketAddr>);
+
+    /// What SEARCH must find by a naive scan of every record.
+    fn naive_search(model: &Model, query: &str) -> Vec<Expected> {
+        let want = naive_words(query);
+        let mut found: BTreeMap<(String, Option<u64>, Option<Digest>), Vec<SocketAddr>> =
+            BTreeMap::new();
+        for (&port, (_, files)) in model {
+            for r in files.values() {
+                let have = naive_words(&r.name);
+                let matches =
+                    r.name == query || (!want.is_empty() && want.iter().all(|w| have.contains(w)));
+                if matches {
+                    found
+                        .entry((r.name.clone(), r.size, r.digest))
+                        .or_default()
+                        .push(addr(port));
+                }
+            }
+        }
+        found
+            .into_iter()
+            .map(|((n, s, d), mut peers)| {
+                peers.sort();
+                (n, s, d, peers)
+            })
+            .collect()
     }
 
     proptest! {
-        /// After any sequence of JOIN, UPDATE and leave from a few connections, the name index
-        /// agrees with the peer entries, and SEARCH answers exactly what a plain model of
-        /// "who registered which names" says (owner rules and the listed-names limit included).
+        /// After any sequence of JOIN, UPDATE (whole lists and changes) and leave from a few
+        /// connections, the name and word indexes agree with the peer entries, and SEARCH
+        /// answers exactly what a naive scan of every record finds (case and accents folded,
+        /// holders grouped by content), owner rules and the listed-names limit included.
         #[test]
         fn index_and_peers_never_disagree(ops in prop::collection::vec(op(), 1..60)) {
             const LIMIT: usize = 12;
             let table = PeerTable::with_limit(LIMIT);
-            let mut model: HashMap<u16, (ConnId, BTreeSet<String>)> = HashMap::new();
-            // Would giving `port` the names `ids` list more than LIMIT names in all?
-            let too_many = |model: &HashMap<u16, (ConnId, BTreeSet<String>)>, port, ids: &[u8]| {
-                let others: usize = model
-                    .iter()
-                    .filter(|(p, _)| **p != port)
-                    .map(|(_, (_, files))| files.len())
-                    .sum();
-                let mine: BTreeSet<String> = names(ids).into_iter().collect();
-                others + mine.len() > LIMIT
+            let mut model: Model = HashMap::new();
+            let others = |model: &Model, port| -> usize {
+                model.iter().filter(|(p, _)| **p != port).map(|(_, (_, f))| f.len()).sum()
             };
             for op in ops {
                 match op {
-                    Op::Join(conn, port, ids) => {
-                        let result = table.join(conn, addr(port), &names(&ids));
+                    Op::Join(conn, port, files) => {
+                        let list = records(&files);
+                        let result = table.join(conn, addr(port), &list);
                         let taken = model.get(&port).is_some_and(|(owner, _)| *owner != conn);
-                        let full = !taken && too_many(&model, port, &ids);
+                        let mine = first_each(list);
+                        let full = !taken && others(&model, port) + mine.len() > LIMIT;
                         match result {
                             Err(TableError::AddressTaken(_)) => prop_assert!(taken),
                             Err(TableError::IndexFull { limit }) => {
                                 prop_assert!(full);
                                 prop_assert_eq!(limit, LIMIT);
                             }
-                            Err(TableError::NotJoined) => prop_assert!(false, "JOIN said NotJoined"),
+                            Err(e) => prop_assert!(false, "JOIN said {:?}", e),
                             Ok(()) => {
                                 prop_assert!(!taken && !full);
-                                model.insert(port, (conn, names(&ids).into_iter().collect()));
+                                model.insert(port, (conn, mine));
                             }
                         }
                     }
-                    Op::Update(conn, port, ids) => {
-                        let result = table.update(conn, addr(port), &names(&ids));
+                    Op::Update(conn, port, files) => {
+                        let list = records(&files);
+                        let result = table.update(conn, addr(port), &list);
                         let owned = model.get(&port).is_some_and(|(owner, _)| *owner == conn);
-                        let full = owned && too_many(&model, port, &ids);
+                        let mine = first_each(list);
+                        let full = owned && others(&model, port) + mine.len() > LIMIT;
                         prop_assert_eq!(result.is_ok(), owned && !full);
-                        if full {
-                            prop_assert_eq!(result, Err(TableError::IndexFull { limit: LIMIT }));
-                        } else if owned {
-                            model.insert(port, (conn, names(&ids).into_iter().collect()));
+                        if owned && !full {
+                            model.insert(port, (conn, mine));
+                        }
+                    }
+                    Op::Change(conn, port, add, remove) => {
+                        let add = records(&add);
+                        let remove: Vec<String> = remove.iter().map(|&id| name_of(id)).collect();
+                        let result = table.change(conn, addr(port), &add, &remove);
+                        let owned = model.get(&port).is_some_and(|(owner, _)| *owner == conn);
+                        let mut mine = model.get(&port).map(|(_, f)| f.clone()).unwrap_or_default();
+                        for (name, r) in first_each(add) {
+                            mine.insert(name, r);
+                        }
+                        for name in &remove {
+                            mine.remove(name);
+                        }
+                        let full = owned && others(&model, port) + mine.len() > LIMIT;
+                        prop_assert_eq!(result.is_ok(), owned && !full, "{:?}", result);
+                        if owned && !full {
+                            model.insert(port, (conn, mine));
                         }
                     }
                     Op::Leave(conn, port) => {
@@ -588,13 +1279,30 @@ mod properties {
                 }
                 prop_assert_eq!(table.check_consistency(), Ok(()));
                 prop_assert_eq!(table.len(), model.len());
-                for i in 0u8..12 {
-                    let name = format!("file-{i}");
+                for query in ["musica", "AULA 01", "ação", "Acao vivo", "vivo", "aula-aula", "nada", "01 ao.mp3"] {
+                    let found = table.search(query, 1000);
+                    prop_assert!(!found.truncated);
+                    let mut got: Vec<_> = found
+                        .results
+                        .iter()
+                        .map(|r| {
+                            let mut peers: Vec<SocketAddr> =
+                                r.peers.iter().map(|p| p.parse().unwrap()).collect();
+                            peers.sort();
+                            prop_assert_eq!(r.holders, peers.len());
+                            Ok((r.name.clone(), r.size, r.digest, peers))
+                        })
+                        .collect::<Result<_, TestCaseError>>()?;
+                    got.sort();
+                    prop_assert_eq!(got, naive_search(&model, query), "query {:?}", query);
+                }
+                for id in [0u8, 9, 70, 130, 200] {
+                    let name = name_of(id);
                     let mut got = table.search_addrs(&name);
                     got.sort();
                     let mut want: Vec<SocketAddr> = model
                         .iter()
-                        .filter(|(_, (_, files))| files.contains(&name))
+                        .filter(|(_, (_, files))| files.contains_key(&name))
                         .map(|(&port, _)| addr(port))
                         .collect();
                     want.sort();

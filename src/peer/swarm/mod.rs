@@ -566,11 +566,8 @@ fn report(
             for summary in summaries {
                 ctx.out.line(&summary.to_string());
             }
-            match ctx.shared.list() {
-                // Sent by the tracker link; a failure is logged there.
-                Ok(files) => ctx.link.update(files),
-                Err(e) => log::warn!("cannot list the shared folder: {e}"),
-            }
+            // The announcer rescans the folder and sends the new file's UPDATE at once.
+            ctx.catalog.announce_now();
             Ok(())
         }
         Err(SwarmError::NoSource(Some(whole_file))) => {
@@ -838,8 +835,9 @@ fn summary_of(report: &SourceReport) -> SourceSummary {
 
 /// The holders of `name` a download should use, from a SEARCH reply, leaving out this peer
 /// (`me`): the content held by the most peers when the tracker groups holders by content
-/// (its size and digest are then known), else every peer listing the name (the first source
-/// to answer then says what the content is).
+/// (its size and digest are then known) plus the holders of that name and size whose digest is
+/// not known yet, else every peer listing the name (the first source to answer then says what
+/// the content is).
 pub fn holders_from_search(
     name: &str,
     reply: &crate::protocol::messages::Reply,
@@ -858,20 +856,32 @@ pub fn holders_from_search(
         .flatten()
         .filter(|r| r.name == name)
         .filter_map(|r| {
-            let digest = r
-                .digest
-                .as_ref()
-                .filter(|d| blake3::Hash::from_hex(d).is_ok())?;
             let identity = Identity {
                 size: r.size?,
-                digest: digest.to_ascii_lowercase(),
+                digest: r.digest?.to_hex(),
             };
             Some((others(&r.peers), identity))
         })
         .filter(|(holders, _)| !holders.is_empty())
         .max_by_key(|(holders, _)| holders.len());
     match best {
-        Some((holders, identity)) => (holders, Some(identity)),
+        Some((mut holders, identity)) => {
+            // Holders of the same name and size that have not announced their digest yet
+            // (they are still hashing) may well hold this content: every piece they send is
+            // checked against the digest, so a different file costs only a dropped source.
+            let unhashed = reply
+                .results
+                .iter()
+                .flatten()
+                .filter(|r| r.name == name && r.size == Some(identity.size) && r.digest.is_none())
+                .flat_map(|r| others(&r.peers));
+            for peer in unhashed {
+                if !holders.contains(&peer) {
+                    holders.push(peer);
+                }
+            }
+            (holders, Some(identity))
+        }
         None => (others(reply.peers.as_deref().unwrap_or_default()), None),
     }
 }
@@ -879,10 +889,38 @@ pub fn holders_from_search(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::messages::{FileResult, Reply};
+    use crate::protocol::messages::{Reply, SearchResult};
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    /// Holders of the same name and size still hashing (no digest announced) join the group.
+    #[test]
+    fn holders_still_hashing_the_same_size_join_the_group() {
+        let digest: crate::protocol::Digest = blake3::hash(b"one").to_hex().parse().unwrap();
+        let result = |size, digest, peers: &[&str]| SearchResult {
+            name: "v.bin".into(),
+            size: Some(size),
+            digest,
+            holders: peers.len(),
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+        };
+        let reply = Reply {
+            status: "OK".into(),
+            results: Some(vec![
+                result(3, Some(digest), &["10.0.0.1:1", "10.0.0.2:2"]),
+                result(3, None, &["10.0.0.3:3"]),
+                result(4, None, &["10.0.0.4:4"]),
+            ]),
+            ..Reply::default()
+        };
+        let (holders, identity) = holders_from_search("v.bin", &reply, &[]);
+        assert_eq!(
+            holders,
+            [addr("10.0.0.1:1"), addr("10.0.0.2:2"), addr("10.0.0.3:3")]
+        );
+        assert_eq!(identity.map(|i| i.size), Some(3));
     }
 
     /// Grouped results: the content most peers hold, without this peer; plain peers otherwise.
@@ -898,26 +936,29 @@ mod tests {
                 "10.0.0.3:3".into(),
             ]),
             results: Some(vec![
-                FileResult {
+                SearchResult {
                     name: "v.bin".into(),
                     size: Some(3),
-                    digest: Some(d1.clone()),
+                    digest: Some(d1.parse().unwrap()),
+                    holders: 1,
                     peers: vec!["10.0.0.1:1".into()],
                 },
-                FileResult {
+                SearchResult {
                     name: "v.bin".into(),
                     size: Some(3),
-                    digest: Some(d2.clone()),
+                    digest: Some(d2.parse().unwrap()),
+                    holders: 3,
                     peers: vec![
                         "10.0.0.2:2".into(),
                         "10.0.0.3:3".into(),
                         "10.0.0.9:9".into(),
                     ],
                 },
-                FileResult {
+                SearchResult {
                     name: "other.bin".into(),
                     size: Some(3),
-                    digest: Some(d1),
+                    digest: Some(d1.parse().unwrap()),
+                    holders: 4,
                     peers: vec![
                         "10.0.0.5:5".into(),
                         "10.0.0.6:6".into(),
