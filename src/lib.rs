@@ -28,6 +28,7 @@
 pub mod cli;
 pub mod console_out;
 pub mod dial;
+pub mod digests;
 pub mod exit;
 pub mod liveness;
 pub mod log_limit;

@@ -7,7 +7,7 @@
 //! against the digest, and written under a temporary name first. One found on disk is checked
 //! once per run before it is trusted. Memory: a few hashes, whatever the file's size.
 //!
-//! (Kept apart from [`crate::transfer::DigestCache`] while that cache is being reworked; the
+//! (Kept apart from [`crate::digests::DigestCache`] while that cache is being reworked; the
 //! digest stays the key that ties the two together.)
 
 use std::collections::HashSet;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, unbounded};
 
+use crate::digests::DigestCache;
 use crate::exit::Failure;
 use crate::os_error::describe;
 use crate::peer::catalog::Catalog;
@@ -23,7 +24,7 @@ use crate::peer::{PeerConfig, PeerContext, PeerError, downloader, open, start_si
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::python_list;
 use crate::protocol::messages::{parse_reply, search_line, status};
-use crate::transfer::{DigestCache, PartialStore};
+use crate::transfer::PartialStore;
 
 /// How long the tracker may take to connect and to answer the search.
 const TRACKER_WAIT: Duration = Duration::from_secs(15);

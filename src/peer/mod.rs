@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, unbounded};
 
+use crate::digests::DigestCache;
 use crate::exit::Failure;
 use crate::os_error::describe;
 use crate::outboard_store::OutboardStore;
@@ -48,7 +49,7 @@ use crate::peer::output::SharedOutput;
 use crate::peer::tracker_client::{DialectChoice, LinkConfig, TrackerLink};
 use crate::peer::transfers::Transfers;
 use crate::share::SharedDir;
-use crate::transfer::{DigestCache, PartialStore};
+use crate::transfer::PartialStore;
 
 /// How upload requests are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,10 +302,10 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         bind_ip,
         advertise: config.advertise.clone(),
         partials: PartialStore::new(folder.shared.path()),
+        digests: DigestCache::persistent(folder.shared.path().join(".napster").join("digests")),
         catalog,
         outboards: OutboardStore::new(folder.shared.path()),
         shared: folder.shared.clone(),
-        digests: DigestCache::new(),
         link: Arc::new(link),
         out: reader.output,
         transfers: Transfers::new(),

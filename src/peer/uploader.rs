@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::thread;
 use std::time::Duration;
 
@@ -34,10 +36,12 @@ use crate::peer::range_server;
 use crate::peer::transfers::{Ending, MinRate};
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
-use crate::protocol::messages::{Reply, parse_download_request, status, waiting_for};
+use crate::protocol::messages::{
+    DownloadRequest, Reply, parse_digest_mismatch, parse_download_request, status, waiting_for,
+};
 use crate::protocol::ranges;
 use crate::throttle::Throttle;
-use crate::transfer;
+use crate::transfer::{self, DigestHex};
 use crate::verified::CHUNK_GROUP;
 use crate::warn_throttled;
 
@@ -242,6 +246,7 @@ pub fn hash_shared_files(ctx: &PeerContext) {
             return;
         }
     };
+    ctx.digests.prune(&names);
     for name in names {
         if ctx.transfers.stopping() {
             return;
@@ -249,8 +254,13 @@ pub fn hash_shared_files(ctx: &PeerContext) {
         let Ok(Some((path, _))) = ctx.shared.shared_file(&name) else {
             continue;
         };
-        let hashed = File::open(&path)
-            .and_then(|file| Ok((file.metadata()?.len(), ctx.digests.digest(&path, &file)?)));
+        let hashed = File::open(&path).and_then(|file| {
+            let size = file.metadata()?.len();
+            let digest = ctx
+                .digests
+                .digest(&path, &file, ctx.transfers.shutdown_flag())?;
+            Ok((size, digest))
+        });
         match hashed {
             Ok((size, digest)) => {
                 log::debug!("{name}: BLAKE3 {digest}");
@@ -327,19 +337,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
         return;
     };
-    if request.accepts_waiting {
-        // Hashing a large file not hashed yet takes a while: say so, so the downloader's
-        // first-reply timeout can stay short.
-        let size = file.metadata().map_or(0, |m| m.len());
-        let _ = reply(
-            &stream,
-            &Reply::waiting(waiting_for::DIGEST, hashing_bound(size)),
-        );
-    }
-    let (size, digest) = match file
-        .metadata()
-        .and_then(|meta| Ok((meta.len(), ctx.digests.digest(&path, &file)?)))
-    {
+    let (size, digest) = match answer_digest(ctx, &stream, &path, &file, &request) {
         Ok(found) => found,
         Err(e) => {
             log::warn!("cannot read {}: {e}", path.display());
@@ -347,9 +345,10 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
-    // A range session needs the file's outboard: computed once, before the OK that offers it.
-    let outboard = if request.ranges == Some(true) {
-        match ctx.outboards.open(&file, size, &digest) {
+    // A range session needs the file's outboard: computed once, before the OK that offers it
+    // (a range request always gets the digest before the data).
+    let outboard = match (&digest, request.ranges == Some(true)) {
+        (Some(digest), true) => match ctx.outboards.open(&file, size, digest) {
             Ok(outboard) => Some(outboard),
             Err(e) => {
                 log::warn!("no outboard for {}: {e}", path.display());
@@ -359,24 +358,28 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
                 );
                 return;
             }
-        }
-    } else {
-        None
+        },
+        _ => None,
     };
-    // Resume only a download of this very file (same digest) and within it.
-    let offset = match (request.offset, &request.digest) {
-        (Some(offset), Some(wanted))
-            if *wanted == digest && offset <= size && outboard.is_none() =>
-        {
-            offset
-        }
-        _ => 0,
+    let resumed = match outboard {
+        Some(_) => Ok(0),
+        None => resume_offset(ctx, &stream, &file, &request, size, digest.as_deref()),
     };
+    let offset = match resumed {
+        Ok(offset) => offset,
+        Err(e) => {
+            log::warn!("cannot read {}: {e}", path.display());
+            let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
+            return;
+        }
+    };
+    let digest_after_data = digest.is_none();
     let ok = Reply {
         status: status::OK.to_string(),
         file_size: Some(size),
-        digest: Some(digest),
+        digest,
         offset: Some(offset),
+        digest_after_data: digest_after_data.then_some(true),
         chunk_group: outboard.as_ref().map(|_| CHUNK_GROUP),
         max_range: outboard.as_ref().map(|_| ranges::MAX_RANGE),
         ..Reply::default()
@@ -453,6 +456,16 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
     let sent = if pacer.is_pacing() && size - offset <= legacy::ONE_WRITE_MAX {
         send_in_one_write(&file, offset, size - offset, &stream)
+    } else if digest_after_data {
+        send_then_digest(
+            ctx,
+            &path,
+            &file,
+            size,
+            &stream,
+            guard.stop_flag(),
+            &mut progress,
+        )
     } else {
         transfer::send_range(
             &file,
@@ -473,6 +486,9 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
                 "Upload do arquivo {} para {from} concluído",
                 request.filename
             ));
+            if request.from_port.is_some() {
+                await_mismatch_report(ctx, &mut reader, &path, &request.filename, from);
+            }
         }
         Err(e) => {
             log::debug!("upload of {} to {from} failed: {e}", request.filename);
@@ -490,6 +506,186 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
                 request.filename
             ));
         }
+    }
+}
+
+/// The file's size, and its digest if the OK reply must carry it: always, unless the
+/// downloader takes the digest after the data (D12), the digest is not known yet, and the
+/// request is not a resume (whose digest must be compared before the first byte).
+fn answer_digest(
+    ctx: &PeerContext,
+    stream: &TcpStream,
+    path: &Path,
+    file: &File,
+    request: &DownloadRequest,
+) -> io::Result<(u64, Option<DigestHex>)> {
+    let size = file.metadata()?.len();
+    let known = ctx.digests.known(path, file)?;
+    let resuming = request.offset.is_some_and(|offset| offset > 0)
+        && (request.digest.is_some() || request.prefix_digest.is_some());
+    if known.is_none() && request.digest_after_data && !resuming && request.ranges != Some(true) {
+        return Ok((size, None));
+    }
+    if request.accepts_waiting {
+        // The OK carries the digest, and hashing a large file not hashed yet takes a while:
+        // say so (D11), so the downloader's first-reply timeout can stay short.
+        let _ = reply(
+            stream,
+            &Reply::waiting(waiting_for::DIGEST, hashing_bound(size)),
+        );
+    }
+    let digest = match known {
+        Some(digest) => digest,
+        None => ctx
+            .digests
+            .digest(path, file, ctx.transfers.shutdown_flag())?,
+    };
+    Ok((size, Some(digest)))
+}
+
+/// Where the data starts (D6): resume only a download of this very file and within it — the
+/// same digest, or, for a partial whose digest is not known, the same size and the same first
+/// `offset` bytes (BLAKE3 of the prefix).
+fn resume_offset(
+    ctx: &PeerContext,
+    stream: &TcpStream,
+    file: &File,
+    request: &DownloadRequest,
+    size: u64,
+    digest: Option<&str>,
+) -> io::Result<u64> {
+    let Some(offset) = request
+        .offset
+        .filter(|&offset| offset > 0 && offset <= size)
+    else {
+        return Ok(0);
+    };
+    if let Some(wanted) = &request.digest {
+        return Ok(if Some(wanted.as_str()) == digest {
+            offset
+        } else {
+            0
+        });
+    }
+    let (Some(prefix), Some(file_size)) = (&request.prefix_digest, request.file_size) else {
+        return Ok(0);
+    };
+    if file_size != size {
+        return Ok(0);
+    }
+    if request.accepts_waiting {
+        let _ = reply(
+            stream,
+            &Reply::waiting(waiting_for::DIGEST, hashing_bound(offset)),
+        );
+    }
+    let mut hasher = blake3::Hasher::new();
+    transfer::hash_range(file, 0, offset, &mut hasher, ctx.transfers.shutdown_flag())?;
+    let same = hasher.finalize().to_hex().as_str() == prefix.as_str();
+    Ok(if same { offset } else { 0 })
+}
+
+/// Sends the whole file while another thread hashes it, then the digest (D12). Hashing reads
+/// the file from the page cache beside `sendfile`, on the other core; the digest is kept for
+/// the next request even if this transfer fails.
+fn send_then_digest(
+    ctx: &PeerContext,
+    path: &Path,
+    file: &File,
+    size: u64,
+    stream: &TcpStream,
+    stop: &AtomicBool,
+    progress: &mut Progress,
+) -> io::Result<()> {
+    let (sent, hashed) = thread::scope(|scope| {
+        // Stopped only by the peer leaving: a digest finished after a cancelled transfer is
+        // kept for the next request.
+        let hashing = thread::Builder::new()
+            .name("upload-hash".into())
+            .spawn_scoped(scope, || {
+                ctx.digests
+                    .digest(path, file, ctx.transfers.shutdown_flag())
+            });
+        let sent = transfer::send_range(file, 0, size, stream, stop, &mut |sent| {
+            progress.update(sent)
+        });
+        let hashed = match hashing {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked"))),
+            Err(e) => Err(e),
+        };
+        (sent, hashed)
+    });
+    let digest = hashed?;
+    announce_digest(ctx, path, size, &digest);
+    sent?;
+    let trailer = Reply {
+        status: status::DIGEST.to_string(),
+        digest: Some(digest),
+        ..Reply::default()
+    };
+    reply(stream, &trailer)
+}
+
+/// How long an uploader waits, after the data, for a downloader's DIGEST_MISMATCH report.
+const MISMATCH_REPORT_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (briefly) for the downloader to close or to report that the bytes did not match
+/// (D13); a report makes this peer forget the file's digest and hash it again.
+fn await_mismatch_report(
+    ctx: &PeerContext,
+    reader: &mut FrameReader<Deadline<'_>>,
+    path: &Path,
+    name: &str,
+    from: SocketAddr,
+) {
+    reader.get_mut().expire_in(MISMATCH_REPORT_WAIT);
+    reader.set_idle_timeout(Some(MISMATCH_REPORT_WAIT));
+    let report = match reader.next_frame() {
+        Ok(Some(frame)) => parse_digest_mismatch(frame),
+        Ok(None) | Err(_) => return,
+    };
+    match report {
+        Ok(report) if report.filename == name => {
+            log::warn!("{from} reports that {name} arrived with another digest; hashing it again");
+            ctx.out.line(&format!(
+                "O peer {from} informou que {name} chegou diferente do BLAKE3 anunciado; o arquivo será verificado de novo"
+            ));
+            ctx.digests.forget(path);
+            rehash(ctx, path);
+        }
+        Ok(report) => log::debug!(
+            "{from} reported a mismatch for {:?} after downloading {name}; ignored",
+            report.filename
+        ),
+        Err(e) => log::debug!("{from} sent something else after the data: {e}"),
+    }
+}
+
+/// Hashes `path` again now (on the upload thread, which has nothing left to do), so that the
+/// next request finds the new digest.
+fn rehash(ctx: &PeerContext, path: &Path) {
+    let hashed = open_regular(path).and_then(|file| {
+        let size = file.metadata()?.len();
+        let digest = ctx
+            .digests
+            .digest(path, &file, ctx.transfers.shutdown_flag())?;
+        Ok((size, digest))
+    });
+    match hashed {
+        Ok((size, digest)) => {
+            log::info!("{}: BLAKE3 {digest}", path.display());
+            announce_digest(ctx, path, size, &digest);
+        }
+        Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
+    }
+}
+
+/// Tells the catalog (and so, in its next batch, the tracker) a digest learned while serving.
+fn announce_digest(ctx: &PeerContext, path: &Path, size: u64, digest: &str) {
+    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+        ctx.catalog.digest_known(name, size, digest);
     }
 }
 

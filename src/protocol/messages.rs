@@ -77,6 +77,16 @@ pub struct DownloadRequest {
     /// what it is doing before the file, and how long it may take.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accepts_waiting: bool,
+    /// The downloader takes the digest after the data (PROTOCOL.md D12): an uploader that does
+    /// not know it yet may start sending at once and hash while it sends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub digest_after_data: bool,
+    /// Resume without a digest (D6): the size of the file the partial download belongs to...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<u64>,
+    /// ...and the BLAKE3 (hex) of its first `offset` bytes, which the uploader's file must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_digest: Option<String>,
 }
 
 /// The envelope every request travels in.
@@ -136,6 +146,9 @@ struct RawData {
     from_port: Option<u16>,
     ranges: Option<bool>,
     accepts_waiting: Option<bool>,
+    digest_after_data: Option<bool>,
+    file_size: Option<u64>,
+    prefix_digest: Option<String>,
 }
 
 /// Why a request could not be understood; the text is sent to the client as is.
@@ -233,6 +246,33 @@ pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestEr
         from_port: data.from_port,
         ranges: data.ranges,
         accepts_waiting: data.accepts_waiting.unwrap_or(false),
+        digest_after_data: data.digest_after_data.unwrap_or(false),
+        file_size: data.file_size,
+        prefix_digest: data.prefix_digest,
+    })
+}
+
+/// A downloader's report, sent after the data, that what arrived does not match the digest
+/// the uploader announced (PROTOCOL.md D13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DigestMismatch {
+    /// The file asked for.
+    pub filename: String,
+    /// The BLAKE3 (hex) of what arrived.
+    pub digest: String,
+}
+
+/// Parses a `DIGEST_MISMATCH` report.
+pub fn parse_digest_mismatch(bytes: &[u8]) -> Result<DigestMismatch, RequestError> {
+    let (method, data) = decode_raw(bytes)?;
+    if method != "DIGEST_MISMATCH" {
+        return Err(format!(
+            "unknown method {method:?}; only DIGEST_MISMATCH may follow a download"
+        ));
+    }
+    Ok(DigestMismatch {
+        filename: data.filename.ok_or("DIGEST_MISMATCH needs data.filename")?,
+        digest: data.digest.ok_or("DIGEST_MISMATCH needs data.digest")?,
     })
 }
 
@@ -277,6 +317,9 @@ pub struct Reply {
     /// waiting: seconds within which the uploader's next reply will come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
+    /// DOWNLOAD_REQUEST → OK: the digest is not known yet and follows the data (D12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_after_data: Option<bool>,
     /// DOWNLOAD_REQUEST with `ranges` → OK: the chunk group in bytes; present only when the
     /// uploader serves ranges (see [`crate::protocol::ranges`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,6 +368,8 @@ pub mod status {
     /// Sent only to a downloader that `acceptsWaiting`: the next reply is coming, within
     /// `timeout` seconds; `waitingFor` says what it waits for.
     pub const WAITING: &str = "waiting";
+    /// After the data: the digest of the whole file, when the OK said it would follow.
+    pub const DIGEST: &str = "DIGEST";
 }
 
 /// What a `waiting` reply waits for.
@@ -450,6 +495,14 @@ pub fn update_line(files: &[FileRecord]) -> Vec<u8> {
     encode_line(&Envelope {
         method: "UPDATE",
         data: Update { files },
+    })
+}
+
+/// The DIGEST_MISMATCH report a downloader sends after the data.
+pub fn digest_mismatch_line(report: &DigestMismatch) -> Vec<u8> {
+    encode_line(&Envelope {
+        method: "DIGEST_MISMATCH",
+        data: report,
     })
 }
 

@@ -167,6 +167,10 @@ impl Source<'_> {
             ranges: Some(true),
             // Several sources saying what they wait for would be noise; each waits quietly.
             accepts_waiting: false,
+            // A range session needs the digest before the data.
+            digest_after_data: false,
+            file_size: None,
+            prefix_digest: None,
         };
         (&*stream)
             .write_all(&download_line(&request))
