@@ -80,7 +80,6 @@ pub fn get(
         asks_within: None,
         finished: finished_tx,
         liveness: config.liveness,
-        outboards: crate::outboard_store::OutboardStore::new(opened.folder.shared.path()),
         sources: config.sources,
         swarms: Default::default(),
     });

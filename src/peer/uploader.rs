@@ -345,20 +345,30 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
-    // A range session needs the file's outboard: computed once, before the OK that offers it
-    // (a range request always gets the digest before the data).
+    // A range session needs the file's outboard, kept beside its digest (the read that gave
+    // the digest wrote it), before the OK that offers it (a range request always gets the
+    // digest before the data).
     let outboard = match (&digest, request.ranges == Some(true)) {
-        (Some(digest), true) => match ctx.outboards.open(&file, size, digest) {
-            Ok(outboard) => Some(outboard),
-            Err(e) => {
-                log::warn!("no outboard for {}: {e}", path.display());
-                let _ = reply(
-                    &stream,
-                    &Reply::error(format!("cannot serve ranges of this file now: {e}")),
-                );
-                return;
+        (Some(digest), true) => {
+            match ctx
+                .digests
+                .outboard(&path, &file, ctx.transfers.shutdown_flag())
+            {
+                Ok((of, outboard)) if of == *digest => Some(outboard),
+                found => {
+                    let why = match found {
+                        Ok(_) => "the file changed since it was hashed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    log::warn!("no outboard for {}: {why}", path.display());
+                    let _ = reply(
+                        &stream,
+                        &Reply::error(format!("cannot serve ranges of this file now: {why}")),
+                    );
+                    return;
+                }
             }
-        },
+        }
         _ => None,
     };
     let resumed = match outboard {
