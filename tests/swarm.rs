@@ -28,6 +28,8 @@ use napster::verified;
 const NAME: &str = "video.bin";
 /// A [`Liar`] given this `flip` lies differently: it stalls after its first range's header.
 const STALL: u64 = u64::MAX;
+/// A [`Liar`] given this `flip` does not lie (no range is that long): an honest stand-in.
+const HONEST: u64 = u64::MAX - 1;
 
 // ---------------------------------------------------------------------------------------------
 // The lying stand-in.
@@ -642,7 +644,8 @@ fn a_cut_swarm_download_resumes_from_its_pieces_with_other_holders() {
 // ---------------------------------------------------------------------------------------------
 // The range protocol, byte for byte, against a real uploader.
 
-/// A range request is answered with the chunk group and range limit, then (after SIM)
+/// A range session request (`DOWNLOAD_RANGES`) is answered with the chunk group and range
+/// limit, then (after SIM)
 /// OUTBOARD and RANGE requests, pipelined, on the one connection: the outboard checks against
 /// the digest, each range is the file's bytes; a range that is not whole groups, too long, or
 /// past the end, and an unknown method, get ERROR with no bytes and the session goes on; when
@@ -658,8 +661,8 @@ fn a_range_session_answers_outboard_and_ranges_and_refuses_bad_ones() {
     let t = start_tracker(&[]);
     let up = holder("a", &t, &da, "yes");
     let mut c = RawClient::connect(format!("127.0.0.1:{}", up.port).parse().unwrap());
-    let request = serde_json::json!({"method": "DOWNLOAD_REQUEST", "data": {
-        "filename": NAME, "port": up.port, "fromPort": 1, "ranges": true}});
+    let request = serde_json::json!({"method": "DOWNLOAD_RANGES", "data": {
+        "filename": NAME, "port": up.port, "fromPort": 1}});
     let ok = c.ask(format!("{request}\n").as_bytes());
     assert_eq!(ok["status"], "OK", "{ok}");
     assert_eq!(ok["fileSize"], size);
@@ -707,9 +710,9 @@ fn a_range_session_answers_outboard_and_ranges_and_refuses_bad_ones() {
     ));
 }
 
-/// An uploader that knows only whole-file downloads (it ignores `ranges` and offers no chunk
-/// group) is not used for pieces; when no holder serves ranges, the download is the whole file
-/// from one of them, verified end to end as before.
+/// An uploader that knows only whole-file downloads (it refuses the range session's method
+/// as unknown) is not used for pieces; when no holder serves ranges, the download is the whole
+/// file from one of them, verified end to end as before, and only that one's user is asked.
 #[test]
 fn without_range_holders_the_file_comes_whole_from_an_older_peer() {
     let tmp = tempfile::tempdir().unwrap();
@@ -717,48 +720,99 @@ fn without_range_holders_the_file_comes_whole_from_an_older_peer() {
     write_pattern(&da.join(NAME), 1 << 20, 6);
     let data = std::fs::read(da.join(NAME)).unwrap();
     let t = start_tracker(&[]);
-    let old: Vec<SocketAddr> = (0..2)
-        .map(|_| older_uploader(t.addr, data.clone()))
+    let old: Vec<OlderUploader> = (0..2)
+        .map(|_| OlderUploader::start(t.addr, data.clone()))
         .collect();
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
     search_and_download(&mut down.proc);
     let line = down.wait_for("Nenhum peer aceita download em partes; baixando");
-    assert!(old.iter().any(|a| line.contains(&a.to_string())), "{line}");
+    assert!(old.iter().any(|o| line.contains(&o.addr.to_string())), "{line}");
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+    let asked: usize = old.iter().map(|o| o.asked.load(Ordering::SeqCst)).sum();
+    assert_eq!(asked, 1, "only the peer the whole file came from was asked");
+}
+
+/// An older peer among holders that serve ranges: its user is never asked to approve a
+/// request the downloader would close right after its OK (the range session's own method is
+/// refused before anyone is asked); the others send the file. Every holder JOINs with the
+/// name alone, as older peers do, so the tracker cannot group them by content and the
+/// downloader asks each one (with digests known, the group would leave the older peer out).
+#[test]
+fn an_older_peer_among_range_holders_is_never_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, dd] = folders(tmp.path(), ["a", "d"]);
+    write_pattern(&da.join(NAME), 3 << 20, 13);
+    let t = start_tracker(&[]);
+    // Joined first, so it is the first holder the downloader asks.
+    let old = OlderUploader::start(t.addr, std::fs::read(da.join(NAME)).unwrap());
+    let _honest: Vec<Liar> = (0..2)
+        .map(|_| Liar::start("127.0.0.1", t.addr, &da.join(NAME), HONEST, |f| f()))
+        .collect();
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    search_and_download(&mut down.proc);
+    down.wait_for("em partes: 3 fonte(s)");
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    let line = source_lines(&down.proc, &[&old.addr.to_string()]).remove(0);
+    assert!(line.contains("só envia o arquivo inteiro"), "{line}");
+    assert_eq!(old.asked.load(Ordering::SeqCst), 0, "its user was asked");
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
 }
 
-/// A stand-in for an uploader of an earlier version, JOINed with [`NAME`]: every request gets
-/// OK with size and digest (no chunk group), then the file from the asked offset.
-fn older_uploader(tracker: SocketAddr, data: Vec<u8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut link = TcpStream::connect(tracker).unwrap();
-    link.write_all(&join_msg(addr.port(), &[NAME])).unwrap();
-    let mut line = String::new();
-    BufReader::new(link.try_clone().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("JOIN_OK"), "{line}");
-    thread::spawn(move || {
-        let _link = link;
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let data = data.clone();
-            thread::spawn(move || {
-                let mut out = stream.try_clone().unwrap();
-                let mut line = String::new();
-                let _ = BufReader::new(stream).read_line(&mut line);
-                let ok = serde_json::json!({"status": "OK", "fileSize": data.len(),
-                    "digest": blake3::hash(&data).to_hex().to_string(), "offset": 0});
-                let _ = out.write_all(format!("{ok}\n").as_bytes());
-                let _ = out.write_all(b"{\"status\":\"downloadAccepted\"}\n");
-                let _ = out.write_all(&data);
-            });
-        }
-    });
-    addr
+/// A stand-in for an uploader of an earlier version, JOINed with [`NAME`], behaving as those
+/// did: a method other than `DOWNLOAD_REQUEST` gets `ERROR` ("unknown method ...") at once;
+/// a `DOWNLOAD_REQUEST` (whatever else it holds) gets OK with size and digest (no chunk group),
+/// then its user is asked (counted in `asked`; it always says yes), then the file.
+struct OlderUploader {
+    addr: SocketAddr,
+    asked: Arc<AtomicUsize>,
+}
+
+impl OlderUploader {
+    fn start(tracker: SocketAddr, data: Vec<u8>) -> OlderUploader {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut link = TcpStream::connect(tracker).unwrap();
+        link.write_all(&join_msg(addr.port(), &[NAME])).unwrap();
+        let mut line = String::new();
+        BufReader::new(link.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("JOIN_OK"), "{line}");
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        thread::spawn(move || {
+            let _link = link;
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let data = data.clone();
+                let counter = Arc::clone(&counter);
+                thread::spawn(move || {
+                    let mut out = stream.try_clone().unwrap();
+                    let mut line = String::new();
+                    let _ = BufReader::new(stream).read_line(&mut line);
+                    let request: serde_json::Value =
+                        serde_json::from_str(&line).unwrap_or_default();
+                    if request["method"] != "DOWNLOAD_REQUEST" {
+                        let error = serde_json::json!({"status": "ERROR", "message": format!(
+                            "unknown method {}; a peer's upload port only knows DOWNLOAD_REQUEST",
+                            request["method"])});
+                        let _ = out.write_all(format!("{error}\n").as_bytes());
+                        return;
+                    }
+                    let ok = serde_json::json!({"status": "OK", "fileSize": data.len(),
+                        "digest": blake3::hash(&data).to_hex().to_string(), "offset": 0});
+                    let _ = out.write_all(format!("{ok}\n").as_bytes());
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = out.write_all(b"{\"status\":\"downloadAccepted\"}\n");
+                    let _ = out.write_all(&data);
+                });
+            }
+        });
+        OlderUploader { addr, asked }
+    }
 }
 
 /// Sources announcing a file larger than the folder's free space: refused before anything is

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use crate::peer::swarm::planner::{PIECE_LEN, SourceId};
 use crate::peer::swarm::prepare::{self, Fetched};
 use crate::peer::swarm::{Identity, Next, OutboardRole, Pieces, Swarm, SwarmError};
-use crate::protocol::messages::{DownloadRequest, Reply, download_line, parse_reply, status};
+use crate::protocol::messages::{
+    DownloadRequest, Reply, UNKNOWN_METHOD, parse_reply, range_session_line, status,
+};
 use crate::protocol::ranges;
 use crate::protocol::{CodecError, FrameReader};
 use crate::verified::{self, CHUNK_GROUP, PieceError};
@@ -172,8 +174,10 @@ impl Source<'_> {
             file_size: None,
             prefix_digest: None,
         };
+        // Its own method: a peer that sends whole files only refuses it before its user is
+        // asked (PROTOCOL.md R9).
         (&*stream)
-            .write_all(&download_line(&request))
+            .write_all(&range_session_line(&request))
             .map_err(|e| Outcome::Failed(e.to_string()))?;
         let mut reader = FrameReader::new(stream, 64 * 1024);
         reader.set_idle_timeout(Some(FIRST_REPLY_TIMEOUT));
@@ -182,7 +186,13 @@ impl Source<'_> {
         match first.status.as_str() {
             status::OK => {}
             status::FILE_NOT_FOUND => return Err(Outcome::NotFound),
-            status::ERROR => return Err(Outcome::Refused(first.message.unwrap_or_default())),
+            status::ERROR => {
+                let message = first.message.unwrap_or_default();
+                if message.starts_with(UNKNOWN_METHOD) {
+                    return Err(Outcome::Legacy);
+                }
+                return Err(Outcome::Refused(message));
+            }
             other => return Err(Outcome::Failed(format!("status {other:?}"))),
         }
         let (Some(size), Some(digest)) = (first.file_size, first.digest.clone()) else {
