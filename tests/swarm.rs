@@ -6,8 +6,8 @@
 //! The scenarios run twice where they can: on loopback (anywhere), and across hosts in network
 //! namespaces with each uploader behind a shaped link (`tc tbf`), where every source really
 //! sends its share and a source can be killed half way. Without root, `ip netns` or `tc` the
-//! namespace tests are skipped with the reason ([`skip`]). The lying source is a stand-in of
-//! our own ([`Liar`]): it speaks the range protocol and flips one byte of what it sends.
+//! namespace tests are skipped with the reason ([`skip`]). Lying, stalling and cut sources are
+//! stand-ins of our own ([`StandIn`]): they speak the range protocol and misbehave as told.
 
 mod common;
 
@@ -21,45 +21,89 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
+use common::stand_in::digest_hex;
 use common::*;
 use napster::verified;
 
 /// Where the file lives in every folder.
 const NAME: &str = "video.bin";
-/// A [`Liar`] given this `flip` lies differently: it stalls after its first range's header.
-const STALL: u64 = u64::MAX;
-/// A [`Liar`] given this `flip` does not lie (no range is that long): an honest stand-in.
-const HONEST: u64 = u64::MAX - 1;
 
 // ---------------------------------------------------------------------------------------------
-// The lying stand-in.
+// The range-serving stand-in.
 
-/// An uploader that answers the range protocol correctly except for one byte in each range:
-/// the byte `flip` bytes into every range is sent inverted (so whichever pieces it is given,
-/// it lies). It JOINs the tracker with the file so that SEARCH lists it.
-struct Liar {
+/// How a [`StandIn`] serves the ranges asked of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    /// Every range as it is in the file.
+    Honest,
+    /// The byte this far into every range inverted (whichever pieces it is given, it lies).
+    Lie(u64),
+    /// The first range's header, then nothing: a stalled source.
+    Stall,
+    /// This many ranges honestly, then the connection closed: a source cut half way.
+    CutAfter(usize),
+}
+
+/// An uploader that speaks the range protocol as `behaviour` says. It JOINs the tracker as a
+/// peer of today does, with the file's record (name, size and BLAKE3), so that SEARCH lists it
+/// and groups it with the real holders of the same content.
+struct StandIn {
     addr: SocketAddr,
     _tracker: TcpStream,
     /// Ranges asked of it so far.
     asked: Arc<AtomicUsize>,
 }
 
-impl Liar {
-    /// Starts the liar listening on `ip` (created by `bind`, so a namespace can own its
-    /// sockets), sharing `file` under [`NAME`].
+impl StandIn {
+    /// Starts the stand-in listening on `ip` (created by `sockets`, so a namespace can own
+    /// them), sharing `file` under [`NAME`].
     fn start(
         ip: &str,
         tracker: SocketAddr,
         file: &Path,
-        flip: u64,
+        behaviour: Behaviour,
         sockets: impl Fn(&mut (dyn FnMut() + Send)),
-    ) -> Liar {
+    ) -> StandIn {
+        StandIn::start_announcing(ip, tracker, file, behaviour, sockets, true)
+    }
+
+    /// An honest stand-in on loopback that JOINs with the file's name and size only, as a peer
+    /// still hashing it does: the tracker cannot group it by content.
+    fn still_hashing(tracker: SocketAddr, file: &Path) -> StandIn {
+        StandIn::start_announcing(
+            "127.0.0.1",
+            tracker,
+            file,
+            Behaviour::Honest,
+            |f| f(),
+            false,
+        )
+    }
+
+    fn start_announcing(
+        ip: &str,
+        tracker: SocketAddr,
+        file: &Path,
+        behaviour: Behaviour,
+        sockets: impl Fn(&mut (dyn FnMut() + Send)),
+        digest_known: bool,
+    ) -> StandIn {
+        // Computed once, so that it answers as fast as a real uploader whose outboard is kept.
+        let data = Arc::new(std::fs::read(file).unwrap());
+        let mut outboard = Vec::new();
+        let root = verified::create_outboard(&data[..], data.len() as u64, &mut outboard).unwrap();
+        let mut record = serde_json::json!({"name": NAME, "size": data.len()});
+        if digest_known {
+            record["digest"] = root.to_hex().to_string().into();
+        }
         let mut made = None;
         sockets(&mut || {
             let listener = TcpListener::bind(format!("{ip}:0")).unwrap();
             let port = listener.local_addr().unwrap().port();
             let mut link = TcpStream::connect(tracker).unwrap();
-            link.write_all(&join_msg(port, &[NAME])).unwrap();
+            let join = serde_json::json!({"method": "JOIN",
+                "data": {"port": port, "files": [record.clone()]}});
+            link.write_all(format!("{join}\n").as_bytes()).unwrap();
             let mut line = String::new();
             BufReader::new(link.try_clone().unwrap())
                 .read_line(&mut line)
@@ -69,10 +113,6 @@ impl Liar {
         });
         let (listener, link) = made.unwrap();
         let addr = listener.local_addr().unwrap();
-        // Computed once, so that it answers as fast as a real uploader whose outboard is kept.
-        let data = Arc::new(std::fs::read(file).unwrap());
-        let mut outboard = Vec::new();
-        let root = verified::create_outboard(&data[..], data.len() as u64, &mut outboard).unwrap();
         let outboard = Arc::new(outboard);
         let asked = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&asked);
@@ -82,11 +122,11 @@ impl Liar {
                 let (data, outboard) = (Arc::clone(&data), Arc::clone(&outboard));
                 let counter = Arc::clone(&counter);
                 thread::spawn(move || {
-                    let _ = serve_lies(stream, &data, (&outboard, root), flip, &counter);
+                    let _ = serve_ranges(stream, &data, (&outboard, root), behaviour, &counter);
                 });
             }
         });
-        Liar {
+        StandIn {
             addr,
             _tracker: link,
             asked,
@@ -94,11 +134,11 @@ impl Liar {
     }
 }
 
-fn serve_lies(
+fn serve_ranges(
     stream: TcpStream,
     data: &[u8],
     (outboard, root): (&[u8], blake3::Hash),
-    flip: u64,
+    behaviour: Behaviour,
     asked: &AtomicUsize,
 ) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
@@ -111,6 +151,7 @@ fn serve_lies(
     });
     out.write_all(format!("{ok}\n").as_bytes())?;
     out.write_all(b"{\"status\":\"downloadAccepted\"}\n")?;
+    let mut served = 0;
     loop {
         line.clear();
         if input.read_line(&mut line)? == 0 {
@@ -123,20 +164,31 @@ fn serve_lies(
             out.write_all(outboard)?;
             continue;
         }
+        if behaviour == Behaviour::CutAfter(served) {
+            // A clean end (FIN, not a reset that could discard what was already sent): the
+            // downloader reads every range served, then the end of the stream.
+            out.shutdown(std::net::Shutdown::Write)?;
+            return std::io::copy(&mut input, &mut std::io::sink()).map(drop);
+        }
+        served += 1;
         asked.fetch_add(1, Ordering::SeqCst);
         let offset = request["data"]["offset"].as_u64().unwrap();
         let length = request["data"]["length"].as_u64().unwrap();
         let head = serde_json::json!({"status": "OK", "offset": offset, "length": length});
         out.write_all(format!("{head}\n").as_bytes())?;
         let mut piece = data[offset as usize..(offset + length) as usize].to_vec();
-        if flip == STALL {
-            // Answers the first range's header, then sends nothing: a stalled source.
-            out.flush()?;
-            thread::park();
-            return Ok(());
-        }
-        if let Some(byte) = piece.get_mut(flip as usize) {
-            *byte ^= 0xff;
+        match behaviour {
+            Behaviour::Stall => {
+                out.flush()?;
+                thread::park();
+                return Ok(());
+            }
+            Behaviour::Lie(at) => {
+                if let Some(byte) = piece.get_mut(at as usize) {
+                    *byte ^= 0xff;
+                }
+            }
+            Behaviour::Honest | Behaviour::CutAfter(_) => {}
         }
         out.write_all(&piece)?;
     }
@@ -202,7 +254,13 @@ fn a_lying_source_on_loopback_is_detected_and_the_file_is_exact() {
     write_pattern(&da.join(NAME), 16 << 20, 8);
     let t = start_tracker(&[]);
     // Joined first, so its holder is asked first and gets the first pieces.
-    let liar = Liar::start("127.0.0.1", t.addr, &da.join(NAME), 100_000, |f| f());
+    let liar = StandIn::start(
+        "127.0.0.1",
+        t.addr,
+        &da.join(NAME),
+        Behaviour::Lie(100_000),
+        |f| f(),
+    );
     let _a = holder("a", &t, &da, "yes");
     let mut down = start_peer("d", t.addr, &dd, &["--sources", "2"]);
     down.join();
@@ -220,7 +278,7 @@ fn a_stalled_source_on_loopback_does_not_hold_the_download() {
     let [da, dd] = folders(tmp.path(), ["a", "d"]);
     write_pattern(&da.join(NAME), 24 << 20, 10);
     let t = start_tracker(&[]);
-    let staller = Liar::start("127.0.0.1", t.addr, &da.join(NAME), STALL, |f| f());
+    let staller = StandIn::start("127.0.0.1", t.addr, &da.join(NAME), Behaviour::Stall, |f| f());
     let _a = holder("a", &t, &da, "yes");
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
@@ -276,6 +334,97 @@ fn a_source_answering_nao_on_loopback_is_left_out() {
     down.join();
     search_and_download(&mut down.proc);
     down.wait_for(&format!("peer {} recusou o pedido", refuser.addr()));
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+}
+
+/// `DOWNLOAD N` of a result several peers hold downloads from all of them at once, its size
+/// and digest known from the tracker's results, which group holders by content: three holders
+/// of one content send it; a fourth peer, whose file of the same name and size is another
+/// content (another result), is never asked.
+#[test]
+fn download_n_takes_every_holder_of_that_content_and_no_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db, dc, de, dd] = folders(tmp.path(), ["a", "b", "c", "e", "d"]);
+    write_pattern(&da.join(NAME), 3 << 20, 21);
+    for d in [&db, &dc] {
+        std::fs::copy(da.join(NAME), d.join(NAME)).unwrap();
+    }
+    write_pattern(&de.join(NAME), 3 << 20, 22);
+    let hex = |dir: &Path| digest_hex(&std::fs::read(dir.join(NAME)).unwrap());
+    let t = start_tracker(&[]);
+    let holders: Vec<PeerProc> = [("a", &da), ("b", &db), ("c", &dc)]
+        .into_iter()
+        .map(|(n, d)| holder(n, &t, d, "yes"))
+        .collect();
+    let other = holder("e", &t, &de, "ask");
+    t.wait_for_group(NAME, &hex(&da), 3);
+    t.wait_for_group(NAME, &hex(&de), 1);
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    down.send("SEARCH video");
+    down.wait_for("1) video.bin  3,0 MiB  3 peers");
+    down.wait_for("2) video.bin  3,0 MiB  1 peer");
+    down.send("DOWNLOAD 1");
+    down.wait_for("Download de video.bin em partes: 3 fonte(s)");
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    let addrs: Vec<String> = holders.iter().map(PeerProc::addr).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    source_lines(&down.proc, &addrs);
+    assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+    assert!(
+        !other.proc.printed("solicitou"),
+        "{}",
+        other.proc.transcript()
+    );
+}
+
+/// A cut download resumed when the tracker gives the content's size and digest (its results
+/// group the holders by content): the pieces already verified are checked again and counted
+/// before any holder is even asked (`Retomando ...` is printed while both holders' users still
+/// have the question in front of them), then the rest comes from the holders there now.
+#[test]
+fn a_cut_download_resumes_from_its_pieces_before_any_holder_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db, dc, dd] = folders(tmp.path(), ["a", "b", "c", "d"]);
+    write_pattern(&da.join(NAME), 8 << 20, 23);
+    for d in [&db, &dc] {
+        std::fs::copy(da.join(NAME), d.join(NAME)).unwrap();
+    }
+    let digest = digest_hex(&std::fs::read(da.join(NAME)).unwrap());
+    let t = start_tracker(&[]);
+    // Two sources that send two pieces each, then hang up.
+    let cutters: Vec<StandIn> = (0..2)
+        .map(|_| {
+            StandIn::start(
+                "127.0.0.1",
+                t.addr,
+                &da.join(NAME),
+                Behaviour::CutAfter(2),
+                |f| f(),
+            )
+        })
+        .collect();
+    t.wait_for_group(NAME, &digest, 2);
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    search_and_download(&mut down.proc);
+    down.wait_for("as fontes acabaram antes do fim (4194304 de 8388608 bytes verificados)");
+    let gone: Vec<String> = cutters.iter().map(|c| c.addr.to_string()).collect();
+    drop(cutters);
+    for addr in gone {
+        t.proc.wait_for(&format!("Peer {addr} saiu"));
+    }
+
+    let mut b = holder("b", &t, &db, "ask");
+    let mut c = holder("c", &t, &dc, "ask");
+    t.wait_for_group(NAME, &digest, 2);
+    search_and_download(&mut down.proc);
+    down.wait_for("Retomando o download de video.bin com 4194304 de 8388608 bytes já verificados");
+    for holder in [&mut b, &mut c] {
+        holder.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+        holder.send("SIM");
+    }
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
 }
@@ -534,7 +683,7 @@ fn a_lying_source_across_hosts_is_detected_and_the_file_is_exact() {
     let (dirs, down_dir) = shared_file(tmp.path(), &["a", "b"], 16 << 20);
     let (_t, taddr) = lab.tracker();
     let ip = lab.ip("liar");
-    let liar = Liar::start(&ip, taddr, &dirs[0].join(NAME), 70_000, |f| {
+    let liar = StandIn::start(&ip, taddr, &dirs[0].join(NAME), Behaviour::Lie(70_000), |f| {
         lab.inside("liar", f)
     });
     let _a = lab.peer("a", taddr, &dirs[0], &["--approve", "yes"]);
@@ -736,8 +885,8 @@ fn without_range_holders_the_file_comes_whole_from_an_older_peer() {
 
 /// An older peer among holders that serve ranges: its user is never asked to approve a
 /// request the downloader would close right after its OK (the range session's own method is
-/// refused before anyone is asked); the others send the file. Every holder JOINs with the
-/// name alone, as older peers do, so the tracker cannot group them by content and the
+/// refused before anyone is asked); the others send the file. No holder has announced a
+/// digest (the others are still hashing), so the tracker cannot group them by content and the
 /// downloader asks each one (with digests known, the group would leave the older peer out).
 #[test]
 fn an_older_peer_among_range_holders_is_never_asked() {
@@ -747,8 +896,8 @@ fn an_older_peer_among_range_holders_is_never_asked() {
     let t = start_tracker(&[]);
     // Joined first, so it is the first holder the downloader asks.
     let old = OlderUploader::start(t.addr, std::fs::read(da.join(NAME)).unwrap());
-    let _honest: Vec<Liar> = (0..2)
-        .map(|_| Liar::start("127.0.0.1", t.addr, &da.join(NAME), HONEST, |f| f()))
+    let _honest: Vec<StandIn> = (0..2)
+        .map(|_| StandIn::still_hashing(t.addr, &da.join(NAME)))
         .collect();
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
