@@ -341,11 +341,12 @@ fn a_source_answering_nao_on_loopback_is_left_out() {
 /// `DOWNLOAD N` of a result several peers hold downloads from all of them at once, its size
 /// and digest known from the tracker's results, which group holders by content: three holders
 /// of one content send it; a fourth peer, whose file of the same name and size is another
-/// content (another result), is never asked.
+/// content (another result), is never asked. `DOWNLOAD name` takes the group most peers hold:
+/// the same three and the copy just made.
 #[test]
 fn download_n_takes_every_holder_of_that_content_and_no_other() {
     let tmp = tempfile::tempdir().unwrap();
-    let [da, db, dc, de, dd] = folders(tmp.path(), ["a", "b", "c", "e", "d"]);
+    let [da, db, dc, de, dd, df] = folders(tmp.path(), ["a", "b", "c", "e", "d", "f"]);
     write_pattern(&da.join(NAME), 3 << 20, 21);
     for d in [&db, &dc] {
         std::fs::copy(da.join(NAME), d.join(NAME)).unwrap();
@@ -372,6 +373,16 @@ fn download_n_takes_every_holder_of_that_content_and_no_other() {
     let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     source_lines(&down.proc, &addrs);
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+
+    // The copy just made is announced, and hashed, like any other: four holders now.
+    t.wait_for_group(NAME, &hex(&da), 4);
+    let mut by_name = start_peer("f", t.addr, &df, &[]);
+    by_name.join();
+    search_and_download(&mut by_name.proc);
+    by_name.wait_for("Download de video.bin em partes: 4 fonte(s)");
+    by_name.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    source_lines(&by_name.proc, &[addrs[0], addrs[1], addrs[2], &down.addr()]);
+    assert!(same_file(&da.join(NAME), &df.join(NAME)));
     assert!(
         !other.proc.printed("solicitou"),
         "{}",
