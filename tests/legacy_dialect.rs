@@ -882,6 +882,59 @@ fn napster_peers_search_download_and_update_through_the_originals_tracker() {
     assert_eq!(t.list_of(b.port), Some(serde_json::json!(["aula.bin"])));
 }
 
+/// `napster get` asks the original's tracker in its own dialect (the probe, then the original
+/// peer's SEARCH bytes), reads its list of ports as peers on the tracker's host, and, both
+/// listed peers holding the file, downloads from the two at once.
+#[test]
+fn get_searches_the_originals_tracker_in_its_dialect_and_downloads_from_every_holder() {
+    let t = OriginalTracker::start(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db, dc] = folders(tmp.path(), ["a", "b", "c"]);
+    write_pattern(&da.join("aula.bin"), 3 << 20, 4);
+    std::fs::copy(da.join("aula.bin"), db.join("aula.bin")).unwrap();
+    let mut a = peer_on_original("a", &t, &da, &["--approve", "yes"]);
+    let mut b = peer_on_original("b", &t, &db, &["--approve", "yes"]);
+    a.join();
+    b.join();
+    let server = t.addr.to_string();
+    let out = std::process::Command::new(napster_bin())
+        .args(["get", "aula.bin", "--server", &server, "--dir"])
+        .arg(&dc)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains(&format!(
+            "Peers com arquivo solicitado: ['{}', '{}']",
+            a.addr(),
+            b.addr()
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("Download de aula.bin em partes: 2 fonte(s)"),
+        "{printed}"
+    );
+    assert!(same_file(&da.join("aula.bin"), &dc.join("aula.bin")));
+    let mut asked = Vec::new();
+    while let Ok((_, bytes)) = t.received.try_recv() {
+        asked.push(bytes);
+    }
+    assert!(
+        asked
+            .iter()
+            .any(|m| m == br#"{"method":"SEARCH","data":{"query":"aula.bin"}}"#),
+        "{asked:?}"
+    );
+}
+
 /// An UPDATE too long for the one `recv(1024)` of the original's tracker is not sent cut in
 /// two (which that tracker would drop); the JOIN naming the folder is sent again instead, and
 /// the tracker lists the folder anew.

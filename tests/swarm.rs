@@ -440,6 +440,47 @@ fn a_cut_download_resumes_from_its_pieces_before_any_holder_answers() {
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
 }
 
+/// `napster get NAME` goes the console's way: the tracker's grouped results give the holders
+/// of one content, and the file comes from all of them at once, with one line per source and
+/// exit code 0.
+#[test]
+fn get_downloads_from_every_holder_of_the_same_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db, dc, dd] = folders(tmp.path(), ["a", "b", "c", "d"]);
+    write_pattern(&da.join(NAME), 3 << 20, 24);
+    for d in [&db, &dc] {
+        std::fs::copy(da.join(NAME), d.join(NAME)).unwrap();
+    }
+    let t = start_tracker(&[]);
+    let holders: Vec<PeerProc> = [("a", &da), ("b", &db), ("c", &dc)]
+        .into_iter()
+        .map(|(n, d)| holder(n, &t, d, "yes"))
+        .collect();
+    t.wait_for_group(NAME, &digest_hex(&std::fs::read(da.join(NAME)).unwrap()), 3);
+    let server = t.addr.to_string();
+    let out = Command::new(napster_bin())
+        .args(["get", NAME, "--server", &server, "--dir"])
+        .arg(&dd)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("Download de video.bin em partes: 3 fonte(s)"),
+        "{printed}"
+    );
+    for h in &holders {
+        assert!(printed.contains(&format!("  fonte {}: ", h.addr())), "{printed}");
+    }
+    assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Across hosts.
 
