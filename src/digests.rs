@@ -195,10 +195,7 @@ impl DigestCache {
             .and_then(|n| n.to_str())
             .and_then(|name| self.sidecar_path(name, "obao"))
             .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "no folder to keep outboards in",
-                )
+                io::Error::new(io::ErrorKind::Unsupported, "no folder to keep outboards in")
             })?;
         if let Some(digest) = self.known(path, file)?
             && self.outboards.lock().contains(path)

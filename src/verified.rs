@@ -73,7 +73,9 @@ pub fn digest_and_outboard(
                 "hashing was stopped",
             ));
         }
-        let want = buf.len().min(usize::try_from(size - pos).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(size - pos).unwrap_or(usize::MAX));
         FileExt::read_exact_at(file, &mut buf[..want], pos)?;
         for group in buf[..want].chunks(CHUNK_GROUP as usize) {
             tree.add_group(group)?;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
-use common::stand_in::digest_hex;
+use common::stand_in::{Gate, digest_hex};
 use common::*;
 use napster::verified;
 
@@ -32,7 +32,7 @@ const NAME: &str = "video.bin";
 // The range-serving stand-in.
 
 /// How a [`StandIn`] serves the ranges asked of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 enum Behaviour {
     /// Every range as it is in the file.
     Honest,
@@ -42,6 +42,12 @@ enum Behaviour {
     Stall,
     /// This many ranges honestly, then the connection closed: a source cut half way.
     CutAfter(usize),
+    /// Reads requests and answers none; at the second, stops at the gate, and once the test
+    /// opens it, closes the connection.
+    Silent(Arc<Gate>),
+    /// Every range honestly, but a session with no request for this long is ended (as a real
+    /// uploader ends one after 60 s), stopping at the gate once closed.
+    EndsIdle(std::time::Duration, Arc<Gate>),
 }
 
 /// An uploader that speaks the range protocol as `behaviour` says. It JOINs the tracker as a
@@ -64,7 +70,25 @@ impl StandIn {
         behaviour: Behaviour,
         sockets: impl Fn(&mut (dyn FnMut() + Send)),
     ) -> StandIn {
-        StandIn::start_announcing(ip, tracker, file, behaviour, sockets, true)
+        StandIn::start_announcing(ip, tracker, file, behaviour, sockets, true, None)
+    }
+
+    /// A stand-in on loopback whose user answers SIM only once the test opens `approval`.
+    fn approving_at(
+        tracker: SocketAddr,
+        file: &Path,
+        behaviour: Behaviour,
+        approval: Arc<Gate>,
+    ) -> StandIn {
+        StandIn::start_announcing(
+            "127.0.0.1",
+            tracker,
+            file,
+            behaviour,
+            |f| f(),
+            true,
+            Some(approval),
+        )
     }
 
     /// An honest stand-in on loopback that JOINs with the file's name and size only, as a peer
@@ -77,6 +101,7 @@ impl StandIn {
             Behaviour::Honest,
             |f| f(),
             false,
+            None,
         )
     }
 
@@ -87,6 +112,7 @@ impl StandIn {
         behaviour: Behaviour,
         sockets: impl Fn(&mut (dyn FnMut() + Send)),
         digest_known: bool,
+        approval: Option<Arc<Gate>>,
     ) -> StandIn {
         // Computed once, so that it answers as fast as a real uploader whose outboard is kept.
         let data = Arc::new(std::fs::read(file).unwrap());
@@ -121,8 +147,15 @@ impl StandIn {
                 let Ok(stream) = stream else { return };
                 let (data, outboard) = (Arc::clone(&data), Arc::clone(&outboard));
                 let counter = Arc::clone(&counter);
+                let (behaviour, approval) = (behaviour.clone(), approval.clone());
                 thread::spawn(move || {
-                    let _ = serve_ranges(stream, &data, (&outboard, root), behaviour, &counter);
+                    let _ = serve_ranges(
+                        stream,
+                        &data,
+                        (&outboard, root),
+                        (&behaviour, approval.as_deref()),
+                        &counter,
+                    );
                 });
             }
         });
@@ -138,7 +171,7 @@ fn serve_ranges(
     stream: TcpStream,
     data: &[u8],
     (outboard, root): (&[u8], blake3::Hash),
-    behaviour: Behaviour,
+    (behaviour, approval): (&Behaviour, Option<&Gate>),
     asked: &AtomicUsize,
 ) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
@@ -150,12 +183,41 @@ fn serve_ranges(
         "offset": 0, "chunkGroup": verified::CHUNK_GROUP, "maxRange": 16 << 20,
     });
     out.write_all(format!("{ok}\n").as_bytes())?;
+    if let Some(approval) = approval {
+        approval.reached();
+    }
     out.write_all(b"{\"status\":\"downloadAccepted\"}\n")?;
     let mut served = 0;
+    if let Behaviour::EndsIdle(idle, _) = behaviour {
+        input.get_ref().set_read_timeout(Some(*idle))?;
+    }
+    // A clean end (FIN, not a reset that could discard what was already sent): the
+    // downloader reads every range served, then the end of the stream.
+    let hang_up = |out: &TcpStream, input: &mut BufReader<TcpStream>| {
+        out.shutdown(std::net::Shutdown::Write)?;
+        input.get_ref().set_read_timeout(None)?;
+        std::io::copy(input, &mut std::io::sink()).map(drop)
+    };
     loop {
         line.clear();
-        if input.read_line(&mut line)? == 0 {
-            return Ok(());
+        match input.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                let Behaviour::EndsIdle(_, closed) = behaviour else {
+                    return Err(e);
+                };
+                out.shutdown(std::net::Shutdown::Write)?;
+                closed.reached();
+                input.get_ref().set_read_timeout(None)?;
+                return std::io::copy(&mut input, &mut std::io::sink()).map(drop);
+            }
+            Err(e) => return Err(e),
         }
         let request: serde_json::Value = serde_json::from_str(&line)?;
         if request["method"] == "OUTBOARD" {
@@ -164,14 +226,18 @@ fn serve_ranges(
             out.write_all(outboard)?;
             continue;
         }
-        if behaviour == Behaviour::CutAfter(served) {
-            // A clean end (FIN, not a reset that could discard what was already sent): the
-            // downloader reads every range served, then the end of the stream.
-            out.shutdown(std::net::Shutdown::Write)?;
-            return std::io::copy(&mut input, &mut std::io::sink()).map(drop);
+        if matches!(behaviour, Behaviour::CutAfter(n) if *n == served) {
+            return hang_up(&out, &mut input);
         }
         served += 1;
         asked.fetch_add(1, Ordering::SeqCst);
+        if let Behaviour::Silent(gate) = behaviour {
+            if served == 2 {
+                gate.reached();
+                return hang_up(&out, &mut input);
+            }
+            continue;
+        }
         let offset = request["data"]["offset"].as_u64().unwrap();
         let length = request["data"]["length"].as_u64().unwrap();
         let head = serde_json::json!({"status": "OK", "offset": offset, "length": length});
@@ -184,11 +250,11 @@ fn serve_ranges(
                 return Ok(());
             }
             Behaviour::Lie(at) => {
-                if let Some(byte) = piece.get_mut(at as usize) {
+                if let Some(byte) = piece.get_mut(*at as usize) {
                     *byte ^= 0xff;
                 }
             }
-            Behaviour::Honest | Behaviour::CutAfter(_) => {}
+            _ => {}
         }
         out.write_all(&piece)?;
     }
@@ -278,7 +344,9 @@ fn a_stalled_source_on_loopback_does_not_hold_the_download() {
     let [da, dd] = folders(tmp.path(), ["a", "d"]);
     write_pattern(&da.join(NAME), 24 << 20, 10);
     let t = start_tracker(&[]);
-    let staller = StandIn::start("127.0.0.1", t.addr, &da.join(NAME), Behaviour::Stall, |f| f());
+    let staller = StandIn::start("127.0.0.1", t.addr, &da.join(NAME), Behaviour::Stall, |f| {
+        f()
+    });
     let _a = holder("a", &t, &da, "yes");
     let mut down = start_peer("d", t.addr, &dd, &[]);
     down.join();
@@ -476,9 +544,82 @@ fn get_downloads_from_every_holder_of_the_same_content() {
         "{printed}"
     );
     for h in &holders {
-        assert!(printed.contains(&format!("  fonte {}: ", h.addr())), "{printed}");
+        assert!(
+            printed.contains(&format!("  fonte {}: ", h.addr())),
+            "{printed}"
+        );
     }
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
+}
+
+/// A source left with nothing to fetch near the end (every missing piece is being fetched by
+/// two others) whose uploader ends the idle session (a real one after 60 s) is not reported as
+/// failed: it had nothing in flight, nothing was lost. When the two others hang up, their
+/// pieces come from a fourth source.
+#[test]
+fn a_source_whose_idle_session_is_ended_is_not_reported_as_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, dd] = folders(tmp.path(), ["a", "d"]);
+    let file = da.join(NAME);
+    write_pattern(&file, 2 << 20, 25);
+    let t = start_tracker(&[]);
+    let hold: Vec<Arc<Gate>> = (0..2).map(|_| Arc::new(Gate::new())).collect();
+    let silent: Vec<StandIn> = hold
+        .iter()
+        .map(|g| {
+            let behaviour = Behaviour::Silent(Arc::clone(g));
+            StandIn::start("127.0.0.1", t.addr, &file, behaviour, |f| f())
+        })
+        .collect();
+    let (idle_approval, idle_closed) = (Arc::new(Gate::new()), Arc::new(Gate::new()));
+    let ends_idle = Behaviour::EndsIdle(
+        std::time::Duration::from_millis(300),
+        Arc::clone(&idle_closed),
+    );
+    let idle = StandIn::approving_at(t.addr, &file, ends_idle, Arc::clone(&idle_approval));
+    let last_approval = Arc::new(Gate::new());
+    let _last = StandIn::approving_at(t.addr, &file, Behaviour::Honest, Arc::clone(&last_approval));
+    t.wait_for_group(NAME, &digest_hex(&std::fs::read(&file).unwrap()), 4);
+    let mut down = start_peer("d", t.addr, &dd, &[]);
+    down.join();
+    search_and_download(&mut down.proc);
+    down.wait_for("em partes: 4 fonte(s)");
+    // Both pieces are asked of both silent sources.
+    for gate in &hold {
+        gate.wait_reached();
+    }
+    // The third is approved now: nothing is left for it to fetch, and its uploader ends the
+    // session that asks nothing.
+    idle_approval.wait_reached();
+    idle_approval.open();
+    idle_closed.wait_reached();
+    idle_closed.open();
+    // The silent ones hang up: their pieces go back to the plan.
+    for gate in &hold {
+        gate.open();
+    }
+    let mut failed = Vec::new();
+    while failed.len() < 2 {
+        failed.push(down.wait_for(" falhou ("));
+    }
+    for source in &silent {
+        let named = format!("peer {} falhou", source.addr);
+        assert!(failed.iter().any(|l| l.contains(&named)), "{failed:?}");
+    }
+    last_approval.wait_reached();
+    last_approval.open();
+    down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
+    let line = source_lines(&down.proc, &[&idle.addr.to_string()]).remove(0);
+    assert!(
+        line.contains("sem partes a buscar; o outro peer encerrou a sessão"),
+        "{line}"
+    );
+    assert!(
+        !down.proc.printed(&format!("peer {} falhou", idle.addr)),
+        "{}",
+        down.proc.transcript()
+    );
+    assert!(same_file(&file, &dd.join(NAME)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -735,9 +876,13 @@ fn a_lying_source_across_hosts_is_detected_and_the_file_is_exact() {
     let (dirs, down_dir) = shared_file(tmp.path(), &["a", "b"], 16 << 20);
     let (_t, taddr) = lab.tracker();
     let ip = lab.ip("liar");
-    let liar = StandIn::start(&ip, taddr, &dirs[0].join(NAME), Behaviour::Lie(70_000), |f| {
-        lab.inside("liar", f)
-    });
+    let liar = StandIn::start(
+        &ip,
+        taddr,
+        &dirs[0].join(NAME),
+        Behaviour::Lie(70_000),
+        |f| lab.inside("liar", f),
+    );
     let _a = lab.peer("a", taddr, &dirs[0], &["--approve", "yes"]);
     let _b = lab.peer("b", taddr, &dirs[1], &["--approve", "yes"]);
     let (mut down, _) = lab.peer("down", taddr, &down_dir, &[]);
@@ -928,7 +1073,10 @@ fn without_range_holders_the_file_comes_whole_from_an_older_peer() {
     down.join();
     search_and_download(&mut down.proc);
     let line = down.wait_for("Nenhum peer aceita download em partes; baixando");
-    assert!(old.iter().any(|o| line.contains(&o.addr.to_string())), "{line}");
+    assert!(
+        old.iter().any(|o| line.contains(&o.addr.to_string())),
+        "{line}"
+    );
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     assert!(same_file(&da.join(NAME), &dd.join(NAME)));
     let asked: usize = old.iter().map(|o| o.asked.load(Ordering::SeqCst)).sum();

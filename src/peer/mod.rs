@@ -358,7 +358,10 @@ fn open_digests(shared: &std::path::Path) -> DigestCache {
     if let Err(e) = std::fs::remove_dir_all(napster.join("outboard"))
         && e.kind() != io::ErrorKind::NotFound
     {
-        log::warn!("cannot remove the old outboards in {}: {e}", napster.display());
+        log::warn!(
+            "cannot remove the old outboards in {}: {e}",
+            napster.display()
+        );
     }
     DigestCache::persistent(napster.join("digests"))
 }

@@ -254,7 +254,9 @@ pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestEr
     let filename = data
         .filename
         .ok_or_else(|| format!("{method} needs data.filename"))?;
-    let port = data.port.ok_or_else(|| format!("{method} needs data.port"))?;
+    let port = data
+        .port
+        .ok_or_else(|| format!("{method} needs data.port"))?;
     Ok(DownloadRequest {
         filename,
         port,
@@ -657,9 +659,15 @@ mod tests {
         };
         let line = range_session_line(&request);
         let text = String::from_utf8(line.clone()).unwrap();
-        assert!(text.starts_with(r#"{"method":"DOWNLOAD_RANGES","#), "{text}");
+        assert!(
+            text.starts_with(r#"{"method":"DOWNLOAD_RANGES","#),
+            "{text}"
+        );
         assert!(!text.contains("ranges\":"), "{text}");
-        assert_eq!(parse_download_request(line.trim_ascii_end()).unwrap(), request);
+        assert_eq!(
+            parse_download_request(line.trim_ascii_end()).unwrap(),
+            request
+        );
         let first_form = download_line(&request);
         assert_eq!(
             parse_download_request(first_form.trim_ascii_end()).unwrap(),

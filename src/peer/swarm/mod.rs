@@ -820,6 +820,10 @@ fn tell_source_end(swarm: &Swarm, report: &SourceReport) {
             "peer {addr} falhou ({}); suas partes serão buscadas em outra fonte",
             crate::peer::output::printable(why)
         )),
+        Outcome::Closed if !swarm.state.lock().over => out.line(&format!(
+            "peer {addr} falhou ({}); suas partes serão buscadas em outra fonte",
+            source::CLOSED
+        )),
         _ => {}
     }
 }
@@ -920,7 +924,11 @@ mod tests {
             size: Some(3),
             digest: Some(digest),
             holders: 3,
-            peers: vec!["10.0.0.1:1".into(), "10.0.0.2:2".into(), "10.0.0.3:3".into()],
+            peers: vec![
+                "10.0.0.1:1".into(),
+                "10.0.0.2:2".into(),
+                "10.0.0.3:3".into(),
+            ],
         };
         let (holders, identity) = holders_of_result(&entry, &[addr("10.0.0.2:2")]);
         assert_eq!(holders, [addr("10.0.0.1:1"), addr("10.0.0.3:3")]);
