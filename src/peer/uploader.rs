@@ -700,10 +700,11 @@ fn announce_digest(ctx: &PeerContext, path: &Path, size: u64, digest: &str) {
 }
 
 /// Sends a small file to the original's downloader in one write. It takes the file with a
-/// single `recv(fileSize)`, which returns what the first segment brought: one write of at most
-/// [`legacy::ONE_WRITE_MAX`] bytes leaves loopback as one segment, so the file arrives whole
-/// (measured with a Python reader on loopback: streamed, a 60,000-byte file arrived whole in 17
-/// of 20 tries, 2 of 10 under heavier load; in one write, 20 of 20).
+/// single `recv(fileSize)`, which returns what has landed when it runs: one write of at most
+/// [`legacy::ONE_WRITE_MAX`] bytes puts the whole file on the wire at once, one or two
+/// segments back to back (measured with a Python reader on loopback: streamed, a 60,000-byte
+/// file arrived whole in 17 of 20 tries, 2 of 10 under heavier load; in one write, 20 of 20;
+/// what can and cannot be promised is said at [`legacy::ONE_WRITE_MAX`]).
 fn send_in_one_write(file: &File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(len as usize);
     let mut reader = file;
