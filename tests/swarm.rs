@@ -1081,6 +1081,42 @@ fn a_range_session_answers_outboard_and_ranges_and_refuses_bad_ones() {
     ));
 }
 
+/// The uploader's outboard comes from the read that gave the file's digest and is kept beside
+/// the digest's record (`.napster/digests/<key>.obao`, key: the name's BLAKE3), ready before
+/// any range session asks: that is what OUTBOARD sends. The old store by digest
+/// (`.napster/outboard/`), which nothing ever cleaned, is deleted at start.
+#[test]
+fn the_outboard_is_kept_beside_the_digest_from_the_same_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da] = folders(tmp.path(), ["a"]);
+    let size: u64 = 5 * 65536 + 77;
+    write_pattern(&da.join(NAME), size, 26);
+    let data = std::fs::read(da.join(NAME)).unwrap();
+    let digest = blake3::hash(&data);
+    let old_store = da.join(".napster/outboard");
+    std::fs::create_dir_all(&old_store).unwrap();
+    std::fs::write(old_store.join(format!("{}.obao", digest.to_hex())), b"stale").unwrap();
+    let t = start_tracker(&[]);
+    let up = holder("a", &t, &da, "yes");
+    t.wait_for_group(NAME, digest.to_hex().as_str(), 1);
+    assert!(!old_store.exists(), "the old store is gone");
+    let key = &blake3::hash(NAME.as_bytes()).to_hex()[..32];
+    let beside = da.join(".napster/digests").join(format!("{key}.obao"));
+    let mut expected = Vec::new();
+    verified::create_outboard(&data[..], size, &mut expected).unwrap();
+    assert_eq!(std::fs::read(&beside).unwrap(), expected);
+
+    let mut c = RawClient::connect(format!("127.0.0.1:{}", up.port).parse().unwrap());
+    let request = serde_json::json!({"method": "DOWNLOAD_RANGES", "data": {
+        "filename": NAME, "port": up.port, "fromPort": 1}});
+    let ok = c.ask(format!("{request}\n").as_bytes());
+    assert_eq!(ok["digest"], digest.to_hex().as_str(), "{ok}");
+    assert_eq!(c.json()["status"], "downloadAccepted");
+    let head = c.ask(b"{\"method\":\"OUTBOARD\",\"data\":{}}\n");
+    assert_eq!(head["length"], expected.len());
+    assert_eq!(c.bytes(expected.len()), expected);
+}
+
 /// An uploader that knows only whole-file downloads (it refuses the range session's method
 /// as unknown) is not used for pieces; when no holder serves ranges, the download is the whole
 /// file from one of them, verified end to end as before, and only that one's user is asked.
