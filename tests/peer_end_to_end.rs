@@ -113,13 +113,24 @@ fn commands_without_arguments_ask_with_the_original_prompts() {
     b.wait_for("Insira o arquivo que deseja buscar:");
     b.send("f.txt");
     b.wait_for(&format!("Peers com arquivo solicitado: ['{}']", a.addr()));
+    // The original's keystrokes typed ahead, as a script (or the side-by-side run) types
+    // them: the last SEARCH found one peer, and the port is still asked for and answered.
     b.send("download");
-    b.wait_for("Insira o nome do arquivo que deseja baixar:");
     b.send("f.txt");
-    // The last SEARCH of that name found one peer: it is used without asking for a port.
+    b.send(&a.port.to_string());
+    b.wait_for("Insira o nome do arquivo que deseja baixar:");
+    b.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
+    b.wait_for(&format!(
+        "(Enter sem nada baixa de {}, o peer encontrado na última busca)",
+        a.addr()
+    ));
     b.wait_for(&format!("Aguardando resposta de {}...", a.addr()));
     b.wait_for("Arquivo f.txt baixado com sucesso");
     assert_eq!(fs::read(db.join("f.txt")).unwrap(), b"x");
+    b.send("QUIT");
+    // 3: the SEARCH before JOIN; a port taken for a command would say so too.
+    assert_eq!(b.proc.wait_exit(WAIT).code(), Some(3));
+    assert!(!b.proc.printed("Comando desconhecido"), "{}", b.proc.transcript());
 }
 
 /// A name the uploader does not share gives the original's "Arquivo não encontrado.".
