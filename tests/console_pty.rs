@@ -849,7 +849,9 @@ fn commands_without_arguments_ask_with_the_originals_prompts() {
     });
     bob.wait_prompt(&idle(), "");
     bob.keys("notes.txt\r");
-    bob.wait_until("the second hint", |t| t.count("(Enter sem nada baixa de") == 2);
+    bob.wait_until("the second hint", |t| {
+        t.count("(Enter sem nada baixa de") == 2
+    });
     bob.wait_prompt(&idle(), "");
     bob.keys("\r");
     bob.wait_until("the second download", |t| {
@@ -868,7 +870,9 @@ fn commands_without_arguments_ask_with_the_originals_prompts() {
     // Not the name searched last: the original's question for the port, with no default.
     bob.wait_prompt(&idle(), "");
     bob.keys("DOWNLOAD extra.txt\r");
-    bob.wait_until("the third port question", |t| t.count("Insira a porta") == 3);
+    bob.wait_until("the third port question", |t| {
+        t.count("Insira a porta") == 3
+    });
     bob.wait_prompt(&idle(), "");
     assert_eq!(bob.count("(Enter sem nada"), 2, "{}", bob.text());
     bob.keys(&format!("{}\r", alice.port));

@@ -495,7 +495,10 @@ fn the_originals_download_keystrokes_work_on_a_napster_peer() {
     down.send("SEARCH");
     down.wait_for("Insira o arquivo que deseja buscar:");
     down.send("song.txt");
-    down.wait_for(&format!("Peers com arquivo solicitado: ['127.0.0.1:{}']", up.port));
+    down.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
+        up.port
+    ));
     down.send("DOWNLOAD");
     down.wait_for("Insira o nome do arquivo que deseja baixar:");
     down.send("song.txt");

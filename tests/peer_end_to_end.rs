@@ -130,7 +130,11 @@ fn commands_without_arguments_ask_with_the_original_prompts() {
     b.send("QUIT");
     // 3: the SEARCH before JOIN; a port taken for a command would say so too.
     assert_eq!(b.proc.wait_exit(WAIT).code(), Some(3));
-    assert!(!b.proc.printed("Comando desconhecido"), "{}", b.proc.transcript());
+    assert!(
+        !b.proc.printed("Comando desconhecido"),
+        "{}",
+        b.proc.transcript()
+    );
 }
 
 /// A name the uploader does not share gives the original's "Arquivo não encontrado.".

@@ -1107,6 +1107,15 @@ impl Console {
                 }
                 true
             }
+            LinkEvent::AddressStillTaken(bound) => {
+                self.say(&format!(
+                    "O servidor ainda registra a porta {} por uma conexão anterior (peer \
+                     reiniciado agora?); tentando o JOIN de novo por até {} s...",
+                    self.ctx.port,
+                    bound.as_secs()
+                ));
+                true
+            }
             LinkEvent::Rejoined(files) => {
                 self.say(&format!(
                     "Reconectado ao servidor {}; JOIN refeito com {}",
