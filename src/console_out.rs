@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::numbers::count;
+pub use crate::numbers::thousands;
 use crate::protocol::legacy::python_list;
 
 /// Bytes of console lines that may wait for stdout; beyond it lines are dropped.
@@ -184,17 +186,8 @@ fn write_lines<W: Write>(shared: &Shared, out: W) {
 fn console_lines_dropped(n: u64) -> String {
     format!(
         "({} do console {}: a saída não acompanhou)",
-        counted(n, "linha", "linhas"),
+        count(n, "linha", "linhas"),
         if n == 1 { "descartada" } else { "descartadas" }
-    )
-}
-
-/// `1 linha`, `9.873 linhas`: a count with its noun in the right number.
-pub fn counted(n: u64, singular: &str, plural: &str) -> String {
-    format!(
-        "{} {}",
-        thousands(n),
-        if n == 1 { singular } else { plural }
     )
 }
 
@@ -238,31 +231,10 @@ pub fn name_list<S: AsRef<str>>(names: &[S]) -> String {
     }
 }
 
-/// `n` with Brazilian thousands separators: `9.873`, `1.234.567`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push('.');
-        }
-        out.push(d);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
-
-    #[test]
-    fn thousands_use_dots() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(9_873), "9.873");
-        assert_eq!(thousands(1_234_567), "1.234.567");
-    }
 
     /// Short lists are printed whole, as the original; long ones keep their first names and
     /// count the rest.

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
-use crate::console_out::{ConsoleOut, counted};
+use crate::console_out::ConsoleOut;
+use crate::numbers::count;
 
 /// Log lines that may wait for the console's printing thread.
 const QUEUE: usize = 256;
@@ -85,7 +86,7 @@ fn dropped_lines(n: u64) -> String {
     if n == 1 {
         "1 linha de log descartada".to_string()
     } else {
-        format!("{} de log descartadas", counted(n, "linha", "linhas"))
+        format!("{} de log descartadas", count(n, "linha", "linhas"))
     }
 }
 

@@ -599,7 +599,7 @@ fn quit_with_a_running_download_asks_lists_the_partial_and_clears_the_bar() {
         uploader.port
     ));
     // On a terminal, progress is a bar (bytes, rate, time left) drawn above the prompt.
-    bob.wait_for("/64.0 MiB");
+    bob.wait_for("/64,0 MiB");
     bob.wait_for("Download de big.bin [");
     bob.wait_prompt(&idle(), "");
     uploader.wait_sent();
@@ -721,7 +721,7 @@ fn a_50_column_terminal_keeps_the_name_in_the_bar() {
     );
     let last = figures.split_whitespace().last().unwrap();
     assert!(
-        last.ends_with('%') || last.ends_with('s') || last.ends_with('B'),
+        last.ends_with('%') || last.ends_with('s') || last.ends_with('B') || last == "min",
         "{bar:?} ends with a whole word"
     );
     bob.keys("\x04");
@@ -764,6 +764,17 @@ fn a_download_says_what_it_waits_for_and_how_it_went() {
     bob.wait_for("11 B em ");
     bob.wait_for("/s), verificado (BLAKE3)");
     bob.wait_prompt(&idle(), "");
+    // One number style: a decimal comma, a space before each unit (`11 B em 0,04 s
+    // (0,3 KiB/s)`), as in SEARCH results; never `0.04s` or `2.5 MiB`.
+    let screen = bob.text();
+    let summary = screen
+        .lines()
+        .find(|row| row.starts_with("11 B em "))
+        .unwrap_or_else(|| panic!("a summary row:\n{screen}"));
+    assert!(
+        summary.contains(" s (") && summary.contains(',') && !summary.contains('.'),
+        "{summary}"
+    );
     assert_eq!(
         std::fs::read(share.join("notes.txt")).unwrap(),
         b"hello, bob\n"

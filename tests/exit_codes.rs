@@ -100,7 +100,7 @@ fn a_piped_download_then_quit_gets_the_file_and_exits_0() {
     assert_eq!(code, 0, "{}", proc.transcript());
     assert!(proc.printed(&format!("Aguardando resposta de {}...", alice.addr())));
     assert!(proc.printed("Arquivo aula-01.mp4 baixado com sucesso na pasta"));
-    assert!(proc.printed("24.0 MiB em "));
+    assert!(proc.printed("24,0 MiB em "));
     assert!(proc.printed("verificado (BLAKE3)"));
     assert!(proc.printed("Peer encerrado."));
     assert!(same_file(
@@ -303,7 +303,7 @@ fn get_downloads_one_file_and_its_exit_code_says_how_it_went() {
         alice.addr()
     )));
     assert!(out.contains("Arquivo aula-01.mp4 baixado com sucesso na pasta"));
-    assert!(out.contains("3.0 MiB em "), "{out}");
+    assert!(out.contains("3,0 MiB em "), "{out}");
     assert!(out.contains("verificado (BLAKE3)"), "{out}");
     assert!(same_file(
         &alice.dir.join("aula-01.mp4"),

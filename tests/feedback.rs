@@ -116,7 +116,7 @@ fn a_silent_uploader_is_a_timeout_within_seconds() {
     let mut bob = bob_downloading(&t, &db, "x.mp4", at);
     bob.wait_for(&format!("Aguardando resposta de {at}..."));
     bob.proc.wait_for_within(
-        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não respondeu em 15.0s",
+        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não respondeu em 15 s",
         WAIT * 2,
     );
     assert_eq!(bob.proc.wait_exit(WAIT).code(), Some(8));
@@ -139,7 +139,7 @@ fn the_decision_is_awaited_as_long_as_the_uploader_said() {
     bob.wait_for(&format!("Aguardando resposta de {at}..."));
     bob.wait_for(&format!("Aguardando aprovação do usuário de {at}..."));
     bob.wait_for(
-        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não enviou a decisão do usuário em 6.0s",
+        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não enviou a decisão do usuário em 6 s",
     );
     assert_eq!(bob.proc.wait_exit(WAIT).code(), Some(8));
     uploader.join().unwrap();

@@ -60,7 +60,7 @@ fn three_peers_join_search_download_update_and_reject() {
     bob.send(&format!("DOWNLOAD video.bin {}", alice.port));
     // Who asks: the connection's address as known, bob's upload port as he claims it.
     let asked = alice.wait_for(&format!(
-        "(porta de upload declarada: {}) solicitou o arquivo video.bin (3.0 MiB)",
+        "(porta de upload declarada: {}) solicitou o arquivo video.bin (3,0 MiB)",
         bob.port
     ));
     assert!(asked.starts_with("Peer 127.0.0.1:"), "{asked}");

@@ -478,7 +478,7 @@ fn shared_file(parent: &Path, holders: &[&str], size: u64) -> (Vec<PathBuf>, Pat
     (dirs, down)
 }
 
-/// The lines at the end of a download for the sources `addrs` (`fonte X: 12.0 MiB em ...`),
+/// The lines at the end of a download for the sources `addrs` (`fonte X: 12,0 MiB em ...`),
 /// in that order, whatever order they were printed in.
 fn source_lines(down: &Proc, addrs: &[&str]) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();

@@ -88,7 +88,11 @@ impl fmt::Display for ApprovalRequest {
             crate::peer::progress::human_size(self.size)
         )?;
         if self.offset > 0 {
-            write!(f, ", retomando do byte {}", self.offset)?;
+            write!(
+                f,
+                ", retomando do byte {}",
+                crate::numbers::thousands(self.offset)
+            )?;
         }
         Ok(())
     }

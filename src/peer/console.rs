@@ -219,11 +219,7 @@ pub fn prompt_text(pending: usize) -> String {
 
 /// `1 download`, `2 downloads`: a count with its noun in the right number.
 pub fn count(n: usize, singular: &str, plural: &str) -> String {
-    if n == 1 {
-        format!("1 {singular}")
-    } else {
-        format!("{n} {plural}")
-    }
+    crate::numbers::count(n as u64, singular, plural)
 }
 
 /// Lines that may wait for the tracker's answer; more are not read until they have run.

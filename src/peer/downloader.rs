@@ -424,7 +424,7 @@ pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, Do
     }
 }
 
-/// `3.0 MiB em 0.4s (7.5 MiB/s), verificado (BLAKE3)`: what a success took.
+/// `3,0 MiB em 0,4 s (7,5 MiB/s), verificado (BLAKE3)`: what a success took.
 fn summary(received: &Received) -> String {
     let secs = received.took.as_secs_f64().max(0.001);
     let amount = if received.bytes == received.size {
@@ -901,7 +901,7 @@ mod tests {
         };
         assert_eq!(
             receive_problem(&short),
-            "o outro peer encerrou após 12.0 MiB de 48.0 MiB"
+            "o outro peer encerrou após 12,0 MiB de 48,0 MiB"
         );
         let reset = ReceiveError::Network {
             got: 1 << 20,
@@ -909,7 +909,7 @@ mod tests {
         };
         assert_eq!(
             receive_problem(&reset),
-            "o outro peer encerrou após 1.0 MiB"
+            "o outro peer encerrou após 1,0 MiB"
         );
         let silent = ReceiveError::Network {
             got: 0,
@@ -923,14 +923,14 @@ mod tests {
             written: 5 << 20,
             error: io::Error::from_raw_os_error(libc::ENOSPC),
         };
-        assert_eq!(receive_problem(&full), "disco cheio após 5.0 MiB gravados");
+        assert_eq!(receive_problem(&full), "disco cheio após 5,0 MiB gravados");
         let timeout = DownloadError::Timeout {
             stage: Stage::Reply,
             waited: FIRST_REPLY_TIMEOUT,
         };
         assert_eq!(
             timeout.to_string(),
-            "tempo esgotado: o outro peer não respondeu em 15.0s"
+            "tempo esgotado: o outro peer não respondeu em 15 s"
         );
         assert_eq!(timeout.failure(), Failure::Unreachable);
     }
