@@ -245,7 +245,7 @@ pub struct PeerArgs {
     #[arg(long)]
     pub join: bool,
     /// Seconds an upload request waits for SIM/NAO before it is refused.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = crate::peer::approval::DEFAULT_TIMEOUT_SECS)]
     pub approval_timeout: u64,
     /// History file of the interactive prompt (default ~/.local/share/napster/history).
     #[arg(long)]
@@ -382,7 +382,7 @@ impl NetArgs {
             dir: None,
             approve: ApproveMode::Ask,
             join: false,
-            approval_timeout: seconds(60),
+            approval_timeout: seconds(crate::peer::approval::DEFAULT_TIMEOUT_SECS),
             reading: Reading::Lines,
             history: None,
             liveness: seconds(self.liveness),

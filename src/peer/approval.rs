@@ -46,6 +46,9 @@ impl Decision {
     }
 }
 
+/// Seconds a request waits for SIM/NAO unless `--approval-timeout` says otherwise.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
 /// Requests that may wait for an answer at once; more are refused at once.
 pub const MAX_PENDING: usize = 16;
 /// Requests from one host that may wait at once.

@@ -23,7 +23,7 @@ use crate::partial::{CLEAR_HINT, NoSpace, OpenError, OpenPartial, PartialRecord,
 use crate::peer::PeerContext;
 use crate::peer::deadline::Deadline;
 use crate::peer::output::printable;
-use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_size};
+use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_duration, human_size};
 use crate::peer::transfers::{Ending, MinRate, TransferGuard};
 use crate::protocol::messages::{
     DigestMismatch, DownloadRequest, Reply, digest_mismatch_line, download_line, parse_reply,
@@ -45,8 +45,18 @@ const WAITING_MARGIN: Duration = Duration::from_secs(5);
 /// A transfer that receives nothing for this long is abandoned (and kept for resume); one that
 /// receives too little is given up by the transfer watchdog ([`MinRate`]).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest any one `waiting` reply may make the downloader wait.
-const LONGEST_WAITING: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest any one `waiting` reply may make the downloader wait: our own default time to
+/// answer a request (60 s) and ten minutes more (PROTOCOL.md D11). A hostile uploader could
+/// otherwise claim a day and pin the download that long; `CANCELAR` frees it earlier anyway.
+pub const LONGEST_WAITING: Duration =
+    Duration::from_secs(crate::peer::approval::DEFAULT_TIMEOUT_SECS + 10 * 60);
+
+/// How long a `waiting` reply announcing `timeout` seconds makes the downloader wait for the
+/// next reply: that, at least 1 s and at most [`LONGEST_WAITING`], plus [`WAITING_MARGIN`].
+fn accepted_wait(timeout: Option<u64>) -> Duration {
+    let secs = timeout.unwrap_or(0).clamp(1, LONGEST_WAITING.as_secs());
+    Duration::from_secs(secs) + WAITING_MARGIN
+}
 
 /// How long a reply that has started to arrive may take to arrive whole.
 const REPLY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -850,25 +860,26 @@ impl Replies<'_> {
             if reply.status != status::WAITING {
                 return Ok(reply);
             }
-            let secs = reply
-                .timeout
-                .unwrap_or(0)
-                .clamp(1, LONGEST_WAITING.as_secs());
-            let announced = Duration::from_secs(secs) + WAITING_MARGIN;
             // One announcement per stage; more would let an uploader wait for ever (and fill
             // the console).
             if !may_extend {
                 continue;
             }
             may_extend = false;
-            wait = announced;
+            wait = accepted_wait(reply.timeout);
             self.reader.get_mut().expire_in(wait);
-            match reply.waiting_for.as_deref() {
-                Some(waiting_for::APPROVAL) => self.ctx.out.line(&format!(
-                    "Aguardando aprovação do usuário de {}...",
-                    self.peer
-                )),
-                what => log::debug!("{}: waiting for {what:?}, up to {secs} s", self.peer),
+            log::debug!(
+                "{}: waiting for {:?}, announced {:?} s, up to {wait:?}",
+                self.peer,
+                reply.waiting_for,
+                reply.timeout
+            );
+            if reply.waiting_for.as_deref() == Some(waiting_for::APPROVAL) {
+                self.ctx.out.line(&format!(
+                    "Aguardando aprovação do usuário de {}... (até {})",
+                    self.peer,
+                    human_duration(wait.as_secs_f64())
+                ));
             }
         }
     }
@@ -933,5 +944,16 @@ mod tests {
             "tempo esgotado: o outro peer não respondeu em 15 s"
         );
         assert_eq!(timeout.failure(), Failure::Unreachable);
+    }
+
+    /// An uploader's `waiting` reply is taken at its word only up to 11 minutes (our default
+    /// 60 s to answer, and ten minutes more), plus the network's margin: a claimed day is not.
+    #[test]
+    fn a_claimed_wait_is_capped() {
+        assert_eq!(LONGEST_WAITING, Duration::from_secs(660));
+        assert_eq!(accepted_wait(Some(70)), Duration::from_secs(75));
+        assert_eq!(accepted_wait(Some(86_400)), Duration::from_secs(665));
+        assert_eq!(accepted_wait(Some(u64::MAX)), Duration::from_secs(665));
+        assert_eq!(accepted_wait(None), Duration::from_secs(6));
     }
 }
