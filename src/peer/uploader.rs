@@ -27,6 +27,7 @@ use std::time::Duration;
 use crossbeam_channel::bounded;
 use parking_lot::Mutex;
 
+use crate::digests::FileIdentity;
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
 use crate::peer::deadline::Deadline;
@@ -255,16 +256,17 @@ pub fn hash_shared_files(ctx: &PeerContext) {
             continue;
         };
         let hashed = File::open(&path).and_then(|file| {
-            let size = file.metadata()?.len();
             let digest = ctx
                 .digests
                 .digest(&path, &file, ctx.transfers.shutdown_flag())?;
-            Ok((size, digest))
+            // Taken after hashing: a file changed meanwhile is not the version listed.
+            let identity = FileIdentity::of(&file.metadata()?);
+            Ok((identity, digest))
         });
         match hashed {
-            Ok((size, digest)) => {
+            Ok((identity, digest)) => {
                 log::debug!("{name}: BLAKE3 {digest}");
-                ctx.catalog.digest_known(&name, size, &digest);
+                ctx.catalog.digest_known(&name, identity, &digest);
             }
             Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
         }
@@ -618,7 +620,7 @@ fn send_then_digest(
         (sent, hashed)
     });
     let digest = hashed?;
-    announce_digest(ctx, path, size, &digest);
+    announce_digest(ctx, path, file, &digest);
     sent?;
     let trailer = Reply {
         status: status::DIGEST.to_string(),
@@ -667,25 +669,31 @@ fn await_mismatch_report(
 /// next request finds the new digest.
 fn rehash(ctx: &PeerContext, path: &Path) {
     let hashed = open_regular(path).and_then(|file| {
-        let size = file.metadata()?.len();
         let digest = ctx
             .digests
             .digest(path, &file, ctx.transfers.shutdown_flag())?;
-        Ok((size, digest))
+        Ok((file, digest))
     });
     match hashed {
-        Ok((size, digest)) => {
+        Ok((file, digest)) => {
             log::info!("{}: BLAKE3 {digest}", path.display());
-            announce_digest(ctx, path, size, &digest);
+            announce_digest(ctx, path, &file, &digest);
         }
         Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
     }
 }
 
-/// Tells the catalog (and so, in its next batch, the tracker) a digest learned while serving.
-fn announce_digest(ctx: &PeerContext, path: &Path, size: u64, digest: &str) {
-    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-        ctx.catalog.digest_known(name, size, digest);
+/// Tells the catalog (and so, in its next batch, the tracker) a digest learned while serving
+/// `file`, for the version of it open now.
+fn announce_digest(ctx: &PeerContext, path: &Path, file: &File, digest: &str) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    match file.metadata() {
+        Ok(meta) => ctx
+            .catalog
+            .digest_known(name, FileIdentity::of(&meta), digest),
+        Err(e) => log::debug!("{}: cannot stat after hashing: {e}", path.display()),
     }
 }
 
