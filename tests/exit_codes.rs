@@ -267,6 +267,9 @@ fn a_signal_during_a_download_exits_20_and_keeps_the_partial() {
     proc.send("JOIN");
     proc.send(&format!("DOWNLOAD big.bin {up}"));
     proc.send("QUIT");
+    // The end of the script right after QUIT: both wait behind the JOIN's answer, and the
+    // wait is said once, not once for each.
+    proc.close_stdin();
     proc.wait_for("Aguardando 1 download em andamento terminar antes de sair...");
     proc.wait_for("Download de big.bin: 25%");
     let killed = Command::new("kill")
@@ -279,6 +282,12 @@ fn a_signal_during_a_download_exits_20_and_keeps_the_partial() {
     assert_eq!(
         proc.wait_exit(WAIT).code(),
         Some(20),
+        "{}",
+        proc.transcript()
+    );
+    assert_eq!(
+        proc.transcript().matches("Aguardando 1 download").count(),
+        1,
         "{}",
         proc.transcript()
     );

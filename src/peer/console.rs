@@ -484,6 +484,10 @@ impl Console {
         if self.downloads == 0 {
             return false;
         }
+        if self.leaving == Some(Leaving::AfterDownloads) {
+            // QUIT, then the end of the script: said once.
+            return true;
+        }
         self.say(&format!(
             "Aguardando {} em andamento terminar antes de sair...",
             count(self.downloads, "download", "downloads")
