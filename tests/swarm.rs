@@ -702,8 +702,9 @@ fn a_range_session_answers_outboard_and_ranges_and_refuses_bad_ones() {
     let from = c.stream.local_addr().unwrap();
     drop(c);
     up.wait_for(&format!(
-        "Upload do arquivo {NAME} para {from} concluído ({} de {size} bytes, em partes)",
-        65536 + 1000 + 65536
+        "Upload do arquivo {NAME} para {from} concluído ({} de {}, em partes)",
+        napster::numbers::human_size(65536 + 1000 + 65536),
+        napster::numbers::human_size(size)
     ));
 }
 

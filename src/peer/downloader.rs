@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::exit::Failure;
+use crate::numbers::thousands;
 use crate::os_error::{closed_by_other_side, describe};
 use crate::partial::{CLEAR_HINT, NoSpace, OpenError, OpenPartial, PartialRecord, PartialStore};
 use crate::peer::PeerContext;
@@ -889,7 +890,9 @@ impl Replies<'_> {
 fn codec_problem(e: &CodecError) -> String {
     match e {
         CodecError::Malformed(why) => format!("mensagem malformada ({why})"),
-        CodecError::TooLarge { limit } => format!("mensagem maior que {limit} bytes"),
+        CodecError::TooLarge { limit } => {
+            format!("mensagem maior que {} bytes", thousands(*limit as u64))
+        }
         CodecError::Timeout => "a mensagem não chegou inteira a tempo".into(),
         CodecError::Idle | CodecError::Deadline => "tempo esgotado".into(),
         CodecError::Busy => "o outro lado está ocupado".into(),

@@ -127,7 +127,7 @@ pub fn search_lines(query: &str, reply: &Reply, max_shown: usize) -> (Vec<String
     if reply.truncated || others.len() > max_shown {
         lines.push(format!(
             "Há mais resultados que os {} mostrados; refine a busca com mais palavras.",
-            others.len().min(max_shown)
+            numbers::thousands(others.len().min(max_shown) as u64)
         ));
     }
     if peers.is_empty() && others.is_empty() && words::words(query).is_empty() {

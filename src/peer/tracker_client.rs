@@ -190,8 +190,10 @@ impl fmt::Display for LinkError {
             }
             LinkError::TooLong(len) => write!(
                 f,
-                "a mensagem teria {len} bytes, e o servidor original lê no máximo \
-                 {ORIGINAL_MAX_MESSAGE} de uma vez (o resto a tornaria ilegível)"
+                "a mensagem teria {} bytes, e o servidor original lê no máximo \
+                 {} de uma vez (o resto a tornaria ilegível)",
+                crate::numbers::thousands(*len as u64),
+                crate::numbers::thousands(ORIGINAL_MAX_MESSAGE as u64)
             ),
             LinkError::Folder(why) => {
                 write!(f, "a pasta compartilhada não pode ser enviada: {why}")
