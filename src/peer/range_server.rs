@@ -78,8 +78,9 @@ pub fn serve_session<R: TimedRead>(
                 String::new()
             };
             ctx.out.line(&format!(
-                "Upload do arquivo {name} para {from} concluído ({} de {size} bytes, em partes{idle})",
-                served.bytes
+                "Upload do arquivo {name} para {from} concluído ({} de {}, em partes{idle})",
+                crate::numbers::human_size(served.bytes),
+                crate::numbers::human_size(size)
             ));
         }
         Err(e) => {
