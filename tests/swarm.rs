@@ -1096,7 +1096,11 @@ fn the_outboard_is_kept_beside_the_digest_from_the_same_read() {
     let digest = blake3::hash(&data);
     let old_store = da.join(".napster/outboard");
     std::fs::create_dir_all(&old_store).unwrap();
-    std::fs::write(old_store.join(format!("{}.obao", digest.to_hex())), b"stale").unwrap();
+    std::fs::write(
+        old_store.join(format!("{}.obao", digest.to_hex())),
+        b"stale",
+    )
+    .unwrap();
     let t = start_tracker(&[]);
     let up = holder("a", &t, &da, "yes");
     t.wait_for_group(NAME, digest.to_hex().as_str(), 1);

@@ -255,6 +255,10 @@ mod tests {
                 ended_idle: true
             }
         );
+        // The caller drops the connection after `serve` (here, the test): the downloader then
+        // reads the end of the stream.
+        drop(reader);
+        drop(stream);
         let (head, piece, rest) = downloader.join().unwrap();
         assert!(head.contains("\"length\":65536"), "{head}");
         let mut expected = vec![0u8; 65536];
