@@ -361,6 +361,21 @@ impl RawClient {
     }
 }
 
+/// Writes `bytes`, treating a connection the other side already closed (reset, broken pipe)
+/// as expected: a tracker or uploader that refuses a message may close before reading it all,
+/// which is the behaviour under test. Any other write error fails the test.
+pub fn send_ignoring_reset(stream: &mut TcpStream, bytes: &[u8]) {
+    match stream.write_all(bytes) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) => {}
+        Err(e) => panic!("unexpected write error: {e}"),
+    }
+}
+
 /// A JOIN line for a raw client.
 pub fn join_msg(port: u16, files: &[&str]) -> Vec<u8> {
     let mut v = serde_json::to_vec(&serde_json::json!({
