@@ -93,6 +93,17 @@ impl Proc {
         self.seen.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// Kills the process and waits until everything it wrote to stdout and stderr was read,
+    /// then says whether some line on either contains `needle`. An absence check must come
+    /// here: a panic's message goes to stderr, and a line still in a pipe is not seen yet.
+    pub fn kill_and_printed_anywhere(&mut self, needle: &str) -> bool {
+        self.kill();
+        let _ = self.drained.recv_timeout(WAIT);
+        let on =
+            |lines: &Mutex<Vec<String>>| lines.lock().unwrap().iter().any(|l| l.contains(needle));
+        on(&self.seen) || on(&self.stderr)
+    }
+
     /// Types one line on the process's stdin.
     pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin is open");
