@@ -93,6 +93,12 @@ impl Proc {
         self.seen.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// How many lines printed so far contain `needle`.
+    pub fn count_printed(&self, needle: &str) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|l| l.contains(needle)).count()
+    }
+
     /// Kills the process and waits until everything it wrote to stdout and stderr was read,
     /// then says whether some line on either contains `needle`. An absence check must come
     /// here: a panic's message goes to stderr, and a line still in a pipe is not seen yet.
