@@ -553,9 +553,11 @@ impl Proc {
     }
 }
 
-/// Skips the calling test for the reason `why`: prints it and appends
-/// `<test binary>/<test name>: <why>` to `$CARGO_TARGET_TMPDIR/skipped.txt`, because libtest
-/// hides what a passing test prints and a skip must not pass unseen (CI lists that file).
+/// Skips the calling test for the reason `why`: writes `SKIPPED: <test>: <why>` to stderr and
+/// appends `<test binary>/<test name>: <why>` to `$CARGO_TARGET_TMPDIR/skipped.txt` (CI lists
+/// that file), because a skip must not pass unseen. The line is written to the stderr handle
+/// itself, not with `eprintln!`: libtest captures what the print macros write in a passing
+/// test and shows none of it, but not what goes to the handle, so plain `cargo test` shows it.
 /// The caller returns right after.
 pub fn skip(why: &str) {
     let test = format!(
@@ -563,8 +565,8 @@ pub fn skip(why: &str) {
         env!("CARGO_CRATE_NAME"),
         thread::current().name().unwrap_or("?")
     );
-    println!("SKIPPED: {why}");
-    eprintln!("SKIPPED: {why}");
+    // One write of one short line: lines from parallel tests do not interleave.
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {test}: {why}\n").as_bytes());
     let list = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
     // One write of one short line in append mode: lines from parallel tests do not interleave.
     std::fs::OpenOptions::new()
