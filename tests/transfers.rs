@@ -406,9 +406,21 @@ fn limit_file_size(pid: u32, bytes: u64) {
 /// the final name, and once there is room again the download resumes and verifies.
 #[test]
 fn a_full_disk_is_reported_and_the_partial_is_kept_for_resume() {
+    full_disk_then_resume(5 << 20, 13);
+}
+
+/// The same when the room ends inside a disk block: a large download is written around the
+/// page cache (`O_DIRECT`), whose writes cannot stop mid-block, and still keeps exactly the
+/// bytes that fit.
+#[test]
+fn a_disk_full_inside_a_block_keeps_exactly_the_bytes_that_fit() {
+    full_disk_then_resume((5 << 20) + 1000, 14);
+}
+
+/// Bob downloads `BIG` bytes with room for `room`, is told, keeps them, then resumes.
+fn full_disk_then_resume(room: u64, seed: u64) {
     let lab = Lab::new();
-    let (alice, mut bob) = lab.alice_and_bob(BIG, 13);
-    let room = 5 << 20;
+    let (alice, mut bob) = lab.alice_and_bob(BIG, seed);
     limit_file_size(bob.proc.pid(), room);
 
     bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
