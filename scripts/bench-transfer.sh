@@ -2,8 +2,9 @@
 # Transfer benchmark (not a test). In one run, alternately, it measures
 #   (a) plain copies of one file over TCP into another file (examples/raw_copy.rs): the sender
 #       uses sendfile, the receiver tries each strategy (read buffers of 64 KiB to 4 MiB, splice
-#       through a pipe, each with and without early write-back), fsync at the end; the baseline
-#       is the strategy with the best median;
+#       through a pipe, each with and without early write-back; read into buffers of 1-4 MiB
+#       written with O_DIRECT by a second thread), fsync at the end; the baseline is the
+#       strategy with the best median;
 #   (b) a real DOWNLOAD between two `napster peer` processes, verification on, timed from the
 #       command to the success line, the uploader's digest already known (steady);
 #   (c) the first DOWNLOAD of a file an uploader has just started with (digest not known yet);
@@ -27,7 +28,7 @@ set -euo pipefail
 
 size_mib="${BENCH_SIZE_MIB:-1024}"
 rounds="${BENCH_ROUNDS:-5}"
-strategies="read:64k read:256k read:1m read:4m splice read:1m+wb splice+wb"
+strategies="read:64k read:256k read:1m read:4m splice read:1m+wb splice+wb direct:1m direct:2m direct:4m"
 first=1
 link=1
 link_mib="64 256"
