@@ -106,7 +106,8 @@ raw_round() {
   if [ $# -eq 6 ]; then
     in_recv=(ip netns exec "$1"); in_send=(ip netns exec "$2"); host="$3"; shift 3
   fi
-  local mib="$1" src="$2" strategy="$3" dst="$work/b/raw.bin" port t0 out_recv out_send
+  # Outside every peer's folder: a peer would hash a new file there in the background.
+  local mib="$1" src="$2" strategy="$3" dst="$work/raw/raw.bin" port t0 out_recv out_send
   rm -f "$dst"
   coproc RAW { "${in_recv[@]}" "$raw_copy" recv "$host:0" "$dst" "$strategy"; }
   read -r _ port <&"${RAW[0]}" || fail "raw_copy recv did not start"
@@ -168,7 +169,7 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); load (1 min) at start: $(load)"
 echo "(the machine may be shared: compare ratios within a round and CPU time, not MiB/s across runs)"
 
-mkdir -p "$work/a" "$work/b"
+mkdir -p "$work/a" "$work/b" "$work/raw"
 if [ -n "${BENCH_FILE:-}" ]; then
   # A file made earlier (it must be $size_mib MiB, on the same file system as $work).
   ln "$BENCH_FILE" "$work/a/big.bin"
