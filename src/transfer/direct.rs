@@ -32,8 +32,10 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::{Landing, ReceiveError, timeout_as_such};
 
-/// Bytes per buffer (and the most one write or one hashing step handles).
-const BLOCK: usize = 2 << 20;
+/// Bytes per buffer (and the most one write or one hashing step handles). The disk takes one
+/// write at a time from us, so each should be large (measured here with `dd`: 4 MiB direct
+/// writes 1.0-1.85 GB/s, 2 MiB ones 1.1-1.2 GB/s). Four of them: 16 MiB resident at most.
+const BLOCK: usize = 4 << 20;
 /// Buffers in the pool: one being filled, one being written, one being hashed, one spare.
 const POOL: usize = 4;
 /// Direct writes start on, and last, multiples of this; their buffers start on multiples of
