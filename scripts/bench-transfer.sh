@@ -176,6 +176,8 @@ if [ -n "${BENCH_FILE:-}" ]; then
 else
   echo "creating a ${size_mib} MiB file of random bytes..."
   head -c "$((size_mib * 1024 * 1024))" /dev/urandom > "$work/a/big.bin"
+  # On the disk now, so that its write-back does not fall into the measured rounds.
+  sync "$work/a/big.bin"
 fi
 
 "$napster" server --listen 127.0.0.1:0 > >(stamp > "$work/tracker.log") 2> "$work/tracker.err" &
@@ -242,6 +244,7 @@ if [ "$first" = 1 ]; then
     fresh="$work/fresh$i"; mkdir -p "$fresh"
     # A new file (new inode, new times): nothing can know its digest.
     cp "$work/a/big.bin" "$fresh/big.bin"
+    sync "$fresh/big.bin"
     raw_round "$size_mib" "$fresh/big.bin" "$best"
     rm -f "$work/b/big.bin"
     # Timed from the uploader's start: its start-up and any hashing before the data count.
@@ -294,6 +297,7 @@ if [ "$link" = 1 ]; then
     burst=256kb; [ "$rate_name" = 1gbit ] && burst=2mb
     ip netns exec "$up" tc qdisc replace dev eth0 root tbf rate "$rate_name" burst "$burst" latency 50ms
     head -c "$((mib * 1024 * 1024))" "$work/a/big.bin" > "$work/lu/big.bin"
+    sync "$work/lu/big.bin"
     downloads_ld=$((downloads_ld + 1))
     rm -f "$work/ld/big.bin"; napster_round "$fd_ld" "$work/ld.log" "$downloads_ld" "10.213.0.1:$port_lu" "$mib" "$pid_ld" "$pid_lu" "$work/ld/big.bin"
     link_raw=(); link_nap=(); link_ratios=()
