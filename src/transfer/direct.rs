@@ -8,7 +8,8 @@
 //! costs what BLAKE3 costs (0.18 s/GiB). See docs/transfers.md for the figures.
 //!
 //! Three threads hand a small pool of buffers along bounded channels:
-//! - the **receiving** thread (the caller's) fills a buffer from the socket;
+//! - the **receiving** thread (the caller's) fills a buffer from the socket, or passes on what
+//!   it has once the socket has kept it waiting for [`HOLD`];
 //! - the **writing** thread writes it at its place in the file, in order, so the file always
 //!   holds exactly the bytes received so far, from its start (what a resume relies on);
 //! - the **hashing** thread hashes it, once written, and gives it back to the pool.
@@ -27,6 +28,7 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
@@ -44,6 +46,8 @@ const ALIGN: usize = 4096;
 /// Transfers of at least this many bytes are received this way; smaller ones through the
 /// page cache, where they cost little.
 pub(super) const WORTH_IT: u64 = 8 << 20;
+/// The longest received bytes wait in a buffer for the rest of it before they are written.
+const HOLD: Duration = Duration::from_millis(100);
 
 /// `O_DIRECT` turned on for a file while it receives, and off again when dropped.
 pub(super) struct DirectFile<'a> {
@@ -191,15 +195,30 @@ struct Incoming<'a> {
 
 impl Incoming<'_> {
     /// Fills `buf`; returns how many bytes it holds, and why it is not full when it is not.
+    /// Bytes in hand are not held back longer than [`HOLD`] waiting for the rest: a sender
+    /// that pauses or a slow link still sees them reach the file (and the progress shown).
     fn fill(&mut self, buf: &mut [u8], stop: &AtomicBool) -> (usize, Option<Ended>) {
         let mut got = self.already.len().min(buf.len());
         buf[..got].copy_from_slice(&self.already[..got]);
         self.already = &self.already[got..];
+        let held_since = Instant::now();
         while got < buf.len() {
             if stop.load(Ordering::Relaxed) {
                 return (got, Some(Ended::Stopped));
             }
-            match (&mut &*self.stream).read(&mut buf[got..]) {
+            let read = if got == 0 {
+                (&mut &*self.stream).read(&mut buf[got..])
+            } else {
+                match self.read_ready(&mut buf[got..]) {
+                    Ok(None) => match HOLD.checked_sub(held_since.elapsed()) {
+                        Some(left) if self.readable_within(left) => continue,
+                        _ => return (got, None),
+                    },
+                    Ok(Some(n)) => Ok(n),
+                    Err(e) => Err(e),
+                }
+            };
+            match read {
                 Ok(0) => return (got, Some(Ended::Closed)),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -207,6 +226,40 @@ impl Incoming<'_> {
             }
         }
         (got, None)
+    }
+
+    /// Reads what the socket holds now without waiting: `None` when it holds nothing.
+    fn read_ready(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which lives for the call;
+        // the descriptor is borrowed from a live `TcpStream`.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Whether the socket has something to read (bytes, an end, an error) within `wait`. A
+    /// failed wait says no: the bytes in hand are passed on and the next read tells.
+    fn readable_within(&self, wait: Duration) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: poll reads and writes the one `pollfd` it is given, which lives for the call.
+        unsafe { libc::poll(&mut fd, 1, millis.max(1)) > 0 }
     }
 }
 
@@ -496,6 +549,67 @@ mod tests {
         );
         drop(stream);
         let _ = sending.join();
+    }
+
+    /// Bytes from a sender that pauses mid-buffer reach the file while it waits; the rest
+    /// follows them exactly.
+    #[test]
+    fn bytes_of_a_paused_sender_reach_the_file() {
+        let whole = pattern(2 * BLOCK);
+        let first = BLOCK / 4 + 5;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go_on, paused) = bounded::<()>(0);
+        let to_send = whole.clone();
+        let sending = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.write_all(&to_send[..first]).unwrap();
+            paused.recv().unwrap();
+            stream.write_all(&to_send[first..]).unwrap();
+        });
+        let stream = TcpStream::connect(addr).unwrap();
+        let never = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let receiving = scope.spawn(|| {
+                let direct = DirectFile::open(&file).unwrap();
+                let landing = Landing {
+                    file: &file,
+                    start: 0,
+                    hasher: blake3::Hasher::new(),
+                };
+                let expected = whole.len() as u64;
+                receive(
+                    &[],
+                    &stream,
+                    expected,
+                    (landing, direct),
+                    &never,
+                    &mut |_| {},
+                )
+            });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::fs::metadata(&path).unwrap().len() < first as u64 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the first bytes never reached the file"
+                );
+                // A file has no "grew" notification to wait on; poll briefly.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            go_on.send(()).unwrap();
+            let got = receiving.join().unwrap();
+            assert_eq!(got.unwrap(), blake3::hash(&whole));
+        });
+        sending.join().unwrap();
+        assert!(contents(&file) == whole);
     }
 
     /// O_DIRECT is off again once receiving is over.
