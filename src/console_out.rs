@@ -1,22 +1,26 @@
-//! The original's console lines, written to stdout by one writer thread, within a byte budget.
+//! Lines written by one writer thread within a byte budget: the tracker's console lines on
+//! stdout, and every log line on stderr (see [`crate::logging`]).
 //!
 //! Every connection thread of the tracker prints a line per request. Writing them through one
 //! thread keeps lines whole and in order, and batches them into few `write` calls under load
 //! (a flush happens whenever the queue runs empty, so an idle console is never behind).
 //!
-//! Printing never waits for stdout: a slow terminal, an SSH session or a pipe nobody reads must
-//! not hold up a reply. Lines wait in a queue bounded by bytes ([`QUEUE_BYTES`]); a line that
-//! does not fit is dropped, and the next line written says how many were. Lines are shortened
-//! before they are queued: a name list keeps its first names and says how many more there were
-//! ([`name_list`]), and any line is cut at [`MAX_LINE`] bytes.
+//! Printing never waits for the output: a slow terminal, an SSH session or a pipe nobody reads
+//! must not hold up a reply. Lines wait in a queue bounded by bytes ([`QUEUE_BYTES`]); a line
+//! that does not fit is dropped, and the next line written says how many were. Lines are
+//! shortened before they are queued: a name list keeps its first names and says how many more
+//! there were ([`name_list`]), and any line is cut at [`MAX_LINE`] bytes.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::numbers::count;
+pub use crate::numbers::thousands;
 use crate::protocol::legacy::python_list;
 
 /// Bytes of console lines that may wait for stdout; beyond it lines are dropped.
@@ -37,7 +41,11 @@ pub struct ConsoleOut {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Told whenever the writer has written all it took.
+    written: Condvar,
     budget: usize,
+    /// The line that says how many lines were dropped.
+    dropped_note: fn(u64) -> String,
 }
 
 #[derive(Default)]
@@ -46,6 +54,8 @@ struct Queue {
     bytes: usize,
     /// Lines dropped since the last entry was queued.
     dropped: u64,
+    /// The writer holds lines it took and has not written yet.
+    writing: bool,
 }
 
 enum Entry {
@@ -65,19 +75,54 @@ impl ConsoleOut {
         W: Write,
         F: FnOnce() -> W + Send + 'static,
     {
+        ConsoleOut::start_named("stdout", open, budget, console_lines_dropped)
+    }
+
+    /// Starts a writer thread called `name`, writing to what `open` returns, with `budget`
+    /// bytes of queue; `dropped_note` words the line that counts dropped lines.
+    pub fn start_named<W, F>(
+        name: &str,
+        open: F,
+        budget: usize,
+        dropped_note: fn(u64) -> String,
+    ) -> ConsoleOut
+    where
+        W: Write,
+        F: FnOnce() -> W + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            written: Condvar::new(),
             budget,
+            dropped_note,
         });
         let theirs = Arc::clone(&shared);
         let spawned = thread::Builder::new()
-            .name("stdout".into())
+            .name(name.into())
             .spawn(move || write_lines(&theirs, open()));
         if let Err(e) = spawned {
-            log::error!("cannot start the stdout writer: {e}");
+            log::error!("cannot start the {name} writer: {e}");
         }
         ConsoleOut { shared }
+    }
+
+    /// Waits until every line queued so far is written, at most `wait`; false if some are
+    /// not (the output does not keep up). For the last lines of a process.
+    pub fn drain(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut queue = self.shared.queue.lock();
+        while !queue.entries.is_empty() || queue.writing {
+            if self
+                .shared
+                .written
+                .wait_until(&mut queue, deadline)
+                .timed_out()
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// Queues one line (a newline is added); drops it if the queue is full.
@@ -115,26 +160,35 @@ fn write_lines<W: Write>(shared: &Shared, out: W) {
                 shared.wake.wait(&mut queue);
             }
             queue.bytes = 0;
+            queue.writing = true;
             std::mem::take(&mut queue.entries)
         };
         let mut ok = true;
         for entry in batch {
             ok &= match entry {
                 Entry::Line(line) => writeln!(out, "{line}"),
-                Entry::Dropped(n) => writeln!(
-                    out,
-                    "({} linha(s) do console descartada(s): a saída não acompanhou)",
-                    thousands(n)
-                ),
+                Entry::Dropped(n) => writeln!(out, "{}", (shared.dropped_note)(n)),
             }
             .is_ok();
         }
         let written = ok && out.flush().is_ok();
+        shared.queue.lock().writing = false;
+        shared.written.notify_all();
         if !written && !closed {
             closed = true;
-            log::debug!("stdout is closed; console lines are dropped");
+            // Said once; through the log, which may be this very output (then it is dropped).
+            log::debug!("an output is closed; its lines are dropped");
         }
     }
+}
+
+/// The line that says how many console lines were dropped.
+fn console_lines_dropped(n: u64) -> String {
+    format!(
+        "({} do console {}: a saída não acompanhou)",
+        count(n, "linha", "linhas"),
+        if n == 1 { "descartada" } else { "descartadas" }
+    )
 }
 
 /// `text` cut to at most [`MAX_LINE`] bytes (on a character boundary), marked when cut.
@@ -177,32 +231,10 @@ pub fn name_list<S: AsRef<str>>(names: &[S]) -> String {
     }
 }
 
-/// `n` with Brazilian thousands separators: `9.873`, `1.234.567`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push('.');
-        }
-        out.push(d);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::Duration;
-
-    #[test]
-    fn thousands_use_dots() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(9_873), "9.873");
-        assert_eq!(thousands(1_234_567), "1.234.567");
-    }
 
     /// Short lists are printed whole, as the original; long ones keep their first names and
     /// count the rest.
@@ -292,7 +324,7 @@ mod tests {
         assert_eq!(
             *lines.last().unwrap(),
             format!(
-                "({} linha(s) do console descartada(s): a saída não acompanhou)",
+                "({} linhas do console descartadas: a saída não acompanhou)",
                 thousands(1000 - kept as u64)
             ),
             "{text}"

@@ -33,6 +33,7 @@ pub mod exit;
 pub mod liveness;
 pub mod log_limit;
 pub mod logging;
+pub mod numbers;
 pub mod os_error;
 pub mod outboard_store;
 pub mod partial;

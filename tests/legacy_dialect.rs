@@ -482,7 +482,8 @@ impl LoopbackAddr for TrackerProc {
 }
 
 /// The original's keystrokes for a download work unchanged on `napster peer`: `DOWNLOAD`,
-/// then the name at the first prompt, then the bare port at the second.
+/// then the name at the first prompt, then the bare port at the second, also right after a
+/// SEARCH that found exactly that one peer (the side-by-side run's sequence).
 #[test]
 fn the_originals_download_keystrokes_work_on_a_napster_peer() {
     let t = start_tracker(&["--legacy-folder-join"]);
@@ -491,6 +492,13 @@ fn the_originals_download_keystrokes_work_on_a_napster_peer() {
     let down_dir = tempfile::tempdir().unwrap();
     let mut down = start_peer("downloader", t.addr, down_dir.path(), &[]);
     down.join();
+    down.send("SEARCH");
+    down.wait_for("Insira o arquivo que deseja buscar:");
+    down.send("song.txt");
+    down.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
+        up.port
+    ));
     down.send("DOWNLOAD");
     down.wait_for("Insira o nome do arquivo que deseja baixar:");
     down.send("song.txt");
@@ -500,6 +508,13 @@ fn the_originals_download_keystrokes_work_on_a_napster_peer() {
     assert_eq!(
         std::fs::read(down_dir.path().join("song.txt")).unwrap(),
         b"song.txt"
+    );
+    down.send("QUIT");
+    assert_eq!(down.proc.wait_exit(WAIT).code(), Some(0));
+    assert!(
+        !down.proc.printed("Comando desconhecido"),
+        "{}",
+        down.proc.transcript()
     );
 }
 

@@ -478,7 +478,7 @@ fn shared_file(parent: &Path, holders: &[&str], size: u64) -> (Vec<PathBuf>, Pat
     (dirs, down)
 }
 
-/// The lines at the end of a download for the sources `addrs` (`fonte X: 12.0 MiB em ...`),
+/// The lines at the end of a download for the sources `addrs` (`fonte X: 12,0 MiB em ...`),
 /// in that order, whatever order they were printed in.
 fn source_lines(down: &Proc, addrs: &[&str]) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
@@ -702,8 +702,9 @@ fn a_range_session_answers_outboard_and_ranges_and_refuses_bad_ones() {
     let from = c.stream.local_addr().unwrap();
     drop(c);
     up.wait_for(&format!(
-        "Upload do arquivo {NAME} para {from} concluído ({} de {size} bytes, em partes)",
-        65536 + 1000 + 65536
+        "Upload do arquivo {NAME} para {from} concluído ({} de {}, em partes)",
+        napster::numbers::human_size(65536 + 1000 + 65536),
+        napster::numbers::human_size(size)
     ));
 }
 

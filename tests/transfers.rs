@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use tempfile::TempDir;
 
 use common::*;
-use napster::peer::progress::human_size;
+use napster::numbers::{human_size, thousands};
 
 /// Bigger than every buffer on the way: the 8 MiB send chunk, the 1 MiB receive buffer and the
 /// 64 KiB message buffer, and not a multiple of any of them.
@@ -108,7 +108,7 @@ fn kept_partial(dir: &Path, total: u64) -> u64 {
 /// transfer resumes at byte `kept`, the copy is verified whole and no partial is left.
 fn resume_from(bob: &mut PeerProc, from: &PeerProc, kept: u64) {
     bob.send(&format!("DOWNLOAD video.bin {}", from.addr()));
-    from.wait_for(&format!("retomando do byte {kept}"));
+    from.wait_for(&format!("retomando do byte {}", thousands(kept)));
     bob.wait_for(&format!(
         "Retomando o download de video.bin a partir do byte {kept}"
     ));
@@ -246,7 +246,7 @@ fn a_file_larger_than_every_buffer_arrives_byte_exact() {
     bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
     let first = bob.wait_for("Download de video.bin: ");
     assert!(!first.contains("100%"), "{first}");
-    bob.wait_for("Download de video.bin: 100% (20.0/20.0 MiB");
+    bob.wait_for("Download de video.bin: 100% (20,0/20,0 MiB");
     bob.wait_for(&format!(
         "Arquivo video.bin baixado com sucesso na pasta {}",
         bob.dir.display()
@@ -681,7 +681,7 @@ fn a_terminal_shows_a_progress_bar_without_breaking_the_prompt() {
     bob.send_line(format!("DOWNLOAD video.bin {}", proxy.addr))
         .unwrap();
     bob.expect(Regex(
-        r"Download de video\.bin \[#*>?-*\] +\d+% [0-9.]+/48\.0 MiB( [0-9.]+ [KMG]iB/s faltam \d+s)?",
+        r"Download de video\.bin \[#*>?-*\] +\d+% [0-9.,]+/48,0 MiB( [0-9.,]+ [KMG]iB/s faltam \d+ s)?",
     ))
     .unwrap();
     proxy.wait_paused();

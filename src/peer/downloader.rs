@@ -18,12 +18,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::exit::Failure;
+use crate::numbers::thousands;
 use crate::os_error::{closed_by_other_side, describe};
 use crate::partial::{CLEAR_HINT, NoSpace, OpenError, OpenPartial, PartialRecord, PartialStore};
 use crate::peer::PeerContext;
 use crate::peer::deadline::Deadline;
 use crate::peer::output::printable;
-use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_size};
+use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_duration, human_size};
 use crate::peer::transfers::{Ending, MinRate, TransferGuard};
 use crate::protocol::messages::{
     DigestMismatch, DownloadRequest, Reply, digest_mismatch_line, download_line, parse_reply,
@@ -45,8 +46,18 @@ const WAITING_MARGIN: Duration = Duration::from_secs(5);
 /// A transfer that receives nothing for this long is abandoned (and kept for resume); one that
 /// receives too little is given up by the transfer watchdog ([`MinRate`]).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest any one `waiting` reply may make the downloader wait.
-const LONGEST_WAITING: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest any one `waiting` reply may make the downloader wait: our own default time to
+/// answer a request (60 s) and ten minutes more (PROTOCOL.md D11). A hostile uploader could
+/// otherwise claim a day and pin the download that long; `CANCELAR` frees it earlier anyway.
+pub const LONGEST_WAITING: Duration =
+    Duration::from_secs(crate::peer::approval::DEFAULT_TIMEOUT_SECS + 10 * 60);
+
+/// How long a `waiting` reply announcing `timeout` seconds makes the downloader wait for the
+/// next reply: that, at least 1 s and at most [`LONGEST_WAITING`], plus [`WAITING_MARGIN`].
+fn accepted_wait(timeout: Option<u64>) -> Duration {
+    let secs = timeout.unwrap_or(0).clamp(1, LONGEST_WAITING.as_secs());
+    Duration::from_secs(secs) + WAITING_MARGIN
+}
 
 /// How long a reply that has started to arrive may take to arrive whole.
 const REPLY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -424,7 +435,7 @@ pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, Do
     }
 }
 
-/// `3.0 MiB em 0.4s (7.5 MiB/s), verificado (BLAKE3)`: what a success took.
+/// `3,0 MiB em 0,4 s (7,5 MiB/s), verificado (BLAKE3)`: what a success took.
 fn summary(received: &Received) -> String {
     let secs = received.took.as_secs_f64().max(0.001);
     let amount = if received.bytes == received.size {
@@ -859,25 +870,26 @@ impl Replies<'_> {
             if reply.status != status::WAITING {
                 return Ok(reply);
             }
-            let secs = reply
-                .timeout
-                .unwrap_or(0)
-                .clamp(1, LONGEST_WAITING.as_secs());
-            let announced = Duration::from_secs(secs) + WAITING_MARGIN;
             // One announcement per stage; more would let an uploader wait for ever (and fill
             // the console).
             if !may_extend {
                 continue;
             }
             may_extend = false;
-            wait = announced;
+            wait = accepted_wait(reply.timeout);
             self.reader.get_mut().expire_in(wait);
-            match reply.waiting_for.as_deref() {
-                Some(waiting_for::APPROVAL) => self.ctx.out.line(&format!(
-                    "Aguardando aprovação do usuário de {}...",
-                    self.peer
-                )),
-                what => log::debug!("{}: waiting for {what:?}, up to {secs} s", self.peer),
+            log::debug!(
+                "{}: waiting for {:?}, announced {:?} s, up to {wait:?}",
+                self.peer,
+                reply.waiting_for,
+                reply.timeout
+            );
+            if reply.waiting_for.as_deref() == Some(waiting_for::APPROVAL) {
+                self.ctx.out.line(&format!(
+                    "Aguardando aprovação do usuário de {}... (até {})",
+                    self.peer,
+                    human_duration(wait.as_secs_f64())
+                ));
             }
         }
     }
@@ -887,7 +899,9 @@ impl Replies<'_> {
 fn codec_problem(e: &CodecError) -> String {
     match e {
         CodecError::Malformed(why) => format!("mensagem malformada ({why})"),
-        CodecError::TooLarge { limit } => format!("mensagem maior que {limit} bytes"),
+        CodecError::TooLarge { limit } => {
+            format!("mensagem maior que {} bytes", thousands(*limit as u64))
+        }
         CodecError::Timeout => "a mensagem não chegou inteira a tempo".into(),
         CodecError::Idle | CodecError::Deadline => "tempo esgotado".into(),
         CodecError::Busy => "o outro lado está ocupado".into(),
@@ -910,7 +924,7 @@ mod tests {
         };
         assert_eq!(
             receive_problem(&short),
-            "o outro peer encerrou após 12.0 MiB de 48.0 MiB"
+            "o outro peer encerrou após 12,0 MiB de 48,0 MiB"
         );
         let reset = ReceiveError::Network {
             got: 1 << 20,
@@ -918,7 +932,7 @@ mod tests {
         };
         assert_eq!(
             receive_problem(&reset),
-            "o outro peer encerrou após 1.0 MiB"
+            "o outro peer encerrou após 1,0 MiB"
         );
         let silent = ReceiveError::Network {
             got: 0,
@@ -932,15 +946,26 @@ mod tests {
             written: 5 << 20,
             error: io::Error::from_raw_os_error(libc::ENOSPC),
         };
-        assert_eq!(receive_problem(&full), "disco cheio após 5.0 MiB gravados");
+        assert_eq!(receive_problem(&full), "disco cheio após 5,0 MiB gravados");
         let timeout = DownloadError::Timeout {
             stage: Stage::Reply,
             waited: FIRST_REPLY_TIMEOUT,
         };
         assert_eq!(
             timeout.to_string(),
-            "tempo esgotado: o outro peer não respondeu em 15.0s"
+            "tempo esgotado: o outro peer não respondeu em 15 s"
         );
         assert_eq!(timeout.failure(), Failure::Unreachable);
+    }
+
+    /// An uploader's `waiting` reply is taken at its word only up to 11 minutes (our default
+    /// 60 s to answer, and ten minutes more), plus the network's margin: a claimed day is not.
+    #[test]
+    fn a_claimed_wait_is_capped() {
+        assert_eq!(LONGEST_WAITING, Duration::from_secs(660));
+        assert_eq!(accepted_wait(Some(70)), Duration::from_secs(75));
+        assert_eq!(accepted_wait(Some(86_400)), Duration::from_secs(665));
+        assert_eq!(accepted_wait(Some(u64::MAX)), Duration::from_secs(665));
+        assert_eq!(accepted_wait(None), Duration::from_secs(6));
     }
 }

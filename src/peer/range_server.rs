@@ -66,8 +66,9 @@ pub fn serve_session<R: TimedRead>(
         Ok(served) => {
             log::info!("sent {} ranges of {name} to {from}", served.ranges);
             ctx.out.line(&format!(
-                "Upload do arquivo {name} para {from} concluído ({} de {size} bytes, em partes)",
-                served.bytes
+                "Upload do arquivo {name} para {from} concluído ({} de {}, em partes)",
+                crate::numbers::human_size(served.bytes),
+                crate::numbers::human_size(size)
             ));
         }
         Err(e) => {

@@ -27,6 +27,7 @@ use std::time::Duration;
 use crossbeam_channel::bounded;
 use parking_lot::Mutex;
 
+use crate::digests::FileIdentity;
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
 use crate::peer::deadline::Deadline;
@@ -92,7 +93,7 @@ pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
             .peer_addr()
             .map(|a| a.ip().to_canonical())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let slot = match UploadSlots::take(&slots, host) {
+        let slot = match UploadSlots::take(&slots, host, from_this_machine(&stream)) {
             Ok(slot) => slot,
             Err(refusal) => {
                 warn_throttled!(
@@ -131,9 +132,13 @@ fn hashing_bound(size: u64) -> Duration {
 
 /// Upload connections served at once; more are answered with an ERROR and closed.
 pub const MAX_UPLOAD_CONNECTIONS: usize = 64;
-/// Upload connections from one host (IP address) at once. Peers on one machine share an
-/// address, so this leaves room for a classroom demo's peers on one host.
+/// Upload connections from one other host (IP address) at once: no host keeps the others out.
 pub const MAX_UPLOAD_CONNECTIONS_PER_HOST: usize = 8;
+/// Upload connections from this very machine at once: all but one other host's share. Peers
+/// on one machine share its address, and a classroom demo runs many of them, all downloading
+/// from one peer at once; they are this machine's users, not a remote host to keep in check.
+pub const MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE: usize =
+    MAX_UPLOAD_CONNECTIONS - MAX_UPLOAD_CONNECTIONS_PER_HOST;
 /// Stack of an upload thread: it parses one small request and streams with `sendfile`.
 const UPLOAD_THREAD_STACK: usize = 256 * 1024;
 
@@ -151,11 +156,23 @@ struct UploadSlots {
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
+/// True when `stream` comes from this very machine: its two ends have one address (loopback,
+/// or a machine dialling its own address, which the kernel routes over loopback with that
+/// address as the source). No remote host can open such a connection: the kernel drops
+/// packets from outside that claim one of this machine's addresses as their source.
+pub fn from_this_machine(stream: &TcpStream) -> bool {
+    match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(peer), Ok(local)) => peer.ip().to_canonical() == local.ip().to_canonical(),
+        _ => false,
+    }
+}
+
 /// Why a connection got no slot.
 #[derive(Debug, Clone, Copy)]
 enum SlotRefusal {
     Full,
-    HostFull,
+    /// Its host has this many open already.
+    HostFull(usize),
 }
 
 impl SlotRefusal {
@@ -163,7 +180,7 @@ impl SlotRefusal {
     fn message(self) -> &'static str {
         match self {
             SlotRefusal::Full => "this peer is serving too many requests; try again later",
-            SlotRefusal::HostFull => {
+            SlotRefusal::HostFull(_) => {
                 "this peer is serving too many requests from your host; try again later"
             }
         }
@@ -174,23 +191,30 @@ impl std::fmt::Display for SlotRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SlotRefusal::Full => write!(f, "{MAX_UPLOAD_CONNECTIONS} already open"),
-            SlotRefusal::HostFull => {
-                write!(f, "{MAX_UPLOAD_CONNECTIONS_PER_HOST} already open from it")
-            }
+            SlotRefusal::HostFull(open) => write!(f, "{open} already open from it"),
         }
     }
 }
 
 impl UploadSlots {
-    fn take(slots: &Arc<UploadSlots>, host: IpAddr) -> Result<UploadSlot, SlotRefusal> {
+    fn take(
+        slots: &Arc<UploadSlots>,
+        host: IpAddr,
+        this_machine: bool,
+    ) -> Result<UploadSlot, SlotRefusal> {
         let mut open = slots.open.lock();
         let (total, hosts) = &mut *open;
         if *total >= MAX_UPLOAD_CONNECTIONS {
             return Err(SlotRefusal::Full);
         }
+        let share = if this_machine {
+            MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE
+        } else {
+            MAX_UPLOAD_CONNECTIONS_PER_HOST
+        };
         let from_host = hosts.entry(host).or_insert(0);
-        if *from_host >= MAX_UPLOAD_CONNECTIONS_PER_HOST {
-            return Err(SlotRefusal::HostFull);
+        if *from_host >= share {
+            return Err(SlotRefusal::HostFull(*from_host));
         }
         *from_host += 1;
         *total += 1;
@@ -255,16 +279,17 @@ pub fn hash_shared_files(ctx: &PeerContext) {
             continue;
         };
         let hashed = File::open(&path).and_then(|file| {
-            let size = file.metadata()?.len();
             let digest = ctx
                 .digests
                 .digest(&path, &file, ctx.transfers.shutdown_flag())?;
-            Ok((size, digest))
+            // Taken after hashing: a file changed meanwhile is not the version listed.
+            let identity = FileIdentity::of(&file.metadata()?);
+            Ok((identity, digest))
         });
         match hashed {
-            Ok((size, digest)) => {
+            Ok((identity, digest)) => {
                 log::debug!("{name}: BLAKE3 {digest}");
-                ctx.catalog.digest_known(&name, size, &digest);
+                ctx.catalog.digest_known(&name, identity, &digest);
             }
             Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
         }
@@ -401,6 +426,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let (tx, rx) = bounded(1);
     let asked = ApprovalRequest {
         from,
+        from_this_machine: from_this_machine(&stream),
         claimed_port: request.from_port,
         filename: request.filename.clone(),
         size,
@@ -618,7 +644,7 @@ fn send_then_digest(
         (sent, hashed)
     });
     let digest = hashed?;
-    announce_digest(ctx, path, size, &digest);
+    announce_digest(ctx, path, file, &digest);
     sent?;
     let trailer = Reply {
         status: status::DIGEST.to_string(),
@@ -667,25 +693,31 @@ fn await_mismatch_report(
 /// next request finds the new digest.
 fn rehash(ctx: &PeerContext, path: &Path) {
     let hashed = open_regular(path).and_then(|file| {
-        let size = file.metadata()?.len();
         let digest = ctx
             .digests
             .digest(path, &file, ctx.transfers.shutdown_flag())?;
-        Ok((size, digest))
+        Ok((file, digest))
     });
     match hashed {
-        Ok((size, digest)) => {
+        Ok((file, digest)) => {
             log::info!("{}: BLAKE3 {digest}", path.display());
-            announce_digest(ctx, path, size, &digest);
+            announce_digest(ctx, path, &file, &digest);
         }
         Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
     }
 }
 
-/// Tells the catalog (and so, in its next batch, the tracker) a digest learned while serving.
-fn announce_digest(ctx: &PeerContext, path: &Path, size: u64, digest: &str) {
-    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-        ctx.catalog.digest_known(name, size, digest);
+/// Tells the catalog (and so, in its next batch, the tracker) a digest learned while serving
+/// `file`, for the version of it open now.
+fn announce_digest(ctx: &PeerContext, path: &Path, file: &File, digest: &str) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    match file.metadata() {
+        Ok(meta) => ctx
+            .catalog
+            .digest_known(name, FileIdentity::of(&meta), digest),
+        Err(e) => log::debug!("{}: cannot stat after hashing: {e}", path.display()),
     }
 }
 

@@ -349,6 +349,11 @@ pub struct SearchResult {
     pub peers: Vec<String>,
 }
 
+/// The words of the tracker's `ERROR` to a JOIN onto an address another live connection holds
+/// (PROTOCOL.md T7): a peer restarted at once may meet its own old connection there, and
+/// retries on these words.
+pub const ADDRESS_TAKEN: &str = "is already registered by another connection";
+
 /// Status names, spelled once.
 pub mod status {
     /// JOIN accepted.

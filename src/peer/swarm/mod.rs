@@ -449,10 +449,10 @@ impl fmt::Display for SourceSummary {
         };
         write!(
             f,
-            "  fonte {}: {} em {:.1} s ({}/s)",
+            "  fonte {}: {} em {} s ({}/s)",
             self.addr,
             human_bytes(self.bytes as f64),
-            secs,
+            crate::numbers::decimal(secs, 1),
             human_bytes(rate)
         )?;
         if !self.ending.is_empty() {
@@ -473,11 +473,11 @@ pub fn status_lines(ctx: &PeerContext) -> Vec<String> {
         let state = swarm.state.lock();
         let size = state.identity.as_ref().map_or(0, |i| i.size);
         lines.push(format!(
-            "Download de {}: {} de {} verificados, {} fonte(s) ativa(s)",
+            "Download de {}: {} de {} verificados, {}",
             swarm.name,
             human_bytes(swarm.verified.load(Ordering::Relaxed) as f64),
             human_bytes(size as f64),
-            state.live.len()
+            crate::numbers::count(state.live.len() as u64, "fonte ativa", "fontes ativas")
         ));
         for (_, addr, bytes, since) in &state.live {
             let secs = since.elapsed().as_secs_f64().max(0.001);
