@@ -11,22 +11,29 @@
 //!
 //! On disk each shared name has one record, `<key>.json` (key: 32 hex digits of the name's
 //! BLAKE3), holding the name, the identity and the digest; it is replaced atomically (written
-//! beside, then renamed). Data derived from the same version of the file can sit beside it
-//! under the same key with another extension ([`DigestCache::sidecar_path`], e.g. a BLAKE3
-//! outboard `<key>.obao`): it is valid exactly while the record is. Writing it is the caller's
-//! job, after the record exists ([`DigestCache::known`] says so); a record written for a new
-//! version of the file, [`DigestCache::forget`] and pruning remove it. `.napster/` is never shared (only regular files directly in the
-//! folder are).
+//! beside, then renamed). Data derived from the same version of the file sits beside it under
+//! the same key with another extension ([`DigestCache::sidecar_path`]) and is valid exactly
+//! while the record is: a record written for a new version of the file,
+//! [`DigestCache::forget`] and pruning remove it. `.napster/` is never shared (only regular
+//! files directly in the folder are).
+//!
+//! **One read per version.** The BLAKE3 outboard a range session serves (see
+//! [`crate::verified`]) has the digest as its root, so the pass that computes a digest also
+//! writes the outboard, `<key>.obao` beside the record, at the CPU cost of the plain hash
+//! (`scripts/bench.sh hash`). [`DigestCache::outboard`] hands it out, checked against the
+//! digest once per run; a file hashed before outboards were kept is read once more, for both.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, Metadata};
-use std::io::{self, Read};
+use std::io::{self, BufWriter, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
+
+use crate::verified;
 
 /// A BLAKE3 digest as lower-case hex.
 pub type DigestHex = String;
@@ -111,24 +118,14 @@ pub fn hash_range(
     Ok(total)
 }
 
-/// The digest of the whole of `file`, with the identity it had before and after hashing, or
-/// `None` for the identity if the file changed meanwhile (the digest may then mix versions).
-fn hash_version(file: &File, stop: &AtomicBool) -> io::Result<(DigestHex, Option<FileIdentity>)> {
-    let before = FileIdentity::of(&file.metadata()?);
-    let mut hasher = blake3::Hasher::new();
-    let read = hash_range(file, 0, u64::MAX, &mut hasher, stop)?;
-    let after = FileIdentity::of(&file.metadata()?);
-    let digest = hasher.finalize().to_hex().to_string();
-    let stable = before == after && read == after.size;
-    Ok((digest, stable.then_some(after)))
-}
-
 /// Remembers the digest of each shared file per version (see the module documentation). A
 /// file being hashed is hashed by one thread only: others asking for it wait for that result.
 #[derive(Default)]
 pub struct DigestCache {
     known: Mutex<HashMap<PathBuf, FileRecord>>,
-    /// Paths being hashed right now.
+    /// Paths whose outboard beside their record was written or checked in this run.
+    outboards: Mutex<HashSet<PathBuf>>,
+    /// Paths being hashed (or whose outboard is being checked) right now.
     busy: Mutex<HashSet<PathBuf>>,
     done: Condvar,
     /// Where records are kept across restarts; `None`: memory only.
@@ -139,14 +136,21 @@ pub struct DigestCache {
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 
 impl DigestCache {
-    /// A cache kept in memory only.
+    /// A cache kept in memory only (it keeps no outboards).
     pub fn new() -> DigestCache {
         DigestCache::default()
     }
 
-    /// A cache that also keeps its records in `dir` (created when first written), across
-    /// restarts.
+    /// A cache that also keeps its records (and outboards) in `dir` (created when first
+    /// written), across restarts. Temporary files a stopped process left there are deleted.
     pub fn persistent(dir: PathBuf) -> DigestCache {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().contains(".tmp-") {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
         DigestCache {
             dir: Some(dir),
             ..DigestCache::default()
@@ -161,41 +165,151 @@ impl DigestCache {
     }
 
     /// The digest of the open `file` found at `path`: remembered, or computed now (once, even
-    /// if several threads ask at the same time). Stops with `Interrupted` when `stop` is set.
+    /// if several threads ask at the same time; the same read keeps the outboard). Stops with
+    /// `Interrupted` when `stop` is set.
     pub fn digest(&self, path: &Path, file: &File, stop: &AtomicBool) -> io::Result<DigestHex> {
-        let identity = FileIdentity::of(&file.metadata()?);
+        if let Some(digest) = self.known(path, file)? {
+            return Ok(digest);
+        }
+        self.exclusively(path, || {
+            // Hashed by another thread while this one waited?
+            if let Some(digest) = self.known(path, file)? {
+                return Ok(digest);
+            }
+            self.hash_once(path, file, stop)
+        })
+    }
+
+    /// The digest of the open `file` found at `path` and its outboard, opened for reading.
+    /// The outboard kept beside the record is checked against the digest the first time it is
+    /// asked for in a run; a missing or damaged one, or a file not hashed yet, costs one read
+    /// of the file for both. Fails with `Unsupported` for a cache kept in memory only.
+    pub fn outboard(
+        &self,
+        path: &Path,
+        file: &File,
+        stop: &AtomicBool,
+    ) -> io::Result<(DigestHex, File)> {
+        let stored = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|name| self.sidecar_path(name, "obao"))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::Unsupported, "no folder to keep outboards in")
+            })?;
+        if let Some(digest) = self.known(path, file)?
+            && self.outboards.lock().contains(path)
+            && let Ok(found) = File::open(&stored)
+        {
+            return Ok((digest, found));
+        }
+        self.exclusively(path, || {
+            if let Some(digest) = self.known(path, file)?
+                && let Ok(found) = File::open(&stored)
+            {
+                let size = file.metadata()?.len();
+                let checked = blake3::Hash::from_hex(&digest)
+                    .map_err(|_| verified::OutboardError::Mismatch)
+                    .and_then(|root| verified::check_outboard(&found, size, &root));
+                match checked {
+                    Ok(()) => {
+                        self.outboards.lock().insert(path.to_path_buf());
+                        return Ok((digest, File::open(&stored)?));
+                    }
+                    Err(e) => log::warn!("{}: {e}; hashing the file again", stored.display()),
+                }
+            }
+            let digest = self.hash_once(path, file, stop)?;
+            match File::open(&stored) {
+                Ok(found) if self.outboards.lock().contains(path) => Ok((digest, found)),
+                _ => Err(io::Error::other(
+                    "the file changed while it was hashed, or its outboard could not be kept",
+                )),
+            }
+        })
+    }
+
+    /// Runs `f` as the only thread working on `path` (hashing it or checking its outboard).
+    fn exclusively<T>(&self, path: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         {
             let mut busy = self.busy.lock();
-            loop {
-                if let Some(digest) = self.lookup(path, &identity) {
-                    return Ok(digest);
-                }
-                if busy.insert(path.to_path_buf()) {
-                    break;
-                }
+            while !busy.insert(path.to_path_buf()) {
                 self.done.wait(&mut busy);
             }
         }
-        let hashed = hash_version(file, stop);
-        if let Ok((digest, Some(identity))) = &hashed {
+        let result = f();
+        self.busy.lock().remove(path);
+        self.done.notify_all();
+        result
+    }
+
+    /// Reads the whole of `file` once for its digest and its outboard, and keeps both (the
+    /// outboard beside the record) if the file did not change meanwhile.
+    fn hash_once(&self, path: &Path, file: &File, stop: &AtomicBool) -> io::Result<DigestHex> {
+        let before = FileIdentity::of(&file.metadata()?);
+        let (tmp, hashed) = match self.outboard_tmp(path) {
+            Some((tmp, out)) => (
+                Some(tmp),
+                verified::digest_and_outboard(file, before.size, out, stop),
+            ),
+            None => (
+                None,
+                verified::digest_and_outboard(file, before.size, io::sink(), stop),
+            ),
+        };
+        let root = match hashed {
+            Ok(root) => root,
+            Err(e) => {
+                if let Some(tmp) = &tmp {
+                    let _ = fs::remove_file(tmp);
+                }
+                return Err(e);
+            }
+        };
+        let digest = root.to_hex().to_string();
+        let after = FileIdentity::of(&file.metadata()?);
+        if before == after {
             // Known before the waiters wake, so none of them hashes the file again.
-            self.remember(path, *identity, digest);
-        } else if let Ok((_, None)) = &hashed {
+            self.remember(path, after, &digest, tmp.as_deref());
+        } else {
             log::debug!(
                 "{} changed while it was hashed; its digest is not kept",
                 path.display()
             );
+            if let Some(tmp) = &tmp {
+                let _ = fs::remove_file(tmp);
+            }
         }
-        self.busy.lock().remove(path);
-        self.done.notify_all();
-        hashed.map(|(digest, _)| digest)
+        Ok(digest)
+    }
+
+    /// A new temporary file for the outboard of `path`, beside the records; `None` when
+    /// outboards are not kept (memory only) or it cannot be created (the digest matters more).
+    fn outboard_tmp(&self, path: &Path) -> Option<(PathBuf, BufWriter<File>)> {
+        let name = path.file_name()?.to_str()?;
+        let dir = self.dir.as_ref()?;
+        let tmp = dir.join(format!(
+            "{}.obao.tmp-{}-{}",
+            record_key(name),
+            std::process::id(),
+            NEXT_TMP.fetch_add(1, Ordering::Relaxed)
+        ));
+        let created = fs::create_dir_all(dir).and_then(|()| File::create(&tmp));
+        match created {
+            Ok(file) => Some((tmp, BufWriter::new(file))),
+            Err(e) => {
+                log::debug!("cannot keep the outboard of {name}: {e}");
+                None
+            }
+        }
     }
 
     /// Remembers `digest` for the open `file` at `path` without reading it: its bytes were
     /// hashed as they arrived (a verified download), so hashing them again would only cost.
+    /// No outboard comes with it: the first range session for the file reads it once for one.
     pub fn learned(&self, path: &Path, file: &File, digest: &str) -> io::Result<()> {
         let identity = FileIdentity::of(&file.metadata()?);
-        self.remember(path, identity, digest);
+        self.remember(path, identity, digest, None);
         Ok(())
     }
 
@@ -203,13 +317,14 @@ impl DigestCache {
     /// digest): the record and everything beside it go, and the next request hashes again.
     pub fn forget(&self, path: &Path) {
         self.known.lock().remove(path);
+        self.outboards.lock().remove(path);
         if let Some(key) = self.key_of(path) {
-            self.remove_stored(&key, None);
+            self.remove_stored(&key, &[]);
         }
     }
 
     /// Deletes the stored files of `key` (its record and what is beside it), except `keep`.
-    fn remove_stored(&self, key: &str, keep: Option<&Path>) {
+    fn remove_stored(&self, key: &str, keep: &[&Path]) {
         let Some(dir) = &self.dir else {
             return;
         };
@@ -219,7 +334,7 @@ impl DigestCache {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.split('.').next() == Some(key) && keep != Some(entry.path().as_path()) {
+            if name.split('.').next() == Some(key) && !keep.contains(&entry.path().as_path()) {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -269,7 +384,10 @@ impl DigestCache {
         Some(digest)
     }
 
-    fn remember(&self, path: &Path, identity: FileIdentity, digest: &str) {
+    /// Keeps `digest` as that of `path`'s version `identity`, with the outboard written to
+    /// `outboard` (a temporary file, moved beside the record) if any.
+    fn remember(&self, path: &Path, identity: FileIdentity, digest: &str, outboard: Option<&Path>) {
+        self.outboards.lock().remove(path);
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             return;
         };
@@ -281,13 +399,32 @@ impl DigestCache {
         let replaces = self
             .sidecar_path(name, "json")
             .is_some_and(|old| old.exists());
+        let mut kept_outboard = false;
         match self.store(&record) {
-            // What sat beside an older record belongs to another version of the file.
-            Ok(Some(stored)) if replaces => self.remove_stored(&record_key(name), Some(&stored)),
-            Ok(_) => {}
+            Ok(Some(stored)) => {
+                if replaces {
+                    // What sat beside an older record belongs to another version of the file.
+                    let mut keep = vec![stored.as_path()];
+                    keep.extend(outboard);
+                    self.remove_stored(&record_key(name), &keep);
+                }
+                if let (Some(tmp), Some(beside)) = (outboard, self.sidecar_path(name, "obao")) {
+                    match fs::rename(tmp, &beside) {
+                        Ok(()) => kept_outboard = true,
+                        Err(e) => log::debug!("cannot keep the outboard of {name}: {e}"),
+                    }
+                }
+            }
+            Ok(None) => {}
             Err(e) => log::debug!("cannot keep the digest of {name} on disk: {e}"),
         }
+        if let Some(tmp) = outboard.filter(|_| !kept_outboard) {
+            let _ = fs::remove_file(tmp);
+        }
         self.known.lock().insert(path.to_path_buf(), record);
+        if kept_outboard {
+            self.outboards.lock().insert(path.to_path_buf());
+        }
     }
 
     fn key_of(&self, path: &Path) -> Option<String> {
@@ -449,12 +586,92 @@ mod tests {
         let fresh = DigestCache::persistent(store.clone());
         assert_eq!(fresh.known(&path, &file).unwrap(), None);
         assert_eq!(digest_at(&fresh, &path), hex(b"other content"));
-        // No temporary files are left beside the record.
-        let names: Vec<_> = fs::read_dir(&store)
+        // The record and its outboard, no temporary files.
+        let mut names: Vec<_> = fs::read_dir(&store)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
+        names.sort();
+        let key = record_key("f");
+        assert_eq!(names, [format!("{key}.json"), format!("{key}.obao")]);
+    }
+
+    /// The outboard bao-tree would compute for `bytes`.
+    fn outboard_of(bytes: &[u8]) -> Vec<u8> {
+        let mut ob = Vec::new();
+        verified::create_outboard(bytes, bytes.len() as u64, &mut ob).unwrap();
+        ob
+    }
+
+    fn read_all(mut file: File) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).unwrap();
+        bytes
+    }
+
+    /// The read that gives the digest writes the outboard beside the record; it is then handed
+    /// out without reading the file again (a set stop flag would end any read), in this run and
+    /// after a restart, where it is checked once; a damaged one costs one read, which mends it.
+    #[test]
+    fn one_read_keeps_the_outboard_beside_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let store = dir.path().join("store");
+        let cache = DigestCache::persistent(store.clone());
+        assert_eq!(digest_at(&cache, &path), hex(&data));
+        let beside = cache.sidecar_path("f", "obao").unwrap();
+        assert_eq!(fs::read(&beside).unwrap(), outboard_of(&data));
+
+        static STOP: AtomicBool = AtomicBool::new(true);
+        let file = File::open(&path).unwrap();
+        let (digest, ob) = cache.outboard(&path, &file, &STOP).unwrap();
+        assert_eq!((digest, read_all(ob)), (hex(&data), outboard_of(&data)));
+        let restarted = DigestCache::persistent(store.clone());
+        let (_, ob) = restarted.outboard(&path, &file, &STOP).unwrap();
+        assert_eq!(read_all(ob), outboard_of(&data));
+
+        let mut bad = outboard_of(&data);
+        bad[10] ^= 1;
+        fs::write(&beside, &bad).unwrap();
+        let damaged = DigestCache::persistent(store.clone());
+        let stopped = damaged.outboard(&path, &file, &STOP).unwrap_err();
+        assert_eq!(stopped.kind(), io::ErrorKind::Interrupted, "it reads again");
+        let (_, ob) = damaged.outboard(&path, &file, &GO).unwrap();
+        assert_eq!(read_all(ob), outboard_of(&data));
+        assert_eq!(fs::read(&beside).unwrap(), outboard_of(&data));
+    }
+
+    /// A record kept before outboards were (none beside it) gets its outboard from one read.
+    #[test]
+    fn a_record_without_an_outboard_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, vec![3u8; 200_000]).unwrap();
+        let store = dir.path().join("store");
+        digest_at(&DigestCache::persistent(store.clone()), &path);
+        let beside = DigestCache::persistent(store.clone())
+            .sidecar_path("f", "obao")
+            .unwrap();
+        fs::remove_file(&beside).unwrap();
+        let cache = DigestCache::persistent(store);
+        let file = File::open(&path).unwrap();
+        let (digest, ob) = cache.outboard(&path, &file, &GO).unwrap();
+        assert_eq!(digest, hex(&[3u8; 200_000]));
+        assert_eq!(read_all(ob), outboard_of(&[3u8; 200_000]));
+        assert!(beside.exists());
+    }
+
+    /// A cache in memory keeps no outboards, and says so.
+    #[test]
+    fn a_memory_cache_has_no_outboards() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"x").unwrap();
+        let file = File::open(&path).unwrap();
+        let e = DigestCache::new().outboard(&path, &file, &GO).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
     }
 
     /// A digest learned without hashing (a verified download) is answered for that version of
@@ -495,22 +712,28 @@ mod tests {
     }
 
     /// Data kept beside a record (an outboard) belongs to one version of the file: when a new
-    /// version is hashed, it goes.
+    /// version is hashed, it goes, and the new version's outboard takes its place.
     #[test]
     fn a_new_version_removes_what_was_beside_the_old_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let cache = DigestCache::persistent(dir.path().join("store"));
-        fs::write(&path, b"one").unwrap();
+        let one = vec![1u8; 200_000];
+        fs::write(&path, &one).unwrap();
         digest_at(&cache, &path);
         let outboard = cache.sidecar_path("f", "obao").unwrap();
-        fs::write(&outboard, b"tree of one").unwrap();
-        fs::write(&path, b"two, longer").unwrap();
-        assert_eq!(digest_at(&cache, &path), hex(b"two, longer"));
-        assert!(!outboard.exists());
+        assert_eq!(fs::read(&outboard).unwrap(), outboard_of(&one));
+        let other = cache.sidecar_path("f", "other").unwrap();
+        fs::write(&other, b"derived from one").unwrap();
+        let two = vec![2u8; 300_000];
+        fs::write(&path, &two).unwrap();
+        assert_eq!(digest_at(&cache, &path), hex(&two));
+        assert!(!other.exists());
+        assert_eq!(fs::read(&outboard).unwrap(), outboard_of(&two));
         assert!(cache.sidecar_path("f", "json").unwrap().exists());
     }
 
+    /// Records of names no longer shared go with their outboards.
     #[test]
     fn records_of_names_no_longer_shared_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
@@ -520,8 +743,22 @@ mod tests {
             digest_at(&cache, &dir.path().join(name));
         }
         cache.prune(&["kept".to_string()]);
-        assert!(cache.sidecar_path("kept", "json").unwrap().exists());
-        assert!(!cache.sidecar_path("gone", "json").unwrap().exists());
+        for ext in ["json", "obao"] {
+            assert!(cache.sidecar_path("kept", ext).unwrap().exists());
+            assert!(!cache.sidecar_path("gone", ext).unwrap().exists());
+        }
+    }
+
+    /// Temporary files a stopped process left beside the records are deleted at start.
+    #[test]
+    fn leftover_temporary_files_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        fs::create_dir_all(&store).unwrap();
+        let left = store.join(format!("{}.obao.tmp-1-2", record_key("f")));
+        fs::write(&left, b"half").unwrap();
+        let _cache = DigestCache::persistent(store);
+        assert!(!left.exists());
     }
 
     #[test]

@@ -577,6 +577,12 @@ impl StallingUploader {
     }
 }
 
+/// Options for a peer downloading from a [`StallingUploader`]: a transfer that moves nothing
+/// is ended by the minimum rate after half `--liveness` (15 s by default, D13), which a test
+/// typing a dozen lines on a loaded machine could reach; with this the download stays stalled
+/// (not ended) for as long as the test needs it to.
+const STALLED_LONGER: [&str; 2] = ["--liveness", "600"];
+
 /// While a download runs its progress is printed above the prompt and the prompt stays
 /// usable (a SEARCH answers); Ctrl-C cancels a half-typed line. QUIT (here Ctrl-D) with the
 /// download running asks once; NAO goes on; QUIT again and SIM leave: the stopped download is
@@ -591,7 +597,12 @@ fn quit_with_a_running_download_asks_lists_the_partial_and_clears_the_bar() {
     let uploader = StallingUploader::start(SIZE, SENT);
 
     let (tmp, share) = folder(&[]);
-    let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    let (mut bob, _) = Term::peer(
+        tracker.addr,
+        &share,
+        &tmp.path().join("hist"),
+        &STALLED_LONGER,
+    );
     bob.join();
     bob.keys(&format!("DOWNLOAD big.bin 127.0.0.1:{}\r", uploader.port));
     bob.wait_for(&format!(
@@ -699,7 +710,13 @@ fn a_50_column_terminal_keeps_the_name_in_the_bar() {
     let tracker = start_tracker(&[]);
     let uploader = StallingUploader::start(64 * MIB, 40 * MIB);
     let (tmp, share) = folder(&[]);
-    let (mut bob, _) = Term::peer_sized(tracker.addr, &share, &tmp.path().join("hist"), &[], 50);
+    let (mut bob, _) = Term::peer_sized(
+        tracker.addr,
+        &share,
+        &tmp.path().join("hist"),
+        &STALLED_LONGER,
+        50,
+    );
     bob.join();
     bob.keys(&format!(
         "DOWNLOAD aula-01.mp4 127.0.0.1:{}\r",

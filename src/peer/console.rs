@@ -794,19 +794,24 @@ impl Console {
         }
     }
 
-    /// The result numbered `text` by the last SEARCH or LIST, downloaded from its first holder
-    /// or from the one `peer` names; false if `text` is not such a number.
+    /// The result numbered `text` by the last SEARCH or LIST, downloaded from every holder
+    /// listed at once when there are several (its size and digest known up front), else from
+    /// its holder, or from the one `peer` names; false if `text` is not such a number.
     fn download_numbered(&mut self, text: &str, peer: Option<&PeerSpec>) -> bool {
         let found = self.state.found();
         let Some(entry) = found.numbered(text) else {
             return false;
         };
-        let addr = match search_results::holder(entry, peer) {
-            Some(addr) => Ok(addr),
-            None => match peer {
-                Some(spec) => self.resolve(&entry.name, spec),
-                None => Err(format!("nenhum peer listado para {}", entry.name)),
-            },
+        let (holders, expected) = swarm::holders_of_result(entry, &self.own_addresses());
+        if peer.is_none() && holders.len() > 1 {
+            self.swarm(entry.name.clone(), holders, expected);
+            return true;
+        }
+        let addr = match (peer, holders.first()) {
+            (Some(spec), _) => search_results::holder(entry, Some(spec))
+                .map_or_else(|| self.resolve(&entry.name, spec), Ok),
+            (None, Some(only)) => Ok(*only),
+            (None, None) => Err(format!("nenhum peer listado para {}", entry.name)),
         };
         match addr {
             Ok(addr) => self.start_download(entry.name.clone(), addr),
@@ -926,18 +931,21 @@ impl Console {
         match holders.as_slice() {
             [] => self.fail(Failure::NotFound, "Arquivo não encontrado."),
             [only] => self.start_download(name, *only),
-            _ => {
-                let request = swarm::SwarmRequest {
-                    name,
-                    holders,
-                    expected,
-                    max_sources: self.ctx.sources,
-                };
-                match swarm::start(&self.ctx, request) {
-                    Ok(()) => self.downloads += 1,
-                    Err(failure) => self.outcome.fail(failure),
-                }
-            }
+            _ => self.swarm(name, holders, expected),
+        }
+    }
+
+    /// Starts downloading `name` from several `holders` at once.
+    fn swarm(&mut self, name: String, holders: Vec<SocketAddr>, expected: Option<swarm::Identity>) {
+        let request = swarm::SwarmRequest {
+            name,
+            holders,
+            expected,
+            max_sources: self.ctx.sources,
+        };
+        match swarm::start(&self.ctx, request) {
+            Ok(()) => self.downloads += 1,
+            Err(failure) => self.outcome.fail(failure),
         }
     }
 

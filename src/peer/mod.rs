@@ -39,7 +39,6 @@ use crossbeam_channel::{Sender, unbounded};
 use crate::digests::DigestCache;
 use crate::exit::Failure;
 use crate::os_error::describe;
-use crate::outboard_store::OutboardStore;
 use crate::peer::approval::ApprovalRequest;
 use crate::peer::catalog::Catalog;
 use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
@@ -196,10 +195,8 @@ pub struct PeerContext {
     pub catalog: Arc<Catalog>,
     /// Partial downloads.
     pub partials: PartialStore,
-    /// Digests of shared files.
+    /// Digests of shared files, and their outboards for range sessions.
     pub digests: DigestCache,
-    /// Outboards of shared files, for range sessions.
-    pub outboards: OutboardStore,
     /// The tracker connection.
     pub link: Arc<TrackerLink>,
     /// Console output.
@@ -302,9 +299,8 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         bind_ip,
         advertise: config.advertise.clone(),
         partials: PartialStore::new(folder.shared.path()),
-        digests: DigestCache::persistent(folder.shared.path().join(".napster").join("digests")),
+        digests: open_digests(folder.shared.path()),
         catalog,
-        outboards: OutboardStore::new(folder.shared.path()),
         shared: folder.shared.clone(),
         link: Arc::new(link),
         out: reader.output,
@@ -352,6 +348,22 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
     );
     (reader.finish)();
     Ok(failure)
+}
+
+/// The shared folder's digest cache, which keeps each file's outboard beside its digest.
+/// Outboards used to be kept by digest in `.napster/outboard/`, where nothing ever removed
+/// them: that folder is deleted.
+fn open_digests(shared: &std::path::Path) -> DigestCache {
+    let napster = shared.join(".napster");
+    if let Err(e) = std::fs::remove_dir_all(napster.join("outboard"))
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        log::warn!(
+            "cannot remove the old outboards in {}: {e}",
+            napster.display()
+        );
+    }
+    DigestCache::persistent(napster.join("digests"))
 }
 
 /// Forwards SIGINT and SIGTERM as events.

@@ -568,15 +568,12 @@ impl Link {
 
     fn start(&mut self, request: Request) {
         match request {
+            // A JOIN dials; so does a search by a peer that never joins (`napster get`).
             Request::Join(_) | Request::Rejoin if self.conn.is_none() => {
-                match self.dial() {
-                    Ok(conn) => self.set_connection(Some(conn)),
-                    Err(e) => {
-                        self.fail_request(request, e);
-                        return;
-                    }
-                }
-                self.start(request);
+                self.dial_then_start(request);
+            }
+            Request::Search { .. } if self.conn.is_none() && !self.joined => {
+                self.dial_then_start(request);
             }
             Request::Search { .. } | Request::Change { .. } | Request::List { .. }
                 if self.conn.is_none() =>
@@ -601,6 +598,18 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Dials the tracker, then sends `request` on the new connection.
+    fn dial_then_start(&mut self, request: Request) {
+        match self.dial() {
+            Ok(conn) => self.set_connection(Some(conn)),
+            Err(e) => {
+                self.fail_request(request, e);
+                return;
+            }
+        }
+        self.start(request);
     }
 
     /// The bytes of `request` in `dialect`, and what its answer will be.

@@ -370,20 +370,30 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
-    // A range session needs the file's outboard: computed once, before the OK that offers it
-    // (a range request always gets the digest before the data).
+    // A range session needs the file's outboard, kept beside its digest (the read that gave
+    // the digest wrote it), before the OK that offers it (a range request always gets the
+    // digest before the data).
     let outboard = match (&digest, request.ranges == Some(true)) {
-        (Some(digest), true) => match ctx.outboards.open(&file, size, digest) {
-            Ok(outboard) => Some(outboard),
-            Err(e) => {
-                log::warn!("no outboard for {}: {e}", path.display());
-                let _ = reply(
-                    &stream,
-                    &Reply::error(format!("cannot serve ranges of this file now: {e}")),
-                );
-                return;
+        (Some(digest), true) => {
+            match ctx
+                .digests
+                .outboard(&path, &file, ctx.transfers.shutdown_flag())
+            {
+                Ok((of, outboard)) if of == *digest => Some(outboard),
+                found => {
+                    let why = match found {
+                        Ok(_) => "the file changed since it was hashed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    log::warn!("no outboard for {}: {why}", path.display());
+                    let _ = reply(
+                        &stream,
+                        &Reply::error(format!("cannot serve ranges of this file now: {why}")),
+                    );
+                    return;
+                }
             }
-        },
+        }
         _ => None,
     };
     let resumed = match outboard {
@@ -722,10 +732,11 @@ fn announce_digest(ctx: &PeerContext, path: &Path, file: &File, digest: &str) {
 }
 
 /// Sends a small file to the original's downloader in one write. It takes the file with a
-/// single `recv(fileSize)`, which returns what the first segment brought: one write of at most
-/// [`legacy::ONE_WRITE_MAX`] bytes leaves loopback as one segment, so the file arrives whole
-/// (measured with a Python reader on loopback: streamed, a 60,000-byte file arrived whole in 17
-/// of 20 tries, 2 of 10 under heavier load; in one write, 20 of 20).
+/// single `recv(fileSize)`, which returns what has landed when it runs: one write of at most
+/// [`legacy::ONE_WRITE_MAX`] bytes puts the whole file on the wire at once, one or two
+/// segments back to back (measured with a Python reader on loopback: streamed, a 60,000-byte
+/// file arrived whole in 17 of 20 tries, 2 of 10 under heavier load; in one write, 20 of 20;
+/// what can and cannot be promised is said at [`legacy::ONE_WRITE_MAX`]).
 fn send_in_one_write(file: &File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(len as usize);
     let mut reader = file;

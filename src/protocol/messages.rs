@@ -217,34 +217,53 @@ pub fn parse_tracker_request(bytes: &[u8]) -> Result<TrackerRequest, RequestErro
             let peer = data.peer.ok_or("LIST needs data.peer, a peer as IP:PORT")?;
             Ok(TrackerRequest::List { peer })
         }
-        "DOWNLOAD_REQUEST" => {
-            Err("DOWNLOAD_REQUEST goes to a peer's upload port, not to the tracker".into())
-        }
+        "DOWNLOAD_REQUEST" | "DOWNLOAD_RANGES" => Err(format!(
+            "{method} goes to a peer's upload port, not to the tracker"
+        )),
         other => Err(format!(
             "unknown method {other:?}; the tracker knows JOIN, SEARCH, UPDATE and LIST"
         )),
     }
 }
 
-/// Decodes the one request a peer's upload port accepts.
+/// The method asking for a range session (PROTOCOL.md R1). A peer that knows only whole files
+/// refuses it as an unknown method *before* asking its user, which `DOWNLOAD_REQUEST` with
+/// `ranges` (the first form, still accepted) could not make it do: it ignored the field, asked
+/// its user, and the downloader then closed the connection.
+pub const DOWNLOAD_RANGES: &str = "DOWNLOAD_RANGES";
+
+/// How every napster peer, older ones included, begins the `ERROR` message for a method it
+/// does not know: a downloader that gets it for [`DOWNLOAD_RANGES`] has found a peer that sends
+/// whole files only.
+pub const UNKNOWN_METHOD: &str = "unknown method";
+
+/// Decodes the request a peer's upload port accepts: `DOWNLOAD_REQUEST`, or `DOWNLOAD_RANGES`
+/// (a range session).
 pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestError> {
     let (method, data) = decode_raw(bytes)?;
-    if method != "DOWNLOAD_REQUEST" {
-        return Err(format!(
-            "unknown method {method:?}; a peer's upload port only knows DOWNLOAD_REQUEST"
-        ));
-    }
+    let ranges = match method.as_str() {
+        "DOWNLOAD_REQUEST" => data.ranges,
+        DOWNLOAD_RANGES => Some(true),
+        _ => {
+            return Err(format!(
+                "{UNKNOWN_METHOD} {method:?}; a peer's upload port knows DOWNLOAD_REQUEST and \
+                 DOWNLOAD_RANGES"
+            ));
+        }
+    };
     let filename = data
         .filename
-        .ok_or("DOWNLOAD_REQUEST needs data.filename")?;
-    let port = data.port.ok_or("DOWNLOAD_REQUEST needs data.port")?;
+        .ok_or_else(|| format!("{method} needs data.filename"))?;
+    let port = data
+        .port
+        .ok_or_else(|| format!("{method} needs data.port"))?;
     Ok(DownloadRequest {
         filename,
         port,
         offset: data.offset,
         digest: data.digest,
         from_port: data.from_port,
-        ranges: data.ranges,
+        ranges,
         accepts_waiting: data.accepts_waiting.unwrap_or(false),
         digest_after_data: data.digest_after_data.unwrap_or(false),
         file_size: data.file_size,
@@ -564,6 +583,18 @@ pub fn download_line(request: &DownloadRequest) -> Vec<u8> {
     })
 }
 
+/// The line asking for a range session of `request.filename` (its `ranges` field is implied
+/// by the method and left out).
+pub fn range_session_line(request: &DownloadRequest) -> Vec<u8> {
+    encode_line(&Envelope {
+        method: DOWNLOAD_RANGES,
+        data: &DownloadRequest {
+            ranges: None,
+            ..request.clone()
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +643,43 @@ mod tests {
             assert!(update_change_line(part, &[]).len() <= 64 * 1024);
         }
         assert_eq!(record_chunks(&[], 10), vec![&[] as &[FileRecord]]);
+    }
+
+    /// A range session is asked with its own method (no `ranges` field needed); the first
+    /// form, `DOWNLOAD_REQUEST` with `ranges`, is still understood; an upload port names what
+    /// it knows when refusing another method, in the words older peers used.
+    #[test]
+    fn a_range_session_is_its_own_method() {
+        let request = DownloadRequest {
+            filename: "v.bin".into(),
+            port: 5000,
+            offset: None,
+            digest: None,
+            from_port: Some(6000),
+            ranges: Some(true),
+            accepts_waiting: false,
+            digest_after_data: false,
+            file_size: None,
+            prefix_digest: None,
+        };
+        let line = range_session_line(&request);
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"method":"DOWNLOAD_RANGES","#),
+            "{text}"
+        );
+        assert!(!text.contains("ranges\":"), "{text}");
+        assert_eq!(
+            parse_download_request(line.trim_ascii_end()).unwrap(),
+            request
+        );
+        let first_form = download_line(&request);
+        assert_eq!(
+            parse_download_request(first_form.trim_ascii_end()).unwrap(),
+            request
+        );
+        let e = parse_download_request(br#"{"method":"GET","data":{}}"#).unwrap_err();
+        assert!(e.starts_with(UNKNOWN_METHOD), "{e}");
     }
 
     #[test]

@@ -169,6 +169,31 @@ pub fn start_tracker_on(listen: &str, extra: &[&str]) -> TrackerProc {
     TrackerProc { proc, addr }
 }
 
+impl TrackerProc {
+    /// Waits until a SEARCH for `name` gives the result (`name`, BLAKE3 `digest`) with exactly
+    /// `holders` peers: the holders' digests are announced (in their JOIN when hashed already,
+    /// else in a later UPDATE, so after each look that did not find it, the tracker's next
+    /// UPDATE line is awaited). Returns that result.
+    pub fn wait_for_group(&self, name: &str, digest: &str, holders: usize) -> serde_json::Value {
+        let mut c = RawClient::connect(self.addr);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let reply = c.ask(&search_msg(name));
+            let found = reply["results"].as_array().and_then(|results| {
+                results
+                    .iter()
+                    .find(|r| r["name"] == name && r["digest"] == digest)
+                    .cloned()
+            });
+            if let Some(result) = found.filter(|r| r["holders"] == holders) {
+                return result;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.proc.wait_for_within(" atualizou os arquivos", left);
+        }
+    }
+}
+
 /// A peer with its upload port and folder.
 pub struct PeerProc {
     pub proc: Proc,
