@@ -19,29 +19,42 @@ use unicode_normalization::char::is_combining_mark;
 pub const MAX_QUERY_WORDS: usize = 16;
 
 /// The distinct words of a query, folded, in one buffer (a SEARCH allocates twice, not once
-/// per word).
+/// per word; nothing at all when the value is reused with [`QueryWords::fill`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryWords {
     folded: String,
     spans: Vec<(usize, usize)>,
+    /// Indexes into `spans`, longest word first (ties in query order).
+    by_length: Vec<u32>,
 }
 
 impl QueryWords {
     /// The distinct words of `query`, folded, in order.
     pub fn of(query: &str) -> QueryWords {
         let mut words = QueryWords::default();
-        fold_into(query, &mut words.folded);
-        let base = words.folded.as_ptr() as usize;
-        let mut spans: Vec<(usize, usize)> = Vec::new();
-        split_folded(&words.folded, |w| {
+        words.fill(query);
+        words
+    }
+
+    /// Makes these the distinct words of `query`, reusing the buffers.
+    pub fn fill(&mut self, query: &str) {
+        fold_into(query, &mut self.folded);
+        let base = self.folded.as_ptr() as usize;
+        let (folded, spans) = (&self.folded, &mut self.spans);
+        spans.clear();
+        split_folded(folded, |w| {
             let start = w.as_ptr() as usize - base;
-            let folded = &words.folded;
             if !spans.iter().any(|&(a, b)| &folded[a..b] == w) {
                 spans.push((start, start + w.len()));
             }
         });
-        words.spans = spans;
-        words
+        self.by_length.clear();
+        self.by_length.extend(0..self.spans.len() as u32);
+        let spans = &self.spans;
+        self.by_length.sort_by_key(|&i| {
+            let (a, b) = spans[i as usize];
+            std::cmp::Reverse(b - a)
+        });
     }
 
     /// How many distinct words.
@@ -57,6 +70,11 @@ impl QueryWords {
     /// The words, folded, in order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.spans.iter().map(|&(a, b)| &self.folded[a..b])
+    }
+
+    /// The words, longest first (they tend to be the rarer: a number, a title word).
+    pub fn longest_first(&self) -> impl Iterator<Item = &str> {
+        self.by_length.iter().map(|&i| self.get(i as usize))
     }
 
     /// Word `i`.
