@@ -107,7 +107,8 @@ pub fn holds_all(text: &str, query: &QueryWords, buf: &mut String) -> bool {
 pub fn fold_into(text: &str, buf: &mut String) {
     buf.clear();
     if text.is_ascii() {
-        buf.extend(text.bytes().map(|b| b.to_ascii_lowercase() as char));
+        buf.push_str(text);
+        buf.make_ascii_lowercase();
         return;
     }
     // Lower-case first: some capitals lower-case to a letter plus a combining mark
@@ -119,11 +120,18 @@ pub fn fold_into(text: &str, buf: &mut String) {
 /// Calls `each` with every word of the folded text `folded`, in order, repeats included.
 pub fn split_folded(folded: &str, mut each: impl FnMut(&str)) {
     if folded.is_ascii() {
-        // The common case, byte by byte: every ASCII byte is a whole character.
-        for word in folded.split(|c: char| !c.is_ascii_alphanumeric()) {
-            if !word.is_empty() {
-                each(word);
+        // The common case, byte by byte: every ASCII byte is a whole character, so any
+        // byte offset is a character boundary.
+        let mut start = None;
+        for (i, b) in folded.bytes().enumerate() {
+            if b.is_ascii_alphanumeric() {
+                start.get_or_insert(i);
+            } else if let Some(from) = start.take() {
+                each(&folded[from..i]);
             }
+        }
+        if let Some(from) = start {
+            each(&folded[from..]);
         }
         return;
     }
@@ -159,5 +167,37 @@ mod tests {
         assert_eq!(words("---"), Vec::<String>::new());
         assert_eq!(words("*"), Vec::<String>::new());
         assert_eq!(words("日本語 ファイル"), ["日本語", "ファイル"]);
+        assert_eq!(
+            words("--Faixa 07__(ao vivo)"),
+            ["faixa", "07", "ao", "vivo"]
+        );
+        assert_eq!(words("x"), ["x"]);
+        assert_eq!(words(""), Vec::<String>::new());
+    }
+
+    /// ASCII text is folded and split byte by byte; the result is what the Unicode path gives.
+    #[test]
+    fn the_ascii_path_agrees_with_the_unicode_path() {
+        for text in [
+            "Aula-01 (FINAL).mp4",
+            "--a--b--",
+            "a",
+            "",
+            " 9 ",
+            "x_Y+z",
+            "~`!@#$%^&*",
+        ] {
+            let mut buf = String::new();
+            fold_into(text, &mut buf);
+            assert_eq!(buf, text.to_lowercase(), "{text}");
+            let mut got = Vec::new();
+            split_folded(&buf, |w| got.push(w.to_string()));
+            let want: Vec<String> = buf
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect();
+            assert_eq!(got, want, "{text}");
+        }
     }
 }
