@@ -327,12 +327,8 @@ impl Tracker {
             }
             TrackerRequest::Search { query } => {
                 self.check_query(&query, &mut session.query_words)?;
-                self.out.line(concat(&[
-                    "Peer ",
-                    &session.who,
-                    " solicitou arquivo ",
-                    &query,
-                ]));
+                self.out
+                    .line_of(&["Peer ", &session.who, " solicitou arquivo ", &query]);
                 if session.legacy {
                     let ports: Vec<u16> = self
                         .table
@@ -530,15 +526,6 @@ struct Session {
 
 /// Bytes of reply buffer a connection keeps between requests (a SEARCH reply fits).
 const REPLY_BUFFER: usize = 1024;
-
-/// `parts` joined, in one allocation.
-fn concat(parts: &[&str]) -> String {
-    let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        text.push_str(part);
-    }
-    text
-}
 
 /// Counts a connection (and its host's) until its thread ends.
 struct ConnectionSlot {
