@@ -97,7 +97,7 @@ struct RawRequest {
 
 /// `data` as a JSON object only: serde would otherwise also fill a struct from an array
 /// (`"data":[1234,["a"]]`), which the protocol does not allow.
-struct ObjectData(RawData);
+struct ObjectData(Box<RawData>);
 
 impl<'de> Deserialize<'de> for ObjectData {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -112,7 +112,7 @@ impl<'de> Deserialize<'de> for ObjectData {
                 map: A,
             ) -> Result<ObjectData, A::Error> {
                 RawData::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(ObjectData)
+                    .map(|data| ObjectData(Box::new(data)))
             }
         }
         deserializer.deserialize_map(ObjectVisitor)
@@ -141,7 +141,7 @@ struct RawData {
 /// Why a request could not be understood; the text is sent to the client as is.
 pub type RequestError = String;
 
-fn decode_raw(bytes: &[u8]) -> Result<(String, RawData), RequestError> {
+fn decode_raw(bytes: &[u8]) -> Result<(String, Box<RawData>), RequestError> {
     let raw: RawRequest = serde_json::from_slice(bytes).map_err(|e| describe_json_error(&e))?;
     let data = raw
         .data
@@ -400,6 +400,14 @@ impl Reply {
     /// Appends the reply to `out` as one line, `\n` included.
     pub fn write_line(&self, out: &mut Vec<u8>) {
         encode_line_into(self, out);
+    }
+
+    /// Appends an `ERROR` reply with its sentence to `out` as one line. Out of line: a
+    /// [`Reply`] is a few hundred bytes, which would otherwise sit in the frame of every
+    /// caller, error or not (a tracker keeps each connection thread's deepest stack resident).
+    #[inline(never)]
+    pub fn write_error(message: String, out: &mut Vec<u8>) {
+        Reply::error(message).write_line(out);
     }
 }
 
