@@ -1,27 +1,57 @@
-//! The transfer benchmark's baseline (`scripts/bench-transfer.sh`): copies a file through a
-//! plain loopback `TcpStream` into another file with `std::io::copy` and no protocol, no
-//! digest, no approval. It is what a DOWNLOAD between two peers is compared against.
+//! The transfer benchmark's baseline (`scripts/bench-transfer.sh`): the fastest plain copy of a
+//! file over TCP into another file that we know how to write on Linux, with no protocol, no
+//! digest and no approval. A DOWNLOAD between two peers is compared against it.
 //!
-//! Usage: `raw_copy SRC DST` — prints one line `bytes=N seconds=S` on stdout.
+//! Two processes, so that each side's CPU time and peak memory are its own:
+//!
+//! - `raw_copy recv LISTEN DST STRATEGY` listens on `LISTEN` (e.g. `127.0.0.1:0`), prints
+//!   `listening PORT`, takes one connection, writes everything it receives to `DST` (created,
+//!   never replaced), `fsync`s it, and prints
+//!   `bytes=N end=UNIX_SECONDS fsync=SECONDS cpu=SECONDS rss_kib=K`.
+//! - `raw_copy send ADDR SRC` sends `SRC` with `sendfile(2)` in 8 MiB calls (what the uploader
+//!   does) and prints `bytes=N cpu=SECONDS rss_kib=K`.
+//!
+//! Receiving strategies (`STRATEGY`):
+//! - `read:SIZE` — `read` into one buffer of SIZE bytes (`64k`, `1m`, ...) until it is full,
+//!   then one `write`;
+//! - `splice` — `splice(2)` from the socket into a 1 MiB pipe and from the pipe into the file:
+//!   the bytes never enter user space;
+//! - either with `+wb` — every 8 MiB written, ask the kernel to start writing them to disk
+//!   (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that the final `fsync` has less to do.
 
-use std::fs::File;
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
-use std::thread;
-use std::time::Instant;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Bytes per `sendfile` call, as the uploader.
+const SEND_CHUNK: usize = 8 << 20;
+/// Write-behind window for `+wb`.
+const WRITE_BEHIND: u64 = 8 << 20;
+/// Pipe size for `splice`.
+const PIPE_SIZE: libc::c_int = 1 << 20;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [src, dst] = args.as_slice() else {
-        eprintln!("usage: raw_copy SRC DST");
-        return ExitCode::from(2);
-    };
-    match copy(src, dst) {
-        Ok((bytes, seconds)) => {
-            println!("bytes={bytes} seconds={seconds:.6}");
-            ExitCode::SUCCESS
+    let outcome = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["recv", listen, dst, strategy] => {
+            Strategy::parse(strategy).and_then(|s| receive(listen, dst, s))
         }
+        ["send", addr, src] => send(addr, src),
+        _ => {
+            eprintln!("usage: raw_copy recv LISTEN DST STRATEGY | raw_copy send ADDR SRC");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("raw_copy: {e}");
             ExitCode::FAILURE
@@ -29,28 +59,227 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sends `src` from this thread and receives it into `dst` on another, over loopback.
-fn copy(src: &str, dst: &str) -> io::Result<(u64, f64)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let mut out = File::create(dst)?;
-    let receiver = thread::spawn(move || -> io::Result<u64> {
-        let (mut stream, _) = listener.accept()?;
-        io::copy(&mut stream, &mut out)
-    });
-    let started = Instant::now();
-    let mut input = File::open(src)?;
-    let mut stream = TcpStream::connect(addr)?;
-    let sent = io::copy(&mut input, &mut stream)?;
-    drop(stream);
-    let received = receiver
-        .join()
-        .map_err(|_| io::Error::other("the receiving thread panicked"))??;
-    let seconds = started.elapsed().as_secs_f64();
-    if received != sent {
-        return Err(io::Error::other(format!(
-            "sent {sent} bytes but received {received}"
-        )));
+/// How the receiver moves bytes from the socket to the file.
+#[derive(Clone, Copy)]
+struct Strategy {
+    /// `None`: splice; `Some(n)`: read into an `n`-byte buffer.
+    buffer: Option<usize>,
+    write_behind: bool,
+}
+
+impl Strategy {
+    fn parse(text: &str) -> io::Result<Strategy> {
+        let (base, write_behind) = match text.strip_suffix("+wb") {
+            Some(base) => (base, true),
+            None => (text, false),
+        };
+        let buffer = match base {
+            "splice" => None,
+            _ => {
+                let size = base
+                    .strip_prefix("read:")
+                    .and_then(parse_size)
+                    .ok_or_else(|| io::Error::other(format!("unknown strategy {text:?}")))?;
+                Some(size)
+            }
+        };
+        Ok(Strategy {
+            buffer,
+            write_behind,
+        })
     }
-    Ok((received, seconds))
+}
+
+/// `64k`, `1m`, `4m` or a plain number of bytes.
+fn parse_size(text: &str) -> Option<usize> {
+    let (digits, unit) = match text.as_bytes().last()? {
+        b'k' | b'K' => (&text[..text.len() - 1], 1 << 10),
+        b'm' | b'M' => (&text[..text.len() - 1], 1 << 20),
+        _ => (text, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(unit)
+}
+
+fn receive(listen: &str, dst: &str, strategy: Strategy) -> io::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    println!("listening {}", listener.local_addr()?.port());
+    io::stdout().flush()?;
+    let mut out = OpenOptions::new().write(true).create_new(true).open(dst)?;
+    let (stream, _) = listener.accept()?;
+    let mut behind = WriteBehind::new(strategy.write_behind);
+    let bytes = match strategy.buffer {
+        Some(size) => receive_read(&stream, &mut out, size, &mut behind)?,
+        None => receive_splice(&stream, &out, &mut behind)?,
+    };
+    let syncing = std::time::Instant::now();
+    out.sync_all()?;
+    let fsync = syncing.elapsed().as_secs_f64();
+    drop(out);
+    let end = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(io::Error::other)?
+        .as_secs_f64();
+    let (cpu, rss) = usage();
+    println!("bytes={bytes} end={end:.6} fsync={fsync:.6} cpu={cpu:.6} rss_kib={rss}");
+    Ok(())
+}
+
+/// Reads into one buffer until it is full (or the stream ends), then writes it.
+fn receive_read(
+    mut stream: &TcpStream,
+    out: &mut File,
+    size: usize,
+    behind: &mut WriteBehind,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; size];
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < size {
+            match stream.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.write_all(&buf[..filled])?;
+        total += filled as u64;
+        behind.written(out, total);
+        if filled < size {
+            return Ok(total);
+        }
+    }
+}
+
+/// Moves the bytes socket → pipe → file with `splice`.
+fn receive_splice(stream: &TcpStream, out: &File, behind: &mut WriteBehind) -> io::Result<u64> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (pipe_r, pipe_w) = (fds[0], fds[1]);
+    // SAFETY: fcntl on a descriptor we own; a failure only leaves the default size.
+    unsafe { libc::fcntl(pipe_w, libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    let result = (|| {
+        let mut total = 0u64;
+        loop {
+            // SAFETY: plain descriptors, null offsets (the socket and the pipe have none; the
+            // file's own position is used and advanced).
+            let n = unsafe {
+                libc::splice(
+                    stream.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    pipe_w,
+                    std::ptr::null_mut(),
+                    PIPE_SIZE as usize,
+                    libc::SPLICE_F_MOVE,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Ok(total);
+            }
+            let mut left = n as usize;
+            while left > 0 {
+                // SAFETY: as above.
+                let m = unsafe {
+                    libc::splice(
+                        pipe_r,
+                        std::ptr::null_mut(),
+                        out.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        left,
+                        libc::SPLICE_F_MOVE,
+                    )
+                };
+                if m < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                left -= m as usize;
+                total += m as u64;
+            }
+            behind.written(out, total);
+        }
+    })();
+    // SAFETY: closing the two descriptors created above, once.
+    unsafe {
+        libc::close(pipe_r);
+        libc::close(pipe_w);
+    }
+    result
+}
+
+/// Starts write-back of each full window as soon as it is written.
+struct WriteBehind {
+    on: bool,
+    started: u64,
+}
+
+impl WriteBehind {
+    fn new(on: bool) -> WriteBehind {
+        WriteBehind { on, started: 0 }
+    }
+
+    fn written(&mut self, out: &File, total: u64) {
+        while self.on && total - self.started >= WRITE_BEHIND {
+            // SAFETY: sync_file_range only reads its arguments; failure is harmless here.
+            unsafe {
+                libc::sync_file_range(
+                    out.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    WRITE_BEHIND as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.started += WRITE_BEHIND;
+        }
+    }
+}
+
+fn send(addr: &str, src: &str) -> io::Result<()> {
+    let file = File::open(src)?;
+    let len = file.metadata()?.len();
+    let stream = TcpStream::connect(addr)?;
+    let mut offset: libc::off64_t = 0;
+    while (offset as u64) < len {
+        let want = (len - offset as u64).min(SEND_CHUNK as u64) as usize;
+        // SAFETY: both descriptors are open; `offset` is ours.
+        let n =
+            unsafe { libc::sendfile64(stream.as_raw_fd(), file.as_raw_fd(), &mut offset, want) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::other("the file shrank"));
+        }
+    }
+    drop(stream);
+    let (cpu, rss) = usage();
+    println!("bytes={len} cpu={cpu:.6} rss_kib={rss}");
+    Ok(())
+}
+
+/// CPU seconds (user + system, all threads) and peak resident KiB of this process.
+fn usage() -> (f64, i64) {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime) + secs(ru.ru_stime), ru.ru_maxrss)
 }

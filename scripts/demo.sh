@@ -137,7 +137,7 @@ say bob "DOWNLOAD video.mp4 $alice_port"
 wait_for alice "Gostaria de Aprovar o download? (SIM/NAO)" 1
 say alice SIM
 wait_for bob "Arquivo video.mp4 baixado com sucesso"
-wait_for tracker "atualizou os arquivos ['video.mp4']"
+wait_for tracker "atualizou os arquivos: +['video.mp4']"
 
 say carol "SEARCH video.mp4"
 wait_for carol "Peers com arquivo solicitado: ['127.0.0.1:$alice_port', '127.0.0.1:$bob_port']"

@@ -216,8 +216,12 @@ pub struct NetArgs {
     /// Address to listen on for uploads, IP:PORT (port 0: any free port).
     #[arg(long, default_value = "0.0.0.0:0")]
     pub listen: String,
-    /// Seconds after which a silent, vanished tracker or transfer partner is given up; an
-    /// answer of the tracker is awaited at most this long (and at most 15 s).
+    /// Seconds that bound a silent or stalled partner: a vanished tracker or transfer partner
+    /// is given up after about this long (TCP keepalive); a tracker's answer is awaited at most
+    /// this long (and at most 15 s); an upload request must arrive whole within it of
+    /// connecting, whatever bytes come meanwhile (PROTOCOL.md D12); a whole-file transfer must
+    /// move at least 16 KiB/s over windows of half of it (D13); a JOIN refused because the
+    /// tracker still holds this peer's address (a restart) is retried this long (at least 5 s).
     #[arg(long, default_value_t = 30)]
     pub liveness: u64,
     /// The tracker's dialect: this project's, the Python original's, or found out.
@@ -245,7 +249,7 @@ pub struct PeerArgs {
     #[arg(long)]
     pub join: bool,
     /// Seconds an upload request waits for SIM/NAO before it is refused.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = crate::peer::approval::DEFAULT_TIMEOUT_SECS)]
     pub approval_timeout: u64,
     /// History file of the interactive prompt (default ~/.local/share/napster/history).
     #[arg(long)]
@@ -382,7 +386,7 @@ impl NetArgs {
             dir: None,
             approve: ApproveMode::Ask,
             join: false,
-            approval_timeout: seconds(60),
+            approval_timeout: seconds(crate::peer::approval::DEFAULT_TIMEOUT_SECS),
             reading: Reading::Lines,
             history: None,
             liveness: seconds(self.liveness),
@@ -476,6 +480,36 @@ mod tests {
         assert!(e.problem.ends_with("não é uma pasta: é um arquivo"), "{e}");
         assert!(checked_dir(Some(&tmp.path().join("new"))).is_ok());
         assert!(checked_dir(Some(&tmp.path().to_path_buf())).is_ok());
+    }
+
+    /// `--liveness` says everything it bounds: the request's arrival (D12) and the minimum
+    /// rate's window (D13) as well as a vanished partner and the tracker's answers.
+    #[test]
+    fn the_liveness_help_names_everything_it_bounds() {
+        use clap::CommandFactory;
+        assert_eq!(
+            crate::peer::transfers::MIN_RATE,
+            16 * 1024,
+            "the help's figure"
+        );
+        let mut cli = Cli::command();
+        for mode in ["peer", "get", "share"] {
+            let help = cli
+                .find_subcommand_mut(mode)
+                .unwrap_or_else(|| panic!("{mode} is a subcommand"))
+                .render_long_help()
+                .to_string();
+            let squeezed = help.split_whitespace().collect::<Vec<_>>().join(" ");
+            for bound in [
+                "vanished tracker or transfer partner",
+                "a tracker's answer is awaited at most this long",
+                "an upload request must arrive whole within it",
+                "at least 16 KiB/s over windows of half of it",
+                "is retried this long",
+            ] {
+                assert!(squeezed.contains(bound), "{mode} --help lacks {bound:?}");
+            }
+        }
     }
 
     /// The exit codes `napster help get` lists are the ones the program uses.

@@ -1,4 +1,5 @@
-//! The original's console lines, written to stdout by one writer thread, within a byte budget.
+//! Lines written by one writer thread within a byte budget: the tracker's console lines on
+//! stdout, and every log line on stderr (see [`crate::logging`]).
 //!
 //! Every connection thread of the tracker prints a line per request. Writing them through one
 //! thread keeps lines whole and in order, and batches them into few `write` calls under load:
@@ -6,8 +7,8 @@
 //! tracker wakes it a few hundred times a second rather than once a line (each wake-up was a
 //! system call in the SEARCH path). An idle console is behind by at most that.
 //!
-//! Printing never waits for stdout: a slow terminal, an SSH session or a pipe nobody reads must
-//! not hold up a reply. Lines wait, as bytes, in a buffer bounded by [`QUEUE_BYTES`]; a line
+//! Printing never waits for the output: a slow terminal, an SSH session or a pipe nobody reads
+//! must not hold up a reply. Lines wait, as bytes, in a buffer bounded by [`QUEUE_BYTES`]; a line
 //! that does not fit is dropped, and the next line written says how many were. Lines are
 //! shortened before they are queued: a name list keeps its first names and says how many more
 //! there were ([`name_list`]), and any line is cut at [`MAX_LINE`] bytes.
@@ -15,10 +16,12 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::numbers::count;
+pub use crate::numbers::thousands;
 use crate::protocol::legacy::python_list;
 
 /// Bytes of console lines that may wait for stdout; beyond it lines are dropped.
@@ -42,7 +45,11 @@ pub struct ConsoleOut {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Told whenever the writer has written all it took.
+    written: Condvar,
     budget: usize,
+    /// The line that says how many lines were dropped.
+    dropped_note: fn(u64) -> String,
 }
 
 #[derive(Default)]
@@ -54,18 +61,16 @@ struct Queue {
     /// The writer waits for a printer's signal (it found nothing to write); otherwise it
     /// looks again by itself.
     asleep: bool,
+    /// The writer holds lines it took and has not written yet.
+    writing: bool,
 }
 
 impl Queue {
-    fn push_dropped_note(&mut self) {
+    /// Queues the line that says how many lines were dropped (worded by `note`).
+    fn push_dropped_note(&mut self, note: fn(u64) -> String) {
         let dropped = std::mem::take(&mut self.dropped);
-        self.text.extend_from_slice(
-            format!(
-                "({} linha(s) do console descartada(s): a saída não acompanhou)\n",
-                thousands(dropped)
-            )
-            .as_bytes(),
-        );
+        self.text.extend_from_slice(note(dropped).as_bytes());
+        self.text.push(b'\n');
     }
 }
 
@@ -81,19 +86,54 @@ impl ConsoleOut {
         W: Write,
         F: FnOnce() -> W + Send + 'static,
     {
+        ConsoleOut::start_named("stdout", open, budget, console_lines_dropped)
+    }
+
+    /// Starts a writer thread called `name`, writing to what `open` returns, with `budget`
+    /// bytes of queue; `dropped_note` words the line that counts dropped lines.
+    pub fn start_named<W, F>(
+        name: &str,
+        open: F,
+        budget: usize,
+        dropped_note: fn(u64) -> String,
+    ) -> ConsoleOut
+    where
+        W: Write,
+        F: FnOnce() -> W + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            written: Condvar::new(),
             budget,
+            dropped_note,
         });
         let theirs = Arc::clone(&shared);
         let spawned = thread::Builder::new()
-            .name("stdout".into())
+            .name(name.into())
             .spawn(move || write_lines(&theirs, open()));
         if let Err(e) = spawned {
-            log::error!("cannot start the stdout writer: {e}");
+            log::error!("cannot start the {name} writer: {e}");
         }
         ConsoleOut { shared }
+    }
+
+    /// Waits until every line queued so far is written, at most `wait`; false if some are
+    /// not (the output does not keep up). For the last lines of a process.
+    pub fn drain(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut queue = self.shared.queue.lock();
+        while !queue.text.is_empty() || queue.writing {
+            if self
+                .shared
+                .written
+                .wait_until(&mut queue, deadline)
+                .timed_out()
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// Queues one line (a newline is added); drops it if the queue is full.
@@ -121,7 +161,7 @@ impl ConsoleOut {
             return;
         }
         if queue.dropped > 0 {
-            queue.push_dropped_note();
+            queue.push_dropped_note(self.shared.dropped_note);
         }
         for part in parts {
             queue.text.extend_from_slice(part.as_bytes());
@@ -144,19 +184,23 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
             let mut queue = shared.queue.lock();
             while queue.text.is_empty() {
                 if queue.dropped > 0 {
-                    queue.push_dropped_note();
+                    queue.push_dropped_note(shared.dropped_note);
                     break;
                 }
                 queue.asleep = true;
                 shared.wake.wait(&mut queue);
             }
             queue.asleep = false;
+            queue.writing = true;
             std::mem::swap(&mut queue.text, &mut batch);
         }
         let written = out.write_all(&batch).is_ok() && out.flush().is_ok();
+        shared.queue.lock().writing = false;
+        shared.written.notify_all();
         if !written && !closed {
             closed = true;
-            log::debug!("stdout is closed; console lines are dropped");
+            // Said once; through the log, which may be this very output (then it is dropped).
+            log::debug!("an output is closed; its lines are dropped");
         }
         batch.clear();
         if batch.capacity() > shared.budget.max(64 * 1024) {
@@ -164,6 +208,15 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
         }
         thread::sleep(LINGER);
     }
+}
+
+/// The line that says how many console lines were dropped.
+fn console_lines_dropped(n: u64) -> String {
+    format!(
+        "({} do console {}: a saída não acompanhou)",
+        count(n, "linha", "linhas"),
+        if n == 1 { "descartada" } else { "descartadas" }
+    )
 }
 
 /// `text` cut to at most [`MAX_LINE`] bytes (on a character boundary), marked when cut.
@@ -206,32 +259,10 @@ pub fn name_list<S: AsRef<str>>(names: &[S]) -> String {
     }
 }
 
-/// `n` with Brazilian thousands separators: `9.873`, `1.234.567`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push('.');
-        }
-        out.push(d);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::Duration;
-
-    #[test]
-    fn thousands_use_dots() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(9_873), "9.873");
-        assert_eq!(thousands(1_234_567), "1.234.567");
-    }
 
     /// Short lists are printed whole, as the original; long ones keep their first names and
     /// count the rest.
@@ -321,7 +352,7 @@ mod tests {
         assert_eq!(
             *lines.last().unwrap(),
             format!(
-                "({} linha(s) do console descartada(s): a saída não acompanhou)",
+                "({} linhas do console descartadas: a saída não acompanhou)",
                 thousands(1000 - kept as u64)
             ),
             "{text}"

@@ -12,7 +12,8 @@
 //!
 //! A download from several peers at once ([`peer::swarm`]) checks every piece against the
 //! file's digest with [`verified`] (BLAKE3 verified streaming), whose outboards the uploader
-//! keeps in [`outboard_store`] and whose progress a partial download keeps in [`piece_map`].
+//! keeps beside each file's digest in [`digests`], and whose progress a partial download keeps
+//! in [`piece_map`].
 //!
 //! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
@@ -28,12 +29,13 @@
 pub mod cli;
 pub mod console_out;
 pub mod dial;
+pub mod digests;
 pub mod exit;
 pub mod liveness;
 pub mod log_limit;
 pub mod logging;
+pub mod numbers;
 pub mod os_error;
-pub mod outboard_store;
 pub mod partial;
 pub mod peer;
 pub mod piece_map;

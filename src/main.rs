@@ -35,15 +35,21 @@ fn main() -> ExitCode {
             };
         }
     };
-    match run(cli.command) {
+    let code = match run(cli.command) {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(failure)) => failure.into(),
         Err((failure, message)) => {
-            eprintln!("napster: {message}");
+            // Behind the log lines already queued, never blocking on a full stderr.
+            napster::logging::stderr_line(&format!("napster: {message}"));
             failure.into()
         }
-    }
+    };
+    napster::logging::flush(LAST_LINES_WAIT);
+    code
 }
+
+/// How long the last lines for stderr may take to get out before the process ends anyway.
+const LAST_LINES_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the chosen program: `Ok` with the first failure of its commands, or `Err` when it
 /// could not start (with the message to print).

@@ -468,7 +468,8 @@ impl OpenPartial {
     /// Feeds the first `len` bytes on disk to `hasher` (a resumed download's prefix) and leaves
     /// the file positioned after them; returns how many were read.
     pub fn hash_prefix(&mut self, len: u64, hasher: &mut blake3::Hasher) -> io::Result<u64> {
-        let read = transfer::hash_range(&self.file, 0, len, hasher)?;
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let read = transfer::hash_range(&self.file, 0, len, hasher, &never)?;
         self.file.seek(SeekFrom::Start(read))?;
         Ok(read)
     }

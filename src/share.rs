@@ -8,6 +8,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::digests::FileIdentity;
+
 /// The longest name accepted, in bytes: the usual file-system limit.
 pub const MAX_NAME_BYTES: usize = 255;
 
@@ -90,15 +92,16 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
     check_name_len(name, MAX_NAME_BYTES)
 }
 
-/// A shared file as listed: its name, size and modification time (what tells a changed file).
+/// A shared file as listed: its name, size and identity (what tells a changed file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     /// The file's name.
     pub name: String,
     /// Its size in bytes.
     pub size: u64,
-    /// Its modification time, where the file system keeps one.
-    pub modified: Option<std::time::SystemTime>,
+    /// Which version of the file this is: device, inode, size, modification and change times,
+    /// as the digest cache tells versions apart.
+    pub identity: FileIdentity,
 }
 
 /// A peer's shared folder.
@@ -153,7 +156,7 @@ impl SharedDir {
             files.push(Listed {
                 name,
                 size: meta.len(),
-                modified: meta.modified().ok(),
+                identity: FileIdentity::of(&meta),
             });
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));

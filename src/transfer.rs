@@ -3,115 +3,29 @@
 //! - Sending uses `sendfile(2)` on Linux: the bytes never enter user space on the uploader.
 //!   It is done in chunks so that progress can be reported and a stop request honoured
 //!   between them.
-//! - Receiving reads into one fixed buffer, hashes it (BLAKE3) and writes it out in large
-//!   writes. Memory does not grow with the file.
+//! - Receiving moves the bytes socket → pipe → file with `splice(2)` on Linux, and a second
+//!   thread hashes (BLAKE3) each piece back from the page cache just after it landed: the
+//!   digest is of what is in the file. Memory does not grow with the file.
 //! - A download is written under a temporary name (see [`crate::partial`], re-exported here)
 //!   and given its final name only when all bytes arrived and the digest matched.
 //!
 //! This module knows nothing of the protocol's messages.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
 
-use parking_lot::{Condvar, Mutex};
-
+pub use crate::digests::{DigestHex, hash_range};
 pub use crate::partial::{Partial, PartialRecord, PartialStore};
 
 /// Bytes handed to one `sendfile` call: small enough to report progress and notice a stop.
 const SEND_CHUNK: u64 = 8 << 20;
-/// The receiving buffer: large writes, fixed memory.
-pub const RECEIVE_BUFFER: usize = 1 << 20;
-
-/// A BLAKE3 digest as lower-case hex.
-pub type DigestHex = String;
-
-/// Hashes the whole of an open file from its start.
-pub fn hash_file(file: &File) -> io::Result<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    hash_range(file, 0, u64::MAX, &mut hasher)?;
-    Ok(hasher.finalize())
-}
-
-/// Feeds up to `len` bytes of `file`, from `offset`, to `hasher`; returns how many were read.
-pub fn hash_range(
-    file: &File,
-    offset: u64,
-    len: u64,
-    hasher: &mut blake3::Hasher,
-) -> io::Result<u64> {
-    let mut reader = file;
-    reader.seek(SeekFrom::Start(offset))?;
-    let mut reader = reader.take(len);
-    let mut buf = vec![0u8; RECEIVE_BUFFER];
-    let mut total = 0;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok(total)
-}
-
-/// Remembers the digest of each shared file while its size and modification time stay the
-/// same, so a file is hashed once, not on every request. A file being hashed is hashed by one
-/// thread only: others asking for it wait for that result.
-#[derive(Default)]
-pub struct DigestCache {
-    known: Mutex<HashMap<PathBuf, CachedDigest>>,
-    /// Paths being hashed right now.
-    busy: Mutex<HashSet<PathBuf>>,
-    done: Condvar,
-}
-
-/// A digest with the size and modification time of the file it was computed from.
-type CachedDigest = (u64, Option<SystemTime>, DigestHex);
-
-impl DigestCache {
-    /// An empty cache.
-    pub fn new() -> DigestCache {
-        DigestCache::default()
-    }
-
-    /// The digest of the open `file` found at `path`.
-    pub fn digest(&self, path: &Path, file: &File) -> io::Result<DigestHex> {
-        let meta = file.metadata()?;
-        let stamp = (meta.len(), meta.modified().ok());
-        {
-            let mut busy = self.busy.lock();
-            loop {
-                if let Some((len, modified, digest)) = self.known.lock().get(path)
-                    && (*len, *modified) == stamp
-                {
-                    return Ok(digest.clone());
-                }
-                if busy.insert(path.to_path_buf()) {
-                    break;
-                }
-                self.done.wait(&mut busy);
-            }
-        }
-        let hashed = hash_file(file).map(|h| h.to_hex().to_string());
-        if let Ok(digest) = &hashed {
-            // Known before the waiters wake, so none of them hashes the file again.
-            self.known
-                .lock()
-                .insert(path.to_path_buf(), (stamp.0, stamp.1, digest.clone()));
-        }
-        self.busy.lock().remove(path);
-        self.done.notify_all();
-        hashed
-    }
-}
+/// Bytes moved per step when receiving (the pipe's size with `splice`, the buffer's without).
+pub const RECEIVE_CHUNK: usize = 1 << 20;
+/// Received bytes are handed to the disk (write-back started) in windows of this size.
+const WRITE_BEHIND: u64 = 8 << 20;
 
 /// Sends `len` bytes of `file` starting at `offset` to `stream`, calling `progress` with the
 /// total sent after each chunk. Stops with `Interrupted` when `stop` is set, and with
@@ -317,135 +231,433 @@ pub fn is_disk_full(error: &io::Error) -> bool {
     )
 }
 
-/// Receives exactly `expected` bytes: first `already` (bytes that arrived with the last
-/// message), then from `stream`. Each byte is hashed and written to `out`. Returns the bytes
-/// written; on error, the bytes written so far are whole on disk.
+/// Where received bytes land: a file open for writing and reading, positioned at `start`, and
+/// the BLAKE3 state of its first `start` bytes (a resumed download; empty otherwise).
+pub struct Landing<'a> {
+    /// The partial file.
+    pub file: &'a File,
+    /// The byte the received bytes start at.
+    pub start: u64,
+    /// The digest state of the bytes before `start`.
+    pub hasher: blake3::Hasher,
+}
+
+/// Receives exactly `expected` bytes into the landing file: first `already` (bytes that
+/// arrived with the last message), then from `stream`. Returns the BLAKE3 of the whole file as
+/// it now is on disk: the landing's hasher holds the bytes before, the rest is read back from
+/// the file.
+///
+/// On Linux the bytes go socket → pipe → file with `splice(2)`: they never enter user space,
+/// which halves the copying a `read` and `write` cost. A second thread hashes each piece from
+/// the page cache just after it landed, so the digest is of what is in the file, not of what
+/// was meant to be, and hashing runs beside receiving. Every 8 MiB the kernel is asked to start
+/// writing the window to disk, so that write-back keeps pace instead of piling up for the
+/// final `fsync`. Elsewhere, or where `splice` is refused, a buffer does the same job.
+///
+/// On error, the bytes counted in the error are whole in the file.
 pub fn receive_exact(
     already: &[u8],
-    stream: &mut dyn Read,
+    stream: &TcpStream,
     expected: u64,
-    out: &mut File,
-    hasher: &mut blake3::Hasher,
+    landing: Landing<'_>,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
+) -> Result<blake3::Hash, ReceiveError> {
+    let Landing {
+        file: out,
+        start,
+        hasher,
+    } = landing;
+    let (landed_tx, landed_rx) = crossbeam_channel::bounded::<u64>(HASH_QUEUE);
+    let abandon = AtomicBool::new(false);
+    let stop_hashing = &abandon;
+    std::thread::scope(|scope| {
+        // The receiver end moves into the thread: if hashing fails, the channel closes and the
+        // receiving side's notices stop blocking.
+        let hashing = std::thread::Builder::new()
+            .name("download-hash".into())
+            .spawn_scoped(scope, move || {
+                hash_as_it_lands(out, start, hasher, landed_rx, stop_hashing)
+            })
+            .map_err(|error| ReceiveError::Disk { written: 0, error })?;
+        let mut on_landed = move |end| {
+            let _ = landed_tx.send(end);
+        };
+        let target = (out, start);
+        let received = land_all(
+            already,
+            stream,
+            expected,
+            target,
+            stop,
+            progress,
+            &mut on_landed,
+        );
+        // The hashing thread ends when the last sender is gone.
+        drop(on_landed);
+        if received.is_err() {
+            abandon.store(true, Ordering::Relaxed);
+        }
+        let hashed = hashing
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
+        received?;
+        hashed.map_err(|error| ReceiveError::Disk {
+            written: expected,
+            error,
+        })
+    })
+}
+
+/// Landed-byte notices the receiver may queue ahead of the hashing thread (each up to
+/// [`RECEIVE_CHUNK`]): a bound on how far hashing may fall behind, in the page cache.
+const HASH_QUEUE: usize = 16;
+
+/// The hashing thread: reads each newly landed piece of `out` back and hashes it, until the
+/// receiver hangs up. `landed` carries the file offset up to which bytes are in the file.
+fn hash_as_it_lands(
+    out: &File,
+    start: u64,
+    mut hasher: blake3::Hasher,
+    landed: crossbeam_channel::Receiver<u64>,
+    abandon: &AtomicBool,
+) -> io::Result<blake3::Hash> {
+    let mut hashed = start;
+    for end in landed {
+        let len = end - hashed;
+        if hash_range(out, hashed, len, &mut hasher, abandon)? != len {
+            return Err(io::Error::other(
+                "the file shrank while it was being received",
+            ));
+        }
+        hashed = end;
+    }
+    Ok(hasher.finalize())
+}
+
+/// [`RECEIVE_CHUNK`] as a byte count.
+const CHUNK: u64 = RECEIVE_CHUNK as u64;
+
+/// Moves the bytes into the file (`target`: the file and the byte it starts at), telling
+/// `landed` the file offset up to which bytes are in it after each piece.
+fn land_all(
+    already: &[u8],
+    stream: &TcpStream,
+    expected: u64,
+    (out, start): (&File, u64),
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+    landed: &mut dyn FnMut(u64),
 ) -> Result<u64, ReceiveError> {
-    let first = &already[..already.len().min(expected as usize)];
-    hasher.update(first);
-    out.write_all(first)
-        .map_err(|error| ReceiveError::Disk { written: 0, error })?;
-    let mut written = first.len() as u64;
-    let mut buf = vec![0u8; RECEIVE_BUFFER];
+    let first = &already[..already
+        .len()
+        .min(usize::try_from(expected).unwrap_or(usize::MAX))];
+    let mut written = 0u64;
+    if !first.is_empty() {
+        write_counting(first, out, &mut written)
+            .map_err(|error| ReceiveError::Disk { written, error })?;
+        landed(start + written);
+    }
+    let mut mover = Mover::new();
+    let mut behind = WriteBehind::new(start);
     while written < expected {
-        let want = (expected - written).min(buf.len() as u64) as usize;
-        let mut filled = 0;
-        // Fill the buffer before writing: fewer, larger writes and hash calls.
-        while filled < want {
-            if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) {
+            return Err(ReceiveError::Stopped { got: written });
+        }
+        // Steps end on whole MiB, so progress is reported at exact figures (25 % of 64 MiB is
+        // 16 MiB, not whatever a step happened to reach).
+        let to_boundary = CHUNK - written % CHUNK;
+        let want = (expected - written).min(to_boundary) as usize;
+        let moved = mover.land(stream, out, want);
+        written += moved.written;
+        if moved.written > 0 {
+            landed(start + written);
+            behind.landed(out, start + written);
+        }
+        match moved.outcome {
+            Ok(true) if written.is_multiple_of(CHUNK) || written == expected => progress(written),
+            Ok(true) => {}
+            Ok(false) if stop.load(Ordering::Relaxed) => {
                 return Err(ReceiveError::Stopped { got: written });
             }
-            match stream.read(&mut buf[filled..want]) {
-                Ok(0) if stop.load(Ordering::Relaxed) => {
-                    flush_prefix(&buf[..filled], out, hasher, &mut written)?;
-                    return Err(ReceiveError::Stopped { got: written });
-                }
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    flush_prefix(&buf[..filled], out, hasher, &mut written)?;
-                    return Err(ReceiveError::Network {
-                        got: written,
-                        error,
-                    });
-                }
+            Ok(false) => {
+                return Err(ReceiveError::Short {
+                    got: written,
+                    expected,
+                });
             }
+            Err(Fault::Network(error)) if stop.load(Ordering::Relaxed) => {
+                log::debug!("receiving stopped: {error}");
+                return Err(ReceiveError::Stopped { got: written });
+            }
+            Err(Fault::Network(error)) => {
+                return Err(ReceiveError::Network {
+                    got: written,
+                    error: timeout_as_such(error),
+                });
+            }
+            Err(Fault::Disk(error)) => return Err(ReceiveError::Disk { written, error }),
         }
-        flush_prefix(&buf[..filled], out, hasher, &mut written)?;
-        if filled < want {
-            return Err(ReceiveError::Short {
-                got: written,
-                expected,
-            });
-        }
-        progress(written);
     }
     Ok(written)
 }
 
-/// Hashes and writes received bytes, keeping `written` exact even when the disk fills.
-fn flush_prefix(
-    bytes: &[u8],
-    out: &mut File,
-    hasher: &mut blake3::Hasher,
-    written: &mut u64,
-) -> Result<(), ReceiveError> {
+/// A receive timeout (`SO_RCVTIMEO`) shows as "would block"; say what it means.
+fn timeout_as_such(error: io::Error) -> io::Error {
+    if error.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(io::ErrorKind::TimedOut, "the uploader stopped sending")
+    } else {
+        error
+    }
+}
+
+/// Writes received bytes, keeping `written` exact even when the disk fills.
+fn write_counting(bytes: &[u8], mut out: &File, written: &mut u64) -> io::Result<()> {
     let mut rest = bytes;
     while !rest.is_empty() {
         match out.write(rest) {
-            Ok(0) => {
-                return Err(ReceiveError::Disk {
-                    written: *written,
-                    error: io::Error::from(io::ErrorKind::WriteZero),
-                });
-            }
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
-                hasher.update(&rest[..n]);
                 *written += n as u64;
                 rest = &rest[n..];
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => {
-                return Err(ReceiveError::Disk {
-                    written: *written,
-                    error,
-                });
-            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs;
+/// Why one step of receiving failed.
+enum Fault {
+    Network(io::Error),
+    Disk(io::Error),
+}
 
-    fn digest_at(cache: &DigestCache, path: &Path) -> DigestHex {
-        cache.digest(path, &File::open(path).unwrap()).unwrap()
+/// What one step moved: `written` bytes are in the file whatever the outcome; the outcome is
+/// `Ok(true)` to go on, `Ok(false)` at the end of the stream.
+struct Moved {
+    written: u64,
+    outcome: Result<bool, Fault>,
+}
+
+/// Moves bytes from the socket to the file: through a pipe with `splice`, or a buffer.
+enum Mover {
+    #[cfg(target_os = "linux")]
+    Splice(Pipe),
+    Copy(Vec<u8>),
+}
+
+impl Mover {
+    fn new() -> Mover {
+        #[cfg(target_os = "linux")]
+        match Pipe::new() {
+            Ok(pipe) => return Mover::Splice(pipe),
+            Err(e) => log::debug!("no pipe for splice ({e}); receiving through a buffer"),
+        }
+        Mover::Copy(vec![0u8; RECEIVE_CHUNK])
     }
 
-    #[test]
-    fn a_changed_file_is_hashed_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let cache = DigestCache::new();
-        fs::write(&path, b"first").unwrap();
-        assert_eq!(
-            digest_at(&cache, &path),
-            blake3::hash(b"first").to_hex().to_string()
-        );
-        fs::write(&path, b"second, longer").unwrap();
-        assert_eq!(
-            digest_at(&cache, &path),
-            blake3::hash(b"second, longer").to_hex().to_string()
-        );
-    }
-
-    #[test]
-    fn threads_asking_at_once_get_the_same_digest() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        fs::write(&path, vec![7u8; 3 << 20]).unwrap();
-        let expected = blake3::hash(&vec![7u8; 3 << 20]).to_hex().to_string();
-        let cache = DigestCache::new();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| digest_at(&cache, &path)))
-                .collect();
-            for h in handles {
-                assert_eq!(h.join().unwrap(), expected);
+    /// Moves up to `want` bytes (at least one unless the stream ended or failed).
+    fn land(&mut self, stream: &TcpStream, out: &File, want: usize) -> Moved {
+        match self {
+            #[cfg(target_os = "linux")]
+            Mover::Splice(pipe) => {
+                let moved = pipe.land(stream, out, want);
+                if let Some(buffer) = moved.fallback {
+                    *self = Mover::Copy(buffer);
+                    if moved.written == 0 && moved.outcome.as_ref().is_ok_and(|&go| go) {
+                        return self.land(stream, out, want);
+                    }
+                }
+                Moved {
+                    written: moved.written,
+                    outcome: moved.outcome,
+                }
             }
-        });
-        assert!(cache.busy.lock().is_empty());
+            Mover::Copy(buf) => copy_step(stream, out, &mut buf[..want]),
+        }
     }
+}
+
+/// One `read` from the socket, then writing all of it.
+fn copy_step(mut stream: &TcpStream, out: &File, buf: &mut [u8]) -> Moved {
+    let n = loop {
+        match stream.read(buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Moved {
+                    written: 0,
+                    outcome: Err(Fault::Network(e)),
+                };
+            }
+        }
+    };
+    if n == 0 {
+        return Moved {
+            written: 0,
+            outcome: Ok(false),
+        };
+    }
+    let mut written = 0u64;
+    let outcome = write_counting(&buf[..n], out, &mut written)
+        .map(|()| true)
+        .map_err(Fault::Disk);
+    Moved { written, outcome }
+}
+
+/// A pipe for `splice`, closed when dropped.
+#[cfg(target_os = "linux")]
+struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+/// What one `splice` step did, and a buffer to go on with if `splice` turned out unusable.
+#[cfg(target_os = "linux")]
+struct PipeMoved {
+    written: u64,
+    outcome: Result<bool, Fault>,
+    fallback: Option<Vec<u8>>,
+}
+
+#[cfg(target_os = "linux")]
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded: both descriptors are open and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // A larger pipe moves more per call; if refused (a per-user limit), the default works.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, RECEIVE_CHUNK as libc::c_int) };
+        Ok(Pipe { read, write })
+    }
+
+    /// Moves up to `want` bytes from the socket into the pipe, then all of them into the file.
+    fn land(&mut self, stream: &TcpStream, out: &File, want: usize) -> PipeMoved {
+        use std::os::fd::AsRawFd;
+        let fail = |written, fault| PipeMoved {
+            written,
+            outcome: Err(fault),
+            fallback: None,
+        };
+        let got = match splice(stream.as_raw_fd(), self.write.as_raw_fd(), want) {
+            Ok(0) => {
+                return PipeMoved {
+                    written: 0,
+                    outcome: Ok(false),
+                    fallback: None,
+                };
+            }
+            Ok(n) => n,
+            Err(e) if sendfile_unsupported(&e) => {
+                log::debug!("splice from the socket refused ({e}); receiving through a buffer");
+                return PipeMoved {
+                    written: 0,
+                    outcome: Ok(true),
+                    fallback: Some(vec![0u8; RECEIVE_CHUNK]),
+                };
+            }
+            Err(e) => return fail(0, Fault::Network(e)),
+        };
+        let mut written = 0u64;
+        while written < got as u64 {
+            let left = got - written as usize;
+            match splice(self.read.as_raw_fd(), out.as_raw_fd(), left) {
+                Ok(0) => return fail(written, Fault::Disk(io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n as u64,
+                Err(e) if sendfile_unsupported(&e) => {
+                    // The file system takes no splice: empty the pipe through a buffer.
+                    log::debug!("splice into the file refused ({e}); writing through a buffer");
+                    let mut buf = vec![0u8; RECEIVE_CHUNK];
+                    let mut pipe = std::fs::File::from(match self.read.try_clone() {
+                        Ok(fd) => fd,
+                        Err(e) => return fail(written, Fault::Disk(e)),
+                    });
+                    if let Err(e) = pipe.read_exact(&mut buf[..left]) {
+                        return fail(written, Fault::Disk(e));
+                    }
+                    return match write_counting(&buf[..left], out, &mut written) {
+                        Ok(()) => PipeMoved {
+                            written,
+                            outcome: Ok(true),
+                            fallback: Some(buf),
+                        },
+                        Err(e) => fail(written, Fault::Disk(e)),
+                    };
+                }
+                Err(e) => return fail(written, Fault::Disk(e)),
+            }
+        }
+        PipeMoved {
+            written,
+            outcome: Ok(true),
+            fallback: None,
+        }
+    }
+}
+
+/// One `splice` call between two descriptors, neither with an explicit offset (a file's own
+/// position is used and moved); retried when interrupted.
+#[cfg(target_os = "linux")]
+fn splice(from: std::os::fd::RawFd, to: std::os::fd::RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: plain descriptors owned by the caller for the duration of the call; null
+        // offsets are allowed.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Starts write-back of each full window of received bytes as soon as it is in the file.
+struct WriteBehind {
+    started: u64,
+}
+
+impl WriteBehind {
+    fn new(start: u64) -> WriteBehind {
+        WriteBehind { started: start }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn landed(&mut self, out: &File, end: u64) {
+        use std::os::fd::AsRawFd;
+        while end - self.started >= WRITE_BEHIND {
+            // SAFETY: sync_file_range only reads its arguments. A failure only means the final
+            // fsync has more to do.
+            unsafe {
+                libc::sync_file_range(
+                    out.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    WRITE_BEHIND as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.started += WRITE_BEHIND;
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn landed(&mut self, _: &File, _: u64) {}
 }

@@ -18,6 +18,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bao_tree::io::EncodeError;
 use bao_tree::io::outboard::PostOrderOutboard;
@@ -44,6 +45,113 @@ pub fn outboard_len(size: u64) -> u64 {
 /// the root, which is the file's BLAKE3 digest.
 pub fn create_outboard(data: impl Read, size: u64, out: impl Write) -> io::Result<blake3::Hash> {
     outboard_post_order(data, tree(size), out)
+}
+
+/// Bytes read per call when hashing a file for its digest and outboard: whole chunk groups.
+const READ_BUFFER: usize = 16 * CHUNK_GROUP as usize;
+
+/// Computes the digest and the outboard of the first `size` bytes of `file` in one read: the
+/// outboard's root *is* the file's BLAKE3 digest, so hashing a file for its digest and for its
+/// outboard is one pass, not two. Reads are positional, 1 MiB at a time (the file's own
+/// position is neither used nor moved, so an upload may send from the same file meanwhile),
+/// and each chunk group is hashed in place in that buffer: this costs the CPU of the plain
+/// hash (`scripts/bench.sh hash`). Stops with `Interrupted` when `stop` is set; a file shorter
+/// than `size` fails with `UnexpectedEof`.
+pub fn digest_and_outboard(
+    file: &File,
+    size: u64,
+    out: impl Write,
+    stop: &AtomicBool,
+) -> io::Result<blake3::Hash> {
+    let mut tree = TreeBuilder::new(size, out);
+    let mut buf = vec![0u8; READ_BUFFER.min(usize::try_from(size).unwrap_or(usize::MAX))];
+    let mut pos = 0u64;
+    while pos < size {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "hashing was stopped",
+            ));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(size - pos).unwrap_or(usize::MAX));
+        FileExt::read_exact_at(file, &mut buf[..want], pos)?;
+        for group in buf[..want].chunks(CHUNK_GROUP as usize) {
+            tree.add_group(group)?;
+        }
+        pos += want as u64;
+    }
+    tree.finish()
+}
+
+/// Builds a post-order outboard from the chunk groups of a file, in order, and its root: each
+/// group's hash goes on a stack, and a completed subtree is merged (its hash pair written) when
+/// the next group arrives, as BLAKE3's own hasher merges its chaining values; what is left at
+/// the end is merged right to left, the last merge being the root. Parents are thereby written
+/// in post order, exactly as [`create_outboard`] writes them.
+struct TreeBuilder<W: Write> {
+    out: W,
+    size: u64,
+    groups: u64,
+    stack: Vec<blake3::Hash>,
+}
+
+impl<W: Write> TreeBuilder<W> {
+    fn new(size: u64, out: W) -> TreeBuilder<W> {
+        TreeBuilder {
+            out,
+            size,
+            groups: 0,
+            stack: Vec::new(),
+        }
+    }
+
+    /// Adds the next group: [`CHUNK_GROUP`] bytes, fewer only for the file's last one.
+    fn add_group(&mut self, group: &[u8]) -> io::Result<()> {
+        use blake3::hazmat::HasherExt;
+        // Subtrees complete before this group are merged now, no later: the root must be
+        // known to be the root when it is merged.
+        while self.stack.len() > self.groups.count_ones() as usize {
+            self.merge(false)?;
+        }
+        let hash = if self.size <= CHUNK_GROUP {
+            blake3::hash(group)
+        } else {
+            let mut hasher = blake3::Hasher::new();
+            hasher.set_input_offset(self.groups * CHUNK_GROUP);
+            hasher.update(group);
+            blake3::Hash::from(hasher.finalize_non_root())
+        };
+        self.stack.push(hash);
+        self.groups += 1;
+        Ok(())
+    }
+
+    fn merge(&mut self, is_root: bool) -> io::Result<()> {
+        let (Some(right), Some(left)) = (self.stack.pop(), self.stack.pop()) else {
+            return Err(io::Error::other("outboard: nothing to merge"));
+        };
+        self.out.write_all(left.as_bytes())?;
+        self.out.write_all(right.as_bytes())?;
+        self.stack.push(parent_hash(&left, &right, is_root));
+        Ok(())
+    }
+
+    /// Merges what is left; returns the root.
+    fn finish(mut self) -> io::Result<blake3::Hash> {
+        if self.groups == 0 {
+            return Ok(blake3::hash(b""));
+        }
+        while self.stack.len() > 1 {
+            let is_root = self.stack.len() == 2;
+            self.merge(is_root)?;
+        }
+        self.out.flush()?;
+        self.stack
+            .pop()
+            .ok_or_else(|| io::Error::other("outboard: no root"))
+    }
 }
 
 /// Why a received outboard was refused.
@@ -311,6 +419,51 @@ mod tests {
             &mut io::sink(),
         );
         assert!(matches!(short, Err(OutboardError::Read(_))));
+    }
+
+    /// One read gives the digest and the very outboard bao-tree computes, for any size.
+    #[test]
+    fn one_read_gives_the_digest_and_bao_trees_outboard() {
+        let never = AtomicBool::new(false);
+        for len in [
+            0,
+            1,
+            1024,
+            65535,
+            65536,
+            65537,
+            2 * 65536,
+            3 * 65536 + 5,
+            5 * 65536,
+            6 * 65536,
+            16 * 65536,
+            16 * 65536 + 1,
+            (1 << 20) + 17,
+            (3 << 20) + 12345,
+        ] {
+            let data = pattern(len);
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(&data).unwrap();
+            let mut ob = Vec::new();
+            let root = digest_and_outboard(f.as_file(), len as u64, &mut ob, &never).unwrap();
+            let (expected, digest) = outboard_of(&data);
+            assert_eq!(root, digest, "len {len}");
+            assert_eq!(ob, expected, "len {len}");
+        }
+    }
+
+    /// A file shorter than announced, and a stop, end the pass with an error.
+    #[test]
+    fn a_short_file_or_a_stop_ends_the_pass() {
+        let data = pattern(200_000);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        let never = AtomicBool::new(false);
+        let short = digest_and_outboard(f.as_file(), 300_000, io::sink(), &never).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+        let stop = AtomicBool::new(true);
+        let stopped = digest_and_outboard(f.as_file(), 200_000, io::sink(), &stop).unwrap_err();
+        assert_eq!(stopped.kind(), io::ErrorKind::Interrupted);
     }
 
     /// Every piece of the right bytes passes; one flipped byte is pinned to its chunk group.

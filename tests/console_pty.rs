@@ -577,6 +577,12 @@ impl StallingUploader {
     }
 }
 
+/// Options for a peer downloading from a [`StallingUploader`]: a transfer that moves nothing
+/// is ended by the minimum rate after half `--liveness` (15 s by default, D13), which a test
+/// typing a dozen lines on a loaded machine could reach; with this the download stays stalled
+/// (not ended) for as long as the test needs it to.
+const STALLED_LONGER: [&str; 2] = ["--liveness", "600"];
+
 /// While a download runs its progress is printed above the prompt and the prompt stays
 /// usable (a SEARCH answers); Ctrl-C cancels a half-typed line. QUIT (here Ctrl-D) with the
 /// download running asks once; NAO goes on; QUIT again and SIM leave: the stopped download is
@@ -591,7 +597,12 @@ fn quit_with_a_running_download_asks_lists_the_partial_and_clears_the_bar() {
     let uploader = StallingUploader::start(SIZE, SENT);
 
     let (tmp, share) = folder(&[]);
-    let (mut bob, _) = Term::peer(tracker.addr, &share, &tmp.path().join("hist"), &[]);
+    let (mut bob, _) = Term::peer(
+        tracker.addr,
+        &share,
+        &tmp.path().join("hist"),
+        &STALLED_LONGER,
+    );
     bob.join();
     bob.keys(&format!("DOWNLOAD big.bin 127.0.0.1:{}\r", uploader.port));
     bob.wait_for(&format!(
@@ -599,7 +610,7 @@ fn quit_with_a_running_download_asks_lists_the_partial_and_clears_the_bar() {
         uploader.port
     ));
     // On a terminal, progress is a bar (bytes, rate, time left) drawn above the prompt.
-    bob.wait_for("/64.0 MiB");
+    bob.wait_for("/64,0 MiB");
     bob.wait_for("Download de big.bin [");
     bob.wait_prompt(&idle(), "");
     uploader.wait_sent();
@@ -699,7 +710,13 @@ fn a_50_column_terminal_keeps_the_name_in_the_bar() {
     let tracker = start_tracker(&[]);
     let uploader = StallingUploader::start(64 * MIB, 40 * MIB);
     let (tmp, share) = folder(&[]);
-    let (mut bob, _) = Term::peer_sized(tracker.addr, &share, &tmp.path().join("hist"), &[], 50);
+    let (mut bob, _) = Term::peer_sized(
+        tracker.addr,
+        &share,
+        &tmp.path().join("hist"),
+        &STALLED_LONGER,
+        50,
+    );
     bob.join();
     bob.keys(&format!(
         "DOWNLOAD aula-01.mp4 127.0.0.1:{}\r",
@@ -721,7 +738,7 @@ fn a_50_column_terminal_keeps_the_name_in_the_bar() {
     );
     let last = figures.split_whitespace().last().unwrap();
     assert!(
-        last.ends_with('%') || last.ends_with('s') || last.ends_with('B'),
+        last.ends_with('%') || last.ends_with('s') || last.ends_with('B') || last == "min",
         "{bar:?} ends with a whole word"
     );
     bob.keys("\x04");
@@ -764,6 +781,17 @@ fn a_download_says_what_it_waits_for_and_how_it_went() {
     bob.wait_for("11 B em ");
     bob.wait_for("/s), verificado (BLAKE3)");
     bob.wait_prompt(&idle(), "");
+    // One number style: a decimal comma, a space before each unit (`11 B em 0,04 s
+    // (0,3 KiB/s)`), as in SEARCH results; never `0.04s` or `2.5 MiB`.
+    let screen = bob.text();
+    let summary = screen
+        .lines()
+        .find(|row| row.starts_with("11 B em "))
+        .unwrap_or_else(|| panic!("a summary row:\n{screen}"));
+    assert!(
+        summary.contains(" s (") && summary.contains(',') && !summary.contains('.'),
+        "{summary}"
+    );
     assert_eq!(
         std::fs::read(share.join("notes.txt")).unwrap(),
         b"hello, bob\n"
@@ -792,9 +820,11 @@ fn without_a_terminal_questions_are_plain_lines() {
 }
 
 /// A command typed without its arguments asks for them with the original's prompts, and the
-/// next lines answer them. Before JOIN the menu shows JOIN, and another command says to JOIN;
-/// `DOWNLOAD name` right after a SEARCH of that name that found one peer uses it without
-/// asking for a port.
+/// next lines answer them. Before JOIN the menu shows JOIN, and another command says to JOIN.
+/// The original's keystrokes for a download (`DOWNLOAD`, the name, the port) keep their
+/// meaning right after a SEARCH that found exactly one peer: the port is asked for (the found
+/// peer offered for an empty answer) and the typed port downloads, where it used to start at
+/// once and answer the port `Comando desconhecido`.
 #[test]
 fn commands_without_arguments_ask_with_the_originals_prompts() {
     let tracker = start_tracker(&[]);
@@ -820,26 +850,59 @@ fn commands_without_arguments_ask_with_the_originals_prompts() {
     bob.wait_for("Insira o arquivo que deseja buscar:");
     bob.wait_prompt(&idle(), "");
     bob.keys("notes.txt\r");
-    bob.wait_for(&format!(
-        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
-        alice.port
-    ));
+    let alice_addr = format!("127.0.0.1:{}", alice.port);
+    bob.wait_for(&format!("Peers com arquivo solicitado: ['{alice_addr}']"));
 
+    // The original's three keystrokes, after a SEARCH that found one peer.
     bob.keys("DOWNLOAD\r");
     bob.wait_for("Insira o nome do arquivo que deseja baixar:");
     bob.wait_prompt(&idle(), "");
     bob.keys("notes.txt\r");
     bob.wait_for(&format!(
-        "Aguardando resposta de 127.0.0.1:{}...",
-        alice.port
+        "notes.txt\nInsira a porta do peer a partir do qual deseja baixar o arquivo:\n\
+         (Enter sem nada baixa de {alice_addr}, o peer encontrado na última busca)"
     ));
+    bob.wait_prompt(&idle(), "");
+    bob.keys(&format!("{}\r", alice.port));
+    bob.wait_for(&format!("Aguardando resposta de {alice_addr}..."));
     bob.wait_for("Arquivo notes.txt baixado com sucesso na pasta ");
     assert_eq!(std::fs::read(share.join("notes.txt")).unwrap(), b"asked");
+    assert_eq!(bob.count("Comando desconhecido"), 0, "{}", bob.text());
 
-    // Not the name searched last: the original's question for the port.
-    bob.keys("DOWNLOAD extra.txt\r");
-    bob.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
+    // An empty answer takes the peer the search found.
+    std::fs::remove_file(share.join("notes.txt")).unwrap();
+    bob.keys("DOWNLOAD\r");
+    bob.wait_until("the second name question", |t| {
+        t.count("Insira o nome do arquivo que deseja baixar:") == 2
+    });
     bob.wait_prompt(&idle(), "");
+    bob.keys("notes.txt\r");
+    bob.wait_until("the second hint", |t| {
+        t.count("(Enter sem nada baixa de") == 2
+    });
+    bob.wait_prompt(&idle(), "");
+    bob.keys("\r");
+    bob.wait_until("the second download", |t| {
+        t.count("Arquivo notes.txt baixado com sucesso") == 2
+    });
+
+    // `DOWNLOAD name` on one line, right after that search: the found peer, at once.
+    std::fs::remove_file(share.join("notes.txt")).unwrap();
+    bob.wait_prompt(&idle(), "");
+    bob.keys("DOWNLOAD notes.txt\r");
+    bob.wait_until("the third download", |t| {
+        t.count("Arquivo notes.txt baixado com sucesso") == 3
+    });
+    assert_eq!(bob.count("Insira a porta"), 2, "{}", bob.text());
+
+    // Not the name searched last: the original's question for the port, with no default.
+    bob.wait_prompt(&idle(), "");
+    bob.keys("DOWNLOAD extra.txt\r");
+    bob.wait_until("the third port question", |t| {
+        t.count("Insira a porta") == 3
+    });
+    bob.wait_prompt(&idle(), "");
+    assert_eq!(bob.count("(Enter sem nada"), 2, "{}", bob.text());
     bob.keys(&format!("{}\r", alice.port));
     bob.wait_for("Arquivo extra.txt baixado com sucesso na pasta ");
     assert_eq!(std::fs::read(share.join("extra.txt")).unwrap(), b"more");

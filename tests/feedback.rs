@@ -116,7 +116,7 @@ fn a_silent_uploader_is_a_timeout_within_seconds() {
     let mut bob = bob_downloading(&t, &db, "x.mp4", at);
     bob.wait_for(&format!("Aguardando resposta de {at}..."));
     bob.proc.wait_for_within(
-        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não respondeu em 15.0s",
+        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não respondeu em 15 s",
         WAIT * 2,
     );
     assert_eq!(bob.proc.wait_exit(WAIT).code(), Some(8));
@@ -139,7 +139,7 @@ fn the_decision_is_awaited_as_long_as_the_uploader_said() {
     bob.wait_for(&format!("Aguardando resposta de {at}..."));
     bob.wait_for(&format!("Aguardando aprovação do usuário de {at}..."));
     bob.wait_for(
-        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não enviou a decisão do usuário em 6.0s",
+        "Erro ao processar download de x.mp4: tempo esgotado: o outro peer não enviou a decisão do usuário em 6 s",
     );
     assert_eq!(bob.proc.wait_exit(WAIT).code(), Some(8));
     uploader.join().unwrap();
@@ -165,4 +165,27 @@ fn an_upload_cut_by_the_downloader_says_the_other_peer_left() {
     alice.wait_for(&format!(
         "Upload do arquivo big.bin para {from} interrompido: o outro peer encerrou"
     ));
+}
+
+/// A hostile uploader claiming its user has a day to answer does not pin the download for a
+/// day: the downloader takes at most 11 minutes (our default 60 s to answer and ten minutes
+/// more, plus its 5 s margin) and says how long it will wait; CANCELAR frees it at once.
+#[test]
+fn a_claimed_day_of_waiting_is_capped_and_cancel_frees_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [db] = folders(tmp.path(), ["bob"]);
+    let t = start_tracker(&[]);
+    let (at, uploader) = silent_uploader(&[
+        r#"{"status":"OK","fileSize":3}"#,
+        r#"{"status":"waiting","waitingFor":"approval","timeout":86400}"#,
+    ]);
+    let mut bob = start_peer("bob", t.addr, &db, &["--join"]);
+    bob.wait_for("Sou o Peer");
+    bob.send(&format!("DOWNLOAD x.mp4 {at}"));
+    bob.wait_for(&format!(
+        "Aguardando aprovação do usuário de {at}... (até 11 min 05 s)"
+    ));
+    bob.send("CANCELAR x.mp4");
+    bob.wait_for("Erro ao processar download de x.mp4: download cancelado");
+    uploader.join().unwrap();
 }

@@ -482,7 +482,8 @@ impl LoopbackAddr for TrackerProc {
 }
 
 /// The original's keystrokes for a download work unchanged on `napster peer`: `DOWNLOAD`,
-/// then the name at the first prompt, then the bare port at the second.
+/// then the name at the first prompt, then the bare port at the second, also right after a
+/// SEARCH that found exactly that one peer (the side-by-side run's sequence).
 #[test]
 fn the_originals_download_keystrokes_work_on_a_napster_peer() {
     let t = start_tracker(&["--legacy-folder-join"]);
@@ -491,6 +492,13 @@ fn the_originals_download_keystrokes_work_on_a_napster_peer() {
     let down_dir = tempfile::tempdir().unwrap();
     let mut down = start_peer("downloader", t.addr, down_dir.path(), &[]);
     down.join();
+    down.send("SEARCH");
+    down.wait_for("Insira o arquivo que deseja buscar:");
+    down.send("song.txt");
+    down.wait_for(&format!(
+        "Peers com arquivo solicitado: ['127.0.0.1:{}']",
+        up.port
+    ));
     down.send("DOWNLOAD");
     down.wait_for("Insira o nome do arquivo que deseja baixar:");
     down.send("song.txt");
@@ -501,15 +509,26 @@ fn the_originals_download_keystrokes_work_on_a_napster_peer() {
         std::fs::read(down_dir.path().join("song.txt")).unwrap(),
         b"song.txt"
     );
+    down.send("QUIT");
+    assert_eq!(down.proc.wait_exit(WAIT).code(), Some(0));
+    assert!(
+        !down.proc.printed("Comando desconhecido"),
+        "{}",
+        down.proc.transcript()
+    );
 }
 
 /// Real Python reading as the original's downloader does (`tests/legacy/original_downloader.py`:
-/// one `recv(1024)` + `json.loads` per reply, one `recv(fileSize)` for the data), five times
-/// for a small file and ten for a 60,000-byte one, against an uploader that approves at once:
-/// every reply parses alone and the file arrives whole in the one recv. Without `python3` on
-/// the machine the test says so and checks nothing. Tried with each aid removed: with no
-/// reply gap it failed in round 1; streaming the 60,000 bytes instead of one write cut 3 of 20
-/// copies short by hand, so these ten rounds catch that about four times in five.
+/// one `recv(1024)` + `json.loads` per reply, one `recv(fileSize)` for the data), against an
+/// uploader that approves at once. What the uploader can guarantee, and what is checked:
+/// every reply is its own write, 300 ms after the previous one, so each `recv(1024)` parses
+/// alone (with no gap it failed in round 1); the file follows in one write and nothing else,
+/// byte-exact; a file that fits in one TCP segment (at most half the reader's window: 32,000
+/// bytes here, where the original's window is 64 KiB) is whole in the one `recv`. A larger
+/// one (60,000 bytes) leaves in two segments, and the one `recv` gets both only if the second
+/// has landed when it reads: it always did on a quiet machine, but once 32,768 bytes under
+/// heavy load; that count is printed, not asserted, since TCP promises nothing more. Without
+/// `python3` the test says so and checks nothing.
 #[test]
 fn python_reading_like_the_original_downloads_from_a_napster_peer() {
     if std::process::Command::new("python3")
@@ -522,12 +541,19 @@ fn python_reading_like_the_original_downloads_from_a_napster_peer() {
     }
     let t = start_tracker(&["--legacy-folder-join"]);
     let dir = tempfile::tempdir().unwrap();
-    write_pattern(&dir.path().join("clip.bin"), 3000, 11);
-    write_pattern(&dir.path().join("song.bin"), 60_000, 12);
+    let files: [(&str, usize, usize); 3] = [
+        ("clip.bin", 3000, 3),
+        ("half.bin", ONE_SEGMENT, 3),
+        ("song.bin", 60_000, 10),
+    ];
+    for (i, (name, size, _)) in files.iter().enumerate() {
+        write_pattern(&dir.path().join(name), *size as u64, 11 + i as u64);
+    }
     let up = joined_uploader(&t, dir.path(), &["--approve", "yes"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/original_downloader.py");
     let out_dir = tempfile::tempdir().unwrap();
-    for (name, size, rounds) in [("clip.bin", 3000, 5), ("song.bin", 60_000, 10)] {
+    for (name, size, rounds) in files {
+        let mut whole = 0;
         for round in 0..rounds {
             let out = out_dir.path().join(format!("{name}-{round}"));
             let run = std::process::Command::new("python3")
@@ -538,20 +564,42 @@ fn python_reading_like_the_original_downloads_from_a_napster_peer() {
                 .output()
                 .unwrap();
             let printed = String::from_utf8_lossy(&run.stdout);
+            let lines: Vec<&str> = printed.lines().collect();
+            let context = || {
+                format!(
+                    "{name} round {round}: {printed}; stderr: {}",
+                    String::from_utf8_lossy(&run.stderr)
+                )
+            };
             assert_eq!(
-                printed.lines().collect::<Vec<_>>(),
-                vec![
-                    format!("reply OK {size}"),
-                    "reply downloadAccepted".to_string(),
-                    format!("data {size}")
-                ],
-                "{name} round {round}; stderr: {}",
-                String::from_utf8_lossy(&run.stderr)
+                lines.get(..2),
+                Some(&[&*format!("reply OK {size}"), "reply downloadAccepted"][..]),
+                "{}",
+                context()
             );
-            assert!(same_file(&out, &dir.path().join(name)));
+            let counts: Vec<usize> = lines
+                .get(2)
+                .and_then(|l| l.strip_prefix("data "))
+                .map(|l| l.split(' ').filter_map(|n| n.parse().ok()).collect())
+                .unwrap_or_default();
+            let [single, total] = counts[..] else {
+                panic!("{}", context());
+            };
+            assert_eq!(total, size, "{}", context());
+            assert!(same_file(&out, &dir.path().join(name)), "{}", context());
+            assert!(single > 0, "{}", context());
+            if size <= ONE_SEGMENT {
+                assert_eq!(single, size, "{}", context());
+            }
+            whole += usize::from(single == size);
         }
+        eprintln!("{name}: whole in the one recv in {whole} of {rounds} rounds");
     }
 }
+
+/// The largest file that leaves as one TCP segment towards the original's downloader: half its
+/// receive window (64 KiB by default on Linux), less headers.
+const ONE_SEGMENT: usize = 32_000;
 
 // ---------------------------------------------------------------------------------------------
 // Our peers on the original's tracker.
@@ -880,6 +928,59 @@ fn napster_peers_search_download_and_update_through_the_originals_tracker() {
     );
     a.search_finds("aula.bin", &[&a.addr(), &b.addr()]);
     assert_eq!(t.list_of(b.port), Some(serde_json::json!(["aula.bin"])));
+}
+
+/// `napster get` asks the original's tracker in its own dialect (the probe, then the original
+/// peer's SEARCH bytes), reads its list of ports as peers on the tracker's host, and, both
+/// listed peers holding the file, downloads from the two at once.
+#[test]
+fn get_searches_the_originals_tracker_in_its_dialect_and_downloads_from_every_holder() {
+    let t = OriginalTracker::start(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db, dc] = folders(tmp.path(), ["a", "b", "c"]);
+    write_pattern(&da.join("aula.bin"), 3 << 20, 4);
+    std::fs::copy(da.join("aula.bin"), db.join("aula.bin")).unwrap();
+    let mut a = peer_on_original("a", &t, &da, &["--approve", "yes"]);
+    let mut b = peer_on_original("b", &t, &db, &["--approve", "yes"]);
+    a.join();
+    b.join();
+    let server = t.addr.to_string();
+    let out = std::process::Command::new(napster_bin())
+        .args(["get", "aula.bin", "--server", &server, "--dir"])
+        .arg(&dc)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains(&format!(
+            "Peers com arquivo solicitado: ['{}', '{}']",
+            a.addr(),
+            b.addr()
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("Download de aula.bin em partes: 2 fonte(s)"),
+        "{printed}"
+    );
+    assert!(same_file(&da.join("aula.bin"), &dc.join("aula.bin")));
+    let mut asked = Vec::new();
+    while let Ok((_, bytes)) = t.received.try_recv() {
+        asked.push(bytes);
+    }
+    assert!(
+        asked
+            .iter()
+            .any(|m| m == br#"{"method":"SEARCH","data":{"query":"aula.bin"}}"#),
+        "{asked:?}"
+    );
 }
 
 /// An UPDATE too long for the one `recv(1024)` of the original's tracker is not sent cut in

@@ -151,7 +151,7 @@ fn partials_are_listed_and_cleared_from_the_console() {
 
     b.send("PARCIAIS");
     let listed = b.wait_for("p.bin: ");
-    assert!(listed.contains(" de 4.0 MiB ("), "{listed}");
+    assert!(listed.contains(" de 4,0 MiB ("), "{listed}");
     assert!(listed.ends_with("(em andamento)"), "{listed}");
     b.wait_for("download(s) parcial(is) ocupam");
     b.send("LIMPAR p.bin");

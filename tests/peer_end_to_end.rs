@@ -60,7 +60,7 @@ fn three_peers_join_search_download_update_and_reject() {
     bob.send(&format!("DOWNLOAD video.bin {}", alice.port));
     // Who asks: the connection's address as known, bob's upload port as he claims it.
     let asked = alice.wait_for(&format!(
-        "(porta de upload declarada: {}) solicitou o arquivo video.bin (3.0 MiB)",
+        "(porta de upload declarada: {}) solicitou o arquivo video.bin (3,0 MiB)",
         bob.port
     ));
     assert!(asked.starts_with("Peer 127.0.0.1:"), "{asked}");
@@ -113,13 +113,28 @@ fn commands_without_arguments_ask_with_the_original_prompts() {
     b.wait_for("Insira o arquivo que deseja buscar:");
     b.send("f.txt");
     b.wait_for(&format!("Peers com arquivo solicitado: ['{}']", a.addr()));
+    // The original's keystrokes typed ahead, as a script (or the side-by-side run) types
+    // them: the last SEARCH found one peer, and the port is still asked for and answered.
     b.send("download");
-    b.wait_for("Insira o nome do arquivo que deseja baixar:");
     b.send("f.txt");
-    // The last SEARCH of that name found one peer: it is used without asking for a port.
+    b.send(&a.port.to_string());
+    b.wait_for("Insira o nome do arquivo que deseja baixar:");
+    b.wait_for("Insira a porta do peer a partir do qual deseja baixar o arquivo:");
+    b.wait_for(&format!(
+        "(Enter sem nada baixa de {}, o peer encontrado na última busca)",
+        a.addr()
+    ));
     b.wait_for(&format!("Aguardando resposta de {}...", a.addr()));
     b.wait_for("Arquivo f.txt baixado com sucesso");
     assert_eq!(fs::read(db.join("f.txt")).unwrap(), b"x");
+    b.send("QUIT");
+    // 3: the SEARCH before JOIN; a port taken for a command would say so too.
+    assert_eq!(b.proc.wait_exit(WAIT).code(), Some(3));
+    assert!(
+        !b.proc.printed("Comando desconhecido"),
+        "{}",
+        b.proc.transcript()
+    );
 }
 
 /// A name the uploader does not share gives the original's "Arquivo não encontrado.".
@@ -294,26 +309,35 @@ fn share_keeps_serving_until_sigterm() {
 
 /// Sends a DOWNLOAD_REQUEST for `name` to the peer listening on `port`.
 fn ask_for(port: u16, name: &str) -> RawClient {
-    let mut c = RawClient::connect(format!("127.0.0.1:{port}").parse().unwrap());
+    ask_from("127.0.0.1", port, name)
+}
+
+/// [`ask_for`] from the loopback address `ip` (another host than 127.0.0.1, the uploader's own
+/// address, when it is not 127.0.0.1).
+fn ask_from(ip: &str, port: u16, name: &str) -> RawClient {
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    let stream = common::stand_in::connect_from(ip, to);
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut c = RawClient::from_stream(stream);
     let msg = serde_json::json!({"method":"DOWNLOAD_REQUEST","data":{"filename":name,"port":port}});
     c.send(format!("{msg}\n").as_bytes());
     c
 }
 
-/// A flood of requests from one host cannot fill the console's queue: four may wait at once,
-/// the fifth is refused at once with a reason (and not printed), and the first ones are still
-/// answered normally.
+/// A flood of requests from another host cannot fill the console's queue: four may wait at
+/// once, the fifth is refused at once with a reason (and not printed), and the first ones are
+/// still answered normally.
 #[test]
 fn requests_waiting_for_an_answer_are_capped_per_host() {
     let (_tmp, _t, mut a) = lone_uploader(("f", "data"), &[]);
     let mut waiting: Vec<RawClient> = Vec::new();
     for _ in 0..4 {
-        let mut c = ask_for(a.port, "f");
+        let mut c = ask_from("127.0.0.2", a.port, "f");
         assert_eq!(c.json()["status"], "OK");
         a.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
         waiting.push(c);
     }
-    let mut fifth = ask_for(a.port, "f");
+    let mut fifth = ask_from("127.0.0.2", a.port, "f");
     assert_eq!(fifth.json()["status"], "OK");
     let refused = fifth.json();
     assert_eq!(refused["status"], "downloadRejected", "{refused}");
@@ -405,4 +429,50 @@ fn upload_connections_are_capped() {
             "upload slots never came back"
         );
     }
+}
+
+/// A classroom demo: many peers on one machine download from one peer at once. Connections
+/// from the uploader's own machine (both ends on one address) may take 56 of the 64 upload
+/// slots, not another host's 8: twenty at once all get the file. The 8 left stay for other
+/// hosts: with 56 open from this machine the 57th is refused, and another host is served.
+#[test]
+fn many_peers_on_one_machine_download_from_one_peer_at_once() {
+    let (_tmp, _t, a) = lone_uploader(("f", "data"), &["--approve", "yes"]);
+    let addr: std::net::SocketAddr = a.addr().parse().unwrap();
+    let mut class: Vec<RawClient> = (0..20).map(|_| RawClient::connect(addr)).collect();
+    for c in &mut class {
+        let msg =
+            serde_json::json!({"method":"DOWNLOAD_REQUEST","data":{"filename":"f","port":a.port}});
+        c.send(format!("{msg}\n").as_bytes());
+    }
+    for c in &mut class {
+        let reply = c.json();
+        assert_eq!(reply["status"], "OK", "{reply}");
+        assert_eq!(c.json()["status"], "downloadAccepted");
+        assert_eq!(c.bytes(4), b"data");
+    }
+    drop(class);
+
+    // Slots come back as the served connections' threads end.
+    let deadline = std::time::Instant::now() + WAIT;
+    let idle: Vec<RawClient> = loop {
+        let idle: Vec<RawClient> = (0..56).map(|_| RawClient::connect(addr)).collect();
+        let mut probe = ask_for(a.port, "f");
+        let reply = probe.json();
+        if reply["status"] == "ERROR" {
+            let message = reply["message"].as_str().unwrap_or_default().to_string();
+            if message.contains("from your host") {
+                break idle;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "this machine was never capped at 56: {reply}"
+        );
+    };
+    let mut other = ask_from("127.0.0.2", a.port, "f");
+    assert_eq!(other.json()["status"], "OK");
+    assert_eq!(other.json()["status"], "downloadAccepted");
+    assert_eq!(other.bytes(4), b"data");
+    drop(idle);
 }

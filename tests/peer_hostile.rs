@@ -488,3 +488,53 @@ fn remote_text_never_reaches_the_console_raw() {
         assert!(!transcript.contains(raw), "{raw:?} reached the console");
     }
 }
+
+/// Logging never blocks: a peer whose stderr is a pipe nobody reads, with `RUST_LOG=debug`,
+/// answers 1,500 requests for names it does not share (each logged with up to 120 bytes of
+/// the name: about 300 KB, several times what the pipe holds) from three connections at once,
+/// then still answers its console (`LIST`) and serves a real download to another peer. Before,
+/// the upload threads waited in `env_logger` for stderr once the pipe was full, and so did the
+/// console at its next log line.
+#[test]
+fn a_stderr_nobody_reads_never_blocks_uploads_or_the_console() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, db] = folders(tmp.path(), ["a", "b"]);
+    fs::write(da.join("f.txt"), b"served").unwrap();
+    let t = start_tracker(&[]);
+    let server = t.addr.to_string();
+    let mut cmd = Command::new(napster_bin());
+    cmd.args(["peer", "--server", &server, "--listen", "127.0.0.1:0"])
+        .args(["--dir", da.to_str().unwrap(), "--approve", "yes", "--join"]);
+    let mut a = Proc::with_unread_stderr("a", cmd, "debug");
+    let line = a.wait_for("Aguardando pedidos de download na porta ");
+    let port: u16 = line
+        .split("porta ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("upload port in {line:?}"));
+    a.wait_for("Sou o Peer ");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let askers: Vec<_> = (0..3)
+        .map(|n| {
+            thread::spawn(move || {
+                for i in 0..500 {
+                    let name = format!("ghost-{n}-{i}-{}", "x".repeat(150));
+                    let mut c = RawClient::connect(addr);
+                    let reply = c.ask(&request_line(&name, port, 4000));
+                    assert_eq!(reply["status"], "fileNotFound", "{reply}");
+                }
+            })
+        })
+        .collect();
+    for asker in askers {
+        asker.join().expect("every request is answered");
+    }
+    a.send("LIST");
+    a.wait_for("  f.txt  6 B");
+    let mut b = start_peer("b", t.addr, &db, &["--join"]);
+    b.wait_for("Sou o Peer ");
+    b.send(&format!("DOWNLOAD f.txt {port}"));
+    b.wait_for("Arquivo f.txt baixado com sucesso");
+    assert_eq!(fs::read(db.join("f.txt")).unwrap(), b"served");
+}

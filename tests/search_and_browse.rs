@@ -122,10 +122,7 @@ fn list_own_files_before_join_and_browse_another_peer() {
     let t = start_tracker(&[]);
     let mut alice = start_peer("alice", t.addr, &da, &["--approve", "yes"]);
     alice.send("LIST");
-    alice.wait_for(&format!(
-        "Você compartilha 2 arquivo(s) em {}:",
-        da.display()
-    ));
+    alice.wait_for(&format!("Você compartilha 2 arquivos em {}:", da.display()));
     alice.wait_for("  notas.txt  12 B");
     alice.wait_for("  video.bin  3,0 MiB");
     alice.join();

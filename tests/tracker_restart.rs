@@ -194,3 +194,68 @@ fn a_peer_retries_with_growing_pauses_until_the_tracker_returns() {
         "one outage is told once, however many retries fail:\n{transcript}"
     );
 }
+
+/// A peer restarted at once can JOIN before the tracker has seen its old connection close:
+/// the tracker refuses the JOIN (T7, the address is still held). The peer says so once and
+/// tries again with its reconnection pauses, and once the old connection is gone its JOIN goes
+/// through without anyone typing it again, with its files found by a SEARCH.
+#[test]
+fn a_restarted_peer_joins_once_the_tracker_forgets_its_old_connection() {
+    let tracker = start_tracker(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let [dir] = folders(tmp.path(), ["restarted"]);
+    std::fs::write(dir.join("f.txt"), b"x").unwrap();
+    let mut peer = start_peer("restarted", tracker.addr, &dir, &[]);
+    // The old process's connection, still registered under the same address.
+    let mut old = RawClient::connect(tracker.addr);
+    assert_eq!(
+        old.ask(&join_msg(peer.port, &["old.txt"]))["status"],
+        "JOIN_OK"
+    );
+    peer.send("JOIN");
+    peer.wait_for(&format!(
+        "O servidor ainda registra a porta {} por uma conexão anterior",
+        peer.port
+    ));
+    drop(old);
+    peer.wait_for(&format!(
+        "Sou o Peer 127.0.0.1:{} com arquivos: \"f.txt\"",
+        peer.port
+    ));
+    assert!(
+        !peer.proc.printed("Falha na Conexao"),
+        "{}",
+        peer.proc.transcript()
+    );
+    let mut asker = RawClient::connect(tracker.addr);
+    assert_eq!(asker.ask(&join_msg(1, &[]))["status"], "JOIN_OK");
+    let found = asker.ask(&search_msg("f.txt"));
+    assert_eq!(peers_of(&found), vec![peer.addr()], "{found}");
+    peer.send("QUIT");
+    assert_eq!(peer.proc.wait_exit(WAIT).code(), Some(0));
+}
+
+/// The retries are bounded: while the other connection keeps the address, the peer gives up
+/// after `--liveness` (here 2 s, so the floor of 5 s) and says why, in Portuguese.
+#[test]
+fn a_join_onto_a_held_address_is_retried_for_a_bounded_time() {
+    let tracker = start_tracker(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let [dir] = folders(tmp.path(), ["second"]);
+    let mut peer = start_peer("second", tracker.addr, &dir, &["--liveness", "2"]);
+    let mut holder = RawClient::connect(tracker.addr);
+    assert_eq!(holder.ask(&join_msg(peer.port, &[]))["status"], "JOIN_OK");
+    let asked = Instant::now();
+    peer.send("JOIN");
+    peer.wait_for("tentando o JOIN de novo por até 5 s");
+    peer.wait_for(
+        "Falha na Conexao! o servidor continua registrando este endereço por outra conexão",
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_secs(4),
+        "gave up after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(peer.proc.transcript().matches("ainda registra").count(), 1);
+    drop(holder);
+}

@@ -128,6 +128,41 @@ impl LimitedTracker {
         }
     }
 
+    /// What the tracker wrote on stderr up to the first line containing `needle` (log lines
+    /// reach stderr from a writer thread, a moment after they are logged), then stops it.
+    /// Fails the test after [`WAIT`] without such a line.
+    fn stderr_until_then_stop(mut self, needle: &str) -> String {
+        use std::io::BufRead;
+        let err = self.child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut text = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                    if line.contains(needle) {
+                        break;
+                    }
+                }
+                Err(_) => panic!("no {needle:?} on stderr within {WAIT:?}:\n{text}"),
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        text
+    }
+
     /// Everything the tracker wrote on stderr, after stopping it.
     fn stop_and_stderr(mut self) -> String {
         use std::io::Read;
@@ -446,7 +481,7 @@ fn connection_limit_is_fitted_to_the_address_space() {
         .replace('.', "")
         .parse()
         .unwrap();
-    let stderr = t.stop_and_stderr();
+    let stderr = t.stderr_until_then_stop("espaço de endereços (ulimit -v): room for ");
     let room: usize = stderr
         .lines()
         .find_map(|l| {

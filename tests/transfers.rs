@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use tempfile::TempDir;
 
 use common::*;
-use napster::peer::progress::human_size;
+use napster::numbers::{human_size, thousands};
 
 /// Bigger than every buffer on the way: the 8 MiB send chunk, the 1 MiB receive buffer and the
 /// 64 KiB message buffer, and not a multiple of any of them.
@@ -108,7 +108,7 @@ fn kept_partial(dir: &Path, total: u64) -> u64 {
 /// transfer resumes at byte `kept`, the copy is verified whole and no partial is left.
 fn resume_from(bob: &mut PeerProc, from: &PeerProc, kept: u64) {
     bob.send(&format!("DOWNLOAD video.bin {}", from.addr()));
-    from.wait_for(&format!("retomando do byte {kept}"));
+    from.wait_for(&format!("retomando do byte {}", thousands(kept)));
     bob.wait_for(&format!(
         "Retomando o download de video.bin a partir do byte {kept}"
     ));
@@ -246,7 +246,7 @@ fn a_file_larger_than_every_buffer_arrives_byte_exact() {
     bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
     let first = bob.wait_for("Download de video.bin: ");
     assert!(!first.contains("100%"), "{first}");
-    bob.wait_for("Download de video.bin: 100% (20.0/20.0 MiB");
+    bob.wait_for("Download de video.bin: 100% (20,0/20,0 MiB");
     bob.wait_for(&format!(
         "Arquivo video.bin baixado com sucesso na pasta {}",
         bob.dir.display()
@@ -576,7 +576,7 @@ fn a_terminal_shows_a_progress_bar_without_breaking_the_prompt() {
     bob.send_line(format!("DOWNLOAD video.bin {}", proxy.addr))
         .unwrap();
     bob.expect(Regex(
-        r"Download de video\.bin \[#*>?-*\] +\d+% [0-9.]+/48\.0 MiB( [0-9.]+ [KMG]iB/s faltam \d+s)?",
+        r"Download de video\.bin \[#*>?-*\] +\d+% [0-9.,]+/48,0 MiB( [0-9.,]+ [KMG]iB/s faltam \d+ s)?",
     ))
     .unwrap();
     proxy.wait_paused();
@@ -625,4 +625,260 @@ fn an_offset_that_was_not_asked_for_is_refused() {
     uploader.join().unwrap();
     assert!(!db.join("video.bin").exists());
     assert!(!part_path(&db, "video.bin").exists());
+}
+
+/// Asks `peer`'s upload port for `name` on a new raw connection, as a napster downloader
+/// (with `fromPort`) that takes the digest after the data if `digest_after_data`; returns the
+/// connection and the first reply.
+fn raw_napster_request(
+    peer: &PeerProc,
+    name: &str,
+    digest_after_data: bool,
+) -> (RawClient, serde_json::Value) {
+    let mut c = RawClient::connect(peer.addr().parse().unwrap());
+    let mut data = serde_json::json!({"filename": name, "port": peer.port, "fromPort": 1});
+    if digest_after_data {
+        data["digestAfterData"] = true.into();
+    }
+    let request = serde_json::json!({"method": "DOWNLOAD_REQUEST", "data": data});
+    let first = c.ask(format!("{request}\n").as_bytes());
+    (c, first)
+}
+
+/// The record in which a peer sharing `dir` keeps the digest of `name` across restarts.
+fn digest_record(dir: &Path, name: &str) -> PathBuf {
+    let key = &blake3::hash(name.as_bytes()).to_hex()[..32];
+    dir.join(".napster")
+        .join("digests")
+        .join(format!("{key}.json"))
+}
+
+/// The first request for a file the uploader has not hashed yet is answered at once, without
+/// the digest (`digestAfterData`), when the downloader takes the digest after the data: the
+/// data follows the approval, then one `DIGEST` line with the BLAKE3 of the whole file, then
+/// the end. The digest computed while sending is kept: the next request gets it in its OK.
+/// (The file is created after the peer started, so no background hashing has seen it.)
+#[test]
+fn the_first_download_starts_at_once_and_the_digest_follows_the_data() {
+    let lab = Lab::new();
+    let alice = lab.peer("alice", &lab.folder("alice"));
+    write_pattern(&alice.dir.join("video.bin"), BIG, 21);
+    let digest = digest_of(&alice.dir.join("video.bin"));
+
+    let (mut c, ok) = raw_napster_request(&alice, "video.bin", true);
+    assert_eq!(ok["status"], "OK", "{ok}");
+    assert_eq!(ok["fileSize"], BIG, "{ok}");
+    assert_eq!(ok["offset"], 0, "{ok}");
+    assert_eq!(ok["digestAfterData"], true, "{ok}");
+    assert!(ok.get("digest").is_none(), "{ok}");
+    assert_eq!(c.json()["status"], "downloadAccepted");
+    let data = c.bytes(BIG as usize);
+    assert_eq!(blake3::hash(&data).to_hex().to_string(), digest);
+    let trailer = c.json();
+    assert_eq!(
+        trailer,
+        serde_json::json!({"status": "DIGEST", "digest": digest})
+    );
+    drop(c);
+
+    let (_c, ok) = raw_napster_request(&alice, "video.bin", true);
+    assert_eq!(ok["digest"], digest.as_str(), "{ok}");
+    assert!(ok.get("digestAfterData").is_none(), "{ok}");
+}
+
+/// A downloader that does not take the digest after the data (an older napster peer) gets it
+/// in the OK, as before, even for a file not hashed yet: then exactly the file's bytes and the
+/// end, no DIGEST line.
+#[test]
+fn a_request_without_digest_after_data_gets_the_digest_before_the_data() {
+    let lab = Lab::new();
+    let alice = lab.peer("alice", &lab.folder("alice"));
+    write_pattern(&alice.dir.join("video.bin"), BIG, 22);
+    let digest = digest_of(&alice.dir.join("video.bin"));
+
+    let (mut c, ok) = raw_napster_request(&alice, "video.bin", false);
+    assert_eq!(ok["status"], "OK", "{ok}");
+    assert_eq!(ok["digest"], digest.as_str(), "{ok}");
+    assert!(ok.get("digestAfterData").is_none(), "{ok}");
+    assert_eq!(c.json()["status"], "downloadAccepted");
+    let data = c.bytes(BIG as usize);
+    assert_eq!(blake3::hash(&data).to_hex().to_string(), digest);
+    assert!(c.closed_within(WAIT));
+}
+
+/// A downloader asks for the digest after the data, and checks the one that follows it as it
+/// checks one in the OK: the file is kept, verified.
+#[test]
+fn a_digest_after_the_data_is_verified() {
+    let lab = Lab::new();
+    let source = lab.tmp.path().join("source.bin");
+    write_pattern(&source, BIG, 23);
+    let digest = digest_of(&source);
+    let db = lab.folder("bob");
+    let mut bob = lab.peer("bob", &db);
+
+    let (addr, uploader) = raw_uploader(move |mut stream, request| {
+        assert_eq!(request["data"]["digestAfterData"], true, "{request}");
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"OK","fileSize":BIG,"offset":0,"digestAfterData":true}),
+        );
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"downloadAccepted"}),
+        );
+        stream.write_all(&fs::read(&source).unwrap()).unwrap();
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"DIGEST","digest":digest}),
+        );
+    });
+    bob.send(&format!("DOWNLOAD video.bin {addr}"));
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    uploader.join().unwrap();
+    assert!(same_file(
+        &lab.tmp.path().join("source.bin"),
+        &db.join("video.bin")
+    ));
+}
+
+/// A digest after the data that does not match what arrived: the copy is discarded, and the
+/// downloader tells the uploader with a DIGEST_MISMATCH line giving what it received.
+#[test]
+fn a_wrong_digest_after_the_data_is_reported_to_the_uploader() {
+    let lab = Lab::new();
+    let source = lab.tmp.path().join("source.bin");
+    write_pattern(&source, BIG, 24);
+    let got = digest_of(&source);
+    let db = lab.folder("bob");
+    let mut bob = lab.peer("bob", &db);
+
+    let (addr, uploader) = raw_uploader(move |mut stream, _request| {
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"OK","fileSize":BIG,"offset":0,"digestAfterData":true}),
+        );
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"downloadAccepted"}),
+        );
+        stream.write_all(&fs::read(&source).unwrap()).unwrap();
+        let wrong = "0".repeat(64);
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"DIGEST","digest":wrong}),
+        );
+        let mut report = String::new();
+        BufReader::new(&stream).read_line(&mut report).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(
+            report,
+            serde_json::json!({"method":"DIGEST_MISMATCH","data":{"filename":"video.bin","digest":got}})
+        );
+    });
+    bob.send(&format!("DOWNLOAD video.bin {addr}"));
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(line.contains("não confere"), "{line}");
+    uploader.join().unwrap();
+    assert!(!db.join("video.bin").exists());
+    assert!(!part_path(&db, "video.bin").exists());
+}
+
+/// Digests are kept across restarts, and a stale one heals itself: the uploader's record holds
+/// a wrong digest for the file's exact version (what a cache keyed too loosely produced), so a
+/// restarted uploader announces it at once — proof that the record is used without hashing —
+/// and the download is discarded as corrupt. The downloader reports the mismatch, the uploader
+/// says so, forgets the digest and hashes again, and the next download succeeds.
+#[test]
+fn digests_persist_across_restarts_and_a_reported_mismatch_makes_the_uploader_hash_again() {
+    let lab = Lab::new();
+    let da = lab.folder_with_video("alice", BIG, 25);
+    let digest = digest_of(&da.join("video.bin"));
+    let mut alice = lab.peer("alice", &da);
+    let (_c, ok) = raw_napster_request(&alice, "video.bin", false);
+    assert_eq!(ok["digest"], digest.as_str(), "{ok}");
+    alice.send("QUIT");
+    assert!(alice.proc.wait_exit(WAIT).success());
+
+    let record_path = digest_record(&da, "video.bin");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(record["digest"], digest.as_str(), "{record}");
+    let stale = "ab".repeat(32);
+    record["digest"] = stale.as_str().into();
+    fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    let alice = lab.peer("alice-again", &da);
+    let (_c, ok) = raw_napster_request(&alice, "video.bin", true);
+    assert_eq!(ok["digest"], stale.as_str(), "the record was used: {ok}");
+    drop(_c);
+
+    let mut bob = lab.peer("bob", &lab.folder("bob"));
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(line.contains("não confere"), "{line}");
+    // Named by the address it connects from (the port it declares is only a claim).
+    let told = alice.wait_for("informou que video.bin chegou diferente do BLAKE3 anunciado");
+    assert!(told.starts_with("O peer 127.0.0.1:"), "{told}");
+
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(same_video(&da, &bob.dir));
+}
+
+/// Leaves in `bob`'s folder a partial `video.bin` whose file's digest is not known: a
+/// stand-in uploader sends the digest-after-the-data form, then only the first `kept` bytes of
+/// `source` (`BIG` bytes), and closes. Returns `kept`.
+fn partial_without_digest(bob: &mut PeerProc, source: PathBuf, kept: u64) -> u64 {
+    let (addr, uploader) = raw_uploader(move |mut stream, _request| {
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"OK","fileSize":BIG,"offset":0,"digestAfterData":true}),
+        );
+        send_json(
+            &mut stream,
+            serde_json::json!({"status":"downloadAccepted"}),
+        );
+        let bytes = fs::read(&source).unwrap();
+        stream.write_all(&bytes[..kept as usize]).unwrap();
+    });
+    bob.send(&format!("DOWNLOAD video.bin {addr}"));
+    let line = bob.wait_for("Erro ao processar download de video.bin");
+    assert!(line.contains("guardada para retomar"), "{line}");
+    uploader.join().unwrap();
+    assert_eq!(kept_partial(&bob.dir, BIG), kept);
+    kept
+}
+
+/// A download that took the digest after the data and was cut has a partial whose file's
+/// digest is not known. It is resumed by the digest of its prefix: a peer whose file has the
+/// same size and the same first bytes goes on from the bytes on disk, and the whole is
+/// verified against that peer's digest.
+#[test]
+fn a_partial_without_a_digest_resumes_from_a_file_with_the_same_prefix() {
+    let lab = Lab::new();
+    let da = lab.folder_with_video("alice", BIG, 26);
+    let mut bob = lab.peer("bob", &lab.folder("bob"));
+    let kept = partial_without_digest(&mut bob, da.join("video.bin"), 3 << 20);
+
+    let alice = lab.peer("alice", &da);
+    resume_from(&mut bob, &alice, kept);
+}
+
+/// The same partial is not continued from a file of the same size whose first bytes differ:
+/// the download starts again from byte 0 and the result is that file, verified.
+#[test]
+fn a_partial_without_a_digest_is_not_resumed_from_another_file_of_the_same_size() {
+    let lab = Lab::new();
+    let da = lab.folder_with_video("alice", BIG, 26);
+    let mut bob = lab.peer("bob", &lab.folder("bob"));
+    partial_without_digest(&mut bob, da.join("video.bin"), 3 << 20);
+
+    let carol = lab.peer("carol", &lab.folder_with_video("carol", BIG, 27));
+    bob.send(&format!("DOWNLOAD video.bin {}", carol.addr()));
+    let asked = carol.wait_for("solicitou o arquivo video.bin");
+    assert!(!asked.contains("retomando"), "{asked}");
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(!bob.proc.printed("Retomando o download"));
+    assert!(same_video(&carol.dir, &bob.dir));
 }

@@ -46,13 +46,19 @@ impl Decision {
     }
 }
 
+/// Seconds a request waits for SIM/NAO unless `--approval-timeout` says otherwise.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
 /// Requests that may wait for an answer at once; more are refused at once.
 pub const MAX_PENDING: usize = 16;
-/// Requests from one host that may wait at once.
+/// Requests from one other host that may wait at once.
 pub const MAX_PENDING_PER_HOST: usize = 4;
 /// Places kept for hosts with no request waiting: a host that already has one may not take the
 /// last of these.
 pub const KEPT_FOR_NEW_HOSTS: usize = 4;
+/// Requests from this very machine that may wait at once: every place but those kept for new
+/// hosts (its peers share one address; a classroom demo runs many of them).
+pub const MAX_PENDING_FROM_THIS_MACHINE: usize = MAX_PENDING - KEPT_FOR_NEW_HOSTS;
 
 /// Warnings about refused requests: a few per minute, the rest counted.
 static BUSY_WARNINGS: crate::throttle::Throttle =
@@ -63,6 +69,9 @@ static BUSY_WARNINGS: crate::throttle::Throttle =
 pub struct ApprovalRequest {
     /// Where the connection came from (known).
     pub from: SocketAddr,
+    /// The connection came from this very machine (see
+    /// [`crate::peer::uploader::from_this_machine`]).
+    pub from_this_machine: bool,
     /// The upload port the downloader says it listens on (`fromPort`; not checked).
     pub claimed_port: Option<u16>,
     /// The file asked for.
@@ -88,7 +97,11 @@ impl fmt::Display for ApprovalRequest {
             crate::peer::progress::human_size(self.size)
         )?;
         if self.offset > 0 {
-            write!(f, ", retomando do byte {}", self.offset)?;
+            write!(
+                f,
+                ", retomando do byte {}",
+                crate::numbers::thousands(self.offset)
+            )?;
         }
         Ok(())
     }
@@ -115,19 +128,22 @@ impl ApprovalQueue {
     }
 
     /// Queues a request, or refuses it at once ([`Decision::Busy`], returning false) when
-    /// [`MAX_PENDING`] requests already wait, or [`MAX_PENDING_PER_HOST`] from its host, or its
-    /// host already has one waiting and only the [`KEPT_FOR_NEW_HOSTS`] places are left.
+    /// [`MAX_PENDING`] requests already wait, or [`MAX_PENDING_PER_HOST`] from its host
+    /// ([`MAX_PENDING_FROM_THIS_MACHINE`] from this machine), or its host already has one
+    /// waiting and only the [`KEPT_FOR_NEW_HOSTS`] places are left.
     pub fn push(&mut self, request: ApprovalRequest) -> bool {
         let from_host = self
             .items
             .iter()
             .filter(|p| p.request.from.ip() == request.from.ip())
             .count();
+        let share = if request.from_this_machine {
+            MAX_PENDING_FROM_THIS_MACHINE
+        } else {
+            MAX_PENDING_PER_HOST
+        };
         let free = MAX_PENDING.saturating_sub(self.items.len());
-        if free == 0
-            || from_host >= MAX_PENDING_PER_HOST
-            || (from_host > 0 && free <= KEPT_FOR_NEW_HOSTS)
-        {
+        if free == 0 || from_host >= share || (from_host > 0 && free <= KEPT_FOR_NEW_HOSTS) {
             crate::warn_throttled!(
                 BUSY_WARNINGS,
                 "upload request from {} refused: {} requests wait, {from_host} from its host",
@@ -240,6 +256,7 @@ mod tests {
         let (tx, rx) = bounded(1);
         let req = ApprovalRequest {
             from: from.parse().unwrap(),
+            from_this_machine: false,
             claimed_port: None,
             filename: name.to_string(),
             size: 3,
@@ -317,6 +334,27 @@ mod tests {
             let (r, _rx) = request_from("f", &format!("10.0.0.{host}:1"));
             assert!(q.push(r), "host {host} found no room");
         }
+    }
+
+    /// This machine's peers (a classroom demo on one machine) may have 12 requests waiting at
+    /// once, not another host's 4; the last 4 places stay for hosts with none waiting.
+    #[test]
+    fn this_machine_may_queue_all_but_the_places_kept_for_new_hosts() {
+        let mut q = ApprovalQueue::new(Duration::from_secs(60));
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_PENDING_FROM_THIS_MACHINE {
+            let (mut r, rx) = request_from("f", "127.0.0.1:1");
+            r.from_this_machine = true;
+            assert!(q.push(r), "{} queued", q.len());
+            waiting.push(rx);
+        }
+        assert_eq!(q.len(), 12);
+        let (mut r, rx) = request_from("f", "127.0.0.1:1");
+        r.from_this_machine = true;
+        assert!(!q.push(r));
+        assert_eq!(rx.try_recv(), Ok(Decision::Busy));
+        let (r, _rx) = request_from("f", "10.0.0.9:1");
+        assert!(q.push(r), "a new host found no room");
     }
 
     /// The request line names the connection's address and marks the port the downloader

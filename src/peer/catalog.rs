@@ -8,15 +8,19 @@
 //! for many files, never one per file.
 //!
 //! A rescan costs one directory read and one `stat` per file. A file counts as changed when its
-//! size or modification time changed; its digest is then unknown until it is hashed again.
+//! [`FileIdentity`] changed — device, inode, size, modification and change times, what the
+//! digest cache tells versions apart by — so a file rewritten with its size and modification
+//! time kept (its change time moves) is announced again; its digest is then unknown, and
+//! withdrawn at the tracker (the record replacing it has none), until it is hashed again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
 
+use crate::digests::FileIdentity;
 use crate::protocol::{Digest, FileRecord};
 use crate::share::SharedDir;
 
@@ -28,7 +32,7 @@ pub const BATCH_MAX: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Known {
     size: u64,
-    modified: Option<SystemTime>,
+    identity: FileIdentity,
     digest: Option<Digest>,
 }
 
@@ -110,13 +114,13 @@ impl Catalog {
             let unchanged = state
                 .files
                 .get(&file.name)
-                .is_some_and(|k| k.size == file.size && k.modified == file.modified);
+                .is_some_and(|k| k.identity == file.identity);
             if unchanged {
                 continue;
             }
             let known = Known {
                 size: file.size,
-                modified: file.modified,
+                identity: file.identity,
                 digest: None,
             };
             let record = State::record(&file.name, &known);
@@ -172,9 +176,10 @@ impl Catalog {
         self.state.lock().joined = joined;
     }
 
-    /// Records that `name`, of `size` bytes, has the digest `hex` (as the hashing computed it).
-    /// Ignored when the file has changed since (another size) or the digest is already known.
-    pub fn digest_known(&self, name: &str, size: u64, hex: &str) {
+    /// Records that the version `identity` of `name` has the digest `hex` (as the hashing
+    /// computed it). Ignored when the file has changed since (another version than the one
+    /// listed) or the digest is already known.
+    pub fn digest_known(&self, name: &str, identity: FileIdentity, hex: &str) {
         let Ok(digest) = hex.parse::<Digest>() else {
             log::warn!("{name}: the digest {hex:?} is not 64 hex digits");
             return;
@@ -183,7 +188,7 @@ impl Catalog {
         let Some(known) = state.files.get_mut(name) else {
             return;
         };
-        if known.size != size || known.digest == Some(digest) {
+        if known.identity != identity || known.digest == Some(digest) {
             return;
         }
         known.digest = Some(digest);
@@ -243,6 +248,11 @@ mod tests {
         (dir, Catalog::new(shared))
     }
 
+    /// The version of the file at `path` now.
+    fn identity(path: &std::path::Path) -> FileIdentity {
+        FileIdentity::of(&std::fs::metadata(path).unwrap())
+    }
+
     /// JOIN carries names and sizes at once; digests learned later, a new file and a removed
     /// one then go out as one batch.
     #[test]
@@ -262,8 +272,13 @@ mod tests {
         catalog.set_joined(true);
         assert_eq!(catalog.take_batch(true), None, "nothing pending");
         let hex = "ab".repeat(32);
-        catalog.digest_known("a.txt", 3, &hex);
-        catalog.digest_known("b.txt", 99, &hex); // another size: the file changed since
+        let (a, b) = (
+            identity(&dir.path().join("a.txt")),
+            identity(&dir.path().join("b.txt")),
+        );
+        catalog.digest_known("a.txt", a, &hex);
+        // Another version than the one listed: the file changed since.
+        catalog.digest_known("b.txt", FileIdentity { size: 99, ..b }, &hex);
         std::fs::write(dir.path().join("c.txt"), b"new").unwrap();
         std::fs::remove_file(dir.path().join("b.txt")).unwrap();
         catalog.rescan().unwrap();
@@ -287,12 +302,73 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         catalog.snapshot_for_join().unwrap();
         catalog.set_joined(true);
-        catalog.digest_known("a.txt", 3, &"cd".repeat(32));
+        catalog.digest_known("a.txt", identity(&path), &"cd".repeat(32));
         catalog.take_batch(true).unwrap();
         std::fs::write(&path, b"abcdef").unwrap();
         catalog.rescan().unwrap();
         let batch = catalog.take_batch(true).unwrap();
         assert_eq!(batch.add, vec![FileRecord::sized("a.txt", 6, None)]);
         assert_eq!(catalog.records(), vec![FileRecord::sized("a.txt", 6, None)]);
+    }
+
+    /// Size and modification time are not enough: a file rewritten in place with both kept
+    /// gets a new change time, so it is announced again without its old digest (withdrawn at
+    /// the tracker: the new record has none) and hashed again; an untouched file is not.
+    #[test]
+    fn a_file_rewritten_with_its_size_and_mtime_kept_is_announced_again() {
+        use std::os::unix::fs::FileExt;
+        let (dir, catalog) = catalog();
+        let path = dir.path().join("a.txt");
+        std::fs::write(&path, b"aaaa").unwrap();
+        std::fs::write(dir.path().join("b.txt"), b"bbbb").unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        catalog.snapshot_for_join().unwrap();
+        catalog.set_joined(true);
+        let old = "cd".repeat(32);
+        catalog.digest_known("a.txt", identity(&path), &old);
+        catalog.digest_known("b.txt", identity(&dir.path().join("b.txt")), &old);
+        catalog.take_batch(true).unwrap();
+        catalog.rescan().unwrap();
+        assert_eq!(catalog.take_batch(true), None, "nothing changed");
+        // The change time moves in clock ticks on some file systems: wait for the clock (not
+        // for another thread) so that it moves.
+        let before = identity(&path).changed_ns;
+        let start = std::time::SystemTime::now();
+        while start.elapsed().unwrap_or_default() < Duration::from_millis(20) {
+            std::hint::spin_loop();
+        }
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.write_all_at(b"zzzz", 0).unwrap();
+        file.set_modified(mtime).unwrap();
+        let now = identity(&path);
+        assert_eq!(
+            (
+                now.size,
+                std::fs::metadata(&path).unwrap().modified().unwrap()
+            ),
+            (4, mtime)
+        );
+        assert_ne!(now.changed_ns, before, "the change time moved");
+        catalog.rescan().unwrap();
+        let batch = catalog.take_batch(true).unwrap();
+        assert_eq!(batch.add, vec![FileRecord::sized("a.txt", 4, None)]);
+        assert!(batch.remove.is_empty());
+        // The old version's digest, computed before the rewrite, is not taken for the new one.
+        catalog.digest_known(
+            "a.txt",
+            FileIdentity {
+                changed_ns: before,
+                ..now
+            },
+            &old,
+        );
+        assert_eq!(catalog.take_batch(true), None);
+        assert_eq!(
+            catalog.records(),
+            vec![
+                FileRecord::sized("a.txt", 4, None),
+                FileRecord::sized("b.txt", 4, Some(old.parse().unwrap()))
+            ]
+        );
     }
 }

@@ -100,7 +100,34 @@ pub enum Input {
 enum Asking {
     SearchName,
     DownloadName,
-    DownloadPeer(String),
+    /// The peer to download `name` from; an empty answer takes `default`, when there is one.
+    DownloadPeer {
+        name: String,
+        default: Option<Sources>,
+    },
+}
+
+/// Where a download goes when the user names no peer: what the last search found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sources {
+    /// The one peer found.
+    One(SocketAddr),
+    /// Several peers found: from all of them at once.
+    All(usize),
+}
+
+impl Sources {
+    /// The line after the original's question, saying what an empty answer does.
+    fn hint(&self) -> String {
+        match self {
+            Sources::One(addr) => {
+                format!("(Enter sem nada baixa de {addr}, o peer encontrado na última busca)")
+            }
+            Sources::All(n) => format!(
+                "(Enter sem nada baixa dos {n} peers encontrados na última busca, ao mesmo tempo)"
+            ),
+        }
+    }
 }
 
 impl Asking {
@@ -109,7 +136,7 @@ impl Asking {
         match self {
             Asking::SearchName => "Insira o arquivo que deseja buscar:",
             Asking::DownloadName => "Insira o nome do arquivo que deseja baixar:",
-            Asking::DownloadPeer(_) => {
+            Asking::DownloadPeer { .. } => {
                 "Insira a porta do peer a partir do qual deseja baixar o arquivo:"
             }
         }
@@ -192,11 +219,7 @@ pub fn prompt_text(pending: usize) -> String {
 
 /// `1 download`, `2 downloads`: a count with its noun in the right number.
 pub fn count(n: usize, singular: &str, plural: &str) -> String {
-    if n == 1 {
-        format!("1 {singular}")
-    } else {
-        format!("{n} {plural}")
-    }
+    crate::numbers::count(n as u64, singular, plural)
 }
 
 /// Lines that may wait for the tracker's answer; more are not read until they have run.
@@ -461,6 +484,10 @@ impl Console {
         if self.downloads == 0 {
             return false;
         }
+        if self.leaving == Some(Leaving::AfterDownloads) {
+            // QUIT, then the end of the script: said once.
+            return true;
+        }
         self.say(&format!(
             "Aguardando {} em andamento terminar antes de sair...",
             count(self.downloads, "download", "downloads")
@@ -490,14 +517,23 @@ impl Console {
         }
         if let Some(asking) = self.asking.take() {
             let text = line.trim().to_string();
+            if let Asking::DownloadPeer {
+                name,
+                default: Some(sources),
+            } = &asking
+                && text.is_empty()
+            {
+                self.download_from_found(name.clone(), sources.clone());
+                return true;
+            }
             if text.is_empty() {
                 self.fail(Failure::Command, "Nada digitado; comando cancelado.");
                 return true;
             }
             match asking {
                 Asking::SearchName => self.search(text),
-                Asking::DownloadName => self.download_named(text),
-                Asking::DownloadPeer(name) => match PeerSpec::parse(&text) {
+                Asking::DownloadName => self.ask_download_peer(text),
+                Asking::DownloadPeer { name, .. } => match PeerSpec::parse(&text) {
                     Some(peer) => self.download(name, &peer),
                     None => self.fail(
                         Failure::Command,
@@ -607,6 +643,13 @@ impl Console {
 
     fn ask(&mut self, asking: Asking) {
         self.say(asking.prompt());
+        if let Asking::DownloadPeer {
+            default: Some(sources),
+            ..
+        } = &asking
+        {
+            self.say(&sources.hint());
+        }
         self.asking = Some(asking);
     }
 
@@ -751,19 +794,24 @@ impl Console {
         }
     }
 
-    /// The result numbered `text` by the last SEARCH or LIST, downloaded from its first holder
-    /// or from the one `peer` names; false if `text` is not such a number.
+    /// The result numbered `text` by the last SEARCH or LIST, downloaded from every holder
+    /// listed at once when there are several (its size and digest known up front), else from
+    /// its holder, or from the one `peer` names; false if `text` is not such a number.
     fn download_numbered(&mut self, text: &str, peer: Option<&PeerSpec>) -> bool {
         let found = self.state.found();
         let Some(entry) = found.numbered(text) else {
             return false;
         };
-        let addr = match search_results::holder(entry, peer) {
-            Some(addr) => Ok(addr),
-            None => match peer {
-                Some(spec) => self.resolve(&entry.name, spec),
-                None => Err(format!("nenhum peer listado para {}", entry.name)),
-            },
+        let (holders, expected) = swarm::holders_of_result(entry, &self.own_addresses());
+        if peer.is_none() && holders.len() > 1 {
+            self.swarm(entry.name.clone(), holders, expected);
+            return true;
+        }
+        let addr = match (peer, holders.first()) {
+            (Some(spec), _) => search_results::holder(entry, Some(spec))
+                .map_or_else(|| self.resolve(&entry.name, spec), Ok),
+            (None, Some(only)) => Ok(*only),
+            (None, None) => Err(format!("nenhum peer listado para {}", entry.name)),
         };
         match addr {
             Ok(addr) => self.start_download(entry.name.clone(), addr),
@@ -775,17 +823,54 @@ impl Console {
         true
     }
 
-    /// `DOWNLOAD name` without a peer: result N of the last SEARCH or LIST when `name` is its
-    /// number; else the one peer the last search of that name found; from all of them at once
-    /// when it found several; else the original's question.
+    /// `DOWNLOAD name` typed on one line, without a peer: result N of the last SEARCH or LIST
+    /// when `name` is its number; else the one peer the last search of that name found; from
+    /// all of them at once when it found several; else the original's question.
     fn download_named(&mut self, name: String) {
         if self.download_numbered(&name, None) {
             return;
         }
-        match self.searched_holders(&name).as_slice() {
-            [only] => self.start_download(name, *only),
-            [_, _, ..] => self.start_swarm(name),
-            [] => self.ask(Asking::DownloadPeer(name)),
+        match self.found_sources(&name) {
+            Some(sources) => self.download_from_found(name, sources),
+            None => self.ask(Asking::DownloadPeer {
+                name,
+                default: None,
+            }),
+        }
+    }
+
+    /// The name typed at the original's first DOWNLOAD question: the original's second
+    /// question follows whatever the last search found, so its keystrokes (`DOWNLOAD`, the
+    /// name, the port) mean what they meant there. What the search found is offered as the
+    /// answer to an empty line. A number of the last SEARCH or LIST stands for its file.
+    fn ask_download_peer(&mut self, typed: String) {
+        let found = self.state.found();
+        let (name, default) = match found.numbered(&typed) {
+            Some(entry) => {
+                let first = search_results::holder(entry, None);
+                (entry.name.clone(), first.map(Sources::One))
+            }
+            None => {
+                let default = self.found_sources(&typed);
+                (typed, default)
+            }
+        };
+        self.ask(Asking::DownloadPeer { name, default });
+    }
+
+    /// What the last search of `name` found, as where to download it from.
+    fn found_sources(&self, name: &str) -> Option<Sources> {
+        match self.searched_holders(name).as_slice() {
+            [] => None,
+            [only] => Some(Sources::One(*only)),
+            several => Some(Sources::All(several.len())),
+        }
+    }
+
+    fn download_from_found(&mut self, name: String, sources: Sources) {
+        match sources {
+            Sources::One(addr) => self.start_download(name, addr),
+            Sources::All(_) => self.start_swarm(name),
         }
     }
 
@@ -846,18 +931,21 @@ impl Console {
         match holders.as_slice() {
             [] => self.fail(Failure::NotFound, "Arquivo não encontrado."),
             [only] => self.start_download(name, *only),
-            _ => {
-                let request = swarm::SwarmRequest {
-                    name,
-                    holders,
-                    expected,
-                    max_sources: self.ctx.sources,
-                };
-                match swarm::start(&self.ctx, request) {
-                    Ok(()) => self.downloads += 1,
-                    Err(failure) => self.outcome.fail(failure),
-                }
-            }
+            _ => self.swarm(name, holders, expected),
+        }
+    }
+
+    /// Starts downloading `name` from several `holders` at once.
+    fn swarm(&mut self, name: String, holders: Vec<SocketAddr>, expected: Option<swarm::Identity>) {
+        let request = swarm::SwarmRequest {
+            name,
+            holders,
+            expected,
+            max_sources: self.ctx.sources,
+        };
+        match swarm::start(&self.ctx, request) {
+            Ok(()) => self.downloads += 1,
+            Err(failure) => self.outcome.fail(failure),
         }
     }
 
@@ -909,15 +997,24 @@ impl Console {
                 .parse()
                 .map_err(|_| format!("endereço {text} não encontrado")),
             PeerSpec::Port(port) => {
-                let from_search = self.state.last_search().as_ref().and_then(|(n, peers)| {
-                    let mut candidates: Vec<SocketAddr> =
-                        peers.iter().filter_map(|p| p.parse().ok()).collect();
-                    // Prefer a peer listed for this very name.
-                    if n.as_str() != name {
-                        candidates.clear();
-                    }
-                    candidates.into_iter().find(|a| a.port() == *port)
-                });
+                // A peer the last SEARCH or LIST listed for this very name, with that port.
+                let exact = self
+                    .state
+                    .last_search()
+                    .filter(|(searched, _)| searched == name)
+                    .map(|(_, peers)| peers)
+                    .unwrap_or_default();
+                let found = self.state.found();
+                let numbered = found
+                    .entries
+                    .iter()
+                    .filter(|entry| entry.name == name)
+                    .flat_map(|entry| entry.peers.iter());
+                let from_search = exact
+                    .iter()
+                    .chain(numbered)
+                    .filter_map(|p| p.parse::<SocketAddr>().ok())
+                    .find(|a| a.port() == *port);
                 if let Some(addr) = from_search {
                     return Ok(addr);
                 }
@@ -1016,6 +1113,15 @@ impl Console {
                         ),
                     });
                 }
+                true
+            }
+            LinkEvent::AddressStillTaken(bound) => {
+                self.say(&format!(
+                    "O servidor ainda registra a porta {} por uma conexão anterior (peer \
+                     reiniciado agora?); tentando o JOIN de novo por até {} s...",
+                    self.ctx.port,
+                    bound.as_secs()
+                ));
                 true
             }
             LinkEvent::Rejoined(files) => {

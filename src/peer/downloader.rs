@@ -10,23 +10,25 @@
 //! keep a minimum rate ([`MinRate`]), and the user can cancel it (`CANCELAR`).
 
 use std::fmt;
-use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::exit::Failure;
+use crate::numbers::thousands;
 use crate::os_error::{closed_by_other_side, describe};
 use crate::partial::{CLEAR_HINT, NoSpace, OpenError, OpenPartial, PartialRecord, PartialStore};
 use crate::peer::PeerContext;
 use crate::peer::deadline::Deadline;
 use crate::peer::output::printable;
-use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_size};
+use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_duration, human_size};
 use crate::peer::transfers::{Ending, MinRate, TransferGuard};
 use crate::protocol::messages::{
-    DownloadRequest, Reply, download_line, parse_reply, status, waiting_for,
+    DigestMismatch, DownloadRequest, Reply, digest_mismatch_line, download_line, parse_reply,
+    status, waiting_for,
 };
 use crate::protocol::{CodecError, FrameReader};
 use crate::share::NameError;
@@ -44,8 +46,18 @@ const WAITING_MARGIN: Duration = Duration::from_secs(5);
 /// A transfer that receives nothing for this long is abandoned (and kept for resume); one that
 /// receives too little is given up by the transfer watchdog ([`MinRate`]).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest any one `waiting` reply may make the downloader wait.
-const LONGEST_WAITING: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest any one `waiting` reply may make the downloader wait: our own default time to
+/// answer a request (60 s) and ten minutes more (PROTOCOL.md D11). A hostile uploader could
+/// otherwise claim a day and pin the download that long; `CANCELAR` frees it earlier anyway.
+pub const LONGEST_WAITING: Duration =
+    Duration::from_secs(crate::peer::approval::DEFAULT_TIMEOUT_SECS + 10 * 60);
+
+/// How long a `waiting` reply announcing `timeout` seconds makes the downloader wait for the
+/// next reply: that, at least 1 s and at most [`LONGEST_WAITING`], plus [`WAITING_MARGIN`].
+fn accepted_wait(timeout: Option<u64>) -> Duration {
+    let secs = timeout.unwrap_or(0).clamp(1, LONGEST_WAITING.as_secs());
+    Duration::from_secs(secs) + WAITING_MARGIN
+}
 
 /// How long a reply that has started to arrive may take to arrive whole.
 const REPLY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -423,7 +435,7 @@ pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, Do
     }
 }
 
-/// `3.0 MiB em 0.4s (7.5 MiB/s), verificado (BLAKE3)`: what a success took.
+/// `3,0 MiB em 0,4 s (7,5 MiB/s), verificado (BLAKE3)`: what a success took.
 fn summary(received: &Received) -> String {
     let secs = received.took.as_secs_f64().max(0.001);
     let amount = if received.bytes == received.size {
@@ -491,6 +503,17 @@ fn fetch(
     started: Instant,
     size_told: &mut Option<u64>,
 ) -> Result<Received, DownloadError> {
+    let partial = ctx.partials.find(name);
+    // A partial whose file's digest is not known (its download took the digest after the data,
+    // D14, and was cut) proves what it holds by the digest of its prefix (D6), hashed before
+    // the request so that the uploader's request deadline does not run meanwhile.
+    let digest_known = partial
+        .as_ref()
+        .is_some_and(|p| !p.record.digest.is_empty());
+    let prefix_digest = match &partial {
+        Some(p) if p.have > 0 && !digest_known => Some(hash_partial(ctx, name, p.have)?),
+        _ => None,
+    };
     let stream = crate::dial::connect_from(ctx.bind_ip, &peer, CONNECT_TIMEOUT).map_err(|e| {
         log::debug!("connecting to {peer}: {e}");
         DownloadError::Connect(peer, e)
@@ -506,15 +529,23 @@ fn fetch(
         }
     };
 
-    let partial = ctx.partials.find(name);
     let request = DownloadRequest {
         filename: name.to_string(),
         port: peer.port(),
         offset: partial.as_ref().map(|p| p.have),
-        digest: partial.as_ref().map(|p| p.record.digest.clone()),
+        digest: partial
+            .as_ref()
+            .filter(|_| digest_known)
+            .map(|p| p.record.digest.clone()),
         from_port: Some(ctx.port),
         ranges: None,
         accepts_waiting: true,
+        digest_after_data: true,
+        file_size: partial
+            .as_ref()
+            .filter(|_| !digest_known)
+            .map(|p| p.record.size),
+        prefix_digest,
     };
     (&stream).write_all(&download_line(&request)).map_err(|e| {
         log::debug!("sending the request to {peer}: {e}");
@@ -540,12 +571,17 @@ fn fetch(
         .ok_or_else(|| DownloadError::Protocol("OK sem fileSize".into()))?;
     *size_told = Some(size);
     let digest = first.digest.clone();
+    let digest_after_data = digest.is_none() && first.digest_after_data == Some(true);
     let offset = first.offset.unwrap_or(0);
-    // Resume only when the uploader agreed to the offset of a partial of this same file.
-    let resume_at = match (&partial, &digest) {
-        (Some(p), Some(d))
-            if offset > 0 && offset == p.have && p.record.digest == *d && p.record.size == size =>
-        {
+    // Resume only when the uploader agreed to the offset of a partial of this same file (the
+    // same digest, or for a partial without one, the same size and prefix: D6).
+    let same_file = |p: &transfer::Partial| match &digest {
+        _ if p.record.digest.is_empty() => true,
+        Some(d) => p.record.digest == *d,
+        None => false,
+    };
+    let resume_at = match &partial {
+        Some(p) if offset > 0 && offset == p.have && p.record.size == size && same_file(p) => {
             Some(offset)
         }
         _ if offset == 0 => None,
@@ -624,34 +660,55 @@ fn fetch(
         size,
         start,
     );
-    let mut source = &stream;
+    let receiving = Instant::now();
     let received = transfer::receive_exact(
         &already,
-        &mut source,
+        &stream,
         size - start,
-        file.file(),
-        &mut hasher,
+        transfer::Landing {
+            file: file.file(),
+            start,
+            hasher,
+        },
         guard.stop_flag(),
         &mut |got| progress.update(start + got),
     );
     drop(progress);
-    if let Err(e) = received {
-        let e = e.offset_by(start);
-        if let Err(te) = file.truncate(e.kept()) {
-            log::warn!("cannot trim the partial download of {name}: {te}");
+    // The hashing thread read back exactly the bytes in this file, and no other download can
+    // write it (it is locked): the digest is that of what is on disk.
+    let got = match received {
+        Ok(hash) => {
+            log::debug!(
+                "{name}: {} bytes received and hashed in {:.3} s",
+                size - start,
+                receiving.elapsed().as_secs_f64()
+            );
+            hash.to_hex().to_string()
         }
-        let part = ctx.partials.part_path(name);
-        if ctx.transfers.stopping() {
-            return Err(DownloadError::Stopped(Some((e.kept(), size, part))));
+        Err(e) => {
+            let e = e.offset_by(start);
+            if let Err(te) = file.truncate(e.kept()) {
+                log::warn!("cannot trim the partial download of {name}: {te}");
+            }
+            let part = ctx.partials.part_path(name);
+            if ctx.transfers.stopping() {
+                return Err(DownloadError::Stopped(Some((e.kept(), size, part))));
+            }
+            return Err(DownloadError::Receive(e, part));
         }
-        return Err(DownloadError::Receive(e, part));
-    }
-    file.file().sync_all().map_err(DownloadError::Disk)?;
-    // The hasher saw exactly the bytes written to this file, and no other download can write
-    // it (it is locked): the digest is that of what is on disk.
-    let got = hasher.finalize().to_hex().to_string();
+    };
+    let digest = if digest_after_data {
+        let rest = already
+            .get(usize::try_from(size - start).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
+        Some(read_trailing_digest(rest, &stream)?)
+    } else {
+        digest
+    };
     match &digest {
         Some(expected) if *expected != got => {
+            report_mismatch(&stream, name, &got);
+            drop(stream);
             file.discard();
             return Err(DownloadError::Corrupt {
                 expected: expected.clone(),
@@ -661,6 +718,14 @@ fn fetch(
         Some(_) => {}
         None => log::warn!("{peer} sent no digest for {name}; the copy is not verified"),
     }
+    // The uploader waits for this end (or a mismatch report) before it lets go.
+    drop(stream);
+    let syncing = Instant::now();
+    file.file().sync_all().map_err(DownloadError::Disk)?;
+    log::debug!(
+        "{name}: on disk after {:.3} s of fsync",
+        syncing.elapsed().as_secs_f64()
+    );
     match file.finish(final_path) {
         Ok(()) => Ok(Received {
             bytes: size - start,
@@ -688,6 +753,75 @@ fn open_partial(
             OpenError::InUse => DownloadError::AlreadyRunning,
             OpenError::Io(e) => DownloadError::Disk(e),
         })
+}
+
+/// The BLAKE3 (hex) of the first `have` bytes of `name`'s partial download.
+fn hash_partial(ctx: &PeerContext, name: &str, have: u64) -> Result<String, DownloadError> {
+    let file = std::fs::File::open(ctx.partials.part_path(name)).map_err(DownloadError::Disk)?;
+    let mut hasher = blake3::Hasher::new();
+    let read = transfer::hash_range(&file, 0, have, &mut hasher, ctx.transfers.shutdown_flag())
+        .map_err(DownloadError::Disk)?;
+    if read != have {
+        return Err(DownloadError::Disk(io::Error::other(
+            "a parte guardada encolheu",
+        )));
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// The largest line accepted after the data (a DIGEST reply is about 90 bytes).
+const MAX_TRAILER: usize = 4096;
+
+/// Reads the `DIGEST` reply that follows the data (D12): first from `rest` (bytes that came
+/// with the last message, beyond the data), then from the stream.
+fn read_trailing_digest(rest: &[u8], stream: &TcpStream) -> Result<String, DownloadError> {
+    let _ = stream.set_read_timeout(Some(REPLY_COMPLETION_TIMEOUT));
+    let mut line = rest.to_vec();
+    let mut buf = [0u8; 512];
+    let mut source = stream;
+    while !line.contains(&b'\n') && line.len() <= MAX_TRAILER {
+        match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(DownloadError::Protocol(format!(
+                    "o BLAKE3 não veio depois dos dados: {}",
+                    describe(&e)
+                )));
+            }
+        }
+    }
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    if end > MAX_TRAILER {
+        return Err(DownloadError::Protocol(
+            "a linha depois dos dados é longa demais".into(),
+        ));
+    }
+    let trailer = parse_reply(line[..end].trim_ascii()).map_err(DownloadError::Protocol)?;
+    match (trailer.status.as_str(), trailer.digest) {
+        (status::DIGEST, Some(digest)) if is_digest_hex(&digest) => Ok(digest),
+        _ => Err(DownloadError::Protocol(
+            "esperava o BLAKE3 do arquivo depois dos dados".into(),
+        )),
+    }
+}
+
+/// True for 64 hex digits.
+fn is_digest_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Tells the uploader that what arrived does not match its digest (D13), so that it hashes
+/// its file again. Best effort: the download has failed either way.
+fn report_mismatch(stream: &TcpStream, name: &str, got: &str) {
+    let report = DigestMismatch {
+        filename: name.to_string(),
+        digest: got.to_string(),
+    };
+    if let Err(e) = (&*stream).write_all(&digest_mismatch_line(&report)) {
+        log::debug!("cannot report the mismatch to the uploader: {e}");
+    }
 }
 
 /// The uploader's replies before the data: `waiting` replies are taken in stride (they say
@@ -727,25 +861,26 @@ impl Replies<'_> {
             if reply.status != status::WAITING {
                 return Ok(reply);
             }
-            let secs = reply
-                .timeout
-                .unwrap_or(0)
-                .clamp(1, LONGEST_WAITING.as_secs());
-            let announced = Duration::from_secs(secs) + WAITING_MARGIN;
             // One announcement per stage; more would let an uploader wait for ever (and fill
             // the console).
             if !may_extend {
                 continue;
             }
             may_extend = false;
-            wait = announced;
+            wait = accepted_wait(reply.timeout);
             self.reader.get_mut().expire_in(wait);
-            match reply.waiting_for.as_deref() {
-                Some(waiting_for::APPROVAL) => self.ctx.out.line(&format!(
-                    "Aguardando aprovação do usuário de {}...",
-                    self.peer
-                )),
-                what => log::debug!("{}: waiting for {what:?}, up to {secs} s", self.peer),
+            log::debug!(
+                "{}: waiting for {:?}, announced {:?} s, up to {wait:?}",
+                self.peer,
+                reply.waiting_for,
+                reply.timeout
+            );
+            if reply.waiting_for.as_deref() == Some(waiting_for::APPROVAL) {
+                self.ctx.out.line(&format!(
+                    "Aguardando aprovação do usuário de {}... (até {})",
+                    self.peer,
+                    human_duration(wait.as_secs_f64())
+                ));
             }
         }
     }
@@ -755,7 +890,9 @@ impl Replies<'_> {
 fn codec_problem(e: &CodecError) -> String {
     match e {
         CodecError::Malformed(why) => format!("mensagem malformada ({why})"),
-        CodecError::TooLarge { limit } => format!("mensagem maior que {limit} bytes"),
+        CodecError::TooLarge { limit } => {
+            format!("mensagem maior que {} bytes", thousands(*limit as u64))
+        }
         CodecError::Timeout => "a mensagem não chegou inteira a tempo".into(),
         CodecError::Idle | CodecError::Deadline => "tempo esgotado".into(),
         CodecError::Busy => "o outro lado está ocupado".into(),
@@ -778,7 +915,7 @@ mod tests {
         };
         assert_eq!(
             receive_problem(&short),
-            "o outro peer encerrou após 12.0 MiB de 48.0 MiB"
+            "o outro peer encerrou após 12,0 MiB de 48,0 MiB"
         );
         let reset = ReceiveError::Network {
             got: 1 << 20,
@@ -786,7 +923,7 @@ mod tests {
         };
         assert_eq!(
             receive_problem(&reset),
-            "o outro peer encerrou após 1.0 MiB"
+            "o outro peer encerrou após 1,0 MiB"
         );
         let silent = ReceiveError::Network {
             got: 0,
@@ -800,15 +937,26 @@ mod tests {
             written: 5 << 20,
             error: io::Error::from_raw_os_error(libc::ENOSPC),
         };
-        assert_eq!(receive_problem(&full), "disco cheio após 5.0 MiB gravados");
+        assert_eq!(receive_problem(&full), "disco cheio após 5,0 MiB gravados");
         let timeout = DownloadError::Timeout {
             stage: Stage::Reply,
             waited: FIRST_REPLY_TIMEOUT,
         };
         assert_eq!(
             timeout.to_string(),
-            "tempo esgotado: o outro peer não respondeu em 15.0s"
+            "tempo esgotado: o outro peer não respondeu em 15 s"
         );
         assert_eq!(timeout.failure(), Failure::Unreachable);
+    }
+
+    /// An uploader's `waiting` reply is taken at its word only up to 11 minutes (our default
+    /// 60 s to answer, and ten minutes more), plus the network's margin: a claimed day is not.
+    #[test]
+    fn a_claimed_wait_is_capped() {
+        assert_eq!(LONGEST_WAITING, Duration::from_secs(660));
+        assert_eq!(accepted_wait(Some(70)), Duration::from_secs(75));
+        assert_eq!(accepted_wait(Some(86_400)), Duration::from_secs(665));
+        assert_eq!(accepted_wait(Some(u64::MAX)), Duration::from_secs(665));
+        assert_eq!(accepted_wait(None), Duration::from_secs(6));
     }
 }

@@ -1,36 +1,39 @@
 //! `napster get NAME [--from PEER]`: one download, no console, an exit code that says how it
 //! went. For scripts: `napster get aula.mp4 --dir bob && ...`.
 //!
-//! It asks the tracker who shares the name (without JOINing: it shares nothing), downloads
-//! from the peer listed (the first, when several are), and prints the same lines as the
-//! console. Ctrl-C or SIGTERM stops the download and keeps what arrived for the next try.
+//! It asks the tracker who shares the name (without JOINing: it shares nothing) through the
+//! same tracker link as the console, so it speaks the original's dialect to the original's
+//! tracker too, and downloads as `DOWNLOAD name` does: from every holder of the same content at
+//! once when several hold it ([`crate::peer::swarm`]), else from the one there is. It prints
+//! the same lines as the console. Ctrl-C or SIGTERM stops the download and keeps what arrived
+//! for the next try.
 
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, unbounded};
+use crossbeam_channel::{Receiver, select, unbounded};
 
+use crate::digests::DigestCache;
 use crate::exit::Failure;
-use crate::os_error::describe;
 use crate::peer::catalog::Catalog;
 use crate::peer::commands::PeerSpec;
 use crate::peer::output::{PlainOutput, SharedOutput};
-use crate::peer::tracker_client::{LinkConfig, TrackerLink};
+use crate::peer::swarm::{self, SwarmRequest};
+use crate::peer::tracker_client::{LinkConfig, LinkEvent, TrackerLink};
 use crate::peer::transfers::Transfers;
 use crate::peer::{PeerConfig, PeerContext, PeerError, downloader, open, start_signal_thread};
-use crate::protocol::FrameReader;
 use crate::protocol::legacy::python_list;
-use crate::protocol::messages::{parse_reply, search_line, status};
-use crate::transfer::{DigestCache, PartialStore};
+use crate::protocol::messages::Reply;
+use crate::transfer::PartialStore;
 
-/// How long the tracker may take to connect and to answer the search.
-const TRACKER_WAIT: Duration = Duration::from_secs(15);
+/// How long the tracker link may take to dial, find the dialect and answer the search (the
+/// link gives up sooner on its own and says why; this only bounds a link that says nothing).
+const TRACKER_WAIT: Duration = Duration::from_secs(60);
 /// How long a stopped download may take to say where it stopped.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
-/// Downloads `name` (from `from`, or from the peer the tracker lists) into the configured
+/// Downloads `name` (from `from`, or from the holders the tracker lists) into the configured
 /// folder; returns the failure, if any.
 pub fn get(
     config: PeerConfig,
@@ -47,7 +50,7 @@ pub fn get(
     let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
     let (finished_tx, finished_rx) = unbounded();
     let (approvals, _) = unbounded();
-    let (link_events, _) = unbounded();
+    let (link_events, link_answers) = unbounded();
     let ctx = Arc::new(PeerContext {
         port: opened.port,
         advertise: None,
@@ -79,15 +82,20 @@ pub fn get(
         asks_within: None,
         finished: finished_tx,
         liveness: config.liveness,
-        outboards: crate::outboard_store::OutboardStore::new(opened.folder.shared.path()),
         sources: config.sources,
         swarms: Default::default(),
     });
-    let peer = match choose_peer(&config, name, from, bind_ip, out.as_ref()) {
-        Ok(peer) => peer,
-        Err(failure) => return Ok(Some(failure)),
+    let started = match from {
+        Some(from) => resolve_from(&config, from)
+            .map_err(|why| {
+                out.line(&format!("Erro ao processar download: {why}"));
+                Failure::Unreachable
+            })
+            .and_then(|peer| downloader::start(&ctx, name.to_string(), peer)),
+        None => search_then_download(&ctx, name, &link_answers),
     };
-    if let Err(failure) = downloader::start(&ctx, name.to_string(), peer) {
+    if let Err(failure) = started {
+        ctx.link.close();
         return Ok(Some(failure));
     }
     let signals = start_signal_thread().map_err(PeerError::Thread)?;
@@ -98,48 +106,71 @@ pub fn get(
             finished_rx.recv_deadline(Instant::now() + STOP_WAIT).ok()
         },
     };
+    ctx.link.close();
     Ok(match finished {
         Some(finished) => finished.result.err(),
         None => Some(Failure::Interrupted),
     })
 }
 
-/// The peer to download from: `--from`, else the one the tracker lists (the first of
-/// several). Problems are printed; the failure is returned.
-fn choose_peer(
-    config: &PeerConfig,
+/// Asks the tracker who holds `name` now and starts the download as `DOWNLOAD name` would:
+/// from every holder of the same content at once, or from the one there is. Problems are
+/// printed; the failure is returned.
+fn search_then_download(
+    ctx: &Arc<PeerContext>,
     name: &str,
-    from: Option<&str>,
-    bind_ip: Option<IpAddr>,
-    out: &dyn crate::peer::output::Output,
-) -> Result<SocketAddr, Failure> {
-    if let Some(from) = from {
-        return resolve_from(config, from).map_err(|why| {
-            out.line(&format!("Erro ao processar download: {why}"));
-            Failure::Unreachable
-        });
-    }
-    let peers = search(&config.server, name, bind_ip).map_err(|why| {
-        out.line(&format!("Erro ao buscar arquivo: {why}"));
+    answers: &Receiver<LinkEvent>,
+) -> Result<(), Failure> {
+    let reply = search(ctx, name, answers).map_err(|why| {
+        ctx.out.line(&format!("Erro ao buscar arquivo: {why}"));
         Failure::Tracker
     })?;
-    out.line(&format!(
+    ctx.out.line(&format!(
         "Peers com arquivo solicitado: {}",
-        python_list(&peers)
+        python_list(reply.peers.as_deref().unwrap_or_default())
     ));
-    let listed: Vec<SocketAddr> = peers.iter().filter_map(|p| p.parse().ok()).collect();
-    match listed.as_slice() {
+    let me: Vec<SocketAddr> = ctx
+        .link
+        .addresses()
+        .map(|(_, local)| SocketAddr::new(local, ctx.port))
+        .into_iter()
+        .collect();
+    let (holders, expected) = swarm::holders_from_search(name, &reply, &me);
+    match holders.as_slice() {
         [] => {
-            out.line(&format!("Nenhum peer compartilha {name}."));
+            ctx.out.line(&format!("Nenhum peer compartilha {name}."));
             Err(Failure::NotFound)
         }
-        [only] => Ok(*only),
-        [first, ..] => {
-            out.line(&format!(
-                "Baixando de {first}, o primeiro de {} peers (outro: --from IP:PORTA)",
-                listed.len()
-            ));
-            Ok(*first)
+        [only] => downloader::start(ctx, name.to_string(), *only),
+        _ => swarm::start(
+            ctx,
+            SwarmRequest {
+                name: name.to_string(),
+                holders,
+                expected,
+                max_sources: ctx.sources,
+            },
+        ),
+    }
+}
+
+/// The tracker's whole answer to a SEARCH for `name`, through the link (which dials for it).
+fn search(ctx: &PeerContext, name: &str, answers: &Receiver<LinkEvent>) -> Result<Reply, String> {
+    ctx.link.search_for_download(name.to_string());
+    let deadline = Instant::now() + TRACKER_WAIT;
+    loop {
+        match answers.recv_deadline(deadline) {
+            Ok(LinkEvent::FoundForDownload { result, .. }) => return result.map(|r| *r),
+            Ok(LinkEvent::Dialect { dialect, .. }) => {
+                log::debug!("the tracker speaks the {dialect} dialect");
+            }
+            Ok(other) => log::debug!("tracker link: {other:?}"),
+            Err(_) => {
+                return Err(format!(
+                    "o servidor não respondeu em {} s",
+                    TRACKER_WAIT.as_secs()
+                ));
+            }
         }
     }
 }
@@ -161,54 +192,4 @@ fn resolve_from(config: &PeerConfig, from: &str) -> Result<SocketAddr, String> {
         })?
         .next()
         .ok_or_else(|| format!("endereço {text} não encontrado"))
-}
-
-/// Asks the tracker at `server` who shares `name`, on a connection of its own (no JOIN).
-fn search(server: &str, name: &str, bind_ip: Option<IpAddr>) -> Result<Vec<String>, String> {
-    let unreachable = |e: &std::io::Error| {
-        log::debug!("tracker {server}: {e}");
-        format!("não foi possível conectar a {server}: {}", describe(e))
-    };
-    let addrs: Vec<SocketAddr> = server
-        .to_socket_addrs()
-        .map_err(|e| unreachable(&e))?
-        .collect();
-    let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
-    let stream = addrs
-        .iter()
-        .find_map(
-            |addr| match crate::dial::connect_from(bind_ip, addr, TRACKER_WAIT) {
-                Ok(stream) => Some(stream),
-                Err(e) => {
-                    last = e;
-                    None
-                }
-            },
-        )
-        .ok_or_else(|| unreachable(&last))?;
-    (&stream)
-        .write_all(&search_line(name))
-        .map_err(|e| unreachable(&e))?;
-    let mut reader = FrameReader::new(&stream, crate::protocol::DEFAULT_MAX_MESSAGE * 16);
-    reader.set_idle_timeout(Some(TRACKER_WAIT));
-    reader.set_message_timeout(Some(TRACKER_WAIT));
-    let reply = match reader.next_frame() {
-        Ok(Some(frame)) => parse_reply(frame).map_err(|e| {
-            log::debug!("tracker reply: {e}");
-            "resposta inesperada do servidor".to_string()
-        })?,
-        Ok(None) => return Err("o servidor fechou a conexão sem responder".into()),
-        Err(e) => {
-            log::debug!("tracker reply: {e}");
-            return Err("o servidor não respondeu a tempo".into());
-        }
-    };
-    match reply.status.as_str() {
-        status::OK => Ok(reply.peers.unwrap_or_default()),
-        status::ERROR => Err(format!(
-            "o servidor recusou: {}",
-            crate::peer::output::printable(&reply.message.unwrap_or_default())
-        )),
-        other => Err(format!("resposta inesperada do servidor: {other}")),
-    }
 }

@@ -36,9 +36,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, unbounded};
 
+use crate::digests::DigestCache;
 use crate::exit::Failure;
 use crate::os_error::describe;
-use crate::outboard_store::OutboardStore;
 use crate::peer::approval::ApprovalRequest;
 use crate::peer::catalog::Catalog;
 use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
@@ -48,7 +48,7 @@ use crate::peer::output::SharedOutput;
 use crate::peer::tracker_client::{DialectChoice, LinkConfig, TrackerLink};
 use crate::peer::transfers::Transfers;
 use crate::share::SharedDir;
-use crate::transfer::{DigestCache, PartialStore};
+use crate::transfer::PartialStore;
 
 /// How upload requests are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,10 +195,8 @@ pub struct PeerContext {
     pub catalog: Arc<Catalog>,
     /// Partial downloads.
     pub partials: PartialStore,
-    /// Digests of shared files.
+    /// Digests of shared files, and their outboards for range sessions.
     pub digests: DigestCache,
-    /// Outboards of shared files, for range sessions.
-    pub outboards: OutboardStore,
     /// The tracker connection.
     pub link: Arc<TrackerLink>,
     /// Console output.
@@ -301,10 +299,9 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         bind_ip,
         advertise: config.advertise.clone(),
         partials: PartialStore::new(folder.shared.path()),
+        digests: open_digests(folder.shared.path()),
         catalog,
-        outboards: OutboardStore::new(folder.shared.path()),
         shared: folder.shared.clone(),
-        digests: DigestCache::new(),
         link: Arc::new(link),
         out: reader.output,
         transfers: Transfers::new(),
@@ -351,6 +348,22 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
     );
     (reader.finish)();
     Ok(failure)
+}
+
+/// The shared folder's digest cache, which keeps each file's outboard beside its digest.
+/// Outboards used to be kept by digest in `.napster/outboard/`, where nothing ever removed
+/// them: that folder is deleted.
+fn open_digests(shared: &std::path::Path) -> DigestCache {
+    let napster = shared.join(".napster");
+    if let Err(e) = std::fs::remove_dir_all(napster.join("outboard"))
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        log::warn!(
+            "cannot remove the old outboards in {}: {e}",
+            napster.display()
+        );
+    }
+    DigestCache::persistent(napster.join("digests"))
 }
 
 /// Forwards SIGINT and SIGTERM as events.

@@ -27,6 +27,8 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, bounded};
 use parking_lot::{Condvar, Mutex};
 
+use crate::numbers::thousands;
+
 /// Bytes of console text that may wait for a slow terminal; lines beyond it are dropped and
 /// counted.
 pub const QUEUE_BYTES: usize = 256 * 1024;
@@ -205,19 +207,6 @@ pub fn short_list(items: &[String], separator: &str, budget: usize) -> String {
             out.push_str(separator);
         }
         out.push_str(item);
-    }
-    out
-}
-
-/// `n` with a dot between thousands, as Portuguese writes it: `9.873`, `1.048.576`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push('.');
-        }
-        out.push(d);
     }
     out
 }
@@ -636,10 +625,10 @@ mod tests {
     #[test]
     fn a_long_label_is_shortened_so_the_bar_never_wraps() {
         let (out, printed) = recording();
-        out.bar(1, Some((&"x".repeat(100), "[##>-]  50% 1.0 MiB/s")));
+        out.bar(1, Some((&"x".repeat(100), "[##>-]  50% 1,0 MiB/s")));
         assert_eq!(
             printed.lock()[0],
-            format!("{}… [##>-]  50% 1.0 MiB/s\n", "x".repeat(16))
+            format!("{}… [##>-]  50% 1,0 MiB/s\n", "x".repeat(16))
         );
         assert_eq!(fit("label", &"9".repeat(50), 39), "9".repeat(39));
     }

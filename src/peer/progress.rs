@@ -7,7 +7,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::numbers::{done_of_total, human_rate};
 use crate::peer::output::{SharedOutput, terminal_columns};
+// The console's number style lives in `crate::numbers`; these are used from here too.
+pub use crate::numbers::{elapsed_text, human_bytes, human_duration, human_size};
 
 /// Files smaller than this get no progress lines: they finish at once.
 const PROGRESS_MIN_BYTES: u64 = 8 << 20;
@@ -158,12 +161,12 @@ impl Figures {
     }
 
     /// The bar's figures from the fullest to the barest, each made of whole words:
-    /// `[#####>------]  45% 1.8/4.0 GiB 310.2 MiB/s faltam 7s`, then without the sizes, with
+    /// `[#####>------]  45% 1,8/4,0 GiB 310,2 MiB/s faltam 7 s`, then without the sizes, with
     /// a shorter graphic, without the rate, the graphic, the time left, down to ` 45%`.
     pub fn variants(&self) -> Vec<String> {
         let percent = format!("{:>3}%", self.percent());
         let sizes = done_of_total(self.done, self.total);
-        let rate = self.rate.map(|r| format!("{}/s", human_bytes(r)));
+        let rate = self.rate.map(human_rate);
         let left = self.left.map(|l| format!("faltam {}", human_duration(l)));
         let join = |parts: &[Option<&str>]| -> String {
             parts
@@ -189,10 +192,10 @@ impl Figures {
     }
 
     /// A progress line for output without a terminal:
-    /// `Download de x: 50% (128.0/256.0 MiB, 310.2 MiB/s, faltam 7s)`.
+    /// `Download de x: 50% (128,0/256,0 MiB, 310,2 MiB/s, faltam 7 s)`.
     pub fn plain_line(&self, label: &str) -> String {
         let mut details = vec![done_of_total(self.done, self.total)];
-        details.extend(self.rate.map(|r| format!("{}/s", human_bytes(r))));
+        details.extend(self.rate.map(human_rate));
         details.extend(self.left.map(|l| format!("faltam {}", human_duration(l))));
         format!("{label}: {}% ({})", self.percent(), details.join(", "))
     }
@@ -209,61 +212,6 @@ pub fn fit_bar(label: &str, variants: &[String], width: usize) -> String {
         .or(variants.last())
         .cloned()
         .unwrap_or_default()
-}
-
-/// `1.8/4.0 GiB`: both in the unit of the total.
-fn done_of_total(done: u64, total: u64) -> String {
-    let unit = human_bytes(total as f64);
-    match unit.split_once(' ') {
-        Some((figure, "B")) => format!("{done}/{figure} B"),
-        Some((figure, name)) => {
-            let scale = total as f64 / figure.parse::<f64>().unwrap_or(1.0).max(f64::MIN_POSITIVE);
-            format!("{:.1}/{figure} {name}", done as f64 / scale)
-        }
-        None => format!("{done}/{total}"),
-    }
-}
-
-/// `1023 B`, `12.0 KiB`, `1.8 GiB`: the one unit style of every console line.
-pub fn human_bytes(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024.0 {
-        return format!("{} B", bytes.max(0.0) as u64);
-    }
-    let mut value = bytes / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// A size in bytes, in [`human_bytes`]' style.
-pub fn human_size(bytes: u64) -> String {
-    human_bytes(bytes as f64)
-}
-
-/// `7s`, `2m05s`, `1h02m`.
-pub fn human_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0).ceil() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-/// How long something took: `0.04s`, `12.3s`, then as [`human_duration`].
-pub fn elapsed_text(elapsed: Duration) -> String {
-    let s = elapsed.as_secs_f64();
-    if s < 1.0 {
-        format!("{s:.2}s")
-    } else if s < 60.0 {
-        format!("{s:.1}s")
-    } else {
-        human_duration(s)
-    }
 }
 
 #[cfg(test)]
@@ -284,12 +232,8 @@ mod tests {
         let f = figures(1 << 30, 4 << 30, Some(100.0 * 1048576.0), Some(30.5));
         assert_eq!(
             f.variants()[0],
-            "[###>--------]  25% 1.0/4.0 GiB 100.0 MiB/s faltam 31s"
+            "[###>--------]  25% 1,0/4,0 GiB 100,0 MiB/s faltam 31 s"
         );
-        assert_eq!(human_duration(125.0), "2m05s");
-        assert_eq!(human_bytes(512.0), "512 B");
-        assert_eq!(human_size(3 << 20), "3.0 MiB");
-        assert_eq!(elapsed_text(Duration::from_millis(2345)), "2.3s");
     }
 
     /// On a narrow terminal whole parts are dropped and the name is kept; nothing is cut
@@ -300,12 +244,12 @@ mod tests {
         let label = "Download de aula-01.mp4";
         // 50 columns: one is kept free, so 49 for label, space and figures.
         let shown = fit_bar(label, &f.variants(), 49);
-        assert_eq!(shown, "[#>----]  25% faltam 31s");
+        assert_eq!(shown, "[#>----]  25% faltam 31 s");
         assert!(label.len() + 1 + shown.len() <= 49);
         assert_eq!(fit_bar(label, &f.variants(), 30), " 25%");
         assert_eq!(
             fit_bar(label, &f.variants(), 120),
-            "[###>--------]  25% 1.0/4.0 GiB 100.0 MiB/s faltam 31s"
+            "[###>--------]  25% 1,0/4,0 GiB 100,0 MiB/s faltam 31 s"
         );
     }
 
@@ -316,12 +260,12 @@ mod tests {
         let early = figures(128 << 20, 256 << 20, None, None);
         assert_eq!(
             early.plain_line("Download de v"),
-            "Download de v: 50% (128.0/256.0 MiB)"
+            "Download de v: 50% (128,0/256,0 MiB)"
         );
         let done = figures(256 << 20, 256 << 20, Some(300.0 * 1048576.0), None);
         assert_eq!(
             done.plain_line("Download de v"),
-            "Download de v: 100% (256.0/256.0 MiB, 300.0 MiB/s)"
+            "Download de v: 100% (256,0/256,0 MiB, 300,0 MiB/s)"
         );
     }
 }

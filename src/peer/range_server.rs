@@ -32,6 +32,10 @@ pub struct Served {
     pub bytes: u64,
     /// Ranges sent.
     pub ranges: u64,
+    /// The downloader asked nothing more for the idle limit, every request answered: the
+    /// session was ended as finished (a source left with nothing to fetch near the end of a
+    /// long download), not as failed.
+    pub ended_idle: bool,
 }
 
 /// The file a session serves.
@@ -58,16 +62,25 @@ pub fn serve_session<R: TimedRead>(
     let size = session.size;
     let label = format!("Upload de {name} (partes) para {from}");
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, 0);
-    let served = serve(stream, reader, session, stop, &mut |sent| {
+    let served = serve(stream, reader, session, stop, IDLE_TIMEOUT, &mut |sent| {
         progress.update(sent)
     });
     drop(progress);
     match served {
         Ok(served) => {
             log::info!("sent {} ranges of {name} to {from}", served.ranges);
+            let idle = if served.ended_idle {
+                format!(
+                    "; sessão encerrada após {} s sem pedidos",
+                    IDLE_TIMEOUT.as_secs()
+                )
+            } else {
+                String::new()
+            };
             ctx.out.line(&format!(
-                "Upload do arquivo {name} para {from} concluído ({} de {size} bytes, em partes)",
-                served.bytes
+                "Upload do arquivo {name} para {from} concluído ({} de {}, em partes{idle})",
+                crate::numbers::human_size(served.bytes),
+                crate::numbers::human_size(size)
             ));
         }
         Err(e) => {
@@ -79,17 +92,20 @@ pub fn serve_session<R: TimedRead>(
     }
 }
 
-/// Serves requests from `stream` until the downloader closes it (`Ok`), or the connection
-/// fails, stalls or is stopped (`Err`, with what was served so far in the log).
-/// `reader` is the one the request came through (it may hold the next requests already).
+/// Serves requests from `stream` until the downloader closes it, or asks nothing more for
+/// `idle_timeout` with every request answered (`Ok`: nothing was left undone), or the
+/// connection fails, a request stalls half way, or the session is stopped (`Err`, with what
+/// was served so far in the log). `reader` is the one the request came through (it may hold
+/// the next requests already).
 pub fn serve<R: TimedRead>(
     stream: &TcpStream,
     reader: &mut FrameReader<R>,
     served_file: &SessionFile<'_>,
     stop: &AtomicBool,
+    idle_timeout: Duration,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<Served> {
-    reader.set_idle_timeout(Some(IDLE_TIMEOUT));
+    reader.set_idle_timeout(Some(idle_timeout));
     reader.set_message_timeout(Some(REQUEST_TIMEOUT));
     let mut served = Served::default();
     let mut errors = 0;
@@ -97,6 +113,12 @@ pub fn serve<R: TimedRead>(
         let request = match reader.next_frame() {
             Ok(Some(frame)) => ranges::parse_range_request(frame),
             Ok(None) => return Ok(served),
+            Err(CodecError::Idle) => {
+                // The connection closes: its thread is given back, and the downloader, which
+                // has nothing in flight, sees the session end cleanly.
+                served.ended_idle = true;
+                return Ok(served);
+            }
             Err(CodecError::Io(e)) => return Err(e),
             Err(e) => return Err(io::Error::new(io::ErrorKind::TimedOut, e.to_string())),
         };
@@ -172,4 +194,76 @@ fn send_piece(
     };
     (&*stream).write_all(&header.to_line())?;
     transfer::send_range(file, offset, length, stream, stop, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpListener;
+    use std::os::unix::fs::FileExt;
+
+    /// A session whose downloader, every request answered, asks nothing more for the idle
+    /// limit ends as served (with `ended_idle`), not as failed, and the downloader sees the
+    /// connection closed after the last range, whole.
+    #[test]
+    fn an_idle_end_with_every_request_answered_is_not_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3 * CHUNK_GROUP).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let outboard = File::open(&path).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let downloader = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"{\"method\":\"RANGE\",\"data\":{\"offset\":0,\"length\":65536}}\n")
+                .unwrap();
+            let mut input = BufReader::new(c.try_clone().unwrap());
+            let mut head = String::new();
+            input.read_line(&mut head).unwrap();
+            let mut piece = vec![0u8; 65536];
+            input.read_exact(&mut piece).unwrap();
+            // Asks nothing more: the uploader ends the session; the end of the stream follows.
+            let mut rest = Vec::new();
+            input.read_to_end(&mut rest).unwrap();
+            (head, piece, rest)
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = FrameReader::new(&stream, 4096);
+        let session = SessionFile {
+            file: &file,
+            size: data.len() as u64,
+            outboard: &outboard,
+        };
+        let never = AtomicBool::new(false);
+        let served = serve(
+            &stream,
+            &mut reader,
+            &session,
+            &never,
+            Duration::from_millis(200),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            served,
+            Served {
+                bytes: 65536,
+                ranges: 1,
+                ended_idle: true
+            }
+        );
+        // The caller drops the connection after `serve` (here, the test): the downloader then
+        // reads the end of the stream.
+        drop(reader);
+        drop(stream);
+        let (head, piece, rest) = downloader.join().unwrap();
+        assert!(head.contains("\"length\":65536"), "{head}");
+        let mut expected = vec![0u8; 65536];
+        file.read_exact_at(&mut expected, 0).unwrap();
+        assert_eq!(piece, expected);
+        assert!(rest.is_empty());
+    }
 }

@@ -8,8 +8,8 @@
 
 use std::net::SocketAddr;
 
+use crate::numbers;
 use crate::peer::commands::PeerSpec;
-use crate::peer::progress::human_bytes;
 use crate::protocol::legacy::python_list;
 use crate::protocol::words;
 use crate::protocol::{Digest, FileRecord, Reply};
@@ -76,10 +76,10 @@ pub fn completion_names(
     names
 }
 
-/// `3,0 MiB`, `12 B`: the size as the console shows it (decimal comma, as in Portuguese).
+/// `3,0 MiB`, `12 B`: the size as the console shows it ([`crate::numbers`]).
 pub fn human_size(size: Option<u64>) -> String {
     match size {
-        Some(size) => human_bytes(size as f64).replace('.', ","),
+        Some(size) => numbers::human_size(size),
         None => "tamanho desconhecido".to_string(),
     }
 }
@@ -127,7 +127,7 @@ pub fn search_lines(query: &str, reply: &Reply, max_shown: usize) -> (Vec<String
     if reply.truncated || others.len() > max_shown {
         lines.push(format!(
             "Há mais resultados que os {} mostrados; refine a busca com mais palavras.",
-            others.len().min(max_shown)
+            numbers::thousands(others.len().min(max_shown) as u64)
         ));
     }
     if peers.is_empty() && others.is_empty() && words::words(query).is_empty() {
@@ -182,8 +182,8 @@ pub fn own_lines(dir: &std::path::Path, files: &[FileRecord]) -> Vec<String> {
         )];
     }
     let mut lines = vec![format!(
-        "Você compartilha {} arquivo(s) em {}:",
-        files.len(),
+        "Você compartilha {} em {}:",
+        numbers::count(files.len() as u64, "arquivo", "arquivos"),
         dir.display()
     )];
     for f in files {

@@ -53,6 +53,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first and the longest pause between reconnection attempts.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The shortest time a JOIN refused because the tracker still holds this peer's address is
+/// tried again (otherwise `--liveness`: the tracker forgets a vanished connection within its
+/// own, by default the same).
+const MIN_TAKEN_RETRY: Duration = Duration::from_secs(5);
 /// Requests that may wait behind the one in flight; more are refused at once.
 const MAX_QUEUED: usize = 32;
 /// How long [`TrackerLink::close`] waits for the link thread to close the connection.
@@ -123,6 +127,9 @@ pub enum LinkError {
     },
     /// The tracker answered ERROR.
     Refused(String),
+    /// The tracker refused the JOIN: another live connection holds this peer's address (the
+    /// tracker's message).
+    AddressTaken(String),
     /// The tracker answered something unexpected.
     Unexpected(String),
     /// The request is longer than the original's tracker reads at once.
@@ -172,13 +179,21 @@ impl fmt::Display for LinkError {
                 }
             }
             LinkError::Refused(why) => write!(f, "o servidor recusou: {}", printable(why)),
+            LinkError::AddressTaken(why) => write!(
+                f,
+                "o servidor continua registrando este endereço por outra conexão (outro \
+                 napster com a mesma porta?); escolha outra porta com --listen ({})",
+                printable(why)
+            ),
             LinkError::Unexpected(what) => {
                 write!(f, "resposta inesperada do servidor: {}", printable(what))
             }
             LinkError::TooLong(len) => write!(
                 f,
-                "a mensagem teria {len} bytes, e o servidor original lê no máximo \
-                 {ORIGINAL_MAX_MESSAGE} de uma vez (o resto a tornaria ilegível)"
+                "a mensagem teria {} bytes, e o servidor original lê no máximo \
+                 {} de uma vez (o resto a tornaria ilegível)",
+                crate::numbers::thousands(*len as u64),
+                crate::numbers::thousands(ORIGINAL_MAX_MESSAGE as u64)
             ),
             LinkError::Folder(why) => {
                 write!(f, "a pasta compartilhada não pode ser enviada: {why}")
@@ -259,6 +274,10 @@ pub enum LinkEvent {
     Outage(Outage),
     /// Reconnected and joined again with this many files.
     Rejoined(usize),
+    /// The tracker still holds this peer's address for an older connection (this peer
+    /// restarted before the tracker saw the old connection close): the JOIN is tried again
+    /// for up to this long. Told once per JOIN.
+    AddressStillTaken(Duration),
 }
 
 /// How the link is set up.
@@ -314,6 +333,7 @@ impl TrackerLink {
             queue: VecDeque::new(),
             retry: None,
             join_rest: Vec::new(),
+            taken_until: None,
         };
         thread::Builder::new()
             .name("tracker-link".into())
@@ -479,6 +499,9 @@ struct Link {
     retry: Option<(Instant, Duration)>,
     /// Parts of a JOIN's list too long for one message, sent as UPDATEs once it is answered.
     join_rest: Vec<Vec<FileRecord>>,
+    /// A JOIN the user asked for found this peer's address still held by an older connection:
+    /// it is tried again (see [`Link::retry_taken_address`]) until then.
+    taken_until: Option<Instant>,
 }
 
 impl Link {
@@ -545,15 +568,12 @@ impl Link {
 
     fn start(&mut self, request: Request) {
         match request {
+            // A JOIN dials; so does a search by a peer that never joins (`napster get`).
             Request::Join(_) | Request::Rejoin if self.conn.is_none() => {
-                match self.dial() {
-                    Ok(conn) => self.set_connection(Some(conn)),
-                    Err(e) => {
-                        self.fail_request(request, e);
-                        return;
-                    }
-                }
-                self.start(request);
+                self.dial_then_start(request);
+            }
+            Request::Search { .. } if self.conn.is_none() && !self.joined => {
+                self.dial_then_start(request);
             }
             Request::Search { .. } | Request::Change { .. } | Request::List { .. }
                 if self.conn.is_none() =>
@@ -578,6 +598,18 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Dials the tracker, then sends `request` on the new connection.
+    fn dial_then_start(&mut self, request: Request) {
+        match self.dial() {
+            Ok(conn) => self.set_connection(Some(conn)),
+            Err(e) => {
+                self.fail_request(request, e);
+                return;
+            }
+        }
+        self.start(request);
     }
 
     /// The bytes of `request` in `dialect`, and what its answer will be.
@@ -826,6 +858,12 @@ impl Link {
             (Pending::Join { files, rejoin }, Answer::Json(Ok(reply))) => {
                 match expect_status(*reply, status::JOIN_OK) {
                     Ok(_) => self.joined_ok(files, rejoin),
+                    Err(LinkError::Refused(why)) if why.contains(messages::ADDRESS_TAKEN) => {
+                        self.fail(
+                            Pending::Join { files, rejoin },
+                            LinkError::AddressTaken(why),
+                        );
+                    }
                     Err(e) => self.fail(Pending::Join { files, rejoin }, e),
                 }
             }
@@ -917,6 +955,9 @@ impl Link {
     }
 
     fn joined_ok(&mut self, files: Vec<String>, rejoin: bool) {
+        // A JOIN the user asked for, retried while the address was still taken, is answered
+        // as the JOIN it is.
+        let rejoin = rejoin && self.taken_until.take().is_none();
         self.joined = true;
         self.retry = None;
         // A list longer than one message: the rest follows at once, before anything queued.
@@ -1038,6 +1079,13 @@ impl Link {
     fn fail(&mut self, pending: Pending, e: LinkError) {
         match pending {
             Pending::Probe(then) => self.fail_request(then, e),
+            Pending::Join { .. } if !self.joined && self.retry_taken_address(&e) => {}
+            Pending::Join { rejoin: true, .. } if !self.joined => {
+                // The retries of a JOIN the user asked for ended: tell the console.
+                self.taken_until = None;
+                self.retry = None;
+                let _ = self.events.send(LinkEvent::Joined(Err(e.to_string())));
+            }
             Pending::Join { rejoin: true, .. } => {
                 log::debug!("reconnection to {} failed: {e}", self.config.server);
                 if self.retry.is_none() && self.joined {
@@ -1060,6 +1108,36 @@ impl Link {
                 log::warn!("the tracker was not told the new list of files: {e}");
             }
         }
+    }
+}
+
+impl Link {
+    /// A JOIN the user asked for failed with `e`: when the tracker still holds this peer's
+    /// address for an older connection (a peer restarted before the tracker saw its old
+    /// connection close), tries again with the reconnection's pauses, for up to `--liveness`
+    /// (at least [`MIN_TAKEN_RETRY`]), telling the console once. True while it retries.
+    fn retry_taken_address(&mut self, e: &LinkError) -> bool {
+        if !matches!(e, LinkError::AddressTaken(_)) {
+            return false;
+        }
+        let now = Instant::now();
+        let until = match self.taken_until {
+            Some(until) => until,
+            None => {
+                let bound = self.config.liveness.max(MIN_TAKEN_RETRY);
+                let _ = self.events.send(LinkEvent::AddressStillTaken(bound));
+                *self.taken_until.insert(now + bound)
+            }
+        };
+        if now >= until {
+            self.taken_until = None;
+            self.retry = None;
+            return false;
+        }
+        if self.retry.is_none() {
+            self.retry = Some((now + FIRST_BACKOFF, FIRST_BACKOFF * 2));
+        }
+        true
     }
 }
 

@@ -224,7 +224,7 @@ mod tests {
         };
         assert_eq!(
             describe(&partial),
-            "video.bin: 12.0 MiB de 48.0 MiB (25%) (em andamento)"
+            "video.bin: 12,0 MiB de 48,0 MiB (25%) (em andamento)"
         );
     }
 }

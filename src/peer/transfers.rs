@@ -240,6 +240,12 @@ impl Transfers {
         self.shared.stop.load(Ordering::SeqCst)
     }
 
+    /// Set once [`Transfers::stop_all`] was called: long work outside any transfer (hashing a
+    /// shared file) stops on it.
+    pub fn shutdown_flag(&self) -> &AtomicBool {
+        &self.shared.stop
+    }
+
     /// Registers a download of `name` from `peer`, claiming its stored name `key` (see
     /// [`crate::transfer::PartialStore::key`]); `None` if a download of it is already running.
     pub fn start_download(

@@ -18,13 +18,16 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
 use parking_lot::Mutex;
 
+use crate::digests::FileIdentity;
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
 use crate::peer::deadline::Deadline;
@@ -34,10 +37,12 @@ use crate::peer::range_server;
 use crate::peer::transfers::{Ending, MinRate};
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
-use crate::protocol::messages::{Reply, parse_download_request, status, waiting_for};
+use crate::protocol::messages::{
+    DownloadRequest, Reply, parse_digest_mismatch, parse_download_request, status, waiting_for,
+};
 use crate::protocol::ranges;
 use crate::throttle::Throttle;
-use crate::transfer;
+use crate::transfer::{self, DigestHex};
 use crate::verified::CHUNK_GROUP;
 use crate::warn_throttled;
 
@@ -88,7 +93,7 @@ pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
             .peer_addr()
             .map(|a| a.ip().to_canonical())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let slot = match UploadSlots::take(&slots, host) {
+        let slot = match UploadSlots::take(&slots, host, from_this_machine(&stream)) {
             Ok(slot) => slot,
             Err(refusal) => {
                 warn_throttled!(
@@ -127,9 +132,13 @@ fn hashing_bound(size: u64) -> Duration {
 
 /// Upload connections served at once; more are answered with an ERROR and closed.
 pub const MAX_UPLOAD_CONNECTIONS: usize = 64;
-/// Upload connections from one host (IP address) at once. Peers on one machine share an
-/// address, so this leaves room for a classroom demo's peers on one host.
+/// Upload connections from one other host (IP address) at once: no host keeps the others out.
 pub const MAX_UPLOAD_CONNECTIONS_PER_HOST: usize = 8;
+/// Upload connections from this very machine at once: all but one other host's share. Peers
+/// on one machine share its address, and a classroom demo runs many of them, all downloading
+/// from one peer at once; they are this machine's users, not a remote host to keep in check.
+pub const MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE: usize =
+    MAX_UPLOAD_CONNECTIONS - MAX_UPLOAD_CONNECTIONS_PER_HOST;
 /// Stack of an upload thread: it parses one small request and streams with `sendfile`.
 const UPLOAD_THREAD_STACK: usize = 256 * 1024;
 
@@ -147,11 +156,23 @@ struct UploadSlots {
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
+/// True when `stream` comes from this very machine: its two ends have one address (loopback,
+/// or a machine dialling its own address, which the kernel routes over loopback with that
+/// address as the source). No remote host can open such a connection: the kernel drops
+/// packets from outside that claim one of this machine's addresses as their source.
+pub fn from_this_machine(stream: &TcpStream) -> bool {
+    match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(peer), Ok(local)) => peer.ip().to_canonical() == local.ip().to_canonical(),
+        _ => false,
+    }
+}
+
 /// Why a connection got no slot.
 #[derive(Debug, Clone, Copy)]
 enum SlotRefusal {
     Full,
-    HostFull,
+    /// Its host has this many open already.
+    HostFull(usize),
 }
 
 impl SlotRefusal {
@@ -159,7 +180,7 @@ impl SlotRefusal {
     fn message(self) -> &'static str {
         match self {
             SlotRefusal::Full => "this peer is serving too many requests; try again later",
-            SlotRefusal::HostFull => {
+            SlotRefusal::HostFull(_) => {
                 "this peer is serving too many requests from your host; try again later"
             }
         }
@@ -170,23 +191,30 @@ impl std::fmt::Display for SlotRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SlotRefusal::Full => write!(f, "{MAX_UPLOAD_CONNECTIONS} already open"),
-            SlotRefusal::HostFull => {
-                write!(f, "{MAX_UPLOAD_CONNECTIONS_PER_HOST} already open from it")
-            }
+            SlotRefusal::HostFull(open) => write!(f, "{open} already open from it"),
         }
     }
 }
 
 impl UploadSlots {
-    fn take(slots: &Arc<UploadSlots>, host: IpAddr) -> Result<UploadSlot, SlotRefusal> {
+    fn take(
+        slots: &Arc<UploadSlots>,
+        host: IpAddr,
+        this_machine: bool,
+    ) -> Result<UploadSlot, SlotRefusal> {
         let mut open = slots.open.lock();
         let (total, hosts) = &mut *open;
         if *total >= MAX_UPLOAD_CONNECTIONS {
             return Err(SlotRefusal::Full);
         }
+        let share = if this_machine {
+            MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE
+        } else {
+            MAX_UPLOAD_CONNECTIONS_PER_HOST
+        };
         let from_host = hosts.entry(host).or_insert(0);
-        if *from_host >= MAX_UPLOAD_CONNECTIONS_PER_HOST {
-            return Err(SlotRefusal::HostFull);
+        if *from_host >= share {
+            return Err(SlotRefusal::HostFull(*from_host));
         }
         *from_host += 1;
         *total += 1;
@@ -242,6 +270,7 @@ pub fn hash_shared_files(ctx: &PeerContext) {
             return;
         }
     };
+    ctx.digests.prune(&names);
     for name in names {
         if ctx.transfers.stopping() {
             return;
@@ -249,12 +278,18 @@ pub fn hash_shared_files(ctx: &PeerContext) {
         let Ok(Some((path, _))) = ctx.shared.shared_file(&name) else {
             continue;
         };
-        let hashed = File::open(&path)
-            .and_then(|file| Ok((file.metadata()?.len(), ctx.digests.digest(&path, &file)?)));
+        let hashed = File::open(&path).and_then(|file| {
+            let digest = ctx
+                .digests
+                .digest(&path, &file, ctx.transfers.shutdown_flag())?;
+            // Taken after hashing: a file changed meanwhile is not the version listed.
+            let identity = FileIdentity::of(&file.metadata()?);
+            Ok((identity, digest))
+        });
         match hashed {
-            Ok((size, digest)) => {
+            Ok((identity, digest)) => {
                 log::debug!("{name}: BLAKE3 {digest}");
-                ctx.catalog.digest_known(&name, size, &digest);
+                ctx.catalog.digest_known(&name, identity, &digest);
             }
             Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
         }
@@ -327,19 +362,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
         return;
     };
-    if request.accepts_waiting {
-        // Hashing a large file not hashed yet takes a while: say so, so the downloader's
-        // first-reply timeout can stay short.
-        let size = file.metadata().map_or(0, |m| m.len());
-        let _ = reply(
-            &stream,
-            &Reply::waiting(waiting_for::DIGEST, hashing_bound(size)),
-        );
-    }
-    let (size, digest) = match file
-        .metadata()
-        .and_then(|meta| Ok((meta.len(), ctx.digests.digest(&path, &file)?)))
-    {
+    let (size, digest) = match answer_digest(ctx, &stream, &path, &file, &request) {
         Ok(found) => found,
         Err(e) => {
             log::warn!("cannot read {}: {e}", path.display());
@@ -347,36 +370,51 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             return;
         }
     };
-    // A range session needs the file's outboard: computed once, before the OK that offers it.
-    let outboard = if request.ranges == Some(true) {
-        match ctx.outboards.open(&file, size, &digest) {
-            Ok(outboard) => Some(outboard),
-            Err(e) => {
-                log::warn!("no outboard for {}: {e}", path.display());
-                let _ = reply(
-                    &stream,
-                    &Reply::error(format!("cannot serve ranges of this file now: {e}")),
-                );
-                return;
+    // A range session needs the file's outboard, kept beside its digest (the read that gave
+    // the digest wrote it), before the OK that offers it (a range request always gets the
+    // digest before the data).
+    let outboard = match (&digest, request.ranges == Some(true)) {
+        (Some(digest), true) => {
+            match ctx
+                .digests
+                .outboard(&path, &file, ctx.transfers.shutdown_flag())
+            {
+                Ok((of, outboard)) if of == *digest => Some(outboard),
+                found => {
+                    let why = match found {
+                        Ok(_) => "the file changed since it was hashed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    log::warn!("no outboard for {}: {why}", path.display());
+                    let _ = reply(
+                        &stream,
+                        &Reply::error(format!("cannot serve ranges of this file now: {why}")),
+                    );
+                    return;
+                }
             }
         }
-    } else {
-        None
+        _ => None,
     };
-    // Resume only a download of this very file (same digest) and within it.
-    let offset = match (request.offset, &request.digest) {
-        (Some(offset), Some(wanted))
-            if *wanted == digest && offset <= size && outboard.is_none() =>
-        {
-            offset
+    let resumed = match outboard {
+        Some(_) => Ok(0),
+        None => resume_offset(ctx, &stream, &file, &request, size, digest.as_deref()),
+    };
+    let offset = match resumed {
+        Ok(offset) => offset,
+        Err(e) => {
+            log::warn!("cannot read {}: {e}", path.display());
+            let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
+            return;
         }
-        _ => 0,
     };
+    let digest_after_data = digest.is_none();
     let ok = Reply {
         status: status::OK.to_string(),
         file_size: Some(size),
-        digest: Some(digest),
+        digest,
         offset: Some(offset),
+        digest_after_data: digest_after_data.then_some(true),
         chunk_group: outboard.as_ref().map(|_| CHUNK_GROUP),
         max_range: outboard.as_ref().map(|_| ranges::MAX_RANGE),
         ..Reply::default()
@@ -398,6 +436,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let (tx, rx) = bounded(1);
     let asked = ApprovalRequest {
         from,
+        from_this_machine: from_this_machine(&stream),
         claimed_port: request.from_port,
         filename: request.filename.clone(),
         size,
@@ -453,6 +492,16 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
     let sent = if pacer.is_pacing() && size - offset <= legacy::ONE_WRITE_MAX {
         send_in_one_write(&file, offset, size - offset, &stream)
+    } else if digest_after_data {
+        send_then_digest(
+            ctx,
+            &path,
+            &file,
+            size,
+            &stream,
+            guard.stop_flag(),
+            &mut progress,
+        )
     } else {
         transfer::send_range(
             &file,
@@ -473,6 +522,9 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
                 "Upload do arquivo {} para {from} concluído",
                 request.filename
             ));
+            if request.from_port.is_some() {
+                await_mismatch_report(ctx, &mut reader, &path, &request.filename, from);
+            }
         }
         Err(e) => {
             log::debug!("upload of {} to {from} failed: {e}", request.filename);
@@ -493,11 +545,198 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     }
 }
 
+/// The file's size, and its digest if the OK reply must carry it: always, unless the
+/// downloader takes the digest after the data (D12), the digest is not known yet, and the
+/// request is not a resume (whose digest must be compared before the first byte).
+fn answer_digest(
+    ctx: &PeerContext,
+    stream: &TcpStream,
+    path: &Path,
+    file: &File,
+    request: &DownloadRequest,
+) -> io::Result<(u64, Option<DigestHex>)> {
+    let size = file.metadata()?.len();
+    let known = ctx.digests.known(path, file)?;
+    let resuming = request.offset.is_some_and(|offset| offset > 0)
+        && (request.digest.is_some() || request.prefix_digest.is_some());
+    if known.is_none() && request.digest_after_data && !resuming && request.ranges != Some(true) {
+        return Ok((size, None));
+    }
+    if request.accepts_waiting {
+        // The OK carries the digest, and hashing a large file not hashed yet takes a while:
+        // say so (D11), so the downloader's first-reply timeout can stay short.
+        let _ = reply(
+            stream,
+            &Reply::waiting(waiting_for::DIGEST, hashing_bound(size)),
+        );
+    }
+    let digest = match known {
+        Some(digest) => digest,
+        None => ctx
+            .digests
+            .digest(path, file, ctx.transfers.shutdown_flag())?,
+    };
+    Ok((size, Some(digest)))
+}
+
+/// Where the data starts (D6): resume only a download of this very file and within it — the
+/// same digest, or, for a partial whose digest is not known, the same size and the same first
+/// `offset` bytes (BLAKE3 of the prefix).
+fn resume_offset(
+    ctx: &PeerContext,
+    stream: &TcpStream,
+    file: &File,
+    request: &DownloadRequest,
+    size: u64,
+    digest: Option<&str>,
+) -> io::Result<u64> {
+    let Some(offset) = request
+        .offset
+        .filter(|&offset| offset > 0 && offset <= size)
+    else {
+        return Ok(0);
+    };
+    if let Some(wanted) = &request.digest {
+        return Ok(if Some(wanted.as_str()) == digest {
+            offset
+        } else {
+            0
+        });
+    }
+    let (Some(prefix), Some(file_size)) = (&request.prefix_digest, request.file_size) else {
+        return Ok(0);
+    };
+    if file_size != size {
+        return Ok(0);
+    }
+    if request.accepts_waiting {
+        let _ = reply(
+            stream,
+            &Reply::waiting(waiting_for::DIGEST, hashing_bound(offset)),
+        );
+    }
+    let mut hasher = blake3::Hasher::new();
+    transfer::hash_range(file, 0, offset, &mut hasher, ctx.transfers.shutdown_flag())?;
+    let same = hasher.finalize().to_hex().as_str() == prefix.as_str();
+    Ok(if same { offset } else { 0 })
+}
+
+/// Sends the whole file while another thread hashes it, then the digest (D12). Hashing reads
+/// the file from the page cache beside `sendfile`, on the other core; the digest is kept for
+/// the next request even if this transfer fails.
+fn send_then_digest(
+    ctx: &PeerContext,
+    path: &Path,
+    file: &File,
+    size: u64,
+    stream: &TcpStream,
+    stop: &AtomicBool,
+    progress: &mut Progress,
+) -> io::Result<()> {
+    let (sent, hashed) = thread::scope(|scope| {
+        // Stopped only by the peer leaving: a digest finished after a cancelled transfer is
+        // kept for the next request.
+        let hashing = thread::Builder::new()
+            .name("upload-hash".into())
+            .spawn_scoped(scope, || {
+                ctx.digests
+                    .digest(path, file, ctx.transfers.shutdown_flag())
+            });
+        let sent = transfer::send_range(file, 0, size, stream, stop, &mut |sent| {
+            progress.update(sent)
+        });
+        let hashed = match hashing {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked"))),
+            Err(e) => Err(e),
+        };
+        (sent, hashed)
+    });
+    let digest = hashed?;
+    announce_digest(ctx, path, file, &digest);
+    sent?;
+    let trailer = Reply {
+        status: status::DIGEST.to_string(),
+        digest: Some(digest),
+        ..Reply::default()
+    };
+    reply(stream, &trailer)
+}
+
+/// How long an uploader waits, after the data, for a downloader's DIGEST_MISMATCH report.
+const MISMATCH_REPORT_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (briefly) for the downloader to close or to report that the bytes did not match
+/// (D13); a report makes this peer forget the file's digest and hash it again.
+fn await_mismatch_report(
+    ctx: &PeerContext,
+    reader: &mut FrameReader<Deadline<'_>>,
+    path: &Path,
+    name: &str,
+    from: SocketAddr,
+) {
+    reader.get_mut().expire_in(MISMATCH_REPORT_WAIT);
+    reader.set_idle_timeout(Some(MISMATCH_REPORT_WAIT));
+    let report = match reader.next_frame() {
+        Ok(Some(frame)) => parse_digest_mismatch(frame),
+        Ok(None) | Err(_) => return,
+    };
+    match report {
+        Ok(report) if report.filename == name => {
+            log::warn!("{from} reports that {name} arrived with another digest; hashing it again");
+            ctx.out.line(&format!(
+                "O peer {from} informou que {name} chegou diferente do BLAKE3 anunciado; o arquivo será verificado de novo"
+            ));
+            ctx.digests.forget(path);
+            rehash(ctx, path);
+        }
+        Ok(report) => log::debug!(
+            "{from} reported a mismatch for {:?} after downloading {name}; ignored",
+            report.filename
+        ),
+        Err(e) => log::debug!("{from} sent something else after the data: {e}"),
+    }
+}
+
+/// Hashes `path` again now (on the upload thread, which has nothing left to do), so that the
+/// next request finds the new digest.
+fn rehash(ctx: &PeerContext, path: &Path) {
+    let hashed = open_regular(path).and_then(|file| {
+        let digest = ctx
+            .digests
+            .digest(path, &file, ctx.transfers.shutdown_flag())?;
+        Ok((file, digest))
+    });
+    match hashed {
+        Ok((file, digest)) => {
+            log::info!("{}: BLAKE3 {digest}", path.display());
+            announce_digest(ctx, path, &file, &digest);
+        }
+        Err(e) => log::warn!("cannot hash {}: {e}", path.display()),
+    }
+}
+
+/// Tells the catalog (and so, in its next batch, the tracker) a digest learned while serving
+/// `file`, for the version of it open now.
+fn announce_digest(ctx: &PeerContext, path: &Path, file: &File, digest: &str) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    match file.metadata() {
+        Ok(meta) => ctx
+            .catalog
+            .digest_known(name, FileIdentity::of(&meta), digest),
+        Err(e) => log::debug!("{}: cannot stat after hashing: {e}", path.display()),
+    }
+}
+
 /// Sends a small file to the original's downloader in one write. It takes the file with a
-/// single `recv(fileSize)`, which returns what the first segment brought: one write of at most
-/// [`legacy::ONE_WRITE_MAX`] bytes leaves loopback as one segment, so the file arrives whole
-/// (measured with a Python reader on loopback: streamed, a 60,000-byte file arrived whole in 17
-/// of 20 tries, 2 of 10 under heavier load; in one write, 20 of 20).
+/// single `recv(fileSize)`, which returns what has landed when it runs: one write of at most
+/// [`legacy::ONE_WRITE_MAX`] bytes puts the whole file on the wire at once, one or two
+/// segments back to back (measured with a Python reader on loopback: streamed, a 60,000-byte
+/// file arrived whole in 17 of 20 tries, 2 of 10 under heavier load; in one write, 20 of 20;
+/// what can and cannot be promised is said at [`legacy::ONE_WRITE_MAX`]).
 fn send_in_one_write(file: &File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(len as usize);
     let mut reader = file;

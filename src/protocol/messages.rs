@@ -77,6 +77,16 @@ pub struct DownloadRequest {
     /// what it is doing before the file, and how long it may take.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accepts_waiting: bool,
+    /// The downloader takes the digest after the data (PROTOCOL.md D12): an uploader that does
+    /// not know it yet may start sending at once and hash while it sends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub digest_after_data: bool,
+    /// Resume without a digest (D6): the size of the file the partial download belongs to...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<u64>,
+    /// ...and the BLAKE3 (hex) of its first `offset` bytes, which the uploader's file must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_digest: Option<String>,
 }
 
 /// The envelope every request travels in.
@@ -136,6 +146,9 @@ struct RawData {
     from_port: Option<u16>,
     ranges: Option<bool>,
     accepts_waiting: Option<bool>,
+    digest_after_data: Option<bool>,
+    file_size: Option<u64>,
+    prefix_digest: Option<String>,
 }
 
 /// Why a request could not be understood; the text is sent to the client as is.
@@ -204,35 +217,81 @@ pub fn parse_tracker_request(bytes: &[u8]) -> Result<TrackerRequest, RequestErro
             let peer = data.peer.ok_or("LIST needs data.peer, a peer as IP:PORT")?;
             Ok(TrackerRequest::List { peer })
         }
-        "DOWNLOAD_REQUEST" => {
-            Err("DOWNLOAD_REQUEST goes to a peer's upload port, not to the tracker".into())
-        }
+        "DOWNLOAD_REQUEST" | "DOWNLOAD_RANGES" => Err(format!(
+            "{method} goes to a peer's upload port, not to the tracker"
+        )),
         other => Err(format!(
             "unknown method {other:?}; the tracker knows JOIN, SEARCH, UPDATE and LIST"
         )),
     }
 }
 
-/// Decodes the one request a peer's upload port accepts.
+/// The method asking for a range session (PROTOCOL.md R1). A peer that knows only whole files
+/// refuses it as an unknown method *before* asking its user, which `DOWNLOAD_REQUEST` with
+/// `ranges` (the first form, still accepted) could not make it do: it ignored the field, asked
+/// its user, and the downloader then closed the connection.
+pub const DOWNLOAD_RANGES: &str = "DOWNLOAD_RANGES";
+
+/// How every napster peer, older ones included, begins the `ERROR` message for a method it
+/// does not know: a downloader that gets it for [`DOWNLOAD_RANGES`] has found a peer that sends
+/// whole files only.
+pub const UNKNOWN_METHOD: &str = "unknown method";
+
+/// Decodes the request a peer's upload port accepts: `DOWNLOAD_REQUEST`, or `DOWNLOAD_RANGES`
+/// (a range session).
 pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestError> {
     let (method, data) = decode_raw(bytes)?;
-    if method != "DOWNLOAD_REQUEST" {
-        return Err(format!(
-            "unknown method {method:?}; a peer's upload port only knows DOWNLOAD_REQUEST"
-        ));
-    }
+    let ranges = match method.as_str() {
+        "DOWNLOAD_REQUEST" => data.ranges,
+        DOWNLOAD_RANGES => Some(true),
+        _ => {
+            return Err(format!(
+                "{UNKNOWN_METHOD} {method:?}; a peer's upload port knows DOWNLOAD_REQUEST and \
+                 DOWNLOAD_RANGES"
+            ));
+        }
+    };
     let filename = data
         .filename
-        .ok_or("DOWNLOAD_REQUEST needs data.filename")?;
-    let port = data.port.ok_or("DOWNLOAD_REQUEST needs data.port")?;
+        .ok_or_else(|| format!("{method} needs data.filename"))?;
+    let port = data
+        .port
+        .ok_or_else(|| format!("{method} needs data.port"))?;
     Ok(DownloadRequest {
         filename,
         port,
         offset: data.offset,
         digest: data.digest,
         from_port: data.from_port,
-        ranges: data.ranges,
+        ranges,
         accepts_waiting: data.accepts_waiting.unwrap_or(false),
+        digest_after_data: data.digest_after_data.unwrap_or(false),
+        file_size: data.file_size,
+        prefix_digest: data.prefix_digest,
+    })
+}
+
+/// A downloader's report, sent after the data, that what arrived does not match the digest
+/// the uploader announced (PROTOCOL.md D13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DigestMismatch {
+    /// The file asked for.
+    pub filename: String,
+    /// The BLAKE3 (hex) of what arrived.
+    pub digest: String,
+}
+
+/// Parses a `DIGEST_MISMATCH` report.
+pub fn parse_digest_mismatch(bytes: &[u8]) -> Result<DigestMismatch, RequestError> {
+    let (method, data) = decode_raw(bytes)?;
+    if method != "DIGEST_MISMATCH" {
+        return Err(format!(
+            "unknown method {method:?}; only DIGEST_MISMATCH may follow a download"
+        ));
+    }
+    Ok(DigestMismatch {
+        filename: data.filename.ok_or("DIGEST_MISMATCH needs data.filename")?,
+        digest: data.digest.ok_or("DIGEST_MISMATCH needs data.digest")?,
     })
 }
 
@@ -277,6 +336,9 @@ pub struct Reply {
     /// waiting: seconds within which the uploader's next reply will come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
+    /// DOWNLOAD_REQUEST → OK: the digest is not known yet and follows the data (D12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_after_data: Option<bool>,
     /// DOWNLOAD_REQUEST with `ranges` → OK: the chunk group in bytes; present only when the
     /// uploader serves ranges (see [`crate::protocol::ranges`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,6 +368,11 @@ pub struct SearchResult {
     pub peers: Vec<String>,
 }
 
+/// The words of the tracker's `ERROR` to a JOIN onto an address another live connection holds
+/// (PROTOCOL.md T7): a peer restarted at once may meet its own old connection there, and
+/// retries on these words.
+pub const ADDRESS_TAKEN: &str = "is already registered by another connection";
+
 /// Status names, spelled once.
 pub mod status {
     /// JOIN accepted.
@@ -325,6 +392,8 @@ pub mod status {
     /// Sent only to a downloader that `acceptsWaiting`: the next reply is coming, within
     /// `timeout` seconds; `waitingFor` says what it waits for.
     pub const WAITING: &str = "waiting";
+    /// After the data: the digest of the whole file, when the OK said it would follow.
+    pub const DIGEST: &str = "DIGEST";
 }
 
 /// What a `waiting` reply waits for.
@@ -615,6 +684,14 @@ pub fn update_line(files: &[FileRecord]) -> Vec<u8> {
     })
 }
 
+/// The DIGEST_MISMATCH report a downloader sends after the data.
+pub fn digest_mismatch_line(report: &DigestMismatch) -> Vec<u8> {
+    encode_line(&Envelope {
+        method: "DIGEST_MISMATCH",
+        data: report,
+    })
+}
+
 /// The UPDATE request adding (or replacing) `add` and forgetting `remove`.
 pub fn update_change_line(add: &[FileRecord], remove: &[String]) -> Vec<u8> {
     #[derive(Serialize)]
@@ -665,6 +742,18 @@ pub fn download_line(request: &DownloadRequest) -> Vec<u8> {
     encode_line(&Envelope {
         method: "DOWNLOAD_REQUEST",
         data: request,
+    })
+}
+
+/// The line asking for a range session of `request.filename` (its `ranges` field is implied
+/// by the method and left out).
+pub fn range_session_line(request: &DownloadRequest) -> Vec<u8> {
+    encode_line(&Envelope {
+        method: DOWNLOAD_RANGES,
+        data: &DownloadRequest {
+            ranges: None,
+            ..request.clone()
+        },
     })
 }
 
@@ -770,6 +859,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A range session is asked with its own method (no `ranges` field needed); the first
+    /// form, `DOWNLOAD_REQUEST` with `ranges`, is still understood; an upload port names what
+    /// it knows when refusing another method, in the words older peers used.
+    #[test]
+    fn a_range_session_is_its_own_method() {
+        let request = DownloadRequest {
+            filename: "v.bin".into(),
+            port: 5000,
+            offset: None,
+            digest: None,
+            from_port: Some(6000),
+            ranges: Some(true),
+            accepts_waiting: false,
+            digest_after_data: false,
+            file_size: None,
+            prefix_digest: None,
+        };
+        let line = range_session_line(&request);
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"method":"DOWNLOAD_RANGES","#),
+            "{text}"
+        );
+        assert!(!text.contains("ranges\":"), "{text}");
+        assert_eq!(
+            parse_download_request(line.trim_ascii_end()).unwrap(),
+            request
+        );
+        let first_form = download_line(&request);
+        assert_eq!(
+            parse_download_request(first_form.trim_ascii_end()).unwrap(),
+            request
+        );
+        let e = parse_download_request(br#"{"method":"GET","data":{}}"#).unwrap_err();
+        assert!(e.starts_with(UNKNOWN_METHOD), "{e}");
     }
 
     #[test]

@@ -76,7 +76,8 @@ impl fmt::Display for TableError {
         match self {
             TableError::AddressTaken(addr) => write!(
                 f,
-                "peer {addr} is already registered by another connection; choose another port"
+                "peer {addr} {}; choose another port",
+                crate::protocol::messages::ADDRESS_TAKEN
             ),
             TableError::NotJoined => write!(f, "send JOIN before UPDATE"),
             TableError::IndexFull { limit } => write!(

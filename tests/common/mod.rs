@@ -34,6 +34,8 @@ pub struct Proc {
     stderr: Arc<Mutex<Vec<String>>>,
     /// Disconnected once stdout and stderr were read to their end.
     drained: Receiver<()>,
+    /// A stderr pipe kept open and never read ([`Proc::with_unread_stderr`]).
+    unread_stderr: Option<std::process::ChildStderr>,
 }
 
 impl Proc {
@@ -165,6 +167,31 @@ pub fn start_tracker_on(listen: &str, extra: &[&str]) -> TrackerProc {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("tracker address in {line:?}"));
     TrackerProc { proc, addr }
+}
+
+impl TrackerProc {
+    /// Waits until a SEARCH for `name` gives the result (`name`, BLAKE3 `digest`) with exactly
+    /// `holders` peers: the holders' digests are announced (in their JOIN when hashed already,
+    /// else in a later UPDATE, so after each look that did not find it, the tracker's next
+    /// UPDATE line is awaited). Returns that result.
+    pub fn wait_for_group(&self, name: &str, digest: &str, holders: usize) -> serde_json::Value {
+        let mut c = RawClient::connect(self.addr);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let reply = c.ask(&search_msg(name));
+            let found = reply["results"].as_array().and_then(|results| {
+                results
+                    .iter()
+                    .find(|r| r["name"] == name && r["digest"] == digest)
+                    .cloned()
+            });
+            if let Some(result) = found.filter(|r| r["holders"] == holders) {
+                return result;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.proc.wait_for_within(" atualizou os arquivos", left);
+        }
+    }
 }
 
 /// A peer with its upload port and folder.
@@ -427,13 +454,25 @@ impl Proc {
     /// stdin/stdout/stderr; stdout is read line by line for [`Proc::wait_for`], both are kept
     /// for [`Proc::transcript`]. `RUST_LOG` comes from `TEST_RUST_LOG` (default `warn`).
     pub fn from_command(name: &str, mut cmd: Command) -> Proc {
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        Proc::from_command_reading(name, cmd, true)
+    }
+
+    /// Starts `cmd` like [`Proc::from_command`] with `RUST_LOG=rust_log`, but its stderr is a
+    /// pipe that nobody reads: once the pipe's buffer is full (64 KiB), a write to stderr
+    /// waits for ever. The transcript then shows stdout only.
+    pub fn with_unread_stderr(name: &str, mut cmd: Command, rust_log: &str) -> Proc {
+        cmd.env("RUST_LOG", rust_log);
+        Proc::from_command_reading(name, cmd, false)
+    }
+
+    fn from_command_reading(name: &str, mut cmd: Command, read_stderr: bool) -> Proc {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: {cmd:?} does not start: {e}"));
@@ -456,13 +495,19 @@ impl Proc {
         });
         let errs = Arc::new(Mutex::new(Vec::new()));
         let errs2 = Arc::clone(&errs);
-        thread::spawn(move || {
-            let _drained = drained_err;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                errs2.lock().unwrap().push(line);
-            }
-        });
+        let mut unread_stderr = None;
+        if read_stderr {
+            thread::spawn(move || {
+                let _drained = drained_err;
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    errs2.lock().unwrap().push(line);
+                }
+            });
+        } else {
+            drop(drained_err);
+            unread_stderr = Some(stderr);
+        }
         Proc {
             name: name.to_string(),
             stdin: child.stdin.take(),
@@ -471,6 +516,7 @@ impl Proc {
             seen,
             stderr: errs,
             drained,
+            unread_stderr,
         }
     }
 }

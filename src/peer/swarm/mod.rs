@@ -449,10 +449,10 @@ impl fmt::Display for SourceSummary {
         };
         write!(
             f,
-            "  fonte {}: {} em {:.1} s ({}/s)",
+            "  fonte {}: {} em {} s ({}/s)",
             self.addr,
             human_bytes(self.bytes as f64),
-            secs,
+            crate::numbers::decimal(secs, 1),
             human_bytes(rate)
         )?;
         if !self.ending.is_empty() {
@@ -473,11 +473,11 @@ pub fn status_lines(ctx: &PeerContext) -> Vec<String> {
         let state = swarm.state.lock();
         let size = state.identity.as_ref().map_or(0, |i| i.size);
         lines.push(format!(
-            "Download de {}: {} de {} verificados, {} fonte(s) ativa(s)",
+            "Download de {}: {} de {} verificados, {}",
             swarm.name,
             human_bytes(swarm.verified.load(Ordering::Relaxed) as f64),
             human_bytes(size as f64),
-            state.live.len()
+            crate::numbers::count(state.live.len() as u64, "fonte ativa", "fontes ativas")
         ));
         for (_, addr, bytes, since) in &state.live {
             let secs = since.elapsed().as_secs_f64().max(0.001);
@@ -820,6 +820,10 @@ fn tell_source_end(swarm: &Swarm, report: &SourceReport) {
             "peer {addr} falhou ({}); suas partes serão buscadas em outra fonte",
             crate::peer::output::printable(why)
         )),
+        Outcome::Closed if !swarm.state.lock().over => out.line(&format!(
+            "peer {addr} falhou ({}); suas partes serão buscadas em outra fonte",
+            source::CLOSED
+        )),
         _ => {}
     }
 }
@@ -886,10 +890,58 @@ pub fn holders_from_search(
     }
 }
 
+/// The holders of a numbered result (`DOWNLOAD N`) other than this peer (`me`), with its
+/// content when the tracker announced it: a result is one (name, size, digest), so when its
+/// digest is known every holder listed has that very content.
+pub fn holders_of_result(
+    entry: &crate::peer::search_results::Numbered,
+    me: &[SocketAddr],
+) -> (Vec<SocketAddr>, Option<Identity>) {
+    let holders = entry
+        .peers
+        .iter()
+        .filter_map(|p| p.parse::<SocketAddr>().ok())
+        .filter(|a| !me.contains(a))
+        .collect();
+    let identity = entry.size.zip(entry.digest).map(|(size, digest)| Identity {
+        size,
+        digest: digest.to_hex(),
+    });
+    (holders, identity)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::messages::{Reply, SearchResult};
+
+    /// A numbered result's holders, this peer left out, with its size and digest when known.
+    #[test]
+    fn a_numbered_result_gives_its_holders_and_content() {
+        let digest: crate::protocol::Digest = blake3::hash(b"one").to_hex().parse().unwrap();
+        let mut entry = crate::peer::search_results::Numbered {
+            name: "v.bin".into(),
+            size: Some(3),
+            digest: Some(digest),
+            holders: 3,
+            peers: vec![
+                "10.0.0.1:1".into(),
+                "10.0.0.2:2".into(),
+                "10.0.0.3:3".into(),
+            ],
+        };
+        let (holders, identity) = holders_of_result(&entry, &[addr("10.0.0.2:2")]);
+        assert_eq!(holders, [addr("10.0.0.1:1"), addr("10.0.0.3:3")]);
+        assert_eq!(
+            identity,
+            Some(Identity {
+                size: 3,
+                digest: digest.to_hex()
+            })
+        );
+        entry.digest = None;
+        assert_eq!(holders_of_result(&entry, &[]).1, None);
+    }
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().unwrap()

@@ -7,13 +7,16 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use crate::peer::swarm::planner::{PIECE_LEN, SourceId};
 use crate::peer::swarm::prepare::{self, Fetched};
 use crate::peer::swarm::{Identity, Next, OutboardRole, Pieces, Swarm, SwarmError};
-use crate::protocol::messages::{DownloadRequest, Reply, download_line, parse_reply, status};
+use crate::protocol::messages::{
+    DownloadRequest, Reply, UNKNOWN_METHOD, parse_reply, range_session_line, status,
+};
 use crate::protocol::ranges;
 use crate::protocol::{CodecError, FrameReader};
 use crate::verified::{self, CHUNK_GROUP, PieceError};
@@ -52,6 +55,11 @@ pub(crate) enum Outcome {
     /// It sent bytes that failed the check at this byte of the file (or an outboard that does
     /// not lead to the digest, `None`).
     Lied(Option<u64>),
+    /// It closed the connection while this source had nothing asked of it (an uploader ends a
+    /// range session that asks nothing for a while): nothing was lost.
+    Idle,
+    /// It closed the connection before answering what was asked.
+    Closed,
     /// The connection failed, stalled or broke the protocol.
     Failed(String),
 }
@@ -70,6 +78,8 @@ impl Outcome {
             Outcome::Legacy => "só envia o arquivo inteiro".into(),
             Outcome::OtherContent => "tem outro conteúdo com esse nome".into(),
             Outcome::Lied(_) => "enviou dados inválidos; descartada".into(),
+            Outcome::Idle => "sem partes a buscar; o outro peer encerrou a sessão".into(),
+            Outcome::Closed => format!("falhou: {CLOSED}"),
             Outcome::Failed(why) => format!("falhou: {}", crate::peer::output::printable(why)),
         }
     }
@@ -104,7 +114,7 @@ pub(crate) fn run(swarm: &Swarm, id: SourceId, addr: SocketAddr) -> SourceReport
     let mut outcome = source.session();
     // Cut by the end of the download (complete, or another source's fatal error): not its
     // failure.
-    if matches!(outcome, Outcome::Failed(_)) && swarm.state.lock().over {
+    if matches!(outcome, Outcome::Failed(_) | Outcome::Closed) && swarm.state.lock().over {
         outcome = Outcome::Done;
     }
     SourceReport {
@@ -167,9 +177,15 @@ impl Source<'_> {
             ranges: Some(true),
             // Several sources saying what they wait for would be noise; each waits quietly.
             accepts_waiting: false,
+            // A range session needs the digest before the data.
+            digest_after_data: false,
+            file_size: None,
+            prefix_digest: None,
         };
+        // Its own method: a peer that sends whole files only refuses it before its user is
+        // asked (PROTOCOL.md R9).
         (&*stream)
-            .write_all(&download_line(&request))
+            .write_all(&range_session_line(&request))
             .map_err(|e| Outcome::Failed(e.to_string()))?;
         let mut reader = FrameReader::new(stream, 64 * 1024);
         reader.set_idle_timeout(Some(FIRST_REPLY_TIMEOUT));
@@ -178,7 +194,13 @@ impl Source<'_> {
         match first.status.as_str() {
             status::OK => {}
             status::FILE_NOT_FOUND => return Err(Outcome::NotFound),
-            status::ERROR => return Err(Outcome::Refused(first.message.unwrap_or_default())),
+            status::ERROR => {
+                let message = first.message.unwrap_or_default();
+                if message.starts_with(UNKNOWN_METHOD) {
+                    return Err(Outcome::Legacy);
+                }
+                return Err(Outcome::Refused(message));
+            }
             other => return Err(Outcome::Failed(format!("status {other:?}"))),
         }
         let (Some(size), Some(digest)) = (first.file_size, first.digest.clone()) else {
@@ -290,13 +312,21 @@ impl Source<'_> {
         asked: &mut VecDeque<(usize, u64, u64)>,
     ) -> Outcome {
         let mut buf = Vec::with_capacity(PIECE_LEN as usize);
+        // This source had nothing asked of its uploader, which may end an idle session (its
+        // 60 s without a request): a close then, or in answer to the first request after it,
+        // lost nothing and is no failure.
+        let mut was_idle = false;
         loop {
             while asked.len() < PIPELINE {
                 match self.swarm.next_piece(self.id) {
                     Next::Piece(i, offset, len) => {
+                        if was_idle && asked.is_empty() && closed_by_other_side(stream) {
+                            self.swarm.release([i], self.id);
+                            return Outcome::Idle;
+                        }
                         asked.push_back((i, offset, len));
                         if let Err(ended) = send(stream, &ranges::range_line(offset, len)) {
-                            return ended;
+                            return if was_idle { Outcome::Idle } else { ended };
                         }
                     }
                     Next::Wait => break,
@@ -305,11 +335,17 @@ impl Source<'_> {
                 }
             }
             let Some(&(i, offset, len)) = asked.front() else {
+                was_idle = true;
                 self.swarm.wait_for_change();
+                if closed_by_other_side(stream) {
+                    return Outcome::Idle;
+                }
                 continue;
             };
-            if let Err(ended) = receive_piece(input, offset, len, &mut buf) {
-                return ended;
+            match receive_piece(input, offset, len, &mut buf) {
+                Ok(()) => was_idle = false,
+                Err(Outcome::Closed) if was_idle => return Outcome::Idle,
+                Err(ended) => return ended,
             }
             asked.pop_front();
             if self.swarm.is_done(i) {
@@ -376,21 +412,58 @@ fn send(stream: &TcpStream, line: &[u8]) -> Result<(), Ended> {
         .map_err(|e| Outcome::Failed(network_words(&e)))
 }
 
+/// What a source says of an uploader that closed the connection with a request unanswered.
+pub(crate) const CLOSED: &str = "o peer fechou a conexão";
+
 /// Reads one reply line of a range session.
 fn read_reply(input: &mut impl BufRead) -> Result<Reply, Ended> {
     let mut line = Vec::new();
-    input
-        .take(MAX_REPLY_LINE)
-        .read_until(b'\n', &mut line)
-        .map_err(|e| Outcome::Failed(network_words(&e)))?;
+    match input.take(MAX_REPLY_LINE).read_until(b'\n', &mut line) {
+        Ok(_) => {}
+        Err(e) if line.is_empty() && closed(&e) => return Err(Outcome::Closed),
+        Err(e) => return Err(Outcome::Failed(network_words(&e))),
+    }
     if line.last() != Some(&b'\n') {
-        return Err(Outcome::Failed(if line.is_empty() {
-            "o peer fechou a conexão".into()
+        return Err(if line.is_empty() {
+            Outcome::Closed
         } else {
-            "resposta longa demais ou cortada".into()
-        }));
+            Outcome::Failed("resposta longa demais ou cortada".into())
+        });
     }
     parse_reply(line.trim_ascii()).map_err(Outcome::Failed)
+}
+
+/// True for the errors of a connection the other side closed (a reset included: a close with
+/// a request still unread is sent as one).
+fn closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// True if the uploader has closed (or reset) the connection, as far as is known without
+/// waiting: the end of the stream is next, with nothing before it.
+fn closed_by_other_side(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv into a one-byte buffer that outlives the call; MSG_PEEK leaves any byte
+    // queued and MSG_DONTWAIT makes it return at once.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        1.. => false,
+        _ => closed(&io::Error::last_os_error()),
+    }
 }
 
 fn network_words(e: &io::Error) -> String {
@@ -398,7 +471,7 @@ fn network_words(e: &io::Error) -> String {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             format!("nada recebido em {} s", STALL_TIMEOUT.as_secs())
         }
-        io::ErrorKind::UnexpectedEof => "o peer fechou a conexão".into(),
+        io::ErrorKind::UnexpectedEof => CLOSED.into(),
         _ => e.to_string(),
     }
 }
