@@ -20,7 +20,7 @@
 //! - [`tracker::word_index`]: each folded word → the names holding it (keyword SEARCH).
 //! - [`tracker::limits`]: how many connections this machine can serve, fitted at start.
 //! - [`tracker::memory`]: memory handed back to the system when the tables shrink.
-//! - [`tracker::legacy`]: the original's folder JOIN (only with `--legacy-folder-join`, on loopback).
+//! - [`tracker::legacy`]: the original's folder JOIN (`--legacy-folder-join`, loopback only).
 //! - [`console_out`]: the tracker's console lines, written by one thread within a byte budget.
 //!
 //! **The wire**
