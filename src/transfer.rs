@@ -172,30 +172,33 @@ pub enum ReceiveError {
     },
 }
 
+/// For logs and error chains; the peer tells the user in its own words (the downloader's
+/// `receive_problem`), since this module knows nothing of who reads it.
 impl std::fmt::Display for ReceiveError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReceiveError::Short { got, expected } => {
-                write!(f, "o peer fechou a conexão após {got} de {expected} bytes")
+                write!(f, "the sender closed after {got} of {expected} bytes")
             }
-            ReceiveError::Disk { written, error } => {
-                if is_disk_full(error) {
-                    write!(f, "disco cheio ({written} bytes gravados)")
-                } else {
-                    write!(f, "não foi possível gravar após {written} bytes: {error}")
-                }
+            ReceiveError::Disk { written, .. } => {
+                write!(f, "writing failed after {written} bytes")
             }
-            ReceiveError::Network { got, error } => {
-                write!(f, "a conexão falhou após {got} bytes: {error}")
+            ReceiveError::Network { got, .. } => {
+                write!(f, "receiving failed after {got} bytes")
             }
-            ReceiveError::Stopped { got } => {
-                write!(f, "transferência interrompida após {got} bytes")
-            }
+            ReceiveError::Stopped { got } => write!(f, "stopped after {got} bytes"),
         }
     }
 }
 
-impl std::error::Error for ReceiveError {}
+impl std::error::Error for ReceiveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReceiveError::Disk { error, .. } | ReceiveError::Network { error, .. } => Some(error),
+            ReceiveError::Short { .. } | ReceiveError::Stopped { .. } => None,
+        }
+    }
+}
 
 impl ReceiveError {
     /// The same error counted from byte `start` of the whole file instead of from the start of

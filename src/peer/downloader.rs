@@ -344,7 +344,17 @@ impl fmt::Display for DownloadError {
     }
 }
 
-impl std::error::Error for DownloadError {}
+impl std::error::Error for DownloadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DownloadError::Name(e) => Some(e),
+            DownloadError::Connect(_, e) | DownloadError::Disk(e) => Some(e),
+            DownloadError::Receive(e, _) => Some(e),
+            DownloadError::NoSpace(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The end of a download, sent to the console (which counts running downloads and keeps the
 /// first failure for the exit code) after its outcome was printed.
@@ -956,6 +966,25 @@ mod tests {
             "tempo esgotado: o outro peer não respondeu em 15 s"
         );
         assert_eq!(timeout.failure(), Failure::Unreachable);
+    }
+
+    /// The user's line is the peer's; `RUST_LOG=debug` can still walk down to the OS error.
+    #[test]
+    fn a_cut_transfer_keeps_its_cause() {
+        use std::error::Error as _;
+        let cut = DownloadError::Receive(
+            ReceiveError::Network {
+                got: 0,
+                error: io::Error::from_raw_os_error(libc::EHOSTUNREACH),
+            },
+            PathBuf::from("p2p/a.part"),
+        );
+        let receive = cut.source().expect("a cut transfer has its receive error as source");
+        assert_eq!(receive.to_string(), "receiving failed after 0 bytes");
+        let os = receive.source().expect("a network failure has its io error as source");
+        let os = os.downcast_ref::<io::Error>().expect("the source is an io::Error");
+        assert_eq!(os.raw_os_error(), Some(libc::EHOSTUNREACH));
+        assert!(cut.to_string().starts_with("a conexão falhou após 0 B: "));
     }
 
     /// An uploader's `waiting` reply is taken at its word only up to 11 minutes (our default

@@ -159,7 +159,15 @@ impl fmt::Display for SwarmError {
     }
 }
 
-impl std::error::Error for SwarmError {}
+impl std::error::Error for SwarmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SwarmError::Name(e) => Some(e),
+            SwarmError::Disk(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The files of a download once its outboard is known.
 pub(crate) struct Pieces {
