@@ -979,10 +979,16 @@ mod tests {
             },
             PathBuf::from("p2p/a.part"),
         );
-        let receive = cut.source().expect("a cut transfer has its receive error as source");
+        let receive = cut
+            .source()
+            .expect("a cut transfer has its receive error as source");
         assert_eq!(receive.to_string(), "receiving failed after 0 bytes");
-        let os = receive.source().expect("a network failure has its io error as source");
-        let os = os.downcast_ref::<io::Error>().expect("the source is an io::Error");
+        let os = receive
+            .source()
+            .expect("a network failure has its io error as source");
+        let os = os
+            .downcast_ref::<io::Error>()
+            .expect("the source is an io::Error");
         assert_eq!(os.raw_os_error(), Some(libc::EHOSTUNREACH));
         assert!(cut.to_string().starts_with("a conexão falhou após 0 B: "));
     }

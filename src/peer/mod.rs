@@ -50,14 +50,15 @@ use crate::peer::transfers::Transfers;
 use crate::share::SharedDir;
 use crate::transfer::PartialStore;
 
-/// How upload requests are answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How upload requests are answered (`--approve`: yes and no are for scripts). The variants'
+/// comments are the values' help in `napster peer --help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ApproveMode {
     /// Ask the user (SIM/NAO).
     Ask,
-    /// Accept every request (for scripts).
+    /// Accept every request.
     Yes,
-    /// Refuse every request (for scripts).
+    /// Refuse every request.
     No,
 }
 
