@@ -45,10 +45,9 @@ use rustyline::{
 use crate::peer::PeerConfig;
 use crate::peer::commands::COMMAND_NAMES;
 use crate::peer::console::{ConsoleState, Input, prompt_text};
-use crate::peer::line_reader::LineReader;
 use crate::peer::output::{
-    ConsoleQueue, FLUSH_WAIT, LiveOutput, Output, QUEUE_BYTES, Queued, console_text, dropped_note,
-    terminal_columns,
+    ConsoleQueue, FLUSH_WAIT, LiveOutput, Output, QUEUE_BYTES, Queued, SharedOutput, console_text,
+    dropped_note, terminal_columns,
 };
 use crate::peer::search_results;
 
@@ -317,6 +316,15 @@ impl SavedTerminal {
     }
 }
 
+/// A started prompt: [`crate::peer::line_reader`] chooses it (or plain lines) and hands both on
+/// the same way; this module knows nothing of the other readers.
+pub struct StartedPrompt {
+    /// Where console lines go: above the prompt.
+    pub output: SharedOutput,
+    /// Restores the terminal if a signal left it mid-line.
+    pub finish: Box<dyn FnOnce() + Send>,
+}
+
 /// Starts the prompt thread. `ready` carries the console's word that it has handled the last
 /// line sent.
 pub fn start(
@@ -325,7 +333,7 @@ pub fn start(
     state: Arc<ConsoleState>,
     tx: Sender<Input>,
     ready: Receiver<()>,
-) -> io::Result<LineReader> {
+) -> io::Result<StartedPrompt> {
     // List completion, as in a shell: Tab completes as far as the candidates agree, a second
     // Tab lists them; the name's trailing space lets the next Tab go on to the peer.
     let editor_config = Config::builder()
@@ -431,9 +439,8 @@ pub fn start(
             let _ = out.flush();
         }
     };
-    Ok(LineReader {
+    Ok(StartedPrompt {
         output,
-        reading: crate::peer::Reading::Terminal,
         finish: Box::new(finish),
     })
 }
