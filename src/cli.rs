@@ -473,7 +473,7 @@ mod tests {
     fn the_liveness_help_names_everything_it_bounds() {
         use clap::CommandFactory;
         assert_eq!(
-            crate::peer::transfers::MIN_RATE,
+            crate::peer::running::MIN_RATE,
             16 * 1024,
             "the help's figure"
         );

@@ -25,7 +25,7 @@ use crate::peer::PeerContext;
 use crate::peer::deadline::Deadline;
 use crate::peer::output::printable;
 use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_duration, human_size};
-use crate::peer::transfers::{Ending, MinRate, TransferGuard};
+use crate::peer::running::{Ending, MinRate, TransferGuard};
 use crate::protocol::messages::{
     DigestMismatch, DownloadRequest, Reply, digest_mismatch_line, download_line, parse_reply,
     status, waiting_for,

@@ -19,11 +19,11 @@ pub mod output;
 pub mod progress;
 pub mod prompt;
 pub mod range_server;
+pub mod running;
 pub mod search_results;
 pub mod swarm;
 pub mod tracker_client;
 pub mod transfer_commands;
-pub mod transfers;
 pub mod uploader;
 
 use std::fmt;
@@ -45,8 +45,8 @@ use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
 use crate::peer::downloader::Finished;
 use crate::peer::folder::PeerFolder;
 use crate::peer::output::SharedOutput;
+use crate::peer::running::Transfers;
 use crate::peer::tracker_client::{DialectChoice, LinkConfig, TrackerLink};
-use crate::peer::transfers::Transfers;
 use crate::share::SharedDir;
 use crate::transfer::PartialStore;
 

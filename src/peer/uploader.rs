@@ -34,7 +34,7 @@ use crate::peer::deadline::Deadline;
 use crate::peer::output::log_prefix;
 use crate::peer::progress::Progress;
 use crate::peer::range_server;
-use crate::peer::transfers::{Ending, MinRate};
+use crate::peer::running::{Ending, MinRate};
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{

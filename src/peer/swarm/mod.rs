@@ -644,7 +644,7 @@ fn run(
     let stopped =
         || ctx.transfers.stopping() || guard.stop_flag().load(std::sync::atomic::Ordering::SeqCst);
     let stop_error = || {
-        if guard.ending() == crate::peer::transfers::Ending::Cancelled {
+        if guard.ending() == crate::peer::running::Ending::Cancelled {
             SwarmError::Cancelled
         } else {
             SwarmError::Stopped
