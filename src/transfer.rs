@@ -97,20 +97,19 @@ fn sendfile_unsupported(error: &io::Error) -> bool {
 /// (0 only at the end of the file). The file's own position is neither used nor moved.
 #[cfg(target_os = "linux")]
 fn sendfile_chunk(file: &File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
     let mut done = 0u64;
     while done < len {
-        let mut at = libc::off64_t::try_from(offset + done)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let mut at = offset + done;
+        // The kernel's offset is signed: past that, the same error libc's off64_t gave.
+        if i64::try_from(at).is_err() {
+            return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+        }
         let want = usize::try_from(len - done).unwrap_or(usize::MAX);
-        // SAFETY: both descriptors are open for the duration of the call (borrowed from live
-        // `File` and `TcpStream`), and `at` is a valid, exclusively borrowed offset.
-        let n = unsafe { libc::sendfile64(stream.as_raw_fd(), file.as_raw_fd(), &mut at, want) };
-        match n {
-            0 => break,
-            n if n > 0 => done += n as u64,
-            _ => {
-                let e = io::Error::last_os_error();
+        match rustix::fs::sendfile(stream, file, Some(&mut at), want) {
+            Ok(0) => break,
+            Ok(n) => done += n as u64,
+            Err(e) => {
+                let e = io::Error::from(e);
                 match e.kind() {
                     io::ErrorKind::Interrupted => continue,
                     // SO_SNDTIMEO expired: the downloader stopped reading.

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
+use rustix::termios::{self, OptionalActions, Termios};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -297,21 +298,16 @@ fn history_path(config: &PeerConfig, shared: &Path) -> Result<Option<PathBuf>, P
 }
 
 /// The terminal's settings before the prompt first changed them, to put back on leaving.
-struct SavedTerminal(Option<libc::termios>);
+struct SavedTerminal(Option<Termios>);
 
 impl SavedTerminal {
     fn save() -> SavedTerminal {
-        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: tcgetattr writes a whole termios into the pointer when it returns 0.
-        let got = unsafe { libc::tcgetattr(libc::STDIN_FILENO, termios.as_mut_ptr()) };
-        // SAFETY: initialised by the successful tcgetattr above.
-        SavedTerminal((got == 0).then(|| unsafe { termios.assume_init() }))
+        SavedTerminal(termios::tcgetattr(io::stdin()).ok())
     }
 
     fn restore(&self) {
-        if let Some(termios) = &self.0 {
-            // SAFETY: `termios` is a valid settings block read by tcgetattr.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, termios) };
+        if let Some(saved) = &self.0 {
+            let _ = termios::tcsetattr(io::stdin(), OptionalActions::Now, saved);
         }
     }
 }
