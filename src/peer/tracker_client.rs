@@ -1284,6 +1284,43 @@ fn expect_status(reply: Reply, wanted: &str) -> Result<Reply, LinkError> {
 mod tests {
     use super::*;
 
+    /// A broken tracker connection reads as before to the user, and `RUST_LOG=debug` can
+    /// still reach the OS error beneath it.
+    #[test]
+    fn a_lost_connection_keeps_its_cause() {
+        use std::error::Error as _;
+        let lost = LinkError::Lost(Cut::Io(Arc::new(io::Error::from_raw_os_error(
+            libc::ECONNRESET,
+        ))));
+        let reset = io::Error::from_raw_os_error(libc::ECONNRESET);
+        assert_eq!(
+            lost.to_string(),
+            format!("conexão com o servidor perdida: {reset}")
+        );
+        let cut = lost
+            .source()
+            .expect("a lost connection has its cut as source");
+        let os = cut.source().expect("an io cut has its io error as source");
+        let os = os
+            .downcast_ref::<io::Error>()
+            .expect("the source is an io::Error");
+        assert_eq!(os.raw_os_error(), Some(libc::ECONNRESET));
+        assert_eq!(
+            LinkError::Lost(Cut::ClosedByTracker).to_string(),
+            "conexão com o servidor perdida: o servidor fechou a conexão"
+        );
+        let folder = LinkError::Folder(
+            PathBuf::from("p2p"),
+            io::Error::from_raw_os_error(libc::ENOENT),
+        );
+        let missing = io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(
+            folder.to_string(),
+            format!("a pasta compartilhada não pode ser enviada: p2p: {missing}")
+        );
+        assert!(folder.source().is_some());
+    }
+
     /// Each answer is read by its first byte: our JSON lines and the original's bare answers
     /// follow one another in one stream (a tracker forced into the original's dialect answers
     /// errors as JSON), and an answer not yet whole is waited for.
