@@ -306,6 +306,7 @@ impl DigestCache {
 
     /// Remembers `digest` for the open `file` at `path` without reading it: its bytes were
     /// hashed as they arrived (a verified download), so hashing them again would only cost.
+    /// No outboard comes with it: the first range session for the file reads it once for one.
     pub fn learned(&self, path: &Path, file: &File, digest: &str) -> io::Result<()> {
         let identity = FileIdentity::of(&file.metadata()?);
         self.remember(path, identity, digest, None);

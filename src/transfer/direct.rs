@@ -294,14 +294,37 @@ pub(super) fn receive(
             stream,
         };
         let span = (start, start + expected);
-        let received = receive_pieces(incoming, span, stop, progress, &to_write, &reusable);
+        let began = Instant::now();
+        let mut starved = Duration::ZERO;
+        let received = receive_pieces(
+            incoming,
+            span,
+            stop,
+            progress,
+            (&to_write, &reusable),
+            &mut starved,
+        );
         // The writing thread ends once it has written everything it was handed.
         drop(to_write);
-        let (written_to, write_error) = writer
-            .join()
-            .unwrap_or_else(|_| (start, Some(io::Error::other("the writing thread panicked"))));
-        let digest = hasher.join();
+        let (written_to, write_error, writing) = writer.join().unwrap_or_else(|_| {
+            let panicked = io::Error::other("the writing thread panicked");
+            (start, Some(panicked), Duration::ZERO)
+        });
+        let (digest, hashing) = match hasher.join() {
+            Ok((digest, hashing)) => (Ok(digest), hashing),
+            Err(panicked) => (Err(panicked), Duration::ZERO),
+        };
         let written = written_to - start;
+        // Which stage set the pace: the receiving thread waits for a free buffer when the
+        // writing or the hashing thread is behind.
+        log::debug!(
+            "direct receive: {written} bytes in {:.2} s; waiting for a free buffer {:.2} s, \
+             writing {:.2} s, hashing {:.2} s",
+            began.elapsed().as_secs_f64(),
+            starved.as_secs_f64(),
+            writing.as_secs_f64(),
+            hashing.as_secs_f64()
+        );
         if let Some(error) = write_error {
             return Err(ReceiveError::Disk { written, error });
         }
@@ -340,8 +363,8 @@ fn receive_pieces(
     (start, end): (u64, u64),
     stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
-    to_write: &Sender<Piece>,
-    reusable: &Receiver<Block>,
+    (to_write, reusable): (&Sender<Piece>, &Receiver<Block>),
+    starved: &mut Duration,
 ) -> Result<(), Ended> {
     let mut at = start;
     let mut made = 0;
@@ -352,7 +375,12 @@ fn receive_pieces(
                 made += 1;
                 Block::new()
             }
-            Err(_) => reusable.recv().map_err(|_| Ended::Downstream)?,
+            Err(_) => {
+                let waiting = Instant::now();
+                let block = reusable.recv().map_err(|_| Ended::Downstream)?;
+                *starved += waiting.elapsed();
+                block
+            }
         };
         let piece_end = ((at / BLOCK as u64 + 1) * BLOCK as u64).min(end);
         let lead = (at % ALIGN as u64) as usize;
@@ -376,39 +404,47 @@ fn receive_pieces(
 }
 
 /// The writing thread: writes each piece at its place, in order, and passes it on to be
-/// hashed. Returns the file offset up to which the bytes are in the file, and the error that
-/// stopped it, if one did.
+/// hashed. Returns the file offset up to which the bytes are in the file, the error that
+/// stopped it, if one did, and the time spent writing.
 fn write_pieces(
     mut file: DirectFile<'_>,
     start: u64,
     pieces: Receiver<Piece>,
     to_hash: Sender<Piece>,
-) -> (u64, Option<io::Error>) {
+) -> (u64, Option<io::Error>, Duration) {
     let mut written = 0u64;
+    let mut writing = Duration::ZERO;
     for mut piece in pieces {
         let at = piece.at;
-        if let Err(e) = file.write_at(piece.bytes(), at, &mut written) {
-            return (start + written, Some(e));
+        let began = Instant::now();
+        let wrote = file.write_at(piece.bytes(), at, &mut written);
+        writing += began.elapsed();
+        if let Err(e) = wrote {
+            return (start + written, Some(e), writing);
         }
         if to_hash.send(piece).is_err() {
             break;
         }
     }
-    (start + written, None)
+    (start + written, None, writing)
 }
 
-/// The hashing thread: hashes each written piece and gives its buffer back.
+/// The hashing thread: hashes each written piece and gives its buffer back. Returns the digest
+/// and the time spent hashing.
 fn hash_pieces(
     mut hasher: blake3::Hasher,
     pieces: Receiver<Piece>,
     to_reuse: Sender<Block>,
-) -> blake3::Hash {
+) -> (blake3::Hash, Duration) {
+    let mut hashing = Duration::ZERO;
     for mut piece in pieces {
+        let began = Instant::now();
         hasher.update(piece.bytes());
+        hashing += began.elapsed();
         // The receiving side may have stopped already; then the buffer is simply freed.
         let _ = to_reuse.send(piece.block);
     }
-    hasher.finalize()
+    (hasher.finalize(), hashing)
 }
 
 #[cfg(test)]
