@@ -6,6 +6,13 @@
 //! address strings per name) under a std `RwLock`, `println!` per request, and no validation,
 //! limits or timeouts at all. It is a yardstick, never a server to run.
 //!
+//! SEARCH: a name someone shares is answered with its holders only (`peers`, the original's
+//! answer: the least work). Any other query is answered through a plain inverted index
+//! (lower-cased word → the set of names holding it): the smallest set of the query's words is
+//! walked and each name checked for the other words, up to 100 `results` (name, holders,
+//! peers), so a word held by every name costs nothing when the query has a rare one too.
+//! Plain names only (no sizes or digests), and no accent folding.
+//!
 //! Usage: `naive_tracker [LISTEN]` (default `127.0.0.1:0`); prints `listening on ADDR` first.
 
 use std::collections::{HashMap, HashSet};
@@ -14,14 +21,99 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, RwLock};
 use std::thread;
 
+use serde::Serialize;
 use serde_json::{Value, json};
+
+/// Most results one keyword SEARCH returns.
+const MAX_RESULTS: usize = 100;
 
 #[derive(Default)]
 struct State {
     /// name → addresses of the peers sharing it.
     index: HashMap<String, HashSet<String>>,
+    /// word → names holding it.
+    words: HashMap<String, HashSet<String>>,
     /// address → names it shares.
     peers: HashMap<String, Vec<String>>,
+}
+
+/// A SEARCH reply, fields in the order our tracker writes them.
+#[derive(Serialize)]
+struct SearchReply {
+    status: &'static str,
+    peers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    results: Option<Vec<Found>>,
+}
+
+/// One keyword result.
+#[derive(Serialize)]
+struct Found {
+    name: String,
+    holders: usize,
+    peers: Vec<String>,
+}
+
+fn words_of(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl State {
+    fn add(&mut self, name: &str, addr: &str) {
+        let holders = self.index.entry(name.to_string()).or_default();
+        if holders.is_empty() {
+            for word in words_of(name) {
+                self.words.entry(word).or_default().insert(name.to_string());
+            }
+        }
+        holders.insert(addr.to_string());
+    }
+
+    fn remove(&mut self, name: &str, addr: &str) {
+        let Some(holders) = self.index.get_mut(name) else {
+            return;
+        };
+        holders.remove(addr);
+        if holders.is_empty() {
+            self.index.remove(name);
+            for word in words_of(name) {
+                if let Some(names) = self.words.get_mut(&word) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        self.words.remove(&word);
+                    }
+                }
+            }
+        }
+    }
+
+    fn keyword(&self, query: &str) -> Vec<Found> {
+        let want = words_of(query);
+        let lists: Option<Vec<&HashSet<String>>> = want.iter().map(|w| self.words.get(w)).collect();
+        let Some(smallest) = lists.and_then(|l| l.into_iter().min_by_key(|s| s.len())) else {
+            return Vec::new();
+        };
+        smallest
+            .iter()
+            .filter(|name| {
+                let have = words_of(name);
+                want.iter().all(|w| have.contains(w))
+            })
+            .take(MAX_RESULTS)
+            .map(|name| {
+                let peers: Vec<String> = self.index[name].iter().cloned().collect();
+                Found {
+                    name: name.clone(),
+                    holders: peers.len(),
+                    peers,
+                }
+            })
+            .collect()
+    }
 }
 
 fn main() -> std::io::Result<()> {
@@ -56,31 +148,38 @@ fn serve(stream: &TcpStream, state: &RwLock<State>) {
                     serde_json::from_value(msg["data"]["files"].clone()).unwrap_or_default();
                 let mut s = state.write().unwrap_or_else(|e| e.into_inner());
                 for f in &files {
-                    s.index.entry(f.clone()).or_default().insert(addr.clone());
+                    s.add(f, &addr);
                 }
                 println!("Peer {addr} adicionado com os arquivos {files:?}");
                 s.peers.insert(addr.clone(), files);
                 me = Some(addr);
-                json!({"status": "JOIN_OK"})
+                json!({"status": "JOIN_OK"}).to_string()
             }
             Some("SEARCH") => {
                 let query = msg["data"]["query"].as_str().unwrap_or_default();
-                let peers: Vec<String> = state
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .index
-                    .get(query)
-                    .map(|set| set.iter().cloned().collect())
-                    .unwrap_or_default();
+                let s = state.read().unwrap_or_else(|e| e.into_inner());
+                let reply = match s.index.get(query) {
+                    Some(set) => SearchReply {
+                        status: "OK",
+                        peers: set.iter().cloned().collect(),
+                        results: None,
+                    },
+                    None => SearchReply {
+                        status: "OK",
+                        peers: Vec::new(),
+                        results: Some(s.keyword(query)),
+                    },
+                };
+                drop(s);
                 println!(
                     "Peer {} solicitou arquivo {query}",
                     me.as_deref().unwrap_or("?")
                 );
-                json!({"status": "OK", "peers": peers})
+                serde_json::to_string(&reply).unwrap_or_default()
             }
-            _ => json!({"status": "ERROR"}),
+            _ => json!({"status": "ERROR"}).to_string(),
         };
-        let mut bytes = reply.to_string().into_bytes();
+        let mut bytes = reply.into_bytes();
         bytes.push(b'\n');
         if (&*stream).write_all(&bytes).is_err() {
             break;
@@ -90,12 +189,7 @@ fn serve(stream: &TcpStream, state: &RwLock<State>) {
         let mut s = state.write().unwrap_or_else(|e| e.into_inner());
         if let Some(files) = s.peers.remove(&addr) {
             for f in files {
-                if let Some(set) = s.index.get_mut(&f) {
-                    set.remove(&addr);
-                    if set.is_empty() {
-                        s.index.remove(&f);
-                    }
-                }
+                s.remove(&f, &addr);
             }
         }
     }

@@ -47,6 +47,7 @@ struct Args {
     replicas: usize,
     records: bool,
     kinds: Vec<Kind>,
+    probe: bool,
 }
 
 /// What a SEARCH asks.
@@ -79,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
         replicas: 1,
         records: false,
         kinds: vec![Kind::Exact],
+        probe: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -94,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
             "--secs" => args.secs = value.parse().map_err(|e| bad(&e))?,
             "--replicas" => args.replicas = value.parse().map_err(|e| bad(&e))?,
             "--records" => args.records = value == "1" || value == "true",
+            "--probe" => args.probe = value == "1" || value == "true",
             "--kinds" => {
                 args.kinds = value
                     .split(',')
@@ -484,6 +487,7 @@ fn report(label: &str, run: &Run) {
     let (cpu, user) = run.cpu_us_per_search();
     println!("RESULT {label}_cpu_us {cpu:.2}");
     println!("RESULT {label}_user_us {user:.2}");
+    println!("RESULT {label}_sys_us {:.2}", cpu - user);
 }
 
 fn main() {
@@ -493,8 +497,28 @@ fn main() {
     }
 }
 
+/// What the tracker at `addr` understands: `{name, size}` records in JOIN, and keyword SEARCH
+/// (a word of a shared name finds it in `results`). Printed as `RESULT records 0|1` and
+/// `RESULT keyword 0|1`, so that the script can compare an older build on what it supports.
+fn probe(addr: SocketAddr) -> io::Result<()> {
+    let names = ["probe-wordcheck.txt".to_string()];
+    let records = join(addr, 9, &names, true).is_ok();
+    let stream = join(addr, 10, &names, false)?;
+    let mut reader = BufReader::new(&stream);
+    (&stream).write_all(b"{\"method\":\"SEARCH\",\"data\":{\"query\":\"wordcheck\"}}\n")?;
+    let mut line = String::new();
+    read_line(&mut reader, &mut line)?;
+    let keyword = line.contains("\"results\"") && line.contains(&names[0]);
+    println!("RESULT records {}", u8::from(records));
+    println!("RESULT keyword {}", u8::from(keyword));
+    Ok(())
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
+    if args.probe {
+        return probe(args.addr).map_err(|e| format!("probe: {e}"));
+    }
     let fds = napster::tracker::raise_open_file_limit().map_err(|e| e.to_string())?;
     let needed = (args.peers + args.clients + 64) as u64;
     if fds < needed {

@@ -1,23 +1,45 @@
 #!/usr/bin/env bash
-# Tracker load benchmark (not a test): `scripts/bench.sh tracker [--peers N] [--secs S] ...`
+# Tracker load benchmark (not a test):
+#   scripts/bench.sh tracker [--rounds N] [--secs S] [--before PATH] [load generator options...]
 #
-# Runs the same load (examples/tracker_load.rs) against the naive baseline
-# (examples/naive_tracker.rs) and against `napster server`, alternating them for ROUNDS rounds
-# (default 5; the order flips every round), and prints every round, then the median and the
-# spread (min–max) of each figure: exact-name SEARCH/s of both and their ratio, our keyword
-# SEARCH/s and p99, the trackers' CPU time per SEARCH (steadier than wall time on a shared
-# machine), RSS, and the lone-client latency with 10,000 vs 1,000 peers joined. Our tracker is
-# loaded with `{name, size}` records and every digest announced (as real peers do); the
-# baseline, which knows only plain names, with plain names. Extra options go to the load
-# generator. Both trackers' console lines go to a file (same cost for both). The 1-minute load
-# average before each round is printed with it (the benchmark's own threads raise it too):
-# figures taken on a busy machine are noisy. ROUNDS and SECS (per measurement) change the run.
+# Runs the same load (examples/tracker_load.rs: 10,000 idle peers x 100 names, 32 clients
+# SEARCHing in lockstep, every reply checked) against:
+#   ours      `napster server` of this tree, JOINed with {name, size} records and every digest
+#             announced afterwards, as real peers do;
+#   baseline  examples/naive_tracker.rs, the barest thread-per-connection tracker (plain names);
+#   before    with --before PATH (or BEFORE=PATH): another napster build, for an A/B column,
+#             e.g. the tracker before a change (`git worktree add /tmp/b COMMIT`, build it there).
+#             It gets records and keyword SEARCH if it understands them (probed), else plain
+#             names and exact SEARCH only.
+# Each round runs every tracker once, in an order that rotates from round to round; ROUNDS
+# (default 5) rounds. Two kinds of SEARCH: exact (a whole name) and keyword (`0001234 title`: a
+# word held by one name and one held by every name). For each it prints every round, then the
+# median and spread (min-max): SEARCH/s, p99, and the tracker's CPU time per SEARCH, user and
+# system (from /proc: steadier than wall time on a shared machine), the ratios ours/other per
+# round, RSS and the lone-client latency 10k/1k peers; then the targets. The 1-minute load
+# average before each run is printed beside it: figures taken on a busy machine are noisy.
+# Extra options go to the load generator. SECS (default 5) is the length of each measurement.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 rounds="${ROUNDS:-5}"
 secs="${SECS:-5}"
+before="${BEFORE:-}"
+load_opts=()
+while (( $# )); do
+  case "$1" in
+    --rounds) rounds="$2"; shift 2 ;;
+    --secs) secs="$2"; shift 2 ;;
+    --before) before="$2"; shift 2 ;;
+    *) load_opts+=("$1"); shift ;;
+  esac
+done
+if [[ -n "$before" && ! -x "$before" ]]; then
+  echo "--before $before: not an executable napster build" >&2
+  exit 2
+fi
+
 cargo build --release --quiet --bin napster --example naive_tracker --example tracker_load
 bin="$root/target/release"
 tmp="$(mktemp -d)"
@@ -30,103 +52,168 @@ trap cleanup EXIT
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 echo "machine: $(nproc) cores, $(uname -sr); open-file limit (hard) $(ulimit -Hn); $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "ours: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src examples || echo ' + uncommitted changes')"
+[[ -n "$before" ]] && echo "before: $before"
 echo "load before: $(uptime)"
 
-# run_one LABEL LOAD_ARGS... -- SERVER_CMD...: starts the server, runs the load, stops it.
-run_one() {
-  local label="$1"; shift
-  local load_args=()
-  while [[ "$1" != "--" ]]; do load_args+=("$1"); shift; done
-  shift
-  "$@" >"$tmp/$label.out" 2>"$tmp/$label.err" &
+# The command line of each tracker.
+declare -A cmd
+cmd[ours]="$bin/napster server --listen 127.0.0.1:0 --max-connections-per-host 1000000"
+cmd[baseline]="$bin/examples/naive_tracker 127.0.0.1:0"
+trackers=(ours baseline)
+if [[ -n "$before" ]]; then
+  cmd[before]="$before server --listen 127.0.0.1:0"
+  # Older builds may lack the per-host cap (and refuse the option); newer ones need it lifted.
+  if "$before" server --help 2>/dev/null | grep -q -- --max-connections-per-host; then
+    cmd[before]+=" --max-connections-per-host 1000000"
+  fi
+  trackers+=(before)
+fi
+
+# start LABEL TRACKER: starts the tracker, leaves its pid in server_pid and address in addr.
+start() {
+  # shellcheck disable=SC2086
+  ${cmd[$2]} >"$tmp/$1.out" 2>"$tmp/$1.err" &
   server_pid=$!
-  local addr=""
+  addr=""
   for _ in $(seq 1 200); do
-    addr="$(head -n1 "$tmp/$label.out" 2>/dev/null | grep -oE '[0-9.]+:[0-9]+$' || true)"
+    addr="$(head -n1 "$tmp/$1.out" 2>/dev/null | grep -oE '[0-9.]+:[0-9]+$' || true)"
     [[ -n "$addr" ]] && break
     sleep 0.05
   done
-  [[ -n "$addr" ]] || { echo "$label did not start:"; cat "$tmp/$label.err"; exit 1; }
-  echo "== $label ($*) on $addr, load $(load1)"
-  "$bin/examples/tracker_load" --addr "$addr" --pid "$server_pid" --secs "$secs" "${load_args[@]}" \
-    >"$tmp/$label.load"
-  grep -v '^RESULT' "$tmp/$label.load" | sed 's/^/   /'
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+  [[ -n "$addr" ]] || { echo "$2 did not start:"; cat "$tmp/$1.err"; exit 1; }
 }
+stop() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 
 get() { awk -v k="$2" '$1=="RESULT" && $2==k {print $3}' "$tmp/$1.load"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-# stats V1 V2 ...: "median (min–max)"
-stats() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.6g (%g–%g)", m, v[1], v[NR] }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m }'; }
 
-# BEFORE=/path/to/an/older/napster adds that build to every round (exact kind, plain names):
-# "no slower than before" measured in the same run.
-for r in $(seq 1 "$rounds"); do
-  echo "load1_$r $(load1)" >>"$tmp/loads"
-  if [[ -n "${BEFORE:-}" ]]; then run_one "before.$r" "$@" -- "$BEFORE" server --listen 127.0.0.1:0; fi
-  base=(baseline.$r "$@" -- "$bin/examples/naive_tracker" 127.0.0.1:0)
-  # Every load peer connects from 127.0.0.1: the per-host cap is lifted for them.
-  ours=(ours.$r --records 1 --kinds exact,keyword "$@" -- "$bin/napster" server --listen 127.0.0.1:0 --max-connections-per-host 1000000)
-  if (( r % 2 )); then run_one "${base[@]}"; run_one "${ours[@]}"; else run_one "${ours[@]}"; run_one "${base[@]}"; fi
+# What each tracker understands: records (else plain names) and keyword SEARCH.
+declare -A load_args
+for t in "${trackers[@]}"; do
+  start "probe.$t" "$t"
+  "$bin/examples/tracker_load" --addr "$addr" --probe 1 >"$tmp/probe.$t.load"
+  stop
+  kinds=exact
+  [[ "$(get "probe.$t" keyword)" == 1 ]] && kinds=exact,keyword
+  load_args[$t]="--records $(get "probe.$t" records) --kinds $kinds"
+  echo "$t: ${cmd[$t]} (${load_args[$t]})"
 done
 
-echo
-echo "== every round (32 clients in lockstep, full peer count joined)"
-printf '%-6s %6s | %12s %12s %6s | %10s %8s %8s | %10s %10s | %9s %9s\n' \
-  round load "exact ours" "exact base" ratio keyword "kw p99" "ex p99" "cpu µs ex" "cpu µs kw" "RSS ours" "RSS base"
-declare -a E_OURS E_BASE RATIO KW KWP99 EXP99 CPU_EX CPU_KW CPU_BASE RSS_O RSS_B LONE_O LONE_B
+# run_one LABEL TRACKER: starts it, runs the load, stops it.
+run_one() {
+  start "$1" "$2"
+  echo "load1 $(load1)" >"$tmp/$1.loadavg"
+  echo "== $1 on $addr, load $(load1)"
+  # shellcheck disable=SC2086
+  "$bin/examples/tracker_load" --addr "$addr" --pid "$server_pid" --secs "$secs" ${load_args[$2]} \
+    "${load_opts[@]}" >"$tmp/$1.load"
+  grep -v '^RESULT' "$tmp/$1.load" | sed 's/^/   /'
+  stop
+}
+
+n=${#trackers[@]}
 for r in $(seq 1 "$rounds"); do
-  eo=$(get ours.$r clients_big_per_sec); eb=$(get baseline.$r clients_big_per_sec)
-  kw=$(get ours.$r keyword_big_per_sec); kp=$(get ours.$r keyword_big_p99_us); ep=$(get ours.$r clients_big_p99_us)
-  ce=$(get ours.$r clients_big_cpu_us); ck=$(get ours.$r keyword_big_cpu_us); cb=$(get baseline.$r clients_big_cpu_us)
-  ro=$(( $(get ours.$r rss_kib) / 1024 )); rb=$(( $(get baseline.$r rss_kib) / 1024 ))
-  lo=$(ratio "$(get ours.$r one_client_big_p50_us)" "$(get ours.$r one_client_small_p50_us)")
-  lb=$(ratio "$(get baseline.$r one_client_big_p50_us)" "$(get baseline.$r one_client_small_p50_us)")
-  rt=$(ratio "$eo" "$eb")
-  printf '%-6s %6s | %12s %12s %6s | %10s %8s %8s | %10s %10s | %6s MiB %6s MiB\n' \
-    "$r" "$(awk -v r="load1_$r" '$1==r {print $2}' "$tmp/loads")" "$eo" "$eb" "$rt" "$kw" "$kp" "$ep" "$ce/$cb" "$ck" "$ro" "$rb"
-  E_OURS+=("$eo"); E_BASE+=("$eb"); RATIO+=("$rt"); KW+=("$kw"); KWP99+=("$kp"); EXP99+=("$ep")
-  CPU_EX+=("$ce"); CPU_KW+=("$ck"); CPU_BASE+=("$cb"); RSS_O+=("$ro"); RSS_B+=("$rb"); LONE_O+=("$lo"); LONE_B+=("$lb")
-  for who in ours baseline; do
-    errors=$(get "$who.$r" clients_big_errors)
-    [[ "$errors" == 0 ]] || echo "   $who round $r: $errors wrong exact replies: $(grep 'first wrong' "$tmp/$who.$r.load" || true)"
+  for k in $(seq 0 $(( n - 1 ))); do
+    t=${trackers[$(( (k + r - 1) % n ))]}
+    run_one "$t.$r" "$t"
   done
-  errors=$(get "ours.$r" keyword_big_errors)
-  [[ "$errors" == 0 ]] || echo "   ours round $r: $errors wrong keyword replies: $(grep 'first wrong' "$tmp/ours.$r.load" || true)"
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else print "-" }'; }
+# stats V...: "median (min–max)" of the values given (empty ones ignored)
+stats() {
+  printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "-"; exit }
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%.6g (%g–%g)", m, v[1], v[NR] }'
+}
+median() { stats "$@" | cut -d' ' -f1; }
+or_dash() { if [[ -n "$1" ]]; then echo "$1"; else echo "-"; fi; }
+
+# kind_label KIND: the load generator's label for that kind with the full peer count.
+kind_label() { if [[ "$1" == exact ]]; then echo clients_big; else echo "${1}_big"; fi; }
+
+echo
+echo "== every round: 32 clients in lockstep, the full peer count joined (tracker CPU µs per SEARCH: user + system)"
+printf '%-5s %-8s %5s | %9s %8s %13s | %9s %8s %13s | %7s %7s\n' \
+  round tracker load "exact/s" "p99 µs" "cpu µs u+s" "keyword/s" "p99 µs" "cpu µs u+s" "RSS MiB" "lone"
+declare -A V   # V[tracker,kind,field] = space-separated values over rounds
+for r in $(seq 1 "$rounds"); do
+  for t in "${trackers[@]}"; do
+    row=()
+    for kind in exact keyword; do
+      l=$(kind_label "$kind")
+      ps=$(get "$t.$r" "${l}_per_sec"); p99=$(get "$t.$r" "${l}_p99_us")
+      us=$(get "$t.$r" "${l}_user_us"); ss=$(get "$t.$r" "${l}_sys_us"); cu=$(get "$t.$r" "${l}_cpu_us")
+      V[$t,$kind,ps]+=" $ps"; V[$t,$kind,p99]+=" $p99"; V[$t,$kind,user]+=" $us"; V[$t,$kind,sys]+=" $ss"; V[$t,$kind,cpu]+=" $cu"
+      if [[ -n "$ps" ]]; then row+=("$ps" "$p99" "$us+$ss"); else row+=("-" "-" "-"); fi
+      errors=$(get "$t.$r" "${l}_errors")
+      if [[ -n "$errors" && "$errors" != 0 ]]; then
+        echo "   $t round $r: $errors wrong $kind replies: $(grep -m1 'first wrong' "$tmp/$t.$r.load" || true)"
+      fi
+    done
+    rss=$(( $(get "$t.$r" rss_kib) / 1024 ))
+    lone=$(ratio "$(get "$t.$r" one_client_big_p50_us)" "$(get "$t.$r" one_client_small_p50_us)")
+    V[$t,rss]+=" $rss"; V[$t,lone]+=" $lone"
+    printf '%-5s %-8s %5s | %9s %8s %13s | %9s %8s %13s | %7s %7s\n' \
+      "$r" "$t" "$(awk '{print $2}' "$tmp/$t.$r.loadavg")" "${row[@]}" "$rss" "$lone"
+  done
 done
 
 echo
 echo "== median (min–max) over $rounds rounds"
-echo "exact SEARCH/s       ours $(stats "${E_OURS[@]}"), baseline $(stats "${E_BASE[@]}")"
-echo "exact ours/baseline  $(stats "${RATIO[@]}")   (before keyword search: 1.09, ≈107,000/s)"
-echo "exact p99 µs (ours)  $(stats "${EXP99[@]}")"
-echo "tracker CPU µs per exact SEARCH: ours $(stats "${CPU_EX[@]}"), baseline $(stats "${CPU_BASE[@]}")"
-if [[ -n "${BEFORE:-}" ]]; then
-  declare -a E_BEFORE R_BEFORE C_BEFORE
-  for r in $(seq 1 "$rounds"); do
-    E_BEFORE+=("$(get before.$r clients_big_per_sec)"); C_BEFORE+=("$(get before.$r clients_big_cpu_us)")
-    R_BEFORE+=("$(ratio "$(get ours.$r clients_big_per_sec)" "$(get before.$r clients_big_per_sec)")")
+for kind in exact keyword; do
+  for t in "${trackers[@]}"; do
+    # shellcheck disable=SC2086
+    [[ "$(stats ${V[$t,$kind,ps]})" == "-" ]] && continue
+    # shellcheck disable=SC2086
+    printf '%-8s %-8s SEARCH/s %s; p99 µs %s; tracker CPU µs per SEARCH: user %s, system %s, total %s\n' \
+      "$kind" "$t" "$(stats ${V[$t,$kind,ps]})" "$(stats ${V[$t,$kind,p99]})" \
+      "$(stats ${V[$t,$kind,user]})" "$(stats ${V[$t,$kind,sys]})" "$(stats ${V[$t,$kind,cpu]})"
   done
-  echo "exact SEARCH/s before $(stats "${E_BEFORE[@]}"); ours/before $(stats "${R_BEFORE[@]}"); CPU µs each before $(stats "${C_BEFORE[@]}")"
-fi
-echo "keyword SEARCH/s     $(stats "${KW[@]}"), p99 µs $(stats "${KWP99[@]}"), tracker CPU µs each $(stats "${CPU_KW[@]}")"
-echo "RSS MiB              ours $(stats "${RSS_O[@]}"), baseline $(stats "${RSS_B[@]}")"
-echo "lone-client p50 10k/1k peers: ours $(stats "${LONE_O[@]}"), baseline $(stats "${LONE_B[@]}")"
+done
+for t in "${trackers[@]}"; do
+  # shellcheck disable=SC2086
+  printf 'RSS MiB %-8s %s; lone-client p50 10k/1k peers %s\n' "$t" "$(stats ${V[$t,rss]})" "$(stats ${V[$t,lone]})"
+done
 
 echo
-echo "== targets (ours, medians)"
+echo "== ours / other, per round (throughput; CPU per SEARCH as other/ours, so > 1 means ours is cheaper)"
+declare -A R
+for other in "${trackers[@]:1}"; do
+  for kind in exact keyword; do
+    thr=(); cpu=()
+    # shellcheck disable=SC2206
+    a=(${V[ours,$kind,ps]}); b=(${V[$other,$kind,ps]}); ca=(${V[ours,$kind,cpu]}); cb=(${V[$other,$kind,cpu]})
+    (( ${#b[@]} )) || continue
+    for i in "${!a[@]}"; do thr+=("$(ratio "${a[$i]}" "${b[$i]:-}")"); cpu+=("$(ratio "${cb[$i]:-}" "${ca[$i]}")"); done
+    R[$other,$kind]="$(median "${thr[@]}")"; R[$other,$kind,cpu]="$(median "${cpu[@]}")"
+    printf '%-8s ours/%-8s SEARCH/s %s: median %s; CPU per SEARCH %s/ours: %s, median %s\n' \
+      "$kind" "$other" "${thr[*]}" "$(stats "${thr[@]}")" "$other" "${cpu[*]}" "$(stats "${cpu[@]}")"
+  done
+done
+
+echo
+echo "== targets (medians)"
 check() { # NAME VALUE OP LIMIT
+  if [[ -z "$2" || "$2" == "-" ]]; then echo "  n/a:    $1 (not measured)"; return; fi
   if awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN { exit !((op == ">=" && v >= l) || (op == "<" && v < l) || (op == "<=" && v <= l)) }'; then
     echo "  met:    $1 = $2 (target $3 $4)"
   else
     echo "  MISSED: $1 = $2 (target $3 $4)"
   fi
 }
-check "keyword SEARCH/s, 32 clients" "$(median "${KW[@]}")" ">=" 50000
-check "keyword p99 latency µs" "$(median "${KWP99[@]}")" "<" 2000
-check "exact SEARCH ours/baseline" "$(median "${RATIO[@]}")" ">=" 1.09
-check "exact p99 latency µs" "$(median "${EXP99[@]}")" "<" 2000
-check "one-client p50 latency ratio big/small" "$(median "${LONE_O[@]}")" "<=" 1.5
-check "RSS MiB" "$(median "${RSS_O[@]}")" "<=" 512
+# shellcheck disable=SC2086
+{
+check "keyword SEARCH/s, 32 clients" "$(median ${V[ours,keyword,ps]})" ">=" 50000
+check "keyword p99 latency µs" "$(median ${V[ours,keyword,p99]})" "<" 2000
+check "exact SEARCH ours/baseline" "${R[baseline,exact]:-}" ">=" 1.09
+check "exact p99 latency µs" "$(median ${V[ours,exact,p99]})" "<" 2000
+if [[ -n "$before" ]]; then
+  check "exact SEARCH/s ours/before" "${R[before,exact]:-}" ">=" 1.00
+  check "exact CPU per SEARCH before/ours" "${R[before,exact,cpu]:-}" ">=" 1.00
+fi
+check "one-client p50 latency ratio 10k/1k peers" "$(median ${V[ours,lone]})" "<=" 1.5
+check "RSS MiB" "$(median ${V[ours,rss]})" "<=" 512
+}
 echo "load after: $(uptime)"

@@ -2,16 +2,17 @@
 //! stdout, and every log line on stderr (see [`crate::logging`]).
 //!
 //! Every connection thread of the tracker prints a line per request. Writing them through one
-//! thread keeps lines whole and in order, and batches them into few `write` calls under load
-//! (a flush happens whenever the queue runs empty, so an idle console is never behind).
+//! thread keeps lines whole and in order, and batches them into few `write` calls under load:
+//! after writing, the writer lets lines gather for [`LINGER`] before it looks again, so a busy
+//! tracker wakes it a few hundred times a second rather than once a line (each wake-up was a
+//! system call in the SEARCH path). An idle console is behind by at most that.
 //!
 //! Printing never waits for the output: a slow terminal, an SSH session or a pipe nobody reads
-//! must not hold up a reply. Lines wait in a queue bounded by bytes ([`QUEUE_BYTES`]); a line
+//! must not hold up a reply. Lines wait, as bytes, in a buffer bounded by [`QUEUE_BYTES`]; a line
 //! that does not fit is dropped, and the next line written says how many were. Lines are
 //! shortened before they are queued: a name list keeps its first names and says how many more
 //! there were ([`name_list`]), and any line is cut at [`MAX_LINE`] bytes.
 
-use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::thread;
@@ -32,6 +33,9 @@ pub const MAX_LINE: usize = 4096;
 /// Bytes of names shown in a console line's list before the rest is only counted.
 pub const LIST_BYTES: usize = 1024;
 
+/// How long the writer lets lines gather after writing a batch.
+pub const LINGER: Duration = Duration::from_millis(2);
+
 /// A cheap handle for printing whole lines to stdout, in order, without ever waiting.
 #[derive(Clone)]
 pub struct ConsoleOut {
@@ -50,17 +54,24 @@ struct Shared {
 
 #[derive(Default)]
 struct Queue {
-    entries: VecDeque<Entry>,
-    bytes: usize,
-    /// Lines dropped since the last entry was queued.
+    /// Lines waiting, each with its newline.
+    text: Vec<u8>,
+    /// Lines dropped since the last line was queued.
     dropped: u64,
+    /// The writer waits for a printer's signal (it found nothing to write); otherwise it
+    /// looks again by itself.
+    asleep: bool,
     /// The writer holds lines it took and has not written yet.
     writing: bool,
 }
 
-enum Entry {
-    Line(String),
-    Dropped(u64),
+impl Queue {
+    fn push_dropped_note(&mut self, dropped_note: fn(u64) -> String) {
+        let dropped = std::mem::take(&mut self.dropped);
+        self.text
+            .extend_from_slice(dropped_note(dropped).as_bytes());
+        self.text.push(b'\n');
+    }
 }
 
 impl ConsoleOut {
@@ -112,7 +123,7 @@ impl ConsoleOut {
     pub fn drain(&self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         let mut queue = self.shared.queue.lock();
-        while !queue.entries.is_empty() || queue.writing {
+        while !queue.text.is_empty() || queue.writing {
             if self
                 .shared
                 .written
@@ -128,50 +139,62 @@ impl ConsoleOut {
     /// Queues one line (a newline is added); drops it if the queue is full.
     pub fn line(&self, text: String) {
         let text = cut_line(text);
+        self.queue(&[&text]);
+    }
+
+    /// Queues the line made of `parts` (a newline is added), copied straight into the queue:
+    /// no `String` is made for a line of usual length.
+    pub fn line_of(&self, parts: &[&str]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > MAX_LINE {
+            self.line(parts.concat());
+        } else {
+            self.queue(parts);
+        }
+    }
+
+    fn queue(&self, parts: &[&str]) {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>() + 1;
         let mut queue = self.shared.queue.lock();
-        if queue.bytes + text.len() > self.shared.budget {
+        if queue.text.len() + len > self.shared.budget {
             queue.dropped += 1;
             return;
         }
         if queue.dropped > 0 {
-            let dropped = std::mem::take(&mut queue.dropped);
-            queue.entries.push_back(Entry::Dropped(dropped));
+            queue.push_dropped_note(self.shared.dropped_note);
         }
-        queue.bytes += text.len();
-        queue.entries.push_back(Entry::Line(text));
+        for part in parts {
+            queue.text.extend_from_slice(part.as_bytes());
+        }
+        queue.text.push(b'\n');
+        let wake = std::mem::take(&mut queue.asleep);
         drop(queue);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
     }
 }
 
 /// Writes queued lines until the process ends; a closed stdout makes lines vanish quietly.
-fn write_lines<W: Write>(shared: &Shared, out: W) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+fn write_lines<W: Write>(shared: &Shared, mut out: W) {
     let mut closed = false;
+    let mut batch = Vec::new();
     loop {
-        let batch = {
+        {
             let mut queue = shared.queue.lock();
-            while queue.entries.is_empty() {
+            while queue.text.is_empty() {
                 if queue.dropped > 0 {
-                    let dropped = std::mem::take(&mut queue.dropped);
-                    queue.entries.push_back(Entry::Dropped(dropped));
+                    queue.push_dropped_note(shared.dropped_note);
                     break;
                 }
+                queue.asleep = true;
                 shared.wake.wait(&mut queue);
             }
-            queue.bytes = 0;
+            queue.asleep = false;
             queue.writing = true;
-            std::mem::take(&mut queue.entries)
-        };
-        let mut ok = true;
-        for entry in batch {
-            ok &= match entry {
-                Entry::Line(line) => writeln!(out, "{line}"),
-                Entry::Dropped(n) => writeln!(out, "{}", (shared.dropped_note)(n)),
-            }
-            .is_ok();
+            std::mem::swap(&mut queue.text, &mut batch);
         }
-        let written = ok && out.flush().is_ok();
+        let written = out.write_all(&batch).is_ok() && out.flush().is_ok();
         shared.queue.lock().writing = false;
         shared.written.notify_all();
         if !written && !closed {
@@ -179,6 +202,11 @@ fn write_lines<W: Write>(shared: &Shared, out: W) {
             // Said once; through the log, which may be this very output (then it is dropped).
             log::debug!("an output is closed; its lines are dropped");
         }
+        batch.clear();
+        if batch.capacity() > shared.budget.max(64 * 1024) {
+            batch = Vec::new();
+        }
+        thread::sleep(LINGER);
     }
 }
 
@@ -298,13 +326,13 @@ mod tests {
         // The first line is taken by the writer, which then blocks in write().
         out.line("first".into());
         // Wait until the writer holds it (its queue is empty again).
-        while !out.shared.queue.lock().entries.is_empty() {
+        while !out.shared.queue.lock().text.is_empty() {
             thread::yield_now();
         }
         for i in 0..1000 {
             out.line(format!("line {i:03} ........"));
         }
-        assert!(out.shared.queue.lock().bytes <= 100);
+        assert!(out.shared.queue.lock().text.len() <= 100);
         for _ in 0..10 {
             open_tx.send(()).unwrap();
         }

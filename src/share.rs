@@ -58,6 +58,11 @@ pub fn is_invisible_format(c: char) -> bool {
 /// True if `text` holds a control character or one that changes how the text around it is
 /// shown: what a console line must never print as is.
 pub fn has_hidden_characters(text: &str) -> bool {
+    if text.is_ascii() {
+        // The common case without decoding: no invisible format character is ASCII, and the
+        // ASCII control characters are exactly `char::is_control`'s below 0x80.
+        return text.bytes().any(|b| b.is_ascii_control());
+    }
     text.chars()
         .any(|c| c.is_control() || is_invisible_format(c))
 }
@@ -192,5 +197,19 @@ mod tests {
         assert!(check_name(&"x".repeat(256)).is_err());
         assert!(check_name("vídeo final.mp4").is_ok());
         assert!(check_name("..hidden").is_ok());
+    }
+
+    /// The ASCII shortcut says what the character test says, for every ASCII character.
+    #[test]
+    fn hidden_ascii_characters_are_the_control_ones() {
+        for c in (0u8..0x80).map(char::from) {
+            let text = format!("a{c}b");
+            assert_eq!(has_hidden_characters(&text), c.is_control(), "{c:?}");
+            assert_eq!(
+                has_hidden_characters(&format!("{text}é")),
+                c.is_control(),
+                "{c:?}"
+            );
+        }
     }
 }

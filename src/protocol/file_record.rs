@@ -34,6 +34,21 @@ impl Digest {
     pub fn to_hex(&self) -> String {
         self.to_string()
     }
+
+    /// Appends the 64 hex digits to `out` (what a SEARCH reply writes for each result).
+    pub fn write_hex(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.hex());
+    }
+
+    fn hex(&self) -> [u8; 64] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            text[2 * i] = HEX[(b >> 4) as usize];
+            text[2 * i + 1] = HEX[(b & 15) as usize];
+        }
+        text
+    }
 }
 
 impl FromStr for Digest {
@@ -65,12 +80,7 @@ fn hex_value(b: u8) -> Option<u8> {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; 64];
-        for (i, b) in self.0.iter().enumerate() {
-            text[2 * i] = HEX[(b >> 4) as usize];
-            text[2 * i + 1] = HEX[(b & 15) as usize];
-        }
+        let text = self.hex();
         // Only ASCII hex digits were written.
         f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }

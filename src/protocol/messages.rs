@@ -107,7 +107,7 @@ struct RawRequest {
 
 /// `data` as a JSON object only: serde would otherwise also fill a struct from an array
 /// (`"data":[1234,["a"]]`), which the protocol does not allow.
-struct ObjectData(RawData);
+struct ObjectData(Box<RawData>);
 
 impl<'de> Deserialize<'de> for ObjectData {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -122,7 +122,7 @@ impl<'de> Deserialize<'de> for ObjectData {
                 map: A,
             ) -> Result<ObjectData, A::Error> {
                 RawData::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(ObjectData)
+                    .map(|data| ObjectData(Box::new(data)))
             }
         }
         deserializer.deserialize_map(ObjectVisitor)
@@ -154,7 +154,7 @@ struct RawData {
 /// Why a request could not be understood; the text is sent to the client as is.
 pub type RequestError = String;
 
-fn decode_raw(bytes: &[u8]) -> Result<(String, RawData), RequestError> {
+fn decode_raw(bytes: &[u8]) -> Result<(String, Box<RawData>), RequestError> {
     let raw: RawRequest = serde_json::from_slice(bytes).map_err(|e| describe_json_error(&e))?;
     let data = raw
         .data
@@ -465,19 +465,181 @@ impl Reply {
     pub fn to_line(&self) -> Vec<u8> {
         encode_line(self)
     }
+
+    /// Appends the reply to `out` as one line, `\n` included.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        encode_line_into(self, out);
+    }
+
+    /// Appends an `ERROR` reply with its sentence to `out` as one line. Out of line: a
+    /// [`Reply`] is a few hundred bytes, which would otherwise sit in the frame of every
+    /// caller, error or not (a tracker keeps each connection thread's deepest stack resident).
+    #[inline(never)]
+    pub fn write_error(message: String, out: &mut Vec<u8>) {
+        Reply::error(message).write_line(out);
+    }
 }
 
 /// Encodes any message as one JSON line, `\n` included.
 pub fn encode_line<T: Serialize>(message: &T) -> Vec<u8> {
-    // Sized for a typical reply, so a SEARCH answer is written without growing the buffer.
+    // Sized for a typical reply, so most are written without growing the buffer.
     let mut line = Vec::with_capacity(512);
-    // Serializing these plain structs cannot fail: no maps with non-string keys, no I/O.
-    if serde_json::to_writer(&mut line, message).is_err() {
-        line.clear();
-        line.extend_from_slice(b"{}");
-    }
-    line.push(b'\n');
+    encode_line_into(message, &mut line);
     line
+}
+
+/// Appends any message to `out` as one JSON line, `\n` included.
+pub fn encode_line_into<T: Serialize>(message: &T, out: &mut Vec<u8>) {
+    let start = out.len();
+    // Serializing these plain structs cannot fail: no maps with non-string keys, no I/O.
+    if serde_json::to_writer(&mut *out, message).is_err() {
+        out.truncate(start);
+        out.extend_from_slice(b"{}");
+    }
+    out.push(b'\n');
+}
+
+/// Writes a SEARCH reply straight into a buffer, byte for byte the line
+/// `Reply::search(peers, results, truncated).to_line()` gives, without building the
+/// [`Reply`] first: the tracker writes it from its table, with no `String` per peer or result.
+///
+/// The parts come in the reply's order: [`SearchReplyWriter::peer`] for each exact-name
+/// holder, then [`SearchReplyWriter::results`], one [`ResultsWriter::result`] each, and
+/// [`ResultsWriter::finish`].
+pub struct SearchReplyWriter<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+/// The `results` part of a SEARCH reply being written (see [`SearchReplyWriter`]).
+pub struct ResultsWriter<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> SearchReplyWriter<'a> {
+    /// Starts the reply at the end of `out`.
+    pub fn new(out: &'a mut Vec<u8>) -> SearchReplyWriter<'a> {
+        out.extend_from_slice(br#"{"status":"OK","peers":["#);
+        SearchReplyWriter { out, first: true }
+    }
+
+    /// One holder of the exact name, `IP:PORT`.
+    pub fn peer(&mut self, peer: &str) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+        write_json_str(self.out, peer);
+    }
+
+    /// Ends the peers and starts the results.
+    pub fn results(self) -> ResultsWriter<'a> {
+        self.out.extend_from_slice(br#"],"results":["#);
+        ResultsWriter {
+            out: self.out,
+            first: true,
+        }
+    }
+}
+
+impl ResultsWriter<'_> {
+    /// One result: a distinct file and (some of) its holders; see [`SearchResult`].
+    pub fn result<'p>(
+        &mut self,
+        name: &str,
+        size: Option<u64>,
+        digest: Option<&Digest>,
+        holders: usize,
+        peers: impl IntoIterator<Item = &'p str>,
+    ) {
+        let out = &mut *self.out;
+        if !std::mem::take(&mut self.first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"name":"#);
+        write_json_str(out, name);
+        if let Some(size) = size {
+            out.extend_from_slice(br#","size":"#);
+            write_decimal(out, size);
+        }
+        if let Some(digest) = digest {
+            out.extend_from_slice(br#","digest":""#);
+            digest.write_hex(out);
+            out.push(b'"');
+        }
+        out.extend_from_slice(br#","holders":"#);
+        write_decimal(out, holders as u64);
+        out.extend_from_slice(br#","peers":["#);
+        for (i, peer) in peers.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(out, peer);
+        }
+        out.extend_from_slice(b"]}");
+    }
+
+    /// Ends the reply (saying whether results were left out) and its line.
+    pub fn finish(self, truncated: bool) {
+        self.out.push(b']');
+        if truncated {
+            self.out.extend_from_slice(br#","truncated":true"#);
+        }
+        self.out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Writes `text` as a JSON string, escaped exactly as `serde_json` does (`"`, `\` and control
+/// characters; nothing else), so that both encoders give the same bytes.
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.push(b'"');
+    // Not `any`: without the early exit the compiler checks many bytes at once.
+    let plain = bytes.iter().fold(true, |plain, &b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        // The common case: nothing to escape, one copy.
+        out.extend_from_slice(bytes);
+    } else {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for &b in bytes {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x09 => out.extend_from_slice(b"\\t"),
+                0x0a => out.extend_from_slice(b"\\n"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                0x0d => out.extend_from_slice(b"\\r"),
+                0..0x20 => out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(b >> 4) as usize],
+                    HEX[(b & 15) as usize],
+                ]),
+                _ => out.push(b),
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Writes `n` in decimal.
+fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Decodes a reply frame.
@@ -680,6 +842,60 @@ mod tests {
         );
         let e = parse_download_request(br#"{"method":"GET","data":{}}"#).unwrap_err();
         assert!(e.starts_with(UNKNOWN_METHOD), "{e}");
+    }
+
+    /// The SEARCH reply the tracker writes itself is, byte for byte, serde's encoding of the
+    /// same [`Reply`]: escapes, absent fields, numbers, empty lists, `truncated`.
+    #[test]
+    fn search_replies_written_directly_are_serdes_bytes() {
+        let names = [
+            "aula-01.mp4",
+            "aspas \" e barra \\ invertida",
+            "controle \u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f} e \u{7f}",
+            "Música Ação 日本語 \u{2028}",
+            "",
+        ];
+        let contents = [
+            (None, None),
+            (Some(0), Some(Digest([0xab; 32]))),
+            (Some(i64::MAX as u64), None),
+        ];
+        for name in names {
+            for (size, digest) in contents {
+                for (peers, count, truncated) in [(0, 0, false), (1, 1, true), (3, 2, false)] {
+                    let peers: Vec<String> = ["10.0.0.1:5000", "[::1]:7", name]
+                        .iter()
+                        .take(peers)
+                        .map(|p| p.to_string())
+                        .collect();
+                    let results: Vec<SearchResult> = (0..count)
+                        .map(|i| SearchResult {
+                            name: format!("{name}{i}"),
+                            size,
+                            digest,
+                            holders: 40 + i,
+                            peers: peers.clone(),
+                        })
+                        .collect();
+                    let mut out = b"earlier bytes".to_vec();
+                    let mut reply = SearchReplyWriter::new(&mut out);
+                    for peer in &peers {
+                        reply.peer(peer);
+                    }
+                    let mut written = reply.results();
+                    for r in &results {
+                        let peers = r.peers.iter().map(String::as_str);
+                        written.result(&r.name, r.size, r.digest.as_ref(), r.holders, peers);
+                    }
+                    written.finish(truncated);
+                    let expected = Reply::search(peers, results, truncated).to_line();
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        String::from_utf8_lossy(&[&b"earlier bytes"[..], &expected].concat())
+                    );
+                }
+            }
+        }
     }
 
     #[test]

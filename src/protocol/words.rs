@@ -19,29 +19,42 @@ use unicode_normalization::char::is_combining_mark;
 pub const MAX_QUERY_WORDS: usize = 16;
 
 /// The distinct words of a query, folded, in one buffer (a SEARCH allocates twice, not once
-/// per word).
+/// per word; nothing at all when the value is reused with [`QueryWords::fill`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryWords {
     folded: String,
     spans: Vec<(usize, usize)>,
+    /// Indexes into `spans`, longest word first (ties in query order).
+    by_length: Vec<u32>,
 }
 
 impl QueryWords {
     /// The distinct words of `query`, folded, in order.
     pub fn of(query: &str) -> QueryWords {
         let mut words = QueryWords::default();
-        fold_into(query, &mut words.folded);
-        let base = words.folded.as_ptr() as usize;
-        let mut spans: Vec<(usize, usize)> = Vec::new();
-        split_folded(&words.folded, |w| {
+        words.fill(query);
+        words
+    }
+
+    /// Makes these the distinct words of `query`, reusing the buffers.
+    pub fn fill(&mut self, query: &str) {
+        fold_into(query, &mut self.folded);
+        let base = self.folded.as_ptr() as usize;
+        let (folded, spans) = (&self.folded, &mut self.spans);
+        spans.clear();
+        split_folded(folded, |w| {
             let start = w.as_ptr() as usize - base;
-            let folded = &words.folded;
             if !spans.iter().any(|&(a, b)| &folded[a..b] == w) {
                 spans.push((start, start + w.len()));
             }
         });
-        words.spans = spans;
-        words
+        self.by_length.clear();
+        self.by_length.extend(0..self.spans.len() as u32);
+        let spans = &self.spans;
+        self.by_length.sort_by_key(|&i| {
+            let (a, b) = spans[i as usize];
+            std::cmp::Reverse(b - a)
+        });
     }
 
     /// How many distinct words.
@@ -57,6 +70,11 @@ impl QueryWords {
     /// The words, folded, in order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.spans.iter().map(|&(a, b)| &self.folded[a..b])
+    }
+
+    /// The words, longest first (they tend to be the rarer: a number, a title word).
+    pub fn longest_first(&self) -> impl Iterator<Item = &str> {
+        self.by_length.iter().map(|&i| self.get(i as usize))
     }
 
     /// Word `i`.
@@ -89,7 +107,8 @@ pub fn holds_all(text: &str, query: &QueryWords, buf: &mut String) -> bool {
 pub fn fold_into(text: &str, buf: &mut String) {
     buf.clear();
     if text.is_ascii() {
-        buf.extend(text.bytes().map(|b| b.to_ascii_lowercase() as char));
+        buf.push_str(text);
+        buf.make_ascii_lowercase();
         return;
     }
     // Lower-case first: some capitals lower-case to a letter plus a combining mark
@@ -101,11 +120,18 @@ pub fn fold_into(text: &str, buf: &mut String) {
 /// Calls `each` with every word of the folded text `folded`, in order, repeats included.
 pub fn split_folded(folded: &str, mut each: impl FnMut(&str)) {
     if folded.is_ascii() {
-        // The common case, byte by byte: every ASCII byte is a whole character.
-        for word in folded.split(|c: char| !c.is_ascii_alphanumeric()) {
-            if !word.is_empty() {
-                each(word);
+        // The common case, byte by byte: every ASCII byte is a whole character, so any
+        // byte offset is a character boundary.
+        let mut start = None;
+        for (i, b) in folded.bytes().enumerate() {
+            if b.is_ascii_alphanumeric() {
+                start.get_or_insert(i);
+            } else if let Some(from) = start.take() {
+                each(&folded[from..i]);
             }
+        }
+        if let Some(from) = start {
+            each(&folded[from..]);
         }
         return;
     }
@@ -141,5 +167,37 @@ mod tests {
         assert_eq!(words("---"), Vec::<String>::new());
         assert_eq!(words("*"), Vec::<String>::new());
         assert_eq!(words("日本語 ファイル"), ["日本語", "ファイル"]);
+        assert_eq!(
+            words("--Faixa 07__(ao vivo)"),
+            ["faixa", "07", "ao", "vivo"]
+        );
+        assert_eq!(words("x"), ["x"]);
+        assert_eq!(words(""), Vec::<String>::new());
+    }
+
+    /// ASCII text is folded and split byte by byte; the result is what the Unicode path gives.
+    #[test]
+    fn the_ascii_path_agrees_with_the_unicode_path() {
+        for text in [
+            "Aula-01 (FINAL).mp4",
+            "--a--b--",
+            "a",
+            "",
+            " 9 ",
+            "x_Y+z",
+            "~`!@#$%^&*",
+        ] {
+            let mut buf = String::new();
+            fold_into(text, &mut buf);
+            assert_eq!(buf, text.to_lowercase(), "{text}");
+            let mut got = Vec::new();
+            split_folded(&buf, |w| got.push(w.to_string()));
+            let want: Vec<String> = buf
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect();
+            assert_eq!(got, want, "{text}");
+        }
     }
 }

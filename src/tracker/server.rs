@@ -26,7 +26,7 @@ use crate::protocol::words;
 use crate::protocol::{CodecError, FrameReader};
 use crate::share;
 use crate::tracker::legacy as legacy_join;
-use crate::tracker::table::{ConnId, PeerTable};
+use crate::tracker::table::{ConnId, PeerTable, SearchScratch};
 
 /// The tracker's limits; each has a command-line option.
 #[derive(Debug, Clone)]
@@ -214,18 +214,24 @@ impl Tracker {
         log::debug!("{remote}: connected");
         let mut session = Session {
             remote,
+            who: remote.to_string(),
             conn,
             joined: None,
             legacy: false,
+            search: None,
         };
+        // Grown by the first replies, not sized up front: most connections are idle peers,
+        // whose only replies are a few bytes long.
+        let mut reply = Vec::new();
         let mut reader = FrameReader::new(&stream, self.config.max_message);
         reader.set_budget(Arc::clone(&self.buffers));
         reader.set_message_timeout(Some(self.config.message_timeout));
         // A real deadline from connect: bytes that are not a JOIN do not buy more time.
         reader.set_deadline(Some(connected + self.config.join_timeout));
         loop {
-            let answer = match reader.next_frame() {
-                Ok(Some(frame)) => self.handle(&mut session, frame),
+            reply.clear();
+            match reader.next_frame() {
+                Ok(Some(frame)) => self.handle(&mut session, frame, &mut reply),
                 Ok(None) => break,
                 Err(e) => {
                     log::debug!("{remote}: {e}");
@@ -240,19 +246,25 @@ impl Tracker {
                         ),
                         other => other.to_string(),
                     };
-                    let _ = (&stream).write_all(&Reply::error(message).to_line());
+                    reply.clear();
+                    Reply::write_error(message, &mut reply);
+                    let _ = (&stream).write_all(&reply);
                     if fatal {
                         break;
                     }
                     continue;
                 }
-            };
+            }
             if session.joined.is_some() {
                 reader.set_deadline(None);
             }
-            if let Err(e) = (&stream).write_all(&answer) {
+            if let Err(e) = (&stream).write_all(&reply) {
                 log::debug!("{remote}: cannot reply: {e}");
                 break;
+            }
+            if reply.capacity() > REPLY_BUFFER {
+                // A long reply (a LIST, many results) is not kept for the next ones.
+                reply = Vec::new();
             }
         }
         if let Some(addr) = session.joined
@@ -263,32 +275,48 @@ impl Tracker {
         log::debug!("{remote}: closed");
     }
 
-    /// Answers one frame; the bytes returned are written back as they are.
-    fn handle(&self, session: &mut Session, frame: &[u8]) -> Vec<u8> {
+    /// Answers one frame: the reply's bytes are appended to `reply` (empty on entry) and
+    /// written back as they are.
+    ///
+    /// Kept out of line, as is [`Tracker::apply`]: every connection thread keeps the deepest
+    /// stack it ever used resident (4 KiB a page, 10,000 threads), and decoding a JOIN's
+    /// records is the deepest path, so the frames under it stay small.
+    #[inline(never)]
+    fn handle(&self, session: &mut Session, frame: &[u8], reply: &mut Vec<u8>) {
         let request = match parse_tracker_request(frame) {
             Ok(request) => request,
             Err(message) => {
                 log_refusal(session.remote, &message);
-                return Reply::error(message).to_line();
+                Reply::write_error(message, reply);
+                return;
             }
         };
-        match self.apply(session, request) {
-            Ok(bytes) => bytes,
+        match self.apply(session, request, reply) {
+            Ok(Some(bytes)) => reply.extend_from_slice(&bytes),
+            Ok(None) => {}
             Err(message) => {
                 log_refusal(session.remote, &message);
-                Reply::error(message).to_line()
+                reply.clear();
+                Reply::write_error(message, reply);
             }
         }
     }
 
-    fn apply(&self, session: &mut Session, request: TrackerRequest) -> Result<Vec<u8>, String> {
+    /// Carries out one request; its reply is returned, or (`None`) already in `reply`.
+    #[inline(never)]
+    fn apply(
+        &self,
+        session: &mut Session,
+        request: TrackerRequest,
+        reply: &mut Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, String> {
         match request {
             TrackerRequest::Join { port, files } => {
                 self.check_records(&files)?;
                 let addr = SocketAddr::new(session.remote.ip(), port);
                 self.join(session, addr, &files)?;
                 session.legacy = false;
-                Ok(Reply::status(status::JOIN_OK).to_line())
+                Ok(Some(Reply::status(status::JOIN_OK).to_line()))
             }
             TrackerRequest::LegacyJoin { folder } => {
                 let names = legacy_join::list_client_folder(
@@ -304,13 +332,13 @@ impl Tracker {
                 let addr = session.remote;
                 self.join(session, addr, &files)?;
                 session.legacy = true;
-                Ok(legacy::JOIN_OK.to_vec())
+                Ok(Some(legacy::JOIN_OK.to_vec()))
             }
             TrackerRequest::Search { query } => {
-                let query_words = self.check_query(&query)?;
-                let who = session.joined.unwrap_or(session.remote);
+                let search = session.search.get_or_insert_default();
+                self.check_query(&query, &mut search.query_words)?;
                 self.out
-                    .line(format!("Peer {who} solicitou arquivo {query}"));
+                    .line_of(&["Peer ", &session.who, " solicitou arquivo ", &query]);
                 if session.legacy {
                     let ports: Vec<u16> = self
                         .table
@@ -319,12 +347,16 @@ impl Tracker {
                         .filter(|addr| legacy_join::dialable_on_loopback(addr))
                         .map(SocketAddr::port)
                         .collect();
-                    Ok(legacy::search_reply(&ports))
+                    Ok(Some(legacy::search_reply(&ports)))
                 } else {
-                    let found =
-                        self.table
-                            .search_words(&query, &query_words, self.config.max_results);
-                    Ok(Reply::search(found.peers, found.results, found.truncated).to_line())
+                    self.table.search_reply(
+                        &query,
+                        &search.query_words,
+                        self.config.max_results,
+                        &mut search.scratch,
+                        reply,
+                    );
+                    Ok(None)
                 }
             }
             TrackerRequest::Update(FileUpdate::Replace(files)) => {
@@ -337,7 +369,7 @@ impl Tracker {
                     "Peer {addr} atualizou os arquivos {}",
                     console_out::name_list(&names_of(&files))
                 ));
-                Ok(self.update_ok(session))
+                Ok(Some(self.update_ok(session)))
             }
             TrackerRequest::Update(FileUpdate::Change { add, remove }) => {
                 self.check_records(&add)?;
@@ -360,7 +392,7 @@ impl Tracker {
                     "Peer {addr} atualizou os arquivos: {}",
                     changed.join(" ")
                 ));
-                Ok(self.update_ok(session))
+                Ok(Some(self.update_ok(session)))
             }
             TrackerRequest::List { peer } => {
                 let addr: SocketAddr = peer.trim().parse().map_err(|_| {
@@ -371,10 +403,10 @@ impl Tracker {
                     .table
                     .list(addr)
                     .ok_or_else(|| format!("peer {addr} is not registered with this tracker"))?;
-                let who = session.joined.unwrap_or(session.remote);
                 self.out
-                    .line(format!("Peer {who} listou os arquivos de {addr}"));
-                Ok(Reply::files(files).to_line())
+                    .line(format!("Peer {} listou os arquivos de {addr}", session.who));
+                Reply::files(files).write_line(reply);
+                Ok(None)
             }
         }
     }
@@ -403,6 +435,7 @@ impl Tracker {
             self.table.leave(session.conn, old);
         }
         session.joined = Some(addr);
+        session.who = addr.to_string();
         self.out.line(format!(
             "Peer {addr} adicionado com os arquivos {}",
             console_out::name_list(&names_of(files))
@@ -441,8 +474,9 @@ impl Tracker {
         Ok(())
     }
 
-    /// A SEARCH query: a name, or words of names (PROTOCOL.md, T15). Returns its words.
-    fn check_query(&self, query: &str) -> Result<words::QueryWords, String> {
+    /// A SEARCH query: a name, or words of names (PROTOCOL.md, T15). Leaves its words in
+    /// `query_words`.
+    fn check_query(&self, query: &str, query_words: &mut words::QueryWords) -> Result<(), String> {
         if share::has_hidden_characters(query) {
             return Err(
                 "SEARCH refused: the query holds control or invisible formatting characters".into(),
@@ -457,7 +491,7 @@ impl Tracker {
                 self.config.max_name_len
             ));
         }
-        let query_words = words::QueryWords::of(query);
+        query_words.fill(query);
         if query_words.len() > words::MAX_QUERY_WORDS {
             return Err(format!(
                 "SEARCH refused: the query has {} words; the limit is {}",
@@ -465,7 +499,7 @@ impl Tracker {
                 words::MAX_QUERY_WORDS
             ));
         }
-        Ok(query_words)
+        Ok(())
     }
 }
 
@@ -488,12 +522,29 @@ fn bounded(text: &str) -> String {
 /// What the tracker knows about one connection.
 struct Session {
     remote: SocketAddr,
+    /// The address console lines name it by: its peer's once joined, else the connection's.
+    who: String,
     conn: ConnId,
     /// The peer address this connection registered, once it has joined.
     joined: Option<SocketAddr>,
     /// The connection speaks the original's dialect.
     legacy: bool,
+    /// What its SEARCHes reuse, from its first SEARCH on (idle peers never search).
+    search: Option<Box<SearchSpace>>,
 }
+
+/// Kept by a connection that SEARCHes, so that a SEARCH allocates nothing; boxed, so that
+/// it takes no room on the connection thread's stack.
+#[derive(Default)]
+struct SearchSpace {
+    /// The last query's words.
+    query_words: words::QueryWords,
+    scratch: SearchScratch,
+}
+
+/// Most bytes of reply buffer a connection keeps between requests (a usual SEARCH reply
+/// fits many times).
+const REPLY_BUFFER: usize = 4096;
 
 /// Counts a connection (and its host's) until its thread ends.
 struct ConnectionSlot {

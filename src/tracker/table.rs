@@ -25,8 +25,9 @@ use std::net::SocketAddr;
 
 use parking_lot::RwLock;
 
+use crate::protocol::messages::SearchReplyWriter;
 use crate::protocol::words::{self, QueryWords};
-use crate::protocol::{FileRecord, SearchResult};
+use crate::protocol::{Digest, FileRecord, SearchResult};
 use crate::tracker::memory::release_free_memory;
 use crate::tracker::names::{FileRef, Holders, Names, UNKNOWN_SIZE};
 use crate::tracker::word_index::{MAX_INDEXED_WORDS, WordIndex, WordKeys};
@@ -107,6 +108,41 @@ pub struct SearchAnswer {
     pub results: Vec<SearchResult>,
     /// More files matched (or may have) than were returned.
     pub truncated: bool,
+}
+
+/// Space one connection reuses for every SEARCH it asks (see [`PeerTable::search_reply`]):
+/// what a search collects before it writes the reply, kept between searches so that a SEARCH
+/// allocates nothing. Its size is bounded by `--max-results` and the longest name.
+#[derive(Default)]
+pub struct SearchScratch {
+    /// The exact name's holders: (when joined, peer number).
+    exact_holders: Vec<(u64, u32)>,
+    /// Names matching the words, by number.
+    matched: Vec<u32>,
+    /// The files found, in the answer's order.
+    hits: Vec<Hit>,
+    /// A candidate name, folded.
+    fold: String,
+}
+
+/// One file a SEARCH found, before any text is written: a name and one of its contents.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    name: u32,
+    /// How many peers hold this content.
+    holders: u32,
+    /// The size, or [`UNKNOWN_SIZE`].
+    size: u64,
+    content: Content,
+}
+
+/// Where a [`Hit`]'s content is recorded.
+#[derive(Debug, Clone, Copy)]
+enum Content {
+    /// The one holder's own record: `files[file]` of peer `peer` (`u32::MAX`: none).
+    One { peer: u32, file: u32 },
+    /// Group `g` of the name's holders.
+    Group(u32),
 }
 
 struct Slot {
@@ -310,31 +346,62 @@ impl PeerTable {
         query_words: &QueryWords,
         max_results: usize,
     ) -> SearchAnswer {
+        let mut scratch = SearchScratch::default();
         let inner = self.inner.read();
-        let mut answer = SearchAnswer::default();
-        let exact = inner.names.find(query);
-        if let Some(n) = exact {
-            answer.peers = inner.holder_texts(n);
-            inner.results_of(n, &mut answer.results);
-            answer.results.sort_by_key(|r| std::cmp::Reverse(r.holders));
+        let truncated = inner.find(query, query_words, max_results, &mut scratch);
+        SearchAnswer {
+            peers: scratch
+                .exact_holders
+                .iter()
+                .map(|&(_, id)| inner.slot_text(id).to_string())
+                .collect(),
+            results: scratch
+                .hits
+                .iter()
+                .map(|hit| {
+                    let (size, digest, holders, peers) = inner.describe(hit);
+                    SearchResult {
+                        name: inner.names.entries[hit.name as usize].text.to_string(),
+                        size,
+                        digest,
+                        holders,
+                        peers: peers.map(str::to_string).collect(),
+                    }
+                })
+                .collect(),
+            truncated,
         }
-        let exact_results = answer.results.len();
-        let (matched, more) = inner.match_words(query_words, exact, max_results);
-        answer.truncated = more;
-        for n in matched {
-            inner.results_of(n, &mut answer.results);
+    }
+
+    /// [`PeerTable::search_words`] written straight into `out` as the SEARCH reply's line,
+    /// byte for byte what [`Reply::search`] of that answer encodes to, but with no `String`
+    /// per peer or result: the reply is written from the table under the read lock (memory
+    /// only, no I/O), and `scratch`, kept by the connection, makes a SEARCH allocate nothing
+    /// once the buffers have grown.
+    ///
+    /// [`Reply::search`]: crate::protocol::Reply::search
+    pub fn search_reply(
+        &self,
+        query: &str,
+        query_words: &QueryWords,
+        max_results: usize,
+        scratch: &mut SearchScratch,
+        out: &mut Vec<u8>,
+    ) {
+        let inner = self.inner.read();
+        let truncated = inner.find(query, query_words, max_results, scratch);
+        let mut reply = SearchReplyWriter::new(out);
+        for &(_, id) in &scratch.exact_holders {
+            reply.peer(inner.slot_text(id));
         }
-        answer.results[exact_results..].sort_by(|a, b| {
-            b.holders
-                .cmp(&a.holders)
-                .then_with(|| a.name.cmp(&b.name))
-                .then_with(|| a.size.cmp(&b.size))
-        });
-        if answer.results.len() > max_results {
-            answer.results.truncate(max_results);
-            answer.truncated = true;
+        let mut results = reply.results();
+        for hit in &scratch.hits {
+            let (size, digest, holders, peers) = inner.describe(hit);
+            let name = &inner.names.entries[hit.name as usize].text;
+            results.result(name, size, digest.as_ref(), holders, peers);
         }
-        answer
+        drop(inner);
+        results.finish(truncated);
     }
 
     /// The peers sharing exactly `name`, as `IP:PORT`, in the order they joined the tracker.
@@ -343,7 +410,13 @@ impl PeerTable {
         inner
             .names
             .find(name)
-            .map(|n| inner.holder_texts(n))
+            .map(|n| {
+                inner
+                    .holder_slots(n)
+                    .into_iter()
+                    .map(|slot| slot.text.to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -693,62 +766,146 @@ impl Inner {
         slots
     }
 
-    fn holder_texts(&self, n: u32) -> Vec<String> {
-        self.holder_slots(n)
-            .into_iter()
-            .map(|slot| slot.text.to_string())
-            .collect()
+    /// A live peer's `IP:PORT` (empty for a free slot, which no index lists).
+    fn slot_text(&self, id: u32) -> &str {
+        self.slots[id as usize]
+            .as_ref()
+            .map_or("", |slot| &slot.text)
     }
 
-    fn peer_texts(&self, ids: impl Iterator<Item = u32>) -> Vec<String> {
-        ids.filter_map(|id| self.slots[id as usize].as_ref().map(|s| s.text.to_string()))
-            .take(MAX_LISTED_HOLDERS)
-            .collect()
+    /// The search itself (see [`PeerTable::search`]): leaves in `scratch` the exact name's
+    /// holders in the order they joined, and the files found in the order of the answer,
+    /// at most `max_results`; returns whether more matched (or may have).
+    fn find(
+        &self,
+        query: &str,
+        query_words: &QueryWords,
+        max_results: usize,
+        scratch: &mut SearchScratch,
+    ) -> bool {
+        scratch.exact_holders.clear();
+        scratch.hits.clear();
+        let exact = self.names.find(query);
+        if let Some(n) = exact {
+            let holders = &self.names.entries[n as usize].holders;
+            scratch.exact_holders.extend(
+                holders
+                    .peers()
+                    .filter_map(|id| self.slots[id as usize].as_ref().map(|s| (s.joined, id))),
+            );
+            scratch.exact_holders.sort_unstable();
+            self.hits_of(n, &mut scratch.hits);
+            scratch
+                .hits
+                .sort_by_key(|hit| std::cmp::Reverse(hit.holders));
+        }
+        let exact_hits = scratch.hits.len();
+        let more = self.match_words(query_words, exact, max_results, scratch);
+        for i in 0..scratch.matched.len() {
+            self.hits_of(scratch.matched[i], &mut scratch.hits);
+        }
+        let names = &self.names.entries;
+        scratch.hits[exact_hits..].sort_by(|a, b| {
+            b.holders
+                .cmp(&a.holders)
+                .then_with(|| {
+                    names[a.name as usize]
+                        .text
+                        .cmp(&names[b.name as usize].text)
+                })
+                .then_with(|| known_size(a.size).cmp(&known_size(b.size)))
+        });
+        let cut = scratch.hits.len() > max_results;
+        scratch.hits.truncate(max_results);
+        more || cut
     }
 
-    /// Appends one result per distinct content of name `n`.
-    fn results_of(&self, n: u32, out: &mut Vec<SearchResult>) {
-        let entry = &self.names.entries[n as usize];
-        match &entry.holders {
+    /// Appends one hit per distinct content of name `n`.
+    fn hits_of(&self, n: u32, hits: &mut Vec<Hit>) {
+        match &self.names.entries[n as usize].holders {
             Holders::None => {}
             Holders::One(id) => {
-                let file = self.record_of(*id, n);
-                out.push(SearchResult {
-                    name: entry.text.to_string(),
-                    size: known_size(file.size),
-                    digest: file.digest,
+                let files = self.files_of(*id);
+                // Holders and files never disagree (the consistency check proves it); a miss
+                // would be reported as unknown content.
+                let (file, size) = match files.binary_search_by_key(&n, |f| f.name) {
+                    Ok(i) => (i as u32, files[i].size),
+                    Err(_) => (u32::MAX, UNKNOWN_SIZE),
+                };
+                hits.push(Hit {
+                    name: n,
                     holders: 1,
-                    peers: self.peer_texts(std::iter::once(*id)),
+                    size,
+                    content: Content::One { peer: *id, file },
                 });
             }
             Holders::Many(groups) => {
-                for group in groups.iter() {
-                    out.push(SearchResult {
-                        name: entry.text.to_string(),
-                        size: known_size(group.size),
-                        digest: group.digest,
-                        holders: group.peers.len(),
-                        peers: self.peer_texts(group.peers.iter().copied()),
-                    });
-                }
+                hits.extend(groups.iter().enumerate().map(|(g, group)| Hit {
+                    name: n,
+                    holders: group.peers.len() as u32,
+                    size: group.size,
+                    content: Content::Group(g as u32),
+                }));
             }
         }
     }
 
-    /// Names (other than `exact`) holding every word of `query`: at most `cap`, and whether
-    /// there were more (or may be: the examination budget ran out).
-    fn match_words(&self, query: &QueryWords, exact: Option<u32>, cap: usize) -> (Vec<u32>, bool) {
+    /// What a result says about `hit`: size, digest, how many hold it, and the first
+    /// [`MAX_LISTED_HOLDERS`] of them as `IP:PORT`.
+    fn describe(
+        &self,
+        hit: &Hit,
+    ) -> (
+        Option<u64>,
+        Option<Digest>,
+        usize,
+        impl Iterator<Item = &str> + '_,
+    ) {
+        let (digest, peers): (Option<Digest>, &[u32]) = match hit.content {
+            Content::One { peer, file } => (
+                self.files_of(peer)
+                    .get(file as usize)
+                    .and_then(|f| f.digest),
+                match &self.names.entries[hit.name as usize].holders {
+                    Holders::One(id) => std::slice::from_ref(id),
+                    _ => &[],
+                },
+            ),
+            Content::Group(g) => match &self.names.entries[hit.name as usize].holders {
+                Holders::Many(groups) => {
+                    let group = &groups[g as usize];
+                    (group.digest, &group.peers)
+                }
+                _ => (None, &[]),
+            },
+        };
+        let texts = peers
+            .iter()
+            .filter_map(|&id| self.slots[id as usize].as_ref().map(|s| &*s.text))
+            .take(MAX_LISTED_HOLDERS);
+        (known_size(hit.size), digest, hit.holders as usize, texts)
+    }
+
+    /// Names (other than `exact`) holding every word of `query`, left in `scratch.matched`:
+    /// at most `cap`, and whether there were more (or may be: the examination budget ran out).
+    fn match_words(
+        &self,
+        query: &QueryWords,
+        exact: Option<u32>,
+        cap: usize,
+        scratch: &mut SearchScratch,
+    ) -> bool {
+        let matched = &mut scratch.matched;
+        matched.clear();
         if query.is_empty() || cap == 0 {
-            return (Vec::new(), false);
+            return false;
         }
         let mut rarest: Option<&[u32]> = None;
         // Longer words first: they tend to be the rarer (a number, a title word), so the loop
         // below usually stops at once.
-        let mut by_length: Vec<&str> = query.iter().collect();
-        by_length.sort_unstable_by_key(|w| std::cmp::Reverse(w.len()));
-        for word in by_length {
+        for word in query.longest_first() {
             let Some(list) = self.words.postings(self.keys.key(word)) else {
-                return (Vec::new(), false);
+                return false;
             };
             if rarest.is_none_or(|r| list.len() < r.len()) {
                 rarest = Some(list);
@@ -761,8 +918,6 @@ impl Inner {
         }
         let rarest = rarest.unwrap_or_default();
         let budget = cap.saturating_mul(EXAMINED_PER_RESULT).max(1000);
-        let mut matched: Vec<u32> = Vec::new();
-        let mut buf = String::new();
         let mut pos = 0;
         while pos < rarest.len() && matched.len() <= cap && pos < budget {
             // Take candidates until one more than the cap matched, then drop repeats (a
@@ -773,7 +928,11 @@ impl Inner {
                 if Some(n) == exact || !self.names.is_live(n) {
                     continue;
                 }
-                if words::holds_all(&self.names.entries[n as usize].text, query, &mut buf) {
+                if words::holds_all(
+                    &self.names.entries[n as usize].text,
+                    query,
+                    &mut scratch.fold,
+                ) {
                     matched.push(n);
                 }
             }
@@ -782,7 +941,7 @@ impl Inner {
         }
         let more = matched.len() > cap || (pos < rarest.len() && pos >= budget);
         matched.truncate(cap);
-        (matched, more)
+        more
     }
 
     /// Compacts what is mostly empty; true if anything was compacted.
@@ -1090,7 +1249,7 @@ mod properties {
     use unicode_normalization::UnicodeNormalization;
 
     use super::*;
-    use crate::protocol::Digest;
+    use crate::protocol::Reply;
 
     /// Names made of a few words, in varied case and accents, so that keyword search has
     /// something to find and to fold.
@@ -1114,7 +1273,8 @@ mod properties {
             0 => format!("{a} {b}.mp3"),
             1 => format!("{a}-{b}"),
             2 => a.nfd().collect(),
-            _ => format!("{b}_{a}"),
+            // Quotes and backslashes: the reply must escape them.
+            _ => format!("{b}_{a}\\\"x"),
         }
     }
 
@@ -1216,6 +1376,7 @@ mod properties {
         fn index_and_peers_never_disagree(ops in prop::collection::vec(op(), 1..60)) {
             const LIMIT: usize = 12;
             let table = PeerTable::with_limit(LIMIT);
+            let mut scratch = SearchScratch::default();
             let mut model: Model = HashMap::new();
             let others = |model: &Model, port| -> usize {
                 model.iter().filter(|(p, _)| **p != port).map(|(_, (_, f))| f.len()).sum()
@@ -1282,6 +1443,18 @@ mod properties {
                 prop_assert_eq!(table.len(), model.len());
                 for query in ["musica", "AULA 01", "ação", "Acao vivo", "vivo", "aula-aula", "nada", "01 ao.mp3"] {
                     let found = table.search(query, 1000);
+                    // The reply written straight from the table is the answer's encoding.
+                    for cap in [1000, 2] {
+                        let answer = table.search(query, cap);
+                        let mut line = Vec::new();
+                        table.search_reply(query, &QueryWords::of(query), cap, &mut scratch, &mut line);
+                        let encoded =
+                            Reply::search(answer.peers, answer.results, answer.truncated).to_line();
+                        prop_assert_eq!(
+                            String::from_utf8_lossy(&line),
+                            String::from_utf8_lossy(&encoded)
+                        );
+                    }
                     prop_assert!(!found.truncated);
                     let mut got: Vec<_> = found
                         .results
