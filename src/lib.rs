@@ -15,7 +15,8 @@
 //! keeps beside each file's digest in [`digests`], and whose progress a partial download keeps
 //! in [`piece_map`].
 //!
-//! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
+//! Small shared pieces: [`accept`] (the accept loop both servers share: connection caps,
+//! back-off out of descriptors, a shutdown signal), [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
 //! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
 //! [`console_out`] (the tracker's console lines, written by one thread within a byte budget),
@@ -26,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod cli;
 pub mod console_out;
 pub mod dial;

@@ -112,10 +112,12 @@ fn run_server(args: &napster::cli::ServerArgs) -> Result<(), (Failure, String)> 
     println!("Servidor ouvindo em {addr}");
     println!("{}", fitted.summary());
     let tracker = tracker::Tracker::new(config);
-    tracker.run(listener).map_err(|e| {
-        (
-            Failure::Other,
-            format!("o servidor parou: {}", describe(&e)),
-        )
-    })
+    tracker
+        .run(listener, &napster::accept::Shutdown::new())
+        .map_err(|e| {
+            (
+                Failure::Other,
+                format!("o servidor parou: {}", describe(&e)),
+            )
+        })
 }

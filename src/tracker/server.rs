@@ -4,16 +4,15 @@
 //! hands off. Each connection is one request → one reply, in order. A connection's peer is
 //! forgotten the moment its connection ends, however it ends.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
+use crate::accept::{self, Refusal, Shutdown, Slots};
 use crate::console_out::{self, ConsoleOut};
 use crate::liveness;
 use crate::log_limit::{self, Throttle, held_note};
@@ -86,9 +85,8 @@ impl Default for TrackerConfig {
 pub struct Tracker {
     table: PeerTable,
     config: TrackerConfig,
-    connections: AtomicUsize,
-    /// Connections per host (see [`host_key`]); a host is removed when its count reaches 0.
-    hosts: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections open, in all and per host (see [`host_key`]).
+    slots: Arc<Slots>,
     next_conn: AtomicU64,
     out: ConsoleOut,
     buffers: Arc<MemoryBudget>,
@@ -102,9 +100,8 @@ impl Tracker {
         Arc::new(Tracker {
             table: PeerTable::with_limits(config.max_listed_names, config.max_names),
             buffers: MemoryBudget::new(config.max_buffered),
+            slots: Slots::new(config.max_connections),
             config,
-            connections: AtomicUsize::new(0),
-            hosts: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             out: ConsoleOut::start(),
         })
@@ -115,62 +112,22 @@ impl Tracker {
         &self.table
     }
 
-    /// Accepts connections on `listener` for ever, one thread each.
-    pub fn run(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
-        loop {
-            match listener.accept() {
-                Ok((stream, remote)) => self.hand_off(stream, remote),
-                Err(e) => {
-                    // Out of descriptors or a connection reset before accept: keep serving.
-                    if let Some(held) = ACCEPT_WARNINGS.allow() {
-                        log::warn!("accept failed: {e}{}", held_note(held));
-                    }
-                    if e.raw_os_error() == Some(libc::EMFILE)
-                        || e.raw_os_error() == Some(libc::ENFILE)
-                    {
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            }
-        }
+    /// Accepts connections on `listener`, one thread each, until `shutdown` is given; then
+    /// stops accepting and closes the listener (connections already open are served until
+    /// they end).
+    pub fn run(self: &Arc<Self>, listener: TcpListener, shutdown: &Shutdown) -> io::Result<()> {
+        accept::serve(listener, shutdown, "tracker", |stream, remote| {
+            self.hand_off(stream, remote);
+            ControlFlow::Continue(())
+        })
     }
 
     fn hand_off(self: &Arc<Self>, stream: TcpStream, remote: SocketAddr) {
-        let count = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut guard = ConnectionSlot {
-            tracker: Arc::clone(self),
-            host: None,
-        };
-        if count > self.config.max_connections {
-            if let Some(held) = REFUSAL_WARNINGS.allow() {
-                log::warn!(
-                    "refusing a connection from {remote}: {count} would exceed the limit{}",
-                    held_note(held)
-                );
-            }
-            let reply = Reply::error(format!(
-                "the tracker is full ({} connections); try again later",
-                self.config.max_connections
-            ));
-            let _ = (&stream).write_all(&reply.to_line());
-            return;
-        }
         let host = host_key(remote.ip());
-        if !guard.take_host_slot(host) {
-            if let Some(held) = REFUSAL_WARNINGS.allow() {
-                log::warn!(
-                    "refusing a connection from {remote}: its host has {} connections{}",
-                    self.config.max_connections_per_host,
-                    held_note(held)
-                );
-            }
-            let reply = Reply::error(format!(
-                "too many connections from your address ({} at once); close some and try again",
-                self.config.max_connections_per_host
-            ));
-            let _ = (&stream).write_all(&reply.to_line());
-            return;
-        }
+        let guard = match self.slots.take(host, self.config.max_connections_per_host) {
+            Ok(slot) => slot,
+            Err(refusal) => return self.refuse(&stream, remote, refusal),
+        };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let tracker = Arc::clone(self);
         // The stream is handed over through a cell so that, if the thread cannot start (out of
@@ -198,6 +155,27 @@ impl Tracker {
                 let _ = (&stream).write_all(&reply.to_line());
             }
         }
+    }
+
+    /// Tells a connection over a limit why it is closed.
+    fn refuse(&self, stream: &TcpStream, remote: SocketAddr, refusal: Refusal) {
+        if let Some(held) = REFUSAL_WARNINGS.allow() {
+            log::warn!(
+                "refusing a connection from {remote}: {refusal}{}",
+                held_note(held)
+            );
+        }
+        let reply = Reply::error(match refusal {
+            Refusal::Full(_) => format!(
+                "the tracker is full ({} connections); try again later",
+                self.config.max_connections
+            ),
+            Refusal::HostFull(_) => format!(
+                "too many connections from your address ({} at once); close some and try again",
+                self.config.max_connections_per_host
+            ),
+        });
+        let _ = (&*stream).write_all(&reply.to_line());
     }
 
     /// Serves one connection until it closes or breaks a rule it cannot recover from.
@@ -546,42 +524,6 @@ struct SearchSpace {
 /// fits many times).
 const REPLY_BUFFER: usize = 4096;
 
-/// Counts a connection (and its host's) until its thread ends.
-struct ConnectionSlot {
-    tracker: Arc<Tracker>,
-    /// The host counted, once its slot was taken.
-    host: Option<IpAddr>,
-}
-
-impl ConnectionSlot {
-    /// Counts one more connection for `host`; false (nothing counted) if it has its share.
-    fn take_host_slot(&mut self, host: IpAddr) -> bool {
-        let mut hosts = self.tracker.hosts.lock();
-        let count = hosts.entry(host).or_insert(0);
-        if *count >= self.tracker.config.max_connections_per_host {
-            return false;
-        }
-        *count += 1;
-        self.host = Some(host);
-        true
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        if let Some(host) = self.host {
-            let mut hosts = self.tracker.hosts.lock();
-            if let Some(count) = hosts.get_mut(&host) {
-                *count -= 1;
-                if *count == 0 {
-                    hosts.remove(&host);
-                }
-            }
-        }
-        self.tracker.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The default `--max-connections-per-host`: a classroom of 60 behind one NAT, each with a
 /// peer and a few spare reconnections, fits; one host cannot take the whole tracker.
 pub const DEFAULT_PER_HOST: usize = 256;
@@ -599,8 +541,6 @@ pub fn host_key(ip: IpAddr) -> IpAddr {
 
 /// Warnings about refused connections: a flood of them must not flood stderr.
 static REFUSAL_WARNINGS: Throttle = Throttle::new(10, Duration::from_secs(10));
-/// Warnings about failed accepts (out of descriptors repeats every 50 ms).
-static ACCEPT_WARNINGS: Throttle = Throttle::new(5, Duration::from_secs(10));
 
 /// Logs a refused request; the text may hold whole names from the network, so only its start.
 fn log_refusal(remote: SocketAddr, message: &str) {
@@ -613,6 +553,33 @@ fn log_refusal(remote: SocketAddr, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
+
+    /// A running tracker stops when its shutdown signal is given: `run` returns, the port is
+    /// closed, and a connection it was serving still gets its answers.
+    #[test]
+    fn a_running_tracker_stops_on_its_shutdown_signal() {
+        let tracker = Tracker::new(TrackerConfig::default());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let running = {
+            let shutdown = Arc::clone(&shutdown);
+            thread::spawn(move || tracker.run(listener, &shutdown))
+        };
+        let ask = |client: &TcpStream| {
+            let mut line = String::new();
+            (&*client).write_all(b"{\"method\":\"NOPE\"}\n").unwrap();
+            BufReader::new(client).read_line(&mut line).unwrap();
+            line
+        };
+        let client = TcpStream::connect(addr).unwrap();
+        assert!(ask(&client).contains("\"ERROR\""));
+        shutdown.stop();
+        running.join().unwrap().unwrap();
+        assert!(TcpStream::connect(addr).is_err());
+        assert!(ask(&client).contains("\"ERROR\""));
+    }
 
     /// An IPv4 address is one host, however it arrives (v4-mapped too); an IPv6 /64 is one host.
     #[test]
