@@ -10,6 +10,7 @@ pub mod legacy;
 pub mod limits;
 pub mod memory;
 pub mod names;
+pub mod refusal;
 pub mod server;
 pub mod table;
 pub mod word_index;

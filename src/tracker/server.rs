@@ -25,7 +25,8 @@ use crate::protocol::words;
 use crate::protocol::{CodecError, FrameReader};
 use crate::share;
 use crate::tracker::legacy as legacy_join;
-use crate::tracker::table::{ConnId, PeerTable, SearchScratch};
+use crate::tracker::refusal::RequestRefused;
+use crate::tracker::table::{ConnId, PeerTable, SearchScratch, TableError};
 
 /// The tracker's limits; each has a command-line option.
 #[derive(Debug, Clone)]
@@ -261,18 +262,14 @@ impl Tracker {
     /// records is the deepest path, so the frames under it stay small.
     #[inline(never)]
     fn handle(&self, session: &mut Session, frame: &[u8], reply: &mut Vec<u8>) {
-        let request = match parse_tracker_request(frame) {
-            Ok(request) => request,
-            Err(message) => {
-                log_refusal(session.remote, &message);
-                Reply::write_error(message, reply);
-                return;
-            }
-        };
-        match self.apply(session, request, reply) {
+        let answered = parse_tracker_request(frame)
+            .map_err(RequestRefused::from)
+            .and_then(|request| self.apply(session, request, reply));
+        match answered {
             Ok(Some(bytes)) => reply.extend_from_slice(&bytes),
             Ok(None) => {}
-            Err(message) => {
+            Err(refused) => {
+                let message = refused.to_string();
                 log_refusal(session.remote, &message);
                 reply.clear();
                 Reply::write_error(message, reply);
@@ -287,7 +284,7 @@ impl Tracker {
         session: &mut Session,
         request: TrackerRequest,
         reply: &mut Vec<u8>,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, RequestRefused> {
         match request {
             TrackerRequest::Join { port, files } => {
                 self.check_records(&files)?;
@@ -302,8 +299,7 @@ impl Tracker {
                     &folder,
                     self.config.max_names,
                     self.config.legacy_folder_join,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 let files: Vec<FileRecord> = names.into_iter().map(FileRecord::named).collect();
                 self.check_records(&files)?;
                 // The original keys a peer by the port of its tracker connection.
@@ -339,10 +335,8 @@ impl Tracker {
             }
             TrackerRequest::Update(FileUpdate::Replace(files)) => {
                 self.check_records(&files)?;
-                let addr = session.joined.ok_or("send JOIN before UPDATE")?;
-                self.table
-                    .update(session.conn, addr, &files)
-                    .map_err(|e| e.to_string())?;
+                let addr = session.joined.ok_or(TableError::NotJoined)?;
+                self.table.update(session.conn, addr, &files)?;
                 self.out.line(format!(
                     "Peer {addr} atualizou os arquivos {}",
                     console_out::name_list(&names_of(&files))
@@ -355,10 +349,8 @@ impl Tracker {
                 for name in &remove {
                     self.check_name(name)?;
                 }
-                let addr = session.joined.ok_or("send JOIN before UPDATE")?;
-                self.table
-                    .change(session.conn, addr, &add, &remove)
-                    .map_err(|e| e.to_string())?;
+                let addr = session.joined.ok_or(TableError::NotJoined)?;
+                self.table.change(session.conn, addr, &add, &remove)?;
                 let mut changed = Vec::new();
                 if !add.is_empty() {
                     changed.push(format!("+{}", console_out::name_list(&names_of(&add))));
@@ -373,14 +365,14 @@ impl Tracker {
                 Ok(Some(self.update_ok(session)))
             }
             TrackerRequest::List { peer } => {
-                let addr: SocketAddr = peer.trim().parse().map_err(|_| {
-                    format!("LIST needs data.peer as IP:PORT, not {:?}", bounded(&peer))
-                })?;
+                let Ok(addr) = peer.trim().parse::<SocketAddr>() else {
+                    return Err(RequestRefused::PeerAddress(peer));
+                };
                 let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
                 let files = self
                     .table
                     .list(addr)
-                    .ok_or_else(|| format!("peer {addr} is not registered with this tracker"))?;
+                    .ok_or(RequestRefused::UnknownPeer(addr))?;
                 self.out
                     .line(format!("Peer {} listou os arquivos de {addr}", session.who));
                 Reply::files(files).write_line(reply);
@@ -402,10 +394,8 @@ impl Tracker {
         session: &mut Session,
         addr: SocketAddr,
         files: &[FileRecord],
-    ) -> Result<(), String> {
-        self.table
-            .join(session.conn, addr, files)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), RequestRefused> {
+        self.table.join(session.conn, addr, files)?;
         // Only once the new address is ours: a refused re-JOIN keeps the old entry.
         if let Some(old) = session.joined
             && old != addr
@@ -421,32 +411,35 @@ impl Tracker {
         Ok(())
     }
 
-    fn check_list_len(&self, len: usize) -> Result<(), String> {
+    fn check_list_len(&self, len: usize) -> Result<(), RequestRefused> {
         if len > self.config.max_names {
-            return Err(format!(
-                "the list has {len} names; the limit is {}",
-                self.config.max_names
-            ));
+            return Err(RequestRefused::TooManyNames {
+                len,
+                max: self.config.max_names,
+            });
         }
         Ok(())
     }
 
-    fn check_name(&self, name: &str) -> Result<(), String> {
-        share::check_name_len(name, self.config.max_name_len)
-            .map_err(|e| format!("name {:?} refused: {e}", bounded(name)))
+    fn check_name(&self, name: &str) -> Result<(), RequestRefused> {
+        share::check_name_len(name, self.config.max_name_len).map_err(|source| {
+            RequestRefused::Name {
+                name: name.to_string(),
+                source,
+            }
+        })
     }
 
     /// A list of records: not too many, plain names, sizes a file can have.
-    fn check_records(&self, files: &[FileRecord]) -> Result<(), String> {
+    fn check_records(&self, files: &[FileRecord]) -> Result<(), RequestRefused> {
         self.check_list_len(files.len())?;
         for file in files {
             self.check_name(&file.name)?;
-            if file.size.is_some_and(|size| size > MAX_FILE_SIZE) {
-                return Err(format!(
-                    "file {:?}: size {} is not a file size (at most 2^63 - 1)",
-                    bounded(&file.name),
-                    file.size.unwrap_or_default()
-                ));
+            if let Some(size) = file.size.filter(|&size| size > MAX_FILE_SIZE) {
+                return Err(RequestRefused::Size {
+                    name: file.name.clone(),
+                    size,
+                });
             }
         }
         Ok(())
@@ -454,28 +447,28 @@ impl Tracker {
 
     /// A SEARCH query: a name, or words of names (PROTOCOL.md, T15). Leaves its words in
     /// `query_words`.
-    fn check_query(&self, query: &str, query_words: &mut words::QueryWords) -> Result<(), String> {
+    fn check_query(
+        &self,
+        query: &str,
+        query_words: &mut words::QueryWords,
+    ) -> Result<(), RequestRefused> {
         if share::has_hidden_characters(query) {
-            return Err(
-                "SEARCH refused: the query holds control or invisible formatting characters".into(),
-            );
+            return Err(RequestRefused::QueryHidden);
         }
         if query.trim().is_empty() {
-            return Err("SEARCH refused: the query is empty".into());
+            return Err(RequestRefused::QueryEmpty);
         }
         if query.len() > self.config.max_name_len {
-            return Err(format!(
-                "SEARCH refused: the query is longer than {} bytes",
-                self.config.max_name_len
-            ));
+            return Err(RequestRefused::QueryTooLong {
+                max: self.config.max_name_len,
+            });
         }
         query_words.fill(query);
         if query_words.len() > words::MAX_QUERY_WORDS {
-            return Err(format!(
-                "SEARCH refused: the query has {} words; the limit is {}",
-                query_words.len(),
-                words::MAX_QUERY_WORDS
-            ));
+            return Err(RequestRefused::QueryWords {
+                len: query_words.len(),
+                max: words::MAX_QUERY_WORDS,
+            });
         }
         Ok(())
     }
@@ -487,14 +480,6 @@ const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 /// The names of `files`, for console lines.
 fn names_of(files: &[FileRecord]) -> Vec<&str> {
     files.iter().map(|f| f.name.as_str()).collect()
-}
-
-/// At most the first 64 characters of `text`, for error messages about hostile input.
-fn bounded(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_string(),
-    }
 }
 
 /// What the tracker knows about one connection.
