@@ -38,7 +38,7 @@ use crate::peer::transfers::{Ending, MinRate};
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{
-    DownloadRequest, Reply, parse_digest_mismatch, parse_download_request, status, waiting_for,
+    DownloadRequest, Reply, Status, parse_digest_mismatch, parse_download_request, waiting_for,
 };
 use crate::protocol::ranges;
 use crate::throttle::Throttle;
@@ -262,14 +262,14 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
             "{from} asked for {}, which is not shared",
             log_prefix(&request.filename)
         );
-        let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
+        let _ = reply(&stream, &Reply::status(Status::FileNotFound));
         return;
     };
     let (size, digest) = match answer_digest(ctx, &stream, &path, &file, &request) {
         Ok(found) => found,
         Err(e) => {
             log::warn!("cannot read {}: {e}", path.display());
-            let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
+            let _ = reply(&stream, &Reply::status(Status::FileNotFound));
             return;
         }
     };
@@ -307,13 +307,13 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
         Ok(offset) => offset,
         Err(e) => {
             log::warn!("cannot read {}: {e}", path.display());
-            let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
+            let _ = reply(&stream, &Reply::status(Status::FileNotFound));
             return;
         }
     };
     let digest_after_data = digest.is_none();
     let ok = Reply {
-        status: status::OK.to_string(),
+        status: Status::Ok,
         file_size: Some(size),
         digest,
         offset: Some(offset),
@@ -353,7 +353,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     };
     if decision != Decision::Accept {
         let rejected = Reply {
-            status: status::DOWNLOAD_REJECTED.to_string(),
+            status: Status::DownloadRejected,
             reason: decision.reason().map(str::to_string),
             ..Reply::default()
         };
@@ -364,7 +364,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let guard = ctx.transfers.start_upload(&request.filename, from);
     ctx.transfers.attach(&guard, &stream);
     pacer.before_write();
-    if reply(&stream, &Reply::status(status::DOWNLOAD_ACCEPTED)).is_err() {
+    if reply(&stream, &Reply::status(Status::DownloadAccepted)).is_err() {
         return;
     }
     pacer.wrote();
@@ -560,7 +560,7 @@ fn send_then_digest(
     announce_digest(ctx, path, file, &digest);
     sent?;
     let trailer = Reply {
-        status: status::DIGEST.to_string(),
+        status: Status::Digest,
         digest: Some(digest),
         ..Reply::default()
     };

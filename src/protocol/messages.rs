@@ -299,9 +299,8 @@ pub fn parse_digest_mismatch(bytes: &[u8]) -> Result<DigestMismatch, RequestErro
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Reply {
-    /// `JOIN_OK`, `OK`, `UPDATE_OK`, `ERROR`, `fileNotFound`, `downloadAccepted`,
-    /// `downloadRejected`.
-    pub status: String,
+    /// What the reply is; the fields present depend on it.
+    pub status: Status,
     /// SEARCH: the peers sharing exactly the name asked for, as `IP:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<String>>,
@@ -373,27 +372,91 @@ pub struct SearchResult {
 /// retries on these words.
 pub const ADDRESS_TAKEN: &str = "is already registered by another connection";
 
-/// Status names, spelled once.
-pub mod status {
-    /// JOIN accepted.
-    pub const JOIN_OK: &str = "JOIN_OK";
-    /// SEARCH result, or DOWNLOAD_REQUEST for a file that exists.
-    pub const OK: &str = "OK";
-    /// UPDATE accepted.
-    pub const UPDATE_OK: &str = "UPDATE_OK";
-    /// The request was refused; `message` says why.
-    pub const ERROR: &str = "ERROR";
-    /// DOWNLOAD_REQUEST for a name the uploader does not share.
-    pub const FILE_NOT_FOUND: &str = "fileNotFound";
-    /// The uploader's user said SIM; the file's bytes follow.
-    pub const DOWNLOAD_ACCEPTED: &str = "downloadAccepted";
-    /// The uploader's user said NAO (or did not answer in time).
-    pub const DOWNLOAD_REJECTED: &str = "downloadRejected";
-    /// Sent only to a downloader that `acceptsWaiting`: the next reply is coming, within
-    /// `timeout` seconds; `waitingFor` says what it waits for.
-    pub const WAITING: &str = "waiting";
-    /// After the data: the digest of the whole file, when the OK said it would follow.
-    pub const DIGEST: &str = "DIGEST";
+/// A reply's `status`, spelled on the wire as [`Status::as_str`] says. A status this build
+/// does not know is kept as it came ([`Status::Other`]): reading a reply never fails on it,
+/// and the caller decides what an unexpected status means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// `JOIN_OK`: JOIN accepted.
+    JoinOk,
+    /// `OK`: a SEARCH or LIST result, or DOWNLOAD_REQUEST for a file that exists.
+    Ok,
+    /// `UPDATE_OK`: UPDATE accepted.
+    UpdateOk,
+    /// `ERROR`: the request was refused; `message` says why.
+    Error,
+    /// `fileNotFound`: DOWNLOAD_REQUEST for a name the uploader does not share.
+    FileNotFound,
+    /// `downloadAccepted`: the uploader's user said SIM; the file's bytes follow.
+    DownloadAccepted,
+    /// `downloadRejected`: the uploader's user said NAO (or did not answer in time).
+    DownloadRejected,
+    /// `waiting`: sent only to a downloader that `acceptsWaiting`: the next reply is coming,
+    /// within `timeout` seconds; `waitingFor` says what it waits for.
+    Waiting,
+    /// `DIGEST`: after the data, the digest of the whole file, when the OK said it would follow.
+    Digest,
+    /// Any other status, as it came.
+    Other(String),
+}
+
+impl Status {
+    /// The status as it is spelled on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Status::JoinOk => "JOIN_OK",
+            Status::Ok => "OK",
+            Status::UpdateOk => "UPDATE_OK",
+            Status::Error => "ERROR",
+            Status::FileNotFound => "fileNotFound",
+            Status::DownloadAccepted => "downloadAccepted",
+            Status::DownloadRejected => "downloadRejected",
+            Status::Waiting => "waiting",
+            Status::Digest => "DIGEST",
+            Status::Other(other) => other,
+        }
+    }
+
+    /// The status spelled `text` on the wire.
+    fn from_wire(text: String) -> Status {
+        match text.as_str() {
+            "JOIN_OK" => Status::JoinOk,
+            "OK" => Status::Ok,
+            "UPDATE_OK" => Status::UpdateOk,
+            "ERROR" => Status::Error,
+            "fileNotFound" => Status::FileNotFound,
+            "downloadAccepted" => Status::DownloadAccepted,
+            "downloadRejected" => Status::DownloadRejected,
+            "waiting" => Status::Waiting,
+            "DIGEST" => Status::Digest,
+            _ => Status::Other(text),
+        }
+    }
+}
+
+/// Only for `..Reply::default()`: every reply built names its status.
+impl Default for Status {
+    fn default() -> Status {
+        Status::Other(String::new())
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Status {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Status, D::Error> {
+        String::deserialize(deserializer).map(Status::from_wire)
+    }
 }
 
 /// What a `waiting` reply waits for.
@@ -406,9 +469,9 @@ pub mod waiting_for {
 
 impl Reply {
     /// A reply with only a status.
-    pub fn status(status: &str) -> Reply {
+    pub fn status(status: Status) -> Reply {
         Reply {
-            status: status.to_string(),
+            status,
             ..Reply::default()
         }
     }
@@ -416,7 +479,7 @@ impl Reply {
     /// An `ERROR` reply with its sentence.
     pub fn error(message: impl Into<String>) -> Reply {
         Reply {
-            status: status::ERROR.to_string(),
+            status: Status::Error,
             message: Some(message.into()),
             ..Reply::default()
         }
@@ -425,7 +488,7 @@ impl Reply {
     /// A SEARCH result with only the exact name's holders (what the original's tracker says).
     pub fn peers(peers: Vec<String>) -> Reply {
         Reply {
-            status: status::OK.to_string(),
+            status: Status::Ok,
             peers: Some(peers),
             ..Reply::default()
         }
@@ -434,7 +497,7 @@ impl Reply {
     /// A SEARCH result: the exact name's holders, the matches, and whether some were left out.
     pub fn search(peers: Vec<String>, results: Vec<SearchResult>, truncated: bool) -> Reply {
         Reply {
-            status: status::OK.to_string(),
+            status: Status::Ok,
             peers: Some(peers),
             results: Some(results),
             truncated,
@@ -445,7 +508,7 @@ impl Reply {
     /// A LIST result.
     pub fn files(files: Vec<FileRecord>) -> Reply {
         Reply {
-            status: status::OK.to_string(),
+            status: Status::Ok,
             files: Some(files),
             ..Reply::default()
         }
@@ -454,7 +517,7 @@ impl Reply {
     /// A `waiting` reply: the next one comes within `timeout`.
     pub fn waiting(what: &str, timeout: std::time::Duration) -> Reply {
         Reply {
-            status: status::WAITING.to_string(),
+            status: Status::Waiting,
             waiting_for: Some(what.to_string()),
             timeout: Some(timeout.as_secs().max(1)),
             ..Reply::default()
@@ -760,6 +823,33 @@ pub fn range_session_line(request: &DownloadRequest) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each status is written as the wire spells it and read back as the same status; a
+    /// status this build does not know is read as it came and written back unchanged.
+    #[test]
+    fn statuses_keep_their_wire_spelling() {
+        let known = [
+            (Status::JoinOk, "JOIN_OK"),
+            (Status::Ok, "OK"),
+            (Status::UpdateOk, "UPDATE_OK"),
+            (Status::Error, "ERROR"),
+            (Status::FileNotFound, "fileNotFound"),
+            (Status::DownloadAccepted, "downloadAccepted"),
+            (Status::DownloadRejected, "downloadRejected"),
+            (Status::Waiting, "waiting"),
+            (Status::Digest, "DIGEST"),
+            (Status::Other("newerStatus".into()), "newerStatus"),
+        ];
+        for (status, spelled) in known {
+            let line = Reply::status(status.clone()).to_line();
+            assert_eq!(line, format!("{{\"status\":\"{spelled}\"}}\n").into_bytes());
+            assert_eq!(parse_reply(line.trim_ascii_end()).unwrap().status, status);
+        }
+        assert!(
+            parse_reply(br#"{"peers":[]}"#).is_err(),
+            "a reply needs a status"
+        );
+    }
 
     #[test]
     fn join_round_trips() {

@@ -19,7 +19,7 @@ use crate::log_limit::{self, Throttle, held_note};
 use crate::protocol::codec::MemoryBudget;
 use crate::protocol::legacy;
 use crate::protocol::messages::{
-    FileRecord, FileUpdate, Reply, TrackerRequest, parse_tracker_request, status,
+    FileRecord, FileUpdate, Reply, Status, TrackerRequest, parse_tracker_request,
 };
 use crate::protocol::words;
 use crate::protocol::{CodecError, FrameReader};
@@ -291,7 +291,7 @@ impl Tracker {
                 let addr = SocketAddr::new(session.remote.ip(), port);
                 self.join(session, addr, &files)?;
                 session.legacy = false;
-                Ok(Some(Reply::status(status::JOIN_OK).to_line()))
+                Ok(Some(Reply::status(Status::JoinOk).to_line()))
             }
             TrackerRequest::LegacyJoin { folder } => {
                 let names = legacy_join::list_client_folder(
@@ -385,7 +385,7 @@ impl Tracker {
         if session.legacy {
             legacy::UPDATE_OK.to_vec()
         } else {
-            Reply::status(status::UPDATE_OK).to_line()
+            Reply::status(Status::UpdateOk).to_line()
         }
     }
 
