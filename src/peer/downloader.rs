@@ -808,7 +808,8 @@ fn read_trailing_digest(rest: &[u8], stream: &TcpStream) -> Result<String, Downl
             "a linha depois dos dados é longa demais".into(),
         ));
     }
-    let trailer = parse_reply(line[..end].trim_ascii()).map_err(DownloadError::Protocol)?;
+    let trailer = parse_reply(line[..end].trim_ascii())
+        .map_err(|e| DownloadError::Protocol(e.to_string()))?;
     match (trailer.status, trailer.digest) {
         (Status::Digest, Some(digest)) if is_digest_hex(&digest) => Ok(digest),
         _ => Err(DownloadError::Protocol(
@@ -855,7 +856,9 @@ impl Replies<'_> {
         loop {
             self.reader.set_idle_timeout(Some(wait));
             let reply = match self.reader.next_frame() {
-                Ok(Some(frame)) => parse_reply(frame).map_err(DownloadError::Protocol)?,
+                Ok(Some(frame)) => {
+                    parse_reply(frame).map_err(|e| DownloadError::Protocol(e.to_string()))?
+                }
                 Ok(None) => return Err(DownloadError::ClosedEarly),
                 Err(CodecError::Idle) => {
                     return Err(DownloadError::Timeout {

@@ -138,10 +138,10 @@ pub fn serve<R: TimedRead>(
                         }
                         sent.map(|()| true)
                     }
-                    Err(why) => refuse(stream, why),
+                    Err(why) => refuse(stream, why.to_string()),
                 }
             }
-            Err(why) => refuse(stream, why),
+            Err(why) => refuse(stream, why.to_string()),
         };
         if !answered? {
             errors += 1;

@@ -1199,7 +1199,9 @@ fn read_answers(mut stream: TcpStream, tx: Sender<Incoming>) {
 fn split_answer(buf: &[u8]) -> Option<(Answer, usize)> {
     if buf.first() == Some(&b'{') {
         let end = buf.iter().position(|&b| b == b'\n')?;
-        let reply = parse_reply(&buf[..end]).map(Box::new);
+        let reply = parse_reply(&buf[..end])
+            .map(Box::new)
+            .map_err(|e| e.to_string());
         return Some((Answer::Json(reply), end + 1));
     }
     let (reply, used) = legacy::split_bare_reply(buf)?;

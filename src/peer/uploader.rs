@@ -224,7 +224,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     reader.set_message_timeout(Some(request_time));
     reader.set_idle_timeout(Some(request_time));
     let request = match reader.next_frame() {
-        Ok(Some(frame)) => parse_download_request(frame),
+        Ok(Some(frame)) => parse_download_request(frame).map_err(|e| e.to_string()),
         Ok(None) => return,
         Err(e) => Err(e.to_string()),
     };

@@ -432,7 +432,7 @@ fn read_reply(input: &mut impl BufRead) -> Result<Reply, Ended> {
             Outcome::Failed("resposta longa demais ou cortada".into())
         });
     }
-    parse_reply(line.trim_ascii()).map_err(Outcome::Failed)
+    parse_reply(line.trim_ascii()).map_err(|e| Outcome::Failed(e.to_string()))
 }
 
 /// True for the errors of a connection the other side closed (a reset included: a close with
@@ -480,7 +480,7 @@ fn network_words(e: &io::Error) -> String {
 
 fn next_reply(reader: &mut FrameReader<&TcpStream>) -> Result<Reply, Ended> {
     match reader.next_frame() {
-        Ok(Some(frame)) => parse_reply(frame).map_err(Outcome::Failed),
+        Ok(Some(frame)) => parse_reply(frame).map_err(|e| Outcome::Failed(e.to_string())),
         Ok(None) => Err(Outcome::Failed(
             "o peer fechou a conexão antes de responder".into(),
         )),
