@@ -20,7 +20,7 @@
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
 //! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
 //! [`console_out`] (the tracker's console lines, written by one thread within a byte budget),
-//! [`log_limit`] (bounded, throttled log lines for text from the network), [`throttle`]
+//! [`log_limit`] (network text in log lines cut to a short prefix), [`throttle`]
 //! (rate-limited warnings), [`logging`] (log lines, kept off the peer's prompt row), [`cli`]
 //! (the command line). Threads, not async: one per connection, as the original, with small
 //! stacks.

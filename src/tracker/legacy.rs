@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use crate::log_limit::{LOGGED_TEXT, Throttle, held_note, prefix};
+use crate::log_limit::{LOGGED_TEXT, prefix};
 use crate::share;
+use crate::throttle::{Throttle, held_back_note};
 
 /// Why a folder named in an original-dialect JOIN was not listed. The text is sent to the
 /// client as the `message` of an `ERROR` reply.
@@ -105,7 +106,7 @@ pub fn list_client_folder(
     // A client can repeat a folder JOIN as fast as it likes: a few lines per 10 s, then a count.
     let warn = |what: std::fmt::Arguments| {
         if let Some(held) = FOLDER_WARNINGS.allow() {
-            log::warn!("{client}: {what}{}", held_note(held));
+            log::warn!("{client}: {what}{}", held_back_note(held));
         }
     };
     if !enabled {

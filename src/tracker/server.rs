@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::accept::{self, Refusal, Shutdown, Slots};
 use crate::console_out::{self, ConsoleOut};
 use crate::liveness;
-use crate::log_limit::{self, Throttle, held_note};
+use crate::log_limit;
 use crate::protocol::codec::MemoryBudget;
 use crate::protocol::legacy;
 use crate::protocol::messages::{
@@ -24,6 +24,7 @@ use crate::protocol::messages::{
 use crate::protocol::words;
 use crate::protocol::{CodecError, FrameReader};
 use crate::share;
+use crate::throttle::{Throttle, held_back_note};
 use crate::tracker::legacy as legacy_join;
 use crate::tracker::refusal::RequestRefused;
 use crate::tracker::table::{ConnId, PeerTable, SearchScratch, TableError};
@@ -147,7 +148,10 @@ impl Tracker {
             });
         if let Err(e) = spawned {
             if let Some(held) = REFUSAL_WARNINGS.allow() {
-                log::error!("cannot start a connection thread: {e}{}", held_note(held));
+                log::error!(
+                    "cannot start a connection thread: {e}{}",
+                    held_back_note(held)
+                );
             }
             if let Some(stream) = handed.lock().take() {
                 let reply = Reply::error(format!(
@@ -163,7 +167,7 @@ impl Tracker {
         if let Some(held) = REFUSAL_WARNINGS.allow() {
             log::warn!(
                 "refusing a connection from {remote}: {refusal}{}",
-                held_note(held)
+                held_back_note(held)
             );
         }
         let reply = Reply::error(match refusal {
