@@ -18,6 +18,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -131,18 +132,8 @@ pub fn list_client_folder(
         "listing folder {shown:?} for an original-dialect JOIN"
     ));
     let mut names = Vec::new();
-    for entry in fs::read_dir(folder).map_err(unlistable)? {
-        let entry = entry.map_err(unlistable)?;
-        // file_type() does not follow symbolic links: a link is not a plain file.
-        if !entry.file_type().map_err(unlistable)?.is_file() {
-            continue;
-        }
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        if share::check_name(&name).is_err() {
-            continue;
-        }
+    for shareable in share::shareable_entries(Path::new(folder)).map_err(unlistable)? {
+        let (name, _) = shareable.map_err(unlistable)?;
         if names.len() == max_names {
             return Err(FolderRefused::TooManyNames {
                 folder: folder.to_string(),
