@@ -109,11 +109,6 @@ impl Tracker {
         })
     }
 
-    /// The peer table (for tests and benchmarks).
-    pub fn table(&self) -> &PeerTable {
-        &self.table
-    }
-
     /// Accepts connections on `listener`, one thread each, until `shutdown` is given; then
     /// stops accepting and closes the listener (connections already open are served until
     /// they end).
