@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::protocol::messages::RequestError;
 use crate::share::NameError;
-use crate::tracker::legacy::FolderRefused;
+use crate::tracker::original_peers::FolderRefused;
 use crate::tracker::table::TableError;
 
 /// Why a request was refused.

@@ -25,7 +25,7 @@ use crate::protocol::words;
 use crate::protocol::{CodecError, FrameReader};
 use crate::share;
 use crate::throttle::{Throttle, held_back_note};
-use crate::tracker::legacy as legacy_join;
+use crate::tracker::original_peers;
 use crate::tracker::refusal::RequestRefused;
 use crate::tracker::table::{ConnId, PeerTable, SearchScratch, TableError};
 
@@ -293,7 +293,7 @@ impl Tracker {
                 Ok(Some(Reply::status(Status::JoinOk).to_line()))
             }
             TrackerRequest::LegacyJoin { folder } => {
-                let names = legacy_join::list_client_folder(
+                let names = original_peers::list_client_folder(
                     session.remote,
                     &folder,
                     self.config.max_names,
@@ -317,7 +317,7 @@ impl Tracker {
                         .table
                         .search_addrs(&query)
                         .iter()
-                        .filter(|addr| legacy_join::dialable_on_loopback(addr))
+                        .filter(|addr| original_peers::dialable_on_loopback(addr))
                         .map(SocketAddr::port)
                         .collect();
                     Ok(Some(legacy::search_reply(&ports)))
