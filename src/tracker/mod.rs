@@ -5,7 +5,8 @@
 //! folder, listed only with `--legacy-folder-join` and only for a client on this machine (see
 //! [`original_peers`], what the tracker does only for the original's peers, and
 //! [`crate::protocol::legacy`], their wire). [`limits`] fits the connection limit to the machine
-//! at start; [`refusal`] says why a request is refused.
+//! at start, and [`start`] starts a tracker from its configuration; [`refusal`] says why a
+//! request is refused.
 
 pub mod limits;
 pub mod memory;
@@ -13,6 +14,7 @@ pub mod names;
 pub mod original_peers;
 pub mod refusal;
 pub mod server;
+pub mod start;
 pub mod table;
 pub mod word_index;
 
