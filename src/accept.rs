@@ -32,7 +32,7 @@ pub const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Failed accepts: a few lines per 10 s (out of descriptors, they repeat at every pause).
-static ACCEPT_WARNINGS: Throttle = Throttle::new(5, Duration::from_secs(10));
+static ACCEPT_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
 
 /// Tells running accept loops to stop; shared by whoever may stop a server.
 #[derive(Default)]
