@@ -2,8 +2,9 @@
 # Transfer benchmark (not a test). In one run, alternately, it measures
 #   (a) plain copies of one file over TCP into another file (examples/raw_copy.rs): the sender
 #       uses sendfile, the receiver tries each strategy (read buffers of 64 KiB to 4 MiB, splice
-#       through a pipe, each with and without early write-back), fsync at the end; the baseline
-#       is the strategy with the best median;
+#       through a pipe, each with and without early write-back; read into buffers of 1-4 MiB
+#       written with O_DIRECT by a second thread), fsync at the end; the baseline is the
+#       strategy with the best median;
 #   (b) a real DOWNLOAD between two `napster peer` processes, verification on, timed from the
 #       command to the success line, the uploader's digest already known (steady);
 #   (c) the first DOWNLOAD of a file an uploader has just started with (digest not known yet);
@@ -27,7 +28,7 @@ set -euo pipefail
 
 size_mib="${BENCH_SIZE_MIB:-1024}"
 rounds="${BENCH_ROUNDS:-5}"
-strategies="read:64k read:256k read:1m read:4m splice read:1m+wb splice+wb"
+strategies="read:64k read:256k read:1m read:4m splice read:1m+wb splice+wb direct:1m direct:2m direct:4m"
 first=1
 link=1
 link_mib="64 256"
@@ -105,7 +106,8 @@ raw_round() {
   if [ $# -eq 6 ]; then
     in_recv=(ip netns exec "$1"); in_send=(ip netns exec "$2"); host="$3"; shift 3
   fi
-  local mib="$1" src="$2" strategy="$3" dst="$work/b/raw.bin" port t0 out_recv out_send
+  # Outside every peer's folder: a peer would hash a new file there in the background.
+  local mib="$1" src="$2" strategy="$3" dst="$work/raw/raw.bin" port t0 out_recv out_send
   rm -f "$dst"
   coproc RAW { "${in_recv[@]}" "$raw_copy" recv "$host:0" "$dst" "$strategy"; }
   read -r _ port <&"${RAW[0]}" || fail "raw_copy recv did not start"
@@ -167,13 +169,15 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); load (1 min) at start: $(load)"
 echo "(the machine may be shared: compare ratios within a round and CPU time, not MiB/s across runs)"
 
-mkdir -p "$work/a" "$work/b"
+mkdir -p "$work/a" "$work/b" "$work/raw"
 if [ -n "${BENCH_FILE:-}" ]; then
   # A file made earlier (it must be $size_mib MiB, on the same file system as $work).
   ln "$BENCH_FILE" "$work/a/big.bin"
 else
   echo "creating a ${size_mib} MiB file of random bytes..."
   head -c "$((size_mib * 1024 * 1024))" /dev/urandom > "$work/a/big.bin"
+  # On the disk now, so that its write-back does not fall into the measured rounds.
+  sync "$work/a/big.bin"
 fi
 
 "$napster" server --listen 127.0.0.1:0 > >(stamp > "$work/tracker.log") 2> "$work/tracker.err" &
@@ -240,6 +244,7 @@ if [ "$first" = 1 ]; then
     fresh="$work/fresh$i"; mkdir -p "$fresh"
     # A new file (new inode, new times): nothing can know its digest.
     cp "$work/a/big.bin" "$fresh/big.bin"
+    sync "$fresh/big.bin"
     raw_round "$size_mib" "$fresh/big.bin" "$best"
     rm -f "$work/b/big.bin"
     # Timed from the uploader's start: its start-up and any hashing before the data count.
@@ -292,6 +297,7 @@ if [ "$link" = 1 ]; then
     burst=256kb; [ "$rate_name" = 1gbit ] && burst=2mb
     ip netns exec "$up" tc qdisc replace dev eth0 root tbf rate "$rate_name" burst "$burst" latency 50ms
     head -c "$((mib * 1024 * 1024))" "$work/a/big.bin" > "$work/lu/big.bin"
+    sync "$work/lu/big.bin"
     downloads_ld=$((downloads_ld + 1))
     rm -f "$work/ld/big.bin"; napster_round "$fd_ld" "$work/ld.log" "$downloads_ld" "10.213.0.1:$port_lu" "$mib" "$pid_ld" "$pid_lu" "$work/ld/big.bin"
     link_raw=(); link_nap=(); link_ratios=()

@@ -66,10 +66,10 @@ struct Queue {
 }
 
 impl Queue {
-    fn push_dropped_note(&mut self, dropped_note: fn(u64) -> String) {
+    /// Queues the line that says how many lines were dropped (worded by `note`).
+    fn push_dropped_note(&mut self, note: fn(u64) -> String) {
         let dropped = std::mem::take(&mut self.dropped);
-        self.text
-            .extend_from_slice(dropped_note(dropped).as_bytes());
+        self.text.extend_from_slice(note(dropped).as_bytes());
         self.text.push(b'\n');
     }
 }

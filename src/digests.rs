@@ -304,6 +304,15 @@ impl DigestCache {
         }
     }
 
+    /// Remembers `digest` for the open `file` at `path` without reading it: its bytes were
+    /// hashed as they arrived (a verified download), so hashing them again would only cost.
+    /// No outboard comes with it: the first range session for the file reads it once for one.
+    pub fn learned(&self, path: &Path, file: &File, digest: &str) -> io::Result<()> {
+        let identity = FileIdentity::of(&file.metadata()?);
+        self.remember(path, identity, digest, None);
+        Ok(())
+    }
+
     /// Forgets what is known of `path` (a downloader found that the bytes did not match the
     /// digest): the record and everything beside it go, and the next request hashes again.
     pub fn forget(&self, path: &Path) {
@@ -663,6 +672,27 @@ mod tests {
         let file = File::open(&path).unwrap();
         let e = DigestCache::new().outboard(&path, &file, &GO).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+    }
+
+    /// A digest learned without hashing (a verified download) is answered for that version of
+    /// the file, in this run and the next, without reading it: a planted digest shows that no
+    /// hash was computed.
+    #[test]
+    fn a_learned_digest_is_kept_without_reading_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let store = dir.path().join("store");
+        fs::write(&path, b"downloaded").unwrap();
+        let planted = "cd".repeat(32);
+        let cache = DigestCache::persistent(store.clone());
+        cache
+            .learned(&path, &File::open(&path).unwrap(), &planted)
+            .unwrap();
+        assert_eq!(digest_at(&cache, &path), planted);
+        assert_eq!(digest_at(&DigestCache::persistent(store), &path), planted);
+        // Another version of the file is hashed.
+        fs::write(&path, b"changed").unwrap();
+        assert_eq!(digest_at(&cache, &path), hex(b"changed"));
     }
 
     #[test]

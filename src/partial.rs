@@ -545,12 +545,14 @@ impl OpenPartial {
     }
 }
 
-/// Bytes free for this user in the file system holding `dir`, if it can be known.
+/// Bytes free for this user in the file system holding `dir`, if it can be known. A file
+/// system of no size at all (ramfs, many FUSE file systems) does not know: it says 0 blocks
+/// free however much it can take.
 pub fn free_space(dir: &Path) -> Option<u64> {
     let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs only writes into the struct it is given; the path is NUL-terminated.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 || stat.f_blocks == 0 {
         return None;
     }
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))

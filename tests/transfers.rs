@@ -406,9 +406,114 @@ fn limit_file_size(pid: u32, bytes: u64) {
 /// the final name, and once there is room again the download resumes and verifies.
 #[test]
 fn a_full_disk_is_reported_and_the_partial_is_kept_for_resume() {
+    full_disk_then_resume(5 << 20, 13);
+}
+
+/// The same when the room ends inside a disk block: a large download is written around the
+/// page cache (`O_DIRECT`), whose writes cannot stop mid-block, and still keeps exactly the
+/// bytes that fit.
+#[test]
+fn a_disk_full_inside_a_block_keeps_exactly_the_bytes_that_fit() {
+    full_disk_then_resume((5 << 20) + 1000, 14);
+}
+
+/// A large download cancelled mid-buffer (`CANCELAR`) keeps exactly a prefix of the file: the
+/// bytes received before the stop, every one of them right, none past them. It is written
+/// around the page cache (`O_DIRECT`) from buffers of several MiB, and the proxy stops an odd
+/// number of bytes into one of them; the resume then starts from that odd byte and verifies.
+#[test]
+fn a_cancelled_large_download_keeps_exactly_a_prefix_and_resumes() {
     let lab = Lab::new();
-    let (alice, mut bob) = lab.alice_and_bob(BIG, 13);
-    let room = 5 << 20;
+    let (alice, mut bob) = lab.alice_and_bob(BIG, 15);
+    let proxy = download_until_paused(&mut bob, &alice, (6 << 20) + 777);
+    bob.send("CANCELAR video.bin");
+    let cancelled = bob.wait_for("download cancelado");
+    assert!(
+        cancelled.contains("a parte recebida foi guardada para retomar depois"),
+        "{cancelled}"
+    );
+    proxy.cut();
+    let kept = kept_partial(&bob.dir, BIG);
+    let partial = fs::read(part_path(&bob.dir, "video.bin")).unwrap();
+    let whole = fs::read(alice.dir.join("video.bin")).unwrap();
+    assert!(
+        partial[..] == whole[..kept as usize],
+        "the partial is not a prefix"
+    );
+    resume_from(&mut bob, &alice, kept);
+}
+
+/// True if this process may give a child a private ramfs (`unshare --mount`, as root).
+fn private_ramfs_available(probe: &Path) -> bool {
+    std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "mount",
+            "-t",
+            "ramfs",
+        ])
+        .arg("napster-probe")
+        .arg(probe)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A folder on a file system that refuses `O_DIRECT` (ramfs: it has no disk to write to
+/// directly, and since Linux 6.6 tmpfs accepts it) still receives a large download: the
+/// receiver sees the refusal and writes through the page cache, verified as ever.
+#[test]
+fn a_folder_refusing_o_direct_receives_through_the_page_cache() {
+    let lab = Lab::new();
+    let alice = lab.peer("alice", &lab.folder_with_video("alice", BIG, 16));
+    let [db, probe] = folders(lab.tmp.path(), ["bob", "probe"]);
+    if !private_ramfs_available(&probe) {
+        skip("needs a private ramfs (unshare --mount and mount, as root)");
+        return;
+    }
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount -t ramfs napster-test \"$NAPSTER_DIR\" && export RUST_LOG=debug \
+             && exec \"$0\" \"$@\"",
+        )
+        .arg(napster_bin())
+        .env("NAPSTER_DIR", &db);
+    let server = lab.t.addr.to_string();
+    let args = ["--server", &server, "--listen", "127.0.0.1:0", "--dir"];
+    let mut bob = common::stand_in::peer_from_command(
+        "bob",
+        cmd,
+        &[&args[..], &[db.to_str().unwrap()]].concat(),
+        &db,
+    );
+    bob.join();
+    // Bob's folder as seen from inside his mount namespace.
+    let inside =
+        PathBuf::from(format!("/proc/{}/root", bob.proc.pid())).join(db.strip_prefix("/").unwrap());
+
+    bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));
+    bob.wait_for("Arquivo video.bin baixado com sucesso");
+    assert!(same_file(
+        &alice.dir.join("video.bin"),
+        &inside.join("video.bin")
+    ));
+    assert!(
+        !db.join("video.bin").exists(),
+        "the ramfs was not Bob's folder"
+    );
+    let transcript = bob.proc.transcript();
+    assert!(
+        transcript.contains("cannot switch O_DIRECT"),
+        "the receiver did not meet the refusal:\n{transcript}"
+    );
+}
+
+/// Bob downloads `BIG` bytes with room for `room`, is told, keeps them, then resumes.
+fn full_disk_then_resume(room: u64, seed: u64) {
+    let lab = Lab::new();
+    let (alice, mut bob) = lab.alice_and_bob(BIG, seed);
     limit_file_size(bob.proc.pid(), room);
 
     bob.send(&format!("DOWNLOAD video.bin {}", alice.addr()));

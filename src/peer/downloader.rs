@@ -737,12 +737,21 @@ fn fetch(
         syncing.elapsed().as_secs_f64()
     );
     match file.finish(final_path) {
-        Ok(()) => Ok(Received {
-            bytes: size - start,
-            size,
-            took: started.elapsed(),
-            verified: digest.is_some(),
-        }),
+        Ok(()) => {
+            // Its digest is known: the announcer need not read the file again to tell it.
+            // (Taken after the link: linking and unlinking the partial's name move `ctime`.)
+            if let Some(digest) = &digest
+                && let Err(e) = ctx.digests.learned(final_path, file.as_file(), digest)
+            {
+                log::debug!("the digest of {name} is not kept: {e}");
+            }
+            Ok(Received {
+                bytes: size - start,
+                size,
+                took: started.elapsed(),
+                verified: digest.is_some(),
+            })
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             Err(DownloadError::Exists(final_path.to_path_buf()))
         }

@@ -1073,45 +1073,6 @@ mod tests {
         assert_eq!(record_chunks(&[], 10), vec![&[] as &[FileRecord]]);
     }
 
-    /// A range session is asked with its own method (no `ranges` field needed); the first
-    /// form, `DOWNLOAD_REQUEST` with `ranges`, is still understood; an upload port names what
-    /// it knows when refusing another method, in the words older peers used.
-    #[test]
-    fn a_range_session_is_its_own_method() {
-        let request = DownloadRequest {
-            filename: "v.bin".into(),
-            port: 5000,
-            offset: None,
-            digest: None,
-            from_port: Some(6000),
-            ranges: Some(true),
-            accepts_waiting: false,
-            digest_after_data: false,
-            file_size: None,
-            prefix_digest: None,
-        };
-        let line = range_session_line(&request);
-        let text = String::from_utf8(line.clone()).unwrap();
-        assert!(
-            text.starts_with(r#"{"method":"DOWNLOAD_RANGES","#),
-            "{text}"
-        );
-        assert!(!text.contains("ranges\":"), "{text}");
-        assert_eq!(
-            parse_download_request(line.trim_ascii_end()).unwrap(),
-            request
-        );
-        let first_form = download_line(&request);
-        assert_eq!(
-            parse_download_request(first_form.trim_ascii_end()).unwrap(),
-            request
-        );
-        let e = parse_download_request(br#"{"method":"GET","data":{}}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with(UNKNOWN_METHOD), "{e}");
-    }
-
     /// The SEARCH reply the tracker writes itself is, byte for byte, serde's encoding of the
     /// same [`Reply`]: escapes, absent fields, numbers, empty lists, `truncated`.
     #[test]
@@ -1164,6 +1125,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A range session is asked with its own method (no `ranges` field needed); the first
+    /// form, `DOWNLOAD_REQUEST` with `ranges`, is still understood; an upload port names what
+    /// it knows when refusing another method, in the words older peers used.
+    #[test]
+    fn a_range_session_is_its_own_method() {
+        let request = DownloadRequest {
+            filename: "v.bin".into(),
+            port: 5000,
+            offset: None,
+            digest: None,
+            from_port: Some(6000),
+            ranges: Some(true),
+            accepts_waiting: false,
+            digest_after_data: false,
+            file_size: None,
+            prefix_digest: None,
+        };
+        let line = range_session_line(&request);
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"method":"DOWNLOAD_RANGES","#),
+            "{text}"
+        );
+        assert!(!text.contains("ranges\":"), "{text}");
+        assert_eq!(
+            parse_download_request(line.trim_ascii_end()).unwrap(),
+            request
+        );
+        let first_form = download_line(&request);
+        assert_eq!(
+            parse_download_request(first_form.trim_ascii_end()).unwrap(),
+            request
+        );
+        let e = parse_download_request(br#"{"method":"GET","data":{}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(UNKNOWN_METHOD), "{e}");
     }
 
     #[test]
