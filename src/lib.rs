@@ -15,17 +15,19 @@
 //! keeps beside each file's digest in [`digests`], and whose progress a partial download keeps
 //! in [`piece_map`].
 //!
-//! Small shared pieces: [`liveness`] (how a vanished host is detected: keepalive and
+//! Small shared pieces: [`accept`] (the accept loop both servers share: connection caps,
+//! back-off out of descriptors, a shutdown signal), [`liveness`] (how a vanished host is detected: keepalive and
 //! `TCP_USER_TIMEOUT`), [`dial`] (outgoing connections leave from the upload address),
 //! [`exit`] (an exit code per kind of failure), [`os_error`] (OS errors in Portuguese),
 //! [`console_out`] (the tracker's console lines, written by one thread within a byte budget),
-//! [`log_limit`] (bounded, throttled log lines for text from the network), [`throttle`]
+//! [`log_limit`] (network text in log lines cut to a short prefix), [`throttle`]
 //! (rate-limited warnings), [`logging`] (log lines, kept off the peer's prompt row), [`cli`]
 //! (the command line). Threads, not async: one per connection, as the original, with small
 //! stacks.
 
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod cli;
 pub mod console_out;
 pub mod dial;

@@ -27,8 +27,8 @@ use crate::peer::output::printable;
 use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_duration, human_size};
 use crate::peer::running::{Ending, MinRate, TransferGuard};
 use crate::protocol::messages::{
-    DigestMismatch, DownloadRequest, Reply, digest_mismatch_line, download_line, parse_reply,
-    status, waiting_for,
+    DigestMismatch, DownloadRequest, Reply, Status, digest_mismatch_line, download_line,
+    parse_reply, waiting_for,
 };
 use crate::protocol::{CodecError, FrameReader};
 use crate::share::NameError;
@@ -681,13 +681,18 @@ impl Fetch<'_> {
         let first = replies
             .next(Stage::Reply, FIRST_REPLY_TIMEOUT)
             .map_err(|e| self.stopped(e))?;
-        match first.status.as_str() {
-            status::OK => {}
-            status::FILE_NOT_FOUND => return Err(DownloadError::NotFound),
-            status::ERROR => {
+        match &first.status {
+            Status::Ok => {}
+            Status::FileNotFound => return Err(DownloadError::NotFound),
+            Status::Error => {
                 return Err(DownloadError::Refused(first.message.unwrap_or_default()));
             }
-            other => return Err(DownloadError::Protocol(format!("status {other:?}"))),
+            other => {
+                return Err(DownloadError::Protocol(format!(
+                    "status {:?}",
+                    other.as_str()
+                )));
+            }
         }
         let size = first
             .file_size
@@ -731,10 +736,13 @@ impl Fetch<'_> {
         let decision = replies
             .next(Stage::Decision, SILENT_DECISION_TIMEOUT)
             .map_err(|e| self.stopped(e))?;
-        match decision.status.as_str() {
-            status::DOWNLOAD_ACCEPTED => Ok(()),
-            status::DOWNLOAD_REJECTED => Err(DownloadError::Rejected(decision.reason)),
-            other => Err(DownloadError::Protocol(format!("status {other:?}"))),
+        match &decision.status {
+            Status::DownloadAccepted => Ok(()),
+            Status::DownloadRejected => Err(DownloadError::Rejected(decision.reason)),
+            other => Err(DownloadError::Protocol(format!(
+                "status {:?}",
+                other.as_str()
+            ))),
         }
     }
 
@@ -974,9 +982,10 @@ fn read_trailing_digest(rest: &[u8], stream: &TcpStream) -> Result<String, Downl
             "a linha depois dos dados é longa demais".into(),
         ));
     }
-    let trailer = parse_reply(line[..end].trim_ascii()).map_err(DownloadError::Protocol)?;
-    match (trailer.status.as_str(), trailer.digest) {
-        (status::DIGEST, Some(digest)) if is_digest_hex(&digest) => Ok(digest),
+    let trailer = parse_reply(line[..end].trim_ascii())
+        .map_err(|e| DownloadError::Protocol(e.to_string()))?;
+    match (trailer.status, trailer.digest) {
+        (Status::Digest, Some(digest)) if is_digest_hex(&digest) => Ok(digest),
         _ => Err(DownloadError::Protocol(
             "esperava o BLAKE3 do arquivo depois dos dados".into(),
         )),
@@ -1021,7 +1030,9 @@ impl Replies<'_> {
         loop {
             self.reader.set_idle_timeout(Some(wait));
             let reply = match self.reader.next_frame() {
-                Ok(Some(frame)) => parse_reply(frame).map_err(DownloadError::Protocol)?,
+                Ok(Some(frame)) => {
+                    parse_reply(frame).map_err(|e| DownloadError::Protocol(e.to_string()))?
+                }
                 Ok(None) => return Err(DownloadError::ClosedEarly),
                 Err(CodecError::Idle) => {
                     return Err(DownloadError::Timeout {
@@ -1034,7 +1045,7 @@ impl Replies<'_> {
                 }
                 Err(e) => return Err(DownloadError::Protocol(codec_problem(&e))),
             };
-            if reply.status != status::WAITING {
+            if reply.status != Status::Waiting {
                 return Ok(reply);
             }
             // One announcement per stage; more would let an uploader wait for ever (and fill

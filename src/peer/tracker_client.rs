@@ -42,7 +42,7 @@ use crate::liveness;
 use crate::peer::output::printable;
 use crate::protocol::FileRecord;
 use crate::protocol::legacy::{self, BareReply, ORIGINAL_MAX_MESSAGE};
-use crate::protocol::messages::{self, Reply, parse_reply, status};
+use crate::protocol::messages::{self, Reply, Status, parse_reply};
 
 /// Answers received and not yet matched that are tolerated.
 const UNREAD_REPLIES: usize = 8;
@@ -911,7 +911,7 @@ impl Link {
                 }
             }
             (Pending::Join { files, rejoin }, Answer::Json(Ok(reply))) => {
-                match expect_status(*reply, status::JOIN_OK) {
+                match expect_status(*reply, Status::JoinOk) {
                     Ok(_) => self.joined_ok(files, rejoin),
                     Err(LinkError::Refused(why)) if why.contains(messages::ADDRESS_TAKEN) => {
                         self.fail(
@@ -926,7 +926,7 @@ impl Link {
                 self.joined_ok(files, rejoin);
             }
             (Pending::Search { name, for_download }, Answer::Json(Ok(reply))) => {
-                let result = expect_status(*reply, status::OK)
+                let result = expect_status(*reply, Status::Ok)
                     .map(Box::new)
                     .map_err(|e| e.to_string());
                 self.found(name, for_download, result);
@@ -941,12 +941,12 @@ impl Link {
                 self.found(name, for_download, Ok(Box::new(Reply::peers(peers))));
             }
             (Pending::Update, Answer::Json(Ok(reply))) => {
-                if let Err(e) = expect_status(*reply, status::UPDATE_OK) {
+                if let Err(e) = expect_status(*reply, Status::UpdateOk) {
                     log::warn!("UPDATE refused by the tracker: {e}");
                 }
             }
             (Pending::List { peer }, Answer::Json(Ok(reply))) => {
-                let result = expect_status(*reply, status::OK)
+                let result = expect_status(*reply, Status::Ok)
                     .map(|reply| reply.files.unwrap_or_default())
                     .map_err(|e| e.to_string());
                 let _ = self.events.send(LinkEvent::Listed { peer, result });
@@ -954,7 +954,7 @@ impl Link {
             (Pending::Update, Answer::Bare(Ok(BareReply::UpdateOk)))
             | (Pending::Relist, Answer::Bare(Ok(BareReply::JoinOk))) => {}
             (Pending::Relist, Answer::Json(Ok(reply))) => {
-                if let Err(e) = expect_status(*reply, status::JOIN_OK) {
+                if let Err(e) = expect_status(*reply, Status::JoinOk) {
                     log::warn!("JOIN in place of an UPDATE refused by the tracker: {e}");
                 }
             }
@@ -1254,7 +1254,9 @@ fn read_answers(mut stream: TcpStream, tx: Sender<Incoming>) {
 fn split_answer(buf: &[u8]) -> Option<(Answer, usize)> {
     if buf.first() == Some(&b'{') {
         let end = buf.iter().position(|&b| b == b'\n')?;
-        let reply = parse_reply(&buf[..end]).map(Box::new);
+        let reply = parse_reply(&buf[..end])
+            .map(Box::new)
+            .map_err(|e| e.to_string());
         return Some((Answer::Json(reply), end + 1));
     }
     let (reply, used) = legacy::split_bare_reply(buf)?;
@@ -1270,13 +1272,13 @@ fn forward(tx: &Sender<Incoming>, answer: Answer) -> Result<(), Cut> {
     }
 }
 
-fn expect_status(reply: Reply, wanted: &str) -> Result<Reply, LinkError> {
+fn expect_status(reply: Reply, wanted: Status) -> Result<Reply, LinkError> {
     if reply.status == wanted {
         Ok(reply)
-    } else if reply.status == status::ERROR {
+    } else if reply.status == Status::Error {
         Err(LinkError::Refused(reply.message.unwrap_or_default()))
     } else {
-        Err(LinkError::Unexpected(reply.status))
+        Err(LinkError::Unexpected(reply.status.to_string()))
     }
 }
 

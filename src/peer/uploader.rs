@@ -14,10 +14,10 @@
 //! progress must keep a minimum rate ([`MinRate`]), and a flood of refusals or failed accepts
 //! costs a few log lines, not one each.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -25,8 +25,8 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
-use parking_lot::Mutex;
 
+use crate::accept::{self, Refusal, Shutdown, Slots};
 use crate::digests::FileIdentity;
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
@@ -38,7 +38,7 @@ use crate::peer::running::{Ending, MinRate, TransferGuard};
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{
-    DownloadRequest, Reply, parse_digest_mismatch, parse_download_request, status, waiting_for,
+    DownloadRequest, Reply, Status, parse_digest_mismatch, parse_download_request, waiting_for,
 };
 use crate::protocol::ranges;
 use crate::throttle::Throttle;
@@ -50,70 +50,65 @@ use crate::warn_throttled;
 const MAX_REQUEST: usize = 64 * 1024;
 /// A downloader that accepts no data for this long is given up (it can resume later).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The first pause after an accept failed for lack of descriptors or memory; it doubles up to
-/// [`ACCEPT_BACKOFF_MAX`] while the failures go on.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest pause between two accepts that fail for lack of descriptors.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Failed accepts: a few lines per 10 s.
-static ACCEPT_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
 /// Connections refused over a cap: a few lines per 10 s.
 static CAP_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
 /// Requests for unsafe names: a few lines per 10 s.
 static NAME_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
 
-/// Accepts upload connections for ever, one thread each.
+/// Accepts upload connections until the peer stops, one thread each (see [`accept`]).
 pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
-    let slots = Arc::new(UploadSlots::default());
-    let mut backoff = ACCEPT_BACKOFF;
-    for incoming in listener.incoming() {
-        let stream = match incoming {
-            Ok(stream) => {
-                backoff = ACCEPT_BACKOFF;
-                stream
-            }
-            Err(e) => {
-                warn_throttled!(ACCEPT_WARNINGS, "upload accept failed: {e}");
-                // Out of descriptors the failed connection stays queued and accept fails again
-                // at once: pause, as the tracker does, instead of spinning (and logging).
-                if out_of_resources(&e) {
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
-                continue;
-            }
-        };
+    let slots = Slots::new(MAX_UPLOAD_CONNECTIONS);
+    let served = accept::serve(listener, &Shutdown::new(), "upload", |stream, remote| {
         if ctx.transfers.stopping() {
-            break;
+            return ControlFlow::Break(());
         }
-        // Bounded in all and per host: a flood of connections must not cost a thread (and a
-        // console line) each, nor one host's connections keep every other host out.
-        let host = stream
-            .peer_addr()
-            .map(|a| a.ip().to_canonical())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let slot = match UploadSlots::take(&slots, host, from_this_machine(&stream)) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                warn_throttled!(
-                    CAP_WARNINGS,
-                    "refusing an upload connection from {host}: {refusal}"
-                );
-                let _ = reply(&stream, &Reply::error(refusal.message()));
-                continue;
-            }
-        };
-        let ctx = Arc::clone(&ctx);
-        let spawned = thread::Builder::new()
-            .name("upload".into())
-            .stack_size(UPLOAD_THREAD_STACK)
-            .spawn(move || {
-                let _slot = slot;
-                serve_one(stream, &ctx);
-            });
-        if let Err(e) = spawned {
-            log::error!("cannot start an upload thread: {e}");
+        hand_off(&slots, &ctx, stream, remote);
+        ControlFlow::Continue(())
+    });
+    if let Err(e) = served {
+        log::error!("cannot serve uploads: {e}");
+    }
+}
+
+/// Starts a thread serving `stream`, if its host has room: a flood of connections must not
+/// cost a thread (and a console line) each, nor one host's connections keep every other out.
+fn hand_off(slots: &Arc<Slots>, ctx: &Arc<PeerContext>, stream: TcpStream, remote: SocketAddr) {
+    let host = remote.ip().to_canonical();
+    let share = if from_this_machine(&stream) {
+        MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE
+    } else {
+        MAX_UPLOAD_CONNECTIONS_PER_HOST
+    };
+    let slot = match slots.take(host, share) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            warn_throttled!(
+                CAP_WARNINGS,
+                "refusing an upload connection from {host}: {refusal}"
+            );
+            let _ = reply(&stream, &Reply::error(refusal_message(refusal)));
+            return;
+        }
+    };
+    let ctx = Arc::clone(ctx);
+    let spawned = thread::Builder::new()
+        .name("upload".into())
+        .stack_size(UPLOAD_THREAD_STACK)
+        .spawn(move || {
+            let _slot = slot;
+            serve_one(stream, &ctx);
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start an upload thread: {e}");
+    }
+}
+
+/// The ERROR message for a downloader refused a connection.
+fn refusal_message(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Full(_) => "this peer is serving too many requests; try again later",
+        Refusal::HostFull(_) => {
+            "this peer is serving too many requests from your host; try again later"
         }
     }
 }
@@ -142,20 +137,6 @@ pub const MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE: usize =
 /// Stack of an upload thread: it parses one small request and streams with `sendfile`.
 const UPLOAD_THREAD_STACK: usize = 256 * 1024;
 
-/// True for accept failures that repeat at once until something is freed.
-fn out_of_resources(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// Upload connections open, in all and per host.
-#[derive(Default)]
-struct UploadSlots {
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
 /// True when `stream` comes from this very machine: its two ends have one address (loopback,
 /// or a machine dialling its own address, which the kernel routes over loopback with that
 /// address as the source). No remote host can open such a connection: the kernel drops
@@ -164,84 +145,6 @@ pub fn from_this_machine(stream: &TcpStream) -> bool {
     match (stream.peer_addr(), stream.local_addr()) {
         (Ok(peer), Ok(local)) => peer.ip().to_canonical() == local.ip().to_canonical(),
         _ => false,
-    }
-}
-
-/// Why a connection got no slot.
-#[derive(Debug, Clone, Copy)]
-enum SlotRefusal {
-    Full,
-    /// Its host has this many open already.
-    HostFull(usize),
-}
-
-impl SlotRefusal {
-    /// The ERROR message for the downloader.
-    fn message(self) -> &'static str {
-        match self {
-            SlotRefusal::Full => "this peer is serving too many requests; try again later",
-            SlotRefusal::HostFull(_) => {
-                "this peer is serving too many requests from your host; try again later"
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for SlotRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SlotRefusal::Full => write!(f, "{MAX_UPLOAD_CONNECTIONS} already open"),
-            SlotRefusal::HostFull(open) => write!(f, "{open} already open from it"),
-        }
-    }
-}
-
-impl UploadSlots {
-    fn take(
-        slots: &Arc<UploadSlots>,
-        host: IpAddr,
-        this_machine: bool,
-    ) -> Result<UploadSlot, SlotRefusal> {
-        let mut open = slots.open.lock();
-        let (total, hosts) = &mut *open;
-        if *total >= MAX_UPLOAD_CONNECTIONS {
-            return Err(SlotRefusal::Full);
-        }
-        let share = if this_machine {
-            MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE
-        } else {
-            MAX_UPLOAD_CONNECTIONS_PER_HOST
-        };
-        let from_host = hosts.entry(host).or_insert(0);
-        if *from_host >= share {
-            return Err(SlotRefusal::HostFull(*from_host));
-        }
-        *from_host += 1;
-        *total += 1;
-        Ok(UploadSlot {
-            slots: Arc::clone(slots),
-            host,
-        })
-    }
-}
-
-/// Counts an upload connection until its thread ends.
-struct UploadSlot {
-    slots: Arc<UploadSlots>,
-    host: IpAddr,
-}
-
-impl Drop for UploadSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock();
-        let (total, hosts) = &mut *open;
-        *total -= 1;
-        if let Some(n) = hosts.get_mut(&self.host) {
-            *n -= 1;
-            if *n == 0 {
-                hosts.remove(&self.host);
-            }
-        }
     }
 }
 
@@ -336,7 +239,7 @@ fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let guard = ctx.transfers.start_upload(&upload.request.filename, from);
     ctx.transfers.attach(&guard, &stream);
     pacer.before_write();
-    if reply(&stream, &Reply::status(status::DOWNLOAD_ACCEPTED)).is_err() {
+    if reply(&stream, &Reply::status(Status::DownloadAccepted)).is_err() {
         return;
     }
     pacer.wrote();
@@ -381,7 +284,7 @@ fn read_request(
     remote: SocketAddr,
 ) -> Option<DownloadRequest> {
     let request = match reader.next_frame() {
-        Ok(Some(frame)) => parse_download_request(frame),
+        Ok(Some(frame)) => parse_download_request(frame).map_err(|e| e.to_string()),
         Ok(None) => return None,
         Err(e) => Err(e.to_string()),
     };
@@ -484,7 +387,7 @@ impl Upload<'_> {
                 "{from} asked for {}, which is not shared",
                 log_prefix(&self.request.filename)
             );
-            let _ = reply(self.stream, &Reply::status(status::FILE_NOT_FOUND));
+            let _ = reply(self.stream, &Reply::status(Status::FileNotFound));
         }
         opened
     }
@@ -492,7 +395,7 @@ impl Upload<'_> {
     /// A shared file that cannot be read is, to the downloader, not found.
     fn unreadable<T>(&self, path: &Path, e: io::Error) -> Option<T> {
         log::warn!("cannot read {}: {e}", path.display());
-        let _ = reply(self.stream, &Reply::status(status::FILE_NOT_FOUND));
+        let _ = reply(self.stream, &Reply::status(Status::FileNotFound));
         None
     }
 
@@ -533,7 +436,7 @@ impl Upload<'_> {
     fn send_offer(&self, offer: &Offer, pacer: &mut ReplyPacer) -> io::Result<()> {
         let ranges = offer.outboard.is_some();
         let ok = Reply {
-            status: status::OK.to_string(),
+            status: Status::Ok,
             file_size: Some(offer.size),
             digest: offer.digest.clone(),
             offset: Some(offer.offset),
@@ -577,7 +480,7 @@ impl Upload<'_> {
     /// Tells the downloader its request was refused, and why when it was not a plain NAO.
     fn refuse(&self, decision: Decision, pacer: &mut ReplyPacer) {
         let rejected = Reply {
-            status: status::DOWNLOAD_REJECTED.to_string(),
+            status: Status::DownloadRejected,
             reason: decision.reason().map(str::to_string),
             ..Reply::default()
         };
@@ -799,7 +702,7 @@ fn send_then_digest(
     announce_digest(ctx, path, file, &digest);
     sent?;
     let trailer = Reply {
-        status: status::DIGEST.to_string(),
+        status: Status::Digest,
         digest: Some(digest),
         ..Reply::default()
     };

@@ -976,7 +976,7 @@ pub fn holders_of_result(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::messages::{Reply, SearchResult};
+    use crate::protocol::messages::{Reply, SearchResult, Status};
 
     /// A numbered result's holders, this peer left out, with its size and digest when known.
     #[test]
@@ -1022,7 +1022,7 @@ mod tests {
             peers: peers.iter().map(|p| p.to_string()).collect(),
         };
         let reply = Reply {
-            status: "OK".into(),
+            status: Status::Ok,
             results: Some(vec![
                 result(3, Some(digest), &["10.0.0.1:1", "10.0.0.2:2"]),
                 result(3, None, &["10.0.0.3:3"]),
@@ -1044,7 +1044,7 @@ mod tests {
         let d1 = blake3::hash(b"one").to_hex().to_string();
         let d2 = blake3::hash(b"two").to_hex().to_string();
         let reply = Reply {
-            status: "OK".into(),
+            status: Status::Ok,
             peers: Some(vec![
                 "10.0.0.1:1".into(),
                 "10.0.0.2:2".into(),
