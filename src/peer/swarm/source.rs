@@ -7,9 +7,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
+
+use rustix::net::RecvFlags;
 
 use crate::peer::swarm::planner::{PIECE_LEN, SourceId};
 use crate::peer::swarm::prepare::{self, Fetched};
@@ -450,21 +451,12 @@ fn closed(e: &io::Error) -> bool {
 /// True if the uploader has closed (or reset) the connection, as far as is known without
 /// waiting: the end of the stream is next, with nothing before it.
 fn closed_by_other_side(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: recv into a one-byte buffer that outlives the call; MSG_PEEK leaves any byte
-    // queued and MSG_DONTWAIT makes it return at once.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => true,
-        1.. => false,
-        _ => closed(&io::Error::last_os_error()),
+    let mut byte = [0u8; 1];
+    // PEEK leaves any byte queued; DONTWAIT makes it return at once.
+    match rustix::net::recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => true,
+        Ok(_) => false,
+        Err(e) => closed(&io::Error::from(e)),
     }
 }
 
