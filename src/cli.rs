@@ -175,17 +175,6 @@ impl ServerArgs {
     }
 }
 
-/// `--approve` values.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Approve {
-    /// Ask the user (SIM/NAO).
-    Ask,
-    /// Accept every request.
-    Yes,
-    /// Refuse every request.
-    No,
-}
-
 /// `--tracker-dialect` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum TrackerDialect {
@@ -244,7 +233,7 @@ pub struct PeerArgs {
     pub dir: Option<PathBuf>,
     /// How upload requests are answered.
     #[arg(long, value_enum, default_value = "ask")]
-    pub approve: Approve,
+    pub approve: ApproveMode,
     /// JOIN at start.
     #[arg(long)]
     pub join: bool,
@@ -324,11 +313,7 @@ impl PeerArgs {
         Ok(PeerConfig {
             advertise: self.advertise.clone(),
             dir: checked_dir(self.dir.as_ref())?,
-            approve: match self.approve {
-                Approve::Ask => ApproveMode::Ask,
-                Approve::Yes => ApproveMode::Yes,
-                Approve::No => ApproveMode::No,
-            },
+            approve: self.approve,
             join: self.join,
             approval_timeout: seconds(self.approval_timeout),
             reading,
@@ -488,7 +473,7 @@ mod tests {
     fn the_liveness_help_names_everything_it_bounds() {
         use clap::CommandFactory;
         assert_eq!(
-            crate::peer::transfers::MIN_RATE,
+            crate::peer::running::MIN_RATE,
             16 * 1024,
             "the help's figure"
         );

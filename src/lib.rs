@@ -14,14 +14,17 @@
 //! module:
 //!
 //! **The tracker**
-//! - [`tracker::server`]: the accept loop, one thread per connection, one request → one reply.
+//! - [`tracker::start`]: fits the connection limit to the machine, listens, says where, serves.
+//! - [`tracker::server`]: one thread per connection, one request → one reply.
+//! - [`tracker::refusal`]: why a request is refused: the text of its `ERROR` reply.
 //! - [`tracker::table`]: the peer table, the name index and the word index, under one `RwLock`.
 //! - [`tracker::names`]: each distinct name stored once, known by a 4-byte number.
 //! - [`tracker::word_index`]: each folded word → the names holding it (keyword SEARCH).
 //! - [`tracker::limits`]: how many connections this machine can serve, fitted at start.
 //! - [`tracker::memory`]: memory handed back to the system when the tables shrink.
-//! - [`tracker::legacy`]: the original's folder JOIN (`--legacy-folder-join`, loopback only).
+//! - [`tracker::original_peers`]: the original's folder JOIN (`--legacy-folder-join`, loopback).
 //! - [`console_out`]: the tracker's console lines, written by one thread within a byte budget.
+//! - [`accept`]: the accept loop both servers share (caps, back-off, a shutdown signal).
 //!
 //! **The wire**
 //! - [`protocol::codec`]: bytes → whole JSON objects, with size and time limits.
@@ -51,7 +54,7 @@
 //! - [`peer::downloader`]: a download from one peer, verified and resumable.
 //! - [`peer::swarm`]: a download from several peers at once, every piece verified.
 //! - [`peer::deadline`]: deadlines that trickled bytes cannot keep alive.
-//! - [`peer::transfers`]: the transfers running now, to list, cancel or stop them.
+//! - [`peer::running`]: the transfers running now, to list, cancel or stop them.
 //! - [`peer::get`]: `napster get`, one download and an exit code, no console.
 //!
 //! **Files and bytes**
@@ -71,7 +74,7 @@
 //! - [`os_error`]: OS errors told in Portuguese.
 //! - [`numbers`]: how numbers read on the console.
 //! - [`logging`]: log lines on stderr, kept off the prompt's row.
-//! - [`log_limit`]: bounded log lines for text from the network.
+//! - [`log_limit`]: text from the network cut to a short prefix in log lines.
 //! - [`throttle`]: rate-limited warnings.
 //!
 //! ## A JOIN, through the modules
@@ -80,9 +83,10 @@
 //! 2. The console takes the folder's records from [`peer::catalog`] and hands them to
 //!    [`peer::tracker_client`], whose thread writes the JOIN line ([`protocol::messages`], or
 //!    [`protocol::legacy`] for the original's tracker) on its connection ([`dial`]).
-//! 3. In the tracker, the connection's thread in [`tracker::server`] reads the frame
-//!    ([`protocol::codec`]), parses the request, and [`tracker::table`] registers the peer under
-//!    the write lock; [`console_out`] prints `Peer IP:PORT adicionado ...`; `JOIN_OK` goes back.
+//! 3. In the tracker, [`accept`] hands the connection to a thread of [`tracker::server`], which
+//!    reads the frame ([`protocol::codec`]) and parses the request; [`tracker::table`]
+//!    registers the peer under the write lock; [`console_out`] prints
+//!    `Peer IP:PORT adicionado ...`; `JOIN_OK` goes back.
 //! 4. [`peer::tracker_client`] passes the answer to the console as an event, which prints
 //!    `Sou o Peer ...`; later digests and folder changes follow as UPDATEs from
 //!    [`peer::announcer`].
@@ -90,10 +94,10 @@
 //! ## A DOWNLOAD, through the modules
 //! 1. `DOWNLOAD name peer` reaches [`peer::console`] as above; [`peer::downloader`] starts a
 //!    thread (for several holders of one content, [`peer::swarm`] instead), registered in
-//!    [`peer::transfers`].
+//!    [`peer::running`].
 //! 2. It looks for a partial to resume ([`partial`]), connects from the upload address
 //!    ([`dial`], [`liveness`]) and sends the `DOWNLOAD_REQUEST` ([`protocol::messages`]).
-//! 3. On the other peer, [`peer::uploader`] takes the connection on a thread of its own,
+//! 3. On the other peer, [`accept`] hands the connection to a thread of [`peer::uploader`], which
 //!    checks the name ([`share`]) and answers `OK` with the size and the digest ([`digests`]);
 //!    the downloader checks the size against its free space.
 //! 4. The uploader sends the question over a channel to its [`peer::console`], which queues it
@@ -105,6 +109,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod cli;
 pub mod console_out;
 pub mod dial;

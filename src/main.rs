@@ -2,14 +2,12 @@
 //! exit code (see [`napster::exit`]): one line of what failed, then `ajuda:` with what to do.
 
 use std::io::IsTerminal;
-use std::net::TcpListener;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use napster::cli::{ArgError, Cli, Mode};
 use napster::exit::Failure;
-use napster::os_error::describe;
 use napster::{peer, tracker};
 
 fn main() -> ExitCode {
@@ -60,7 +58,16 @@ fn run(mode: Mode) -> Result<Option<Failure>, (Failure, String)> {
         (e.failure(), format!("{e}\najuda: {}", e.help()))
     };
     match mode {
-        Mode::Server(args) => run_server(&args).map(|()| None),
+        Mode::Server(args) => tracker::start::run(args.config(), args.listen)
+            .map(|()| None)
+            .map_err(|e| {
+                log::debug!("{e:?}");
+                let message = match e.help() {
+                    Some(help) => format!("{e}\najuda: {help}"),
+                    None => e.to_string(),
+                };
+                (e.failure(), message)
+            }),
         Mode::Peer(args) => {
             let config = args.config(std::io::stdin().is_terminal()).map_err(usage)?;
             peer::run(config).map_err(start)
@@ -74,48 +81,4 @@ fn run(mode: Mode) -> Result<Option<Failure>, (Failure, String)> {
             peer::run(config).map_err(start)
         }
     }
-}
-
-fn run_server(args: &napster::cli::ServerArgs) -> Result<(), (Failure, String)> {
-    let mut config = args.config();
-    let fitted = tracker::limits::Fitted::new(
-        config.max_connections,
-        tracker::limits::measure(
-            tracker::limits::open_file_limit_in_force(),
-            config.thread_stack,
-            config.max_buffered,
-        ),
-    );
-    for limit in &fitted.limits {
-        log::debug!(
-            "connection limit {}: room for {} ({})",
-            limit.name,
-            limit.room,
-            limit.detail
-        );
-    }
-    config.max_connections = fitted.cap;
-    let listener = TcpListener::bind(args.listen).map_err(|e| {
-        log::debug!("cannot listen on {}: {e:?}", args.listen);
-        (
-            Failure::Start,
-            format!(
-                "não foi possível escutar em {}: {}\najuda: escolha outro endereço com --listen IP:PORTA",
-                args.listen,
-                describe(&e)
-            ),
-        )
-    })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| (Failure::Other, describe(&e)))?;
-    println!("Servidor ouvindo em {addr}");
-    println!("{}", fitted.summary());
-    let tracker = tracker::Tracker::new(config);
-    tracker.run(listener).map_err(|e| {
-        (
-            Failure::Other,
-            format!("o servidor parou: {}", describe(&e)),
-        )
-    })
 }

@@ -23,17 +23,17 @@
 //!   both stop at "disco cheio" half way.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rustix::fs::{AtFlags, CWD, FlockOperation};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::piece_map;
@@ -549,10 +549,8 @@ impl OpenPartial {
 /// system of no size at all (ramfs, many FUSE file systems) does not know: it says 0 blocks
 /// free however much it can take.
 pub fn free_space(dir: &Path) -> Option<u64> {
-    let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs only writes into the struct it is given; the path is NUL-terminated.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 || stat.f_blocks == 0 {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    if stat.f_blocks == 0 {
         return None;
     }
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
@@ -604,7 +602,7 @@ fn open_locked(path: &Path) -> Result<File, OpenError> {
 /// refusal is retried for a moment before it is believed.
 fn lock_writer(file: &File) -> io::Result<bool> {
     for _ in 0..LOCK_TRIES {
-        if flock(file, libc::LOCK_EX | libc::LOCK_NB)? {
+        if flock(file, FlockOperation::NonBlockingLockExclusive)? {
             return Ok(true);
         }
         std::thread::sleep(LOCK_RETRY);
@@ -623,7 +621,7 @@ fn try_lock(path: &Path) -> io::Result<Option<File>> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
-    Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then_some(file))
+    Ok(flock(&file, FlockOperation::NonBlockingLockExclusive)?.then_some(file))
 }
 
 /// True if a download holds the partial at `path`.
@@ -633,47 +631,31 @@ fn is_locked(path: &Path) -> bool {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
     {
-        Ok(file) => matches!(flock(&file, libc::LOCK_SH | libc::LOCK_NB), Ok(false)),
+        Ok(file) => matches!(
+            flock(&file, FlockOperation::NonBlockingLockShared),
+            Ok(false)
+        ),
         Err(_) => false,
     }
 }
 
 /// `flock(2)`; false when the lock is held elsewhere (with `LOCK_NB`).
-fn flock(file: &File, operation: libc::c_int) -> io::Result<bool> {
+fn flock(file: &File, operation: FlockOperation) -> io::Result<bool> {
     loop {
-        // SAFETY: flock only reads the descriptor, open for the duration of the call.
-        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(e),
+        match rustix::fs::flock(file, operation) {
+            Ok(()) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(Errno::WOULDBLOCK) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Links the open `file` itself to `to` (never replacing `to`), through `/proc/self/fd`.
 fn link_open_file(file: &File, to: &Path) -> io::Result<()> {
-    let from =
-        CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(io::Error::other)?;
-    let to = CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: both paths are NUL-terminated and live for the duration of the call.
-    let linked = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if linked == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(CWD, from.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW)?;
+    Ok(())
 }
 
 #[cfg(test)]

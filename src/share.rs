@@ -137,18 +137,8 @@ impl SharedDir {
     /// safe names. A file that vanishes while being listed is left out.
     pub fn list_files(&self) -> io::Result<Vec<Listed>> {
         let mut files = Vec::new();
-        for entry in fs::read_dir(&self.root)? {
-            let entry = entry?;
-            // file_type() does not follow symbolic links: a link is not a plain file.
-            if !entry.file_type()?.is_file() {
-                continue;
-            }
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if check_name(&name).is_err() {
-                continue;
-            }
+        for shareable in shareable_entries(&self.root)? {
+            let (name, entry) = shareable?;
             // metadata() of a directory entry does not follow links either.
             let Ok(meta) = entry.metadata() else {
                 continue;
@@ -180,6 +170,29 @@ impl SharedDir {
     }
 }
 
+/// The entries of the folder `dir` that may be shared, with their names, in the folder's order:
+/// regular files directly inside (a link is not followed, so it is not a plain file) whose
+/// names are safe ([`check_name`]). What else is there is passed over; an error reading the
+/// folder is an item.
+pub fn shareable_entries(
+    dir: &Path,
+) -> io::Result<impl Iterator<Item = io::Result<(String, fs::DirEntry)>>> {
+    Ok(fs::read_dir(dir)?.filter_map(|entry| {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        match entry.file_type() {
+            Ok(kind) if kind.is_file() => {}
+            Ok(_) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+        let name = entry.file_name().into_string().ok()?;
+        check_name(&name).ok()?;
+        Some(Ok((name, entry)))
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +210,28 @@ mod tests {
         assert!(check_name(&"x".repeat(256)).is_err());
         assert!(check_name("vídeo final.mp4").is_ok());
         assert!(check_name("..hidden").is_ok());
+    }
+
+    /// Only regular files directly inside with safe names are shareable: not a folder, not a
+    /// link (even to a file), not a name with a control character.
+    #[test]
+    fn only_plain_files_with_safe_names_are_shareable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("b.txt"), "b").unwrap();
+        fs::write(root.join("a.txt"), "a").unwrap();
+        fs::write(root.join("linha\nnova"), "x").unwrap();
+        fs::create_dir(root.join("pasta")).unwrap();
+        std::os::unix::fs::symlink(root.join("a.txt"), root.join("link.txt")).unwrap();
+        let mut names: Vec<String> = shareable_entries(root)
+            .unwrap()
+            .map(|item| item.unwrap().0)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.txt", "b.txt"]);
+        let shared = SharedDir::open(root).unwrap();
+        assert_eq!(shared.list().unwrap(), ["a.txt", "b.txt"]);
+        assert!(shareable_entries(&root.join("nenhuma")).is_err());
     }
 
     /// The ASCII shortcut says what the character test says, for every ASCII character.

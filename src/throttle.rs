@@ -94,4 +94,18 @@ mod tests {
         assert_eq!(throttle.allow_at(t0 + Duration::from_secs(11)), Some(997));
         assert_eq!(throttle.allow_at(t0 + Duration::from_secs(11)), Some(0));
     }
+
+    #[test]
+    fn a_throttle_lets_a_burst_through_then_counts() {
+        let t = Throttle::new(3, Duration::from_secs(3600));
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(t.allow(), None);
+        }
+        let t = Throttle::new(1, Duration::ZERO);
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), Some(0));
+    }
 }

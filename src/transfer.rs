@@ -97,20 +97,19 @@ fn sendfile_unsupported(error: &io::Error) -> bool {
 /// (0 only at the end of the file). The file's own position is neither used nor moved.
 #[cfg(target_os = "linux")]
 fn sendfile_chunk(file: &File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
     let mut done = 0u64;
     while done < len {
-        let mut at = libc::off64_t::try_from(offset + done)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let mut at = offset + done;
+        // The kernel's offset is signed: past that, the same error libc's off64_t gave.
+        if i64::try_from(at).is_err() {
+            return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+        }
         let want = usize::try_from(len - done).unwrap_or(usize::MAX);
-        // SAFETY: both descriptors are open for the duration of the call (borrowed from live
-        // `File` and `TcpStream`), and `at` is a valid, exclusively borrowed offset.
-        let n = unsafe { libc::sendfile64(stream.as_raw_fd(), file.as_raw_fd(), &mut at, want) };
-        match n {
-            0 => break,
-            n if n > 0 => done += n as u64,
-            _ => {
-                let e = io::Error::last_os_error();
+        match rustix::fs::sendfile(stream, file, Some(&mut at), want) {
+            Ok(0) => break,
+            Ok(n) => done += n as u64,
+            Err(e) => {
+                let e = io::Error::from(e);
                 match e.kind() {
                     io::ErrorKind::Interrupted => continue,
                     // SO_SNDTIMEO expired: the downloader stopped reading.
@@ -172,30 +171,33 @@ pub enum ReceiveError {
     },
 }
 
+/// For logs and error chains; the peer tells the user in its own words (the downloader's
+/// `receive_problem`), since this module knows nothing of who reads it.
 impl std::fmt::Display for ReceiveError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReceiveError::Short { got, expected } => {
-                write!(f, "o peer fechou a conexão após {got} de {expected} bytes")
+                write!(f, "the sender closed after {got} of {expected} bytes")
             }
-            ReceiveError::Disk { written, error } => {
-                if is_disk_full(error) {
-                    write!(f, "disco cheio ({written} bytes gravados)")
-                } else {
-                    write!(f, "não foi possível gravar após {written} bytes: {error}")
-                }
+            ReceiveError::Disk { written, .. } => {
+                write!(f, "writing failed after {written} bytes")
             }
-            ReceiveError::Network { got, error } => {
-                write!(f, "a conexão falhou após {got} bytes: {error}")
+            ReceiveError::Network { got, .. } => {
+                write!(f, "receiving failed after {got} bytes")
             }
-            ReceiveError::Stopped { got } => {
-                write!(f, "transferência interrompida após {got} bytes")
-            }
+            ReceiveError::Stopped { got } => write!(f, "stopped after {got} bytes"),
         }
     }
 }
 
-impl std::error::Error for ReceiveError {}
+impl std::error::Error for ReceiveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReceiveError::Disk { error, .. } | ReceiveError::Network { error, .. } => Some(error),
+            ReceiveError::Short { .. } | ReceiveError::Stopped { .. } => None,
+        }
+    }
+}
 
 impl ReceiveError {
     /// The same error counted from byte `start` of the whole file instead of from the start of

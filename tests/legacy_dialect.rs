@@ -296,7 +296,7 @@ fn non_loopback_ipv4() -> Option<IpAddr> {
 /// is read: the tracker listens on all addresses and the client connects to (and so from)
 /// this machine's non-loopback address. Without such an address this test cannot build a
 /// remote client and says so; the decision itself is also unit-tested in
-/// `tracker::legacy::tests`.
+/// `tracker::original_peers::tests`.
 #[test]
 fn original_join_from_a_non_loopback_address_is_refused_and_nothing_is_listed() {
     let Some(ip) = non_loopback_ipv4() else {

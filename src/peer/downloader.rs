@@ -25,10 +25,10 @@ use crate::peer::PeerContext;
 use crate::peer::deadline::Deadline;
 use crate::peer::output::printable;
 use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_duration, human_size};
-use crate::peer::transfers::{Ending, MinRate, TransferGuard};
+use crate::peer::running::{Ending, MinRate, TransferGuard};
 use crate::protocol::messages::{
-    DigestMismatch, DownloadRequest, Reply, digest_mismatch_line, download_line, parse_reply,
-    status, waiting_for,
+    DigestMismatch, DownloadRequest, Reply, Status, digest_mismatch_line, download_line,
+    parse_reply, waiting_for,
 };
 use crate::protocol::{CodecError, FrameReader};
 use crate::share::NameError;
@@ -344,7 +344,17 @@ impl fmt::Display for DownloadError {
     }
 }
 
-impl std::error::Error for DownloadError {}
+impl std::error::Error for DownloadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DownloadError::Name(e) => Some(e),
+            DownloadError::Connect(_, e) | DownloadError::Disk(e) => Some(e),
+            DownloadError::Receive(e, _) => Some(e),
+            DownloadError::NoSpace(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The end of a download, sent to the console (which counts running downloads and keeps the
 /// first failure for the exit code) after its outcome was printed.
@@ -503,249 +513,414 @@ fn fetch(
     started: Instant,
     size_told: &mut Option<u64>,
 ) -> Result<Received, DownloadError> {
+    let fetch = Fetch {
+        ctx,
+        name,
+        peer,
+        guard,
+    };
     let partial = ctx.partials.find(name);
-    // A partial whose file's digest is not known (its download took the digest after the data,
-    // D14, and was cut) proves what it holds by the digest of its prefix (D6), hashed before
-    // the request so that the uploader's request deadline does not run meanwhile.
-    let digest_known = partial
-        .as_ref()
-        .is_some_and(|p| !p.record.digest.is_empty());
-    let prefix_digest = match &partial {
-        Some(p) if p.have > 0 && !digest_known => Some(hash_partial(ctx, name, p.have)?),
-        _ => None,
+    let proof = fetch.what_the_partial_proves(partial.as_ref())?;
+    let stream = fetch.connect()?;
+    fetch.send_request(&stream, partial.as_ref(), proof)?;
+    let mut replies = Replies {
+        reader: reply_reader(&stream),
+        ctx,
+        peer,
     };
-    let stream = crate::dial::connect_from(ctx.bind_ip, &peer, CONNECT_TIMEOUT).map_err(|e| {
-        log::debug!("connecting to {peer}: {e}");
-        DownloadError::Connect(peer, e)
-    })?;
-    ctx.transfers.attach(guard, &stream);
-    let _ = stream.set_nodelay(true);
-    let _ = crate::liveness::set_liveness(&stream, ctx.liveness);
-    let stopped = |e: DownloadError| {
-        if ctx.transfers.stopping() {
-            DownloadError::Stopped(None)
-        } else {
-            e
-        }
-    };
-
-    let request = DownloadRequest {
-        filename: name.to_string(),
-        port: peer.port(),
-        offset: partial.as_ref().map(|p| p.have),
-        digest: partial
-            .as_ref()
-            .filter(|_| digest_known)
-            .map(|p| p.record.digest.clone()),
-        from_port: Some(ctx.port),
-        ranges: None,
-        accepts_waiting: true,
-        digest_after_data: true,
-        file_size: partial
-            .as_ref()
-            .filter(|_| !digest_known)
-            .map(|p| p.record.size),
-        prefix_digest,
-    };
-    (&stream).write_all(&download_line(&request)).map_err(|e| {
-        log::debug!("sending the request to {peer}: {e}");
-        stopped(DownloadError::ClosedEarly)
-    })?;
-
-    let mut reader = FrameReader::new(Deadline::new(&stream), 64 * 1024);
-    // An uploader that starts a reply and never finishes it must not hold this download (and
-    // its name) for ever.
-    reader.set_message_timeout(Some(REPLY_COMPLETION_TIMEOUT));
-    let mut replies = Replies { reader, ctx, peer };
-    let first = replies
-        .next(Stage::Reply, FIRST_REPLY_TIMEOUT)
-        .map_err(stopped)?;
-    match first.status.as_str() {
-        status::OK => {}
-        status::FILE_NOT_FOUND => return Err(DownloadError::NotFound),
-        status::ERROR => return Err(DownloadError::Refused(first.message.unwrap_or_default())),
-        other => return Err(DownloadError::Protocol(format!("status {other:?}"))),
-    }
-    let size = first
-        .file_size
-        .ok_or_else(|| DownloadError::Protocol("OK sem fileSize".into()))?;
-    *size_told = Some(size);
-    let digest = first.digest.clone();
-    let digest_after_data = digest.is_none() && first.digest_after_data == Some(true);
-    let offset = first.offset.unwrap_or(0);
-    // Resume only when the uploader agreed to the offset of a partial of this same file (the
-    // same digest, or for a partial without one, the same size and prefix: D6).
-    let same_file = |p: &transfer::Partial| match &digest {
-        _ if p.record.digest.is_empty() => true,
-        Some(d) => p.record.digest == *d,
-        None => false,
-    };
-    let resume_at = match &partial {
-        Some(p) if offset > 0 && offset == p.have && p.record.size == size && same_file(p) => {
-            Some(offset)
-        }
-        _ if offset == 0 => None,
-        _ => {
-            return Err(DownloadError::Protocol(format!(
-                "o peer ofereceu retomar do byte {offset}, o que não foi pedido"
-            )));
-        }
-    };
-
+    let offer = fetch.read_offer(&mut replies)?;
+    *size_told = Some(offer.size);
+    let resume_at = resume_point(partial.as_ref(), &offer)?;
     // Counted against the free space with what running downloads still have to write; held
     // until this download ends.
     let _promise = ctx
         .partials
-        .promise(name, size, resume_at.unwrap_or(0))
+        .promise(name, offer.size, resume_at.unwrap_or(0))
         .map_err(DownloadError::NoSpace)?;
-
     let record = PartialRecord {
-        size,
-        digest: digest.clone().unwrap_or_default(),
+        size: offer.size,
+        digest: offer.digest.clone().unwrap_or_default(),
         name: Some(name.to_string()),
     };
-    // A resumed download opens (and locks) its partial and hashes the part on disk while the
-    // uploader's user decides, so that the data, once accepted, is read at once (an uploader
-    // gives up a transfer that takes too little for too long). A fresh one touches the partial
-    // of this name (perhaps another file's) only once accepted.
     let mut hasher = blake3::Hasher::new();
-    let mut resumed = match resume_at {
-        Some(offset) => {
-            let mut file = open_partial(ctx, name, &record, resume_at)?;
-            let have = file
-                .hash_prefix(offset, &mut hasher)
-                .map_err(DownloadError::Disk)?;
-            if have != offset {
-                return Err(DownloadError::Disk(io::Error::other(
-                    "a parte guardada encolheu",
-                )));
-            }
-            Some(file)
-        }
-        None => None,
-    };
-
-    let decision = replies
-        .next(Stage::Decision, SILENT_DECISION_TIMEOUT)
-        .map_err(stopped)?;
-    match decision.status.as_str() {
-        status::DOWNLOAD_ACCEPTED => {}
-        status::DOWNLOAD_REJECTED => return Err(DownloadError::Rejected(decision.reason)),
-        other => return Err(DownloadError::Protocol(format!("status {other:?}"))),
-    }
-    let mut reader = replies.reader;
-
-    let mut file = match resumed.take() {
-        Some(file) => {
-            let offset = resume_at.unwrap_or(0);
-            ctx.out.line(&format!(
-                "Retomando o download de {name} a partir do byte {offset} de {size} ({} de {})",
-                human_size(offset),
-                human_size(size)
-            ));
-            file
-        }
-        None => open_partial(ctx, name, &record, None)?,
-    };
-    let already = reader
+    let resumed = fetch.prepare_resume(&record, resume_at, &mut hasher)?;
+    fetch.await_acceptance(&mut replies)?;
+    let mut file = fetch.open_landing(resumed, &record, resume_at, offer.size)?;
+    let already = replies
+        .reader
         .take_payload()
         .map_err(|e| DownloadError::Protocol(codec_problem(&e)))?;
-    drop(reader);
+    drop(replies);
     let _ = stream.set_read_timeout(Some(STALL_TIMEOUT));
     ctx.transfers.watch(guard, rate);
     let start = resume_at.unwrap_or(0);
-    let mut progress = Progress::new(
-        Arc::clone(&ctx.out),
-        format!("Download de {name}"),
-        size,
+    let landing = transfer::Landing {
+        file: file.file(),
         start,
-    );
-    let receiving = Instant::now();
-    let received = transfer::receive_exact(
-        &already,
-        &stream,
-        size - start,
-        transfer::Landing {
-            file: file.file(),
-            start,
-            hasher,
-        },
-        guard.stop_flag(),
-        &mut |got| progress.update(start + got),
-    );
-    drop(progress);
-    // The hashing thread read back exactly the bytes in this file, and no other download can
-    // write it (it is locked): the digest is that of what is on disk.
-    let got = match received {
-        Ok(hash) => {
-            log::debug!(
-                "{name}: {} bytes received and hashed in {:.3} s",
-                size - start,
-                receiving.elapsed().as_secs_f64()
-            );
-            hash.to_hex().to_string()
-        }
-        Err(e) => {
-            let e = e.offset_by(start);
-            if let Err(te) = file.truncate(e.kept()) {
-                log::warn!("cannot trim the partial download of {name}: {te}");
-            }
-            let part = ctx.partials.part_path(name);
-            if ctx.transfers.stopping() {
-                return Err(DownloadError::Stopped(Some((e.kept(), size, part))));
-            }
-            return Err(DownloadError::Receive(e, part));
-        }
+        hasher,
     };
-    let digest = if digest_after_data {
-        let rest = already
-            .get(usize::try_from(size - start).unwrap_or(usize::MAX)..)
-            .unwrap_or_default();
-        Some(read_trailing_digest(rest, &stream)?)
-    } else {
-        digest
-    };
-    match &digest {
-        Some(expected) if *expected != got => {
-            report_mismatch(&stream, name, &got);
-            drop(stream);
-            file.discard();
-            return Err(DownloadError::Corrupt {
-                expected: expected.clone(),
-                got,
-            });
+    let got = fetch.receive(&stream, &already, offer.size, landing);
+    let got = got.map_err(|e| fetch.cut(e, &file, start, offer.size))?;
+    let rest = already
+        .get(usize::try_from(offer.size - start).unwrap_or(usize::MAX)..)
+        .unwrap_or_default();
+    let (file, digest) = fetch.verify(stream, file, &offer, &got, rest)?;
+    fetch.keep(file, final_path, digest.as_ref())?;
+    Ok(Received {
+        bytes: offer.size - start,
+        size: offer.size,
+        took: started.elapsed(),
+        verified: digest.is_some(),
+    })
+}
+
+/// One download's steps, registered as `guard`.
+struct Fetch<'a> {
+    ctx: &'a PeerContext,
+    name: &'a str,
+    peer: SocketAddr,
+    guard: &'a TransferGuard<'a>,
+}
+
+/// What a partial tells the uploader to prove it holds a prefix of the same file: its file's
+/// digest when known, else the digest of its prefix.
+#[derive(Clone)]
+enum Proof {
+    /// The partial's record holds its file's digest (or there is no partial).
+    DigestKnown,
+    /// The digest of the partial's first bytes, if it has any.
+    Prefix(Option<String>),
+}
+
+/// What the uploader's OK says.
+struct OfferSeen {
+    size: u64,
+    digest: Option<String>,
+    /// The digest follows the data (D14).
+    digest_after_data: bool,
+    /// The byte the uploader will start from.
+    offset: u64,
+}
+
+impl Fetch<'_> {
+    /// A download's error as told once this peer is leaving.
+    fn stopped(&self, e: DownloadError) -> DownloadError {
+        if self.ctx.transfers.stopping() {
+            DownloadError::Stopped(None)
+        } else {
+            e
         }
-        Some(_) => {}
-        None => log::warn!("{peer} sent no digest for {name}; the copy is not verified"),
     }
-    // The uploader waits for this end (or a mismatch report) before it lets go.
-    drop(stream);
-    let syncing = Instant::now();
-    file.file().sync_all().map_err(DownloadError::Disk)?;
-    log::debug!(
-        "{name}: on disk after {:.3} s of fsync",
-        syncing.elapsed().as_secs_f64()
-    );
-    match file.finish(final_path) {
-        Ok(()) => {
-            // Its digest is known: the announcer need not read the file again to tell it.
-            // (Taken after the link: linking and unlinking the partial's name move `ctime`.)
-            if let Some(digest) = &digest
-                && let Err(e) = ctx.digests.learned(final_path, file.as_file(), digest)
-            {
-                log::debug!("the digest of {name} is not kept: {e}");
+
+    /// A partial whose file's digest is not known (its download took the digest after the
+    /// data, D14, and was cut) proves what it holds by the digest of its prefix (D6), hashed
+    /// before the request so that the uploader's request deadline does not run meanwhile.
+    fn what_the_partial_proves(
+        &self,
+        partial: Option<&transfer::Partial>,
+    ) -> Result<Proof, DownloadError> {
+        match partial {
+            Some(p) if p.record.digest.is_empty() => Ok(Proof::Prefix(if p.have > 0 {
+                Some(hash_partial(self.ctx, self.name, p.have)?)
+            } else {
+                None
+            })),
+            _ => Ok(Proof::DigestKnown),
+        }
+    }
+
+    /// Dials the uploader; the connection is the transfer's, so a stop shuts it down.
+    fn connect(&self) -> Result<TcpStream, DownloadError> {
+        let peer = self.peer;
+        let stream =
+            crate::dial::connect_from(self.ctx.bind_ip, &peer, CONNECT_TIMEOUT).map_err(|e| {
+                log::debug!("connecting to {peer}: {e}");
+                DownloadError::Connect(peer, e)
+            })?;
+        self.ctx.transfers.attach(self.guard, &stream);
+        let _ = stream.set_nodelay(true);
+        let _ = crate::liveness::set_liveness(&stream, self.ctx.liveness);
+        Ok(stream)
+    }
+
+    /// Sends the DOWNLOAD request, with what resumes the partial if there is one.
+    fn send_request(
+        &self,
+        stream: &TcpStream,
+        partial: Option<&transfer::Partial>,
+        proof: Proof,
+    ) -> Result<(), DownloadError> {
+        let digest_known = matches!(proof, Proof::DigestKnown);
+        let prefix_digest = match proof {
+            Proof::Prefix(digest) => digest,
+            Proof::DigestKnown => None,
+        };
+        let request = DownloadRequest {
+            filename: self.name.to_string(),
+            port: self.peer.port(),
+            offset: partial.map(|p| p.have),
+            digest: partial
+                .filter(|_| digest_known)
+                .map(|p| p.record.digest.clone()),
+            from_port: Some(self.ctx.port),
+            ranges: None,
+            accepts_waiting: true,
+            digest_after_data: true,
+            file_size: partial.filter(|_| !digest_known).map(|p| p.record.size),
+            prefix_digest,
+        };
+        let mut writer = stream;
+        writer.write_all(&download_line(&request)).map_err(|e| {
+            log::debug!("sending the request to {}: {e}", self.peer);
+            self.stopped(DownloadError::ClosedEarly)
+        })
+    }
+
+    /// The uploader's first reply, which must be an OK with the file's size.
+    fn read_offer(&self, replies: &mut Replies<'_>) -> Result<OfferSeen, DownloadError> {
+        let first = replies
+            .next(Stage::Reply, FIRST_REPLY_TIMEOUT)
+            .map_err(|e| self.stopped(e))?;
+        match &first.status {
+            Status::Ok => {}
+            Status::FileNotFound => return Err(DownloadError::NotFound),
+            Status::Error => {
+                return Err(DownloadError::Refused(first.message.unwrap_or_default()));
             }
-            Ok(Received {
-                bytes: size - start,
-                size,
-                took: started.elapsed(),
-                verified: digest.is_some(),
-            })
+            other => {
+                return Err(DownloadError::Protocol(format!(
+                    "status {:?}",
+                    other.as_str()
+                )));
+            }
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Err(DownloadError::Exists(final_path.to_path_buf()))
+        let size = first
+            .file_size
+            .ok_or_else(|| DownloadError::Protocol("OK sem fileSize".into()))?;
+        let digest_after_data = first.digest.is_none() && first.digest_after_data == Some(true);
+        Ok(OfferSeen {
+            size,
+            digest: first.digest,
+            digest_after_data,
+            offset: first.offset.unwrap_or(0),
+        })
+    }
+
+    /// A resumed download opens (and locks) its partial and hashes the part on disk while the
+    /// uploader's user decides, so that the data, once accepted, is read at once (an uploader
+    /// gives up a transfer that takes too little for too long). A fresh one touches the
+    /// partial of this name (perhaps another file's) only once accepted.
+    fn prepare_resume(
+        &self,
+        record: &PartialRecord,
+        resume_at: Option<u64>,
+        hasher: &mut blake3::Hasher,
+    ) -> Result<Option<OpenPartial>, DownloadError> {
+        let Some(offset) = resume_at else {
+            return Ok(None);
+        };
+        let mut file = open_partial(self.ctx, self.name, record, resume_at)?;
+        let have = file
+            .hash_prefix(offset, hasher)
+            .map_err(DownloadError::Disk)?;
+        if have != offset {
+            return Err(DownloadError::Disk(io::Error::other(
+                "a parte guardada encolheu",
+            )));
         }
-        Err(e) => Err(DownloadError::Disk(e)),
+        Ok(Some(file))
+    }
+
+    /// The uploader's user's decision, which must be an acceptance.
+    fn await_acceptance(&self, replies: &mut Replies<'_>) -> Result<(), DownloadError> {
+        let decision = replies
+            .next(Stage::Decision, SILENT_DECISION_TIMEOUT)
+            .map_err(|e| self.stopped(e))?;
+        match &decision.status {
+            Status::DownloadAccepted => Ok(()),
+            Status::DownloadRejected => Err(DownloadError::Rejected(decision.reason)),
+            other => Err(DownloadError::Protocol(format!(
+                "status {:?}",
+                other.as_str()
+            ))),
+        }
+    }
+
+    /// The partial the data lands in: the resumed one (said so), or a fresh one.
+    fn open_landing(
+        &self,
+        resumed: Option<OpenPartial>,
+        record: &PartialRecord,
+        resume_at: Option<u64>,
+        size: u64,
+    ) -> Result<OpenPartial, DownloadError> {
+        let Some(file) = resumed else {
+            return open_partial(self.ctx, self.name, record, None);
+        };
+        let offset = resume_at.unwrap_or(0);
+        self.ctx.out.line(&format!(
+            "Retomando o download de {} a partir do byte {offset} de {size} ({} de {})",
+            self.name,
+            human_size(offset),
+            human_size(size)
+        ));
+        Ok(file)
+    }
+
+    /// Receives the data under a progress bar; the BLAKE3 of the whole file as on disk.
+    fn receive(
+        &self,
+        stream: &TcpStream,
+        already: &[u8],
+        size: u64,
+        landing: transfer::Landing<'_>,
+    ) -> Result<String, ReceiveError> {
+        let start = landing.start;
+        let mut progress = Progress::new(
+            Arc::clone(&self.ctx.out),
+            format!("Download de {}", self.name),
+            size,
+            start,
+        );
+        let receiving = Instant::now();
+        let received = transfer::receive_exact(
+            already,
+            stream,
+            size - start,
+            landing,
+            self.guard.stop_flag(),
+            &mut |got| progress.update(start + got),
+        );
+        drop(progress);
+        // The hashing thread read back exactly the bytes in this file, and no other download
+        // can write it (it is locked): the digest is that of what is on disk.
+        let hash = received?;
+        log::debug!(
+            "{}: {} bytes received and hashed in {:.3} s",
+            self.name,
+            size - start,
+            receiving.elapsed().as_secs_f64()
+        );
+        Ok(hash.to_hex().to_string())
+    }
+
+    /// A cut transfer: the partial trimmed to what arrived whole, kept to resume.
+    fn cut(&self, e: ReceiveError, file: &OpenPartial, start: u64, size: u64) -> DownloadError {
+        let e = e.offset_by(start);
+        if let Err(te) = file.truncate(e.kept()) {
+            log::warn!("cannot trim the partial download of {}: {te}", self.name);
+        }
+        let part = self.ctx.partials.part_path(self.name);
+        if self.ctx.transfers.stopping() {
+            return DownloadError::Stopped(Some((e.kept(), size, part)));
+        }
+        DownloadError::Receive(e, part)
+    }
+
+    /// Checks what arrived (`got`) against the announced digest, or the one that follows the
+    /// data (whose first bytes may be in `rest`); a mismatch is reported to the uploader and
+    /// the copy discarded. Ends the connection. The copy, and the digest if the uploader gave
+    /// one.
+    fn verify(
+        &self,
+        stream: TcpStream,
+        file: OpenPartial,
+        offer: &OfferSeen,
+        got: &str,
+        rest: &[u8],
+    ) -> Result<(OpenPartial, Option<String>), DownloadError> {
+        let digest = if offer.digest_after_data {
+            Some(read_trailing_digest(rest, &stream)?)
+        } else {
+            offer.digest.clone()
+        };
+        match &digest {
+            Some(expected) if expected != got => {
+                report_mismatch(&stream, self.name, got);
+                drop(stream);
+                file.discard();
+                return Err(DownloadError::Corrupt {
+                    expected: expected.clone(),
+                    got: got.to_string(),
+                });
+            }
+            Some(_) => {}
+            None => log::warn!(
+                "{} sent no digest for {}; the copy is not verified",
+                self.peer,
+                self.name
+            ),
+        }
+        // The uploader waits for this end (or a mismatch report) before it lets go.
+        drop(stream);
+        Ok((file, digest))
+    }
+
+    /// Puts the verified copy on disk under its final name, and remembers its digest.
+    fn keep(
+        &self,
+        mut file: OpenPartial,
+        final_path: &std::path::Path,
+        digest: Option<&String>,
+    ) -> Result<(), DownloadError> {
+        let name = self.name;
+        let syncing = Instant::now();
+        file.file().sync_all().map_err(DownloadError::Disk)?;
+        log::debug!(
+            "{name}: on disk after {:.3} s of fsync",
+            syncing.elapsed().as_secs_f64()
+        );
+        match file.finish(final_path) {
+            Ok(()) => {
+                // Its digest is known: the announcer need not read the file again to tell it.
+                // (Taken after the link: linking and unlinking the partial's name move `ctime`.)
+                if let Some(digest) = digest
+                    && let Err(e) = self.ctx.digests.learned(final_path, file.as_file(), digest)
+                {
+                    log::debug!("the digest of {name} is not kept: {e}");
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(DownloadError::Exists(final_path.to_path_buf()))
+            }
+            Err(e) => Err(DownloadError::Disk(e)),
+        }
+    }
+}
+
+/// The reader of the uploader's replies.
+fn reply_reader(stream: &TcpStream) -> FrameReader<Deadline<'_>> {
+    let mut reader = FrameReader::new(Deadline::new(stream), 64 * 1024);
+    // An uploader that starts a reply and never finishes it must not hold this download (and
+    // its name) for ever.
+    reader.set_message_timeout(Some(REPLY_COMPLETION_TIMEOUT));
+    reader
+}
+
+/// Resume only when the uploader agreed to the offset of a partial of this same file (the
+/// same digest, or for a partial without one, the same size and prefix: D6); an offset not
+/// asked for is refused.
+fn resume_point(
+    partial: Option<&transfer::Partial>,
+    offer: &OfferSeen,
+) -> Result<Option<u64>, DownloadError> {
+    let offset = offer.offset;
+    let same_file = |p: &transfer::Partial| match &offer.digest {
+        _ if p.record.digest.is_empty() => true,
+        Some(d) => p.record.digest == *d,
+        None => false,
+    };
+    match partial {
+        Some(p)
+            if offset > 0 && offset == p.have && p.record.size == offer.size && same_file(p) =>
+        {
+            Ok(Some(offset))
+        }
+        _ if offset == 0 => Ok(None),
+        _ => Err(DownloadError::Protocol(format!(
+            "o peer ofereceu retomar do byte {offset}, o que não foi pedido"
+        ))),
     }
 }
 
@@ -807,9 +982,10 @@ fn read_trailing_digest(rest: &[u8], stream: &TcpStream) -> Result<String, Downl
             "a linha depois dos dados é longa demais".into(),
         ));
     }
-    let trailer = parse_reply(line[..end].trim_ascii()).map_err(DownloadError::Protocol)?;
-    match (trailer.status.as_str(), trailer.digest) {
-        (status::DIGEST, Some(digest)) if is_digest_hex(&digest) => Ok(digest),
+    let trailer = parse_reply(line[..end].trim_ascii())
+        .map_err(|e| DownloadError::Protocol(e.to_string()))?;
+    match (trailer.status, trailer.digest) {
+        (Status::Digest, Some(digest)) if is_digest_hex(&digest) => Ok(digest),
         _ => Err(DownloadError::Protocol(
             "esperava o BLAKE3 do arquivo depois dos dados".into(),
         )),
@@ -854,7 +1030,9 @@ impl Replies<'_> {
         loop {
             self.reader.set_idle_timeout(Some(wait));
             let reply = match self.reader.next_frame() {
-                Ok(Some(frame)) => parse_reply(frame).map_err(DownloadError::Protocol)?,
+                Ok(Some(frame)) => {
+                    parse_reply(frame).map_err(|e| DownloadError::Protocol(e.to_string()))?
+                }
                 Ok(None) => return Err(DownloadError::ClosedEarly),
                 Err(CodecError::Idle) => {
                     return Err(DownloadError::Timeout {
@@ -867,7 +1045,7 @@ impl Replies<'_> {
                 }
                 Err(e) => return Err(DownloadError::Protocol(codec_problem(&e))),
             };
-            if reply.status != status::WAITING {
+            if reply.status != Status::Waiting {
                 return Ok(reply);
             }
             // One announcement per stage; more would let an uploader wait for ever (and fill
@@ -956,6 +1134,31 @@ mod tests {
             "tempo esgotado: o outro peer não respondeu em 15 s"
         );
         assert_eq!(timeout.failure(), Failure::Unreachable);
+    }
+
+    /// The user's line is the peer's; `RUST_LOG=debug` can still walk down to the OS error.
+    #[test]
+    fn a_cut_transfer_keeps_its_cause() {
+        use std::error::Error as _;
+        let cut = DownloadError::Receive(
+            ReceiveError::Network {
+                got: 0,
+                error: io::Error::from_raw_os_error(libc::EHOSTUNREACH),
+            },
+            PathBuf::from("p2p/a.part"),
+        );
+        let receive = cut
+            .source()
+            .expect("a cut transfer has its receive error as source");
+        assert_eq!(receive.to_string(), "receiving failed after 0 bytes");
+        let os = receive
+            .source()
+            .expect("a network failure has its io error as source");
+        let os = os
+            .downcast_ref::<io::Error>()
+            .expect("the source is an io::Error");
+        assert_eq!(os.raw_os_error(), Some(libc::EHOSTUNREACH));
+        assert!(cut.to_string().starts_with("a conexão falhou após 0 B: "));
     }
 
     /// An uploader's `waiting` reply is taken at its word only up to 11 minutes (our default

@@ -7,8 +7,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 
 use crate::peer::console::count;
 use crate::peer::{DEFAULT_DIR, PeerError};
@@ -90,15 +92,14 @@ fn lock(shared: &SharedDir) -> Result<File, Locked> {
         .truncate(false)
         .open(&path)
         .map_err(Locked::Failed)?;
-    // SAFETY: flock only reads the descriptor, which `file` keeps open.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let error = io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) => {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
             return Err(Locked::ByOther(text.trim().parse().ok()));
         }
-        return Err(Locked::Failed(error));
+        Err(e) => return Err(Locked::Failed(e.into())),
     }
     let written = file
         .set_len(0)

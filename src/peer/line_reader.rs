@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::peer::console::{ConsoleState, Input};
 use crate::peer::output::{PlainOutput, SharedOutput};
+use crate::peer::prompt;
 use crate::peer::{PeerConfig, Reading};
 
 /// The longest line accepted from stdin; the rest of a longer line is dropped.
@@ -38,8 +39,14 @@ pub fn start(
 ) -> io::Result<LineReader> {
     match config.reading {
         Reading::Terminal => {
-            match crate::peer::prompt::start(config, shared, state, tx.clone(), ready) {
-                Ok(reader) => return Ok(reader),
+            match prompt::start(config, shared, state, tx.clone(), ready) {
+                Ok(prompt) => {
+                    return Ok(LineReader {
+                        output: prompt.output,
+                        reading: Reading::Terminal,
+                        finish: prompt.finish,
+                    });
+                }
                 Err(e) => log::warn!("interactive prompt unavailable ({e}); reading plain lines"),
             }
             start_plain(tx)

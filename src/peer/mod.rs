@@ -19,11 +19,11 @@ pub mod output;
 pub mod progress;
 pub mod prompt;
 pub mod range_server;
+pub mod running;
 pub mod search_results;
 pub mod swarm;
 pub mod tracker_client;
 pub mod transfer_commands;
-pub mod transfers;
 pub mod uploader;
 
 use std::fmt;
@@ -45,19 +45,20 @@ use crate::peer::console::{ConsoleChannels, ConsoleOptions, ConsoleState};
 use crate::peer::downloader::Finished;
 use crate::peer::folder::PeerFolder;
 use crate::peer::output::SharedOutput;
-use crate::peer::tracker_client::{DialectChoice, LinkConfig, TrackerLink};
-use crate::peer::transfers::Transfers;
+use crate::peer::running::Transfers;
+use crate::peer::tracker_client::{DialectChoice, LinkConfig, LinkEvent, TrackerLink};
 use crate::share::SharedDir;
 use crate::transfer::PartialStore;
 
-/// How upload requests are answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How upload requests are answered (`--approve`: yes and no are for scripts). The variants'
+/// comments are the values' help in `napster peer --help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ApproveMode {
     /// Ask the user (SIM/NAO).
     Ask,
-    /// Accept every request (for scripts).
+    /// Accept every request.
     Yes,
-    /// Refuse every request (for scripts).
+    /// Refuse every request.
     No,
 }
 
@@ -258,75 +259,21 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
         port,
         folder,
     } = open(&config)?;
-    let (link_tx, link_rx) = unbounded();
-    let (approval_tx, approval_rx) = unbounded();
     let (input_tx, input_rx) = unbounded();
     let (ready_tx, ready_rx) = unbounded();
-    let (finished_tx, finished_rx) = unbounded();
     let state = Arc::new(ConsoleState::default());
-    let reader = line_reader::start(
-        &config,
-        folder.shared.path(),
-        Arc::clone(&state),
-        input_tx,
-        ready_rx,
-    )
-    .map_err(PeerError::Thread)?;
-    if reader.reading == Reading::Terminal {
-        // The interactive prompt: log lines go above it, not onto the row being typed.
-        let out = Arc::clone(&reader.output);
-        crate::logging::route_to(move |line| out.line(line));
-    }
-    let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
-    let catalog = Arc::new(Catalog::new(folder.shared.clone()));
-    let listing = Arc::clone(&catalog);
-    let link = TrackerLink::start(
-        LinkConfig {
-            server: config.server.clone(),
-            upload_port: port,
-            local_ip: bind_ip,
-            liveness: config.liveness,
-            dialect: config.tracker_dialect,
-            folder: folder.shared.path().to_path_buf(),
-            // A reconnection JOINs with every record known now.
-            list_files: Box::new(move || listing.snapshot_for_join().unwrap_or_default()),
-        },
-        link_tx,
-    )
-    .map_err(PeerError::Thread)?;
-    let ctx = Arc::new(PeerContext {
-        port,
-        bind_ip,
-        advertise: config.advertise.clone(),
-        partials: PartialStore::new(folder.shared.path()),
-        digests: open_digests(folder.shared.path()),
-        catalog,
-        shared: folder.shared.clone(),
-        link: Arc::new(link),
-        out: reader.output,
-        transfers: Transfers::new(),
+    let reader = start_reading(&config, &folder, Arc::clone(&state), input_tx, ready_rx)?;
+    let (link_tx, link_rx) = unbounded();
+    let (approval_tx, approval_rx) = unbounded();
+    let (finished_tx, finished_rx) = unbounded();
+    let to_console = ToConsole {
+        link: link_tx,
         approvals: approval_tx,
-        asks_within: (config.approve == ApproveMode::Ask).then_some(config.approval_timeout),
         finished: finished_tx,
-        liveness: config.liveness,
-        sources: config.sources.max(1),
-        swarms: Default::default(),
-    });
-    ctx.out.line(&format!(
-        "Aguardando pedidos de download na porta {port}; {}",
-        folder.describe()
-    ));
-
-    // Hash the shared files now, so the first request for a large one is answered at once,
-    // and keep the tracker told of new, changed and removed files and of digests learned.
-    announcer::start(&ctx).map_err(PeerError::Thread)?;
-
-    let upload_ctx = Arc::clone(&ctx);
-    thread::Builder::new()
-        .name("upload-listener".into())
-        .spawn(move || uploader::serve(listener, upload_ctx))
-        .map_err(PeerError::Thread)?;
-
+    };
+    let out = Arc::clone(&reader.output);
+    let ctx = Arc::new(shared_context(&config, port, &folder, out, to_console)?);
+    start_serving(&ctx, &folder, listener)?;
     let signals = start_signal_thread().map_err(PeerError::Thread)?;
     let failure = console::run(
         Arc::clone(&ctx),
@@ -348,6 +295,99 @@ pub fn run(config: PeerConfig) -> Result<Option<Failure>, PeerError> {
     );
     (reader.finish)();
     Ok(failure)
+}
+
+/// Starts reading the user's lines; with the interactive prompt, log lines go above it.
+fn start_reading(
+    config: &PeerConfig,
+    folder: &PeerFolder,
+    state: Arc<ConsoleState>,
+    inputs: Sender<console::Input>,
+    ready: crossbeam_channel::Receiver<()>,
+) -> Result<line_reader::LineReader, PeerError> {
+    let reader = line_reader::start(config, folder.shared.path(), state, inputs, ready)
+        .map_err(PeerError::Thread)?;
+    if reader.reading == Reading::Terminal {
+        // The interactive prompt: log lines go above it, not onto the row being typed.
+        let out = Arc::clone(&reader.output);
+        crate::logging::route_to(move |line| out.line(line));
+    }
+    Ok(reader)
+}
+
+/// Where the peer's threads tell the console what happened.
+struct ToConsole {
+    link: Sender<LinkEvent>,
+    approvals: Sender<ApprovalRequest>,
+    finished: Sender<Finished>,
+}
+
+/// What the peer's threads share, with the tracker link started.
+fn shared_context(
+    config: &PeerConfig,
+    port: u16,
+    folder: &PeerFolder,
+    out: SharedOutput,
+    to_console: ToConsole,
+) -> Result<PeerContext, PeerError> {
+    let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+    let catalog = Arc::new(Catalog::new(folder.shared.clone()));
+    let listing = Arc::clone(&catalog);
+    let link = TrackerLink::start(
+        LinkConfig {
+            server: config.server.clone(),
+            upload_port: port,
+            local_ip: bind_ip,
+            liveness: config.liveness,
+            dialect: config.tracker_dialect,
+            folder: folder.shared.path().to_path_buf(),
+            // A reconnection JOINs with every record known now.
+            list_files: Box::new(move || listing.snapshot_for_join().unwrap_or_default()),
+        },
+        to_console.link,
+    )
+    .map_err(PeerError::Thread)?;
+    Ok(PeerContext {
+        port,
+        bind_ip,
+        advertise: config.advertise.clone(),
+        partials: PartialStore::new(folder.shared.path()),
+        digests: open_digests(folder.shared.path()),
+        catalog,
+        shared: folder.shared.clone(),
+        link: Arc::new(link),
+        out,
+        transfers: Transfers::new(),
+        approvals: to_console.approvals,
+        asks_within: (config.approve == ApproveMode::Ask).then_some(config.approval_timeout),
+        finished: to_console.finished,
+        liveness: config.liveness,
+        sources: config.sources.max(1),
+        swarms: Default::default(),
+    })
+}
+
+/// Says where uploads are awaited, starts hashing and announcing the shared files, and starts
+/// serving uploads.
+fn start_serving(
+    ctx: &Arc<PeerContext>,
+    folder: &PeerFolder,
+    listener: TcpListener,
+) -> Result<(), PeerError> {
+    ctx.out.line(&format!(
+        "Aguardando pedidos de download na porta {}; {}",
+        ctx.port,
+        folder.describe()
+    ));
+    // Hash the shared files now, so the first request for a large one is answered at once,
+    // and keep the tracker told of new, changed and removed files and of digests learned.
+    announcer::start(ctx).map_err(PeerError::Thread)?;
+    let upload_ctx = Arc::clone(ctx);
+    thread::Builder::new()
+        .name("upload-listener".into())
+        .spawn(move || uploader::serve(listener, upload_ctx))
+        .map_err(PeerError::Thread)?;
+    Ok(())
 }
 
 /// The shared folder's digest cache, which keeps each file's outboard beside its digest.

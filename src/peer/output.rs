@@ -458,14 +458,9 @@ fn fit(label: &str, figures: &str, width: usize) -> String {
 
 /// The width of the terminal on stdout, or 80 if it cannot be known.
 pub fn terminal_columns() -> usize {
-    // SAFETY: TIOCGWINSZ only writes a `winsize` into the struct it is given.
-    unsafe {
-        let mut size: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_col > 0 {
-            usize::from(size.ws_col)
-        } else {
-            80
-        }
+    match rustix::termios::tcgetwinsize(io::stdout()) {
+        Ok(size) if size.ws_col > 0 => usize::from(size.ws_col),
+        _ => 80,
     }
 }
 

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
+use rustix::termios::{self, OptionalActions, Termios};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -45,10 +46,9 @@ use rustyline::{
 use crate::peer::PeerConfig;
 use crate::peer::commands::COMMAND_NAMES;
 use crate::peer::console::{ConsoleState, Input, prompt_text};
-use crate::peer::line_reader::LineReader;
 use crate::peer::output::{
-    ConsoleQueue, FLUSH_WAIT, LiveOutput, Output, QUEUE_BYTES, Queued, console_text, dropped_note,
-    terminal_columns,
+    ConsoleQueue, FLUSH_WAIT, LiveOutput, Output, QUEUE_BYTES, Queued, SharedOutput, console_text,
+    dropped_note, terminal_columns,
 };
 use crate::peer::search_results;
 
@@ -298,23 +298,44 @@ fn history_path(config: &PeerConfig, shared: &Path) -> Result<Option<PathBuf>, P
 }
 
 /// The terminal's settings before the prompt first changed them, to put back on leaving.
-struct SavedTerminal(Option<libc::termios>);
+struct SavedTerminal(Option<Termios>);
 
 impl SavedTerminal {
     fn save() -> SavedTerminal {
-        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: tcgetattr writes a whole termios into the pointer when it returns 0.
-        let got = unsafe { libc::tcgetattr(libc::STDIN_FILENO, termios.as_mut_ptr()) };
-        // SAFETY: initialised by the successful tcgetattr above.
-        SavedTerminal((got == 0).then(|| unsafe { termios.assume_init() }))
+        SavedTerminal(termios::tcgetattr(io::stdin()).ok())
     }
 
     fn restore(&self) {
-        if let Some(termios) = &self.0 {
-            // SAFETY: `termios` is a valid settings block read by tcgetattr.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, termios) };
+        if let Some(saved) = &self.0 {
+            let _ = termios::tcsetattr(io::stdin(), OptionalActions::Now, saved);
         }
     }
+}
+
+/// A started prompt: [`crate::peer::line_reader`] chooses it (or plain lines) and hands both on
+/// the same way; this module knows nothing of the other readers.
+pub struct StartedPrompt {
+    /// Where console lines go: above the prompt.
+    pub output: SharedOutput,
+    /// Restores the terminal if a signal left it mid-line.
+    pub finish: Box<dyn FnOnce() + Send>,
+}
+
+/// The line editor and what its reading thread needs beside it.
+struct Editing {
+    editor: Editor<ConsoleHelper, DefaultHistory>,
+    /// The history file, if history is kept.
+    history: Option<PathBuf>,
+    /// The line as it was when Ctrl-C was pressed (rustyline returns none).
+    at_ctrl_c: Arc<parking_lot::Mutex<String>>,
+}
+
+/// Whether the prompt is being left, and whether its thread is inside `readline` (then only
+/// the leaving thread can give the terminal back).
+#[derive(Clone, Default)]
+struct PromptFlags {
+    closing: Arc<AtomicBool>,
+    reading: Arc<AtomicBool>,
 }
 
 /// Starts the prompt thread. `ready` carries the console's word that it has handled the last
@@ -325,7 +346,39 @@ pub fn start(
     state: Arc<ConsoleState>,
     tx: Sender<Input>,
     ready: Receiver<()>,
-) -> io::Result<LineReader> {
+) -> io::Result<StartedPrompt> {
+    let (history, refused_history) = match history_path(config, shared) {
+        Ok(history) => (history, None),
+        Err(refused) => (None, Some(refused)),
+    };
+    let mut editing = editing(Arc::clone(&state), history)?;
+    let printer = editing
+        .editor
+        .create_external_printer()
+        .map_err(io::Error::other)?;
+    let (output, queue) = start_printing(Box::new(printer))?;
+    if let Some(path) = refused_history {
+        output.line(&format!(
+            "Histórico não guardado em {}: é a pasta compartilhada, que o JOIN ofereceria a todos",
+            path.display()
+        ));
+    }
+    let terminal = SavedTerminal::save();
+    let flags = PromptFlags::default();
+    let typed = Arc::clone(&output);
+    let reader_flags = flags.clone();
+    let prompt = LivePrompt::new(state);
+    thread::Builder::new()
+        .name("prompt".into())
+        .spawn(move || read_lines(editing, prompt, typed, reader_flags, tx, ready))?;
+    Ok(StartedPrompt {
+        output,
+        finish: Box::new(move || leave(flags, &queue, terminal)),
+    })
+}
+
+/// The line editor: list completion, history loaded, Ctrl-C noting the line it interrupts.
+fn editing(state: Arc<ConsoleState>, history: Option<PathBuf>) -> io::Result<Editing> {
     // List completion, as in a shell: Tab completes as far as the candidates agree, a second
     // Tab lists them; the name's trailing space lets the next Tab go on to the peer.
     let editor_config = Config::builder()
@@ -334,13 +387,7 @@ pub fn start(
         .build();
     let mut editor: Editor<ConsoleHelper, DefaultHistory> =
         Editor::with_config(editor_config).map_err(io::Error::other)?;
-    editor.set_helper(Some(ConsoleHelper {
-        state: Arc::clone(&state),
-    }));
-    let (history, refused_history) = match history_path(config, shared) {
-        Ok(history) => (history, None),
-        Err(refused) => (None, Some(refused)),
-    };
+    editor.set_helper(Some(ConsoleHelper { state }));
     if let Some(path) = &history
         && let Err(e) = editor.load_history(path)
     {
@@ -351,9 +398,18 @@ pub fn start(
         KeyEvent::ctrl('C'),
         EventHandler::Conditional(Box::new(NoteLineAtCtrlC(Arc::clone(&at_ctrl_c)))),
     );
-    let printer = editor.create_external_printer().map_err(io::Error::other)?;
-    // Lines and transfer progress bars are drawn above the prompt (see LiveOutput), through
-    // the printer thread.
+    Ok(Editing {
+        editor,
+        history,
+        at_ctrl_c,
+    })
+}
+
+/// Lines and transfer progress bars are drawn above the prompt (see LiveOutput), through the
+/// printer thread started here.
+fn start_printing(
+    printer: Box<dyn ExternalPrinter + Send>,
+) -> io::Result<(Arc<PromptOutput>, Arc<ConsoleQueue>)> {
     let queue = ConsoleQueue::new(QUEUE_BYTES);
     let sink = Arc::clone(&queue);
     let live = LiveOutput::new(
@@ -367,75 +423,67 @@ pub fn start(
     let (printer_queue, printer_output) = (Arc::clone(&queue), Arc::clone(&output));
     thread::Builder::new()
         .name("prompt-output".into())
-        .spawn(move || print_lines(printer_queue, printer_output, Box::new(printer)))?;
-    if let Some(path) = refused_history {
-        output.line(&format!(
-            "Histórico não guardado em {}: é a pasta compartilhada, que o JOIN ofereceria a todos",
-            path.display()
-        ));
-    }
-    let typed = Arc::clone(&output);
+        .spawn(move || print_lines(printer_queue, printer_output, printer))?;
+    Ok((output, queue))
+}
 
-    let terminal = SavedTerminal::save();
-    let closing = Arc::new(AtomicBool::new(false));
-    let reading = Arc::new(AtomicBool::new(false));
-    let (closing2, reading2) = (Arc::clone(&closing), Arc::clone(&reading));
-    let prompt = LivePrompt::new(state);
-    thread::Builder::new()
-        .name("prompt".into())
-        .spawn(move || {
-            loop {
-                reading2.store(true, Ordering::SeqCst);
-                if closing2.load(Ordering::SeqCst) {
-                    reading2.store(false, Ordering::SeqCst);
-                    break;
-                }
-                let shown_prompt = prompt.raw().to_string();
-                let line = editor.readline(&prompt);
-                reading2.store(false, Ordering::SeqCst);
-                let (input, typed_text) = match line {
-                    Ok(line) => {
-                        remember(&mut editor, history.as_deref(), &line);
-                        (Input::Line(line.clone()), line)
-                    }
-                    Err(ReadlineError::Interrupted) => {
-                        let text = std::mem::take(&mut *at_ctrl_c.lock());
-                        let empty_line = text.trim().is_empty();
-                        (Input::Interrupted { empty_line }, text)
-                    }
-                    Err(ReadlineError::Eof) => (Input::Eof, String::new()),
-                    Err(e) => {
-                        log::warn!("prompt failed: {e}");
-                        (Input::Eof, String::new())
-                    }
-                };
-                typed.line_accepted(&format!("{shown_prompt}{typed_text}"));
-                // After Ctrl-D too the console may go on (it asks before stopping transfers):
-                // read again only when it says so.
-                if tx.send(input).is_err() || ready.recv().is_err() {
-                    break;
-                }
-            }
-        })?;
-
-    let finish = move || {
-        closing.store(true, Ordering::SeqCst);
-        queue.flush(FLUSH_WAIT);
-        if reading.load(Ordering::SeqCst) {
-            // Left by a signal while `readline` runs: end the prompt line and give the
-            // terminal back its normal mode (and turn off bracketed paste, which rustyline
-            // turned on), since that thread will never return to do it.
-            terminal.restore();
-            let mut out = io::stdout().lock();
-            let _ = out.write_all(b"\x1b[?2004l\r\n");
-            let _ = out.flush();
+/// The prompt thread: reads a line, sends it to the console, and reads the next only when the
+/// console says it has handled this one.
+fn read_lines(
+    mut editing: Editing,
+    prompt: LivePrompt,
+    typed: Arc<PromptOutput>,
+    flags: PromptFlags,
+    tx: Sender<Input>,
+    ready: Receiver<()>,
+) {
+    loop {
+        flags.reading.store(true, Ordering::SeqCst);
+        if flags.closing.load(Ordering::SeqCst) {
+            flags.reading.store(false, Ordering::SeqCst);
+            break;
         }
-    };
-    Ok(LineReader {
-        output,
-        reading: crate::peer::Reading::Terminal,
-        finish: Box::new(finish),
-    })
+        let shown_prompt = prompt.raw().to_string();
+        let line = editing.editor.readline(&prompt);
+        flags.reading.store(false, Ordering::SeqCst);
+        let (input, typed_text) = match line {
+            Ok(line) => {
+                remember(&mut editing.editor, editing.history.as_deref(), &line);
+                (Input::Line(line.clone()), line)
+            }
+            Err(ReadlineError::Interrupted) => {
+                let text = std::mem::take(&mut *editing.at_ctrl_c.lock());
+                let empty_line = text.trim().is_empty();
+                (Input::Interrupted { empty_line }, text)
+            }
+            Err(ReadlineError::Eof) => (Input::Eof, String::new()),
+            Err(e) => {
+                log::warn!("prompt failed: {e}");
+                (Input::Eof, String::new())
+            }
+        };
+        typed.line_accepted(&format!("{shown_prompt}{typed_text}"));
+        // After Ctrl-D too the console may go on (it asks before stopping transfers):
+        // read again only when it says so.
+        if tx.send(input).is_err() || ready.recv().is_err() {
+            break;
+        }
+    }
+}
+
+/// Leaves the prompt: the last lines are printed, and a terminal left mid-line is given back.
+fn leave(flags: PromptFlags, queue: &ConsoleQueue, terminal: SavedTerminal) {
+    flags.closing.store(true, Ordering::SeqCst);
+    queue.flush(FLUSH_WAIT);
+    if flags.reading.load(Ordering::SeqCst) {
+        // Left by a signal while `readline` runs: end the prompt line and give the
+        // terminal back its normal mode (and turn off bracketed paste, which rustyline
+        // turned on), since that thread will never return to do it.
+        terminal.restore();
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(b"\x1b[?2004l\r\n");
+        let _ = out.flush();
+    }
 }
 
 /// Adds a line to the history and appends it to the file at once, so history survives even a

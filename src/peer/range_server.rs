@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::peer::PeerContext;
 use crate::peer::progress::Progress;
-use crate::protocol::messages::{Reply, status};
+use crate::protocol::messages::{Reply, Status};
 use crate::protocol::ranges::{self, RangeRequest};
 use crate::protocol::{CodecError, FrameReader, TimedRead};
 use crate::transfer;
@@ -138,10 +138,10 @@ pub fn serve<R: TimedRead>(
                         }
                         sent.map(|()| true)
                     }
-                    Err(why) => refuse(stream, why),
+                    Err(why) => refuse(stream, why.to_string()),
                 }
             }
-            Err(why) => refuse(stream, why),
+            Err(why) => refuse(stream, why.to_string()),
         };
         if !answered? {
             errors += 1;
@@ -169,7 +169,7 @@ fn send_outboard(
 ) -> io::Result<bool> {
     let length = file.outboard.metadata()?.len();
     let header = Reply {
-        status: status::OK.to_string(),
+        status: Status::Ok,
         length: Some(length),
         ..Reply::default()
     };
@@ -187,7 +187,7 @@ fn send_piece(
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
     let header = Reply {
-        status: status::OK.to_string(),
+        status: Status::Ok,
         offset: Some(offset),
         length: Some(length),
         ..Reply::default()

@@ -42,7 +42,7 @@ use crate::liveness;
 use crate::peer::output::printable;
 use crate::protocol::FileRecord;
 use crate::protocol::legacy::{self, BareReply, ORIGINAL_MAX_MESSAGE};
-use crate::protocol::messages::{self, Reply, parse_reply, status};
+use crate::protocol::messages::{self, Reply, Status, parse_reply};
 
 /// Answers received and not yet matched that are tolerated.
 const UNREAD_REPLIES: usize = 8;
@@ -117,7 +117,7 @@ pub enum LinkError {
     /// Dialling failed.
     Connect(String, io::Error),
     /// The connection broke during the request.
-    Lost(String),
+    Lost(Cut),
     /// The tracker took the request and answered nothing in time.
     Silent {
         /// How long the request waited.
@@ -134,8 +134,10 @@ pub enum LinkError {
     Unexpected(String),
     /// The request is longer than the original's tracker reads at once.
     TooLong(usize),
-    /// The shared folder's path cannot be sent.
-    Folder(String),
+    /// The shared folder cannot be found (to name it absolutely).
+    Folder(PathBuf, io::Error),
+    /// The shared folder's absolute path is not UTF-8, which JSON cannot carry.
+    FolderNotUtf8(std::ffi::OsString),
     /// Too many requests already wait for the tracker.
     Busy,
     /// The peer is leaving.
@@ -195,9 +197,15 @@ impl fmt::Display for LinkError {
                 crate::numbers::thousands(*len as u64),
                 crate::numbers::thousands(ORIGINAL_MAX_MESSAGE as u64)
             ),
-            LinkError::Folder(why) => {
-                write!(f, "a pasta compartilhada não pode ser enviada: {why}")
-            }
+            LinkError::Folder(path, e) => write!(
+                f,
+                "a pasta compartilhada não pode ser enviada: {}: {e}",
+                path.display()
+            ),
+            LinkError::FolderNotUtf8(path) => write!(
+                f,
+                "a pasta compartilhada não pode ser enviada: o caminho {path:?} não é UTF-8"
+            ),
             LinkError::Busy => write!(f, "pedidos demais aguardando o servidor"),
             LinkError::Closed => write!(f, "o peer está encerrando"),
         }
@@ -207,7 +215,54 @@ impl fmt::Display for LinkError {
 impl std::error::Error for LinkError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            LinkError::Connect(_, e) => Some(e),
+            LinkError::Connect(_, e) | LinkError::Folder(_, e) => Some(e),
+            LinkError::Lost(cut) => Some(cut),
+            _ => None,
+        }
+    }
+}
+
+/// Why the connection to the tracker ended; told to the user inside a line of the console's.
+#[derive(Debug, Clone)]
+pub enum Cut {
+    /// The tracker closed it.
+    ClosedByTracker,
+    /// The tracker sent bytes that are no answer.
+    Unreadable,
+    /// In the original's dialect, bytes that are none of that tracker's answers.
+    NotAnOriginalAnswer,
+    /// An answer longer than [`MAX_JSON_ANSWER`].
+    TooLarge,
+    /// More answers than requests.
+    Unasked,
+    /// The link stopped taking answers (the peer is leaving).
+    LinkGone,
+    /// The thread reading the connection ended.
+    ReaderGone,
+    /// Reading or writing failed (shared: the same cut fails a request and replaces the
+    /// connection).
+    Io(Arc<io::Error>),
+}
+
+impl fmt::Display for Cut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cut::ClosedByTracker => write!(f, "o servidor fechou a conexão"),
+            Cut::Unreadable => write!(f, "resposta ilegível do servidor"),
+            Cut::NotAnOriginalAnswer => write!(f, "resposta ilegível"),
+            Cut::TooLarge => write!(f, "resposta grande demais do servidor"),
+            Cut::Unasked => write!(f, "o servidor enviou respostas que ninguém pediu"),
+            Cut::LinkGone => write!(f, "conexão encerrada pelo peer"),
+            Cut::ReaderGone => write!(f, "o leitor da conexão terminou"),
+            Cut::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Cut {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Cut::Io(e) => Some(e.as_ref()),
             _ => None,
         }
     }
@@ -223,16 +278,16 @@ pub struct Joined {
 }
 
 /// Why the link is reconnecting.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Outage {
     /// The connection ended or broke.
-    Closed(String),
+    Closed(Cut),
     /// The tracker stopped answering in our dialect; the connection was replaced.
     Silent(Duration),
 }
 
 /// What the link tells the console.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LinkEvent {
     /// The answer to the console's JOIN.
     Joined(Result<Joined, String>),
@@ -462,7 +517,7 @@ enum Answer {
 
 enum Incoming {
     Answer(Answer),
-    Closed(String),
+    Closed(Cut),
 }
 
 struct Connection {
@@ -524,7 +579,7 @@ impl Link {
                 recv(incoming) -> message => match message {
                     Ok(Incoming::Answer(answer)) => self.answered(answer),
                     Ok(Incoming::Closed(why)) => self.connection_closed(why),
-                    Err(_) => self.connection_closed("o leitor da conexão terminou".into()),
+                    Err(_) => self.connection_closed(Cut::ReaderGone),
                 },
                 default(wait) => self.deadline_passed(),
             }
@@ -711,11 +766,11 @@ impl Link {
     /// The shared folder as the original's JOIN names it: absolute, UTF-8.
     fn folder_text(&self) -> Result<String, LinkError> {
         let folder = std::fs::canonicalize(&self.config.folder)
-            .map_err(|e| LinkError::Folder(format!("{}: {e}", self.config.folder.display())))?;
+            .map_err(|e| LinkError::Folder(self.config.folder.clone(), e))?;
         folder
             .into_os_string()
             .into_string()
-            .map_err(|path| LinkError::Folder(format!("o caminho {path:?} não é UTF-8")))
+            .map_err(LinkError::FolderNotUtf8)
     }
 
     /// Writes one request and waits for its answer.
@@ -732,9 +787,9 @@ impl Link {
                 });
             }
             Err(e) => {
-                let why = e.to_string();
-                self.fail(pending, LinkError::Lost(why.clone()));
-                self.connection_closed(why);
+                let cut = Cut::Io(Arc::new(e));
+                self.fail(pending, LinkError::Lost(cut.clone()));
+                self.connection_closed(cut);
             }
         }
     }
@@ -852,11 +907,11 @@ impl Link {
                 self.fail(pending, LinkError::Unexpected(why));
                 if self.conn.as_ref().and_then(|c| c.dialect) == Some(Dialect::Original) {
                     // Bytes that are none of the original's answers: the stream is lost.
-                    self.replace_connection(Outage::Closed("resposta ilegível".into()));
+                    self.replace_connection(Outage::Closed(Cut::NotAnOriginalAnswer));
                 }
             }
             (Pending::Join { files, rejoin }, Answer::Json(Ok(reply))) => {
-                match expect_status(*reply, status::JOIN_OK) {
+                match expect_status(*reply, Status::JoinOk) {
                     Ok(_) => self.joined_ok(files, rejoin),
                     Err(LinkError::Refused(why)) if why.contains(messages::ADDRESS_TAKEN) => {
                         self.fail(
@@ -871,7 +926,7 @@ impl Link {
                 self.joined_ok(files, rejoin);
             }
             (Pending::Search { name, for_download }, Answer::Json(Ok(reply))) => {
-                let result = expect_status(*reply, status::OK)
+                let result = expect_status(*reply, Status::Ok)
                     .map(Box::new)
                     .map_err(|e| e.to_string());
                 self.found(name, for_download, result);
@@ -886,12 +941,12 @@ impl Link {
                 self.found(name, for_download, Ok(Box::new(Reply::peers(peers))));
             }
             (Pending::Update, Answer::Json(Ok(reply))) => {
-                if let Err(e) = expect_status(*reply, status::UPDATE_OK) {
+                if let Err(e) = expect_status(*reply, Status::UpdateOk) {
                     log::warn!("UPDATE refused by the tracker: {e}");
                 }
             }
             (Pending::List { peer }, Answer::Json(Ok(reply))) => {
-                let result = expect_status(*reply, status::OK)
+                let result = expect_status(*reply, Status::Ok)
                     .map(|reply| reply.files.unwrap_or_default())
                     .map_err(|e| e.to_string());
                 let _ = self.events.send(LinkEvent::Listed { peer, result });
@@ -899,7 +954,7 @@ impl Link {
             (Pending::Update, Answer::Bare(Ok(BareReply::UpdateOk)))
             | (Pending::Relist, Answer::Bare(Ok(BareReply::JoinOk))) => {}
             (Pending::Relist, Answer::Json(Ok(reply))) => {
-                if let Err(e) = expect_status(*reply, status::JOIN_OK) {
+                if let Err(e) = expect_status(*reply, Status::JoinOk) {
                     log::warn!("JOIN in place of an UPDATE refused by the tracker: {e}");
                 }
             }
@@ -1039,14 +1094,14 @@ impl Link {
     }
 
     /// The connection ended.
-    fn connection_closed(&mut self, why: String) {
+    fn connection_closed(&mut self, cut: Cut) {
         if self.conn.is_none() {
             return;
         }
         if let Some(waiting) = self.waiting.take() {
-            self.fail(waiting.pending, LinkError::Lost(why.clone()));
+            self.fail(waiting.pending, LinkError::Lost(cut.clone()));
         }
-        self.replace_connection(Outage::Closed(why));
+        self.replace_connection(Outage::Closed(cut));
     }
 
     /// Drops the connection and, for a joined peer, starts dialling again.
@@ -1178,17 +1233,17 @@ fn read_answers(mut stream: TcpStream, tx: Sender<Incoming>) {
                 break 'read why;
             }
             if unreadable {
-                break 'read "resposta ilegível do servidor".to_string();
+                break 'read Cut::Unreadable;
             }
         }
         if buf.len() > MAX_JSON_ANSWER {
-            break "resposta grande demais do servidor".to_string();
+            break Cut::TooLarge;
         }
         match stream.read(&mut chunk) {
-            Ok(0) => break "o servidor fechou a conexão".to_string(),
+            Ok(0) => break Cut::ClosedByTracker,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break e.to_string(),
+            Err(e) => break Cut::Io(Arc::new(e)),
         }
     };
     let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -1199,7 +1254,9 @@ fn read_answers(mut stream: TcpStream, tx: Sender<Incoming>) {
 fn split_answer(buf: &[u8]) -> Option<(Answer, usize)> {
     if buf.first() == Some(&b'{') {
         let end = buf.iter().position(|&b| b == b'\n')?;
-        let reply = parse_reply(&buf[..end]).map(Box::new);
+        let reply = parse_reply(&buf[..end])
+            .map(Box::new)
+            .map_err(|e| e.to_string());
         return Some((Answer::Json(reply), end + 1));
     }
     let (reply, used) = legacy::split_bare_reply(buf)?;
@@ -1207,27 +1264,64 @@ fn split_answer(buf: &[u8]) -> Option<(Answer, usize)> {
 }
 
 /// Forwards one answer; `Err` with the reason when the connection must end.
-fn forward(tx: &Sender<Incoming>, answer: Answer) -> Result<(), String> {
+fn forward(tx: &Sender<Incoming>, answer: Answer) -> Result<(), Cut> {
     match tx.try_send(Incoming::Answer(answer)) {
         Ok(()) => Ok(()),
-        Err(TrySendError::Full(_)) => Err("o servidor enviou respostas que ninguém pediu".into()),
-        Err(TrySendError::Disconnected(_)) => Err("conexão encerrada pelo peer".into()),
+        Err(TrySendError::Full(_)) => Err(Cut::Unasked),
+        Err(TrySendError::Disconnected(_)) => Err(Cut::LinkGone),
     }
 }
 
-fn expect_status(reply: Reply, wanted: &str) -> Result<Reply, LinkError> {
+fn expect_status(reply: Reply, wanted: Status) -> Result<Reply, LinkError> {
     if reply.status == wanted {
         Ok(reply)
-    } else if reply.status == status::ERROR {
+    } else if reply.status == Status::Error {
         Err(LinkError::Refused(reply.message.unwrap_or_default()))
     } else {
-        Err(LinkError::Unexpected(reply.status))
+        Err(LinkError::Unexpected(reply.status.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A broken tracker connection reads as before to the user, and `RUST_LOG=debug` can
+    /// still reach the OS error beneath it.
+    #[test]
+    fn a_lost_connection_keeps_its_cause() {
+        use std::error::Error as _;
+        let lost = LinkError::Lost(Cut::Io(Arc::new(io::Error::from_raw_os_error(
+            libc::ECONNRESET,
+        ))));
+        let reset = io::Error::from_raw_os_error(libc::ECONNRESET);
+        assert_eq!(
+            lost.to_string(),
+            format!("conexão com o servidor perdida: {reset}")
+        );
+        let cut = lost
+            .source()
+            .expect("a lost connection has its cut as source");
+        let os = cut.source().expect("an io cut has its io error as source");
+        let os = os
+            .downcast_ref::<io::Error>()
+            .expect("the source is an io::Error");
+        assert_eq!(os.raw_os_error(), Some(libc::ECONNRESET));
+        assert_eq!(
+            LinkError::Lost(Cut::ClosedByTracker).to_string(),
+            "conexão com o servidor perdida: o servidor fechou a conexão"
+        );
+        let folder = LinkError::Folder(
+            PathBuf::from("p2p"),
+            io::Error::from_raw_os_error(libc::ENOENT),
+        );
+        let missing = io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(
+            folder.to_string(),
+            format!("a pasta compartilhada não pode ser enviada: p2p: {missing}")
+        );
+        assert!(folder.source().is_some());
+    }
 
     /// Each answer is read by its first byte: our JSON lines and the original's bare answers
     /// follow one another in one stream (a tracker forced into the original's dialect answers

@@ -8,7 +8,7 @@
 use crate::partial::{RemoveError, StoredPartial};
 use crate::peer::PeerContext;
 use crate::peer::progress::human_size;
-use crate::peer::transfers::TransferInfo;
+use crate::peer::running::TransferInfo;
 
 /// One of these commands, as typed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,19 +14,19 @@
 //! progress must keep a minimum rate ([`MinRate`]), and a flood of refusals or failed accepts
 //! costs a few log lines, not one each.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
-use parking_lot::Mutex;
 
+use crate::accept::{self, Refusal, Shutdown, Slots};
 use crate::digests::FileIdentity;
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
@@ -34,11 +34,11 @@ use crate::peer::deadline::Deadline;
 use crate::peer::output::log_prefix;
 use crate::peer::progress::Progress;
 use crate::peer::range_server;
-use crate::peer::transfers::{Ending, MinRate};
+use crate::peer::running::{Ending, MinRate, TransferGuard};
 use crate::protocol::FrameReader;
 use crate::protocol::legacy::{self, ReplyPacer};
 use crate::protocol::messages::{
-    DownloadRequest, Reply, parse_digest_mismatch, parse_download_request, status, waiting_for,
+    DownloadRequest, Reply, Status, parse_digest_mismatch, parse_download_request, waiting_for,
 };
 use crate::protocol::ranges;
 use crate::throttle::Throttle;
@@ -50,70 +50,65 @@ use crate::warn_throttled;
 const MAX_REQUEST: usize = 64 * 1024;
 /// A downloader that accepts no data for this long is given up (it can resume later).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The first pause after an accept failed for lack of descriptors or memory; it doubles up to
-/// [`ACCEPT_BACKOFF_MAX`] while the failures go on.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest pause between two accepts that fail for lack of descriptors.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Failed accepts: a few lines per 10 s.
-static ACCEPT_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
 /// Connections refused over a cap: a few lines per 10 s.
 static CAP_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
 /// Requests for unsafe names: a few lines per 10 s.
 static NAME_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
 
-/// Accepts upload connections for ever, one thread each.
+/// Accepts upload connections until the peer stops, one thread each (see [`accept`]).
 pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
-    let slots = Arc::new(UploadSlots::default());
-    let mut backoff = ACCEPT_BACKOFF;
-    for incoming in listener.incoming() {
-        let stream = match incoming {
-            Ok(stream) => {
-                backoff = ACCEPT_BACKOFF;
-                stream
-            }
-            Err(e) => {
-                warn_throttled!(ACCEPT_WARNINGS, "upload accept failed: {e}");
-                // Out of descriptors the failed connection stays queued and accept fails again
-                // at once: pause, as the tracker does, instead of spinning (and logging).
-                if out_of_resources(&e) {
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
-                continue;
-            }
-        };
+    let slots = Slots::new(MAX_UPLOAD_CONNECTIONS);
+    let served = accept::serve(listener, &Shutdown::new(), "upload", |stream, remote| {
         if ctx.transfers.stopping() {
-            break;
+            return ControlFlow::Break(());
         }
-        // Bounded in all and per host: a flood of connections must not cost a thread (and a
-        // console line) each, nor one host's connections keep every other host out.
-        let host = stream
-            .peer_addr()
-            .map(|a| a.ip().to_canonical())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let slot = match UploadSlots::take(&slots, host, from_this_machine(&stream)) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                warn_throttled!(
-                    CAP_WARNINGS,
-                    "refusing an upload connection from {host}: {refusal}"
-                );
-                let _ = reply(&stream, &Reply::error(refusal.message()));
-                continue;
-            }
-        };
-        let ctx = Arc::clone(&ctx);
-        let spawned = thread::Builder::new()
-            .name("upload".into())
-            .stack_size(UPLOAD_THREAD_STACK)
-            .spawn(move || {
-                let _slot = slot;
-                serve_one(stream, &ctx);
-            });
-        if let Err(e) = spawned {
-            log::error!("cannot start an upload thread: {e}");
+        hand_off(&slots, &ctx, stream, remote);
+        ControlFlow::Continue(())
+    });
+    if let Err(e) = served {
+        log::error!("cannot serve uploads: {e}");
+    }
+}
+
+/// Starts a thread serving `stream`, if its host has room: a flood of connections must not
+/// cost a thread (and a console line) each, nor one host's connections keep every other out.
+fn hand_off(slots: &Arc<Slots>, ctx: &Arc<PeerContext>, stream: TcpStream, remote: SocketAddr) {
+    let host = remote.ip().to_canonical();
+    let share = if from_this_machine(&stream) {
+        MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE
+    } else {
+        MAX_UPLOAD_CONNECTIONS_PER_HOST
+    };
+    let slot = match slots.take(host, share) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            warn_throttled!(
+                CAP_WARNINGS,
+                "refusing an upload connection from {host}: {refusal}"
+            );
+            let _ = reply(&stream, &Reply::error(refusal_message(refusal)));
+            return;
+        }
+    };
+    let ctx = Arc::clone(ctx);
+    let spawned = thread::Builder::new()
+        .name("upload".into())
+        .stack_size(UPLOAD_THREAD_STACK)
+        .spawn(move || {
+            let _slot = slot;
+            serve_one(stream, &ctx);
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start an upload thread: {e}");
+    }
+}
+
+/// The ERROR message for a downloader refused a connection.
+fn refusal_message(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Full(_) => "this peer is serving too many requests; try again later",
+        Refusal::HostFull(_) => {
+            "this peer is serving too many requests from your host; try again later"
         }
     }
 }
@@ -142,20 +137,6 @@ pub const MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE: usize =
 /// Stack of an upload thread: it parses one small request and streams with `sendfile`.
 const UPLOAD_THREAD_STACK: usize = 256 * 1024;
 
-/// True for accept failures that repeat at once until something is freed.
-fn out_of_resources(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// Upload connections open, in all and per host.
-#[derive(Default)]
-struct UploadSlots {
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
 /// True when `stream` comes from this very machine: its two ends have one address (loopback,
 /// or a machine dialling its own address, which the kernel routes over loopback with that
 /// address as the source). No remote host can open such a connection: the kernel drops
@@ -164,84 +145,6 @@ pub fn from_this_machine(stream: &TcpStream) -> bool {
     match (stream.peer_addr(), stream.local_addr()) {
         (Ok(peer), Ok(local)) => peer.ip().to_canonical() == local.ip().to_canonical(),
         _ => false,
-    }
-}
-
-/// Why a connection got no slot.
-#[derive(Debug, Clone, Copy)]
-enum SlotRefusal {
-    Full,
-    /// Its host has this many open already.
-    HostFull(usize),
-}
-
-impl SlotRefusal {
-    /// The ERROR message for the downloader.
-    fn message(self) -> &'static str {
-        match self {
-            SlotRefusal::Full => "this peer is serving too many requests; try again later",
-            SlotRefusal::HostFull(_) => {
-                "this peer is serving too many requests from your host; try again later"
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for SlotRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SlotRefusal::Full => write!(f, "{MAX_UPLOAD_CONNECTIONS} already open"),
-            SlotRefusal::HostFull(open) => write!(f, "{open} already open from it"),
-        }
-    }
-}
-
-impl UploadSlots {
-    fn take(
-        slots: &Arc<UploadSlots>,
-        host: IpAddr,
-        this_machine: bool,
-    ) -> Result<UploadSlot, SlotRefusal> {
-        let mut open = slots.open.lock();
-        let (total, hosts) = &mut *open;
-        if *total >= MAX_UPLOAD_CONNECTIONS {
-            return Err(SlotRefusal::Full);
-        }
-        let share = if this_machine {
-            MAX_UPLOAD_CONNECTIONS_FROM_THIS_MACHINE
-        } else {
-            MAX_UPLOAD_CONNECTIONS_PER_HOST
-        };
-        let from_host = hosts.entry(host).or_insert(0);
-        if *from_host >= share {
-            return Err(SlotRefusal::HostFull(*from_host));
-        }
-        *from_host += 1;
-        *total += 1;
-        Ok(UploadSlot {
-            slots: Arc::clone(slots),
-            host,
-        })
-    }
-}
-
-/// Counts an upload connection until its thread ends.
-struct UploadSlot {
-    slots: Arc<UploadSlots>,
-    host: IpAddr,
-}
-
-impl Drop for UploadSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock();
-        let (total, hosts) = &mut *open;
-        *total -= 1;
-        if let Some(n) = hosts.get_mut(&self.host) {
-            *n -= 1;
-            if *n == 0 {
-                hosts.remove(&self.host);
-            }
-        }
     }
 }
 
@@ -301,246 +204,388 @@ fn reply(stream: &TcpStream, reply: &Reply) -> std::io::Result<()> {
     (&*stream).write_all(&reply.to_line())
 }
 
-/// Serves one download request.
+/// Serves one download request: read it, find the file, offer it, ask this peer's user, and
+/// send it (or serve its ranges).
 fn serve_one(stream: TcpStream, ctx: &PeerContext) {
     let Ok(remote) = stream.peer_addr() else {
         return;
     };
-    let _ = stream.set_nodelay(true);
-    // A downloader whose host vanishes, or that stops reading, must not hold this thread
-    // (without it a write blocks until the kernel gives up retransmitting, ~15 minutes).
-    if let Err(e) = crate::liveness::set_liveness(&stream, ctx.liveness) {
-        log::debug!("{remote}: cannot set keepalive: {e}");
-    }
-    let _ = stream.set_write_timeout(Some(STALL_TIMEOUT));
-    // The whole request within the liveness bound, from the connection's start: bytes that are
-    // not a request (a newline every few seconds) do not extend it.
-    let request_time = ctx.liveness;
-    let mut reader = FrameReader::new(Deadline::new(&stream), MAX_REQUEST);
-    reader.get_mut().expire_in(request_time);
-    reader.set_message_timeout(Some(request_time));
-    reader.set_idle_timeout(Some(request_time));
-    let request = match reader.next_frame() {
-        Ok(Some(frame)) => parse_download_request(frame),
-        Ok(None) => return,
-        Err(e) => Err(e.to_string()),
-    };
-    let request = match request {
-        Ok(request) => request,
-        Err(message) => {
-            log::debug!(
-                "upload request from {remote} refused: {}",
-                log_prefix(&message)
-            );
-            let _ = reply(&stream, &Reply::error(message));
-            return;
-        }
+    prepare_connection(&stream, remote, ctx.liveness);
+    let mut reader = request_reader(&stream, ctx.liveness);
+    let Some(request) = read_request(&stream, &mut reader, remote) else {
+        return;
     };
     // What is known: the connection's address. The downloader's upload port is only claimed.
     let from = SocketAddr::new(remote.ip().to_canonical(), remote.port());
-    let found = match ctx.shared.shared_file(&request.filename) {
-        Ok(found) => found,
-        Err(e) => {
-            warn_throttled!(
-                NAME_WARNINGS,
-                "{from} asked for an unsafe name {}: {e}",
-                log_prefix(&request.filename)
-            );
-            let _ = reply(
-                &stream,
-                &Reply::error(format!("DOWNLOAD_REQUEST refused: {e}")),
-            );
-            return;
-        }
+    let upload = Upload {
+        ctx,
+        stream: &stream,
+        request,
+        from,
     };
-    let opened = found.and_then(|(path, _)| open_regular(&path).ok().map(|f| (path, f)));
-    let Some((path, file)) = opened else {
-        log::debug!(
-            "{from} asked for {}, which is not shared",
-            log_prefix(&request.filename)
-        );
-        let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
+    let Some(offer) = upload.find_offer() else {
         return;
-    };
-    let (size, digest) = match answer_digest(ctx, &stream, &path, &file, &request) {
-        Ok(found) => found,
-        Err(e) => {
-            log::warn!("cannot read {}: {e}", path.display());
-            let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
-            return;
-        }
-    };
-    // A range session needs the file's outboard, kept beside its digest (the read that gave
-    // the digest wrote it), before the OK that offers it (a range request always gets the
-    // digest before the data).
-    let outboard = match (&digest, request.ranges == Some(true)) {
-        (Some(digest), true) => {
-            match ctx
-                .digests
-                .outboard(&path, &file, ctx.transfers.shutdown_flag())
-            {
-                Ok((of, outboard)) if of == *digest => Some(outboard),
-                found => {
-                    let why = match found {
-                        Ok(_) => "the file changed since it was hashed".to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    log::warn!("no outboard for {}: {why}", path.display());
-                    let _ = reply(
-                        &stream,
-                        &Reply::error(format!("cannot serve ranges of this file now: {why}")),
-                    );
-                    return;
-                }
-            }
-        }
-        _ => None,
-    };
-    let resumed = match outboard {
-        Some(_) => Ok(0),
-        None => resume_offset(ctx, &stream, &file, &request, size, digest.as_deref()),
-    };
-    let offset = match resumed {
-        Ok(offset) => offset,
-        Err(e) => {
-            log::warn!("cannot read {}: {e}", path.display());
-            let _ = reply(&stream, &Reply::status(status::FILE_NOT_FOUND));
-            return;
-        }
-    };
-    let digest_after_data = digest.is_none();
-    let ok = Reply {
-        status: status::OK.to_string(),
-        file_size: Some(size),
-        digest,
-        offset: Some(offset),
-        digest_after_data: digest_after_data.then_some(true),
-        chunk_group: outboard.as_ref().map(|_| CHUNK_GROUP),
-        max_range: outboard.as_ref().map(|_| ranges::MAX_RANGE),
-        ..Reply::default()
     };
     // The original's downloader parses each `recv` as one reply: space the writes for it.
-    let mut pacer = ReplyPacer::new(request.from_port.is_some());
-    if reply(&stream, &ok).is_err() {
+    let mut pacer = ReplyPacer::new(upload.request.from_port.is_some());
+    if upload.send_offer(&offer, &mut pacer).is_err() {
         return;
     }
-    pacer.wrote();
-    if request.accepts_waiting
-        && let Some(within) = ctx.asks_within
-    {
-        let _ = reply(
-            &stream,
-            &Reply::waiting(waiting_for::APPROVAL, within + DECISION_MARGIN),
-        );
-    }
-    let (tx, rx) = bounded(1);
-    let asked = ApprovalRequest {
-        from,
-        from_this_machine: from_this_machine(&stream),
-        claimed_port: request.from_port,
-        filename: request.filename.clone(),
-        size,
-        offset,
-        reply: tx,
-    };
-    let decision = if ctx.approvals.send(asked).is_ok() {
-        rx.recv().unwrap_or(Decision::ShuttingDown)
-    } else {
-        Decision::ShuttingDown
-    };
+    let decision = upload.ask_user(&offer);
     if decision != Decision::Accept {
-        let rejected = Reply {
-            status: status::DOWNLOAD_REJECTED.to_string(),
-            reason: decision.reason().map(str::to_string),
-            ..Reply::default()
-        };
-        pacer.before_write();
-        let _ = reply(&stream, &rejected);
+        upload.refuse(decision, &mut pacer);
         return;
     }
-    let guard = ctx.transfers.start_upload(&request.filename, from);
+    let guard = ctx.transfers.start_upload(&upload.request.filename, from);
     ctx.transfers.attach(&guard, &stream);
     pacer.before_write();
-    if reply(&stream, &Reply::status(status::DOWNLOAD_ACCEPTED)).is_err() {
+    if reply(&stream, &Reply::status(Status::DownloadAccepted)).is_err() {
         return;
     }
     pacer.wrote();
-    if let Some(outboard) = outboard {
-        let session = range_server::SessionFile {
-            file: &file,
-            size,
-            outboard: &outboard,
-        };
-        // The session's requests have their own limits (idle, per request); a swarm source
-        // may rightly wait between ranges, so it is not held to the minimum rate either.
-        reader.get_mut().set(None);
-        range_server::serve_session(
-            ctx,
-            &stream,
-            &mut reader,
-            &request.filename,
-            from,
-            &session,
-            guard.stop_flag(),
-        );
+    if let Some(outboard) = &offer.outboard {
+        upload.serve_ranges(&offer, outboard, &mut reader, guard.stop_flag());
         return;
     }
     pacer.before_write();
     let rate = MinRate::for_liveness(ctx.liveness);
     ctx.transfers.watch(&guard, rate);
-    let label = format!("Upload de {} para {from}", request.filename);
-    let mut progress = Progress::new(Arc::clone(&ctx.out), label, size, offset);
-    let sent = if pacer.is_pacing() && size - offset <= legacy::ONE_WRITE_MAX {
-        send_in_one_write(&file, offset, size - offset, &stream)
-    } else if digest_after_data {
-        send_then_digest(
-            ctx,
-            &path,
-            &file,
-            size,
-            &stream,
-            guard.stop_flag(),
-            &mut progress,
-        )
-    } else {
-        transfer::send_range(
-            &file,
-            offset,
-            size - offset,
-            &stream,
-            guard.stop_flag(),
-            &mut |sent| progress.update(offset + sent),
-        )
+    let sent = upload.send_file(&offer, pacer.is_pacing(), guard.stop_flag());
+    upload.tell_outcome(&offer, sent, &guard, rate, &mut reader);
+}
+
+/// Keeps a vanished or stalled downloader from holding the upload's thread.
+fn prepare_connection(stream: &TcpStream, remote: SocketAddr, liveness: Duration) {
+    let _ = stream.set_nodelay(true);
+    // A downloader whose host vanishes, or that stops reading, must not hold this thread
+    // (without it a write blocks until the kernel gives up retransmitting, ~15 minutes).
+    if let Err(e) = crate::liveness::set_liveness(stream, liveness) {
+        log::debug!("{remote}: cannot set keepalive: {e}");
+    }
+    let _ = stream.set_write_timeout(Some(STALL_TIMEOUT));
+}
+
+/// The connection's reader, held to the liveness bound for the whole request.
+fn request_reader(stream: &TcpStream, liveness: Duration) -> FrameReader<Deadline<'_>> {
+    // The whole request within the liveness bound, from the connection's start: bytes that are
+    // not a request (a newline every few seconds) do not extend it.
+    let mut reader = FrameReader::new(Deadline::new(stream), MAX_REQUEST);
+    reader.get_mut().expire_in(liveness);
+    reader.set_message_timeout(Some(liveness));
+    reader.set_idle_timeout(Some(liveness));
+    reader
+}
+
+/// The connection's request; `None` when it closed first or sent something else (answered
+/// ERROR).
+fn read_request(
+    stream: &TcpStream,
+    reader: &mut FrameReader<Deadline<'_>>,
+    remote: SocketAddr,
+) -> Option<DownloadRequest> {
+    let request = match reader.next_frame() {
+        Ok(Some(frame)) => parse_download_request(frame).map_err(|e| e.to_string()),
+        Ok(None) => return None,
+        Err(e) => Err(e.to_string()),
     };
-    // The line below takes the place of the bar.
-    drop(progress);
-    match sent {
-        Ok(()) => {
-            let _ = stream.shutdown(std::net::Shutdown::Write);
-            log::info!("sent {} ({size} bytes) to {from}", request.filename);
-            ctx.out.line(&format!(
-                "Upload do arquivo {} para {from} concluído",
-                request.filename
-            ));
-            if request.from_port.is_some() {
-                await_mismatch_report(ctx, &mut reader, &path, &request.filename, from);
+    match request {
+        Ok(request) => Some(request),
+        Err(message) => {
+            log::debug!(
+                "upload request from {remote} refused: {}",
+                log_prefix(&message)
+            );
+            let _ = reply(stream, &Reply::error(message));
+            None
+        }
+    }
+}
+
+/// One download request being served.
+struct Upload<'a> {
+    ctx: &'a PeerContext,
+    stream: &'a TcpStream,
+    request: DownloadRequest,
+    /// The downloader's connection address.
+    from: SocketAddr,
+}
+
+/// The requested file, opened, and what the OK reply says of it.
+struct Offer {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    /// `None`: the digest follows the data (D14).
+    digest: Option<DigestHex>,
+    /// Set for a range session.
+    outboard: Option<File>,
+    /// Where the data starts (a resume).
+    offset: u64,
+}
+
+/// The downloader has been told why its request is not served; nothing more to do.
+struct Answered;
+
+impl Upload<'_> {
+    /// The file to offer; `None` after telling the downloader why not (an unsafe name, a file
+    /// not shared or unreadable, ranges that cannot be served now).
+    fn find_offer(&self) -> Option<Offer> {
+        let (path, file) = self.open_requested()?;
+        let (size, digest) = match answer_digest(self.ctx, self.stream, &path, &file, &self.request)
+        {
+            Ok(found) => found,
+            Err(e) => return self.unreadable(&path, e),
+        };
+        let outboard = self.range_outboard(&path, &file, digest.as_ref()).ok()?;
+        let resumed = match outboard {
+            Some(_) => Ok(0),
+            None => resume_offset(
+                self.ctx,
+                self.stream,
+                &file,
+                &self.request,
+                size,
+                digest.as_deref(),
+            ),
+        };
+        let offset = match resumed {
+            Ok(offset) => offset,
+            Err(e) => return self.unreadable(&path, e),
+        };
+        Some(Offer {
+            path,
+            file,
+            size,
+            digest,
+            outboard,
+            offset,
+        })
+    }
+
+    /// The requested file, opened; `None` after telling the downloader that the name is unsafe
+    /// or not shared.
+    fn open_requested(&self) -> Option<(PathBuf, File)> {
+        let from = self.from;
+        let found = match self.ctx.shared.shared_file(&self.request.filename) {
+            Ok(found) => found,
+            Err(e) => {
+                warn_throttled!(
+                    NAME_WARNINGS,
+                    "{from} asked for an unsafe name {}: {e}",
+                    log_prefix(&self.request.filename)
+                );
+                let _ = reply(
+                    self.stream,
+                    &Reply::error(format!("DOWNLOAD_REQUEST refused: {e}")),
+                );
+                return None;
+            }
+        };
+        let opened = found.and_then(|(path, _)| open_regular(&path).ok().map(|f| (path, f)));
+        if opened.is_none() {
+            log::debug!(
+                "{from} asked for {}, which is not shared",
+                log_prefix(&self.request.filename)
+            );
+            let _ = reply(self.stream, &Reply::status(Status::FileNotFound));
+        }
+        opened
+    }
+
+    /// A shared file that cannot be read is, to the downloader, not found.
+    fn unreadable<T>(&self, path: &Path, e: io::Error) -> Option<T> {
+        log::warn!("cannot read {}: {e}", path.display());
+        let _ = reply(self.stream, &Reply::status(Status::FileNotFound));
+        None
+    }
+
+    /// A range session needs the file's outboard, kept beside its digest (the read that gave
+    /// the digest wrote it), before the OK that offers it (a range request always gets the
+    /// digest before the data). `Ok(None)` for a whole-file request.
+    fn range_outboard(
+        &self,
+        path: &Path,
+        file: &File,
+        digest: Option<&DigestHex>,
+    ) -> Result<Option<File>, Answered> {
+        let (Some(digest), true) = (digest, self.request.ranges == Some(true)) else {
+            return Ok(None);
+        };
+        match self
+            .ctx
+            .digests
+            .outboard(path, file, self.ctx.transfers.shutdown_flag())
+        {
+            Ok((of, outboard)) if of == *digest => Ok(Some(outboard)),
+            found => {
+                let why = match found {
+                    Ok(_) => "the file changed since it was hashed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                log::warn!("no outboard for {}: {why}", path.display());
+                let _ = reply(
+                    self.stream,
+                    &Reply::error(format!("cannot serve ranges of this file now: {why}")),
+                );
+                Err(Answered)
             }
         }
-        Err(e) => {
-            log::debug!("upload of {} to {from} failed: {e}", request.filename);
-            let why = match guard.ending() {
-                Ending::Cancelled => "cancelado".to_string(),
-                Ending::TooSlow => format!("o peer recebeu {rate}"),
-                Ending::Stopped => "este peer está encerrando".to_string(),
-                Ending::Running if crate::os_error::closed_by_other_side(&e) => {
-                    "o outro peer encerrou".to_string()
+    }
+
+    /// The OK reply, and a word that the user's decision may take a while.
+    fn send_offer(&self, offer: &Offer, pacer: &mut ReplyPacer) -> io::Result<()> {
+        let ranges = offer.outboard.is_some();
+        let ok = Reply {
+            status: Status::Ok,
+            file_size: Some(offer.size),
+            digest: offer.digest.clone(),
+            offset: Some(offer.offset),
+            digest_after_data: offer.digest.is_none().then_some(true),
+            chunk_group: ranges.then_some(CHUNK_GROUP),
+            max_range: ranges.then_some(ranges::MAX_RANGE),
+            ..Reply::default()
+        };
+        reply(self.stream, &ok)?;
+        pacer.wrote();
+        if self.request.accepts_waiting
+            && let Some(within) = self.ctx.asks_within
+        {
+            let _ = reply(
+                self.stream,
+                &Reply::waiting(waiting_for::APPROVAL, within + DECISION_MARGIN),
+            );
+        }
+        Ok(())
+    }
+
+    /// This peer's user's decision, over the approval channel (a peer that is leaving refuses).
+    fn ask_user(&self, offer: &Offer) -> Decision {
+        let (tx, rx) = bounded(1);
+        let asked = ApprovalRequest {
+            from: self.from,
+            from_this_machine: from_this_machine(self.stream),
+            claimed_port: self.request.from_port,
+            filename: self.request.filename.clone(),
+            size: offer.size,
+            offset: offer.offset,
+            reply: tx,
+        };
+        if self.ctx.approvals.send(asked).is_ok() {
+            rx.recv().unwrap_or(Decision::ShuttingDown)
+        } else {
+            Decision::ShuttingDown
+        }
+    }
+
+    /// Tells the downloader its request was refused, and why when it was not a plain NAO.
+    fn refuse(&self, decision: Decision, pacer: &mut ReplyPacer) {
+        let rejected = Reply {
+            status: Status::DownloadRejected,
+            reason: decision.reason().map(str::to_string),
+            ..Reply::default()
+        };
+        pacer.before_write();
+        let _ = reply(self.stream, &rejected);
+    }
+
+    /// Serves the ranges a swarm source asks for until it is done.
+    fn serve_ranges(
+        &self,
+        offer: &Offer,
+        outboard: &File,
+        reader: &mut FrameReader<Deadline<'_>>,
+        stop: &AtomicBool,
+    ) {
+        let session = range_server::SessionFile {
+            file: &offer.file,
+            size: offer.size,
+            outboard,
+        };
+        // The session's requests have their own limits (idle, per request); a swarm source
+        // may rightly wait between ranges, so it is not held to the minimum rate either.
+        reader.get_mut().set(None);
+        range_server::serve_session(
+            self.ctx,
+            self.stream,
+            reader,
+            &self.request.filename,
+            self.from,
+            &session,
+            stop,
+        );
+    }
+
+    /// Sends the file from the offset under a progress bar: in one write to the original's
+    /// downloader when it is small, hashing as it goes when the digest follows the data, else
+    /// with `sendfile`.
+    fn send_file(&self, offer: &Offer, pacing: bool, stop: &AtomicBool) -> io::Result<()> {
+        let (file, size, offset) = (&offer.file, offer.size, offer.offset);
+        let label = format!("Upload de {} para {}", self.request.filename, self.from);
+        let mut progress = Progress::new(Arc::clone(&self.ctx.out), label, size, offset);
+        let sent = if pacing && size - offset <= legacy::ONE_WRITE_MAX {
+            send_in_one_write(file, offset, size - offset, self.stream)
+        } else if offer.digest.is_none() {
+            send_then_digest(
+                self.ctx,
+                &offer.path,
+                file,
+                size,
+                self.stream,
+                stop,
+                &mut progress,
+            )
+        } else {
+            transfer::send_range(
+                file,
+                offset,
+                size - offset,
+                self.stream,
+                stop,
+                &mut |sent| progress.update(offset + sent),
+            )
+        };
+        // The caller's line takes the place of the bar.
+        drop(progress);
+        sent
+    }
+
+    /// Tells the user how the upload ended; after a whole file sent to one of our downloaders,
+    /// waits for its report of a digest mismatch.
+    fn tell_outcome(
+        &self,
+        offer: &Offer,
+        sent: io::Result<()>,
+        guard: &TransferGuard<'_>,
+        rate: MinRate,
+        reader: &mut FrameReader<Deadline<'_>>,
+    ) {
+        let (name, from, size) = (&self.request.filename, self.from, offer.size);
+        match sent {
+            Ok(()) => {
+                let _ = self.stream.shutdown(std::net::Shutdown::Write);
+                log::info!("sent {name} ({size} bytes) to {from}");
+                self.ctx
+                    .out
+                    .line(&format!("Upload do arquivo {name} para {from} concluído"));
+                if self.request.from_port.is_some() {
+                    await_mismatch_report(self.ctx, reader, &offer.path, name, from);
                 }
-                Ending::Running => crate::os_error::describe(&e),
-            };
-            ctx.out.line(&format!(
-                "Upload do arquivo {} para {from} interrompido: {why}",
-                request.filename
-            ));
+            }
+            Err(e) => {
+                log::debug!("upload of {name} to {from} failed: {e}");
+                let why = match guard.ending() {
+                    Ending::Cancelled => "cancelado".to_string(),
+                    Ending::TooSlow => format!("o peer recebeu {rate}"),
+                    Ending::Stopped => "este peer está encerrando".to_string(),
+                    Ending::Running if crate::os_error::closed_by_other_side(&e) => {
+                        "o outro peer encerrou".to_string()
+                    }
+                    Ending::Running => crate::os_error::describe(&e),
+                };
+                self.ctx.out.line(&format!(
+                    "Upload do arquivo {name} para {from} interrompido: {why}"
+                ));
+            }
         }
     }
 }
@@ -657,7 +702,7 @@ fn send_then_digest(
     announce_digest(ctx, path, file, &digest);
     sent?;
     let trailer = Reply {
-        status: status::DIGEST.to_string(),
+        status: Status::Digest,
         digest: Some(digest),
         ..Reply::default()
     };

@@ -284,7 +284,7 @@ impl<R: TimedRead> FrameReader<R> {
 
     /// Takes the bytes received after the last frame and not yet consumed (for example, file
     /// data that followed a reply in the same packet). Leaves the reader between frames.
-    pub fn take_buffered(&mut self) -> Vec<u8> {
+    fn take_buffered(&mut self) -> Vec<u8> {
         let rest = self.buf.split_off(self.start);
         self.buf.clear();
         self.start = 0;

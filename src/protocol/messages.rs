@@ -4,6 +4,8 @@
 //! versions can add some), then checked, so that every mistake gets a sentence of its own
 //! ("JOIN needs data.port") instead of a serde variant name.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::protocol::file_record::{Digest, FileRecord};
@@ -151,27 +153,102 @@ struct RawData {
     prefix_digest: Option<String>,
 }
 
-/// Why a request could not be understood; the text is sent to the client as is.
-pub type RequestError = String;
+/// Why a message could not be understood. Its text is sent to the other side as it is (the
+/// `message` of an `ERROR` reply), so it says what was expected.
+#[derive(Debug)]
+pub enum RequestError {
+    /// Not JSON, or a field missing or of the wrong type.
+    Json(serde_json::Error),
+    /// A range session's line that is not JSON or has a field of the wrong type.
+    RangeJson(serde_json::Error),
+    /// The method needs a `data` object and none came.
+    NoData {
+        /// The method.
+        method: String,
+    },
+    /// A field the method needs is missing or wrong.
+    Needs {
+        /// The method.
+        method: String,
+        /// What it needs, in words (`data.filename`).
+        what: &'static str,
+    },
+    /// An UPDATE with both the whole list and changes.
+    BothUpdateForms,
+    /// A peer's method sent to the tracker.
+    NotForTheTracker {
+        /// The method.
+        method: String,
+    },
+    /// A method this side does not know; `known` says which it does. Its text begins with
+    /// [`UNKNOWN_METHOD`].
+    UnknownMethod {
+        /// The method asked for.
+        method: String,
+        /// The methods known here, in words.
+        known: &'static str,
+    },
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::Json(e) => describe_json_error(e, f),
+            RequestError::RangeJson(e) => {
+                write!(f, "the request is not a valid range request ({e})")
+            }
+            RequestError::NoData { method } => write!(f, "{method} needs a \"data\" object"),
+            RequestError::Needs { method, what } => write!(f, "{method} needs {what}"),
+            RequestError::BothUpdateForms => write!(
+                f,
+                "UPDATE takes either data.files (the whole list) or data.add / data.remove, not both"
+            ),
+            RequestError::NotForTheTracker { method } => write!(
+                f,
+                "{method} goes to a peer's upload port, not to the tracker"
+            ),
+            RequestError::UnknownMethod { method, known } => {
+                write!(f, "{UNKNOWN_METHOD} {method:?}; {known}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RequestError::Json(e) | RequestError::RangeJson(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// `method` needs `what`.
+fn needs(method: &str, what: &'static str) -> RequestError {
+    RequestError::Needs {
+        method: method.to_string(),
+        what,
+    }
+}
 
 fn decode_raw(bytes: &[u8]) -> Result<(String, Box<RawData>), RequestError> {
-    let raw: RawRequest = serde_json::from_slice(bytes).map_err(|e| describe_json_error(&e))?;
-    let data = raw
-        .data
-        .ok_or_else(|| format!("{} needs a \"data\" object", raw.method))?;
+    let raw: RawRequest = serde_json::from_slice(bytes).map_err(RequestError::Json)?;
+    let Some(data) = raw.data else {
+        return Err(RequestError::NoData { method: raw.method });
+    };
     Ok((raw.method, data.0))
 }
 
-/// Turns a serde error into a sentence for a person.
-fn describe_json_error(e: &serde_json::Error) -> String {
+/// A serde error in a sentence for a person.
+fn describe_json_error(e: &serde_json::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Syntax | Category::Eof => format!("the message is not valid JSON ({e})"),
+        Category::Syntax | Category::Eof => write!(f, "the message is not valid JSON ({e})"),
         Category::Data if e.to_string().starts_with("missing field") => {
-            format!("the message lacks a required field ({e})")
+            write!(f, "the message lacks a required field ({e})")
         }
-        Category::Data => format!("the message has a field of the wrong type ({e})"),
-        Category::Io => format!("the message could not be read ({e})"),
+        Category::Data => write!(f, "the message has a field of the wrong type ({e})"),
+        Category::Io => write!(f, "the message could not be read ({e})"),
     }
 }
 
@@ -183,46 +260,46 @@ pub fn parse_tracker_request(bytes: &[u8]) -> Result<TrackerRequest, RequestErro
             if let Some(port) = data.port {
                 let files = data
                     .files
-                    .ok_or("JOIN needs data.files, a list of files")?;
+                    .ok_or_else(|| needs("JOIN", "data.files, a list of files"))?;
                 if port == 0 {
-                    return Err("JOIN needs a non-zero data.port".into());
+                    return Err(needs("JOIN", "a non-zero data.port"));
                 }
                 Ok(TrackerRequest::Join { port, files })
             } else if let Some(folder) = data.files_path.or(data.file_path) {
                 Ok(TrackerRequest::LegacyJoin { folder })
             } else {
-                Err("JOIN needs data.port (the upload port) and data.files".into())
+                Err(needs("JOIN", "data.port (the upload port) and data.files"))
             }
         }
         "SEARCH" => {
-            let query = data.query.ok_or("SEARCH needs data.query, a file name")?;
+            let query = data
+                .query
+                .ok_or_else(|| needs("SEARCH", "data.query, a file name"))?;
             Ok(TrackerRequest::Search { query })
         }
         "UPDATE" => match (data.files, data.add, data.remove) {
             (Some(files), None, None) => Ok(TrackerRequest::Update(FileUpdate::Replace(files))),
-            (None, None, None) => Err(
-                "UPDATE needs data.files (the whole list) or data.add / data.remove (changes)"
-                    .into(),
-            ),
+            (None, None, None) => Err(needs(
+                "UPDATE",
+                "data.files (the whole list) or data.add / data.remove (changes)",
+            )),
             (None, add, remove) => Ok(TrackerRequest::Update(FileUpdate::Change {
                 add: add.unwrap_or_default(),
                 remove: remove.unwrap_or_default(),
             })),
-            (Some(_), _, _) => Err(
-                "UPDATE takes either data.files (the whole list) or data.add / data.remove, not both"
-                    .into(),
-            ),
+            (Some(_), _, _) => Err(RequestError::BothUpdateForms),
         },
         "LIST" => {
-            let peer = data.peer.ok_or("LIST needs data.peer, a peer as IP:PORT")?;
+            let peer = data
+                .peer
+                .ok_or_else(|| needs("LIST", "data.peer, a peer as IP:PORT"))?;
             Ok(TrackerRequest::List { peer })
         }
-        "DOWNLOAD_REQUEST" | "DOWNLOAD_RANGES" => Err(format!(
-            "{method} goes to a peer's upload port, not to the tracker"
-        )),
-        other => Err(format!(
-            "unknown method {other:?}; the tracker knows JOIN, SEARCH, UPDATE and LIST"
-        )),
+        "DOWNLOAD_REQUEST" | "DOWNLOAD_RANGES" => Err(RequestError::NotForTheTracker { method }),
+        _ => Err(RequestError::UnknownMethod {
+            method,
+            known: "the tracker knows JOIN, SEARCH, UPDATE and LIST",
+        }),
     }
 }
 
@@ -245,18 +322,16 @@ pub fn parse_download_request(bytes: &[u8]) -> Result<DownloadRequest, RequestEr
         "DOWNLOAD_REQUEST" => data.ranges,
         DOWNLOAD_RANGES => Some(true),
         _ => {
-            return Err(format!(
-                "{UNKNOWN_METHOD} {method:?}; a peer's upload port knows DOWNLOAD_REQUEST and \
-                 DOWNLOAD_RANGES"
-            ));
+            return Err(RequestError::UnknownMethod {
+                method,
+                known: "a peer's upload port knows DOWNLOAD_REQUEST and DOWNLOAD_RANGES",
+            });
         }
     };
     let filename = data
         .filename
-        .ok_or_else(|| format!("{method} needs data.filename"))?;
-    let port = data
-        .port
-        .ok_or_else(|| format!("{method} needs data.port"))?;
+        .ok_or_else(|| needs(&method, "data.filename"))?;
+    let port = data.port.ok_or_else(|| needs(&method, "data.port"))?;
     Ok(DownloadRequest {
         filename,
         port,
@@ -285,13 +360,16 @@ pub struct DigestMismatch {
 pub fn parse_digest_mismatch(bytes: &[u8]) -> Result<DigestMismatch, RequestError> {
     let (method, data) = decode_raw(bytes)?;
     if method != "DIGEST_MISMATCH" {
-        return Err(format!(
-            "unknown method {method:?}; only DIGEST_MISMATCH may follow a download"
-        ));
+        return Err(RequestError::UnknownMethod {
+            method,
+            known: "only DIGEST_MISMATCH may follow a download",
+        });
     }
     Ok(DigestMismatch {
-        filename: data.filename.ok_or("DIGEST_MISMATCH needs data.filename")?,
-        digest: data.digest.ok_or("DIGEST_MISMATCH needs data.digest")?,
+        filename: data
+            .filename
+            .ok_or_else(|| needs(&method, "data.filename"))?,
+        digest: data.digest.ok_or_else(|| needs(&method, "data.digest"))?,
     })
 }
 
@@ -299,9 +377,8 @@ pub fn parse_digest_mismatch(bytes: &[u8]) -> Result<DigestMismatch, RequestErro
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Reply {
-    /// `JOIN_OK`, `OK`, `UPDATE_OK`, `ERROR`, `fileNotFound`, `downloadAccepted`,
-    /// `downloadRejected`.
-    pub status: String,
+    /// What the reply is; the fields present depend on it.
+    pub status: Status,
     /// SEARCH: the peers sharing exactly the name asked for, as `IP:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<String>>,
@@ -373,27 +450,91 @@ pub struct SearchResult {
 /// retries on these words.
 pub const ADDRESS_TAKEN: &str = "is already registered by another connection";
 
-/// Status names, spelled once.
-pub mod status {
-    /// JOIN accepted.
-    pub const JOIN_OK: &str = "JOIN_OK";
-    /// SEARCH result, or DOWNLOAD_REQUEST for a file that exists.
-    pub const OK: &str = "OK";
-    /// UPDATE accepted.
-    pub const UPDATE_OK: &str = "UPDATE_OK";
-    /// The request was refused; `message` says why.
-    pub const ERROR: &str = "ERROR";
-    /// DOWNLOAD_REQUEST for a name the uploader does not share.
-    pub const FILE_NOT_FOUND: &str = "fileNotFound";
-    /// The uploader's user said SIM; the file's bytes follow.
-    pub const DOWNLOAD_ACCEPTED: &str = "downloadAccepted";
-    /// The uploader's user said NAO (or did not answer in time).
-    pub const DOWNLOAD_REJECTED: &str = "downloadRejected";
-    /// Sent only to a downloader that `acceptsWaiting`: the next reply is coming, within
-    /// `timeout` seconds; `waitingFor` says what it waits for.
-    pub const WAITING: &str = "waiting";
-    /// After the data: the digest of the whole file, when the OK said it would follow.
-    pub const DIGEST: &str = "DIGEST";
+/// A reply's `status`, spelled on the wire as [`Status::as_str`] says. A status this build
+/// does not know is kept as it came ([`Status::Other`]): reading a reply never fails on it,
+/// and the caller decides what an unexpected status means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// `JOIN_OK`: JOIN accepted.
+    JoinOk,
+    /// `OK`: a SEARCH or LIST result, or DOWNLOAD_REQUEST for a file that exists.
+    Ok,
+    /// `UPDATE_OK`: UPDATE accepted.
+    UpdateOk,
+    /// `ERROR`: the request was refused; `message` says why.
+    Error,
+    /// `fileNotFound`: DOWNLOAD_REQUEST for a name the uploader does not share.
+    FileNotFound,
+    /// `downloadAccepted`: the uploader's user said SIM; the file's bytes follow.
+    DownloadAccepted,
+    /// `downloadRejected`: the uploader's user said NAO (or did not answer in time).
+    DownloadRejected,
+    /// `waiting`: sent only to a downloader that `acceptsWaiting`: the next reply is coming,
+    /// within `timeout` seconds; `waitingFor` says what it waits for.
+    Waiting,
+    /// `DIGEST`: after the data, the digest of the whole file, when the OK said it would follow.
+    Digest,
+    /// Any other status, as it came.
+    Other(String),
+}
+
+impl Status {
+    /// The status as it is spelled on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Status::JoinOk => "JOIN_OK",
+            Status::Ok => "OK",
+            Status::UpdateOk => "UPDATE_OK",
+            Status::Error => "ERROR",
+            Status::FileNotFound => "fileNotFound",
+            Status::DownloadAccepted => "downloadAccepted",
+            Status::DownloadRejected => "downloadRejected",
+            Status::Waiting => "waiting",
+            Status::Digest => "DIGEST",
+            Status::Other(other) => other,
+        }
+    }
+
+    /// The status spelled `text` on the wire.
+    fn from_wire(text: String) -> Status {
+        match text.as_str() {
+            "JOIN_OK" => Status::JoinOk,
+            "OK" => Status::Ok,
+            "UPDATE_OK" => Status::UpdateOk,
+            "ERROR" => Status::Error,
+            "fileNotFound" => Status::FileNotFound,
+            "downloadAccepted" => Status::DownloadAccepted,
+            "downloadRejected" => Status::DownloadRejected,
+            "waiting" => Status::Waiting,
+            "DIGEST" => Status::Digest,
+            _ => Status::Other(text),
+        }
+    }
+}
+
+/// Only for `..Reply::default()`: every reply built names its status.
+impl Default for Status {
+    fn default() -> Status {
+        Status::Other(String::new())
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Status {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Status, D::Error> {
+        String::deserialize(deserializer).map(Status::from_wire)
+    }
 }
 
 /// What a `waiting` reply waits for.
@@ -406,9 +547,9 @@ pub mod waiting_for {
 
 impl Reply {
     /// A reply with only a status.
-    pub fn status(status: &str) -> Reply {
+    pub fn status(status: Status) -> Reply {
         Reply {
-            status: status.to_string(),
+            status,
             ..Reply::default()
         }
     }
@@ -416,7 +557,7 @@ impl Reply {
     /// An `ERROR` reply with its sentence.
     pub fn error(message: impl Into<String>) -> Reply {
         Reply {
-            status: status::ERROR.to_string(),
+            status: Status::Error,
             message: Some(message.into()),
             ..Reply::default()
         }
@@ -425,7 +566,7 @@ impl Reply {
     /// A SEARCH result with only the exact name's holders (what the original's tracker says).
     pub fn peers(peers: Vec<String>) -> Reply {
         Reply {
-            status: status::OK.to_string(),
+            status: Status::Ok,
             peers: Some(peers),
             ..Reply::default()
         }
@@ -434,7 +575,7 @@ impl Reply {
     /// A SEARCH result: the exact name's holders, the matches, and whether some were left out.
     pub fn search(peers: Vec<String>, results: Vec<SearchResult>, truncated: bool) -> Reply {
         Reply {
-            status: status::OK.to_string(),
+            status: Status::Ok,
             peers: Some(peers),
             results: Some(results),
             truncated,
@@ -445,7 +586,7 @@ impl Reply {
     /// A LIST result.
     pub fn files(files: Vec<FileRecord>) -> Reply {
         Reply {
-            status: status::OK.to_string(),
+            status: Status::Ok,
             files: Some(files),
             ..Reply::default()
         }
@@ -454,7 +595,7 @@ impl Reply {
     /// A `waiting` reply: the next one comes within `timeout`.
     pub fn waiting(what: &str, timeout: std::time::Duration) -> Reply {
         Reply {
-            status: status::WAITING.to_string(),
+            status: Status::Waiting,
             waiting_for: Some(what.to_string()),
             timeout: Some(timeout.as_secs().max(1)),
             ..Reply::default()
@@ -644,7 +785,7 @@ fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
 
 /// Decodes a reply frame.
 pub fn parse_reply(bytes: &[u8]) -> Result<Reply, RequestError> {
-    serde_json::from_slice(bytes).map_err(|e| describe_json_error(&e))
+    serde_json::from_slice(bytes).map_err(RequestError::Json)
 }
 
 /// The JOIN request a peer sends.
@@ -761,6 +902,128 @@ pub fn range_session_line(request: &DownloadRequest) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The words of each refusal, which go on the wire as an ERROR's `message`, are the ones
+    /// peers and tests know (they were written with `format!` before the error was typed).
+    #[test]
+    fn request_errors_keep_their_words() {
+        let tracker = |line: &str| {
+            parse_tracker_request(line.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        let upload = |line: &str| {
+            parse_download_request(line.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        let mismatch = |line: &str| {
+            parse_digest_mismatch(line.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        let cases = [
+            (
+                tracker(r#"{"method":"SEARCH"}"#),
+                r#"SEARCH needs a "data" object"#,
+            ),
+            (
+                tracker(r#"{"method":"JOIN","data":{"port":5}}"#),
+                "JOIN needs data.files, a list of files",
+            ),
+            (
+                tracker(r#"{"method":"JOIN","data":{"port":0,"files":[]}}"#),
+                "JOIN needs a non-zero data.port",
+            ),
+            (
+                tracker(r#"{"method":"JOIN","data":{}}"#),
+                "JOIN needs data.port (the upload port) and data.files",
+            ),
+            (
+                tracker(r#"{"method":"SEARCH","data":{}}"#),
+                "SEARCH needs data.query, a file name",
+            ),
+            (
+                tracker(r#"{"method":"UPDATE","data":{}}"#),
+                "UPDATE needs data.files (the whole list) or data.add / data.remove (changes)",
+            ),
+            (
+                tracker(r#"{"method":"UPDATE","data":{"files":[],"remove":[]}}"#),
+                "UPDATE takes either data.files (the whole list) or data.add / data.remove, not both",
+            ),
+            (
+                tracker(r#"{"method":"LIST","data":{}}"#),
+                "LIST needs data.peer, a peer as IP:PORT",
+            ),
+            (
+                tracker(r#"{"method":"DOWNLOAD_RANGES","data":{}}"#),
+                "DOWNLOAD_RANGES goes to a peer's upload port, not to the tracker",
+            ),
+            (
+                tracker(r#"{"method":"FOO","data":{}}"#),
+                r#"unknown method "FOO"; the tracker knows JOIN, SEARCH, UPDATE and LIST"#,
+            ),
+            (
+                upload(r#"{"method":"GET","data":{}}"#),
+                r#"unknown method "GET"; a peer's upload port knows DOWNLOAD_REQUEST and DOWNLOAD_RANGES"#,
+            ),
+            (
+                upload(r#"{"method":"DOWNLOAD_REQUEST","data":{"port":1}}"#),
+                "DOWNLOAD_REQUEST needs data.filename",
+            ),
+            (
+                upload(r#"{"method":"DOWNLOAD_RANGES","data":{"filename":"a"}}"#),
+                "DOWNLOAD_RANGES needs data.port",
+            ),
+            (
+                mismatch(r#"{"method":"RANGE","data":{}}"#),
+                r#"unknown method "RANGE"; only DIGEST_MISMATCH may follow a download"#,
+            ),
+            (
+                mismatch(r#"{"method":"DIGEST_MISMATCH","data":{"digest":"x"}}"#),
+                "DIGEST_MISMATCH needs data.filename",
+            ),
+            (
+                mismatch(r#"{"method":"DIGEST_MISMATCH","data":{"filename":"x"}}"#),
+                "DIGEST_MISMATCH needs data.digest",
+            ),
+        ];
+        for (got, words) in cases {
+            assert_eq!(got, words);
+        }
+        let not_json = tracker("{nope");
+        assert!(
+            not_json.starts_with("the message is not valid JSON ("),
+            "{not_json}"
+        );
+    }
+
+    /// Each status is written as the wire spells it and read back as the same status; a
+    /// status this build does not know is read as it came and written back unchanged.
+    #[test]
+    fn statuses_keep_their_wire_spelling() {
+        let known = [
+            (Status::JoinOk, "JOIN_OK"),
+            (Status::Ok, "OK"),
+            (Status::UpdateOk, "UPDATE_OK"),
+            (Status::Error, "ERROR"),
+            (Status::FileNotFound, "fileNotFound"),
+            (Status::DownloadAccepted, "downloadAccepted"),
+            (Status::DownloadRejected, "downloadRejected"),
+            (Status::Waiting, "waiting"),
+            (Status::Digest, "DIGEST"),
+            (Status::Other("newerStatus".into()), "newerStatus"),
+        ];
+        for (status, spelled) in known {
+            let line = Reply::status(status.clone()).to_line();
+            assert_eq!(line, format!("{{\"status\":\"{spelled}\"}}\n").into_bytes());
+            assert_eq!(parse_reply(line.trim_ascii_end()).unwrap().status, status);
+        }
+        assert!(
+            parse_reply(br#"{"peers":[]}"#).is_err(),
+            "a reply needs a status"
+        );
+    }
+
     #[test]
     fn join_round_trips() {
         let files = vec![
@@ -787,9 +1050,12 @@ mod tests {
             TrackerRequest::Update(FileUpdate::Replace(vec![FileRecord::named("x")]))
         );
         let e = parse_tracker_request(br#"{"method":"UPDATE","data":{"files":[],"add":[]}}"#)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not both"), "{e}");
-        let e = parse_tracker_request(br#"{"method":"UPDATE","data":{}}"#).unwrap_err();
+        let e = parse_tracker_request(br#"{"method":"UPDATE","data":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("data.add"), "{e}");
     }
 
@@ -894,7 +1160,9 @@ mod tests {
             parse_download_request(first_form.trim_ascii_end()).unwrap(),
             request
         );
-        let e = parse_download_request(br#"{"method":"GET","data":{}}"#).unwrap_err();
+        let e = parse_download_request(br#"{"method":"GET","data":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with(UNKNOWN_METHOD), "{e}");
     }
 
@@ -907,30 +1175,41 @@ mod tests {
                 peer: "10.0.0.1:5000".into()
             }
         );
-        let e = parse_tracker_request(br#"{"method":"LIST","data":{}}"#).unwrap_err();
+        let e = parse_tracker_request(br#"{"method":"LIST","data":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("data.peer"), "{e}");
     }
 
     #[test]
     fn missing_fields_are_named() {
-        let e = parse_tracker_request(br#"{"method":"SEARCH","data":{}}"#).unwrap_err();
+        let e = parse_tracker_request(br#"{"method":"SEARCH","data":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("data.query"), "{e}");
-        let e = parse_tracker_request(br#"{"method":"JOIN","data":{"port":5}}"#).unwrap_err();
+        let e = parse_tracker_request(br#"{"method":"JOIN","data":{"port":5}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("data.files"), "{e}");
-        let e = parse_tracker_request(br#"{"method":"FOO","data":{}}"#).unwrap_err();
+        let e = parse_tracker_request(br#"{"method":"FOO","data":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown method"), "{e}");
     }
 
     #[test]
     fn data_must_be_an_object() {
-        let e = parse_tracker_request(br#"{"method":"JOIN","data":[1234,["a"]]}"#).unwrap_err();
+        let e = parse_tracker_request(br#"{"method":"JOIN","data":[1234,["a"]]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected an object"), "{e}");
     }
 
     #[test]
     fn wrong_types_are_reported() {
         let e = parse_tracker_request(br#"{"method":"JOIN","data":{"port":"x","files":[]}}"#)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("wrong type"), "{e}");
     }
 

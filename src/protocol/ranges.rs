@@ -14,6 +14,8 @@
 //! [`MAX_RANGE`] bytes. A request the uploader cannot serve gets `{"status":"ERROR",...}` with
 //! no bytes, and the session goes on (the stream is still in sync).
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::messages::{Envelope, RequestError, encode_line};
@@ -57,41 +59,81 @@ struct RawRangeData {
 
 /// Decodes one request line of a range session.
 pub fn parse_range_request(bytes: &[u8]) -> Result<RangeRequest, RequestError> {
-    let raw: RawRangeRequest = serde_json::from_slice(bytes)
-        .map_err(|e| format!("the request is not a valid range request ({e})"))?;
+    let raw: RawRangeRequest = serde_json::from_slice(bytes).map_err(RequestError::RangeJson)?;
     match raw.method.as_str() {
         "OUTBOARD" => Ok(RangeRequest::Outboard),
         "RANGE" => {
-            let data = raw.data.ok_or("RANGE needs a \"data\" object")?;
+            let Some(data) = raw.data else {
+                return Err(RequestError::NoData { method: raw.method });
+            };
             match (data.offset, data.length) {
                 (Some(offset), Some(length)) => Ok(RangeRequest::Range { offset, length }),
-                _ => Err("RANGE needs data.offset and data.length".into()),
+                _ => Err(RequestError::Needs {
+                    method: raw.method,
+                    what: "data.offset and data.length",
+                }),
             }
         }
-        other => Err(format!(
-            "unknown method {other:?}; a range session knows OUTBOARD and RANGE"
-        )),
+        _ => Err(RequestError::UnknownMethod {
+            method: raw.method,
+            known: "a range session knows OUTBOARD and RANGE",
+        }),
     }
 }
 
+/// Why a range may not be asked for; the text is sent to the downloader as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeRefused {
+    /// Its end is past what a file size can be.
+    PastAnyFile,
+    /// Empty, or longer than [`MAX_RANGE`].
+    Length,
+    /// It ends past the file's end.
+    PastTheEnd {
+        /// Where it ends.
+        end: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// It does not start and end on a chunk group (nor end at the file's end).
+    Unaligned {
+        /// The chunk group, in bytes.
+        group: u64,
+    },
+}
+
+impl fmt::Display for RangeRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RangeRefused::PastAnyFile => write!(f, "the range ends past any file"),
+            RangeRefused::Length => write!(f, "a range holds 1 to {MAX_RANGE} bytes"),
+            RangeRefused::PastTheEnd { end, size } => {
+                write!(f, "the range ends at {end}, past the file's {size} bytes")
+            }
+            RangeRefused::Unaligned { group } => write!(
+                f,
+                "a range starts and ends on a chunk group of {group} bytes (or at the end of the file)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RangeRefused {}
+
 /// Checks that `offset..offset + length` is a range that may be asked of a file of `size`
 /// bytes in chunk groups of `group` bytes.
-pub fn check_range(offset: u64, length: u64, size: u64, group: u64) -> Result<(), RequestError> {
+pub fn check_range(offset: u64, length: u64, size: u64, group: u64) -> Result<(), RangeRefused> {
     let end = offset
         .checked_add(length)
-        .ok_or("the range ends past any file")?;
+        .ok_or(RangeRefused::PastAnyFile)?;
     if length == 0 || length > MAX_RANGE {
-        return Err(format!("a range holds 1 to {MAX_RANGE} bytes"));
+        return Err(RangeRefused::Length);
     }
     if end > size {
-        return Err(format!(
-            "the range ends at {end}, past the file's {size} bytes"
-        ));
+        return Err(RangeRefused::PastTheEnd { end, size });
     }
     if group == 0 || !offset.is_multiple_of(group) || (!end.is_multiple_of(group) && end != size) {
-        return Err(format!(
-            "a range starts and ends on a chunk group of {group} bytes (or at the end of the file)"
-        ));
+        return Err(RangeRefused::Unaligned { group });
     }
     Ok(())
 }
@@ -140,6 +182,20 @@ mod tests {
         assert!(parse_range_request(br#"{"method":"RANGE","data":{"offset":1}}"#).is_err());
         assert!(parse_range_request(br#"{"method":"GET","data":{}}"#).is_err());
         assert!(parse_range_request(b"not json").is_err());
+        let words = |line: &[u8]| parse_range_request(line).unwrap_err().to_string();
+        assert_eq!(
+            words(br#"{"method":"RANGE"}"#),
+            r#"RANGE needs a "data" object"#
+        );
+        assert_eq!(
+            words(br#"{"method":"RANGE","data":{"offset":1}}"#),
+            "RANGE needs data.offset and data.length"
+        );
+        assert_eq!(
+            words(br#"{"method":"GET","data":{}}"#),
+            r#"unknown method "GET"; a range session knows OUTBOARD and RANGE"#
+        );
+        assert!(words(b"not json").starts_with("the request is not a valid range request ("));
     }
 
     #[test]
@@ -154,5 +210,25 @@ mod tests {
         assert!(check_range(10 * g, g, size, g).is_err());
         assert!(check_range(u64::MAX - 10, 20, size, g).is_err());
         assert!(check_range(0, MAX_RANGE + g, u64::MAX, g).is_err());
+        // The words go to the downloader as an ERROR's message.
+        let words = |r: Result<(), RangeRefused>| r.unwrap_err().to_string();
+        assert_eq!(
+            words(check_range(u64::MAX - 10, 20, size, g)),
+            "the range ends past any file"
+        );
+        assert_eq!(
+            words(check_range(0, 0, size, g)),
+            format!("a range holds 1 to {MAX_RANGE} bytes")
+        );
+        assert_eq!(
+            words(check_range(10 * g, g, size, g)),
+            format!("the range ends at {}, past the file's {size} bytes", 11 * g)
+        );
+        assert_eq!(
+            words(check_range(1, g, size, g)),
+            format!(
+                "a range starts and ends on a chunk group of {g} bytes (or at the end of the file)"
+            )
+        );
     }
 }

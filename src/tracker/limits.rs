@@ -25,6 +25,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::thread;
 
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
 use crate::console_out::thousands;
 
 /// Descriptors kept for the listener, stdio, logs and the odd file, beside one per connection.
@@ -250,24 +252,14 @@ fn tasks_on_machine() -> Option<usize> {
 }
 
 fn nproc_limit() -> Option<Limit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) } != 0
-        || limit.rlim_cur == libc::RLIM_INFINITY
-    {
-        return None;
-    }
-    // SAFETY: geteuid and getuid cannot fail.
-    let (euid, uid) = unsafe { (libc::geteuid(), libc::getuid()) };
-    if euid == 0 {
+    // `None`: unlimited.
+    let soft = getrlimit(Resource::Nproc).current?;
+    if rustix::process::geteuid().is_root() {
         // Root holds CAP_SYS_RESOURCE, which the kernel lets past RLIMIT_NPROC.
         return None;
     }
-    let max = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
-    let tasks = tasks_of_user(uid)?;
+    let max = usize::try_from(soft).unwrap_or(usize::MAX);
+    let tasks = tasks_of_user(rustix::process::getuid().as_raw())?;
     Some(Limit {
         name: "processos do usuário (ulimit -u)",
         room: max.saturating_sub(tasks).saturating_sub(SPARE_TASKS),
@@ -367,25 +359,16 @@ fn memory_limits(stack: usize, buffered: usize) -> Vec<Limit> {
     // Room for message buffers and some growth of everything else.
     let keep = buffered as u64 + (64 << 20);
     let mut limits = Vec::new();
-    let mut address_space = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut address_space) } == 0
-        && address_space.rlim_cur != libc::RLIM_INFINITY
-    {
+    // `None`: unlimited.
+    if let Some(address_space) = getrlimit(Resource::As).current {
         let used = status_kib("VmSize:").unwrap_or(0) * 1024;
-        let free = address_space
-            .rlim_cur
-            .saturating_sub(used)
-            .saturating_sub(keep);
+        let free = address_space.saturating_sub(used).saturating_sub(keep);
         limits.push(Limit {
             name: "espaço de endereços (ulimit -v)",
             room: usize::try_from(free / per_thread).unwrap_or(usize::MAX),
             detail: format!(
                 "{} MiB, {} KiB por conexão",
-                thousands(address_space.rlim_cur >> 20),
+                thousands(address_space >> 20),
                 per_thread / 1024
             ),
         });
@@ -441,15 +424,12 @@ fn available_memory() -> Option<u64> {
 }
 
 fn sigstack_size() -> usize {
-    // SAFETY: getauxval has no preconditions; it returns 0 for an unknown entry.
-    let dynamic = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
-    libc::SIGSTKSZ.max(dynamic)
+    // The kernel's AT_MINSIGSTKSZ (0 when it gives none); libc's constant at least.
+    libc::SIGSTKSZ.max(rustix::param::linux_minsigstksz())
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(page).unwrap_or(4096).max(4096)
+    rustix::param::page_size().max(4096)
 }
 
 fn read_number<T: std::str::FromStr>(path: impl AsRef<Path>) -> Option<T> {
@@ -475,22 +455,27 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
 
 /// Raises the soft open-file limit to the hard one, so that thousands of peers fit.
 pub fn raise_open_file_limit() -> io::Result<u64> {
-    let mut limit = current_open_file_limit()?;
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: setrlimit only reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    let limit = getrlimit(Resource::Nofile);
+    let (soft, hard) = (
+        unlimited_as_max(limit.current),
+        unlimited_as_max(limit.maximum),
+    );
+    if soft < hard {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        setrlimit(Resource::Nofile, raised)?;
+        return Ok(hard);
     }
-    Ok(limit.rlim_cur)
+    Ok(soft)
 }
 
 /// The open-file limit in force: raised to the hard limit if possible; if raising fails, the
 /// soft limit as it is (a failed raise must still leave the connection cap fitted).
 pub fn open_file_limit_in_force() -> Option<u64> {
     limit_in_force(raise_open_file_limit(), || {
-        current_open_file_limit().ok().map(|l| l.rlim_cur)
+        Some(unlimited_as_max(getrlimit(Resource::Nofile).current))
     })
 }
 
@@ -505,16 +490,9 @@ fn limit_in_force(raised: io::Result<u64>, current: impl FnOnce() -> Option<u64>
     }
 }
 
-fn current_open_file_limit() -> io::Result<libc::rlimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(limit)
+/// A limit as the kernel's `RLIM_INFINITY` spells "unlimited": the largest value.
+fn unlimited_as_max(limit: Option<u64>) -> u64 {
+    limit.unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -4,29 +4,30 @@
 //! hands off. Each connection is one request → one reply, in order. A connection's peer is
 //! forgotten the moment its connection ends, however it ends.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
+use crate::accept::{self, Refusal, Shutdown, Slots};
 use crate::console_out::{self, ConsoleOut};
 use crate::liveness;
-use crate::log_limit::{self, Throttle, held_note};
+use crate::log_limit;
 use crate::protocol::codec::MemoryBudget;
 use crate::protocol::legacy;
 use crate::protocol::messages::{
-    FileRecord, FileUpdate, Reply, TrackerRequest, parse_tracker_request, status,
+    FileRecord, FileUpdate, Reply, Status, TrackerRequest, parse_tracker_request,
 };
 use crate::protocol::words;
 use crate::protocol::{CodecError, FrameReader};
 use crate::share;
-use crate::tracker::legacy as legacy_join;
-use crate::tracker::table::{ConnId, PeerTable, SearchScratch};
+use crate::throttle::{Throttle, held_back_note};
+use crate::tracker::original_peers;
+use crate::tracker::refusal::RequestRefused;
+use crate::tracker::table::{ConnId, PeerTable, SearchScratch, TableError};
 
 /// The tracker's limits; each has a command-line option.
 #[derive(Debug, Clone)]
@@ -86,9 +87,8 @@ impl Default for TrackerConfig {
 pub struct Tracker {
     table: PeerTable,
     config: TrackerConfig,
-    connections: AtomicUsize,
-    /// Connections per host (see [`host_key`]); a host is removed when its count reaches 0.
-    hosts: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections open, in all and per host (see [`host_key`]).
+    slots: Arc<Slots>,
     next_conn: AtomicU64,
     out: ConsoleOut,
     buffers: Arc<MemoryBudget>,
@@ -102,75 +102,29 @@ impl Tracker {
         Arc::new(Tracker {
             table: PeerTable::with_limits(config.max_listed_names, config.max_names),
             buffers: MemoryBudget::new(config.max_buffered),
+            slots: Slots::new(config.max_connections),
             config,
-            connections: AtomicUsize::new(0),
-            hosts: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             out: ConsoleOut::start(),
         })
     }
 
-    /// The peer table (for tests and benchmarks).
-    pub fn table(&self) -> &PeerTable {
-        &self.table
-    }
-
-    /// Accepts connections on `listener` for ever, one thread each.
-    pub fn run(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
-        loop {
-            match listener.accept() {
-                Ok((stream, remote)) => self.hand_off(stream, remote),
-                Err(e) => {
-                    // Out of descriptors or a connection reset before accept: keep serving.
-                    if let Some(held) = ACCEPT_WARNINGS.allow() {
-                        log::warn!("accept failed: {e}{}", held_note(held));
-                    }
-                    if e.raw_os_error() == Some(libc::EMFILE)
-                        || e.raw_os_error() == Some(libc::ENFILE)
-                    {
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            }
-        }
+    /// Accepts connections on `listener`, one thread each, until `shutdown` is given; then
+    /// stops accepting and closes the listener (connections already open are served until
+    /// they end).
+    pub fn run(self: &Arc<Self>, listener: TcpListener, shutdown: &Shutdown) -> io::Result<()> {
+        accept::serve(listener, shutdown, "tracker", |stream, remote| {
+            self.hand_off(stream, remote);
+            ControlFlow::Continue(())
+        })
     }
 
     fn hand_off(self: &Arc<Self>, stream: TcpStream, remote: SocketAddr) {
-        let count = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut guard = ConnectionSlot {
-            tracker: Arc::clone(self),
-            host: None,
-        };
-        if count > self.config.max_connections {
-            if let Some(held) = REFUSAL_WARNINGS.allow() {
-                log::warn!(
-                    "refusing a connection from {remote}: {count} would exceed the limit{}",
-                    held_note(held)
-                );
-            }
-            let reply = Reply::error(format!(
-                "the tracker is full ({} connections); try again later",
-                self.config.max_connections
-            ));
-            let _ = (&stream).write_all(&reply.to_line());
-            return;
-        }
         let host = host_key(remote.ip());
-        if !guard.take_host_slot(host) {
-            if let Some(held) = REFUSAL_WARNINGS.allow() {
-                log::warn!(
-                    "refusing a connection from {remote}: its host has {} connections{}",
-                    self.config.max_connections_per_host,
-                    held_note(held)
-                );
-            }
-            let reply = Reply::error(format!(
-                "too many connections from your address ({} at once); close some and try again",
-                self.config.max_connections_per_host
-            ));
-            let _ = (&stream).write_all(&reply.to_line());
-            return;
-        }
+        let guard = match self.slots.take(host, self.config.max_connections_per_host) {
+            Ok(slot) => slot,
+            Err(refusal) => return self.refuse(&stream, remote, refusal),
+        };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let tracker = Arc::clone(self);
         // The stream is handed over through a cell so that, if the thread cannot start (out of
@@ -189,7 +143,10 @@ impl Tracker {
             });
         if let Err(e) = spawned {
             if let Some(held) = REFUSAL_WARNINGS.allow() {
-                log::error!("cannot start a connection thread: {e}{}", held_note(held));
+                log::error!(
+                    "cannot start a connection thread: {e}{}",
+                    held_back_note(held)
+                );
             }
             if let Some(stream) = handed.lock().take() {
                 let reply = Reply::error(format!(
@@ -198,6 +155,27 @@ impl Tracker {
                 let _ = (&stream).write_all(&reply.to_line());
             }
         }
+    }
+
+    /// Tells a connection over a limit why it is closed.
+    fn refuse(&self, stream: &TcpStream, remote: SocketAddr, refusal: Refusal) {
+        if let Some(held) = REFUSAL_WARNINGS.allow() {
+            log::warn!(
+                "refusing a connection from {remote}: {refusal}{}",
+                held_back_note(held)
+            );
+        }
+        let reply = Reply::error(match refusal {
+            Refusal::Full(_) => format!(
+                "the tracker is full ({} connections); try again later",
+                self.config.max_connections
+            ),
+            Refusal::HostFull(_) => format!(
+                "too many connections from your address ({} at once); close some and try again",
+                self.config.max_connections_per_host
+            ),
+        });
+        let _ = (&*stream).write_all(&reply.to_line());
     }
 
     /// Serves one connection until it closes or breaks a rule it cannot recover from.
@@ -283,18 +261,14 @@ impl Tracker {
     /// records is the deepest path, so the frames under it stay small.
     #[inline(never)]
     fn handle(&self, session: &mut Session, frame: &[u8], reply: &mut Vec<u8>) {
-        let request = match parse_tracker_request(frame) {
-            Ok(request) => request,
-            Err(message) => {
-                log_refusal(session.remote, &message);
-                Reply::write_error(message, reply);
-                return;
-            }
-        };
-        match self.apply(session, request, reply) {
+        let answered = parse_tracker_request(frame)
+            .map_err(RequestRefused::from)
+            .and_then(|request| self.apply(session, request, reply));
+        match answered {
             Ok(Some(bytes)) => reply.extend_from_slice(&bytes),
             Ok(None) => {}
-            Err(message) => {
+            Err(refused) => {
+                let message = refused.to_string();
                 log_refusal(session.remote, &message);
                 reply.clear();
                 Reply::write_error(message, reply);
@@ -309,23 +283,22 @@ impl Tracker {
         session: &mut Session,
         request: TrackerRequest,
         reply: &mut Vec<u8>,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, RequestRefused> {
         match request {
             TrackerRequest::Join { port, files } => {
                 self.check_records(&files)?;
                 let addr = SocketAddr::new(session.remote.ip(), port);
                 self.join(session, addr, &files)?;
                 session.legacy = false;
-                Ok(Some(Reply::status(status::JOIN_OK).to_line()))
+                Ok(Some(Reply::status(Status::JoinOk).to_line()))
             }
             TrackerRequest::LegacyJoin { folder } => {
-                let names = legacy_join::list_client_folder(
+                let names = original_peers::list_client_folder(
                     session.remote,
                     &folder,
                     self.config.max_names,
                     self.config.legacy_folder_join,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 let files: Vec<FileRecord> = names.into_iter().map(FileRecord::named).collect();
                 self.check_records(&files)?;
                 // The original keys a peer by the port of its tracker connection.
@@ -344,7 +317,7 @@ impl Tracker {
                         .table
                         .search_addrs(&query)
                         .iter()
-                        .filter(|addr| legacy_join::dialable_on_loopback(addr))
+                        .filter(|addr| original_peers::dialable_on_loopback(addr))
                         .map(SocketAddr::port)
                         .collect();
                     Ok(Some(legacy::search_reply(&ports)))
@@ -361,10 +334,8 @@ impl Tracker {
             }
             TrackerRequest::Update(FileUpdate::Replace(files)) => {
                 self.check_records(&files)?;
-                let addr = session.joined.ok_or("send JOIN before UPDATE")?;
-                self.table
-                    .update(session.conn, addr, &files)
-                    .map_err(|e| e.to_string())?;
+                let addr = session.joined.ok_or(TableError::NotJoined)?;
+                self.table.update(session.conn, addr, &files)?;
                 self.out.line(format!(
                     "Peer {addr} atualizou os arquivos {}",
                     console_out::name_list(&names_of(&files))
@@ -377,10 +348,8 @@ impl Tracker {
                 for name in &remove {
                     self.check_name(name)?;
                 }
-                let addr = session.joined.ok_or("send JOIN before UPDATE")?;
-                self.table
-                    .change(session.conn, addr, &add, &remove)
-                    .map_err(|e| e.to_string())?;
+                let addr = session.joined.ok_or(TableError::NotJoined)?;
+                self.table.change(session.conn, addr, &add, &remove)?;
                 let mut changed = Vec::new();
                 if !add.is_empty() {
                     changed.push(format!("+{}", console_out::name_list(&names_of(&add))));
@@ -395,14 +364,14 @@ impl Tracker {
                 Ok(Some(self.update_ok(session)))
             }
             TrackerRequest::List { peer } => {
-                let addr: SocketAddr = peer.trim().parse().map_err(|_| {
-                    format!("LIST needs data.peer as IP:PORT, not {:?}", bounded(&peer))
-                })?;
+                let Ok(addr) = peer.trim().parse::<SocketAddr>() else {
+                    return Err(RequestRefused::PeerAddress(peer));
+                };
                 let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
                 let files = self
                     .table
                     .list(addr)
-                    .ok_or_else(|| format!("peer {addr} is not registered with this tracker"))?;
+                    .ok_or(RequestRefused::UnknownPeer(addr))?;
                 self.out
                     .line(format!("Peer {} listou os arquivos de {addr}", session.who));
                 Reply::files(files).write_line(reply);
@@ -415,7 +384,7 @@ impl Tracker {
         if session.legacy {
             legacy::UPDATE_OK.to_vec()
         } else {
-            Reply::status(status::UPDATE_OK).to_line()
+            Reply::status(Status::UpdateOk).to_line()
         }
     }
 
@@ -424,10 +393,8 @@ impl Tracker {
         session: &mut Session,
         addr: SocketAddr,
         files: &[FileRecord],
-    ) -> Result<(), String> {
-        self.table
-            .join(session.conn, addr, files)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), RequestRefused> {
+        self.table.join(session.conn, addr, files)?;
         // Only once the new address is ours: a refused re-JOIN keeps the old entry.
         if let Some(old) = session.joined
             && old != addr
@@ -443,32 +410,35 @@ impl Tracker {
         Ok(())
     }
 
-    fn check_list_len(&self, len: usize) -> Result<(), String> {
+    fn check_list_len(&self, len: usize) -> Result<(), RequestRefused> {
         if len > self.config.max_names {
-            return Err(format!(
-                "the list has {len} names; the limit is {}",
-                self.config.max_names
-            ));
+            return Err(RequestRefused::TooManyNames {
+                len,
+                max: self.config.max_names,
+            });
         }
         Ok(())
     }
 
-    fn check_name(&self, name: &str) -> Result<(), String> {
-        share::check_name_len(name, self.config.max_name_len)
-            .map_err(|e| format!("name {:?} refused: {e}", bounded(name)))
+    fn check_name(&self, name: &str) -> Result<(), RequestRefused> {
+        share::check_name_len(name, self.config.max_name_len).map_err(|source| {
+            RequestRefused::Name {
+                name: name.to_string(),
+                source,
+            }
+        })
     }
 
     /// A list of records: not too many, plain names, sizes a file can have.
-    fn check_records(&self, files: &[FileRecord]) -> Result<(), String> {
+    fn check_records(&self, files: &[FileRecord]) -> Result<(), RequestRefused> {
         self.check_list_len(files.len())?;
         for file in files {
             self.check_name(&file.name)?;
-            if file.size.is_some_and(|size| size > MAX_FILE_SIZE) {
-                return Err(format!(
-                    "file {:?}: size {} is not a file size (at most 2^63 - 1)",
-                    bounded(&file.name),
-                    file.size.unwrap_or_default()
-                ));
+            if let Some(size) = file.size.filter(|&size| size > MAX_FILE_SIZE) {
+                return Err(RequestRefused::Size {
+                    name: file.name.clone(),
+                    size,
+                });
             }
         }
         Ok(())
@@ -476,28 +446,28 @@ impl Tracker {
 
     /// A SEARCH query: a name, or words of names (PROTOCOL.md, T15). Leaves its words in
     /// `query_words`.
-    fn check_query(&self, query: &str, query_words: &mut words::QueryWords) -> Result<(), String> {
+    fn check_query(
+        &self,
+        query: &str,
+        query_words: &mut words::QueryWords,
+    ) -> Result<(), RequestRefused> {
         if share::has_hidden_characters(query) {
-            return Err(
-                "SEARCH refused: the query holds control or invisible formatting characters".into(),
-            );
+            return Err(RequestRefused::QueryHidden);
         }
         if query.trim().is_empty() {
-            return Err("SEARCH refused: the query is empty".into());
+            return Err(RequestRefused::QueryEmpty);
         }
         if query.len() > self.config.max_name_len {
-            return Err(format!(
-                "SEARCH refused: the query is longer than {} bytes",
-                self.config.max_name_len
-            ));
+            return Err(RequestRefused::QueryTooLong {
+                max: self.config.max_name_len,
+            });
         }
         query_words.fill(query);
         if query_words.len() > words::MAX_QUERY_WORDS {
-            return Err(format!(
-                "SEARCH refused: the query has {} words; the limit is {}",
-                query_words.len(),
-                words::MAX_QUERY_WORDS
-            ));
+            return Err(RequestRefused::QueryWords {
+                len: query_words.len(),
+                max: words::MAX_QUERY_WORDS,
+            });
         }
         Ok(())
     }
@@ -509,14 +479,6 @@ const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 /// The names of `files`, for console lines.
 fn names_of(files: &[FileRecord]) -> Vec<&str> {
     files.iter().map(|f| f.name.as_str()).collect()
-}
-
-/// At most the first 64 characters of `text`, for error messages about hostile input.
-fn bounded(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_string(),
-    }
 }
 
 /// What the tracker knows about one connection.
@@ -546,42 +508,6 @@ struct SearchSpace {
 /// fits many times).
 const REPLY_BUFFER: usize = 4096;
 
-/// Counts a connection (and its host's) until its thread ends.
-struct ConnectionSlot {
-    tracker: Arc<Tracker>,
-    /// The host counted, once its slot was taken.
-    host: Option<IpAddr>,
-}
-
-impl ConnectionSlot {
-    /// Counts one more connection for `host`; false (nothing counted) if it has its share.
-    fn take_host_slot(&mut self, host: IpAddr) -> bool {
-        let mut hosts = self.tracker.hosts.lock();
-        let count = hosts.entry(host).or_insert(0);
-        if *count >= self.tracker.config.max_connections_per_host {
-            return false;
-        }
-        *count += 1;
-        self.host = Some(host);
-        true
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        if let Some(host) = self.host {
-            let mut hosts = self.tracker.hosts.lock();
-            if let Some(count) = hosts.get_mut(&host) {
-                *count -= 1;
-                if *count == 0 {
-                    hosts.remove(&host);
-                }
-            }
-        }
-        self.tracker.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The default `--max-connections-per-host`: a classroom of 60 behind one NAT, each with a
 /// peer and a few spare reconnections, fits; one host cannot take the whole tracker.
 pub const DEFAULT_PER_HOST: usize = 256;
@@ -599,8 +525,6 @@ pub fn host_key(ip: IpAddr) -> IpAddr {
 
 /// Warnings about refused connections: a flood of them must not flood stderr.
 static REFUSAL_WARNINGS: Throttle = Throttle::new(10, Duration::from_secs(10));
-/// Warnings about failed accepts (out of descriptors repeats every 50 ms).
-static ACCEPT_WARNINGS: Throttle = Throttle::new(5, Duration::from_secs(10));
 
 /// Logs a refused request; the text may hold whole names from the network, so only its start.
 fn log_refusal(remote: SocketAddr, message: &str) {
@@ -613,6 +537,33 @@ fn log_refusal(remote: SocketAddr, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
+
+    /// A running tracker stops when its shutdown signal is given: `run` returns, the port is
+    /// closed, and a connection it was serving still gets its answers.
+    #[test]
+    fn a_running_tracker_stops_on_its_shutdown_signal() {
+        let tracker = Tracker::new(TrackerConfig::default());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let running = {
+            let shutdown = Arc::clone(&shutdown);
+            thread::spawn(move || tracker.run(listener, &shutdown))
+        };
+        let ask = |client: &TcpStream| {
+            let mut line = String::new();
+            (&*client).write_all(b"{\"method\":\"NOPE\"}\n").unwrap();
+            BufReader::new(client).read_line(&mut line).unwrap();
+            line
+        };
+        let client = TcpStream::connect(addr).unwrap();
+        assert!(ask(&client).contains("\"ERROR\""));
+        shutdown.stop();
+        running.join().unwrap().unwrap();
+        assert!(TcpStream::connect(addr).is_err());
+        assert!(ask(&client).contains("\"ERROR\""));
+    }
 
     /// An IPv4 address is one host, however it arrives (v4-mapped too); an IPv6 /64 is one host.
     #[test]

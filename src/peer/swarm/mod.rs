@@ -159,7 +159,15 @@ impl fmt::Display for SwarmError {
     }
 }
 
-impl std::error::Error for SwarmError {}
+impl std::error::Error for SwarmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SwarmError::Name(e) => Some(e),
+            SwarmError::Disk(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The files of a download once its outboard is known.
 pub(crate) struct Pieces {
@@ -615,6 +623,8 @@ pub fn download(
     (outcome, summaries)
 }
 
+/// The swarm download: claim the name, take what a partial already verified, run the sources
+/// until the file is whole or none is left, then tell why or give the file its name.
 fn run(
     ctx: &Arc<PeerContext>,
     request: SwarmRequest,
@@ -633,15 +643,6 @@ fn run(
     if ctx.partials.in_use(&name) {
         return Err(SwarmError::AlreadyRunning);
     }
-    let stopped =
-        || ctx.transfers.stopping() || guard.stop_flag().load(std::sync::atomic::Ordering::SeqCst);
-    let stop_error = || {
-        if guard.ending() == crate::peer::transfers::Ending::Cancelled {
-            SwarmError::Cancelled
-        } else {
-            SwarmError::Stopped
-        }
-    };
     let swarm = Arc::new(Swarm::new(
         Arc::clone(ctx),
         name.clone(),
@@ -653,98 +654,29 @@ fn run(
         swarm: Arc::clone(&swarm),
     };
     // A partial of this content with its outboard: ready before any source answers.
-    if let Some(identity) = request.expected.clone() {
-        match prepare::resume_local(&swarm, &identity) {
-            Ok(Some((pieces, planner))) => swarm.publish(pieces, planner),
-            Ok(None) => {}
-            Err(e) => return Err(e),
-        }
+    if let Some(identity) = request.expected.clone()
+        && let Some((pieces, planner)) = prepare::resume_local(&swarm, &identity)?
+    {
+        swarm.publish(pieces, planner);
     }
-
-    let mut candidates: VecDeque<SocketAddr> = request.holders.iter().copied().collect();
-    let (reports_tx, reports_rx) = unbounded();
-    let mut running: Vec<Started> = Vec::new();
-    let mut next_id: SourceId = 0;
-    let max_sources = request.max_sources.max(1);
-    let mut legacy: Option<SocketAddr> = None;
-    let (mut ended, mut rejected, mut not_found) = (0, 0, 0);
-    let mut progress: Option<Progress> = None;
-    let mut shown_sources = usize::MAX;
-
-    ctx.out.line(&format!(
-        "Download de {name} em partes: {} fonte(s), até {max_sources} ao mesmo tempo",
-        candidates.len()
-    ));
-    loop {
-        while running.len() < max_sources && !swarm.state.lock().over {
-            let Some(addr) = candidates.pop_front() else {
-                break;
-            };
-            let id = next_id;
-            next_id += 1;
-            start_source(&swarm, id, addr, reports_tx.clone());
-            running.push(Started { id });
-        }
-        if running.is_empty() {
-            break;
-        }
-        match reports_rx.recv_timeout(TICK) {
-            Ok(report) => {
-                running.retain(|r| r.id != report.id);
-                swarm.forget(report.id);
-                match report.outcome {
-                    Outcome::Legacy if legacy.is_none() => legacy = Some(report.addr),
-                    Outcome::Rejected(_) => rejected += 1,
-                    Outcome::NotFound => not_found += 1,
-                    _ => {}
-                }
-                ended += 1;
-                tell_source_end(&swarm, &report);
-                summaries.push(summary_of(&report));
-            }
-            Err(_) => {
-                if stopped() {
-                    swarm.end();
-                }
-            }
-        }
-        if let Some(pieces) = swarm.pieces() {
-            let progress = progress.get_or_insert_with(|| {
-                Progress::new(
-                    Arc::clone(&ctx.out),
-                    format!("Download de {name}"),
-                    pieces.identity.size,
-                    swarm.verified.load(Ordering::Relaxed),
-                )
-            });
-            let active = swarm.state.lock().live.len();
-            if active != shown_sources {
-                shown_sources = active;
-                progress.set_label(format!("Download de {name} ({active} fontes)"));
-            }
-            progress.update(swarm.verified.load(Ordering::Relaxed));
-        }
-        if swarm.is_complete() || swarm.state.lock().fatal.is_some() {
-            // Not waiting for every source: one may still be dialling an unreachable holder.
-            swarm.end();
-            break;
-        }
-    }
-    drop(reports_tx);
-    wind_down(&reports_rx, &mut running, summaries);
-    drop(progress);
-
+    let stopped =
+        || ctx.transfers.stopping() || guard.stop_flag().load(std::sync::atomic::Ordering::SeqCst);
+    let tally = run_sources(&swarm, &request, &stopped, summaries);
     if let Some(fatal) = swarm.state.lock().fatal.take() {
         return Err(fatal);
     }
-    let Some(pieces) = swarm.pieces() else {
-        if stopped() {
-            return Err(stop_error());
+    let stop_error = || {
+        if guard.ending() == crate::peer::running::Ending::Cancelled {
+            SwarmError::Cancelled
+        } else {
+            SwarmError::Stopped
         }
-        return Err(match legacy {
-            None if ended > 0 && rejected == ended => SwarmError::Rejected,
-            None if ended > 0 && not_found == ended => SwarmError::NotFound,
-            _ => SwarmError::NoSource(legacy),
+    };
+    let Some(pieces) = swarm.pieces() else {
+        return Err(if stopped() {
+            stop_error()
+        } else {
+            tally.why_nothing_arrived()
         });
     };
     if !swarm.is_complete() {
@@ -756,8 +688,139 @@ fn run(
             size: pieces.identity.size,
         });
     }
+    give_final_name(pieces, swarm, final_path)
+}
+
+/// How the sources that ended did, for the error when no piece arrived.
+#[derive(Default)]
+struct Tally {
+    ended: usize,
+    rejected: usize,
+    not_found: usize,
+    /// The first source that answers only whole-file downloads.
+    legacy: Option<SocketAddr>,
+}
+
+impl Tally {
+    fn count(&mut self, outcome: &Outcome, addr: SocketAddr) {
+        match outcome {
+            Outcome::Legacy if self.legacy.is_none() => self.legacy = Some(addr),
+            Outcome::Rejected(_) => self.rejected += 1,
+            Outcome::NotFound => self.not_found += 1,
+            _ => {}
+        }
+        self.ended += 1;
+    }
+
+    /// Every holder said NAO, or none has the file, or none could be used.
+    fn why_nothing_arrived(&self) -> SwarmError {
+        match self.legacy {
+            None if self.ended > 0 && self.rejected == self.ended => SwarmError::Rejected,
+            None if self.ended > 0 && self.not_found == self.ended => SwarmError::NotFound,
+            _ => SwarmError::NoSource(self.legacy),
+        }
+    }
+}
+
+/// Runs up to `max_sources` sources at once, starting the next holder as one ends, under a
+/// progress bar, until the file is whole, a fatal error, a stop, or no holder is left; then
+/// waits briefly for the sources still running.
+fn run_sources(
+    swarm: &Arc<Swarm>,
+    request: &SwarmRequest,
+    stopped: &dyn Fn() -> bool,
+    summaries: &mut Vec<SourceSummary>,
+) -> Tally {
+    let ctx = &swarm.ctx;
+    let name = &request.name;
+    let mut candidates: VecDeque<SocketAddr> = request.holders.iter().copied().collect();
+    let (reports_tx, reports_rx) = unbounded();
+    let mut running: Vec<Started> = Vec::new();
+    let mut next_id: SourceId = 0;
+    let max_sources = request.max_sources.max(1);
+    let mut tally = Tally::default();
+    let mut bar = SwarmBar::default();
+    ctx.out.line(&format!(
+        "Download de {name} em partes: {} fonte(s), até {max_sources} ao mesmo tempo",
+        candidates.len()
+    ));
+    loop {
+        while running.len() < max_sources && !swarm.state.lock().over {
+            let Some(addr) = candidates.pop_front() else {
+                break;
+            };
+            let id = next_id;
+            next_id += 1;
+            start_source(swarm, id, addr, reports_tx.clone());
+            running.push(Started { id });
+        }
+        if running.is_empty() {
+            break;
+        }
+        match reports_rx.recv_timeout(TICK) {
+            Ok(report) => {
+                running.retain(|r| r.id != report.id);
+                swarm.forget(report.id);
+                tally.count(&report.outcome, report.addr);
+                tell_source_end(swarm, &report);
+                summaries.push(summary_of(&report));
+            }
+            Err(_) => {
+                if stopped() {
+                    swarm.end();
+                }
+            }
+        }
+        bar.show(swarm, name);
+        if swarm.is_complete() || swarm.state.lock().fatal.is_some() {
+            // Not waiting for every source: one may still be dialling an unreachable holder.
+            swarm.end();
+            break;
+        }
+    }
+    drop(reports_tx);
+    wind_down(&reports_rx, &mut running, summaries);
+    drop(bar);
+    tally
+}
+
+/// The swarm's progress bar, shown once the file's size is known, labelled with the number
+/// of live sources.
+#[derive(Default)]
+struct SwarmBar {
+    bar: Option<Progress>,
+    shown_sources: Option<usize>,
+}
+
+impl SwarmBar {
+    fn show(&mut self, swarm: &Swarm, name: &str) {
+        let Some(pieces) = swarm.pieces() else {
+            return;
+        };
+        let bar = self.bar.get_or_insert_with(|| {
+            Progress::new(
+                Arc::clone(&swarm.ctx.out),
+                format!("Download de {name}"),
+                pieces.identity.size,
+                swarm.verified.load(Ordering::Relaxed),
+            )
+        });
+        let active = swarm.state.lock().live.len();
+        if self.shown_sources != Some(active) {
+            self.shown_sources = Some(active);
+            bar.set_label(format!("Download de {name} ({active} fontes)"));
+        }
+        bar.update(swarm.verified.load(Ordering::Relaxed));
+    }
+}
+
+/// Every piece was checked as it arrived, into this locked file: it gets the final name.
+fn give_final_name(
+    pieces: Arc<Pieces>,
+    swarm: Arc<Swarm>,
+    final_path: PathBuf,
+) -> Result<PathBuf, SwarmError> {
     pieces.part.as_file().sync_all().map_err(SwarmError::Disk)?;
-    // Every piece was checked as it arrived, into this locked file: it gets the final name.
     let finished = pieces.part.finish(&final_path);
     drop(pieces);
     drop(swarm);
@@ -913,7 +976,7 @@ pub fn holders_of_result(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::messages::{Reply, SearchResult};
+    use crate::protocol::messages::{Reply, SearchResult, Status};
 
     /// A numbered result's holders, this peer left out, with its size and digest when known.
     #[test]
@@ -959,7 +1022,7 @@ mod tests {
             peers: peers.iter().map(|p| p.to_string()).collect(),
         };
         let reply = Reply {
-            status: "OK".into(),
+            status: Status::Ok,
             results: Some(vec![
                 result(3, Some(digest), &["10.0.0.1:1", "10.0.0.2:2"]),
                 result(3, None, &["10.0.0.3:3"]),
@@ -981,7 +1044,7 @@ mod tests {
         let d1 = blake3::hash(b"one").to_hex().to_string();
         let d2 = blake3::hash(b"two").to_hex().to_string();
         let reply = Reply {
-            status: "OK".into(),
+            status: Status::Ok,
             peers: Some(vec![
                 "10.0.0.1:1".into(),
                 "10.0.0.2:2".into(),

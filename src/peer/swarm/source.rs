@@ -7,15 +7,16 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
+
+use rustix::net::RecvFlags;
 
 use crate::peer::swarm::planner::{PIECE_LEN, SourceId};
 use crate::peer::swarm::prepare::{self, Fetched};
 use crate::peer::swarm::{Identity, Next, OutboardRole, Pieces, Swarm, SwarmError};
 use crate::protocol::messages::{
-    DownloadRequest, Reply, UNKNOWN_METHOD, parse_reply, range_session_line, status,
+    DownloadRequest, Reply, Status, UNKNOWN_METHOD, parse_reply, range_session_line,
 };
 use crate::protocol::ranges;
 use crate::protocol::{CodecError, FrameReader};
@@ -191,17 +192,17 @@ impl Source<'_> {
         reader.set_idle_timeout(Some(FIRST_REPLY_TIMEOUT));
         reader.set_message_timeout(Some(REPLY_COMPLETION_TIMEOUT));
         let first = next_reply(&mut reader)?;
-        match first.status.as_str() {
-            status::OK => {}
-            status::FILE_NOT_FOUND => return Err(Outcome::NotFound),
-            status::ERROR => {
+        match &first.status {
+            Status::Ok => {}
+            Status::FileNotFound => return Err(Outcome::NotFound),
+            Status::Error => {
                 let message = first.message.unwrap_or_default();
                 if message.starts_with(UNKNOWN_METHOD) {
                     return Err(Outcome::Legacy);
                 }
                 return Err(Outcome::Refused(message));
             }
-            other => return Err(Outcome::Failed(format!("status {other:?}"))),
+            other => return Err(Outcome::Failed(format!("status {:?}", other.as_str()))),
         }
         let (Some(size), Some(digest)) = (first.file_size, first.digest.clone()) else {
             return Err(Outcome::Legacy);
@@ -224,10 +225,10 @@ impl Source<'_> {
             .map_err(|_| Outcome::OtherContent)?;
         reader.set_idle_timeout(Some(DECISION_TIMEOUT));
         let decision = next_reply(&mut reader)?;
-        match decision.status.as_str() {
-            status::DOWNLOAD_ACCEPTED => {}
-            status::DOWNLOAD_REJECTED => return Err(Outcome::Rejected(decision.reason)),
-            other => return Err(Outcome::Failed(format!("status {other:?}"))),
+        match &decision.status {
+            Status::DownloadAccepted => {}
+            Status::DownloadRejected => return Err(Outcome::Rejected(decision.reason)),
+            other => return Err(Outcome::Failed(format!("status {:?}", other.as_str()))),
         }
         self.accepted = Some(Instant::now());
         self.swarm.went_live(self.id, self.addr);
@@ -280,7 +281,7 @@ impl Source<'_> {
         send(stream, &ranges::outboard_line())?;
         let header = read_reply(input)?;
         let expected = verified::outboard_len(identity.size);
-        if header.status != status::OK {
+        if header.status != Status::Ok {
             return Err(Outcome::Refused(header.message.unwrap_or_default()));
         }
         if header.length != Some(expected) {
@@ -391,13 +392,15 @@ fn receive_piece(
     buf: &mut Vec<u8>,
 ) -> Result<(), Ended> {
     let header = read_reply(input)?;
-    if header.status == status::ERROR {
+    if header.status == Status::Error {
         return Err(Outcome::Refused(header.message.unwrap_or_default()));
     }
-    if header.status != status::OK || header.offset != Some(offset) || header.length != Some(len) {
+    if header.status != Status::Ok || header.offset != Some(offset) || header.length != Some(len) {
         return Err(Outcome::Failed(format!(
             "resposta a outra parte: {:?} {:?} {:?}",
-            header.status, header.offset, header.length
+            header.status.as_str(),
+            header.offset,
+            header.length
         )));
     }
     buf.resize(len as usize, 0);
@@ -430,7 +433,7 @@ fn read_reply(input: &mut impl BufRead) -> Result<Reply, Ended> {
             Outcome::Failed("resposta longa demais ou cortada".into())
         });
     }
-    parse_reply(line.trim_ascii()).map_err(Outcome::Failed)
+    parse_reply(line.trim_ascii()).map_err(|e| Outcome::Failed(e.to_string()))
 }
 
 /// True for the errors of a connection the other side closed (a reset included: a close with
@@ -448,21 +451,12 @@ fn closed(e: &io::Error) -> bool {
 /// True if the uploader has closed (or reset) the connection, as far as is known without
 /// waiting: the end of the stream is next, with nothing before it.
 fn closed_by_other_side(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: recv into a one-byte buffer that outlives the call; MSG_PEEK leaves any byte
-    // queued and MSG_DONTWAIT makes it return at once.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => true,
-        1.. => false,
-        _ => closed(&io::Error::last_os_error()),
+    let mut byte = [0u8; 1];
+    // PEEK leaves any byte queued; DONTWAIT makes it return at once.
+    match rustix::net::recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => true,
+        Ok(_) => false,
+        Err(e) => closed(&io::Error::from(e)),
     }
 }
 
@@ -478,7 +472,7 @@ fn network_words(e: &io::Error) -> String {
 
 fn next_reply(reader: &mut FrameReader<&TcpStream>) -> Result<Reply, Ended> {
     match reader.next_frame() {
-        Ok(Some(frame)) => parse_reply(frame).map_err(Outcome::Failed),
+        Ok(Some(frame)) => parse_reply(frame).map_err(|e| Outcome::Failed(e.to_string())),
         Ok(None) => Err(Outcome::Failed(
             "o peer fechou a conexão antes de responder".into(),
         )),

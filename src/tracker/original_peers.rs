@@ -18,12 +18,14 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use crate::log_limit::{LOGGED_TEXT, Throttle, held_note, prefix};
+use crate::log_limit::{LOGGED_TEXT, prefix};
 use crate::share;
+use crate::throttle::{Throttle, held_back_note};
 
 /// Why a folder named in an original-dialect JOIN was not listed. The text is sent to the
 /// client as the `message` of an `ERROR` reply.
@@ -105,7 +107,7 @@ pub fn list_client_folder(
     // A client can repeat a folder JOIN as fast as it likes: a few lines per 10 s, then a count.
     let warn = |what: std::fmt::Arguments| {
         if let Some(held) = FOLDER_WARNINGS.allow() {
-            log::warn!("{client}: {what}{}", held_note(held));
+            log::warn!("{client}: {what}{}", held_back_note(held));
         }
     };
     if !enabled {
@@ -130,18 +132,8 @@ pub fn list_client_folder(
         "listing folder {shown:?} for an original-dialect JOIN"
     ));
     let mut names = Vec::new();
-    for entry in fs::read_dir(folder).map_err(unlistable)? {
-        let entry = entry.map_err(unlistable)?;
-        // file_type() does not follow symbolic links: a link is not a plain file.
-        if !entry.file_type().map_err(unlistable)?.is_file() {
-            continue;
-        }
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        if share::check_name(&name).is_err() {
-            continue;
-        }
+    for shareable in share::shareable_entries(Path::new(folder)).map_err(unlistable)? {
+        let (name, _) = shareable.map_err(unlistable)?;
         if names.len() == max_names {
             return Err(FolderRefused::TooManyNames {
                 folder: folder.to_string(),

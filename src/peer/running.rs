@@ -1,5 +1,5 @@
 //! The transfers running in this peer: QUIT stops them all, the user can list them and cancel
-//! one, and one that stops moving is given up.
+//! one, and one that stops moving is given up. (How the bytes move is [`crate::transfer`].)
 //!
 //! Each transfer registers itself (a [`TransferGuard`]) and then its socket. Stopping one sets
 //! its flag, which the transfer checks between chunks, and shuts its socket down, which wakes
