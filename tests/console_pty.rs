@@ -1094,3 +1094,45 @@ fn the_verdict_is_printed_before_the_upload_ends() {
         alice.wait_prompt(&idle(), "");
     }
 }
+
+/// `--plain` on a terminal: the peer reads lines as the terminal's own line mode gives them
+/// (it never switches the terminal to raw mode and draws no prompt), and a download's
+/// progress comes as plain percentage lines (`Download de big.bin: 50% (...)`), not as a bar
+/// redrawn in place.
+#[test]
+fn plain_on_a_terminal_reads_lines_and_prints_progress_as_lines() {
+    let tracker = start_tracker(&[]);
+    let big = vec![5u8; 16 << 20];
+    let (alice, _alice_dir) = joined_alice(&tracker, ("big.bin", &big), &["--approve", "yes"]);
+    let (_tmp, share) = folder(&[]);
+    let server = tracker.addr.to_string();
+    let mut args = peer_args(&server, &share);
+    args.push("--plain");
+    let mut bob = Term::spawn_with_env(&args, &[]);
+    bob.wait_for("Digite 'JOIN' para iniciar.");
+    assert!(bob.canonical(), "line mode kept:\n{}", bob.text());
+    bob.keys("JOIN\r");
+    bob.wait_for("Sou o Peer 127.0.0.1:");
+    bob.keys(&format!("DOWNLOAD big.bin 127.0.0.1:{}\r", alice.port));
+    bob.wait_for("Arquivo big.bin baixado com sucesso");
+    let screen = bob.text();
+    assert!(
+        screen
+            .lines()
+            .any(|row| row.starts_with("Download de big.bin: ") && row.contains("% (")),
+        "a plain progress line:\n{screen}"
+    );
+    assert!(
+        !screen.contains("Download de big.bin ["),
+        "no bar:\n{screen}"
+    );
+    assert!(
+        !screen.contains(idle().trim_end()),
+        "no prompt drawn:\n{screen}"
+    );
+    assert!(bob.canonical(), "line mode kept:\n{screen}");
+    bob.keys("QUIT\r");
+    bob.wait_for("Peer encerrado.");
+    assert_eq!(bob.wait_exit(), WaitStatus::Exited(bob.proc.pid(), 0));
+    assert_eq!(std::fs::read(share.join("big.bin")).unwrap(), big);
+}

@@ -1,9 +1,8 @@
-//! Property tests of the tracker's message decoder (framing + request parsing) and of the peer
-//! table with its name index. The same decoder is fuzzed by `fuzz/fuzz_targets/decoder.rs`.
+//! Property tests of the tracker's message decoder (framing + request parsing). The same decoder
+//! is fuzzed by `fuzz/fuzz_targets/decoder.rs`; the peer table's properties are tested beside it
+//! (`tracker::table::properties`), where the word index and the listed-names limit are seen too.
 
-use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use napster::protocol::messages::{
@@ -12,7 +11,6 @@ use napster::protocol::messages::{
 use napster::protocol::{
     CodecError, Digest, FileRecord, FileUpdate, FrameReader, TimedRead, TrackerRequest,
 };
-use napster::tracker::table::{ConnId, PeerTable, TableError};
 use proptest::prelude::*;
 
 /// Hands out its bytes in the given read sizes (cycled), as TCP may split them anywhere.
@@ -213,92 +211,5 @@ proptest! {
         expected.push(Item::Malformed);
         expected.extend(after.into_iter().map(Item::Request));
         prop_assert_eq!(items, expected);
-    }
-}
-
-/// One change to the table.
-#[derive(Debug, Clone)]
-enum Op {
-    Join(ConnId, usize, Vec<usize>),
-    Update(ConnId, usize, Vec<usize>),
-    Leave(ConnId, usize),
-}
-
-const NAMES: [&str; 6] = ["a", "b", "c", "video.mp4", "e", "ф"];
-
-fn addr(i: usize) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, (i % 2) as u8 + 1], 4000 + (i / 2) as u16))
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let files = prop::collection::vec(0..NAMES.len(), 0..5);
-    prop_oneof![
-        (0u64..3, 0usize..5, files.clone()).prop_map(|(c, a, f)| Op::Join(c, a, f)),
-        (0u64..3, 0usize..5, files).prop_map(|(c, a, f)| Op::Update(c, a, f)),
-        (0u64..3, 0usize..5).prop_map(|(c, a)| Op::Leave(c, a)),
-    ]
-}
-
-/// The obvious model: address → (owning connection, set of names).
-type Model = HashMap<SocketAddr, (ConnId, BTreeSet<&'static str>)>;
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
-    /// Under any sequence of JOIN, UPDATE and leave from a few connections over a few
-    /// addresses, the peer table and its name index never disagree, every SEARCH answers what
-    /// a plain map of address → names says, and only an address's owner can change it.
-    #[test]
-    fn table_and_index_never_disagree(ops in prop::collection::vec(op(), 1..60)) {
-        let table = PeerTable::new();
-        let mut model: Model = HashMap::new();
-        for op in ops {
-            match op {
-                Op::Join(conn, a, files) => {
-                    let names: Vec<FileRecord> = files.iter().map(|&i| FileRecord::named(NAMES[i])).collect();
-                    let got = table.join(conn, addr(a), &names);
-                    let expected = match model.get(&addr(a)) {
-                        Some((owner, _)) if *owner != conn => Err(TableError::AddressTaken(addr(a))),
-                        _ => {
-                            model.insert(addr(a), (conn, files.iter().map(|&i| NAMES[i]).collect()));
-                            Ok(())
-                        }
-                    };
-                    prop_assert_eq!(got, expected);
-                }
-                Op::Update(conn, a, files) => {
-                    let names: Vec<FileRecord> = files.iter().map(|&i| FileRecord::named(NAMES[i])).collect();
-                    let got = table.update(conn, addr(a), &names);
-                    let expected = match model.get_mut(&addr(a)) {
-                        Some((owner, held)) if *owner == conn => {
-                            *held = files.iter().map(|&i| NAMES[i]).collect();
-                            Ok(())
-                        }
-                        _ => Err(TableError::NotJoined),
-                    };
-                    prop_assert_eq!(got, expected);
-                }
-                Op::Leave(conn, a) => {
-                    let owned = model.get(&addr(a)).is_some_and(|(owner, _)| *owner == conn);
-                    if owned {
-                        model.remove(&addr(a));
-                    }
-                    prop_assert_eq!(table.leave(conn, addr(a)), owned);
-                }
-            }
-            prop_assert_eq!(table.check_consistency(), Ok(()));
-            prop_assert_eq!(table.len(), model.len());
-            for name in NAMES {
-                let mut got = table.search_addrs(name);
-                got.sort();
-                let mut expected: Vec<SocketAddr> = model
-                    .iter()
-                    .filter(|(_, (_, held))| held.contains(name))
-                    .map(|(a, _)| *a)
-                    .collect();
-                expected.sort();
-                prop_assert_eq!(got, expected);
-            }
-        }
     }
 }

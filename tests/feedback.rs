@@ -189,3 +189,54 @@ fn a_claimed_day_of_waiting_is_capped_and_cancel_frees_it() {
     bob.wait_for("Erro ao processar download de x.mp4: download cancelado");
     uploader.join().unwrap();
 }
+
+/// D10: a reply that has started to arrive must be complete within 30 s, however long the
+/// uploader said its user may take and whatever bytes keep coming. The stand-in says its user
+/// has 300 s, then starts the decision and sends one more byte of it each second without ever
+/// finishing it: the download fails as an incomplete message 30 s after that reply began, not
+/// after the 305 s it would otherwise wait. (No option shortens the 30 s, so this test takes
+/// that long.)
+#[test]
+fn a_reply_started_but_never_finished_fails_after_30_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [db] = folders(tmp.path(), ["bob"]);
+    let t = start_tracker(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = listener.local_addr().unwrap();
+    let (began_tx, began) = crossbeam_channel::bounded(1);
+    let uploader = thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let mut writer: &TcpStream = &conn;
+        writer
+            .write_all(
+                b"{\"status\":\"OK\",\"fileSize\":3,\"digest\":\"00\",\"offset\":0}\n\
+                  {\"status\":\"waiting\",\"waitingFor\":\"approval\",\"timeout\":300}\n",
+            )
+            .unwrap();
+        let began_at = std::time::Instant::now();
+        writer.write_all(b"{\"status\":\"downloadAccepted").unwrap();
+        began_tx.send(began_at).unwrap();
+        // Trickled bytes, to show they do not extend the limit: the write fails once the
+        // downloader has closed.
+        while writer.write_all(b"x").is_ok() {
+            thread::sleep(std::time::Duration::from_secs(1));
+        }
+    });
+    let mut bob = bob_downloading(&t, &db, "x.mp4", at);
+    bob.wait_for(&format!("Aguardando aprovação do usuário de {at}..."));
+    let began_at = began.recv_timeout(WAIT).unwrap();
+    bob.proc.wait_for_within(
+        "Erro ao processar download de x.mp4: resposta inválida do peer: a mensagem não chegou inteira a tempo",
+        WAIT * 2,
+    );
+    let took = began_at.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(30),
+        "failed after {took:?}, before the 30 s"
+    );
+    bob.proc.wait_exit(WAIT);
+    uploader.join().unwrap();
+}

@@ -476,3 +476,95 @@ fn many_peers_on_one_machine_download_from_one_peer_at_once() {
     assert_eq!(other.bytes(4), b"data");
     drop(idle);
 }
+
+/// `--advertise HOST` is the name the peer gives itself in its own lines (`Sou o Peer
+/// HOST:PORT`, for a peer others reach by another name or address), in `napster peer` and in
+/// `napster share`; the tracker still lists the address it sees the connection come from.
+#[test]
+fn advertise_names_the_peer_in_its_lines_and_the_tracker_lists_what_it_sees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [da, ds] = folders(tmp.path(), ["a", "s"]);
+    fs::write(da.join("a.txt"), "a").unwrap();
+    fs::write(ds.join("s.txt"), "s").unwrap();
+    let t = start_tracker(&[]);
+    let mut a = start_peer("a", t.addr, &da, &["--advertise", "sala-3.example"]);
+    a.send("JOIN");
+    a.wait_for(&format!(
+        "Sou o Peer sala-3.example:{} com arquivos: \"a.txt\"",
+        a.port
+    ));
+    let s = start_share("s", t.addr, &ds, &["--advertise", "192.0.2.33"]);
+    assert!(
+        s.proc.printed(&format!(
+            "Sou o Peer 192.0.2.33:{} com arquivos: \"s.txt\"",
+            s.port
+        )),
+        "{}",
+        s.proc.transcript()
+    );
+    let mut c = RawClient::connect(t.addr);
+    assert_eq!(peers_of(&c.ask(&search_msg("a.txt"))), vec![a.addr()]);
+    assert_eq!(peers_of(&c.ask(&search_msg("s.txt"))), vec![s.addr()]);
+}
+
+/// D9's global cap: at most 16 requests wait for an answer in all. Four hosts with three
+/// each and four more hosts with one each fill the 16 places without any host reaching its own
+/// cap (4) or asking for one of the places kept for new hosts; a 17th request, from a host
+/// with none waiting, is refused at once with the reason, and the oldest is still answered.
+#[test]
+fn requests_waiting_for_an_answer_are_capped_at_sixteen_in_all() {
+    let (_tmp, _t, mut a) = lone_uploader(("f", "data"), &[]);
+    let hosts = [
+        ("127.0.0.2", 3),
+        ("127.0.0.3", 3),
+        ("127.0.0.4", 3),
+        ("127.0.0.5", 3),
+        ("127.0.0.6", 1),
+        ("127.0.0.7", 1),
+        ("127.0.0.8", 1),
+        ("127.0.0.9", 1),
+    ];
+    let mut waiting: Vec<RawClient> = Vec::new();
+    for (host, requests) in hosts {
+        for _ in 0..requests {
+            let mut c = ask_from(host, a.port, "f");
+            assert_eq!(c.json()["status"], "OK");
+            a.wait_for("Gostaria de Aprovar o download? (SIM/NAO)");
+            waiting.push(c);
+        }
+    }
+    assert_eq!(waiting.len(), 16);
+    let mut seventeenth = ask_from("127.0.0.10", a.port, "f");
+    assert_eq!(seventeenth.json()["status"], "OK");
+    let refused = seventeenth.json();
+    assert_eq!(refused["status"], "downloadRejected", "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("pedidos demais")),
+        "{refused}"
+    );
+    assert_eq!(a.proc.count_printed("Gostaria de Aprovar"), 16);
+    a.send("SIM");
+    assert_eq!(waiting[0].json()["status"], "downloadAccepted");
+    assert_eq!(waiting[0].bytes(4), b"data");
+}
+
+/// D3: a request from byte 0 is answered `OK` with the file's size, the BLAKE3 of the whole
+/// file and `"offset":0`.
+#[test]
+fn a_fresh_request_is_answered_with_size_digest_and_offset_zero() {
+    let (_tmp, _t, a) = lone_uploader(("f", "data"), &["--approve", "yes"]);
+    let mut c = ask_for(a.port, "f");
+    let ok = c.json();
+    assert_eq!(ok["status"], "OK", "{ok}");
+    assert_eq!(ok["fileSize"], 4, "{ok}");
+    assert_eq!(
+        ok["digest"],
+        blake3::hash(b"data").to_hex().as_str(),
+        "{ok}"
+    );
+    assert_eq!(ok["offset"], 0, "{ok}");
+    assert_eq!(c.json()["status"], "downloadAccepted");
+    assert_eq!(c.bytes(4), b"data");
+}

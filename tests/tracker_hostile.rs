@@ -24,19 +24,6 @@ fn assert_well_behaved_peer_is_served(tracker: SocketAddr, port: u16) {
     );
 }
 
-/// Writes `bytes`, treating a connection the tracker already closed as expected.
-fn send_ignoring_reset(stream: &mut TcpStream, bytes: &[u8]) {
-    match stream.write_all(bytes) {
-        Ok(()) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            ) => {}
-        Err(e) => panic!("unexpected write error: {e}"),
-    }
-}
-
 /// Asserts `reply` is an ERROR whose message contains `expected`.
 fn assert_error(reply: &serde_json::Value, expected: &str, what: &str) {
     assert_eq!(reply["status"], "ERROR", "{what} → {reply}");

@@ -186,7 +186,7 @@ fn an_oversized_message_is_refused_and_closed() {
     let mut msg = br#"{"method":"SEARCH","data":{"query":""#.to_vec();
     msg.extend(std::iter::repeat_n(b'x', 5000));
     msg.extend_from_slice(b"\"}}\n");
-    let _ = big.stream.write_all_ignoring_reset(&msg);
+    send_ignoring_reset(&mut big.stream, &msg);
     let reply = big.json();
     assert_eq!(reply["status"], "ERROR");
     assert!(
@@ -254,26 +254,6 @@ fn unknown_fields_are_ignored() {
     );
     assert_eq!(reply["status"], "JOIN_OK");
     assert_eq!(peers_of(&c.ask(&search_msg("z"))), vec!["127.0.0.1:4900"]);
-}
-
-trait WriteIgnoringReset {
-    fn write_all_ignoring_reset(&mut self, bytes: &[u8]) -> std::io::Result<()>;
-}
-
-impl WriteIgnoringReset for std::net::TcpStream {
-    /// The tracker may close before reading everything; that is the behaviour under test.
-    fn write_all_ignoring_reset(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        match self.write_all(bytes) {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::ConnectionReset
-                    || e.kind() == std::io::ErrorKind::BrokenPipe =>
-            {
-                Ok(())
-            }
-            other => other,
-        }
-    }
 }
 
 // ---- The file record, keyword search and LIST (PROTOCOL.md T1–T3, T11–T16) ----

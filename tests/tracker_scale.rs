@@ -32,7 +32,7 @@ fn try_join(t: &TrackerProc, port: u16, files: &[&str]) -> Option<RawClient> {
 /// one of them leaves, a new connection is served again.
 #[test]
 fn connection_over_the_limit_is_refused_clearly_and_others_keep_working() {
-    let t = start_tracker(&["--max-connections", "2"]);
+    let mut t = start_tracker(&["--max-connections", "2"]);
     let mut a = RawClient::connect(t.addr);
     assert_eq!(a.ask(&join_msg(5001, &["a.txt"]))["status"], "JOIN_OK");
     let mut b = RawClient::connect(t.addr);
@@ -77,7 +77,11 @@ fn connection_over_the_limit_is_refused_clearly_and_others_keep_working() {
         peers_of(&a.ask(&search_msg("a.txt"))),
         vec!["127.0.0.1:5001"]
     );
-    assert!(!t.proc.printed("panicked"), "{}", t.proc.transcript());
+    assert!(
+        !t.proc.kill_and_printed_anywhere("panicked"),
+        "{}",
+        t.proc.transcript()
+    );
 }
 
 /// A tracker started through `sh` after `limit` (a `ulimit` command); killed on drop.

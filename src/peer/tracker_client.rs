@@ -231,7 +231,7 @@ pub enum Cut {
     Unreadable,
     /// In the original's dialect, bytes that are none of that tracker's answers.
     NotAnOriginalAnswer,
-    /// An answer longer than [`MAX_JSON_ANSWER`].
+    /// An answer longer than `MAX_JSON_ANSWER` bytes.
     TooLarge,
     /// More answers than requests.
     Unasked,

@@ -93,6 +93,23 @@ impl Proc {
         self.seen.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// How many lines printed so far contain `needle`.
+    pub fn count_printed(&self, needle: &str) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Kills the process and waits until everything it wrote to stdout and stderr was read,
+    /// then says whether some line on either contains `needle`. An absence check must come
+    /// here: a panic's message goes to stderr, and a line still in a pipe is not seen yet.
+    pub fn kill_and_printed_anywhere(&mut self, needle: &str) -> bool {
+        self.kill();
+        let _ = self.drained.recv_timeout(WAIT);
+        let on =
+            |lines: &Mutex<Vec<String>>| lines.lock().unwrap().iter().any(|l| l.contains(needle));
+        on(&self.seen) || on(&self.stderr)
+    }
+
     /// Types one line on the process's stdin.
     pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin is open");
@@ -361,6 +378,21 @@ impl RawClient {
     }
 }
 
+/// Writes `bytes`, treating a connection the other side already closed (reset, broken pipe)
+/// as expected: a tracker or uploader that refuses a message may close before reading it all,
+/// which is the behaviour under test. Any other write error fails the test.
+pub fn send_ignoring_reset(stream: &mut TcpStream, bytes: &[u8]) {
+    match stream.write_all(bytes) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) => {}
+        Err(e) => panic!("unexpected write error: {e}"),
+    }
+}
+
 /// A JOIN line for a raw client.
 pub fn join_msg(port: u16, files: &[&str]) -> Vec<u8> {
     let mut v = serde_json::to_vec(&serde_json::json!({
@@ -521,9 +553,11 @@ impl Proc {
     }
 }
 
-/// Skips the calling test for the reason `why`: prints it and appends
-/// `<test binary>/<test name>: <why>` to `$CARGO_TARGET_TMPDIR/skipped.txt`, because libtest
-/// hides what a passing test prints and a skip must not pass unseen (CI lists that file).
+/// Skips the calling test for the reason `why`: writes `SKIPPED: <test>: <why>` to stderr and
+/// appends `<test binary>/<test name>: <why>` to `$CARGO_TARGET_TMPDIR/skipped.txt` (CI lists
+/// that file), because a skip must not pass unseen. The line is written to the stderr handle
+/// itself, not with `eprintln!`: libtest captures what the print macros write in a passing
+/// test and shows none of it, but not what goes to the handle, so plain `cargo test` shows it.
 /// The caller returns right after.
 pub fn skip(why: &str) {
     let test = format!(
@@ -531,8 +565,8 @@ pub fn skip(why: &str) {
         env!("CARGO_CRATE_NAME"),
         thread::current().name().unwrap_or("?")
     );
-    println!("SKIPPED: {why}");
-    eprintln!("SKIPPED: {why}");
+    // One write of one short line: lines from parallel tests do not interleave.
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {test}: {why}\n").as_bytes());
     let list = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
     // One write of one short line in append mode: lines from parallel tests do not interleave.
     std::fs::OpenOptions::new()
