@@ -421,8 +421,13 @@ fn out_of_descriptors_the_upload_listener_backs_off() {
         held.extend((0..8).map(|_| connect_from(host, addr)));
     }
     wait_for_stderr(&a.proc, "upload accept failed");
-    // The observation window: how much is logged while the descriptors stay exhausted.
+    // The observation window: how much is logged, and how much CPU is spent, while the
+    // descriptors stay exhausted. The log is throttled whatever the loop does, so the CPU time
+    // is what tells backing off (a few wake-ups) from spinning on `accept` (a core, or what a
+    // loaded machine leaves of one).
+    let cpu_before = cpu_seconds(a.proc.pid());
     thread::sleep(Duration::from_secs(2));
+    let cpu_spent = cpu_seconds(a.proc.pid()) - cpu_before;
     let failures = stderr_of(&a.proc)
         .lines()
         .filter(|l| l.contains("upload accept failed"))
@@ -430,6 +435,10 @@ fn out_of_descriptors_the_upload_listener_backs_off() {
     assert!(
         failures <= 5,
         "{failures} accept failures logged in about 2 s"
+    );
+    assert!(
+        cpu_spent < 0.3,
+        "{cpu_spent:.2} s of CPU in 2 s out of descriptors: the accept loop spins"
     );
     drop(held);
     let deadline = Instant::now() + WAIT;
@@ -537,4 +546,21 @@ fn a_stderr_nobody_reads_never_blocks_uploads_or_the_console() {
     b.send(&format!("DOWNLOAD f.txt {port}"));
     b.wait_for("Arquivo f.txt baixado com sucesso");
     assert_eq!(fs::read(db.join("f.txt")).unwrap(), b"served");
+}
+
+/// User and system CPU time a process has used so far, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces, so split after its `)`):
+    // utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant of the running system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / per_second
 }
