@@ -555,29 +555,21 @@ struct PipeMoved {
 #[cfg(target_os = "linux")]
 impl Pipe {
     fn new() -> io::Result<Pipe> {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded: both descriptors are open and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        use rustix::pipe::{PipeFlags, fcntl_setpipe_size, pipe_with};
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
         // A larger pipe moves more per call; if refused (a per-user limit), the default works.
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, RECEIVE_CHUNK as libc::c_int) };
+        let _ = fcntl_setpipe_size(&write, RECEIVE_CHUNK);
         Ok(Pipe { read, write })
     }
 
     /// Moves up to `want` bytes from the socket into the pipe, then all of them into the file.
     fn land(&mut self, stream: &TcpStream, out: &File, want: usize) -> PipeMoved {
-        use std::os::fd::AsRawFd;
         let fail = |written, fault| PipeMoved {
             written,
             outcome: Err(fault),
             fallback: None,
         };
-        let got = match splice(stream.as_raw_fd(), self.write.as_raw_fd(), want) {
+        let got = match splice(stream, &self.write, want) {
             Ok(0) => {
                 return PipeMoved {
                     written: 0,
@@ -599,7 +591,7 @@ impl Pipe {
         let mut written = 0u64;
         while written < got as u64 {
             let left = got - written as usize;
-            match splice(self.read.as_raw_fd(), out.as_raw_fd(), left) {
+            match splice(&self.read, out, left) {
                 Ok(0) => return fail(written, Fault::Disk(io::ErrorKind::WriteZero.into())),
                 Ok(n) => written += n as u64,
                 Err(e) if sendfile_unsupported(&e) => {
@@ -636,26 +628,17 @@ impl Pipe {
 /// One `splice` call between two descriptors, neither with an explicit offset (a file's own
 /// position is used and moved); retried when interrupted.
 #[cfg(target_os = "linux")]
-fn splice(from: std::os::fd::RawFd, to: std::os::fd::RawFd, len: usize) -> io::Result<usize> {
+fn splice(
+    from: impl std::os::fd::AsFd,
+    to: impl std::os::fd::AsFd,
+    len: usize,
+) -> io::Result<usize> {
+    use rustix::pipe::SpliceFlags;
     loop {
-        // SAFETY: plain descriptors owned by the caller for the duration of the call; null
-        // offsets are allowed.
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::pipe::splice(&from, None, &to, None, len, SpliceFlags::MOVE) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

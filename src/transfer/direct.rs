@@ -22,10 +22,12 @@
 //! rest of the transfer goes that way: the page cache's answer (a full disk, a size limit) is
 //! the one reported, exactly as without `O_DIRECT`.
 
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::OFlags;
+use rustix::net::RecvFlags;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -53,7 +55,7 @@ const HOLD: Duration = Duration::from_millis(100);
 pub(super) struct DirectFile<'a> {
     file: &'a File,
     /// The file's status flags without `O_DIRECT`.
-    flags: libc::c_int,
+    flags: OFlags,
     /// False once a direct write has failed: the rest goes through the page cache.
     usable: bool,
     /// Whether `O_DIRECT` is set on the file right now.
@@ -63,16 +65,12 @@ pub(super) struct DirectFile<'a> {
 impl<'a> DirectFile<'a> {
     /// Turns `O_DIRECT` on for `file`; `None` where the file system refuses it.
     pub(super) fn open(file: &'a File) -> Option<DirectFile<'a>> {
-        // SAFETY: fcntl on a descriptor borrowed from a live `File`.
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        if flags < 0 {
-            return None;
-        }
+        let flags = rustix::fs::fcntl_getfl(file).ok()?;
         let mut direct = DirectFile {
             file,
-            flags: flags & !libc::O_DIRECT,
+            flags: flags - OFlags::DIRECT,
             usable: true,
-            direct: flags & libc::O_DIRECT != 0,
+            direct: flags.contains(OFlags::DIRECT),
         };
         direct.set_direct(true).then_some(direct)
     }
@@ -81,19 +79,19 @@ impl<'a> DirectFile<'a> {
     fn set_direct(&mut self, on: bool) -> bool {
         if self.direct != on {
             let flags = if on {
-                self.flags | libc::O_DIRECT
+                self.flags | OFlags::DIRECT
             } else {
                 self.flags
             };
-            // SAFETY: fcntl on a descriptor borrowed from a live `File`.
-            if unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_SETFL, flags) } == 0 {
-                self.direct = on;
-            } else {
-                log::debug!(
-                    "cannot switch O_DIRECT: {}; writing through the page cache",
-                    io::Error::last_os_error()
-                );
-                self.usable = false;
+            match rustix::fs::fcntl_setfl(self.file, flags) {
+                Ok(()) => self.direct = on,
+                Err(e) => {
+                    log::debug!(
+                        "cannot switch O_DIRECT: {}; writing through the page cache",
+                        io::Error::from(e)
+                    );
+                    self.usable = false;
+                }
             }
         }
         self.direct
@@ -230,36 +228,22 @@ impl Incoming<'_> {
 
     /// Reads what the socket holds now without waiting: `None` when it holds nothing.
     fn read_ready(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which lives for the call;
-        // the descriptor is borrowed from a live `TcpStream`.
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match usize::try_from(n) {
-            Ok(n) => Ok(Some(n)),
-            Err(_) => match io::Error::last_os_error() {
-                e if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                e => Err(e),
-            },
+        match rustix::net::recv(self.stream, buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => Ok(Some(n)),
+            Err(rustix::io::Errno::AGAIN) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Whether the socket has something to read (bytes, an end, an error) within `wait`. A
     /// failed wait says no: the bytes in hand are passed on and the next read tells.
     fn readable_within(&self, wait: Duration) -> bool {
-        let mut fd = libc::pollfd {
-            fd: self.stream.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: poll reads and writes the one `pollfd` it is given, which lives for the call.
-        unsafe { libc::poll(&mut fd, 1, millis.max(1)) > 0 }
+        let mut fds = [PollFd::new(self.stream, PollFlags::IN)];
+        let wait = Timespec::try_from(wait.max(Duration::from_millis(1))).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        matches!(rustix::event::poll(&mut fds, Some(&wait)), Ok(n) if n > 0)
     }
 }
 
@@ -654,8 +638,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("f")).unwrap();
         drop(DirectFile::open(&file).unwrap());
-        // SAFETY: fcntl on a live descriptor.
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        assert_eq!(flags & libc::O_DIRECT, 0);
+        let flags = rustix::fs::fcntl_getfl(&file).unwrap();
+        assert!(!flags.contains(OFlags::DIRECT));
     }
 }
