@@ -145,6 +145,9 @@ struct Shared {
     registry: Mutex<Registry>,
     next: AtomicU64,
     stop: AtomicBool,
+    /// Stops the upload port's accept loop when every transfer is stopped: no new upload
+    /// starts while the peer winds down.
+    accepting: Arc<crate::accept::Shutdown>,
     /// A transfer ended, or one started being watched.
     changed: Condvar,
     watchdog: OnceLock<()>,
@@ -238,6 +241,11 @@ impl Transfers {
     /// True once [`Transfers::stop_all`] was called.
     pub fn stopping(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// The signal that ends the upload port's accept loop, given by [`Transfers::stop_all`].
+    pub fn accepting(&self) -> &crate::accept::Shutdown {
+        &self.shared.accepting
     }
 
     /// Set once [`Transfers::stop_all`] was called: long work outside any transfer (hashing a
@@ -403,6 +411,7 @@ impl Transfers {
     /// Stops every transfer and waits up to `wait` for those with a socket to wind down.
     pub fn stop_all(&self, wait: Duration) {
         let deadline = Instant::now() + wait;
+        self.shared.accepting.stop();
         let mut registry = self.shared.registry.lock();
         self.shared.stop.store(true, Ordering::SeqCst);
         for entry in registry.entries.values() {
@@ -516,6 +525,32 @@ mod tests {
         let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (far, _) = listener.accept().unwrap();
         (near, far)
+    }
+
+    /// `stop_all` also ends the upload port's accept loop, blocked in `accept` with no
+    /// connection coming: no new upload starts while the peer winds down.
+    #[test]
+    fn stop_all_ends_the_upload_accept_loop() {
+        let transfers = Transfers::new();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ended, ends) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // A connection ends the loop too: how the test wakes a loop the stop missed.
+                let served =
+                    crate::accept::serve(listener, transfers.accepting(), "upload", |_, _| {
+                        std::ops::ControlFlow::Break(())
+                    });
+                ended.send(served.is_ok()).unwrap();
+            });
+            transfers.stop_all(Duration::from_millis(10));
+            let ended = ends.recv_timeout(Duration::from_secs(30));
+            if ended.is_err() {
+                let _ = TcpStream::connect(addr);
+            }
+            assert_eq!(ended, Ok(true), "the accept loop was still running");
+        });
     }
 
     /// A transfer that attaches its socket while `stop_all` runs is shut down all the same:

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crossbeam_channel::bounded;
 
-use crate::accept::{self, Refusal, Shutdown, Slots};
+use crate::accept::{self, Refusal, Slots};
 use crate::digests::FileIdentity;
 use crate::peer::PeerContext;
 use crate::peer::approval::{ApprovalRequest, Decision};
@@ -58,13 +58,19 @@ static NAME_WARNINGS: Throttle = Throttle::new(3, Duration::from_secs(10));
 /// Accepts upload connections until the peer stops, one thread each (see [`accept`]).
 pub fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
     let slots = Slots::new(MAX_UPLOAD_CONNECTIONS);
-    let served = accept::serve(listener, &Shutdown::new(), "upload", |stream, remote| {
-        if ctx.transfers.stopping() {
-            return ControlFlow::Break(());
-        }
-        hand_off(&slots, &ctx, stream, remote);
-        ControlFlow::Continue(())
-    });
+    let served = accept::serve(
+        listener,
+        ctx.transfers.accepting(),
+        "upload",
+        |stream, remote| {
+            // A connection accepted just before the signal: not served either.
+            if ctx.transfers.stopping() {
+                return ControlFlow::Break(());
+            }
+            hand_off(&slots, &ctx, stream, remote);
+            ControlFlow::Continue(())
+        },
+    );
     if let Err(e) = served {
         log::error!("cannot serve uploads: {e}");
     }
