@@ -262,17 +262,24 @@ pub fn start_peer_on(
     ];
     args.extend_from_slice(extra);
     let proc = Proc::spawn(name, &args, None);
-    let line = proc.wait_for("Aguardando pedidos de download na porta ");
-    let port = line
-        .split("porta ")
-        .nth(1)
-        .and_then(|rest| rest.split(';').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("upload port in {line:?}"));
-    PeerProc {
-        proc,
-        port,
-        dir: dir.to_path_buf(),
+    PeerProc::ready(proc, dir)
+}
+
+impl PeerProc {
+    /// `proc`, a peer just started on `dir`, once it serves uploads (its port read back).
+    pub fn ready(proc: Proc, dir: &Path) -> PeerProc {
+        let line = proc.wait_for("Aguardando pedidos de download na porta ");
+        let port = line
+            .split("porta ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("upload port in {line:?}"));
+        PeerProc {
+            proc,
+            port,
+            dir: dir.to_path_buf(),
+        }
     }
 }
 

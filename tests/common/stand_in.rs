@@ -148,16 +148,5 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 pub fn peer_from_command(name: &str, mut cmd: Command, args: &[&str], dir: &Path) -> PeerProc {
     cmd.arg("peer").args(args);
     let proc = Proc::from_command(name, cmd);
-    let line = proc.wait_for("Aguardando pedidos de download na porta ");
-    let port = line
-        .split("porta ")
-        .nth(1)
-        .and_then(|rest| rest.split(';').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("upload port in {line:?}"));
-    PeerProc {
-        proc,
-        port,
-        dir: dir.to_path_buf(),
-    }
+    PeerProc::ready(proc, dir)
 }
