@@ -17,6 +17,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
 use crate::protocol::Digest;
+use crate::tracker::word_index::WordSlot;
 
 /// Size of a file whose size was not announced.
 pub const UNKNOWN_SIZE: u64 = u64::MAX;
@@ -66,7 +67,7 @@ pub enum Holders {
 
 // What the memory figures in the table's documentation rely on.
 const _: () = assert!(std::mem::size_of::<Holders>() == 16);
-const _: () = assert!(std::mem::size_of::<NameEntry>() == 32);
+const _: () = assert!(std::mem::size_of::<NameEntry>() == 40);
 
 impl Holders {
     /// Adds peer `peer` holding `content`. `first` gives the record of the one holder there
@@ -171,13 +172,26 @@ fn add_to_groups(groups: &mut Vec<Group>, peer: u32, content: (u64, Option<Diges
     }
 }
 
-/// One distinct name: its text, stored once, and who shares it. 32 bytes plus the text.
-#[derive(Debug, Default)]
+/// One distinct name: its text, stored once, and who shares it. 40 bytes plus the text.
+#[derive(Debug)]
 pub struct NameEntry {
     /// The name.
     pub text: Box<str>,
     /// Who shares it.
     pub holders: Holders,
+    /// Where the word index keeps this name's rarest word (when its words were indexed):
+    /// SEARCH for this exact name starts there instead of hashing and looking up each word.
+    pub rarest_word: WordSlot,
+}
+
+impl Default for NameEntry {
+    fn default() -> Self {
+        NameEntry {
+            text: Box::default(),
+            holders: Holders::None,
+            rarest_word: WordSlot::NONE,
+        }
+    }
 }
 
 /// Name text → number → entry.
@@ -185,7 +199,7 @@ pub struct NameEntry {
 /// The number of a forgotten name is never given to another name until [`Names::compact`]
 /// renumbers everything: so a number listed for a word (see the word index) either still
 /// stands for the name that holds the word, or for no name at all, and telling a stale number
-/// costs one look at [`Names::is_live`]. Forgotten entries cost 32 bytes each until then, and
+/// costs one look at [`Names::is_live`]. Forgotten entries cost 40 bytes each until then, and
 /// the table compacts when three quarters are forgotten.
 #[derive(Default)]
 pub struct Names {
@@ -222,7 +236,7 @@ impl Names {
             Entry::Vacant(slot) => {
                 let entry = NameEntry {
                     text: text.into(),
-                    holders: Holders::None,
+                    ..NameEntry::default()
                 };
                 entries.push(entry);
                 let n = (entries.len() - 1) as u32;

@@ -30,7 +30,7 @@ use crate::protocol::words::{self, QueryWords};
 use crate::protocol::{Digest, FileRecord, SearchResult};
 use crate::tracker::memory::release_free_memory;
 use crate::tracker::names::{FileRef, Holders, Names, UNKNOWN_SIZE};
-use crate::tracker::word_index::{MAX_INDEXED_WORDS, WordIndex, WordKeys};
+use crate::tracker::word_index::{MAX_INDEXED_WORDS, WordIndex, WordKeys, WordSlot};
 
 /// Identifies one tracker connection, so that only it can change its own entry.
 pub type ConnId = u64;
@@ -778,7 +778,8 @@ impl Inner {
             let mut keys = Vec::new();
             self.keys
                 .keys_of(&self.names.entries[n].text, &mut buf, &mut keys);
-            self.words.add(file.name, &keys);
+            let rarest = self.words.add(file.name, &keys);
+            self.names.entries[n].rarest_word = rarest.unwrap_or(WordSlot::NONE);
         }
     }
 
@@ -959,10 +960,11 @@ impl Inner {
         if query.is_empty() || cap == 0 {
             return false;
         }
-        let mut rarest: Option<&[u32]> = None;
+        let shortcut = exact.and_then(|n| self.rarest_list_of(n));
+        let mut rarest: Option<&[u32]> = shortcut;
         // Longer words first: they tend to be the rarer (a number, a title word), so the loop
         // below usually stops at once.
-        for word in query.longest_first() {
+        for word in query.longest_first().filter(|_| shortcut.is_none()) {
             let Some(list) = self.words.postings(self.keys.key(word)) else {
                 return false;
             };
@@ -1003,6 +1005,17 @@ impl Inner {
         more
     }
 
+    /// The list of name `n`'s rarest word, when it is short: every name holding all the
+    /// words of `n` is in it. Found from the name's own entry, without hashing a word; a list
+    /// that no longer lists `n` is from a word that took the slot since (see
+    /// [`WordIndex::postings_at`]), and a list grown long is no shortcut.
+    fn rarest_list_of(&self, n: u32) -> Option<&[u32]> {
+        let list = self
+            .words
+            .postings_at(self.names.entries[n as usize].rarest_word);
+        (list.len() <= FEW_CANDIDATES && list.contains(&n)).then_some(list)
+    }
+
     /// Compacts what is mostly empty; true if anything was compacted.
     fn shrink_if_sparse(&mut self) -> bool {
         let sparse =
@@ -1020,7 +1033,10 @@ impl Inner {
             shrunk = true;
         }
         if sparse(self.words.occupancy(), 1024) {
-            self.words.shrink();
+            let map = self.words.shrink();
+            for entry in &mut self.names.entries {
+                entry.rarest_word = entry.rarest_word.moved(&map);
+            }
             shrunk = true;
         }
         let live_peers = self.by_addr.len();
@@ -1239,6 +1255,45 @@ mod tests {
         assert_eq!(found.results.len(), 1);
         assert!(!found.truncated);
         assert_eq!(found.results[0].name, "Faixa 007 ao vivo.mp3");
+    }
+
+    /// SEARCH for an exact name starts from the list of its rarest word, kept in its entry:
+    /// still found after the word index is renumbered, and given up (the words looked up
+    /// instead) once that list has grown long. Names holding all its words are found either way.
+    #[test]
+    fn an_exact_name_starts_from_its_rarest_word() {
+        let t = PeerTable::new();
+        // Words indexed before the name's own move when the index shrinks.
+        let filler: Vec<FileRecord> = (0..2000)
+            .map(|i| FileRecord::named(format!("x{i} y{i}")))
+            .collect();
+        t.join(2, addr(2), &filler).unwrap();
+        t.join(1, addr(1), &names(&["aula 01.mp4"])).unwrap();
+        assert!(t.leave(2, addr(2)));
+        let shortcut = |t: &PeerTable| {
+            let inner = t.inner.read();
+            let n = inner.names.find("aula 01.mp4").unwrap();
+            inner.rarest_list_of(n).map(<[u32]>::to_vec)
+        };
+        assert!(
+            t.inner.read().words.occupancy().1 < 100,
+            "the index did not shrink"
+        );
+        assert_eq!(shortcut(&t).map(|l| l.len()), Some(1));
+
+        t.join(3, addr(3), &names(&["Aula 01.mp4 (legendas).srt"]))
+            .unwrap();
+        let found = t.search("aula 01.mp4", 10);
+        let order: Vec<&str> = found.results.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(order, ["aula 01.mp4", "Aula 01.mp4 (legendas).srt"]);
+
+        let common: Vec<FileRecord> = (0..10)
+            .map(|i| FileRecord::named(format!("aula {i} 01 mp4")))
+            .collect();
+        t.join(4, addr(4), &common).unwrap();
+        assert_eq!(shortcut(&t), None);
+        assert_eq!(t.search("aula 01.mp4", 20).results.len(), 12);
+        t.check_consistency().unwrap();
     }
 
     /// The exact name comes first, then more-held names.

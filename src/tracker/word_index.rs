@@ -53,6 +53,21 @@ impl WordKeys {
     }
 }
 
+/// Where a word's entry is kept in the index: a hint, checked on use (see
+/// [`WordIndex::postings_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WordSlot(u32);
+
+impl WordSlot {
+    /// No slot: a name without words.
+    pub const NONE: WordSlot = WordSlot(u32::MAX);
+
+    /// Where this slot went when the index shrank (`map` from [`WordIndex::shrink`]).
+    pub fn moved(self, map: &[u32]) -> WordSlot {
+        WordSlot(map.get(self.0 as usize).copied().unwrap_or(u32::MAX))
+    }
+}
+
 /// The names holding one word: most words belong to a single name.
 #[derive(Debug, Default)]
 enum Postings {
@@ -126,8 +141,10 @@ impl WordIndex {
             .copied()
     }
 
-    /// Records that name `name` holds the words `keys` (each once).
-    pub fn add(&mut self, name: u32, keys: &[u64]) {
+    /// Records that name `name` holds the words `keys` (each once). Returns where the word
+    /// with the shortest list is kept (see [`WordIndex::postings_at`]), if `keys` has any.
+    pub fn add(&mut self, name: u32, keys: &[u64]) -> Option<WordSlot> {
+        let mut rarest: Option<(usize, WordSlot)> = None;
         for &key in keys {
             let i = match self.find(key) {
                 Some(i) => i,
@@ -136,7 +153,23 @@ impl WordIndex {
             let entry = &mut self.entries[i as usize];
             entry.live += 1;
             entry.postings.push(name);
+            let len = entry.postings.as_slice().len();
+            if rarest.is_none_or(|(shortest, _)| len < shortest) {
+                rarest = Some((len, WordSlot(i)));
+            }
         }
+        rarest.map(|(_, slot)| slot)
+    }
+
+    /// The list kept at `slot`, looked up without hashing any word: what a name remembers of
+    /// its rarest word, so that searching for that exact name costs one memory access here.
+    /// The slot may hold another word since (a word forgotten, its place reused, or the index
+    /// shrunk): a list that lists a live name is a list of one of that name's words, which the
+    /// caller checks.
+    pub fn postings_at(&self, slot: WordSlot) -> &[u32] {
+        self.entries
+            .get(slot.0 as usize)
+            .map_or(&[], |entry| entry.postings.as_slice())
     }
 
     fn create(&mut self, key: u64) -> u32 {
@@ -208,9 +241,18 @@ impl WordIndex {
     }
 
     /// Gives back memory held for words that are gone: the entries are renumbered densely
-    /// and the tables sized to what is live.
-    pub fn shrink(&mut self) {
+    /// and the tables sized to what is live. Returns where each slot moved (see
+    /// [`WordSlot::moved`]).
+    pub fn shrink(&mut self) -> Vec<u32> {
         let entries = std::mem::take(&mut self.entries);
+        let mut map = vec![u32::MAX; entries.len()];
+        let mut next = 0;
+        for (old, entry) in entries.iter().enumerate() {
+            if entry.key != 0 {
+                map[old] = next;
+                next += 1;
+            }
+        }
         let live: Vec<WordEntry> = entries.into_iter().filter(|e| e.key != 0).collect();
         let mut lookup = HashTable::with_capacity(live.len());
         for (i, entry) in live.iter().enumerate() {
@@ -220,6 +262,7 @@ impl WordIndex {
         self.entries.shrink_to_fit();
         self.lookup = lookup;
         self.free = Vec::new();
+        map
     }
 
     /// True if the word `key` is indexed.
