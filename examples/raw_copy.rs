@@ -7,7 +7,8 @@
 //! - `raw_copy recv LISTEN DST STRATEGY` listens on `LISTEN` (e.g. `127.0.0.1:0`), prints
 //!   `listening PORT`, takes one connection, writes everything it receives to `DST` (created,
 //!   never replaced), `fsync`s it, and prints
-//!   `bytes=N end=UNIX_SECONDS fsync=SECONDS cpu=SECONDS rss_kib=K`.
+//!   `bytes=N end=UNIX_SECONDS fsync=SECONDS cpu=SECONDS rss_kib=K` (and `blake3=HEX`, the
+//!   digest of what it received, with `+verify`).
 //! - `raw_copy send ADDR SRC` sends `SRC` with `sendfile(2)` in 8 MiB calls (what the uploader
 //!   does) and prints `bytes=N cpu=SECONDS rss_kib=K`.
 //!
@@ -140,11 +141,14 @@ fn receive(listen: &str, dst: &str, strategy: Strategy) -> io::Result<()> {
         .open(dst)?;
     let (stream, _) = listener.accept()?;
     let mut behind = WriteBehind::new(strategy.write_behind);
-    let bytes = match strategy.how {
-        Receiving::Read(size) => receive_read(&stream, &mut out, size, &mut behind)?,
-        Receiving::Splice if strategy.verify => receive_verified(&stream, &out, &mut behind)?,
-        Receiving::Splice => receive_splice(&stream, &out, &mut behind, &|_| {})?,
-        Receiving::Direct(size) => receive_direct(&stream, &out, size)?,
+    let (bytes, digest) = match strategy.how {
+        Receiving::Read(size) => (receive_read(&stream, &mut out, size, &mut behind)?, None),
+        Receiving::Splice if strategy.verify => {
+            let (bytes, digest) = receive_verified(&stream, &out, &mut behind)?;
+            (bytes, Some(digest))
+        }
+        Receiving::Splice => (receive_splice(&stream, &out, &mut behind, &|_| {})?, None),
+        Receiving::Direct(size) => (receive_direct(&stream, &out, size)?, None),
     };
     let syncing = std::time::Instant::now();
     out.sync_all()?;
@@ -155,7 +159,9 @@ fn receive(listen: &str, dst: &str, strategy: Strategy) -> io::Result<()> {
         .map_err(io::Error::other)?
         .as_secs_f64();
     let (cpu, rss) = usage();
-    println!("bytes={bytes} end={end:.6} fsync={fsync:.6} cpu={cpu:.6} rss_kib={rss}");
+    // The digest is printed so that the hashing is real work, and can be checked by hand.
+    let digest = digest.map(|d| format!(" blake3={d}")).unwrap_or_default();
+    println!("bytes={bytes} end={end:.6} fsync={fsync:.6} cpu={cpu:.6} rss_kib={rss}{digest}");
     Ok(())
 }
 
@@ -188,7 +194,11 @@ fn receive_read(
 }
 
 /// `splice` (below), while a second thread reads back and hashes what it has put in the file.
-fn receive_verified(stream: &TcpStream, out: &File, behind: &mut WriteBehind) -> io::Result<u64> {
+fn receive_verified(
+    stream: &TcpStream,
+    out: &File,
+    behind: &mut WriteBehind,
+) -> io::Result<(u64, blake3::Hash)> {
     let spliced = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let reader = out.try_clone()?;
@@ -198,7 +208,7 @@ fn receive_verified(stream: &TcpStream, out: &File, behind: &mut WriteBehind) ->
             spliced.store(total, Ordering::Release)
         });
         done.store(true, Ordering::Release);
-        let hashed = hashing
+        let (hashed, digest) = hashing
             .join()
             .map_err(|_| io::Error::other("the hashing thread panicked"))??;
         let total = received?;
@@ -207,13 +217,17 @@ fn receive_verified(stream: &TcpStream, out: &File, behind: &mut WriteBehind) ->
                 "hashed {hashed} of {total} bytes"
             )));
         }
-        Ok(total)
+        Ok((total, digest))
     })
 }
 
 /// Hashes the file from its start as far as `spliced` says it is written, a MiB at a time,
-/// until `done` and all of it is hashed; returns how many bytes were hashed.
-fn read_back_and_hash(file: &File, spliced: &AtomicU64, done: &AtomicBool) -> io::Result<u64> {
+/// until `done` and all of it is hashed; returns how many bytes were hashed, and their digest.
+fn read_back_and_hash(
+    file: &File,
+    spliced: &AtomicU64,
+    done: &AtomicBool,
+) -> io::Result<(u64, blake3::Hash)> {
     const STEP: u64 = 1 << 20;
     let mut buf = vec![0u8; STEP as usize];
     let mut hasher = blake3::Hasher::new();
@@ -228,9 +242,7 @@ fn read_back_and_hash(file: &File, spliced: &AtomicU64, done: &AtomicBool) -> io
             hashed += len as u64;
         }
         if finished {
-            // Printed so that the work cannot be optimised away, and to be compared by hand.
-            eprintln!("blake3={}", hasher.finalize());
-            return Ok(hashed);
+            return Ok((hashed, hasher.finalize()));
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
