@@ -12,11 +12,9 @@
 //!   it has once the socket has kept it waiting for [`HOLD`];
 //! - the **writing** thread writes it at its place in the file, in order, so the file always
 //!   holds exactly the bytes received so far, from its start (what a resume relies on);
-//! - the **hashing** thread hashes it, in order, at the same time (both only read it);
-//! - whichever of the two finishes with it last gives it back to the pool.
+//! - the **hashing** thread hashes it, once written, and gives it back to the pool.
 //!
-//! The digest is of the bytes received, in order; a write that fails ends the download with
-//! its error, so a digest is only ever returned for bytes that all reached the file.
+//! The digest is therefore of exactly the bytes the kernel took into the file, in order.
 //! Direct writes need file offsets, lengths and memory addresses aligned to the disk's block:
 //! each buffer is placed in memory so that aligned file offsets fall on aligned addresses, and
 //! the unaligned head (a resume from an odd byte) and tail (the file's last block) go through
@@ -31,7 +29,6 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -154,19 +151,10 @@ impl Block {
     }
 
     /// The aligned window of `BLOCK` bytes.
-    fn window(&self) -> &[u8] {
-        &self.bytes[self.skip()..self.skip() + BLOCK]
-    }
-
-    /// The aligned window of `BLOCK` bytes, to fill.
-    fn window_mut(&mut self) -> &mut [u8] {
-        let skip = self.skip();
+    fn window(&mut self) -> &mut [u8] {
+        let misaligned = self.bytes.as_ptr().addr() % ALIGN;
+        let skip = (ALIGN - misaligned) % ALIGN;
         &mut self.bytes[skip..skip + BLOCK]
-    }
-
-    /// Bytes before the first aligned address.
-    fn skip(&self) -> usize {
-        (ALIGN - self.bytes.as_ptr().addr() % ALIGN) % ALIGN
     }
 }
 
@@ -179,18 +167,9 @@ struct Piece {
 }
 
 impl Piece {
-    fn bytes(&self) -> &[u8] {
+    fn bytes(&mut self) -> &[u8] {
         let lead = (self.at % ALIGN as u64) as usize;
         &self.block.window()[lead..lead + self.len]
-    }
-
-    /// Gives the buffer back to the pool once the last of the writing and hashing threads is
-    /// done with it (exactly one of their two calls finds itself the last).
-    fn release(piece: Arc<Piece>, pool: &Sender<Block>) {
-        if let Some(piece) = Arc::into_inner(piece) {
-            // The receiving side may have stopped already; then the buffer is simply freed.
-            let _ = pool.send(piece.block);
-        }
     }
 }
 
@@ -279,21 +258,14 @@ pub(super) fn receive(
     progress: &mut dyn FnMut(u64),
 ) -> Result<blake3::Hash, ReceiveError> {
     let Landing { start, hasher, .. } = landing;
-    let (to_write, writing) = bounded::<Arc<Piece>>(POOL);
-    let (to_hash, hashing) = bounded::<Arc<Piece>>(POOL);
+    let (to_write, writing) = bounded::<Piece>(POOL);
+    let (to_hash, hashing) = bounded::<Piece>(POOL);
     let (to_reuse, reusable) = bounded::<Block>(POOL);
-    let reuse_after_writing = to_reuse.clone();
-    // Closed when the writing thread ends (a write failed, or it panicked): a receiver waiting
-    // for a free buffer must not wait for pieces that writer will never give back.
-    let (writer_alive, writer_gone) = bounded::<()>(0);
     let spawn_failed = |error| ReceiveError::Disk { written: 0, error };
     std::thread::scope(|scope| {
         let writer = std::thread::Builder::new()
             .name("download-write".into())
-            .spawn_scoped(scope, move || {
-                let _alive = writer_alive;
-                write_pieces(direct, start, writing, reuse_after_writing)
-            })
+            .spawn_scoped(scope, move || write_pieces(direct, start, writing, to_hash))
             .map_err(spawn_failed)?;
         let hasher = std::thread::Builder::new()
             .name("download-hash".into())
@@ -313,17 +285,11 @@ pub(super) fn receive(
             span,
             stop,
             progress,
-            Handoff {
-                to_write: &to_write,
-                to_hash: &to_hash,
-                reusable: &reusable,
-                writer_gone: &writer_gone,
-            },
+            (&to_write, &reusable),
             &mut starved,
         );
-        // The writing and hashing threads end once they have done everything handed to them.
+        // The writing thread ends once it has written everything it was handed.
         drop(to_write);
-        drop(to_hash);
         let (written_to, write_error, writing) = writer.join().unwrap_or_else(|_| {
             let panicked = io::Error::other("the writing thread panicked");
             (start, Some(panicked), Duration::ZERO)
@@ -372,36 +338,8 @@ pub(super) fn receive(
     })
 }
 
-/// The receiving side's ends of the channels between the three threads.
-struct Handoff<'a> {
-    to_write: &'a Sender<Arc<Piece>>,
-    to_hash: &'a Sender<Arc<Piece>>,
-    reusable: &'a Receiver<Block>,
-    writer_gone: &'a Receiver<()>,
-}
-
-impl Handoff<'_> {
-    /// Waits for a buffer given back; `Downstream` if the writing thread ended (it failed) or
-    /// both threads that give buffers back are gone.
-    fn free_block(&self) -> Result<Block, Ended> {
-        crossbeam_channel::select! {
-            recv(self.reusable) -> block => block.map_err(|_| Ended::Downstream),
-            recv(self.writer_gone) -> _ => Err(Ended::Downstream),
-        }
-    }
-
-    /// Hands a filled piece to the writing and the hashing threads.
-    fn pass_on(&self, piece: Arc<Piece>) -> Result<(), Ended> {
-        self.to_write
-            .send(Arc::clone(&piece))
-            .map_err(|_| Ended::Downstream)?;
-        self.to_hash.send(piece).map_err(|_| Ended::Downstream)
-    }
-}
-
 /// The receiving side: fills buffers from the pool (up to [`POOL`] of them, made as needed)
-/// with the file's bytes from `span.0` to `span.1` and hands them to the writing and the
-/// hashing threads. Each
+/// with the file's bytes from `span.0` to `span.1` and hands them to the writing thread. Each
 /// buffer ends on a multiple of [`BLOCK`] in the file, so only the first may start unaligned.
 /// What was received before an early end is handed over too, so that it reaches the file.
 fn receive_pieces(
@@ -409,13 +347,13 @@ fn receive_pieces(
     (start, end): (u64, u64),
     stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
-    handoff: Handoff<'_>,
+    (to_write, reusable): (&Sender<Piece>, &Receiver<Block>),
     starved: &mut Duration,
 ) -> Result<(), Ended> {
     let mut at = start;
     let mut made = 0;
     while at < end {
-        let mut block = match handoff.reusable.try_recv() {
+        let mut block = match reusable.try_recv() {
             Ok(block) => block,
             Err(_) if made < POOL => {
                 made += 1;
@@ -423,7 +361,7 @@ fn receive_pieces(
             }
             Err(_) => {
                 let waiting = Instant::now();
-                let block = handoff.free_block()?;
+                let block = reusable.recv().map_err(|_| Ended::Downstream)?;
                 *starved += waiting.elapsed();
                 block
             }
@@ -431,14 +369,14 @@ fn receive_pieces(
         let piece_end = ((at / BLOCK as u64 + 1) * BLOCK as u64).min(end);
         let lead = (at % ALIGN as u64) as usize;
         let want = (piece_end - at) as usize;
-        let (got, ended) = incoming.fill(&mut block.window_mut()[lead..lead + want], stop);
+        let (got, ended) = incoming.fill(&mut block.window()[lead..lead + want], stop);
         if got > 0 {
-            let piece = Arc::new(Piece {
+            let piece = Piece {
                 block,
                 at,
                 len: got,
-            });
-            handoff.pass_on(piece)?;
+            };
+            to_write.send(piece).map_err(|_| Ended::Downstream)?;
             at += got as u64;
             progress(at - start);
         }
@@ -449,42 +387,46 @@ fn receive_pieces(
     Ok(())
 }
 
-/// The writing thread: writes each piece at its place, in order. Returns the file offset up
-/// to which the bytes are in the file, the error that stopped it, if one did, and the time
-/// spent writing.
+/// The writing thread: writes each piece at its place, in order, and passes it on to be
+/// hashed. Returns the file offset up to which the bytes are in the file, the error that
+/// stopped it, if one did, and the time spent writing.
 fn write_pieces(
     mut file: DirectFile<'_>,
     start: u64,
-    pieces: Receiver<Arc<Piece>>,
-    pool: Sender<Block>,
+    pieces: Receiver<Piece>,
+    to_hash: Sender<Piece>,
 ) -> (u64, Option<io::Error>, Duration) {
     let mut written = 0u64;
     let mut writing = Duration::ZERO;
-    for piece in pieces {
+    for mut piece in pieces {
+        let at = piece.at;
         let began = Instant::now();
-        let wrote = file.write_at(piece.bytes(), piece.at, &mut written);
+        let wrote = file.write_at(piece.bytes(), at, &mut written);
         writing += began.elapsed();
-        Piece::release(piece, &pool);
         if let Err(e) = wrote {
             return (start + written, Some(e), writing);
+        }
+        if to_hash.send(piece).is_err() {
+            break;
         }
     }
     (start + written, None, writing)
 }
 
-/// The hashing thread: hashes each piece, in order. Returns the digest and the time spent
-/// hashing.
+/// The hashing thread: hashes each written piece and gives its buffer back. Returns the digest
+/// and the time spent hashing.
 fn hash_pieces(
     mut hasher: blake3::Hasher,
-    pieces: Receiver<Arc<Piece>>,
-    pool: Sender<Block>,
+    pieces: Receiver<Piece>,
+    to_reuse: Sender<Block>,
 ) -> (blake3::Hash, Duration) {
     let mut hashing = Duration::ZERO;
-    for piece in pieces {
+    for mut piece in pieces {
         let began = Instant::now();
         hasher.update(piece.bytes());
         hashing += began.elapsed();
-        Piece::release(piece, &pool);
+        // The receiving side may have stopped already; then the buffer is simply freed.
+        let _ = to_reuse.send(piece.block);
     }
     (hasher.finalize(), hashing)
 }
@@ -562,8 +504,8 @@ mod tests {
         bytes
     }
 
-    /// A file that refuses every write ends the receive with the disk's error, at once: the
-    /// receiving side does not wait for buffers the failed writer will never give back.
+    /// A file that refuses every write ends the receive with the disk's error: the receiving
+    /// side, waiting for buffers the failed writer will never pass on, is told.
     #[test]
     fn a_failed_write_ends_the_receive_with_its_error() {
         let dir = tempfile::tempdir().unwrap();
