@@ -7,7 +7,8 @@
 //! - `raw_copy recv LISTEN DST STRATEGY` listens on `LISTEN` (e.g. `127.0.0.1:0`), prints
 //!   `listening PORT`, takes one connection, writes everything it receives to `DST` (created,
 //!   never replaced), `fsync`s it, and prints
-//!   `bytes=N end=UNIX_SECONDS fsync=SECONDS cpu=SECONDS rss_kib=K`.
+//!   `bytes=N end=UNIX_SECONDS fsync=SECONDS cpu=SECONDS rss_kib=K` (and `blake3=HEX`, the
+//!   digest of what it received, with `+verify`).
 //! - `raw_copy send ADDR SRC` sends `SRC` with `sendfile(2)` in 8 MiB calls (what the uploader
 //!   does) and prints `bytes=N cpu=SECONDS rss_kib=K`.
 //!
@@ -18,6 +19,10 @@
 //!   the bytes never enter user space;
 //! - either with `+wb` — every 8 MiB written, ask the kernel to start writing them to disk
 //!   (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that the final `fsync` has less to do;
+//! - `splice+wb+verify` — not a candidate for the baseline but a reference beside it: what the
+//!   fastest plain copy costs once it verifies what it received. A second thread reads back
+//!   each MiB the splice has put in the file (positional reads into one 1 MiB buffer) and
+//!   hashes it with BLAKE3, as a page-cache receiver that checks a digest must;
 //! - `direct:SIZE` — `read` into one of four SIZE-byte buffers (aligned to 4 KiB) until it is
 //!   full, while a second thread writes the previous ones with `O_DIRECT` (no copy into the
 //!   page cache; the file's last, partial block through the page cache). No write-back to
@@ -29,6 +34,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bytes per `sendfile` call, as the uploader.
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
 struct Strategy {
     how: Receiving,
     write_behind: bool,
+    /// Hash what was received, read back from the file (`splice` only).
+    verify: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -82,6 +90,10 @@ enum Receiving {
 
 impl Strategy {
     fn parse(text: &str) -> io::Result<Strategy> {
+        let (text, verify) = match text.strip_suffix("+verify") {
+            Some(base) => (base, true),
+            None => (text, false),
+        };
         let (base, write_behind) = match text.strip_suffix("+wb") {
             Some(base) => (base, true),
             None => (text, false),
@@ -97,7 +109,14 @@ impl Strategy {
         } else {
             return Err(unknown());
         };
-        Ok(Strategy { how, write_behind })
+        if verify && !matches!(how, Receiving::Splice) {
+            return Err(unknown());
+        }
+        Ok(Strategy {
+            how,
+            write_behind,
+            verify,
+        })
     }
 }
 
@@ -115,13 +134,21 @@ fn receive(listen: &str, dst: &str, strategy: Strategy) -> io::Result<()> {
     let listener = TcpListener::bind(listen)?;
     println!("listening {}", listener.local_addr()?.port());
     io::stdout().flush()?;
-    let mut out = OpenOptions::new().write(true).create_new(true).open(dst)?;
+    let mut out = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
     let (stream, _) = listener.accept()?;
     let mut behind = WriteBehind::new(strategy.write_behind);
-    let bytes = match strategy.how {
-        Receiving::Read(size) => receive_read(&stream, &mut out, size, &mut behind)?,
-        Receiving::Splice => receive_splice(&stream, &out, &mut behind)?,
-        Receiving::Direct(size) => receive_direct(&stream, &out, size)?,
+    let (bytes, digest) = match strategy.how {
+        Receiving::Read(size) => (receive_read(&stream, &mut out, size, &mut behind)?, None),
+        Receiving::Splice if strategy.verify => {
+            let (bytes, digest) = receive_verified(&stream, &out, &mut behind)?;
+            (bytes, Some(digest))
+        }
+        Receiving::Splice => (receive_splice(&stream, &out, &mut behind, &|_| {})?, None),
+        Receiving::Direct(size) => (receive_direct(&stream, &out, size)?, None),
     };
     let syncing = std::time::Instant::now();
     out.sync_all()?;
@@ -132,7 +159,9 @@ fn receive(listen: &str, dst: &str, strategy: Strategy) -> io::Result<()> {
         .map_err(io::Error::other)?
         .as_secs_f64();
     let (cpu, rss) = usage();
-    println!("bytes={bytes} end={end:.6} fsync={fsync:.6} cpu={cpu:.6} rss_kib={rss}");
+    // The digest is printed so that the hashing is real work, and can be checked by hand.
+    let digest = digest.map(|d| format!(" blake3={d}")).unwrap_or_default();
+    println!("bytes={bytes} end={end:.6} fsync={fsync:.6} cpu={cpu:.6} rss_kib={rss}{digest}");
     Ok(())
 }
 
@@ -164,8 +193,69 @@ fn receive_read(
     }
 }
 
-/// Moves the bytes socket → pipe → file with `splice`.
-fn receive_splice(stream: &TcpStream, out: &File, behind: &mut WriteBehind) -> io::Result<u64> {
+/// `splice` (below), while a second thread reads back and hashes what it has put in the file.
+fn receive_verified(
+    stream: &TcpStream,
+    out: &File,
+    behind: &mut WriteBehind,
+) -> io::Result<(u64, blake3::Hash)> {
+    let spliced = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let reader = out.try_clone()?;
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| read_back_and_hash(&reader, &spliced, &done));
+        let received = receive_splice(stream, out, behind, &|total| {
+            spliced.store(total, Ordering::Release)
+        });
+        done.store(true, Ordering::Release);
+        let (hashed, digest) = hashing
+            .join()
+            .map_err(|_| io::Error::other("the hashing thread panicked"))??;
+        let total = received?;
+        if hashed != total {
+            return Err(io::Error::other(format!(
+                "hashed {hashed} of {total} bytes"
+            )));
+        }
+        Ok((total, digest))
+    })
+}
+
+/// Hashes the file from its start as far as `spliced` says it is written, a MiB at a time,
+/// until `done` and all of it is hashed; returns how many bytes were hashed, and their digest.
+fn read_back_and_hash(
+    file: &File,
+    spliced: &AtomicU64,
+    done: &AtomicBool,
+) -> io::Result<(u64, blake3::Hash)> {
+    const STEP: u64 = 1 << 20;
+    let mut buf = vec![0u8; STEP as usize];
+    let mut hasher = blake3::Hasher::new();
+    let mut hashed = 0u64;
+    loop {
+        let finished = done.load(Ordering::Acquire);
+        let written = spliced.load(Ordering::Acquire);
+        while written - hashed >= STEP || (finished && written > hashed) {
+            let len = (written - hashed).min(STEP) as usize;
+            file.read_exact_at(&mut buf[..len], hashed)?;
+            hasher.update(&buf[..len]);
+            hashed += len as u64;
+        }
+        if finished {
+            return Ok((hashed, hasher.finalize()));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// Moves the bytes socket → pipe → file with `splice`; tells `spliced` the total so far after
+/// each step.
+fn receive_splice(
+    stream: &TcpStream,
+    out: &File,
+    behind: &mut WriteBehind,
+    spliced: &dyn Fn(u64),
+) -> io::Result<u64> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -222,6 +312,7 @@ fn receive_splice(stream: &TcpStream, out: &File, behind: &mut WriteBehind) -> i
                 left -= m as usize;
                 total += m as u64;
             }
+            spliced(total);
             behind.written(out, total);
         }
     })();

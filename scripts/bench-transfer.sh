@@ -4,7 +4,9 @@
 #       uses sendfile, the receiver tries each strategy (read buffers of 64 KiB to 4 MiB, splice
 #       through a pipe, each with and without early write-back; read into buffers of 1-4 MiB
 #       written with O_DIRECT by a second thread), fsync at the end; the baseline is the
-#       strategy with the best median;
+#       strategy with the best median; beside it, as a reference that is never the baseline,
+#       splice+wb+verify: the same copy hashing what it received (read back by a second thread),
+#       what any page-cache receiver that verifies pays at least;
 #   (b) a real DOWNLOAD between two `napster peer` processes, verification on, timed from the
 #       command to the success line, the uploader's digest already known (steady);
 #   (c) the first DOWNLOAD of a file an uploader has just started with (digest not known yet);
@@ -28,7 +30,7 @@ set -euo pipefail
 
 size_mib="${BENCH_SIZE_MIB:-1024}"
 rounds="${BENCH_ROUNDS:-5}"
-strategies="read:64k read:256k read:1m read:4m splice read:1m+wb splice+wb direct:1m direct:2m direct:4m"
+strategies="read:64k read:256k read:1m read:4m splice read:1m+wb splice+wb direct:1m direct:2m direct:4m splice+wb+verify"
 first=1
 link=1
 link_mib="64 256"
@@ -225,6 +227,8 @@ for s in $strategies; do
   med="$(median ${rates[$s]})"
   # shellcheck disable=SC2086
   echo "  $s: $med ($(spread ${rates[$s]})) | $(median ${cpus[$s]})"
+  # A verifying copy is a reference, not a candidate: the baseline does no digest.
+  [[ "$s" == *+verify ]] && continue
   if awk -v a="$med" -v b="$best_med" 'BEGIN{exit !(a > b)}'; then best="$s"; best_med="$med"; fi
 done
 read -r -a base_rates <<< "${rates[$best]}"
@@ -235,6 +239,14 @@ echo "baseline: $best, median $best_med MiB/s ($(spread "${base_rates[@]}")), CP
 echo "napster steady: median $(median "${nap_rates[@]}") MiB/s ($(spread "${nap_rates[@]}")), CPU $(median "${nap_cpus[@]}") s/GiB (downloader $(median "${nap_downs[@]}") + uploader $(median "${nap_ups[@]}"))"
 echo "ratio napster/baseline by round: ${round_ratios[*]}; median $(median "${round_ratios[@]}"), lowest $(smallest "${round_ratios[@]}") (targets >= 0.90, >= 0.70)"
 echo "CPU per GiB napster/baseline: $(ratio "$(median "${nap_cpus[@]}")" "$(median "${base_cpus[@]}")") (target <= 1.20)"
+for s in $strategies; do
+  [[ "$s" == *+verify ]] || continue
+  read -r -a verify_rates <<< "${rates[$s]}"
+  read -r -a verify_cpus <<< "${cpus[$s]}"
+  verify_ratios=()
+  for i in "${!verify_rates[@]}"; do verify_ratios+=("$(ratio "${verify_rates[$i]}" "${base_rates[$i]}")"); done
+  echo "reference, the plain copy verifying what it received ($s): ratio to the baseline by round ${verify_ratios[*]}; median $(median "${verify_ratios[@]}"); CPU per GiB $(ratio "$(median "${verify_cpus[@]}")" "$(median "${base_cpus[@]}")")x the baseline's"
+done
 
 if [ "$first" = 1 ]; then
   echo

@@ -94,7 +94,24 @@ pub fn hash_range(
     hasher: &mut blake3::Hasher,
     stop: &AtomicBool,
 ) -> io::Result<u64> {
-    let mut buf = vec![0u8; HASH_BUFFER.min(usize::try_from(len).unwrap_or(usize::MAX))];
+    read_blocks(file, (offset, len), HASH_BUFFER, stop, |block| {
+        hasher.update(block);
+        Ok(())
+    })
+}
+
+/// Reads up to `len` bytes of `file` from `offset` (`range`) with positional reads, in blocks
+/// of `block_size` bytes, each full but the last, and hands each block to `each`. Returns how
+/// many bytes were read: fewer than `len` only at the end of the file. Stops with
+/// `Interrupted` when `stop` is set, or with the first error of `each`.
+pub fn read_blocks(
+    file: &File,
+    (offset, len): (u64, u64),
+    block_size: usize,
+    stop: &AtomicBool,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; block_size.min(usize::try_from(len).unwrap_or(usize::MAX))];
     let mut total = 0u64;
     while total < len {
         if stop.load(Ordering::Relaxed) {
@@ -106,16 +123,30 @@ pub fn hash_range(
         let want = buf
             .len()
             .min(usize::try_from(len - total).unwrap_or(usize::MAX));
-        let n = match file.read_at(&mut buf[..want], offset + total) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
+        let got = fill_at(file, &mut buf[..want], offset + total)?;
+        if got > 0 {
+            each(&buf[..got])?;
+        }
+        total += got as u64;
+        if got < want {
+            break;
+        }
     }
     Ok(total)
+}
+
+/// Fills `buf` from `file` at `at`; returns how much it holds: less only at the end of the file.
+fn fill_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Remembers the digest of each shared file per version (see the module documentation). A

@@ -18,8 +18,9 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
+use crate::digests::read_blocks;
 use bao_tree::io::EncodeError;
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{ReadAt, encode_ranges_validated, outboard_post_order};
@@ -64,23 +65,16 @@ pub fn digest_and_outboard(
     stop: &AtomicBool,
 ) -> io::Result<blake3::Hash> {
     let mut tree = TreeBuilder::new(size, out);
-    let mut buf = vec![0u8; READ_BUFFER.min(usize::try_from(size).unwrap_or(usize::MAX))];
-    let mut pos = 0u64;
-    while pos < size {
-        if stop.load(Ordering::Relaxed) {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "hashing was stopped",
-            ));
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(size - pos).unwrap_or(usize::MAX));
-        FileExt::read_exact_at(file, &mut buf[..want], pos)?;
-        for group in buf[..want].chunks(CHUNK_GROUP as usize) {
-            tree.add_group(group)?;
-        }
-        pos += want as u64;
+    let read = read_blocks(file, (0, size), READ_BUFFER, stop, |block| {
+        block
+            .chunks(CHUNK_GROUP as usize)
+            .try_for_each(|group| tree.add_group(group))
+    })?;
+    if read < size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file ended after {read} of {size} bytes"),
+        ));
     }
     tree.finish()
 }

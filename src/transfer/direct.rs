@@ -504,6 +504,39 @@ mod tests {
         bytes
     }
 
+    /// A file that refuses every write ends the receive with the disk's error: the receiving
+    /// side, waiting for buffers the failed writer will never pass on, is told.
+    #[test]
+    fn a_failed_write_ends_the_receive_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        std::fs::write(&path, b"").unwrap();
+        let read_only = File::open(&path).unwrap();
+        let whole = pattern(8 * BLOCK);
+        let (stream, sending) = sender(whole.clone());
+        let direct = DirectFile::open(&read_only).expect("O_DIRECT where the tests run");
+        let landing = Landing {
+            file: &read_only,
+            start: 0,
+            hasher: blake3::Hasher::new(),
+        };
+        let never = AtomicBool::new(false);
+        let got = receive(
+            &[],
+            &stream,
+            whole.len() as u64,
+            (landing, direct),
+            &never,
+            &mut |_| {},
+        );
+        drop(stream);
+        sending.join().unwrap();
+        match got {
+            Err(ReceiveError::Disk { written: 0, .. }) => {}
+            other => panic!("expected the disk's error, got {other:?}"),
+        }
+    }
+
     /// A whole file whose end is not on a block boundary arrives exact, with its digest.
     #[test]
     fn a_whole_file_arrives_exact_with_its_digest() {
