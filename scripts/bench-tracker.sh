@@ -207,7 +207,7 @@ check() { # NAME VALUE OP LIMIT
 {
 check "keyword SEARCH/s, 32 clients" "$(median ${V[ours,keyword,ps]})" ">=" 50000
 check "keyword p99 latency µs" "$(median ${V[ours,keyword,p99]})" "<" 2000
-check "exact SEARCH ours/baseline" "${R[baseline,exact]:-}" ">=" 1.09
+check "exact SEARCH ours/baseline (1.09 on the issue's day, when the baseline indexed no words)" "${R[baseline,exact]:-}" ">=" 1.09
 check "exact p99 latency µs" "$(median ${V[ours,exact,p99]})" "<" 2000
 if [[ -n "$before" ]]; then
   check "exact SEARCH/s ours/before" "${R[before,exact]:-}" ">=" 1.00
