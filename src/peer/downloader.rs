@@ -372,8 +372,11 @@ pub struct Received {
     pub bytes: u64,
     /// The file's size.
     pub size: u64,
-    /// From the request to the last byte.
+    /// From the uploader's acceptance to the file verified and in place: the transfer itself.
     pub took: Duration,
+    /// From the request to the acceptance: connecting, the uploader's user deciding, the
+    /// uploader hashing the file first.
+    pub waited: Duration,
     /// True if the digest was announced and matched.
     pub verified: bool,
 }
@@ -445,7 +448,12 @@ pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, Do
     }
 }
 
-/// `3,0 MiB em 0,4 s (7,5 MiB/s), verificado (BLAKE3)`: what a success took.
+/// A wait before the data shorter than this goes unsaid in the summary.
+const NOTICEABLE_WAIT: Duration = Duration::from_secs(1);
+
+/// `3,0 MiB em 0,4 s (7,5 MiB/s), verificado (BLAKE3)`: what a success took. Time and rate
+/// are the transfer's own, so that the rate says what the link gave; a wait before it that a
+/// person would notice (the uploader's user deciding) is said after.
 fn summary(received: &Received) -> String {
     let secs = received.took.as_secs_f64().max(0.001);
     let amount = if received.bytes == received.size {
@@ -462,8 +470,16 @@ fn summary(received: &Received) -> String {
     } else {
         "NÃO verificado: o outro peer não enviou o digest"
     };
+    let waited = if received.waited >= NOTICEABLE_WAIT {
+        format!(
+            ", após {} de espera pelo outro peer",
+            elapsed_text(received.waited)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{amount} em {} ({}/s), {check}",
+        "{amount} em {} ({}/s), {check}{waited}",
         elapsed_text(received.took),
         human_bytes(received.bytes as f64 / secs)
     )
@@ -545,6 +561,7 @@ fn fetch(
     let mut hasher = blake3::Hasher::new();
     let resumed = fetch.prepare_resume(&record, resume_at, &mut hasher)?;
     fetch.await_acceptance(&mut replies)?;
+    let accepted = Instant::now();
     let mut file = fetch.open_landing(resumed, &record, resume_at, offer.size)?;
     let already = replies
         .reader
@@ -569,7 +586,8 @@ fn fetch(
     Ok(Received {
         bytes: offer.size - start,
         size: offer.size,
-        took: started.elapsed(),
+        took: accepted.elapsed(),
+        waited: accepted.duration_since(started),
         verified: digest.is_some(),
     })
 }
@@ -1091,6 +1109,27 @@ fn codec_problem(e: &CodecError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The summary's time and rate are the transfer's own; a wait before it that a person
+    /// notices (the other user deciding) is said apart, and a short one is not.
+    #[test]
+    fn the_summary_gives_the_transfer_its_own_rate() {
+        let received = |took_ms, waited_ms| Received {
+            bytes: 3_000_000,
+            size: 3_000_000,
+            took: Duration::from_millis(took_ms),
+            waited: Duration::from_millis(waited_ms),
+            verified: true,
+        };
+        assert_eq!(
+            summary(&received(30, 1_500)),
+            "2,9 MiB em 0,03 s (95,4 MiB/s), verificado (BLAKE3), após 1,5 s de espera pelo outro peer"
+        );
+        assert_eq!(
+            summary(&received(30, 200)),
+            "2,9 MiB em 0,03 s (95,4 MiB/s), verificado (BLAKE3)"
+        );
+    }
 
     /// A cut transfer says who ended it and how far it got, in one unit style; a full disk is
     /// a full disk.
