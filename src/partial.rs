@@ -36,6 +36,7 @@ use rustix::fs::{AtFlags, CWD, FlockOperation};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
+use crate::numbers::human_size;
 use crate::piece_map;
 use crate::transfer::{self, DigestHex};
 
@@ -130,21 +131,22 @@ impl fmt::Display for NoSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "espaço insuficiente: faltam {} bytes e há {} livres na pasta",
-            self.need, self.free
+            "espaço insuficiente: faltam {} e há {} livres na pasta",
+            human_size(self.need),
+            human_size(self.free)
         )?;
         if self.promised > 0 {
             write!(
                 f,
                 ", {} deles prometidos a downloads em andamento",
-                self.promised
+                human_size(self.promised)
             )?;
         }
         if self.kept > 0 {
             write!(
                 f,
-                "; downloads parciais guardados ocupam {} bytes ({CLEAR_HINT})",
-                self.kept
+                "; downloads parciais guardados ocupam {} ({CLEAR_HINT})",
+                human_size(self.kept)
             )?;
         }
         Ok(())

@@ -204,29 +204,7 @@ impl fmt::Display for DownloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DownloadError::Name(e) => write!(f, "nome inválido: {}", name_problem(e)),
-            DownloadError::NoSpace(e) => {
-                write!(
-                    f,
-                    "espaço insuficiente: faltam {} e há {} livres na pasta",
-                    human_size(e.need),
-                    human_size(e.free)
-                )?;
-                if e.promised > 0 {
-                    write!(
-                        f,
-                        ", {} deles prometidos a downloads em andamento",
-                        human_size(e.promised)
-                    )?;
-                }
-                if e.kept > 0 {
-                    write!(
-                        f,
-                        "; downloads parciais guardados ocupam {} ({CLEAR_HINT})",
-                        human_size(e.kept)
-                    )?;
-                }
-                Ok(())
-            }
+            DownloadError::NoSpace(e) => write!(f, "{e}"),
             DownloadError::Cancelled(kept) => {
                 write!(f, "download cancelado")?;
                 write_kept(f, kept)
@@ -385,6 +363,26 @@ fn codec_problem(e: &CodecError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A folder without room is told in sizes a person reads, the same sentence whether one
+    /// peer or several were to send the file (docs/transfers.md shows this very line).
+    #[test]
+    fn no_room_is_told_in_readable_sizes() {
+        let no_space = || NoSpace {
+            need: 16 << 20,
+            free: 22 << 20,
+            promised: 15 << 20,
+            kept: 4 << 20,
+        };
+        let told = "espaço insuficiente: faltam 16,0 MiB e há 22,0 MiB livres na pasta, 15,0 MiB \
+             deles prometidos a downloads em andamento; downloads parciais guardados ocupam \
+             4,0 MiB (PARCIAIS lista, LIMPAR nome ou LIMPAR TUDO apaga)";
+        assert_eq!(DownloadError::NoSpace(no_space()).to_string(), told);
+        assert_eq!(
+            crate::peer::swarm::SwarmError::NoSpace(no_space()).to_string(),
+            told
+        );
+    }
 
     /// A broken protocol is one Portuguese line for the user; what exactly was wrong stays
     /// reachable as the error's source (shown with `RUST_LOG=debug`).

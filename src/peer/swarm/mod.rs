@@ -35,6 +35,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::exit::Failure;
 use crate::os_error::describe;
+use crate::partial::NoSpace;
 use crate::peer::PeerContext;
 use crate::peer::download_error::DownloadError;
 use crate::peer::downloader::{self, Finished};
@@ -99,14 +100,7 @@ pub enum SwarmError {
         size: u64,
     },
     /// The folder has not the room.
-    NoSpace {
-        /// Bytes still to receive.
-        need: u64,
-        /// Bytes free.
-        free: u64,
-        /// Of those, bytes that running downloads still have to write.
-        promised: u64,
-    },
+    NoSpace(NoSpace),
     /// A local file operation failed.
     Disk(io::Error),
     /// The peer is leaving; the verified pieces are kept.
@@ -132,20 +126,7 @@ impl fmt::Display for SwarmError {
                 f,
                 "as fontes acabaram antes do fim ({have} de {size} bytes verificados); as partes verificadas foram guardadas para retomar depois"
             ),
-            SwarmError::NoSpace {
-                need,
-                free,
-                promised,
-            } => {
-                write!(
-                    f,
-                    "espaço insuficiente: faltam {need} bytes e há {free} livres na pasta"
-                )?;
-                if *promised > 0 {
-                    write!(f, ", {promised} deles prometidos a downloads em andamento")?;
-                }
-                Ok(())
-            }
+            SwarmError::NoSpace(e) => write!(f, "{e}"),
             SwarmError::Disk(e) => write!(f, "erro no disco: {e}"),
             SwarmError::Stopped => write!(
                 f,
@@ -545,9 +526,7 @@ impl SwarmError {
     pub fn failure(&self) -> Failure {
         match self {
             SwarmError::Name(_) | SwarmError::AlreadyRunning => Failure::Command,
-            SwarmError::Exists(_) | SwarmError::NoSpace { .. } | SwarmError::Disk(_) => {
-                Failure::Disk
-            }
+            SwarmError::Exists(_) | SwarmError::NoSpace(_) | SwarmError::Disk(_) => Failure::Disk,
             SwarmError::NoSource(_) => Failure::Unreachable,
             SwarmError::Rejected => Failure::Rejected,
             SwarmError::NotFound => Failure::NotFound,

@@ -5,7 +5,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 
-use crate::partial::{OpenError, OpenPartial, Partial, PartialRecord, free_space};
+use crate::partial::{NoSpace, OpenError, OpenPartial, Partial, PartialRecord, free_space};
 use crate::peer::swarm::planner::{PIECE_LEN, Planner};
 use crate::peer::swarm::{Identity, Pieces, Swarm, SwarmError};
 use crate::piece_map::{self, PieceMap};
@@ -105,11 +105,7 @@ fn check_room(
         .ctx
         .partials
         .promise(&swarm.name, whole, partial.map_or(0, |p| p.have))
-        .map_err(|e| SwarmError::NoSpace {
-            need: e.need,
-            free: e.free,
-            promised: e.promised,
-        })?;
+        .map_err(SwarmError::NoSpace)?;
     swarm.keep_promise(promise);
     Ok(())
 }
@@ -217,11 +213,12 @@ fn ready(
     if let Some(free) = free_space(swarm.ctx.shared.path())
         && need > free
     {
-        return Err(SwarmError::NoSpace {
+        return Err(SwarmError::NoSpace(NoSpace {
             need,
             free,
             promised: 0,
-        });
+            kept: 0,
+        }));
     }
     let pieces = Pieces {
         identity: identity.clone(),
