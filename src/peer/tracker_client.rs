@@ -673,23 +673,25 @@ impl Link {
         dialect: Dialect,
         request: Request,
     ) -> Result<(Vec<u8>, Pending), (Pending, LinkError)> {
-        let (bytes, pending) = match (dialect, request) {
-            (_, Request::Rejoin) => {
-                let files = (self.config.list_files)();
-                return self.encode(dialect, Request::Join(files)).map(|(b, p)| {
-                    let Pending::Join { files, .. } = p else {
-                        return (b, p);
-                    };
-                    (
-                        b,
-                        Pending::Join {
-                            files,
-                            rejoin: true,
-                        },
-                    )
-                });
-            }
-            (Dialect::Napster, Request::Join(files)) => {
+        let rejoining = matches!(request, Request::Rejoin);
+        let (bytes, mut pending) = match dialect {
+            Dialect::Napster => self.encode_napster(request),
+            Dialect::Original => self.encode_original(request)?,
+        };
+        if dialect == Dialect::Original && bytes.len() > ORIGINAL_MAX_MESSAGE {
+            return Err((pending, LinkError::TooLong(bytes.len())));
+        }
+        // A JOIN typed again, or sent after the tracker came back, is answered as a re-join.
+        if let Pending::Join { rejoin, .. } = &mut pending {
+            *rejoin = rejoining;
+        }
+        Ok((bytes, pending))
+    }
+
+    /// `request` in this project's own messages.
+    fn encode_napster(&mut self, request: Request) -> (Vec<u8>, Pending) {
+        match request {
+            Request::Join(files) => {
                 let mut parts = messages::record_chunks(&files, MESSAGE_PART).into_iter();
                 let first = parts.next().unwrap_or_default();
                 let line = messages::join_line(self.config.upload_port, first);
@@ -703,7 +705,25 @@ impl Link {
                     },
                 )
             }
-            (Dialect::Original, Request::Join(files)) => {
+            Request::Search { name, for_download } => (
+                messages::search_line(&name),
+                Pending::Search { name, for_download },
+            ),
+            Request::Change { add, remove } => {
+                (messages::update_change_line(&add, &remove), Pending::Update)
+            }
+            Request::List { peer } => (messages::list_line(&peer), Pending::List { peer }),
+            Request::Rejoin => self.encode_napster(Request::Join((self.config.list_files)())),
+        }
+    }
+
+    /// `request` in the original tracker's messages, where it has one.
+    fn encode_original(
+        &mut self,
+        request: Request,
+    ) -> Result<(Vec<u8>, Pending), (Pending, LinkError)> {
+        Ok(match request {
+            Request::Join(files) => {
                 let pending = Pending::Join {
                     files: names(&files),
                     rejoin: false,
@@ -713,21 +733,11 @@ impl Link {
                     Err(e) => return Err((pending, e)),
                 }
             }
-            (Dialect::Napster, Request::Search { name, for_download }) => (
-                messages::search_line(&name),
-                Pending::Search { name, for_download },
-            ),
-            (Dialect::Original, Request::Search { name, for_download }) => (
+            Request::Search { name, for_download } => (
                 legacy::search_request(&name),
                 Pending::Search { name, for_download },
             ),
-            (Dialect::Napster, Request::Change { add, remove }) => {
-                (messages::update_change_line(&add, &remove), Pending::Update)
-            }
-            (Dialect::Napster, Request::List { peer }) => {
-                (messages::list_line(&peer), Pending::List { peer })
-            }
-            (Dialect::Original, Request::List { peer }) => {
+            Request::List { peer } => {
                 return Err((
                     Pending::List { peer },
                     LinkError::Refused(
@@ -735,7 +745,7 @@ impl Link {
                     ),
                 ));
             }
-            (Dialect::Original, Request::Change { .. }) => {
+            Request::Change { .. } => {
                 // That tracker keeps whole lists of names: send the one shared now.
                 let files = names(&(self.config.list_files)());
                 let update = legacy::update_request(&files);
@@ -751,11 +761,10 @@ impl Link {
                     }
                 }
             }
-        };
-        if dialect == Dialect::Original && bytes.len() > ORIGINAL_MAX_MESSAGE {
-            return Err((pending, LinkError::TooLong(bytes.len())));
-        }
-        Ok((bytes, pending))
+            Request::Rejoin => {
+                return self.encode_original(Request::Join((self.config.list_files)()));
+            }
+        })
     }
 
     /// The shared folder as the original's JOIN names it, for the user.
