@@ -12,17 +12,18 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, select, unbounded};
+use crossbeam_channel::{Receiver, Sender, select, unbounded};
 
 use crate::digests::DigestCache;
 use crate::exit::Failure;
 use crate::peer::catalog::Catalog;
 use crate::peer::commands::PeerSpec;
+use crate::peer::downloader::{self, Finished};
 use crate::peer::output::{PlainOutput, SharedOutput};
 use crate::peer::running::Transfers;
 use crate::peer::swarm::{self, SwarmRequest};
 use crate::peer::tracker_client::{LinkConfig, LinkEvent, TrackerLink};
-use crate::peer::{PeerConfig, PeerContext, PeerError, downloader, open, start_signal_thread};
+use crate::peer::{Opened, PeerConfig, PeerContext, PeerError, open, start_signal_thread};
 use crate::protocol::legacy::python_list;
 use crate::protocol::messages::Reply;
 use crate::transfer::PartialStore;
@@ -46,49 +47,13 @@ pub fn get(
     let plain = Arc::new(PlainOutput::start().map_err(PeerError::Thread)?);
     // Every line printed reaches stdout before this returns (and the process ends).
     let _drained = plain.drain_on_return();
-    let out: SharedOutput = plain;
-    let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
     let (finished_tx, finished_rx) = unbounded();
-    let (approvals, _) = unbounded();
     let (link_events, link_answers) = unbounded();
-    let ctx = Arc::new(PeerContext {
-        port: opened.port,
-        advertise: None,
-        bind_ip,
-        partials: PartialStore::new(opened.folder.shared.path()),
-        // No announcer runs here: it never JOINs, so there is nothing to announce to.
-        catalog: Arc::new(Catalog::new(opened.folder.shared.clone())),
-        shared: opened.folder.shared.clone(),
-        digests: DigestCache::new(),
-        // Never joined: the UPDATE a download sends afterwards has nobody to tell.
-        link: Arc::new(
-            TrackerLink::start(
-                LinkConfig {
-                    server: config.server.clone(),
-                    upload_port: opened.port,
-                    local_ip: bind_ip,
-                    liveness: config.liveness,
-                    dialect: config.tracker_dialect,
-                    folder: opened.folder.shared.path().to_path_buf(),
-                    list_files: Box::new(Vec::new),
-                },
-                link_events,
-            )
-            .map_err(PeerError::Thread)?,
-        ),
-        out: Arc::clone(&out),
-        transfers: Transfers::new(),
-        approvals,
-        asks_within: None,
-        finished: finished_tx,
-        liveness: config.liveness,
-        sources: config.sources,
-        swarms: Default::default(),
-    });
+    let ctx = download_context(&config, &opened, plain, (finished_tx, link_events))?;
     let started = match from {
         Some(from) => resolve_from(&config, from)
             .map_err(|why| {
-                out.line(&format!("Erro ao processar download: {why}"));
+                ctx.out.line(&format!("Erro ao processar download: {why}"));
                 Failure::Unreachable
             })
             .and_then(|peer| downloader::start(&ctx, name.to_string(), peer)),
@@ -98,6 +63,62 @@ pub fn get(
         ctx.link.close();
         return Ok(Some(failure));
     }
+    let finished = wait_for_the_end(&ctx, &finished_rx);
+    ctx.link.close();
+    finished
+}
+
+/// What a download needs of a peer, for one that never JOINs and serves nothing: the folder
+/// `opened`, a tracker link (for the search), and `out` for every line.
+fn download_context(
+    config: &PeerConfig,
+    opened: &Opened,
+    out: SharedOutput,
+    (finished, link_events): (Sender<Finished>, Sender<LinkEvent>),
+) -> Result<Arc<PeerContext>, PeerError> {
+    let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+    let (approvals, _) = unbounded();
+    // Never joined: the UPDATE a download sends afterwards has nobody to tell.
+    let link = TrackerLink::start(
+        LinkConfig {
+            server: config.server.clone(),
+            upload_port: opened.port,
+            local_ip: bind_ip,
+            liveness: config.liveness,
+            dialect: config.tracker_dialect,
+            folder: opened.folder.shared.path().to_path_buf(),
+            list_files: Box::new(Vec::new),
+        },
+        link_events,
+    )
+    .map_err(PeerError::Thread)?;
+    Ok(Arc::new(PeerContext {
+        port: opened.port,
+        advertise: None,
+        bind_ip,
+        partials: PartialStore::new(opened.folder.shared.path()),
+        // No announcer runs here: it never JOINs, so there is nothing to announce to.
+        catalog: Arc::new(Catalog::new(opened.folder.shared.clone())),
+        shared: opened.folder.shared.clone(),
+        digests: DigestCache::new(),
+        link: Arc::new(link),
+        out,
+        transfers: Transfers::new(),
+        approvals,
+        asks_within: None,
+        finished,
+        liveness: config.liveness,
+        sources: config.sources,
+        swarms: Default::default(),
+    }))
+}
+
+/// Waits for the download to end, or for Ctrl-C / SIGTERM, which stop it and leave it a
+/// moment to say where it stopped. Returns its failure, if any.
+fn wait_for_the_end(
+    ctx: &PeerContext,
+    finished_rx: &Receiver<Finished>,
+) -> Result<Option<Failure>, PeerError> {
     let signals = start_signal_thread().map_err(PeerError::Thread)?;
     let finished = select! {
         recv(finished_rx) -> finished => finished.ok(),
@@ -106,7 +127,6 @@ pub fn get(
             finished_rx.recv_deadline(Instant::now() + STOP_WAIT).ok()
         },
     };
-    ctx.link.close();
     Ok(match finished {
         Some(finished) => finished.result.err(),
         None => Some(Failure::Interrupted),
