@@ -52,6 +52,7 @@
 //! - [`peer::approval`]: the queue of requests waiting for SIM/NAO, and its limits.
 //! - [`peer::range_server`]: the uploader's side of a range session.
 //! - [`peer::downloader`]: a download from one peer, verified and resumable.
+//! - [`peer::download_error`]: why a download failed, one Portuguese line with its cause behind.
 //! - [`peer::swarm`]: a download from several peers at once, every piece verified.
 //! - [`peer::deadline`]: deadlines that trickled bytes cannot keep alive.
 //! - [`peer::running`]: the transfers running now, to list, cancel or stop them.

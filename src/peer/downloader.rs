@@ -9,7 +9,6 @@
 //! between replies do not extend (one `waiting` reply per stage may move them), the data must
 //! keep a minimum rate ([`MinRate`]), and the user can cancel it (`CANCELAR`).
 
-use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -18,20 +17,18 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::exit::Failure;
-use crate::numbers::thousands;
 use crate::os_error::{closed_by_other_side, describe};
-use crate::partial::{CLEAR_HINT, NoSpace, OpenError, OpenPartial, PartialRecord, PartialStore};
+use crate::partial::{OpenError, OpenPartial, PartialRecord, PartialStore};
 use crate::peer::PeerContext;
 use crate::peer::deadline::Deadline;
-use crate::peer::output::printable;
+use crate::peer::download_error::{DownloadError, Stage, Violation};
 use crate::peer::progress::{Progress, elapsed_text, human_bytes, human_duration, human_size};
-use crate::peer::running::{Ending, MinRate, TransferGuard};
+use crate::peer::running::{MinRate, TransferGuard};
 use crate::protocol::messages::{
     DigestMismatch, DownloadRequest, Reply, Status, digest_mismatch_line, download_line,
     parse_reply, waiting_for,
 };
 use crate::protocol::{CodecError, FrameReader};
-use crate::share::NameError;
 use crate::transfer::{self, ReceiveError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,300 +59,6 @@ fn accepted_wait(timeout: Option<u64>) -> Duration {
 /// How long a reply that has started to arrive may take to arrive whole.
 const REPLY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the downloader was waiting for when the uploader went silent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// The first reply (OK, fileNotFound, ...).
-    Reply,
-    /// The uploader's user's decision.
-    Decision,
-}
-
-/// Why a download did not complete.
-#[derive(Debug)]
-pub enum DownloadError {
-    /// The name is not a plain name.
-    Name(NameError),
-    /// A file of that name is already in the folder.
-    Exists(PathBuf),
-    /// A download of that name is already running.
-    AlreadyRunning,
-    /// The uploader could not be reached.
-    Connect(SocketAddr, io::Error),
-    /// The uploader does not share that name.
-    NotFound,
-    /// The uploader's user refused (with a reason when it was not a plain NAO).
-    Rejected(Option<String>),
-    /// The uploader answered ERROR.
-    Refused(String),
-    /// The uploader broke the protocol before the data.
-    Protocol(String),
-    /// The uploader said nothing for `waited` while this side waited for `stage`.
-    Timeout {
-        /// What was awaited.
-        stage: Stage,
-        /// For how long.
-        waited: Duration,
-    },
-    /// The uploader closed the connection before sending the file (it left, or crashed).
-    ClosedEarly,
-    /// The data stopped early or could not be written; the partial file is kept there.
-    Receive(ReceiveError, PathBuf),
-    /// This peer is leaving: the download was stopped, its partial (if any) kept there.
-    Stopped(Option<(u64, u64, PathBuf)>),
-    /// All bytes arrived but their digest differs: the copy was discarded.
-    Corrupt {
-        /// What the uploader announced.
-        expected: String,
-        /// What arrived.
-        got: String,
-    },
-    /// A local file operation failed.
-    Disk(io::Error),
-    /// The file is larger than the free space in the folder, less what running downloads
-    /// were promised.
-    NoSpace(NoSpace),
-    /// The user cancelled it (`CANCELAR`); what arrived is kept (bytes, size, where).
-    Cancelled(Option<(u64, u64, PathBuf)>),
-    /// It received less than the minimum rate over a whole window; what arrived is kept.
-    TooSlow(MinRate, Option<(u64, u64, PathBuf)>),
-}
-
-impl DownloadError {
-    /// The kind of failure, for the exit code.
-    pub fn failure(&self) -> Failure {
-        match self {
-            DownloadError::Name(_) | DownloadError::AlreadyRunning => Failure::Command,
-            DownloadError::Exists(_) | DownloadError::Disk(_) | DownloadError::NoSpace(_) => {
-                Failure::Disk
-            }
-            DownloadError::Cancelled(_) => Failure::Interrupted,
-            DownloadError::TooSlow(..) => Failure::Cut,
-            DownloadError::Connect(..)
-            | DownloadError::Protocol(_)
-            | DownloadError::Timeout { .. }
-            | DownloadError::ClosedEarly => Failure::Unreachable,
-            DownloadError::NotFound => Failure::NotFound,
-            DownloadError::Rejected(_) | DownloadError::Refused(_) => Failure::Rejected,
-            DownloadError::Receive(ReceiveError::Disk { .. }, _) => Failure::Disk,
-            DownloadError::Receive(..) => Failure::Cut,
-            DownloadError::Stopped(_) => Failure::Interrupted,
-            DownloadError::Corrupt { .. } => Failure::Corrupt,
-        }
-    }
-}
-
-/// A plain name's problem, in the console's language.
-fn name_problem(e: &NameError) -> String {
-    match e {
-        NameError::Empty => "o nome está vazio".into(),
-        NameError::TooLong(limit) => format!("o nome tem mais de {limit} bytes"),
-        NameError::Dots => "o nome não pode ser '.' nem '..'".into(),
-        NameError::Separator => "o nome não pode conter '/' nem '\\'".into(),
-        NameError::Control => "o nome não pode conter caracteres de controle ou invisíveis".into(),
-    }
-}
-
-/// `o outro peer encerrou após 1.0 MiB de 4.0 MiB; ...`: why the data stopped.
-fn receive_problem(e: &ReceiveError) -> String {
-    let of = |got: u64, total: Option<u64>| match total {
-        Some(total) => format!("{} de {}", human_size(got), human_size(total)),
-        None => human_size(got),
-    };
-    match e {
-        ReceiveError::Short { got, expected } => {
-            format!("o outro peer encerrou após {}", of(*got, Some(*expected)))
-        }
-        ReceiveError::Network { got, error } if closed_by_other_side(error) => {
-            format!("o outro peer encerrou após {}", of(*got, None))
-        }
-        ReceiveError::Network { got, error }
-            if matches!(
-                error.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            ) =>
-        {
-            format!(
-                "tempo esgotado: o outro peer parou de responder após {}",
-                of(*got, None)
-            )
-        }
-        ReceiveError::Network { got, error } => {
-            format!(
-                "a conexão falhou após {}: {}",
-                of(*got, None),
-                describe(error)
-            )
-        }
-        ReceiveError::Disk { written, error } if transfer::is_disk_full(error) => {
-            format!("disco cheio após {} gravados", of(*written, None))
-        }
-        ReceiveError::Disk { written, error } => {
-            format!(
-                "não foi possível gravar após {}: {}",
-                of(*written, None),
-                describe(error)
-            )
-        }
-        ReceiveError::Stopped { got } => format!("interrompido após {}", of(*got, None)),
-    }
-}
-
-impl DownloadError {
-    /// What was kept of a download whose data had started (bytes, size, where).
-    fn kept(&self) -> Option<(u64, u64, PathBuf)> {
-        match self {
-            DownloadError::Receive(e, partial) => Some((e.kept(), 0, partial.clone())),
-            DownloadError::Stopped(kept) => kept.clone(),
-            _ => None,
-        }
-    }
-
-    /// This error as told once the transfer is known to have been stopped for `why`.
-    fn stopped(self, why: Ending, rate: MinRate, size: Option<u64>) -> DownloadError {
-        let kept = self.kept().map(|(got, total, part)| {
-            (
-                got,
-                if total == 0 { size.unwrap_or(0) } else { total },
-                part,
-            )
-        });
-        match why {
-            Ending::Cancelled => DownloadError::Cancelled(kept),
-            Ending::TooSlow => DownloadError::TooSlow(rate, kept),
-            Ending::Running | Ending::Stopped => self,
-        }
-    }
-}
-
-/// `; 1.0 MiB de 4.0 MiB recebidos; a parte recebida foi guardada ...`: where a stopped
-/// download is, in the words of any cut download.
-fn write_kept(f: &mut fmt::Formatter<'_>, kept: &Option<(u64, u64, PathBuf)>) -> fmt::Result {
-    match kept {
-        Some((got, total, partial)) if *got > 0 => write!(
-            f,
-            "; {} de {} recebidos; a parte recebida foi guardada para retomar depois ({}; {CLEAR_HINT})",
-            human_size(*got),
-            human_size(*total),
-            partial.display()
-        ),
-        _ => write!(f, "; nada foi recebido"),
-    }
-}
-
-impl fmt::Display for DownloadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DownloadError::Name(e) => write!(f, "nome inválido: {}", name_problem(e)),
-            DownloadError::NoSpace(e) => {
-                write!(
-                    f,
-                    "espaço insuficiente: faltam {} e há {} livres na pasta",
-                    human_size(e.need),
-                    human_size(e.free)
-                )?;
-                if e.promised > 0 {
-                    write!(
-                        f,
-                        ", {} deles prometidos a downloads em andamento",
-                        human_size(e.promised)
-                    )?;
-                }
-                if e.kept > 0 {
-                    write!(
-                        f,
-                        "; downloads parciais guardados ocupam {} ({CLEAR_HINT})",
-                        human_size(e.kept)
-                    )?;
-                }
-                Ok(())
-            }
-            DownloadError::Cancelled(kept) => {
-                write!(f, "download cancelado")?;
-                write_kept(f, kept)
-            }
-            DownloadError::TooSlow(rate, kept) => {
-                write!(f, "o outro peer enviou {rate}; download abandonado")?;
-                write_kept(f, kept)
-            }
-            DownloadError::Exists(path) => write!(
-                f,
-                "o arquivo {} já existe; não será sobrescrito",
-                path.display()
-            ),
-            DownloadError::AlreadyRunning => write!(f, "este arquivo já está sendo baixado"),
-            DownloadError::Connect(addr, e) => {
-                write!(f, "não foi possível conectar a {addr}: {}", describe(e))
-            }
-            DownloadError::NotFound => write!(f, "Arquivo não encontrado."),
-            DownloadError::Rejected(None) => write!(f, "Download Rejeitado"),
-            DownloadError::Rejected(Some(why)) => {
-                write!(f, "Download Rejeitado: {}", printable(why))
-            }
-            DownloadError::Refused(why) => {
-                write!(f, "o outro peer recusou o pedido: \"{}\"", printable(why))
-            }
-            DownloadError::Protocol(why) => {
-                write!(f, "resposta inválida do peer: {}", printable(why))
-            }
-            DownloadError::Timeout { stage, waited } => {
-                let what = match stage {
-                    Stage::Reply => "o outro peer não respondeu",
-                    Stage::Decision => "o outro peer não enviou a decisão do usuário",
-                };
-                write!(f, "tempo esgotado: {what} em {}", elapsed_text(*waited))
-            }
-            DownloadError::ClosedEarly => {
-                write!(
-                    f,
-                    "o outro peer encerrou a conexão antes de enviar o arquivo"
-                )
-            }
-            DownloadError::Receive(e @ ReceiveError::Disk { error, .. }, partial)
-                if transfer::is_disk_full(error) =>
-            {
-                write!(
-                    f,
-                    "{}; a parte recebida foi guardada para retomar depois ({}; {CLEAR_HINT})",
-                    receive_problem(e),
-                    partial.display()
-                )
-            }
-            DownloadError::Receive(e, partial) => write!(
-                f,
-                "{}; a parte recebida foi guardada para retomar depois ({})",
-                receive_problem(e),
-                partial.display()
-            ),
-            DownloadError::Stopped(None) => write!(f, "cancelado ao sair; nada foi recebido"),
-            DownloadError::Stopped(Some((got, total, partial))) => write!(
-                f,
-                "interrompido ao sair com {} de {}; a parte recebida foi guardada para retomar depois ({})",
-                human_size(*got),
-                human_size(*total),
-                partial.display()
-            ),
-            DownloadError::Corrupt { expected, got } => write!(
-                f,
-                "o arquivo recebido não confere (BLAKE3 {got}, esperado {expected}); descartado"
-            ),
-            DownloadError::Disk(e) => write!(f, "erro no disco: {}", describe(e)),
-        }
-    }
-}
-
-impl std::error::Error for DownloadError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            DownloadError::Name(e) => Some(e),
-            DownloadError::Connect(_, e) | DownloadError::Disk(e) => Some(e),
-            DownloadError::Receive(e, _) => Some(e),
-            DownloadError::NoSpace(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
 /// The end of a download, sent to the console (which counts running downloads and keeps the
 /// first failure for the exit code) after its outcome was printed.
 #[derive(Debug, Clone)]
@@ -372,8 +75,11 @@ pub struct Received {
     pub bytes: u64,
     /// The file's size.
     pub size: u64,
-    /// From the request to the last byte.
+    /// From the uploader's acceptance to the file verified and in place: the transfer itself.
     pub took: Duration,
+    /// From the request to the acceptance: connecting, the uploader's user deciding, the
+    /// uploader hashing the file first.
+    pub waited: Duration,
     /// True if the digest was announced and matched.
     pub verified: bool,
 }
@@ -445,7 +151,12 @@ pub(crate) fn report(ctx: &PeerContext, name: &str, outcome: Result<Received, Do
     }
 }
 
-/// `3,0 MiB em 0,4 s (7,5 MiB/s), verificado (BLAKE3)`: what a success took.
+/// A wait before the data shorter than this goes unsaid in the summary.
+const NOTICEABLE_WAIT: Duration = Duration::from_secs(1);
+
+/// `3,0 MiB em 0,4 s (7,5 MiB/s), verificado (BLAKE3)`: what a success took. Time and rate
+/// are the transfer's own, so that the rate says what the link gave; a wait before it that a
+/// person would notice (the uploader's user deciding) is said after.
 fn summary(received: &Received) -> String {
     let secs = received.took.as_secs_f64().max(0.001);
     let amount = if received.bytes == received.size {
@@ -462,8 +173,16 @@ fn summary(received: &Received) -> String {
     } else {
         "NÃO verificado: o outro peer não enviou o digest"
     };
+    let waited = if received.waited >= NOTICEABLE_WAIT {
+        format!(
+            ", após {} de espera pelo outro peer",
+            elapsed_text(received.waited)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{amount} em {} ({}/s), {check}",
+        "{amount} em {} ({}/s), {check}{waited}",
         elapsed_text(received.took),
         human_bytes(received.bytes as f64 / secs)
     )
@@ -545,11 +264,12 @@ fn fetch(
     let mut hasher = blake3::Hasher::new();
     let resumed = fetch.prepare_resume(&record, resume_at, &mut hasher)?;
     fetch.await_acceptance(&mut replies)?;
+    let accepted = Instant::now();
     let mut file = fetch.open_landing(resumed, &record, resume_at, offer.size)?;
     let already = replies
         .reader
         .take_payload()
-        .map_err(|e| DownloadError::Protocol(codec_problem(&e)))?;
+        .map_err(|e| DownloadError::Protocol(Violation::Framing(e)))?;
     drop(replies);
     let _ = stream.set_read_timeout(Some(STALL_TIMEOUT));
     ctx.transfers.watch(guard, rate);
@@ -569,7 +289,8 @@ fn fetch(
     Ok(Received {
         bytes: offer.size - start,
         size: offer.size,
-        took: started.elapsed(),
+        took: accepted.elapsed(),
+        waited: accepted.duration_since(started),
         verified: digest.is_some(),
     })
 }
@@ -688,15 +409,14 @@ impl Fetch<'_> {
                 return Err(DownloadError::Refused(first.message.unwrap_or_default()));
             }
             other => {
-                return Err(DownloadError::Protocol(format!(
-                    "status {:?}",
-                    other.as_str()
+                return Err(DownloadError::Protocol(Violation::Status(
+                    other.as_str().to_string(),
                 )));
             }
         }
         let size = first
             .file_size
-            .ok_or_else(|| DownloadError::Protocol("OK sem fileSize".into()))?;
+            .ok_or(DownloadError::Protocol(Violation::NoSize))?;
         let digest_after_data = first.digest.is_none() && first.digest_after_data == Some(true);
         Ok(OfferSeen {
             size,
@@ -739,9 +459,8 @@ impl Fetch<'_> {
         match &decision.status {
             Status::DownloadAccepted => Ok(()),
             Status::DownloadRejected => Err(DownloadError::Rejected(decision.reason)),
-            other => Err(DownloadError::Protocol(format!(
-                "status {:?}",
-                other.as_str()
+            other => Err(DownloadError::Protocol(Violation::Status(
+                other.as_str().to_string(),
             ))),
         }
     }
@@ -918,9 +637,7 @@ fn resume_point(
             Ok(Some(offset))
         }
         _ if offset == 0 => Ok(None),
-        _ => Err(DownloadError::Protocol(format!(
-            "o peer ofereceu retomar do byte {offset}, o que não foi pedido"
-        ))),
+        _ => Err(DownloadError::Protocol(Violation::UnaskedResume(offset))),
     }
 }
 
@@ -969,26 +686,19 @@ fn read_trailing_digest(rest: &[u8], stream: &TcpStream) -> Result<String, Downl
             Ok(n) => line.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                return Err(DownloadError::Protocol(format!(
-                    "o BLAKE3 não veio depois dos dados: {}",
-                    describe(&e)
-                )));
+                return Err(DownloadError::Protocol(Violation::Trailer(e)));
             }
         }
     }
     let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
     if end > MAX_TRAILER {
-        return Err(DownloadError::Protocol(
-            "a linha depois dos dados é longa demais".into(),
-        ));
+        return Err(DownloadError::Protocol(Violation::LongTrailer));
     }
     let trailer = parse_reply(line[..end].trim_ascii())
-        .map_err(|e| DownloadError::Protocol(e.to_string()))?;
+        .map_err(|e| DownloadError::Protocol(Violation::Reply(e)))?;
     match (trailer.status, trailer.digest) {
         (Status::Digest, Some(digest)) if is_digest_hex(&digest) => Ok(digest),
-        _ => Err(DownloadError::Protocol(
-            "esperava o BLAKE3 do arquivo depois dos dados".into(),
-        )),
+        _ => Err(DownloadError::Protocol(Violation::NoTrailerDigest)),
     }
 }
 
@@ -1031,7 +741,7 @@ impl Replies<'_> {
             self.reader.set_idle_timeout(Some(wait));
             let reply = match self.reader.next_frame() {
                 Ok(Some(frame)) => {
-                    parse_reply(frame).map_err(|e| DownloadError::Protocol(e.to_string()))?
+                    parse_reply(frame).map_err(|e| DownloadError::Protocol(Violation::Reply(e)))?
                 }
                 Ok(None) => return Err(DownloadError::ClosedEarly),
                 Err(CodecError::Idle) => {
@@ -1043,7 +753,7 @@ impl Replies<'_> {
                 Err(CodecError::Io(e)) if closed_by_other_side(&e) => {
                     return Err(DownloadError::ClosedEarly);
                 }
-                Err(e) => return Err(DownloadError::Protocol(codec_problem(&e))),
+                Err(e) => return Err(DownloadError::Protocol(Violation::Framing(e))),
             };
             if reply.status != Status::Waiting {
                 return Ok(reply);
@@ -1073,92 +783,29 @@ impl Replies<'_> {
     }
 }
 
-/// A framing error, in the console's language.
-fn codec_problem(e: &CodecError) -> String {
-    match e {
-        CodecError::Malformed(why) => format!("mensagem malformada ({why})"),
-        CodecError::TooLarge { limit } => {
-            format!("mensagem maior que {} bytes", thousands(*limit as u64))
-        }
-        CodecError::Timeout => "a mensagem não chegou inteira a tempo".into(),
-        CodecError::Idle | CodecError::Deadline => "tempo esgotado".into(),
-        CodecError::Busy => "o outro lado está ocupado".into(),
-        CodecError::Truncated => "a conexão terminou no meio de uma mensagem".into(),
-        CodecError::Io(e) => describe(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A cut transfer says who ended it and how far it got, in one unit style; a full disk is
-    /// a full disk.
+    /// The summary's time and rate are the transfer's own; a wait before it that a person
+    /// notices (the other user deciding) is said apart, and a short one is not.
     #[test]
-    fn a_cut_transfer_is_told_in_portuguese() {
-        let short = ReceiveError::Short {
-            got: 12 << 20,
-            expected: 48 << 20,
+    fn the_summary_gives_the_transfer_its_own_rate() {
+        let received = |took_ms, waited_ms| Received {
+            bytes: 3_000_000,
+            size: 3_000_000,
+            took: Duration::from_millis(took_ms),
+            waited: Duration::from_millis(waited_ms),
+            verified: true,
         };
         assert_eq!(
-            receive_problem(&short),
-            "o outro peer encerrou após 12,0 MiB de 48,0 MiB"
+            summary(&received(30, 1_500)),
+            "2,9 MiB em 0,03 s (95,4 MiB/s), verificado (BLAKE3), após 1,5 s de espera pelo outro peer"
         );
-        let reset = ReceiveError::Network {
-            got: 1 << 20,
-            error: io::Error::from(io::ErrorKind::ConnectionReset),
-        };
         assert_eq!(
-            receive_problem(&reset),
-            "o outro peer encerrou após 1,0 MiB"
+            summary(&received(30, 200)),
+            "2,9 MiB em 0,03 s (95,4 MiB/s), verificado (BLAKE3)"
         );
-        let silent = ReceiveError::Network {
-            got: 0,
-            error: io::Error::from_raw_os_error(libc::ETIMEDOUT),
-        };
-        assert_eq!(
-            receive_problem(&silent),
-            "tempo esgotado: o outro peer parou de responder após 0 B"
-        );
-        let full = ReceiveError::Disk {
-            written: 5 << 20,
-            error: io::Error::from_raw_os_error(libc::ENOSPC),
-        };
-        assert_eq!(receive_problem(&full), "disco cheio após 5,0 MiB gravados");
-        let timeout = DownloadError::Timeout {
-            stage: Stage::Reply,
-            waited: FIRST_REPLY_TIMEOUT,
-        };
-        assert_eq!(
-            timeout.to_string(),
-            "tempo esgotado: o outro peer não respondeu em 15 s"
-        );
-        assert_eq!(timeout.failure(), Failure::Unreachable);
-    }
-
-    /// The user's line is the peer's; `RUST_LOG=debug` can still walk down to the OS error.
-    #[test]
-    fn a_cut_transfer_keeps_its_cause() {
-        use std::error::Error as _;
-        let cut = DownloadError::Receive(
-            ReceiveError::Network {
-                got: 0,
-                error: io::Error::from_raw_os_error(libc::EHOSTUNREACH),
-            },
-            PathBuf::from("p2p/a.part"),
-        );
-        let receive = cut
-            .source()
-            .expect("a cut transfer has its receive error as source");
-        assert_eq!(receive.to_string(), "receiving failed after 0 bytes");
-        let os = receive
-            .source()
-            .expect("a network failure has its io error as source");
-        let os = os
-            .downcast_ref::<io::Error>()
-            .expect("the source is an io::Error");
-        assert_eq!(os.raw_os_error(), Some(libc::EHOSTUNREACH));
-        assert!(cut.to_string().starts_with("a conexão falhou após 0 B: "));
     }
 
     /// An uploader's `waiting` reply is taken at its word only up to 11 minutes (our default

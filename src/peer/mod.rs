@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod commands;
 pub mod console;
 pub mod deadline;
+pub mod download_error;
 pub mod downloader;
 pub mod folder;
 pub mod get;
