@@ -14,7 +14,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -439,7 +439,20 @@ fn a_connection_that_sends_nothing_gets_no_reply_and_the_uploader_keeps_serving(
     let t = start_tracker(&["--legacy-folder-join"]);
     let dir = folder_with(&["a.txt"]);
     let up = joined_uploader(&t, dir.path(), &["--approve", "yes"]);
-    drop(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], up.port))).unwrap());
+    let mut empty = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], up.port))).unwrap();
+    empty.shutdown(Shutdown::Write).unwrap();
+    empty.set_read_timeout(Some(WAIT)).unwrap();
+    // The end of this read is the uploader closing its side: whatever its thread printed for
+    // this connection is queued on its console by then, ahead of every line below.
+    let mut reply = Vec::new();
+    empty
+        .read_to_end(&mut reply)
+        .unwrap_or_else(|e| panic!("the uploader keeps the empty connection: {e}"));
+    assert!(
+        reply.is_empty(),
+        "no reply to a connection that asked nothing: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
 
     let mut d = original_download(&up, "a.txt");
     assert_eq!(d.recv_json()["status"], "OK");
@@ -447,6 +460,8 @@ fn a_connection_that_sends_nothing_gets_no_reply_and_the_uploader_keeps_serving(
     let mut data = Vec::new();
     d.stream.read_to_end(&mut data).unwrap();
     assert_eq!(data, b"a.txt");
+    // Printed after the empty connection was closed, so after anything said about it.
+    up.wait_for("Gostaria de Aprovar o download? (SIM/NAO) SIM (automático)");
     assert!(
         !up.proc.printed("Erro"),
         "the empty connection is not an error for the user\n{}",
@@ -1029,7 +1044,25 @@ fn an_update_too_long_for_the_originals_tracker_is_sent_as_a_join_again() {
         list.as_array().unwrap().iter().any(|n| n == "new.txt"),
         "{list}"
     );
-    assert!(!b.proc.printed("Erro"), "{}", b.proc.transcript());
+    // The JOIN sent in place of the UPDATE was answered, not given up on. The link sends one
+    // request at a time, in order: once a SEARCH typed now is answered, that JOIN's answer, or
+    // its giving up (said on the console, logged on stderr), came before. Leaving flushes the
+    // log before the process ends.
+    b.send("SEARCH new.txt");
+    let found = b.wait_for("Peers com arquivo solicitado:");
+    assert!(found.contains(&format!("127.0.0.1:{}", b.port)), "{found}");
+    b.send("QUIT");
+    b.proc.wait_exit(WAIT);
+    let transcript = b.proc.transcript();
+    for needle in [
+        "não respondeu",
+        "reconectando",
+        "was not told",
+        "refused",
+        "Erro",
+    ] {
+        assert!(!transcript.contains(needle), "{needle:?}:\n{transcript}");
+    }
 }
 
 /// With `--tracker-dialect original` no probe is sent: the first message is the JOIN, and the

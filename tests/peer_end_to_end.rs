@@ -220,8 +220,22 @@ fn the_downloader_refuses_unsafe_names() {
     let [db] = folders(tmp.path(), ["b"]);
     let t = start_tracker(&[]);
     let mut b = joined_at_start("b", &t, &db, &[]);
-    b.send("DOWNLOAD ../evil 9");
+    // A listener in the uploader's place: a dial made before the refusal is in its queue by the
+    // time the refusal is printed (on loopback the handshake is done before `connect` returns).
+    let uploader = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    uploader.set_nonblocking(true).unwrap();
+    b.send(&format!(
+        "DOWNLOAD ../evil {}",
+        uploader.local_addr().unwrap()
+    ));
     b.wait_for("nome inválido");
+    match uploader.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        dialled => panic!(
+            "the downloader dialled: {dialled:?}\n{}",
+            b.proc.transcript()
+        ),
+    }
     assert!(!tmp.path().join("evil").exists());
 }
 

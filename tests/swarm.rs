@@ -432,7 +432,7 @@ fn download_n_takes_every_holder_of_that_content_and_no_other() {
         .into_iter()
         .map(|(n, d)| holder(n, &t, d, "yes"))
         .collect();
-    let other = holder("e", &t, &de, "ask");
+    let _other = holder("e", &t, &de, "ask");
     t.wait_for_group(NAME, &hex(&da), 3);
     t.wait_for_group(NAME, &hex(&de), 1);
     let mut down = start_peer("d", t.addr, &dd, &[]);
@@ -441,7 +441,11 @@ fn download_n_takes_every_holder_of_that_content_and_no_other() {
     down.wait_for("1) video.bin  3,0 MiB  3 peers");
     down.wait_for("2) video.bin  3,0 MiB  1 peer");
     down.send("DOWNLOAD 1");
-    down.wait_for("Download de video.bin em partes: 3 fonte(s)");
+    // The other content's holder is never asked: the swarm dials only its candidates, and
+    // these are three, each of them one of the three holders (a summary line each). Its own
+    // console cannot show it: an upload thread asks its user at no time the test can wait for.
+    let started = down.wait_for("Download de video.bin em partes: ");
+    assert!(started.contains(": 3 fonte(s)"), "{started}");
     down.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     let addrs: Vec<String> = holders.iter().map(PeerProc::addr).collect();
     let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
@@ -453,15 +457,11 @@ fn download_n_takes_every_holder_of_that_content_and_no_other() {
     let mut by_name = start_peer("f", t.addr, &df, &[]);
     by_name.join();
     search_and_download(&mut by_name.proc);
-    by_name.wait_for("Download de video.bin em partes: 4 fonte(s)");
+    let started = by_name.wait_for("Download de video.bin em partes: ");
+    assert!(started.contains(": 4 fonte(s)"), "{started}");
     by_name.wait_for(&format!("Arquivo {NAME} baixado com sucesso"));
     source_lines(&by_name.proc, &[addrs[0], addrs[1], addrs[2], &down.addr()]);
     assert!(same_file(&da.join(NAME), &df.join(NAME)));
-    assert!(
-        !other.proc.printed("solicitou"),
-        "{}",
-        other.proc.transcript()
-    );
 }
 
 /// A cut download resumed when the tracker gives the content's size and digest (its results
