@@ -167,69 +167,17 @@ impl Source<'_> {
         &mut self,
         stream: &'s TcpStream,
     ) -> Result<(Identity, SessionInput<'s>), Ended> {
-        let ctx = &self.swarm.ctx;
-        let expected = self.swarm.state.lock().identity.clone();
-        let request = DownloadRequest {
-            filename: self.swarm.name.clone(),
-            port: self.addr.port(),
-            offset: None,
-            digest: expected.map(|e| e.digest),
-            from_port: Some(ctx.port),
-            ranges: Some(true),
-            // Several sources saying what they wait for would be noise; each waits quietly.
-            accepts_waiting: false,
-            // A range session needs the digest before the data.
-            digest_after_data: false,
-            file_size: None,
-            prefix_digest: None,
-        };
-        // Its own method: a peer that sends whole files only refuses it before its user is
-        // asked (PROTOCOL.md R9).
-        (&*stream)
-            .write_all(&range_session_line(&request))
-            .map_err(|e| Outcome::Failed(e.to_string()))?;
+        self.ask(stream)?;
         let mut reader = FrameReader::new(stream, 64 * 1024);
         reader.set_idle_timeout(Some(FIRST_REPLY_TIMEOUT));
         reader.set_message_timeout(Some(REPLY_COMPLETION_TIMEOUT));
-        let first = next_reply(&mut reader)?;
-        match &first.status {
-            Status::Ok => {}
-            Status::FileNotFound => return Err(Outcome::NotFound),
-            Status::Error => {
-                let message = first.message.unwrap_or_default();
-                if message.starts_with(UNKNOWN_METHOD) {
-                    return Err(Outcome::Legacy);
-                }
-                return Err(Outcome::Refused(message));
-            }
-            other => return Err(Outcome::Failed(format!("status {:?}", other.as_str()))),
-        }
-        let (Some(size), Some(digest)) = (first.file_size, first.digest.clone()) else {
-            return Err(Outcome::Legacy);
-        };
-        match first.chunk_group {
-            None => return Err(Outcome::Legacy),
-            Some(CHUNK_GROUP) => {}
-            Some(other) => {
-                return Err(Outcome::Failed(format!(
-                    "grupos de {other} bytes não são suportados"
-                )));
-            }
-        }
-        if first.max_range.is_some_and(|max| max < PIECE_LEN) {
-            return Err(Outcome::Failed("aceita só partes pequenas demais".into()));
-        }
+        let offered = offered_content(next_reply(&mut reader)?)?;
         let identity = self
             .swarm
-            .adopt(&Identity { size, digest })
+            .adopt(&offered)
             .map_err(|_| Outcome::OtherContent)?;
         reader.set_idle_timeout(Some(DECISION_TIMEOUT));
-        let decision = next_reply(&mut reader)?;
-        match &decision.status {
-            Status::DownloadAccepted => {}
-            Status::DownloadRejected => return Err(Outcome::Rejected(decision.reason)),
-            other => return Err(Outcome::Failed(format!("status {:?}", other.as_str()))),
-        }
+        accepted(next_reply(&mut reader)?)?;
         self.accepted = Some(Instant::now());
         self.swarm.went_live(self.id, self.addr);
         let early = reader
@@ -243,6 +191,31 @@ impl Source<'_> {
         let _ = stream.set_read_timeout(Some(STALL_TIMEOUT));
         let input = BufReader::with_capacity(64 * 1024, Cursor::new(early).chain(stream));
         Ok((identity, input))
+    }
+
+    /// Sends the request for a range session of the file (with the digest expected, once the
+    /// swarm knows it).
+    fn ask(&self, stream: &TcpStream) -> Result<(), Ended> {
+        let expected = self.swarm.state.lock().identity.clone();
+        let request = DownloadRequest {
+            filename: self.swarm.name.clone(),
+            port: self.addr.port(),
+            offset: None,
+            digest: expected.map(|e| e.digest),
+            from_port: Some(self.swarm.ctx.port),
+            ranges: Some(true),
+            // Several sources saying what they wait for would be noise; each waits quietly.
+            accepts_waiting: false,
+            // A range session needs the digest before the data.
+            digest_after_data: false,
+            file_size: None,
+            prefix_digest: None,
+        };
+        // Its own method: a peer that sends whole files only refuses it before its user is
+        // asked (PROTOCOL.md R9).
+        (&*stream)
+            .write_all(&range_session_line(&request))
+            .map_err(|e| Outcome::Failed(e.to_string()))
     }
 
     /// Gets the outboard (fetching it if nobody has), then fetches pieces until none is left.
@@ -478,5 +451,48 @@ fn next_reply(reader: &mut FrameReader<&TcpStream>) -> Result<Reply, Ended> {
         )),
         Err(CodecError::Timeout) => Err(Outcome::Failed("o peer não respondeu a tempo".into())),
         Err(e) => Err(Outcome::Failed(e.to_string())),
+    }
+}
+
+/// The content a source's first reply offers for a range session: its size and digest, in
+/// chunk groups of our size and in pieces no smaller than ours. A peer that sends whole files
+/// only, or an older one, is `Legacy`.
+fn offered_content(first: Reply) -> Result<Identity, Ended> {
+    match &first.status {
+        Status::Ok => {}
+        Status::FileNotFound => return Err(Outcome::NotFound),
+        Status::Error => {
+            let message = first.message.unwrap_or_default();
+            if message.starts_with(UNKNOWN_METHOD) {
+                return Err(Outcome::Legacy);
+            }
+            return Err(Outcome::Refused(message));
+        }
+        other => return Err(Outcome::Failed(format!("status {:?}", other.as_str()))),
+    }
+    let (Some(size), Some(digest)) = (first.file_size, first.digest) else {
+        return Err(Outcome::Legacy);
+    };
+    match first.chunk_group {
+        None => return Err(Outcome::Legacy),
+        Some(CHUNK_GROUP) => {}
+        Some(other) => {
+            return Err(Outcome::Failed(format!(
+                "grupos de {other} bytes não são suportados"
+            )));
+        }
+    }
+    if first.max_range.is_some_and(|max| max < PIECE_LEN) {
+        return Err(Outcome::Failed("aceita só partes pequenas demais".into()));
+    }
+    Ok(Identity { size, digest })
+}
+
+/// The source's user's decision: on to the data if accepted.
+fn accepted(decision: Reply) -> Result<(), Ended> {
+    match &decision.status {
+        Status::DownloadAccepted => Ok(()),
+        Status::DownloadRejected => Err(Outcome::Rejected(decision.reason)),
+        other => Err(Outcome::Failed(format!("status {:?}", other.as_str()))),
     }
 }
