@@ -291,22 +291,8 @@ impl Source<'_> {
         // lost nothing and is no failure.
         let mut was_idle = false;
         loop {
-            while asked.len() < PIPELINE {
-                match self.swarm.next_piece(self.id) {
-                    Next::Piece(i, offset, len) => {
-                        if was_idle && asked.is_empty() && closed_by_other_side(stream) {
-                            self.swarm.release([i], self.id);
-                            return Outcome::Idle;
-                        }
-                        asked.push_back((i, offset, len));
-                        if let Err(ended) = send(stream, &ranges::range_line(offset, len)) {
-                            return if was_idle { Outcome::Idle } else { ended };
-                        }
-                    }
-                    Next::Wait => break,
-                    Next::Over if asked.is_empty() => return Outcome::Done,
-                    Next::Over => break,
-                }
+            if let Some(ended) = self.ask_more(stream, asked, was_idle) {
+                return ended;
             }
             let Some(&(i, offset, len)) = asked.front() else {
                 was_idle = true;
@@ -325,35 +311,79 @@ impl Source<'_> {
             if self.swarm.is_done(i) {
                 continue;
             }
-            match verified::verify_piece(&pieces.outboard, offset, &buf) {
-                Ok(()) => {}
-                Err(PieceError::BadGroup(at)) => {
-                    self.swarm.release([i], self.id);
-                    return Outcome::Lied(Some(at));
-                }
-                Err(e @ PieceError::BadOutboard) | Err(e @ PieceError::Io(_)) => {
-                    self.swarm.release([i], self.id);
-                    let why = e.to_string();
-                    self.swarm
-                        .fail(SwarmError::Disk(io::Error::other(why.clone())));
-                    return Outcome::Failed(why);
-                }
-            }
-            if let Err(e) = pieces
-                .part
-                .as_file()
-                .write_all_at(&buf, offset)
-                .and_then(|()| pieces.map.mark(i))
-            {
-                self.swarm.release([i], self.id);
-                let why = e.to_string();
-                self.swarm.fail(SwarmError::Disk(e));
-                return Outcome::Failed(why);
+            if let Err(ended) = self.keep_piece(pieces, i, offset, &buf) {
+                return ended;
             }
             if self.swarm.delivered(i, self.id, len) {
                 self.bytes += len;
             }
         }
+    }
+
+    /// Asks the uploader for pieces until [`PIPELINE`] are on their way or none is left to
+    /// ask; `Some` when this source is done, or its session ended.
+    fn ask_more(
+        &mut self,
+        stream: &TcpStream,
+        asked: &mut VecDeque<(usize, u64, u64)>,
+        was_idle: bool,
+    ) -> Option<Outcome> {
+        while asked.len() < PIPELINE {
+            match self.swarm.next_piece(self.id) {
+                Next::Piece(i, offset, len) => {
+                    if was_idle && asked.is_empty() && closed_by_other_side(stream) {
+                        self.swarm.release([i], self.id);
+                        return Some(Outcome::Idle);
+                    }
+                    asked.push_back((i, offset, len));
+                    if let Err(ended) = send(stream, &ranges::range_line(offset, len)) {
+                        return Some(if was_idle { Outcome::Idle } else { ended });
+                    }
+                }
+                Next::Wait => break,
+                Next::Over if asked.is_empty() => return Some(Outcome::Done),
+                Next::Over => break,
+            }
+        }
+        None
+    }
+
+    /// Verifies piece `i` (at `offset`) against the outboard and writes it into the partial.
+    /// A piece that does not match means the source lied; a disk that fails ends the swarm.
+    /// Either way the piece goes back to be fetched elsewhere.
+    fn keep_piece(
+        &mut self,
+        pieces: &Pieces,
+        i: usize,
+        offset: u64,
+        buf: &[u8],
+    ) -> Result<(), Outcome> {
+        match verified::verify_piece(&pieces.outboard, offset, buf) {
+            Ok(()) => {}
+            Err(PieceError::BadGroup(at)) => {
+                self.swarm.release([i], self.id);
+                return Err(Outcome::Lied(Some(at)));
+            }
+            Err(e @ PieceError::BadOutboard) | Err(e @ PieceError::Io(_)) => {
+                self.swarm.release([i], self.id);
+                let why = e.to_string();
+                self.swarm
+                    .fail(SwarmError::Disk(io::Error::other(why.clone())));
+                return Err(Outcome::Failed(why));
+            }
+        }
+        if let Err(e) = pieces
+            .part
+            .as_file()
+            .write_all_at(buf, offset)
+            .and_then(|()| pieces.map.mark(i))
+        {
+            self.swarm.release([i], self.id);
+            let why = e.to_string();
+            self.swarm.fail(SwarmError::Disk(e));
+            return Err(Outcome::Failed(why));
+        }
+        Ok(())
     }
 }
 
