@@ -285,99 +285,147 @@ impl Tracker {
         reply: &mut Vec<u8>,
     ) -> Result<Option<Vec<u8>>, RequestRefused> {
         match request {
-            TrackerRequest::Join { port, files } => {
-                self.check_records(&files)?;
-                let addr = SocketAddr::new(session.remote.ip(), port);
-                self.join(session, addr, &files)?;
-                session.legacy = false;
-                Ok(Some(Reply::status(Status::JoinOk).to_line()))
-            }
-            TrackerRequest::LegacyJoin { folder } => {
-                let names = original_peers::list_client_folder(
-                    session.remote,
-                    &folder,
-                    self.config.max_names,
-                    self.config.legacy_folder_join,
-                )?;
-                let files: Vec<FileRecord> = names.into_iter().map(FileRecord::named).collect();
-                self.check_records(&files)?;
-                // The original keys a peer by the port of its tracker connection.
-                let addr = session.remote;
-                self.join(session, addr, &files)?;
-                session.legacy = true;
-                Ok(Some(legacy::JOIN_OK.to_vec()))
-            }
-            TrackerRequest::Search { query } => {
-                let search = session.search.get_or_insert_default();
-                self.check_query(&query, &mut search.query_words)?;
-                self.out
-                    .line_of(&["Peer ", &session.who, " solicitou arquivo ", &query]);
-                if session.legacy {
-                    let ports: Vec<u16> = self
-                        .table
-                        .search_addrs(&query)
-                        .iter()
-                        .filter(|addr| original_peers::dialable_on_loopback(addr))
-                        .map(SocketAddr::port)
-                        .collect();
-                    Ok(Some(legacy::search_reply(&ports)))
-                } else {
-                    self.table.search_reply(
-                        &query,
-                        &search.query_words,
-                        self.config.max_results,
-                        &mut search.scratch,
-                        reply,
-                    );
-                    Ok(None)
-                }
-            }
-            TrackerRequest::Update(FileUpdate::Replace(files)) => {
-                self.check_records(&files)?;
-                let addr = session.joined.ok_or(TableError::NotJoined)?;
-                self.table.update(session.conn, addr, &files)?;
-                self.out.line(format!(
-                    "Peer {addr} atualizou os arquivos {}",
-                    console_out::name_list(&names_of(&files))
-                ));
-                Ok(Some(self.update_ok(session)))
-            }
+            TrackerRequest::Join { port, files } => self.on_join(session, port, &files),
+            TrackerRequest::LegacyJoin { folder } => self.on_legacy_join(session, &folder),
+            TrackerRequest::Search { query } => self.on_search(session, &query, reply),
+            TrackerRequest::Update(FileUpdate::Replace(files)) => self.on_update(session, &files),
             TrackerRequest::Update(FileUpdate::Change { add, remove }) => {
-                self.check_records(&add)?;
-                self.check_list_len(remove.len())?;
-                for name in &remove {
-                    self.check_name(name)?;
-                }
-                let addr = session.joined.ok_or(TableError::NotJoined)?;
-                self.table.change(session.conn, addr, &add, &remove)?;
-                let mut changed = Vec::new();
-                if !add.is_empty() {
-                    changed.push(format!("+{}", console_out::name_list(&names_of(&add))));
-                }
-                if !remove.is_empty() {
-                    changed.push(format!("-{}", console_out::name_list(&remove)));
-                }
-                self.out.line(format!(
-                    "Peer {addr} atualizou os arquivos: {}",
-                    changed.join(" ")
-                ));
-                Ok(Some(self.update_ok(session)))
+                self.on_change(session, &add, &remove)
             }
-            TrackerRequest::List { peer } => {
-                let Ok(addr) = peer.trim().parse::<SocketAddr>() else {
-                    return Err(RequestRefused::PeerAddress(peer));
-                };
-                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                let files = self
-                    .table
-                    .list(addr)
-                    .ok_or(RequestRefused::UnknownPeer(addr))?;
-                self.out
-                    .line(format!("Peer {} listou os arquivos de {addr}", session.who));
-                Reply::files(files).write_line(reply);
-                Ok(None)
-            }
+            TrackerRequest::List { peer } => self.on_list(session, &peer, reply),
         }
+    }
+
+    /// JOIN with this project's records: the peer is known by its address and upload port.
+    fn on_join(
+        &self,
+        session: &mut Session,
+        port: u16,
+        files: &[FileRecord],
+    ) -> Result<Option<Vec<u8>>, RequestRefused> {
+        self.check_records(files)?;
+        let addr = SocketAddr::new(session.remote.ip(), port);
+        self.join(session, addr, files)?;
+        session.legacy = false;
+        Ok(Some(Reply::status(Status::JoinOk).to_line()))
+    }
+
+    /// The original's JOIN, naming a folder the tracker lists itself (where it may).
+    fn on_legacy_join(
+        &self,
+        session: &mut Session,
+        folder: &str,
+    ) -> Result<Option<Vec<u8>>, RequestRefused> {
+        let names = original_peers::list_client_folder(
+            session.remote,
+            folder,
+            self.config.max_names,
+            self.config.legacy_folder_join,
+        )?;
+        let files: Vec<FileRecord> = names.into_iter().map(FileRecord::named).collect();
+        self.check_records(&files)?;
+        // The original keys a peer by the port of its tracker connection.
+        let addr = session.remote;
+        self.join(session, addr, &files)?;
+        session.legacy = true;
+        Ok(Some(legacy::JOIN_OK.to_vec()))
+    }
+
+    /// SEARCH: the original's port list for its peers, else our reply written into `reply`
+    /// straight from the table.
+    fn on_search(
+        &self,
+        session: &mut Session,
+        query: &str,
+        reply: &mut Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, RequestRefused> {
+        let search = session.search.get_or_insert_default();
+        self.check_query(query, &mut search.query_words)?;
+        self.out
+            .line_of(&["Peer ", &session.who, " solicitou arquivo ", query]);
+        if session.legacy {
+            let ports: Vec<u16> = self
+                .table
+                .search_addrs(query)
+                .iter()
+                .filter(|addr| original_peers::dialable_on_loopback(addr))
+                .map(SocketAddr::port)
+                .collect();
+            return Ok(Some(legacy::search_reply(&ports)));
+        }
+        self.table.search_reply(
+            query,
+            &search.query_words,
+            self.config.max_results,
+            &mut search.scratch,
+            reply,
+        );
+        Ok(None)
+    }
+
+    /// UPDATE with the whole list.
+    fn on_update(
+        &self,
+        session: &Session,
+        files: &[FileRecord],
+    ) -> Result<Option<Vec<u8>>, RequestRefused> {
+        self.check_records(files)?;
+        let addr = session.joined.ok_or(TableError::NotJoined)?;
+        self.table.update(session.conn, addr, files)?;
+        self.out.line(format!(
+            "Peer {addr} atualizou os arquivos {}",
+            console_out::name_list(&names_of(files))
+        ));
+        Ok(Some(self.update_ok(session)))
+    }
+
+    /// UPDATE adding and removing names.
+    fn on_change(
+        &self,
+        session: &Session,
+        add: &[FileRecord],
+        remove: &[String],
+    ) -> Result<Option<Vec<u8>>, RequestRefused> {
+        self.check_records(add)?;
+        self.check_list_len(remove.len())?;
+        for name in remove {
+            self.check_name(name)?;
+        }
+        let addr = session.joined.ok_or(TableError::NotJoined)?;
+        self.table.change(session.conn, addr, add, remove)?;
+        let mut changed = Vec::new();
+        if !add.is_empty() {
+            changed.push(format!("+{}", console_out::name_list(&names_of(add))));
+        }
+        if !remove.is_empty() {
+            changed.push(format!("-{}", console_out::name_list(remove)));
+        }
+        self.out.line(format!(
+            "Peer {addr} atualizou os arquivos: {}",
+            changed.join(" ")
+        ));
+        Ok(Some(self.update_ok(session)))
+    }
+
+    /// LIST: what one peer shares, from the table.
+    fn on_list(
+        &self,
+        session: &Session,
+        peer: &str,
+        reply: &mut Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, RequestRefused> {
+        let Ok(addr) = peer.trim().parse::<SocketAddr>() else {
+            return Err(RequestRefused::PeerAddress(peer.to_string()));
+        };
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        let files = self
+            .table
+            .list(addr)
+            .ok_or(RequestRefused::UnknownPeer(addr))?;
+        self.out
+            .line(format!("Peer {} listou os arquivos de {addr}", session.who));
+        Reply::files(files).write_line(reply);
+        Ok(None)
     }
 
     fn update_ok(&self, session: &Session) -> Vec<u8> {
