@@ -498,6 +498,27 @@ mod tests {
         (file, got)
     }
 
+    /// Receives `whole`, sent by another thread, into `file` from its start with `stop` as
+    /// given; the sender is ended (its connection closed) before this returns.
+    fn receive_from_start(
+        file: &File,
+        whole: Vec<u8>,
+        stop: &AtomicBool,
+    ) -> Result<blake3::Hash, ReceiveError> {
+        let len = whole.len() as u64;
+        let (stream, sending) = sender(whole);
+        let direct = DirectFile::open(file).expect("O_DIRECT where the tests run");
+        let landing = Landing {
+            file,
+            start: 0,
+            hasher: blake3::Hasher::new(),
+        };
+        let got = receive(&[], &stream, len, (landing, direct), stop, &mut |_| {});
+        drop(stream);
+        let _ = sending.join();
+        got
+    }
+
     fn contents(file: &File) -> Vec<u8> {
         let mut bytes = Vec::new();
         (&mut &*file).read_to_end(&mut bytes).unwrap();
@@ -512,25 +533,7 @@ mod tests {
         let path = dir.path().join("partial");
         std::fs::write(&path, b"").unwrap();
         let read_only = File::open(&path).unwrap();
-        let whole = pattern(8 * BLOCK);
-        let (stream, sending) = sender(whole.clone());
-        let direct = DirectFile::open(&read_only).expect("O_DIRECT where the tests run");
-        let landing = Landing {
-            file: &read_only,
-            start: 0,
-            hasher: blake3::Hasher::new(),
-        };
-        let never = AtomicBool::new(false);
-        let got = receive(
-            &[],
-            &stream,
-            whole.len() as u64,
-            (landing, direct),
-            &never,
-            &mut |_| {},
-        );
-        drop(stream);
-        sending.join().unwrap();
+        let got = receive_from_start(&read_only, pattern(8 * BLOCK), &AtomicBool::new(false));
         match got {
             Err(ReceiveError::Disk { written: 0, .. }) => {}
             other => panic!("expected the disk's error, got {other:?}"),
@@ -577,31 +580,13 @@ mod tests {
     /// A stop asked for before the first byte ends the transfer at once, with nothing kept.
     #[test]
     fn a_stop_ends_the_transfer() {
-        let whole = pattern(2 * BLOCK);
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("partial")).unwrap();
-        let (stream, sending) = sender(whole.clone());
-        let direct = DirectFile::open(&file).unwrap();
-        let landing = Landing {
-            file: &file,
-            start: 0,
-            hasher: blake3::Hasher::new(),
-        };
-        let stop = AtomicBool::new(true);
-        let got = receive(
-            &[],
-            &stream,
-            whole.len() as u64,
-            (landing, direct),
-            &stop,
-            &mut |_| {},
-        );
+        let got = receive_from_start(&file, pattern(2 * BLOCK), &AtomicBool::new(true));
         assert!(
             matches!(got, Err(ReceiveError::Stopped { got: 0 })),
             "{got:?}"
         );
-        drop(stream);
-        let _ = sending.join();
     }
 
     /// Bytes from a sender that pauses mid-buffer reach the file while it waits; the rest
