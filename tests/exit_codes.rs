@@ -72,20 +72,8 @@ fn shared_video(len: u64, approve: &str) -> (tempfile::TempDir, TrackerProc, Pee
         "--listen",
         "127.0.0.1:0",
     ];
-    let proc = Proc::spawn("alice", &args, None);
-    let line = proc.wait_for("Aguardando pedidos de download na porta ");
-    let port = line
-        .split("porta ")
-        .nth(1)
-        .and_then(|rest| rest.split(';').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    proc.wait_for("Sou o Peer ");
-    let peer = PeerProc {
-        proc,
-        port,
-        dir: alice,
-    };
+    let peer = PeerProc::ready(Proc::spawn("alice", &args, None), &alice);
+    peer.proc.wait_for("Sou o Peer ");
     (tmp, t, peer)
 }
 

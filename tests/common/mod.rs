@@ -299,20 +299,9 @@ pub fn start_share(name: &str, tracker: SocketAddr, dir: &Path, extra: &[&str]) 
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let proc = Proc::spawn(name, &args, None);
-    let line = proc.wait_for("Aguardando pedidos de download na porta ");
-    let port = line
-        .split("porta ")
-        .nth(1)
-        .and_then(|rest| rest.split(';').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("upload port in {line:?}"));
-    proc.wait_for("Sou o Peer ");
-    PeerProc {
-        proc,
-        port,
-        dir: dir.to_path_buf(),
-    }
+    let peer = PeerProc::ready(Proc::spawn(name, &args, None), dir);
+    peer.proc.wait_for("Sou o Peer ");
+    peer
 }
 
 /// A raw connection speaking bytes to a tracker or a peer's upload port.
